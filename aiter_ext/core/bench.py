@@ -1,0 +1,74 @@
+"""Timing shared by the op benchmarks and the tuner.
+
+Discipline (performance-anchors.md, METHOD.md): warm up so compilation stays out; time with device
+events and take the median; keep caches cold; measure the copy-bandwidth ceiling in the same run.
+On a GPU, ``triton.testing.do_bench`` does this: it clears the L2 with a 256 MB write before every
+timed call (cold caches, as FlashInfer's figures were taken) and returns the median. ``graph=True``
+times CUDA/HIP-graph replays instead, which leaves out the host's launch overhead. On the CPU the
+numbers are host wall-clock times of the interpreter: fine for the tuner's plumbing tests, never a
+performance figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+
+from .arch import REPO_ROOT
+
+
+def time_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 100, graph: bool = False) -> float:
+    """Median time of ``fn()`` in microseconds (see the module docstring for how)."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        if graph:
+            return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
+        return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    fn()  # compile / first-use work
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(samples)
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth, GB/s counting bytes read plus written."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    us = time_us(lambda: dst.copy_(src))
+    return 2 * nbytes / (us * 1e-6) / 1e9
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A plain markdown table (no pandas needed on the GPU machine)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    for row in rows[1:]:
+        cols += [c for c in row if c not in cols]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
+    return "\n".join(lines)

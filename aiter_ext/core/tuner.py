@@ -1,0 +1,112 @@
+"""``aiter-ext tune <op>``: measure every available backend and config over the op's untuned shapes
+and write the winners to its tuned CSV.
+
+An op takes part by registering a :class:`TuneTarget`: how to build inputs for one untuned row, how to
+run one (backend, config) on them, and how to check the result against the reference. A candidate
+whose output disagrees with the reference is rejected (recorded with ``err = inf``), never timed into a
+row. Rows are written only from measurements on the device in hand; on the CPU (interpreter timings)
+the tuner refuses unless ``--allow-cpu`` is given (the tuner's own tests use that, with a scratch CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .arch import device_info
+from .backend import OPS, backend_status
+from .bench import time_us
+from .tuned import untuned_csv_path, write_rows
+
+
+@dataclass
+class TuneCase:
+    """One untuned shape, ready to run: ``run(impl, config)`` launches (what is timed);
+    ``check(impl, config)`` poisons the outputs, runs, and returns the max error against the reference;
+    ``tolerance`` bounds it; ``nbytes`` / ``flops`` give bandwidth and throughput."""
+
+    run: Callable[[object, dict], None]
+    check: Callable[[object, dict], float]
+    tolerance: float
+    nbytes: int
+    flops: int = 0
+
+
+#: op name -> function(untuned row dict, device) -> TuneCase
+TUNE_TARGETS: dict[str, Callable[[dict, str], TuneCase]] = {}
+
+
+def register_tune_target(op: str, make_case: Callable[[dict, str], TuneCase]) -> None:
+    TUNE_TARGETS[op] = make_case
+
+
+def _read_untuned(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, backends: list[str] | None = None,
+         allow_cpu: bool = False, log=print) -> list[dict]:
+    import aiter_ext  # noqa: F401  (registers every op)
+
+    if op_name not in OPS or op_name not in TUNE_TARGETS:
+        raise SystemExit(f"no tunable op {op_name!r}; tunable: {', '.join(sorted(TUNE_TARGETS))}")
+    op, info = OPS[op_name], device_info()
+    if not info.is_gpu and not allow_cpu:
+        raise SystemExit("no GPU here: the tuner writes measured rows for the device in hand, and CPU "
+                         "interpreter timings are not worth a row (pass --allow-cpu to try the plumbing)")
+    device = "cuda" if info.is_gpu else "cpu"
+    shapes = _read_untuned(untuned or untuned_csv_path(op_name))
+    candidates = [(impl, cfg) for name, impl in op.impls.items() if name != "torch"
+                  and (backends is None or name in backends) and backend_status(name)[0] for cfg in impl.configs]
+    log(f"tuning {op_name} on {info.arch} ({info.cu_num} CUs): {len(shapes)} shapes x {len(candidates)} candidates")
+    rows = []
+    for i, shape in enumerate(shapes, 1):
+        case = TUNE_TARGETS[op_name](shape, device)
+        best = None
+        for impl, cfg in candidates:
+            ok, reason = impl.supports({**shape, "has_mask": False, "contiguous": True, "varlen": False})
+            label = f"{impl.backend} {json.dumps(cfg) if cfg else 'default'}"
+            if not ok:
+                log(f"  [{i}/{len(shapes)}] {label}: skipped ({reason})")
+                continue
+            try:
+                err = case.check(impl, cfg)
+            except Exception as exc:  # a config that cannot compile or launch is a rejected candidate
+                log(f"  [{i}/{len(shapes)}] {label}: failed ({type(exc).__name__}: {exc})")
+                continue
+            if not err <= case.tolerance:
+                log(f"  [{i}/{len(shapes)}] {label}: REJECTED, error {err:.3g} > {case.tolerance}")
+                continue
+            us = time_us(lambda: case.run(impl, cfg))
+            log(f"  [{i}/{len(shapes)}] {shape} {label}: {us:.1f} us, {case.nbytes / us / 1e3:.0f} GB/s")
+            if best is None or us < best["us"]:
+                best = {"arch": info.arch, "cu_num": info.cu_num, **{k: shape[k] for k in op.shape_keys},
+                        "backend": impl.backend, "config": json.dumps(cfg, sort_keys=True), "us": round(us, 2),
+                        "bw_gbs": round(case.nbytes / us / 1e3, 1), "tflops": round(case.flops / us / 1e6, 3),
+                        "err": f"{err:.3g}"}
+        if best is None:
+            log(f"  [{i}/{len(shapes)}] {shape}: no candidate passed; no row written")
+        else:
+            rows.append(best)
+    if rows:
+        path = write_rows(op_name, op.shape_keys, rows, out)
+        log(f"wrote {len(rows)} rows to {path}")
+    return rows
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiter-ext tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("op")
+    parser.add_argument("-i", "--untuned", type=Path, help="shape list (default configs/tuned_csv/<op>_untuned.csv)")
+    parser.add_argument("-o", "--out", type=Path, help="tuned CSV to merge rows into (default the op's)")
+    parser.add_argument("--backend", action="append", help="only these backends (repeatable)")
+    parser.add_argument("--allow-cpu", action="store_true", help="tune on the CPU interpreter (plumbing only)")
+    args = parser.parse_args(argv)
+    rows = tune(args.op, args.untuned, args.out, args.backend, args.allow_cpu)
+    return 0 if rows else 1
+

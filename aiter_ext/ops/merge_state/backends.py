@@ -1,0 +1,157 @@
+"""Backend registrations for attention-state merging.
+
+Two ops for the dispatcher:
+- ``merge_state``: two states into one (``merge_state`` and ``merge_state_in_place``); backends
+  ``triton``, ``ck`` (the C++ kernel built by ``compile_ops``) and ``torch``; tuned by CSV.
+- ``merge_states``: several states per token, fixed count or by ``indptr``; ``triton`` and ``torch``.
+
+Every implementation writes into the output tensors it is given (``v_out``/``s_out``, which are the
+inputs themselves for the in-place form) and takes the selected kernel config first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+import torch
+
+from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import dtype_name
+from aiter_ext.core.tuned import load_rows
+
+from . import reference
+
+#: Tiles the tuner tries for the Triton pair kernel (rows per program x warps).
+TRITON_TUNE_CONFIGS = [
+    {"BLOCK_R": r, "num_warps": w} for r, w in ((8, 4), (16, 4), (32, 4), (32, 8), (64, 8))
+]
+
+
+def _bucket(call: Mapping) -> tuple:
+    return (pow2_bucket(call["num_tokens"]), call["num_heads"], call["head_dim"], call["dtype"])
+
+
+SHAPE_KEYS = ("num_tokens", "num_heads", "head_dim", "dtype")
+MERGE_STATE = define_op("merge_state", SHAPE_KEYS, _bucket)
+MERGE_STATES = define_op("merge_states", SHAPE_KEYS, _bucket)
+
+
+def tuned_triton_configs() -> list[tuple[str, dict]]:
+    """Distinct Triton configs named by tuned rows of any arch (for the AMD compile check)."""
+    out = []
+    for row in load_rows("merge_state"):
+        if row["backend"] == "triton":
+            out.append((f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}",
+                        json.loads(row["config"])))
+    return out
+
+
+# -- torch: the reference, written into the outputs ----------------------------------------------
+
+
+def _torch_pair(config, v_a, s_a, v_b, s_b, v_out, s_out, mask):
+    v, s = reference.merge_state_ref(v_a, s_a, v_b, s_b)
+    if mask is None:
+        v_out.copy_(v)
+        s_out.copy_(s)
+    else:
+        keep = mask.to(device=v_out.device, dtype=torch.bool)
+        v_out[keep] = v[keep]
+        s_out[keep] = s[keep]
+
+
+def _torch_many(config, v, s, indptr, v_out, s_out):
+    if indptr is None:
+        v_m, s_m = reference.merge_states_ref(v, s)
+    else:
+        v_m, s_m = reference.variable_length_merge_states_ref(v, s, indptr)
+    v_out.copy_(v_m)
+    s_out.copy_(s_m)
+
+
+# -- triton ---------------------------------------------------------------------------------------
+
+
+def _triton_pair(config, v_a, s_a, v_b, s_b, v_out, s_out, mask):
+    from .kernels import launch_pair
+
+    launch_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, config)
+
+
+def _triton_many(config, v, s, indptr, v_out, s_out):
+    from .kernels import launch_many
+
+    launch_many(v, s, indptr, v_out, s_out, config)
+
+
+# -- ck: the vectorized C++ kernel ------------------------------------------------------------------
+
+_CK_DTYPE_CODES = {"fp16": 0, "bf16": 1, "fp32": 2}
+
+
+def _ck_supports(call: Mapping) -> tuple[bool, str]:
+    from aiter_ext.core.jit import module_status
+
+    ok, reason = module_status("module_merge_state")
+    if not ok:
+        return False, reason
+    if not call["contiguous"]:
+        return False, "the C++ kernel needs contiguous v and s"
+    vec = 4 if call["dtype"] == "fp32" else 8  # elements per 16-byte access
+    if call["head_dim"] % vec or call["head_dim"] > 512:
+        return False, f"the C++ kernel needs head_dim a multiple of {vec} and at most 512, got {call['head_dim']}"
+    return True, ""
+
+
+def _ck_pair(config, v_a, s_a, v_b, s_b, v_out, s_out, mask):
+    from .ck import merge_state_pair
+
+    num_tokens, num_heads, head_dim = v_a.shape
+    merge_state_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, num_tokens, num_heads, head_dim,
+                     _CK_DTYPE_CODES[dtype_name(v_a.dtype)])
+
+
+MERGE_STATE.register("torch", _torch_pair)
+MERGE_STATE.register("triton", _triton_pair, configs=TRITON_TUNE_CONFIGS)
+MERGE_STATE.register("ck", _ck_pair, _ck_supports)
+MERGE_STATES.register("torch", _torch_many)
+MERGE_STATES.register("triton", _triton_many, configs=TRITON_TUNE_CONFIGS)
+
+
+# -- tuning: how `aiter-ext tune merge_state` builds and checks one shape -----------------------------
+
+
+def _tune_case(shape: dict, device: str):
+    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.tuner import TuneCase
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
+    n, h, d = shape["num_tokens"], shape["num_heads"], shape["head_dim"]
+    v_a, v_b = (torch.randn(n, h, d, device=device).to(dtype) for _ in range(2))
+    s_a, s_b = (torch.randn(n, h, device=device) * 5 for _ in range(2))
+    v_ref, s_ref = reference.merge_state_ref(v_a, s_a, v_b, s_b)
+    v_out, s_out = torch.empty_like(v_a), torch.empty_like(s_a)
+
+    def run(impl, cfg):
+        impl.fn(cfg, v_a, s_a, v_b, s_b, v_out, s_out, None)
+
+    def check(impl, cfg):
+        poison_(v_out), poison_(s_out)
+        run(impl, cfg)
+        atol, rtol = tolerance(dtype)
+        # scale the value error to the tolerance so that one bound serves every dtype
+        return max(max_error(v_out, v_ref) / (atol + rtol * float(v_ref.float().abs().max())),
+                   max_error(s_out, s_ref) / 1e-4)
+
+    nbytes = 3 * v_a.numel() * v_a.element_size() + 3 * s_a.numel() * 4
+    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("merge_state", _tune_case)
+
+
+_register_tuning()

@@ -1,0 +1,230 @@
+"""Triton kernels for attention-state merging. Private: called only through ``backends.py``.
+
+Both kernels view states as rows: row ``r`` is (token ``r // H``, head ``r % H``) holding ``D`` values
+and one fp32 LSE. One program merges a tile of ``BLOCK_R`` rows x ``BLOCK_D`` columns, so that it
+moves several KiB: one program per (token, head) moves 0.5 KiB and was seen to stall at about 12%
+of bandwidth on MI350X (vllm#56954).
+
+Only the token stride is free; heads and head_dim must be packed (the API checks this), which keeps
+the address arithmetic to one multiply-add per row.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+#: Elements one program handles by default (rows x padded head_dim); tuned rows may override it.
+DEFAULT_TILE_ELEMENTS = 4096
+
+
+@triton.jit
+def _merge_step(m, denom, acc, s_i, v_i):
+    """Fold one state (``s_i [R]``, ``v_i [R, D]`` fp32) into the running (max, weight sum, weighted v).
+
+    Empty states (``s_i = -inf``) weigh 0. ``m_safe`` keeps ``-inf - -inf`` out of the exponent while
+    every state so far was empty.
+    """
+    m_new = tl.maximum(m, s_i)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    rescale = tl.exp2(m - m_safe)
+    w = tl.exp2(s_i - m_safe)
+    acc = acc * rescale[:, None] + w[:, None] * v_i
+    denom = denom * rescale + w
+    return m_new, denom, acc
+
+
+@triton.jit
+def _merge_finish(m, denom, acc):
+    """(v, s) from the running sums; all-empty rows give v = 0 and s = -inf."""
+    empty = denom == 0.0
+    safe_denom = tl.where(empty, 1.0, denom)
+    v = acc / safe_denom[:, None]
+    s = tl.where(empty, float("-inf"), m + tl.log2(safe_denom))
+    return v, s
+
+
+@triton.jit
+def merge_pair_kernel(
+    v_a, s_a, v_b, s_b, v_out, s_out, mask,
+    num_rows, num_heads, head_dim,
+    stride_va, stride_sa, stride_vb, stride_sb, stride_vo, stride_so,  # token strides, in elements
+    HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """(v_out, s_out) = merge((v_a, s_a), (v_b, s_b)); with HAS_MASK, tokens whose mask byte is 0 are
+    not written at all (merge_state_in_place passes v_out = v_a)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < num_rows
+    tok = (rows // num_heads).to(tl.int64)
+    head = rows % num_heads
+    if HAS_MASK:
+        row_ok = row_ok & (tl.load(mask + tok, mask=row_ok, other=0) != 0)
+    tile_ok = row_ok[:, None] & (cols < head_dim)[None, :]
+    inner = head[:, None] * head_dim + cols[None, :]
+
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    denom = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    sa = tl.load(s_a + tok * stride_sa + head, mask=row_ok, other=float("-inf"))
+    va = tl.load(v_a + tok[:, None] * stride_va + inner, mask=tile_ok, other=0.0).to(tl.float32)
+    m, denom, acc = _merge_step(m, denom, acc, sa, va)
+    sb = tl.load(s_b + tok * stride_sb + head, mask=row_ok, other=float("-inf"))
+    vb = tl.load(v_b + tok[:, None] * stride_vb + inner, mask=tile_ok, other=0.0).to(tl.float32)
+    m, denom, acc = _merge_step(m, denom, acc, sb, vb)
+    v, s = _merge_finish(m, denom, acc)
+
+    tl.store(v_out + tok[:, None] * stride_vo + inner, v.to(v_out.dtype.element_ty), mask=tile_ok)
+    tl.store(s_out + tok * stride_so + head, s, mask=row_ok)
+
+
+@triton.jit
+def merge_many_kernel(
+    v, s, indptr, v_out, s_out,
+    num_rows, num_heads, head_dim, num_states, total_states,
+    stride_v_tok, stride_v_state, stride_s_tok, stride_s_state, stride_vo, stride_so,
+    VARLEN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Merge several states per output token.
+
+    Fixed count (``VARLEN=False``, merge_states): state ``i`` of token ``t`` is ``v[t, i]``.
+    Variable count (``VARLEN=True``): token ``t`` merges rows ``indptr[t] .. indptr[t+1]`` of a packed
+    ``v [total_states, H, D]``. Reads are bounded by ``total_states`` and negative counts read nothing,
+    so a malformed device-side ``indptr`` cannot make the kernel read outside ``v``.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < num_rows
+    tok = (rows // num_heads).to(tl.int64)
+    head = rows % num_heads
+    col_ok = (cols < head_dim)[None, :]
+    inner = head[:, None] * head_dim + cols[None, :]
+    if VARLEN:
+        first = tl.load(indptr + tok, mask=row_ok, other=0).to(tl.int64)
+        count = tl.load(indptr + tok + 1, mask=row_ok, other=0).to(tl.int64) - first
+        count = tl.where(row_ok, count, 0)
+        v_row = v + first[:, None] * stride_v_state + inner
+        s_row = s + first * stride_s_state + head
+        loop_states = tl.max(count, axis=0)
+    else:
+        first = tl.zeros([BLOCK_R], tl.int64)
+        count = tl.where(row_ok, num_states, 0).to(tl.int64)
+        v_row = v + tok[:, None] * stride_v_tok + inner
+        s_row = s + tok * stride_s_tok + head
+        loop_states = num_states
+
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    denom = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for i in range(0, loop_states):
+        ok = (i < count) & (first + i < total_states) & (first + i >= 0)
+        s_i = tl.load(s_row + i * stride_s_state, mask=ok, other=float("-inf"))
+        v_i = tl.load(v_row + i * stride_v_state, mask=ok[:, None] & col_ok, other=0.0).to(tl.float32)
+        m, denom, acc = _merge_step(m, denom, acc, s_i, v_i)
+    v_m, s_m = _merge_finish(m, denom, acc)
+
+    tl.store(v_out + tok[:, None] * stride_vo + inner, v_m.to(v_out.dtype.element_ty), mask=row_ok[:, None] & col_ok)
+    tl.store(s_out + tok * stride_so + head, s_m, mask=row_ok)
+
+
+def default_config(head_dim: int) -> dict:
+    """Heuristic tile: ``DEFAULT_TILE_ELEMENTS`` per program, 4 warps."""
+    block_d = triton.next_power_of_2(head_dim)
+    return {"BLOCK_R": max(1, DEFAULT_TILE_ELEMENTS // block_d), "num_warps": 4}
+
+
+def launch_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, config: dict) -> None:
+    num_tokens, num_heads, head_dim = v_a.shape
+    num_rows = num_tokens * num_heads
+    if num_rows == 0:
+        return
+    cfg = {**default_config(head_dim), **config}
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
+    merge_pair_kernel[grid](
+        v_a, s_a, v_b, s_b, v_out, s_out, mask if mask is not None else s_a,
+        num_rows, num_heads, head_dim,
+        v_a.stride(0), s_a.stride(0), v_b.stride(0), s_b.stride(0), v_out.stride(0), s_out.stride(0),
+        HAS_MASK=mask is not None, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=cfg["num_warps"],
+    )
+
+
+def launch_many(v, s, indptr, v_out, s_out, config: dict) -> None:
+    """``indptr is None``: ``v [N, S, H, D]``; otherwise ``v [total, H, D]`` with ``indptr [N + 1]``."""
+    num_tokens, num_heads, head_dim = v_out.shape
+    num_rows = num_tokens * num_heads
+    if num_rows == 0:
+        return
+    varlen = indptr is not None
+    cfg = {**default_config(head_dim), **config}
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
+    if varlen:
+        num_states, total = 0, v.shape[0]
+        strides = (0, v.stride(0), 0, s.stride(0))
+    else:
+        num_states, total = v.shape[1], v.shape[0] * v.shape[1]
+        strides = (v.stride(0), v.stride(1), s.stride(0), s.stride(1))
+    merge_many_kernel[grid](
+        v, s, indptr if varlen else s, v_out, s_out,
+        num_rows, num_heads, head_dim, num_states, total,
+        *strides, v_out.stride(0), s_out.stride(0),
+        VARLEN=varlen, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=cfg["num_warps"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# What `aiter-ext aot --check` compiles for gfx942/gfx950: every kernel, in each dtype and head dim we
+# serve, with the default tile and every tile the tuned CSV and the tuner use.
+
+AOT_HEAD_DIMS = (64, 128, 256, 512)
+AOT_DTYPES = ("fp16", "bf16", "fp32")
+
+
+def _aot_configs(dtype: str, head_dim: int) -> list[tuple[str, dict]]:
+    """The default tile for every (dtype, head_dim); every tuner/tuned tile for bf16 at 128 and at the
+    widest head dim (the tile's register and LDS cost depends on its size, not on the dtype)."""
+    from .backends import TRITON_TUNE_CONFIGS, tuned_triton_configs
+
+    configs = [("default", default_config(head_dim))]
+    if dtype == "bf16" and head_dim in (128, max(AOT_HEAD_DIMS)):
+        configs += [(f"tune{i}", c) for i, c in enumerate(TRITON_TUNE_CONFIGS)]
+        configs += [(f"tuned:{label}", c) for label, c in tuned_triton_configs()]
+    seen, unique = set(), []
+    for label, cfg in configs:
+        key = tuple(sorted(cfg.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append((label, cfg))
+    return unique
+
+
+def aot_specs():
+    ints = {n: "i32" for n in ("num_rows", "num_heads", "head_dim")}
+    for dtype in AOT_DTYPES:
+        for head_dim in AOT_HEAD_DIMS:
+            block_d = triton.next_power_of_2(head_dim)
+            for label, cfg in _aot_configs(dtype, head_dim):
+                opts = {"num_warps": cfg["num_warps"]}
+                tag = f"{dtype}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}"
+                for has_mask in (False, True):
+                    sig = {"v_a": f"*{dtype}", "s_a": "*fp32", "v_b": f"*{dtype}", "s_b": "*fp32",
+                           "v_out": f"*{dtype}", "s_out": "*fp32", "mask": "*u8", **ints,
+                           **{n: "i64" for n in ("stride_va", "stride_sa", "stride_vb", "stride_sb",
+                                                 "stride_vo", "stride_so")}}
+                    yield KernelSpec(f"merge_pair{'_masked' if has_mask else ''}[{tag}]", merge_pair_kernel, sig,
+                                     {"HAS_MASK": has_mask, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": block_d},
+                                     opts, config_label=label)
+                for varlen in (False, True):
+                    sig = {"v": f"*{dtype}", "s": "*fp32", "indptr": "*i32", "v_out": f"*{dtype}",
+                           "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i64",
+                           **{n: "i64" for n in ("stride_v_tok", "stride_v_state", "stride_s_tok",
+                                                 "stride_s_state", "stride_vo", "stride_so")}}
+                    yield KernelSpec(f"merge_{'varlen' if varlen else 'many'}[{tag}]", merge_many_kernel, sig,
+                                     {"VARLEN": varlen, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": block_d},
+                                     opts, config_label=label)
+
+
+register_aot_specs("merge_state", aot_specs)

@@ -1,0 +1,281 @@
+"""merge_state, merge_state_in_place, merge_states, variable_length_merge_states.
+
+pytest: every backend that can run here against the fp32 reference, on fresh random inputs with
+empty (-inf) states mixed in, outputs poisoned first; bad inputs; torch.compile and graph capture.
+CLI (``python op_tests/test_merge_state.py``): the benchmark, beside FlashInfer when it is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE, backend_params, grid  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.backend import BackendUnavailableError  # noqa: E402
+from aiter_ext.core.testing import assert_close, poisoned_like  # noqa: E402
+from aiter_ext.ops.merge_state import api  # noqa: E402
+from aiter_ext.ops.merge_state.backends import MERGE_STATE, MERGE_STATES  # noqa: E402
+from aiter_ext.ops.merge_state.reference import (  # noqa: E402
+    merge_state_in_place_ref, merge_state_ref, merge_states_ref, variable_length_merge_states_ref,
+)
+
+NEG_INF = float("-inf")
+DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
+
+
+def random_state(*lead, num_heads, head_dim, dtype, empty_frac=0.15):
+    """v ~ N(0, 1), s ~ N(0, 5^2) with a fraction of states empty (s = -inf)."""
+    v = torch.randn(*lead, num_heads, head_dim, device=DEVICE).to(dtype)
+    s = torch.randn(*lead, num_heads, device=DEVICE) * 5
+    s[torch.rand(s.shape, device=DEVICE) < empty_frac] = NEG_INF
+    return v, s
+
+
+# --------------------------------------------------------------------------------------------------
+# merge_state / merge_state_in_place
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATE))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("seq_len,num_heads", grid([(1, 3), (17, 4)], [(1, 3), (17, 4), (2048, 32), (4097, 8)]))
+def test_merge_state(backend, dtype, head_dim, seq_len, num_heads):
+    v_a, s_a = random_state(seq_len, num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    v_b, s_b = random_state(seq_len, num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    s_a[0, 0] = s_b[0, 0] = NEG_INF  # at least one row where both states are empty
+    v_ref, s_ref = merge_state_ref(v_a, s_a, v_b, s_b)
+
+    v_out, s_out = poisoned_like(v_a), poisoned_like(s_a)  # any element left unwritten shows as NaN
+    api._merge_pair_out(v_a, s_a, v_b, s_b, v_out, s_out, None, backend)
+    assert_close(v_out, v_ref, name="v")
+    assert_close(s_out, s_ref, torch.float32, name="s", atol=1e-5, rtol=1e-5)
+    assert not torch.isnan(v_out).any()
+    assert torch.all(v_out[0, 0] == 0) and s_out[0, 0] == NEG_INF  # two empty states: v = 0, s = -inf
+
+    v, s = aiter_ext.merge_state(v_a, s_a, v_b, s_b, backend=backend)  # the public, allocating form
+    assert_close(v, v_ref, name="v")
+    assert_close(s, s_ref, torch.float32, name="s")
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATE))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_merge_with_empty_state_is_identity(backend, dtype):
+    v_a, s_a = random_state(9, num_heads=4, head_dim=128, dtype=dtype, empty_frac=0.0)
+    v_b, _ = random_state(9, num_heads=4, head_dim=128, dtype=dtype)
+    s_b = torch.full_like(s_a, NEG_INF)
+    v, s = aiter_ext.merge_state(v_a, s_a, v_b, s_b, backend=backend)
+    assert torch.equal(v, v_a) and torch.equal(s, s_a)
+    v2, s2 = aiter_ext.merge_state(v_b, s_b, v_a, s_a, backend=backend)  # and from the other side
+    assert torch.equal(v2, v_a) and torch.equal(s2, s_a)
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATE))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", ["none", "ones", "zeros", "random-bool", "random-uint8"])
+@pytest.mark.parametrize("seq_len", grid([13], [13, 512]))
+def test_merge_state_in_place(backend, dtype, mask_kind, seq_len):
+    num_heads, head_dim = (3, 128) if seq_len < 100 else (32, 128)
+    v, s = random_state(seq_len, num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    v_o, s_o = random_state(seq_len, num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    mask = {
+        "none": None,
+        "ones": torch.ones(seq_len, dtype=torch.bool, device=DEVICE),
+        "zeros": torch.zeros(seq_len, dtype=torch.bool, device=DEVICE),
+        "random-bool": torch.rand(seq_len, device=DEVICE) < 0.5,
+        "random-uint8": (torch.rand(seq_len, device=DEVICE) < 0.5).to(torch.uint8) * 7,  # any nonzero byte
+    }[mask_kind]
+    v_ref, s_ref = v.clone(), s.clone()
+    merge_state_in_place_ref(v_ref, s_ref, v_o, s_o, mask)
+    v_before, s_before = v.clone(), s.clone()
+
+    aiter_ext.merge_state_in_place(v, s, v_o, s_o, mask=mask, backend=backend)
+    assert_close(v, v_ref, name="v")
+    assert_close(s, s_ref, torch.float32, name="s")
+    if mask is not None:  # untouched rows are bit-identical, LSE included
+        keep = mask.bool()
+        assert torch.equal(v[~keep], v_before[~keep]) and torch.equal(s[~keep], s_before[~keep])
+
+
+# --------------------------------------------------------------------------------------------------
+# merge_states / variable_length_merge_states
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATES, ("torch", "triton")))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_states", [0, 1, 3, 8])
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_merge_states(backend, dtype, num_states, head_dim):
+    seq_len, num_heads = grid((5, 2), (2048, 32))
+    v, s = random_state(seq_len, num_states, num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    v_ref, s_ref = merge_states_ref(v, s)
+    v_out, s_out = poisoned_like(v_ref), poisoned_like(s_ref)
+    api._merge_many_out(v, s, None, v_out, s_out, backend)
+    assert_close(v_out, v_ref, name="v")
+    assert_close(s_out, s_ref, torch.float32, name="s")
+    if num_states == 0:
+        assert torch.all(v_out == 0) and torch.all(s_out == NEG_INF)
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATES, ("torch", "triton")))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_variable_length_merge_states(backend, dtype, index_dtype):
+    seq_len, num_heads, head_dim, max_len = grid((9, 2, 128, 6), (2048, 32, 128, 512))
+    lengths = torch.randint(0, max_len, (seq_len,))
+    lengths[0] = 0  # an empty segment: v = 0, s = -inf
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(index_dtype)
+    v, s = random_state(int(indptr[-1]), num_heads=num_heads, head_dim=head_dim, dtype=dtype)
+    v_ref, s_ref = variable_length_merge_states_ref(v, s, indptr)
+    v_out, s_out = poisoned_like(v_ref), poisoned_like(s_ref)
+    api._merge_many_out(v, s, indptr.to(DEVICE), v_out, s_out, backend)
+    assert_close(v_out, v_ref, name="v")
+    assert_close(s_out, s_ref, torch.float32, name="s")
+    assert torch.all(v_out[0] == 0) and torch.all(s_out[0] == NEG_INF)
+    out, lse = aiter_ext.variable_length_merge_states(v, s, indptr, backend=backend)
+    assert_close(out, v_ref, name="v")
+
+
+def test_merge_states_agrees_with_pairwise_merges():
+    """Merging 4 states at once equals three pairwise merges (the cascade's use)."""
+    v, s = random_state(6, 4, num_heads=2, head_dim=64, dtype=torch.float32)
+    v_all, s_all = aiter_ext.merge_states(v, s)
+    v_acc, s_acc = v[:, 0].clone(), s[:, 0].clone()
+    for i in range(1, 4):
+        aiter_ext.merge_state_in_place(v_acc, s_acc, v[:, i].contiguous(), s[:, i].contiguous())
+    assert_close(v_acc, v_all, torch.float32, atol=1e-5, rtol=1e-4)  # fp32, different summation order
+    assert_close(s_acc, s_all, torch.float32, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, and nothing written.
+
+
+def _pair(n=4, h=2, d=64, dtype=torch.float16):
+    return random_state(n, num_heads=h, head_dim=d, dtype=dtype) + random_state(n, num_heads=h, head_dim=d, dtype=dtype)
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("v_b shape", ValueError, "v_b must have shape"),
+    ("s_a dtype", TypeError, "s_a must be fp32"),
+    ("v_a dtype", TypeError, "v_a must be fp16, bf16, fp32"),
+    ("dtype mismatch", TypeError, "v_b is bf16 but v_a is fp16"),
+    ("s_a shape", ValueError, "s_a must have shape"),
+    ("v_a ndim", ValueError, "v_a must have 3 dimensions"),
+    ("v_a layout", ValueError, "v_a must be contiguous in its last 2"),
+    ("device", ValueError, "s_b is on meta"),
+    ("backend", BackendUnavailableError, "'nope' was requested"),
+])
+def test_merge_state_bad_input(case, exc, match):
+    v_a, s_a, v_b, s_b = _pair()
+    kwargs = {}
+    if case == "v_b shape":
+        v_b = v_b[:3]
+    elif case == "s_a dtype":
+        s_a = s_a.half()
+    elif case == "v_a dtype":
+        v_a = v_a.to(torch.int16)
+    elif case == "dtype mismatch":
+        v_b = v_b.bfloat16()
+    elif case == "s_a shape":
+        s_a = s_a[:, :1]
+    elif case == "v_a ndim":
+        v_a = v_a[None]
+    elif case == "v_a layout":
+        v_a = v_a.transpose(1, 2).contiguous().transpose(1, 2)  # heads not packed
+    elif case == "device":
+        s_b = s_b.to("meta")
+    elif case == "backend":
+        kwargs["backend"] = "nope"
+    with pytest.raises(exc, match=match):
+        aiter_ext.merge_state(v_a, s_a, v_b, s_b, **kwargs)
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("s fp16", TypeError, "s must be fp32"),
+    ("mask int32", TypeError, "mask must be bool, uint8"),
+    ("mask shape", ValueError, "mask must have shape"),
+])
+def test_merge_state_in_place_bad_input_writes_nothing(case, exc, match):
+    v, s, v_o, s_o = _pair()
+    mask = None
+    if case == "s fp16":
+        s = s.half()
+    elif case == "mask int32":
+        mask = torch.ones(4, dtype=torch.int32, device=DEVICE)
+    elif case == "mask shape":
+        mask = torch.ones(5, dtype=torch.bool, device=DEVICE)
+    v_before, s_before = v.clone(), s.clone()
+    with pytest.raises(exc, match=match):
+        aiter_ext.merge_state_in_place(v, s, v_o, s_o, mask=mask)
+    assert torch.equal(v, v_before) and torch.equal(s, s_before)
+
+
+@pytest.mark.parametrize("indptr,match", [
+    ([1, 2, 4], "indptr must start at 0"),
+    ([0, 3, 2, 4], "indptr must be nondecreasing"),
+    ([0, 2, 3], "indptr\\[-1\\] must equal"),
+])
+def test_variable_length_bad_indptr(indptr, match):
+    v, s = random_state(4, num_heads=2, head_dim=64, dtype=torch.float16)
+    with pytest.raises(ValueError, match=match):
+        aiter_ext.variable_length_merge_states(v, s, torch.tensor(indptr, dtype=torch.int32))
+
+
+def test_unavailable_explicit_backend_raises_with_reason():
+    ok, reason = MERGE_STATE.usable("ck", {"num_tokens": 4, "num_heads": 2, "head_dim": 64, "dtype": "fp16",
+                                           "has_mask": False, "contiguous": True})
+    if ok:
+        pytest.skip("ck can run here; this test is about a machine where it cannot")
+    v_a, s_a, v_b, s_b = _pair()
+    with pytest.raises(BackendUnavailableError, match="ck"):
+        aiter_ext.merge_state(v_a, s_a, v_b, s_b, backend="ck")
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.compile and graph capture.
+
+
+def test_torch_compile_fullgraph():
+    v_a, s_a, v_b, s_b = _pair(5, 2, 64, torch.float16)
+
+    def f(v_a, s_a, v_b, s_b):
+        v, s = aiter_ext.merge_state(v_a, s_a, v_b, s_b)
+        aiter_ext.merge_state_in_place(v, s, v_b, s_b)
+        return v, s
+
+    v_ref, s_ref = merge_state_ref(v_a, s_a, v_b, s_b)
+    merge_state_in_place_ref(v_ref, s_ref, v_b, s_b)
+    v, s = torch.compile(f, fullgraph=True, backend="aot_eager")(v_a, s_a, v_b, s_b)
+    assert_close(v, v_ref, name="v")
+    assert_close(s, s_ref, torch.float32, name="s")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="graph capture needs a GPU (covered on the lent GPU)")
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATE, ("triton", "ck")))
+def test_cuda_graph_capture(backend):
+    v, s, v_o, s_o = _pair(300, 8, 128, torch.bfloat16)
+    v_ref, s_ref = v.clone(), s.clone()
+    merge_state_in_place_ref(v_ref, s_ref, v_o, s_o)
+    v_work, s_work = v.clone(), s.clone()
+    aiter_ext.merge_state_in_place(v_work, s_work, v_o, s_o, backend=backend)  # warm-up: compile/build
+    v_work.copy_(v), s_work.copy_(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        aiter_ext.merge_state_in_place(v_work, s_work, v_o, s_o, backend=backend)
+    v_work.copy_(v), s_work.copy_(s)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(v_work, v_ref, name="v")
+    assert_close(s_work, s_ref, torch.float32, name="s")
+
+
+if __name__ == "__main__":
+    from merge_state_bench import main
+
+    sys.exit(main())
