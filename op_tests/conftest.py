@@ -1,8 +1,8 @@
-"""Shared test set-up: where tests run, which backends they cover, and how big the grids are.
+"""Shared test helpers: where tests run, which backends they cover, and how big the grids are.
 
-On a machine without a GPU the Triton kernels run through the interpreter, so TRITON_INTERPRET=1 is
-set here before any kernel module is imported, and grids are trimmed to CI size. On a GPU the same
-tests run compiled, over FlashInfer's full grids (or set AITER_EXT_FULL_GRID=1 to force them).
+On a machine without a GPU the Triton kernels run through the interpreter (the repository's root
+conftest.py sets TRITON_INTERPRET=1) and grids are trimmed to CI size. On a GPU the same tests run
+compiled, over FlashInfer's full grids (or set AITER_EXT_FULL_GRID=1 to force them on the CPU).
 """
 
 import os
@@ -10,10 +10,7 @@ import zlib
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FULL_GRID = torch.cuda.is_available() or os.environ.get("AITER_EXT_FULL_GRID") == "1"

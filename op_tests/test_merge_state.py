@@ -275,7 +275,118 @@ def test_cuda_graph_capture(backend):
     assert_close(s_work, s_ref, torch.float32, name="s")
 
 
-if __name__ == "__main__":
-    from merge_state_bench import main
+# --------------------------------------------------------------------------------------------------
+# Benchmark CLI: python op_tests/test_merge_state.py [--tokens ...] [--backend ...]
 
-    sys.exit(main())
+
+def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph):
+    """Time one case on every backend and on FlashInfer; every provider's output is checked first."""
+    from aiter_ext.core.bench import time_us
+    from aiter_ext.core.testing import max_error
+
+    esize = torch.empty((), dtype=dtype).element_size()
+    if kind == "merge_states":
+        v, s = random_state(n, num_states, num_heads=h, head_dim=d, dtype=dtype, empty_frac=0.0)
+        v_ref, s_ref = merge_states_ref(v, s)
+        nbytes = (num_states + 1) * n * h * (d * esize + 4)
+        ours = lambda b: aiter_ext.merge_states(v, s, backend=b)  # noqa: E731
+        theirs = (lambda: fi.merge_states(v, s)) if fi else None
+    else:
+        v_a, s_a = random_state(n, num_heads=h, head_dim=d, dtype=dtype, empty_frac=0.0)
+        v_b, s_b = random_state(n, num_heads=h, head_dim=d, dtype=dtype, empty_frac=0.0)
+        v_ref, s_ref = merge_state_ref(v_a, s_a, v_b, s_b)
+        nbytes = 3 * n * h * (d * esize + 4)
+        if kind == "merge_state":
+            ours = lambda b: aiter_ext.merge_state(v_a, s_a, v_b, s_b, backend=b)  # noqa: E731
+            theirs = (lambda: fi.merge_state(v_a, s_a, v_b, s_b)) if fi else None
+        else:  # in place: check on a copy, time on the live tensors (values stay finite)
+            v_w, s_w = v_a.clone(), s_a.clone()
+
+            def ours(b):
+                v_c, s_c = v_a.clone(), s_a.clone()
+                aiter_ext.merge_state_in_place(v_c, s_c, v_b, s_b, backend=b)
+                return v_c, s_c
+            theirs = (lambda: fi.merge_state_in_place(v_w, s_w, v_b, s_b)) if fi else None
+
+    fi_us = fi_err = None
+    if theirs is not None:
+        if kind == "merge_state_in_place":
+            v_w.copy_(v_a), s_w.copy_(s_a)
+            theirs()
+            fi_err = max_error(v_w, v_ref)
+        else:
+            fi_err = max_error(theirs()[0], v_ref)
+        fi_us = time_us(theirs)
+    rows = []
+    for b in backends:
+        if not MERGE_STATE.usable(b, {"num_tokens": n, "num_heads": h, "head_dim": d,
+                                       "dtype": {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype],
+                                       "has_mask": False, "contiguous": True, "varlen": False})[0]:
+            continue
+        if kind == "merge_states" and b not in MERGE_STATES.impls:
+            continue
+        out_v, out_s = ours(b)
+        err_v, err_s = max_error(out_v, v_ref), max_error(out_s, s_ref)
+        assert_close(out_v, v_ref, name=f"{kind} {b} v")
+        assert_close(out_s, s_ref, torch.float32, name=f"{kind} {b} s", atol=1e-4, rtol=1e-5)
+        if kind == "merge_state_in_place":
+            v_w.copy_(v_a), s_w.copy_(s_a)
+            us = time_us(lambda: aiter_ext.merge_state_in_place(v_w, s_w, v_b, s_b, backend=b))
+            g_us = time_us(lambda: aiter_ext.merge_state_in_place(v_w, s_w, v_b, s_b, backend=b), graph=True) if graph else None
+        else:
+            us = time_us(lambda: ours(b))
+            g_us = time_us(lambda: ours(b), graph=True) if graph else None
+        gbs = nbytes / us / 1e3
+        rows.append({"op": kind, "tokens": n, "heads": h, "head_dim": d, "states": num_states if kind == "merge_states" else 2,
+                     "dtype": str(dtype).replace("torch.", ""), "backend": b, "us": us, "graph_us": g_us,
+                     "GB/s": gbs, "%copy_bw": 100 * gbs / copy_gbs, "flashinfer_us": fi_us,
+                     "vs_flashinfer": (fi_us / us) if fi_us else None, "err": max(err_v, err_s), "fi_err": fi_err})
+    return rows
+
+
+def bench_main(argv=None) -> int:
+    import argparse
+
+    from aiter_ext.core.arch import device_info
+    from aiter_ext.core.bench import copy_bandwidth_gbs, git_commit, markdown_table
+
+    parser = argparse.ArgumentParser(description="merge_state benchmark (beside FlashInfer when installed)")
+    parser.add_argument("--tokens", type=int, nargs="*", default=[1, 64, 512, 4096, 16384, 65536])
+    parser.add_argument("--heads", type=int, nargs="*", default=[32])
+    parser.add_argument("--head-dim", type=int, nargs="*", default=[128])
+    parser.add_argument("--dtype", nargs="*", default=["bf16"], choices=["bf16", "fp16"])
+    parser.add_argument("--backend", nargs="*", default=["triton", "ck"])
+    parser.add_argument("--ops", nargs="*", default=["merge_state", "merge_state_in_place", "merge_states"],
+                        help="merge_states runs with 4 states per token at the largest token count <= 4096")
+    parser.add_argument("--no-flashinfer", action="store_true")
+    parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replays (no launch overhead)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("the benchmark needs a GPU: CPU (interpreter) timings are not performance figures", file=sys.stderr)
+        return 2
+    fi = None
+    if not args.no_flashinfer:
+        try:
+            import flashinfer as fi
+        except ImportError as exc:
+            print(f"FlashInfer not importable ({exc}); its columns stay empty")
+    info = device_info()
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"device {info.name} ({info.arch}, {info.cu_num} CUs), commit {git_commit()}, "
+          f"FlashInfer {getattr(fi, '__version__', 'absent')}, measured copy bandwidth {copy_gbs:.0f} GB/s")
+    print("times: median of triton.testing.do_bench (L2 cleared before each call), public API call incl. allocation")
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    rows = []
+    for kind in args.ops:
+        tokens = args.tokens if kind != "merge_states" else [max(t for t in args.tokens if t <= 4096)]
+        for dt in args.dtype:
+            for h in args.heads:
+                for d in args.head_dim:
+                    for n in tokens:
+                        rows += _bench_rows(kind, n, h, d, dtypes[dt], 4, args.backend, fi, copy_gbs, args.graph)
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())

@@ -1,0 +1,192 @@
+"""Backend selection order and tuned-CSV lookup, on a scratch op and scratch CSVs.
+
+Covers: explicit argument, FlashInfer's "auto"/"fa2"/"fa3", the environment (per op and global), an
+explicit request that cannot run, a tuned row hit, the nearest shape, the nearest CU count, a miss, a
+stale row (its backend cannot run), decisions cached per shape bucket, and the tuner writing rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import conftest  # noqa: E402,F401  (sets TRITON_INTERPRET on a GPU-less machine)
+
+from aiter_ext.core import backend as backend_mod  # noqa: E402
+from aiter_ext.core import tuned  # noqa: E402
+from aiter_ext.core.backend import BackendUnavailableError, Op, pow2_bucket  # noqa: E402
+
+KEYS = ("num_tokens", "head_dim", "dtype")
+
+
+def _op(name="scratch"):
+    op = Op(name, KEYS, lambda c: (pow2_bucket(c["num_tokens"]), c["head_dim"], c["dtype"]))
+    op.register("torch", lambda: "torch")
+    op.register("triton", lambda: "triton", configs=[{"BLOCK": 1}, {"BLOCK": 2}])
+    op.register("ck", lambda: "ck", supports=lambda c: (c["head_dim"] % 8 == 0, "head_dim must be a multiple of 8"))
+    return op
+
+
+CALL = {"num_tokens": 100, "head_dim": 128, "dtype": "bf16"}
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """Pretend every kernel backend is available, so selection logic is tested independently of this machine."""
+    monkeypatch.setattr(backend_mod, "backend_status", lambda name: (True, "test"))
+    monkeypatch.delenv("AITER_EXT_BACKEND", raising=False)
+    monkeypatch.delenv("AITER_EXT_BACKEND_SCRATCH", raising=False)
+    monkeypatch.setenv("AITER_EXT_ARCH", "gfx942")
+    monkeypatch.setenv("AITER_EXT_CU_NUM", "304")
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=tuned.header(KEYS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({"us": 1.0, "bw_gbs": 1, "tflops": 0, "err": 0, **r})
+
+
+def _row(backend, cfg, arch="gfx942", cu=304, n=128, d=128, dtype="bf16"):
+    return {"arch": arch, "cu_num": cu, "num_tokens": n, "head_dim": d, "dtype": dtype, "backend": backend,
+            "config": json.dumps(cfg)}
+
+
+def test_priority_order_without_csv(gpu_like, monkeypatch, tmp_path):
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(tmp_path / "none.csv"))
+    choice = _op().select(CALL)
+    assert (choice.impl.backend, choice.how, choice.config) == ("triton", "priority", {})
+
+
+@pytest.mark.parametrize("value", [None, "auto", "fa2", "fa3"])
+def test_flashinfer_backend_values_mean_automatic(gpu_like, monkeypatch, tmp_path, value):
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(tmp_path / "none.csv"))
+    assert _op().select(CALL, value).how == "priority"
+
+
+def test_explicit_argument_wins_and_env_is_next(gpu_like, monkeypatch, tmp_path):
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(tmp_path / "none.csv"))
+    op = _op()
+    assert op.select(CALL, "ck").impl.backend == "ck"
+    monkeypatch.setenv("AITER_EXT_BACKEND", "torch")
+    assert op.select(CALL).impl.backend == "torch"
+    monkeypatch.setenv("AITER_EXT_BACKEND_SCRATCH", "ck")  # the per-op variable beats the global one
+    assert (op.select(CALL).impl.backend, op.select(CALL).how) == ("ck", "environment")
+    assert op.select(CALL, "triton").impl.backend == "triton"  # and the argument beats both
+
+
+def test_explicit_request_that_cannot_run_raises(gpu_like, monkeypatch):
+    op = _op()
+    with pytest.raises(BackendUnavailableError, match="head_dim must be a multiple of 8"):
+        op.select({**CALL, "head_dim": 100}, "ck")
+    monkeypatch.setenv("AITER_EXT_BACKEND_SCRATCH", "asm")
+    with pytest.raises(BackendUnavailableError, match="AITER_EXT_BACKEND_SCRATCH.*has no 'asm' backend"):
+        op.select(CALL)
+
+
+def test_unavailable_backend_reason_is_quoted(monkeypatch):
+    monkeypatch.setattr(backend_mod, "backend_status", lambda name: (name == "torch", f"{name} is off in this test"))
+    with pytest.raises(BackendUnavailableError, match="triton is off in this test"):
+        _op().select(CALL, "triton")
+    assert _op().select(CALL).impl.backend == "torch"  # automatic: falls back to the reference
+
+
+def test_tuned_exact_nearest_shape_nearest_cu_and_miss(gpu_like, monkeypatch, tmp_path):
+    path = tmp_path / "scratch_tuned.csv"
+    _write_csv(path, [_row("ck", {"x": 1}, n=128), _row("triton", {"BLOCK": 2}, n=4096),
+                      _row("triton", {"BLOCK": 7}, cu=80, n=128)])
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(path))
+    tuned.STATS.clear()
+
+    hit = tuned.lookup("scratch", {**CALL, "num_tokens": 128}, KEYS)
+    assert (hit.backend, hit.config, hit.source) == ("ck", {"x": 1}, "exact")
+    near = tuned.lookup("scratch", {**CALL, "num_tokens": 2048}, KEYS)
+    assert near.backend == "triton" and near.config == {"BLOCK": 2} and "nearest shape" in near.source
+    assert tuned.lookup("scratch", {**CALL, "dtype": "fp16"}, KEYS) is None  # dtype never matches "nearly"
+
+    monkeypatch.setenv("AITER_EXT_CU_NUM", "96")  # no row for 96 CUs: the nearest CU count (80) serves
+    other_cu = tuned.lookup("scratch", {**CALL, "num_tokens": 128}, KEYS)
+    assert other_cu.config == {"BLOCK": 7} and "cu_num 80" in other_cu.source
+    monkeypatch.setenv("AITER_EXT_ARCH", "gfx950")  # no row for the arch at all
+    assert tuned.lookup("scratch", CALL, KEYS) is None
+    assert tuned.STATS[("scratch", "exact")] == 1 and tuned.STATS[("scratch", "nearest_shape")] == 1
+    assert tuned.STATS[("scratch", "nearest_cu")] == 1 and tuned.STATS[("scratch", "miss")] == 2
+
+
+def test_tuned_row_is_used_and_stale_row_falls_through(gpu_like, monkeypatch, tmp_path):
+    path = tmp_path / "scratch_tuned.csv"
+    _write_csv(path, [_row("ck", {"x": 1}, n=128, d=128), _row("ck", {"x": 2}, n=128, d=100)])
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(path))
+    op = _op()
+    choice = op.select({**CALL, "num_tokens": 128})
+    assert (choice.impl.backend, choice.config, choice.how) == ("ck", {"x": 1}, "tuned")
+    stale = op.select({**CALL, "num_tokens": 128, "head_dim": 100})  # ck cannot do head_dim 100
+    assert (stale.impl.backend, stale.how) == ("triton", "priority")
+
+
+def test_decisions_are_cached_per_bucket(gpu_like, monkeypatch, tmp_path):
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(tmp_path / "none.csv"))
+    op = _op()
+    calls = []
+    monkeypatch.setattr(tuned, "lookup", lambda *a: calls.append(a))
+    op.select({**CALL, "num_tokens": 100})
+    op.select({**CALL, "num_tokens": 120})  # same power-of-two bucket: no second lookup
+    op.select({**CALL, "num_tokens": 300})
+    assert len(calls) == 2
+
+
+def test_write_rows_merges_and_replaces(tmp_path):
+    path = tmp_path / "t.csv"
+    base = {"us": 2.0, "bw_gbs": 1, "tflops": 0, "err": 0}
+    tuned.write_rows("scratch", KEYS, [{**_row("ck", {}, n=64), **base}, {**_row("ck", {}, n=8), **base}], path)
+    tuned.write_rows("scratch", KEYS, [{**_row("triton", {"BLOCK": 1}, n=64), **base}], path)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["num_tokens"], r["backend"]) for r in rows] == [("8", "ck"), ("64", "triton")]
+
+
+def test_tuner_writes_measured_rows_for_merge_state(tmp_path):
+    """The tuner runs every available backend/config, checks it against the reference, and writes
+    the fastest passing one (CPU interpreter timings: plumbing only, into a scratch file)."""
+    from aiter_ext.core.tuner import tune
+
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_tokens,num_heads,head_dim,dtype\n3,2,64,fp16\n")
+    out = tmp_path / "t.csv"
+    lines = []
+    rows = tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append)
+    assert len(rows) == 1 and rows[0]["backend"] == "triton" and float(rows[0]["err"]) <= 1.0
+    assert json.loads(rows[0]["config"]) in [{"BLOCK_R": r, "num_warps": w} for r, w in
+                                             ((8, 4), (16, 4), (32, 4), (32, 8), (64, 8))]
+    assert out.exists() and any("[1/1]" in line for line in lines)
+
+
+def test_tuner_rejects_a_wrong_kernel(tmp_path, monkeypatch):
+    from aiter_ext.core.tuner import tune
+    from aiter_ext.ops.merge_state.backends import MERGE_STATE
+
+    impl = MERGE_STATE.impls["triton"]
+    monkeypatch.setattr(impl, "fn", lambda cfg, va, sa, vb, sb, vo, so, m: (vo.copy_(va), so.copy_(sa)))
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_tokens,num_heads,head_dim,dtype\n3,2,64,fp16\n")
+    lines = []
+    rows = tune("merge_state", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert rows == [] and any("REJECTED" in line for line in lines)
+
+
+def test_arch_override(monkeypatch):
+    from aiter_ext.core.arch import device_info
+
+    monkeypatch.setenv("AITER_EXT_ARCH", "gfx950")
+    monkeypatch.setenv("AITER_EXT_CU_NUM", "256")
+    info = device_info()
+    assert (info.arch, info.cu_num) == ("gfx950", 256)
+    expected = "cuda" if torch.cuda.is_available() and not torch.version.hip else info.platform
+    assert info.platform == expected
