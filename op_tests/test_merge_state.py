@@ -77,6 +77,19 @@ def test_merge_with_empty_state_is_identity(backend, dtype):
 
 @pytest.mark.parametrize("backend", backend_params(MERGE_STATE))
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_state_is_ignored_even_if_its_v_is_nan(backend, dtype):
+    """An empty state (s = -inf) may carry garbage, e.g. NaN from a 0/0 upstream: it must not leak."""
+    v_a, s_a = random_state(7, num_heads=2, head_dim=64, dtype=dtype, empty_frac=0.0)
+    v_b, s_b = random_state(7, num_heads=2, head_dim=64, dtype=dtype, empty_frac=0.0)
+    s_b[:3] = NEG_INF
+    v_b[:3] = float("nan")
+    v, s = aiter_ext.merge_state(v_a, s_a, v_b, s_b, backend=backend)
+    assert torch.equal(v[:3], v_a[:3]) and torch.equal(s[:3], s_a[:3])
+    assert not torch.isnan(v).any()
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATE))
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_kind", ["none", "ones", "zeros", "random-bool", "random-uint8"])
 @pytest.mark.parametrize("seq_len", grid([13], [13, 512]))
 def test_merge_state_in_place(backend, dtype, mask_kind, seq_len):

@@ -37,6 +37,7 @@ def _merge_pair_out(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b
                     backend: Optional[str]) -> None:
     call = _pair_call(v_a, v_out, mask)
     call["contiguous"] = call["contiguous"] and all(t.is_contiguous() for t in (v_b, s_a, s_b, s_out))
+    call["aligned16"] = all(t.data_ptr() % 16 == 0 for t in (v_a, v_b, v_out))
     choice = MERGE_STATE.select(call, backend)
     choice.impl.fn(choice.config, v_a, s_a, v_b, s_b, v_out, s_out, mask)
 

@@ -17,7 +17,6 @@ from typing import Mapping
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
-from aiter_ext.core.checks import dtype_name
 from aiter_ext.core.tuned import load_rows
 
 from . import reference
@@ -87,9 +86,6 @@ def _triton_many(config, v, s, indptr, v_out, s_out):
 
 # -- ck: the vectorized C++ kernel ------------------------------------------------------------------
 
-_CK_DTYPE_CODES = {"fp16": 0, "bf16": 1, "fp32": 2}
-
-
 def _ck_supports(call: Mapping) -> tuple[bool, str]:
     from aiter_ext.core.jit import module_status
 
@@ -98,6 +94,8 @@ def _ck_supports(call: Mapping) -> tuple[bool, str]:
         return False, reason
     if not call["contiguous"]:
         return False, "the C++ kernel needs contiguous v and s"
+    if not call.get("aligned16", True):
+        return False, "the C++ kernel needs 16-byte aligned v tensors"
     vec = 4 if call["dtype"] == "fp32" else 8  # elements per 16-byte access
     if call["head_dim"] % vec or call["head_dim"] > 512:
         return False, f"the C++ kernel needs head_dim a multiple of {vec} and at most 512, got {call['head_dim']}"
@@ -105,11 +103,11 @@ def _ck_supports(call: Mapping) -> tuple[bool, str]:
 
 
 def _ck_pair(config, v_a, s_a, v_b, s_b, v_out, s_out, mask):
-    from .ck import merge_state_pair
+    from .ck import DTYPE_CODES, merge_state_pair
 
     num_tokens, num_heads, head_dim = v_a.shape
     merge_state_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, num_tokens, num_heads, head_dim,
-                     _CK_DTYPE_CODES[dtype_name(v_a.dtype)])
+                     DTYPE_CODES[v_a.dtype])
 
 
 MERGE_STATE.register("torch", _torch_pair)

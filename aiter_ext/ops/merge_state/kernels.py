@@ -31,7 +31,8 @@ def _merge_step(m, denom, acc, s_i, v_i):
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     rescale = tl.exp2(m - m_safe)
     w = tl.exp2(s_i - m_safe)
-    acc = acc * rescale[:, None] + w[:, None] * v_i
+    # An empty state contributes nothing, whatever its v holds (NaN from an earlier 0/0 included).
+    acc = acc * rescale[:, None] + tl.where(w[:, None] > 0.0, w[:, None] * v_i, 0.0)
     denom = denom * rescale + w
     return m_new, denom, acc
 

@@ -6,7 +6,7 @@ gives the state over their union:
 
     m = max_i s_i,   w_i = 2^(s_i - m),   v = sum_i w_i v_i / sum_i w_i,   s = m + log2(sum_i w_i)
 
-A state with ``s = -inf`` is empty (it covered no keys) and has weight 0. When every state is empty
+A state with ``s = -inf`` is empty (it covered no keys) and has weight 0; its ``v`` is ignored, even NaN. When every state is empty
 the result is ``v = 0`` and ``s = -inf``, never NaN.
 
 These functions are readable rather than fast; they are the oracle of the tests, the benchmarks'
@@ -30,7 +30,8 @@ def merge_stacked_ref(v: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | No
     m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # all-empty rows: avoid -inf - -inf
     w = torch.exp2(s - m_safe[:, None, :])  # [N, S, H]; empty states weigh 0
     denom = w.sum(dim=1)  # [N, H]
-    v_sum = (w[..., None] * v).sum(dim=1)
+    # An empty state contributes nothing, whatever its v holds (NaN from an earlier 0/0 included).
+    v_sum = torch.where(w[..., None] > 0, w[..., None] * v, torch.zeros_like(v)).sum(dim=1)
     v_out = v_sum / torch.where(denom == 0, torch.ones_like(denom), denom)[..., None]
     s_out = m_safe + torch.log2(denom)  # log2(0) = -inf for all-empty rows
     return v_out, s_out
