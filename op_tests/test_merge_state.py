@@ -121,7 +121,7 @@ def test_merge_state_in_place(backend, dtype, mask_kind, seq_len):
 
 @pytest.mark.parametrize("backend", backend_params(MERGE_STATES, ("torch", "triton")))
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_states", [0, 1, 3, 8])
+@pytest.mark.parametrize("num_states", grid([0, 1, 3, 8], [0, 1, 3, 8, 100]))
 @pytest.mark.parametrize("head_dim", [64, 256])
 def test_merge_states(backend, dtype, num_states, head_dim):
     seq_len, num_heads = grid((5, 2), (2048, 32))
@@ -294,7 +294,7 @@ def test_cuda_graph_capture(backend):
 
 def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph):
     """Time one case on every backend and on FlashInfer; every provider's output is checked first."""
-    from aiter_ext.core.bench import time_us
+    from aiter_ext.core.bench import copy_time_us, time_us
     from aiter_ext.core.testing import max_error
 
     esize = torch.empty((), dtype=dtype).element_size()
@@ -350,9 +350,11 @@ def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph)
             us = time_us(lambda: ours(b))
             g_us = time_us(lambda: ours(b), graph=True) if graph else None
         gbs = nbytes / us / 1e3
+        same_size_copy_us = copy_time_us(nbytes)
         rows.append({"op": kind, "tokens": n, "heads": h, "head_dim": d, "states": num_states if kind == "merge_states" else 2,
                      "dtype": str(dtype).replace("torch.", ""), "backend": b, "us": us, "graph_us": g_us,
-                     "GB/s": gbs, "%copy_bw": 100 * gbs / copy_gbs, "flashinfer_us": fi_us,
+                     "GB/s": gbs, "%copy_bw": 100 * gbs / copy_gbs,
+                     "%same_size_copy": 100 * same_size_copy_us / us, "flashinfer_us": fi_us,
                      "vs_flashinfer": (fi_us / us) if fi_us else None, "err": max(err_v, err_s), "fi_err": fi_err})
     return rows
 

@@ -23,8 +23,10 @@ from . import reference
 
 #: Tiles the tuner tries for the Triton pair kernel (rows per program x warps).
 TRITON_TUNE_CONFIGS = [
-    {"BLOCK_R": r, "num_warps": w} for r, w in ((8, 4), (16, 4), (32, 4), (32, 8), (64, 8))
+    {"BLOCK_R": r, "num_warps": w} for r, w in ((8, 4), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8))
 ]
+#: Head dims the untuned shape list covers, so the AMD compile check builds every tuner tile for them.
+TUNED_HEAD_DIMS = (64, 128, 256)
 
 
 def _bucket(call: Mapping) -> tuple:
@@ -36,14 +38,10 @@ MERGE_STATE = define_op("merge_state", SHAPE_KEYS, _bucket)
 MERGE_STATES = define_op("merge_states", SHAPE_KEYS, _bucket)
 
 
-def tuned_triton_configs() -> list[tuple[str, dict]]:
-    """Distinct Triton configs named by tuned rows of any arch (for the AMD compile check)."""
-    out = []
-    for row in load_rows("merge_state"):
-        if row["backend"] == "triton":
-            out.append((f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}",
-                        json.loads(row["config"])))
-    return out
+def tuned_triton_configs() -> list[tuple[str, int, dict]]:
+    """``(label, head_dim, config)`` of every Triton row in the tuned CSV, any arch (for the AMD compile check)."""
+    return [(f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}", int(row["head_dim"]),
+             json.loads(row["config"])) for row in load_rows("merge_state") if row["backend"] == "triton"]
 
 
 # -- torch: the reference, written into the outputs ----------------------------------------------

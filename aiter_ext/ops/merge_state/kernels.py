@@ -185,14 +185,16 @@ AOT_DTYPES = ("fp16", "bf16", "fp32")
 
 
 def _aot_configs(dtype: str, head_dim: int) -> list[tuple[str, dict]]:
-    """The default tile for every (dtype, head_dim); every tuner/tuned tile for bf16 at 128 and at the
-    widest head dim (the tile's register and LDS cost depends on its size, not on the dtype)."""
-    from .backends import TRITON_TUNE_CONFIGS, tuned_triton_configs
+    """The default tile for every (dtype, head_dim); for bf16 also every tile the tuner tries at the
+    head dims it tunes, and every tile a tuned row names at that row's head dim. (A tile's register
+    and LDS cost depends on its element count and head dim, barely on the 2-byte dtype.)"""
+    from .backends import TRITON_TUNE_CONFIGS, TUNED_HEAD_DIMS, tuned_triton_configs
 
     configs = [("default", default_config(head_dim))]
-    if dtype == "bf16" and head_dim in (128, max(AOT_HEAD_DIMS)):
+    if dtype == "bf16" and head_dim in TUNED_HEAD_DIMS:
         configs += [(f"tune{i}", c) for i, c in enumerate(TRITON_TUNE_CONFIGS)]
-        configs += [(f"tuned:{label}", c) for label, c in tuned_triton_configs()]
+    if dtype == "bf16":
+        configs += [(f"tuned:{label}", c) for label, d, c in tuned_triton_configs() if d == head_dim]
     seen, unique = set(), []
     for label, cfg in configs:
         key = tuple(sorted(cfg.items()))

@@ -1,0 +1,402 @@
+"""The AMD compile check: compile every registered Triton kernel for gfx942/gfx950 without a GPU.
+
+No machine of ours has an AMD GPU, but Triton's AMD backend compiles on the CPU. From the AMDGCN text
+and the kernel metadata this module reads what the hardware will see: VGPRs, SGPRs, LDS, scratch,
+spills, occupancy and the number of MFMA instructions, and fails a kernel that would not run well
+(spills, scratch, LDS above the chip's limit, a dot that did not lower to MFMA). The compiler itself
+does not refuse a kernel that asks for more LDS than the chip has.
+
+Op modules describe the concrete compilations they ship (one ``KernelSpec`` per kernel and config) and
+register a provider at import::
+
+    register_aot_specs("merge_state", lambda: [KernelSpec("merge_state_kernel", kernel, sig, consts,
+                                                          {"num_warps": 4})])
+
+``aiter-ext aot --check`` then prints one table per arch (see ``cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import os
+import pickle
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterable
+
+from .arch import ARCH_TABLE
+
+DEFAULT_ARCHS = ("gfx942", "gfx950")
+
+
+@dataclass
+class KernelSpec:
+    """One concrete compilation of a ``@triton.jit`` kernel.
+
+    ``signature`` maps every non-constexpr parameter to a Triton type string (``"*bf16"``, ``"*fp32"``,
+    ``"*u8"``, ``"i32"``, ``"i64"``, ``"fp32"``); ``constexprs`` gives the constexpr parameters;
+    ``options`` are launch options (``num_warps``, ``num_stages`` and the AMD ones ``waves_per_eu``,
+    ``matrix_instr_nonkdim``, ``kpack``). ``uses_dot`` says the kernel has a ``tl.dot`` that must
+    lower to MFMA instructions. ``fn`` may be wrapped in ``@triton.autotune``/``@triton.heuristics``;
+    the constexprs those would supply must then be given here.
+    """
+
+    name: str
+    fn: object
+    signature: dict[str, str]
+    constexprs: dict[str, object]
+    options: dict
+    config_label: str = "default"
+    uses_dot: bool = False
+
+
+@dataclass
+class KernelReport:
+    """What one compile for one arch showed. ``None`` means the field was not found (unknown)."""
+
+    kernel: str
+    config_label: str
+    arch: str
+    compiled: bool
+    error: str | None = None
+    vgprs: int | None = None  # arch VGPRs + AGPRs (the unified file a wave allocates from)
+    agprs: int | None = None
+    sgprs: int | None = None
+    lds_bytes: int | None = None
+    lds_limit: int | None = None
+    scratch_bytes: int | None = None
+    vgpr_spills: int | None = None
+    sgpr_spills: int | None = None
+    occupancy: int | None = None  # waves per SIMD: the compiler's figure, lowered further by LDS
+    mfma_count: int | None = None
+    num_warps: int | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.compiled and not self.reasons
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.ok else "FAIL"
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, list[Callable[[], Iterable[KernelSpec]]]] = {}
+
+
+def register_aot_specs(op_name: str, provider: Callable[[], Iterable[KernelSpec]]) -> None:
+    """Register a callable that yields the ``KernelSpec``s of one op; called lazily by the check."""
+    providers = _REGISTRY.setdefault(op_name, [])
+    if provider not in providers:
+        providers.append(provider)
+
+
+def _import_op_packages() -> None:
+    """Import every ``aiter_ext.ops`` subpackage, so that their ``register_aot_specs`` calls run."""
+    try:
+        ops = importlib.import_module("aiter_ext.ops")
+    except ImportError:
+        return
+    for mod in pkgutil.iter_modules(getattr(ops, "__path__", []), ops.__name__ + "."):
+        try:
+            importlib.import_module(mod.name)
+        except Exception as e:  # a broken op must not pass the check unnoticed
+            raise RuntimeError(f"cannot import {mod.name} to collect its AOT specs: {e!r}") from e
+
+
+def registered_specs() -> Iterable[KernelSpec]:
+    """Every spec of every registered op (importing the op packages first)."""
+    _import_op_packages()
+    for op_name, providers in list(_REGISTRY.items()):
+        for provider in providers:
+            for spec in provider():
+                if not isinstance(spec, KernelSpec):
+                    raise TypeError(f"AOT provider of {op_name!r} yielded {type(spec).__name__}, not KernelSpec")
+                yield spec
+
+
+# --- reading the AMDGCN text --------------------------------------------------------------------
+
+# Each field: patterns tried in order, first the "; Name: N" comment block LLVM prints after the
+# function, then the YAML kernel metadata (".name: N") as a fallback. Older LLVMs print NumSgprs.
+_AMDGCN_FIELDS = {
+    "vgprs": (r"^\s*;\s*TotalNumVgprs:\s*(\d+)", r"^\s*;\s*NumVgprs:\s*(\d+)", r"^\s*\.vgpr_count:\s*(\d+)"),
+    "agprs": (r"^\s*;\s*NumAgprs:\s*(\d+)", r"\.agpr_count:\s*(\d+)"),
+    "sgprs": (r"^\s*;\s*TotalNumSgprs:\s*(\d+)", r"^\s*;\s*NumSgprs:\s*(\d+)", r"^\s*\.sgpr_count:\s*(\d+)"),
+    "scratch_bytes": (r"^\s*;\s*ScratchSize:\s*(\d+)", r"^\s*\.private_segment_fixed_size:\s*(\d+)"),
+    "occupancy": (r"^\s*;\s*Occupancy:\s*(\d+)",),
+    "vgpr_spills": (r"^\s*\.vgpr_spill_count:\s*(\d+)",),
+    "sgpr_spills": (r"^\s*\.sgpr_spill_count:\s*(\d+)",),
+}
+_MFMA = re.compile(r"^\s*v_mfma\w*", re.M)
+
+
+def parse_amdgcn(text: str) -> dict[str, int | None]:
+    """Register, scratch, spill, occupancy and MFMA figures of one kernel's AMDGCN text.
+
+    A field the text does not carry is ``None`` (unknown), never 0. ``mfma_count`` counts
+    ``v_mfma*`` instruction lines (comments and metadata do not start with ``v_mfma``).
+    """
+    out: dict[str, int | None] = {}
+    for name, patterns in _AMDGCN_FIELDS.items():
+        out[name] = None
+        for pattern in patterns:
+            m = re.search(pattern, text, re.M)
+            if m:
+                out[name] = int(m.group(1))
+                break
+    out["mfma_count"] = len(_MFMA.findall(text))
+    return out
+
+
+# --- compiling ----------------------------------------------------------------------------------
+
+
+def _ast_source(spec: KernelSpec):
+    """``ASTSource`` for the spec; its constexpr keyword is ``constexprs`` now, ``constants`` before."""
+    from triton.compiler import ASTSource
+
+    params = inspect.signature(ASTSource.__init__).parameters
+    keyword = "constexprs" if "constexprs" in params else "constants"
+    return ASTSource(_kernel_of(spec.fn), dict(spec.signature), **{keyword: dict(spec.constexprs)})
+
+
+def _kernel_of(fn):
+    """The JITFunction (or interpreter object) under any @triton.autotune/@triton.heuristics."""
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(fn, JITFunction) and not _interpreted(fn) and hasattr(fn, "fn"):
+        fn = fn.fn
+    return fn
+
+
+def _lds_occupancy(lds: int, limit: int, num_warps: int) -> int:
+    """Waves per SIMD that LDS allows: workgroups per CU times their waves, over the CU's 4 SIMDs."""
+    if lds <= 0:
+        return sys.maxsize
+    return math.ceil((limit // lds) * num_warps / 4)
+
+
+def verdict_reasons(r: KernelReport) -> list[str]:
+    """Why a compiled report fails (empty when it passes); the rules of the compile check."""
+    reasons = []
+    if r.lds_bytes is not None and r.lds_limit is not None and r.lds_bytes > r.lds_limit:
+        reasons.append(f"LDS {r.lds_bytes} B > {r.arch} limit {r.lds_limit} B")
+    if r.vgpr_spills:
+        reasons.append(f"{r.vgpr_spills} VGPRs spilled")
+    if r.sgpr_spills:
+        reasons.append(f"{r.sgpr_spills} SGPRs spilled")
+    if r.scratch_bytes:
+        reasons.append(f"{r.scratch_bytes} B scratch per lane")
+    if r.scratch_bytes is None and r.vgpr_spills is None and r.sgpr_spills is None:
+        reasons.append("no scratch or spill figures in the AMDGCN text")
+    return reasons
+
+
+def compile_reports(jobs: Iterable[tuple[KernelSpec, str]]) -> list[KernelReport]:
+    """``compile_report`` for each (spec, arch), in order; under TRITON_INTERPRET=1 in one subprocess."""
+    jobs = list(jobs)
+    if jobs and _interpreter_on([spec for spec, _ in jobs]):
+        return _compile_in_child(jobs)
+    return [_compile(spec, arch) for spec, arch in jobs]
+
+
+def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
+    """Compile ``spec`` for ``arch`` with Triton's AMD backend and judge it; never raises for the kernel."""
+    return compile_reports([(spec, arch)])[0]
+
+
+def _compile(spec: KernelSpec, arch: str) -> KernelReport:
+    report = KernelReport(spec.name, spec.config_label, arch, compiled=False)
+    target = ARCH_TABLE.get(arch)
+    if target is None:
+        return _failed(report, f"unknown arch {arch!r} (known: {', '.join(ARCH_TABLE)})")
+    report.lds_limit = target.lds_bytes
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+
+        kernel = triton.compile(_ast_source(spec), target=GPUTarget("hip", arch, target.wave_size),
+                                options=dict(spec.options))
+        amdgcn = kernel.asm["amdgcn"]
+    except Exception as e:  # the report carries the failure
+        return _failed(report, f"{type(e).__name__}: {e}".strip())
+    report.compiled = True
+    for name, value in parse_amdgcn(amdgcn).items():
+        setattr(report, name, value)
+    meta = kernel.metadata
+    report.lds_bytes = getattr(meta, "shared", None)
+    report.num_warps = getattr(meta, "num_warps", spec.options.get("num_warps"))
+    if report.occupancy is not None and report.lds_bytes is not None and report.num_warps:
+        report.occupancy = min(report.occupancy, _lds_occupancy(report.lds_bytes, target.lds_bytes,
+                                                                report.num_warps))
+    report.reasons = verdict_reasons(report)
+    # Triton drops option names it does not know without a word: a misspelt or retired option
+    # would silently compile another kernel than the one tuned.
+    ignored = sorted(k for k in spec.options if not hasattr(meta, k))
+    if ignored:
+        report.reasons.append(f"options not known to Triton {triton.__version__}'s AMD backend: {ignored}")
+    if spec.uses_dot and not report.mfma_count:
+        report.reasons.append("uses_dot but no v_mfma instruction")
+    return report
+
+
+def _failed(report: KernelReport, message: str) -> KernelReport:
+    """Mark ``report`` as not compiled; the reason keeps the first and last line (a CompilationError
+    says where on its first line and what on its last)."""
+    lines = [line for line in message.splitlines() if line.strip()] or ["?"]
+    report.error = message
+    report.reasons.append("compile failed: " + (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"))
+    return report
+
+
+# --- under TRITON_INTERPRET=1 -------------------------------------------------------------------
+# There ``@triton.jit`` returns interpreter objects (Triton's own tl.cdiv etc. too, as soon as Triton
+# is imported), and the compiler cannot take them: calling one even patches triton.language for the
+# rest of the process. The test suite sets TRITON_INTERPRET=1 on a CPU machine, so the compile then
+# runs in a fresh Python without it, which imports each kernel by module and qualified name.
+
+
+def _interpreted(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+def _interpreter_on(specs: list[KernelSpec]) -> bool:
+    import triton.language as tl
+
+    return _interpreted(getattr(tl, "cdiv", None)) or any(_interpreted(_kernel_of(s.fn)) for s in specs)
+
+
+def _compile_in_child(jobs: list[tuple[KernelSpec, str]]) -> list[KernelReport]:
+    raw = [_kernel_of(s.fn).fn for s, _ in jobs]  # the Python function under the Triton objects
+    payload = [(replace(s, fn=(f.__module__, f.__qualname__)), a) for f, (s, a) in zip(raw, jobs)]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "jobs.pkl"), os.path.join(tmp, "reports.pkl")
+        with open(src, "wb") as f:
+            pickle.dump(payload, f)
+        code = "import sys; from aiter_ext.core.aot import _child_main; _child_main(sys.argv[1], sys.argv[2])"
+        proc = subprocess.run([sys.executable, "-c", code, src, dst], env=env, capture_output=True, text=True)
+        if proc.returncode == 0:
+            with open(dst, "rb") as f:
+                return pickle.load(f)
+    why = f"compile subprocess exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+    return [_failed(KernelReport(s.name, s.config_label, a, compiled=False), why) for s, a in jobs]
+
+
+def _child_main(src: str, dst: str) -> None:
+    with open(src, "rb") as f:
+        jobs = pickle.load(f)
+    reports = []
+    for spec, arch in jobs:
+        module, qualname = spec.fn
+        try:
+            fn = importlib.import_module(module)
+            for part in qualname.split("."):
+                fn = getattr(fn, part)
+            if _interpreter_on([replace(spec, fn=fn)]):
+                raise RuntimeError("TRITON_INTERPRET is still in effect")
+        except Exception as e:
+            report = KernelReport(spec.name, spec.config_label, arch, compiled=False)
+            reports.append(_failed(report, f"cannot import kernel {module}.{qualname} for compiling: {e!r}"))
+            continue
+        reports.append(_compile(replace(spec, fn=fn), arch))
+    with open(dst, "wb") as f:
+        pickle.dump(reports, f)
+
+
+def check(archs: Iterable[str] = DEFAULT_ARCHS, name_filter: str | None = None) -> tuple[list[KernelReport], bool]:
+    """Compile every registered spec (whose name contains ``name_filter``) for each arch.
+
+    Returns the reports and whether all passed; ``ok`` is False when no spec was checked at all.
+    """
+    specs = [s for s in registered_specs() if not name_filter or name_filter in s.name]
+    reports = compile_reports((spec, arch) for arch in archs for spec in specs)
+    return reports, bool(reports) and all(r.ok for r in reports)
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def format_table(reports: list[KernelReport], arch: str) -> str:
+    """One arch's reports as a plain-text table, with the reasons of each failure below it."""
+    limit = ARCH_TABLE[arch].lds_bytes if arch in ARCH_TABLE else None
+    header = ("kernel", "config", "VGPRs", "SGPRs", "LDS B (% limit)", "scratch", "spills v/s",
+              "waves/SIMD", "MFMA", "verdict")
+    rows = []
+    for r in reports:
+        lds = _fmt(r.lds_bytes)
+        if r.lds_bytes is not None and limit:
+            lds += f" ({100 * r.lds_bytes / limit:.0f}%)"
+        rows.append((r.kernel, r.config_label, _fmt(r.vgprs), _fmt(r.sgprs), lds, _fmt(r.scratch_bytes),
+                     f"{_fmt(r.vgpr_spills)}/{_fmt(r.sgpr_spills)}", _fmt(r.occupancy),
+                     _fmt(r.mfma_count), r.verdict))
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    limit_text = f"LDS limit {limit} B" if limit else "unknown arch"
+    out = [f"== {arch} ({limit_text})", line(header), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    for r in reports:
+        if not r.ok:
+            out.append(f"  FAIL {r.kernel} [{r.config_label}]: " + "; ".join(r.reasons))
+    return "\n".join(out)
+
+
+def _dump_json(path: str, reports: list[KernelReport]) -> None:
+    import triton
+
+    rows = [dict(asdict(r), ok=r.ok, verdict=r.verdict) for r in reports]
+    with open(path, "w") as f:
+        json.dump({"triton_version": triton.__version__, "reports": rows}, f, indent=2)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``aiter-ext aot --check [--arch A]... [--kernel SUBSTRING] [--json PATH]``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="aiter-ext aot",
+        description="Compile every registered Triton kernel for AMD targets without a GPU and check "
+        "registers, LDS, scratch, spills and MFMA use.")
+    parser.add_argument("--check", action="store_true",
+                        help="compile and check (the only mode for now)")
+    parser.add_argument("--arch", action="append", choices=sorted(ARCH_TABLE),
+                        help="target arch, repeatable (default: gfx942 and gfx950)")
+    parser.add_argument("--kernel", metavar="SUBSTRING", help="only kernels whose name contains this")
+    parser.add_argument("--json", metavar="PATH", help="also write the reports to this JSON file")
+    args = parser.parse_args(argv)
+    if not args.check:
+        print("aiter-ext aot: only --check is available for now; writing code objects into hsa/ "
+              "comes in a later issue.", file=sys.stderr)
+        return 2
+    archs = tuple(dict.fromkeys(args.arch or DEFAULT_ARCHS))
+    try:
+        reports, ok = check(archs, args.kernel)
+    except Exception as e:  # a broken op package or provider
+        print(f"aiter-ext aot: {e}", file=sys.stderr)
+        return 1
+    if not reports:
+        what = f" matching {args.kernel!r}" if args.kernel else ""
+        print(f"aiter-ext aot: no kernel spec registered{what}; nothing was checked.", file=sys.stderr)
+        return 1
+    for arch in archs:
+        print(format_table([r for r in reports if r.arch == arch], arch) + "\n")
+    failed = sum(not r.ok for r in reports)
+    print(f"{len(reports) // len(archs)} kernel configs x {len(archs)} archs: "
+          f"{len(reports) - failed} passed, {failed} failed")
+    if args.json:
+        _dump_json(args.json, reports)
+    return 0 if ok else 1
