@@ -150,8 +150,23 @@ def test_variable_length_merge_states(backend, dtype, index_dtype):
     assert_close(v_out, v_ref, name="v")
     assert_close(s_out, s_ref, torch.float32, name="s")
     assert torch.all(v_out[0] == 0) and torch.all(s_out[0] == NEG_INF)
-    out, lse = aiter_ext.variable_length_merge_states(v, s, indptr, backend=backend)
+    out, lse = aiter_ext.variable_length_merge_states(v, s, indptr.to(DEVICE), backend=backend)
     assert_close(out, v_ref, name="v")
+
+
+@pytest.mark.parametrize("backend", backend_params(MERGE_STATES, ("triton",)))
+def test_malformed_device_indptr_reads_nothing_outside_v(backend):
+    """A device indptr is not checked on the host (that would synchronize); the kernel must still stay
+    inside v: segments past the end or with negative length merge nothing (v = 0, s = -inf)."""
+    v, s = random_state(4, num_heads=2, head_dim=64, dtype=torch.float16, empty_frac=0.0)
+    indptr = torch.tensor([0, 2, 1, 4, 100, 1 << 20], dtype=torch.int32, device=DEVICE)
+    v_out, s_out = poisoned_like(v[:1].expand(5, -1, -1).contiguous()), poisoned_like(s[:1].expand(5, -1).contiguous())
+    api._merge_many_out(v, s, indptr, v_out, s_out, backend)
+    v_ref, s_ref = merge_states_ref(v[:2][None].transpose(0, 1).reshape(1, 2, 2, 64), s[:2].reshape(1, 2, 2))
+    assert_close(v_out[0], v_ref[0], name="segment 0")
+    assert torch.all(v_out[1] == 0) and torch.all(s_out[1] == NEG_INF)  # negative length: empty
+    assert_close(v_out[2], merge_states_ref(v[1:4][None], s[1:4][None])[0][0], name="segment 2")
+    assert torch.all(v_out[3:] == 0) and torch.all(s_out[3:] == NEG_INF)  # wholly past the end: empty
 
 
 def test_merge_states_agrees_with_pairwise_merges():
@@ -235,7 +250,8 @@ def test_merge_state_in_place_bad_input_writes_nothing(case, exc, match):
     ([0, 2, 3], "indptr\\[-1\\] must equal"),
 ])
 def test_variable_length_bad_indptr(indptr, match):
-    v, s = random_state(4, num_heads=2, head_dim=64, dtype=torch.float16)
+    # values are checked where indptr is on the CPU (free); so these run with CPU tensors everywhere
+    v, s = torch.randn(4, 2, 64, dtype=torch.float16), torch.randn(4, 2)
     with pytest.raises(ValueError, match=match):
         aiter_ext.variable_length_merge_states(v, s, torch.tensor(indptr, dtype=torch.int32))
 
@@ -321,7 +337,7 @@ def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph)
                 return v_c, s_c
             theirs = (lambda: fi.merge_state_in_place(v_w, s_w, v_b, s_b)) if fi else None
 
-    fi_us = fi_err = None
+    fi_us = fi_err = fi_graph_us = None
     if theirs is not None:
         if kind == "merge_state_in_place":
             v_w.copy_(v_a), s_w.copy_(s_a)
@@ -330,6 +346,7 @@ def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph)
         else:
             fi_err = max_error(theirs()[0], v_ref)
         fi_us = time_us(theirs)
+        fi_graph_us = time_us(theirs, graph=True) if graph else None
     rows = []
     for b in backends:
         if not MERGE_STATE.usable(b, {"num_tokens": n, "num_heads": h, "head_dim": d,
@@ -352,7 +369,7 @@ def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph)
         gbs = nbytes / us / 1e3
         same_size_copy_us = copy_time_us(nbytes)
         rows.append({"op": kind, "tokens": n, "heads": h, "head_dim": d, "states": num_states if kind == "merge_states" else 2,
-                     "dtype": str(dtype).replace("torch.", ""), "backend": b, "us": us, "graph_us": g_us,
+                     "dtype": str(dtype).replace("torch.", ""), "backend": b, "us": us, "graph_us": g_us, "fi_graph_us": fi_graph_us,
                      "GB/s": gbs, "%copy_bw": 100 * gbs / copy_gbs,
                      "%same_size_copy": 100 * same_size_copy_us / us, "flashinfer_us": fi_us,
                      "vs_flashinfer": (fi_us / us) if fi_us else None, "err": max(err_v, err_s), "fi_err": fi_err})
@@ -389,7 +406,9 @@ def bench_main(argv=None) -> int:
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {info.name} ({info.arch}, {info.cu_num} CUs), commit {git_commit()}, "
           f"FlashInfer {getattr(fi, '__version__', 'absent')}, measured copy bandwidth {copy_gbs:.0f} GB/s")
-    print("times: median of triton.testing.do_bench (L2 cleared before each call), public API call incl. allocation")
+    print("us: median of triton.testing.do_bench (L2 cleared before each call), public API call incl. allocation;\n"
+          "graph_us: median of CUDA-graph replays (no launch overhead, L2 not cleared between replays);\n"
+          "%same_size_copy: a device copy moving the same bytes, over this time (what a copy reaches at this size)")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     rows = []
     for kind in args.ops:

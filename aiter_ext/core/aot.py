@@ -56,6 +56,10 @@ class KernelSpec:
     options: dict
     config_label: str = "default"
     uses_dot: bool = False
+    #: Parameters the launcher would mark divisible by 16 (pointers of 16-byte aligned tensors, ints
+    #: that are multiples of 16). Triton derives this at every launch and vectorizes memory accesses
+    #: with it, so a spec without it compiles slower code than the one that will run.
+    divisible_by_16: tuple[str, ...] = ()
 
 
 @dataclass
@@ -102,15 +106,23 @@ def register_aot_specs(op_name: str, provider: Callable[[], Iterable[KernelSpec]
 
 
 def _import_op_packages() -> None:
-    """Import every ``aiter_ext.ops`` subpackage, so that their ``register_aot_specs`` calls run."""
+    """Import every module under ``aiter_ext.ops``, so that their ``register_aot_specs`` calls run.
+
+    All of them, not only the packages: an op registers where its kernels live (``ops/<op>/kernels.py``),
+    which its package may import lazily.
+    """
     try:
         ops = importlib.import_module("aiter_ext.ops")
     except ImportError:
         return
-    for mod in pkgutil.iter_modules(getattr(ops, "__path__", []), ops.__name__ + "."):
+
+    def broken(name):  # a broken op must not pass the check unnoticed
+        raise RuntimeError(f"cannot import {name} to collect its AOT specs: {sys.exc_info()[1]!r}")
+
+    for mod in pkgutil.walk_packages(getattr(ops, "__path__", []), ops.__name__ + ".", onerror=broken):
         try:
             importlib.import_module(mod.name)
-        except Exception as e:  # a broken op must not pass the check unnoticed
+        except Exception as e:
             raise RuntimeError(f"cannot import {mod.name} to collect its AOT specs: {e!r}") from e
 
 
@@ -168,7 +180,15 @@ def _ast_source(spec: KernelSpec):
 
     params = inspect.signature(ASTSource.__init__).parameters
     keyword = "constexprs" if "constexprs" in params else "constants"
-    return ASTSource(_kernel_of(spec.fn), dict(spec.signature), **{keyword: dict(spec.constexprs)})
+    kernel = _kernel_of(spec.fn)
+    kwargs = {keyword: dict(spec.constexprs)}
+    if spec.divisible_by_16:
+        # The launcher's own form: {(index of the parameter,): [["tt.divisibility", 16]]}.
+        unknown = set(spec.divisible_by_16) - set(kernel.arg_names)
+        if unknown:
+            raise ValueError(f"{spec.name}: divisible_by_16 names unknown parameters {sorted(unknown)}")
+        kwargs["attrs"] = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in spec.divisible_by_16}
+    return ASTSource(kernel, dict(spec.signature), **kwargs)
 
 
 def _kernel_of(fn):
@@ -194,8 +214,9 @@ def verdict_reasons(r: KernelReport) -> list[str]:
         reasons.append(f"LDS {r.lds_bytes} B > {r.arch} limit {r.lds_limit} B")
     if r.vgpr_spills:
         reasons.append(f"{r.vgpr_spills} VGPRs spilled")
-    if r.sgpr_spills:
-        reasons.append(f"{r.sgpr_spills} SGPRs spilled")
+    if r.sgpr_spills:  # with no scratch they all went to VGPR lanes (v_writelane), not to memory
+        where = " (to VGPR lanes, no scratch)" if r.scratch_bytes == 0 else ""
+        reasons.append(f"{r.sgpr_spills} SGPRs spilled{where}")
     if r.scratch_bytes:
         reasons.append(f"{r.scratch_bytes} B scratch per lane")
     if r.scratch_bytes is None and r.vgpr_spills is None and r.sgpr_spills is None:

@@ -150,7 +150,7 @@ class Op:
         for name in (var, "AITER_EXT_BACKEND"):
             value = os.environ.get(name)
             if value:
-                return value.strip().lower(), name
+                return value.strip().lower(), f"{name}="
         return None, ""
 
     def usable(self, backend: str, call: Mapping[str, Any]) -> tuple[bool, str]:
@@ -165,15 +165,17 @@ class Op:
 
     def select(self, call: Mapping[str, Any], backend: str | None = None) -> Choice:
         """Pick the implementation for ``call``; raise if an explicit request cannot run."""
-        if backend not in AUTOMATIC:
-            return self._explicit(call, backend.lower(), "argument", "backend=")
-        requested, var = self.env_request()
-        if requested is not None and requested not in ("auto",):
-            return self._explicit(call, requested, "environment", var)
+        requested, where = (backend.lower(), "backend=") if backend not in AUTOMATIC else self.env_request()
+        if requested == "auto":
+            requested = None
         key = (self.bucket(call), tuple(sorted((k, v) for k, v in call.items() if k not in self.shape_keys)))
-        choice = self._cache.get(key)
+        choice = self._cache.get((requested, where, key))
         if choice is None:
-            choice = self._cache[key] = self._automatic(call, key)
+            if requested is None:
+                choice = self._automatic(call, key)
+            else:
+                choice = self._explicit(call, requested, "argument" if where == "backend=" else "environment", where)
+            self._cache[(requested, where, key)] = choice
         return choice
 
     def _explicit(self, call, backend: str, how: str, where: str) -> Choice:
@@ -181,7 +183,10 @@ class Op:
         if not ok:
             raise BackendUnavailableError(
                 f"{self.name}: {where}{backend!r} was requested but cannot run here: {reason}")
-        return Choice(self.impls[backend], {}, how)
+        from .tuned import lookup
+
+        row = lookup(self.name, call, self.shape_keys)  # the tuned config, if the row is for this backend
+        return Choice(self.impls[backend], row.config if row and row.backend == backend else {}, how)
 
     def _automatic(self, call, key) -> Choice:
         from .tuned import lookup  # deferred: the CSV is read on the first automatic choice only

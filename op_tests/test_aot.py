@@ -1,0 +1,320 @@
+"""Tests of the AMD compile check (aiter_ext.core.aot) on toy kernels, CPU only.
+
+Triton's AMD backend compiles for gfx942/gfx950 without a GPU, so these tests compile real code
+objects and read real AMDGCN text; nothing here needs an AMD GPU.
+
+conftest.py sets TRITON_INTERPRET=1 on a CPU machine, under which ``@triton.jit`` returns interpreter
+objects; the check then compiles in a subprocess without it, which costs a Python start-up per batch.
+So the compiles the tests look at are made in one batch (the ``reports`` fixture).
+"""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from aiter_ext.core import aot  # noqa: E402
+from aiter_ext.core.aot import KernelReport, KernelSpec, compile_report, parse_amdgcn  # noqa: E402
+
+ARCHS = ("gfx942", "gfx950")
+
+
+@triton.jit
+def _toy_add(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+    y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
+    tl.store(out_ptr + offs, (x + y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _toy_matmul(a_ptr, b_ptr, c_ptr, K, stride_am, stride_bk, stride_cm,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
+    b_ptrs = b_ptr + rk[:, None] * stride_bk + rn[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(0, tl.cdiv(K, BK)):
+        acc += tl.dot(tl.load(a_ptrs), tl.load(b_ptrs))
+        a_ptrs += BK
+        b_ptrs += BK * stride_bk
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _toy_transpose(x_ptr, y_ptr, ld, R: tl.constexpr, C: tl.constexpr):
+    # The layout change of tl.trans goes through LDS: R*C*4 bytes for fp32, with few registers.
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    tile = tl.load(x_ptr + r[:, None] * ld + c[None, :])
+    tl.store(y_ptr + c[:, None] * ld + r[None, :], tl.trans(tile))
+
+
+@triton.heuristics({"EVEN": lambda args: args["n"] % args["BLOCK"] == 0})
+@triton.jit
+def _toy_scale(x_ptr, n, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if EVEN:
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2)
+    else:
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
+
+
+ADD_SIG = {"x_ptr": "*bf16", "y_ptr": "*bf16", "out_ptr": "*bf16", "n": "i32"}
+MM_SIG = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "K": "i32",
+          "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32"}
+TR_SIG = {"x_ptr": "*fp32", "y_ptr": "*fp32", "ld": "i32"}
+
+
+def add_spec(**kw):
+    args = dict(name="toy_add", fn=_toy_add, signature=ADD_SIG, constexprs={"BLOCK": 1024},
+                options={"num_warps": 4})
+    return KernelSpec(**{**args, **kw})
+
+
+def mm_spec(bm, bn, bk, num_warps=4, num_stages=2):
+    return KernelSpec("toy_matmul", _toy_matmul, MM_SIG, {"BM": bm, "BN": bn, "BK": bk},
+                      {"num_warps": num_warps, "num_stages": num_stages},
+                      config_label=f"{bm}x{bn}x{bk}_w{num_warps}_s{num_stages}", uses_dot=True)
+
+
+# 256x128 fp32 through LDS = 128 KiB: above gfx942's 64 KiB, within gfx950's 160 KiB; 16 warps keep
+# the registers low. Triton 3.9 stages the whole tile for both archs, so on gfx942 LDS is the only thing
+# wrong with it; Triton 3.4 cuts the gfx942 conversion into pieces that fit (33 KiB).
+TRANSPOSE_128K = KernelSpec("toy_transpose", _toy_transpose, TR_SIG, {"R": 256, "C": 128},
+                            {"num_warps": 16}, config_label="256x128_fp32")
+
+
+# Every compile the tests below look at, made in one batch.
+JOBS = {
+    **{("add", arch): (add_spec(), arch) for arch in ARCHS},
+    **{("mm64", arch): (mm_spec(64, 64, 32), arch) for arch in ARCHS},
+    **{("transpose", arch): (TRANSPOSE_128K, arch) for arch in ARCHS},
+    # A 256x256 bf16 tile with BK=256 asks gfx942 for 128 KiB of LDS (twice the chip) and spills.
+    ("mm256", "gfx942"): (mm_spec(256, 256, 256, num_warps=8, num_stages=2), "gfx942"),
+    ("add_as_dot", "gfx942"): (add_spec(uses_dot=True), "gfx942"),
+    ("typo", "gfx942"): (add_spec(options={"num_warps": 4, "waves_per_euu": 2}), "gfx942"),
+    ("untyped", "gfx942"): (add_spec(signature={"x_ptr": "*bf16"}), "gfx942"),  # 3 params untyped
+    # A kernel under @triton.heuristics; the spec gives the constexpr the heuristic would derive.
+    ("heuristics", "gfx950"): (KernelSpec("toy_scale", _toy_scale, {"x_ptr": "*fp32", "n": "i32"},
+                                          {"BLOCK": 256, "EVEN": False}, {"num_warps": 4}), "gfx950"),
+}
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return dict(zip(JOBS, aot.compile_reports(JOBS.values())))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_elementwise_compiles_clean(reports, arch):
+    r = reports["add", arch]
+    assert (r.kernel, r.config_label, r.arch) == ("toy_add", "default", arch)
+    assert r.compiled and r.error is None, r.error
+    assert r.ok and r.verdict == "PASS", r.reasons
+    assert r.vgprs is not None and 0 < r.vgprs < 64
+    assert r.sgprs is not None and r.sgprs > 0
+    assert (r.vgpr_spills, r.sgpr_spills, r.scratch_bytes) == (0, 0, 0)
+    assert r.lds_bytes == 0 and r.lds_limit == {"gfx942": 65536, "gfx950": 163840}[arch]
+    assert r.mfma_count == 0
+    assert r.occupancy is not None and 1 <= r.occupancy <= 8
+    assert r.num_warps == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dot_lowers_to_mfma(reports, arch):
+    r = reports["mm64", arch]
+    assert r.ok, r.reasons
+    assert r.mfma_count and r.mfma_count > 0
+    assert 0 < r.lds_bytes <= r.lds_limit
+    assert (r.vgpr_spills, r.sgpr_spills, r.scratch_bytes) == (0, 0, 0)
+
+
+def test_uses_dot_without_mfma_fails(reports):
+    r = reports["add_as_dot", "gfx942"]
+    assert r.compiled and not r.ok
+    assert r.reasons == ["uses_dot but no v_mfma instruction"]
+
+
+def test_huge_bf16_dot_fails_on_gfx942(reports):
+    r = reports["mm256", "gfx942"]
+    assert r.compiled, r.error
+    assert not r.ok and r.verdict == "FAIL"
+    assert r.mfma_count > 0
+    assert r.lds_bytes == 128 * 1024
+    assert "LDS 131072 B > gfx942 limit 65536 B" in r.reasons
+    assert r.vgpr_spills > 0 and r.scratch_bytes > 0
+    assert f"{r.vgpr_spills} VGPRs spilled" in r.reasons
+    assert r.occupancy == 0  # no workgroup of it fits in one CU's LDS
+
+
+def test_lds_limit_is_per_arch(reports):
+    r942, r950 = reports["transpose", "gfx942"], reports["transpose", "gfx950"]
+    assert 65536 < r950.lds_bytes <= 163840
+    assert r950.ok, r950.reasons
+    # The same LDS judged against gfx942's limit fails, for that reason alone.
+    assert aot.verdict_reasons(replace(r950, arch="gfx942", lds_limit=65536)) == [
+        f"LDS {r950.lds_bytes} B > gfx942 limit 65536 B"]
+    if r942.lds_bytes > 65536:  # Triton 3.9
+        assert r942.reasons == [f"LDS {r942.lds_bytes} B > gfx942 limit 65536 B"]
+    else:  # Triton 3.4 fits the transpose into gfx942's LDS
+        assert r942.ok, r942.reasons
+
+
+def test_misspelt_option_fails(reports):
+    r = reports["typo", "gfx942"]
+    assert r.compiled and not r.ok
+    assert len(r.reasons) == 1 and "waves_per_euu" in r.reasons[0]
+
+
+def test_compile_error_is_captured(reports):
+    r = reports["untyped", "gfx942"]
+    assert not r.compiled and not r.ok
+    assert r.error and r.reasons[0].startswith("compile failed")
+    assert r.vgprs is None and r.mfma_count is None
+
+
+def test_wrapped_kernel_compiles(reports):
+    r = reports["heuristics", "gfx950"]
+    assert r.ok, r.reasons
+    assert r.vgprs > 0 and r.mfma_count == 0
+
+
+def test_single_compile_report_matches_batch(reports):
+    assert compile_report(add_spec(), "gfx950") == reports["add", "gfx950"]
+
+
+SYNTHETIC_SPILLING = """\
+\t.text
+my_kernel:
+\tv_mfma_f32_32x32x8_bf16 a[0:15], v[2:3], v[4:5], a[0:15]
+\tbuffer_store_dword v7, off, s[0:3], 0 offset:16 ; 4-byte Folded Spill
+\tv_mfma_f32_32x32x8_bf16 a[16:31], v[2:3], v[6:7], a[16:31]
+\ts_endpgm
+; NumSgprs: 88
+; NumVgprs: 256
+; NumAgprs: 252
+; TotalNumVgprs: 508
+; ScratchSize: 260
+; Occupancy: 1
+\t.amdgpu_metadata
+  - .agpr_count:     252
+    .sgpr_count:     88
+    .sgpr_spill_count: 12
+    .vgpr_count:     508
+    .vgpr_spill_count: 496
+"""
+
+
+def test_parse_amdgcn_synthetic_spills():
+    got = parse_amdgcn(SYNTHETIC_SPILLING)
+    assert got == {"vgprs": 508, "agprs": 252, "sgprs": 88, "scratch_bytes": 260, "occupancy": 1,
+                   "vgpr_spills": 496, "sgpr_spills": 12, "mfma_count": 2}
+    r = KernelReport("k", "cfg", "gfx942", compiled=True, lds_limit=65536, lds_bytes=1024, **got)
+    reasons = aot.verdict_reasons(r)
+    assert reasons == ["496 VGPRs spilled", "12 SGPRs spilled", "260 B scratch per lane"]
+    # SGPR spills with no scratch went to VGPR lanes; they fail all the same, saying so.
+    r = KernelReport("k", "cfg", "gfx942", compiled=True, lds_limit=65536, lds_bytes=0, scratch_bytes=0,
+                     vgpr_spills=0, sgpr_spills=42)
+    assert aot.verdict_reasons(r) == ["42 SGPRs spilled (to VGPR lanes, no scratch)"]
+
+
+def test_parse_amdgcn_missing_fields_are_unknown():
+    got = parse_amdgcn("\ts_endpgm\n; TotalNumSgprs: 21\n    .vgpr_count:     12\n")
+    assert got["sgprs"] == 21 and got["vgprs"] == 12
+    assert got["scratch_bytes"] is None and got["occupancy"] is None
+    assert got["vgpr_spills"] is None and got["sgpr_spills"] is None
+    r = KernelReport("k", "cfg", "gfx942", compiled=True, **got)
+    assert aot.verdict_reasons(r) == ["no scratch or spill figures in the AMDGCN text"]
+
+
+def test_ast_source_keyword_follows_triton(monkeypatch):
+    import triton.compiler
+
+    seen = {}
+
+    class OldASTSource:  # Triton before `constexprs`
+        def __init__(self, fn, signature, constants=None, attrs=None):
+            seen.update(constants=constants)
+
+    monkeypatch.setattr(triton.compiler, "ASTSource", OldASTSource)
+    aot._ast_source(add_spec())
+    assert seen == {"constants": {"BLOCK": 1024}}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An empty registry that does not import the real op packages."""
+    monkeypatch.setattr(aot, "_REGISTRY", {})
+    monkeypatch.setattr(aot, "_import_op_packages", lambda: None)
+    return aot._REGISTRY
+
+
+def test_cli_fails_when_nothing_registered(registry, capsys):
+    assert aot.cli(["--check"]) == 1
+    assert "no kernel spec registered" in capsys.readouterr().err
+
+
+def test_cli_without_check_says_why(registry, capsys):
+    assert aot.cli([]) != 0
+    assert "later issue" in capsys.readouterr().err
+
+
+def test_cli_passes_and_fails(registry, capsys, tmp_path):
+    aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(name="toy_dotless", uses_dot=True)])
+    assert [s.name for s in aot.registered_specs()] == ["toy_add", "toy_dotless"]
+
+    # One failing kernel fails the run; the tables say which kernel and why, the JSON has the figures.
+    path = tmp_path / "aot.json"
+    assert aot.cli(["--check", "--json", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "== gfx942 (LDS limit 65536 B)" in out and "== gfx950 (LDS limit 163840 B)" in out
+    assert out.count("FAIL toy_dotless [default]: uses_dot but no v_mfma instruction") == 2
+    assert "2 kernel configs x 2 archs: 2 passed, 2 failed" in out
+    dump = json.loads(path.read_text())
+    assert dump["triton_version"] == triton.__version__
+    assert sorted((r["kernel"], r["arch"], r["ok"]) for r in dump["reports"]) == [
+        ("toy_add", "gfx942", True), ("toy_add", "gfx950", True),
+        ("toy_dotless", "gfx942", False), ("toy_dotless", "gfx950", False)]
+    assert all(r["vgprs"] > 0 for r in dump["reports"])
+
+    # --kernel narrows to the passing one; a filter matching nothing is an error.
+    assert aot.cli(["--check", "--arch", "gfx942", "--kernel", "add"]) == 0
+    out = capsys.readouterr().out
+    assert "== gfx950" not in out and "1 kernel configs x 1 archs: 1 passed, 0 failed" in out
+    assert aot.cli(["--check", "--kernel", "no_such_kernel"]) == 1
+
+
+def test_table_format():
+    r = KernelReport("k", "cfg", "gfx942", compiled=True, vgprs=508, sgprs=106, lds_bytes=131072,
+                     lds_limit=65536, scratch_bytes=260, vgpr_spills=496, sgpr_spills=None, occupancy=0,
+                     mfma_count=128)
+    r.reasons = aot.verdict_reasons(r)
+    lines = aot.format_table([r], "gfx942").splitlines()
+    assert lines[0] == "== gfx942 (LDS limit 65536 B)"
+    assert lines[3].split() == ["k", "cfg", "508", "106", "131072", "(200%)", "260", "496/?", "0", "128", "FAIL"]
+    assert lines[4] == "  FAIL k [cfg]: LDS 131072 B > gfx942 limit 65536 B; 496 VGPRs spilled; 260 B scratch per lane"
+
+
+def test_registered_specs_rejects_non_specs(registry):
+    aot.register_aot_specs("toy", lambda: ["not a spec"])
+    with pytest.raises(TypeError, match="toy"):
+        list(aot.registered_specs())
+
+
+def test_every_op_module_is_imported():
+    # An op registers its specs where its kernels live (ops/<op>/kernels.py), not in its __init__.
+    import pkgutil
+    import sys
+
+    import aiter_ext.ops
+
+    aot._import_op_packages()
+    names = [m.name for m in pkgutil.walk_packages(aiter_ext.ops.__path__, "aiter_ext.ops.")]
+    assert [n for n in names if n not in sys.modules] == []
