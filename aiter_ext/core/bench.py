@@ -11,6 +11,7 @@ performance figure.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -53,7 +54,22 @@ def copy_bandwidth_gbs(nbytes_moved: int = 2 << 30) -> float:
     return nbytes_moved / copy_time_us(nbytes_moved) / 1e3
 
 
+def warm_up_gpu(seconds: float = 0.5) -> None:
+    """Keep the GPU busy for a moment so its clocks are up before timing (an idle GPU, e.g. after a
+    long JIT build, down-clocks, and the first timed case then reads slow)."""
+    if not torch.cuda.is_available():
+        return
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def git_commit() -> str:
+    if os.environ.get("AITER_EXT_COMMIT"):  # copies of the tree without .git (the lent GPU) pass it in
+        return os.environ["AITER_EXT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
