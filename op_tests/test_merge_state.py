@@ -404,7 +404,7 @@ def bench_main(argv=None) -> int:
             print(f"FlashInfer not importable ({exc}); its columns stay empty")
     if fi is not None:  # build FlashInfer's kernels now, not inside the first timed case
         v1, s1 = random_state(4, 2, num_heads=2, head_dim=128, dtype=torch.bfloat16)
-        fi.merge_state(v1[:, 0], s1[:, 0], v1[:, 1], s1[:, 1])
+        fi.merge_state(*(t.contiguous() for t in (v1[:, 0], s1[:, 0], v1[:, 1], s1[:, 1])))
         fi.merge_states(v1, s1)
     warm_up_gpu()
     info = device_info()
