@@ -6,6 +6,16 @@ first use, and AITER (ROCm only) is imported lazily where a backend needs it.
 
 __version__ = "0.1.0"
 
+import os as _os
+
+if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRITON_INTERPRET" not in _os.environ:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        # Triton asked for everywhere on a machine with no GPU: run it through the interpreter. This
+        # must happen before any kernel module is imported (Triton reads it when a kernel is defined).
+        _os.environ["TRITON_INTERPRET"] = "1"
+
 from .ops.merge_state import merge_state, merge_state_in_place, merge_states, variable_length_merge_states
 
 __all__ = ["merge_state", "merge_state_in_place", "merge_states", "variable_length_merge_states"]
