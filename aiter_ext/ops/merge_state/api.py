@@ -1,9 +1,9 @@
 """Attention-state merging: FlashInfer's ``merge_state``, ``merge_state_in_place``, ``merge_states`` and
 ``variable_length_merge_states``.
 
-Layering (as quack does it): the public functions validate and allocate; a torch custom op per kernel
-shape writes into given outputs and dispatches to a backend (so ``torch.compile(fullgraph=True)``
-traces through it); eager calls skip the custom-op layer, which only adds Python overhead there.
+Layering (as quack does it): the public functions validate and allocate; functions that write into
+given outputs dispatch to a backend; those are also registered as torch custom ops, which
+``torch.compile`` traces through (eager calls skip that layer).
 """
 
 from __future__ import annotations
@@ -51,34 +51,34 @@ def _merge_many_out(v: torch.Tensor, s: torch.Tensor, indptr: Optional[torch.Ten
     choice.impl.fn(choice.config, v, s, indptr, v_out, s_out)
 
 
-@torch.library.custom_op("aiter_ext::merge_state_out", mutates_args=("v_out", "s_out"))
-def _merge_state_out_op(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor,
-                        v_out: torch.Tensor, s_out: torch.Tensor, backend: Optional[str]) -> None:
+def _merge_state_out(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor,
+                     v_out: torch.Tensor, s_out: torch.Tensor, backend: Optional[str]) -> None:
     _merge_pair_out(v_a, s_a, v_b, s_b, v_out, s_out, None, backend)
 
 
-@torch.library.custom_op("aiter_ext::merge_state_in_place", mutates_args=("v", "s"))
-def _merge_state_in_place_op(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor,
-                             mask: Optional[torch.Tensor], backend: Optional[str]) -> None:
+def _merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor, s_other: torch.Tensor,
+                          mask: Optional[torch.Tensor], backend: Optional[str]) -> None:
     _merge_pair_out(v, s, v_other, s_other, v, s, mask, backend)
 
 
-@torch.library.custom_op("aiter_ext::merge_states_out", mutates_args=("v_out", "s_out"))
-def _merge_states_out_op(v: torch.Tensor, s: torch.Tensor, indptr: Optional[torch.Tensor],
-                         v_out: torch.Tensor, s_out: torch.Tensor, backend: Optional[str]) -> None:
-    _merge_many_out(v, s, indptr, v_out, s_out, backend)
+# The same functions as torch custom ops, so torch.compile(fullgraph=True) traces through them. They
+# only write into their mutated arguments, so the fake implementations do nothing.
+_CUSTOM_OPS = {
+    _merge_state_out: torch.library.custom_op("aiter_ext::merge_state_out", _merge_state_out,
+                                              mutates_args=("v_out", "s_out")),
+    _merge_state_in_place: torch.library.custom_op("aiter_ext::merge_state_in_place", _merge_state_in_place,
+                                                   mutates_args=("v", "s")),
+    _merge_many_out: torch.library.custom_op("aiter_ext::merge_states_out", _merge_many_out,
+                                             mutates_args=("v_out", "s_out")),
+}
+for _op in _CUSTOM_OPS.values():
+    _op.register_fake(lambda *args, **kwargs: None)
 
 
-for _op in (_merge_state_out_op, _merge_state_in_place_op, _merge_states_out_op):
-    _op.register_fake(lambda *args, **kwargs: None)  # they only write into their mutated arguments
-
-
-def _call(op, eager, *args) -> None:
-    """Go through the custom op only while torch.compile traces; eager calls take the direct path."""
-    if torch.compiler.is_compiling():
-        op(*args)
-    else:
-        eager(*args)
+def _call(fn, *args) -> None:
+    """Run ``fn`` through its custom op while torch.compile traces; eager calls skip that layer, which
+    only adds Python overhead there."""
+    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,8 +147,7 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     _check_pair(("v_a", "s_a", "v_b", "s_b"), v_a, s_a, v_b, s_b)
     v_out = torch.empty(v_a.shape, dtype=v_a.dtype, device=v_a.device)
     s_out = torch.empty(s_a.shape, dtype=torch.float32, device=v_a.device)
-    _call(_merge_state_out_op, lambda *a: _merge_pair_out(*a[:6], None, a[6]), v_a, s_a, v_b, s_b, v_out, s_out,
-          backend)
+    _call(_merge_state_out, v_a, s_a, v_b, s_b, v_out, s_out, backend)
     return v_out, s_out
 
 
@@ -194,8 +193,7 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
         check_tensor("mask", mask, ndim=1, dtypes=MASK_DTYPES)
         check_shape("mask", mask, v.shape[:1], "[seq_len]")
         check_same_device([("v", v), ("mask", mask)])
-    _call(_merge_state_in_place_op, lambda *a: _merge_pair_out(a[0], a[1], a[2], a[3], a[0], a[1], a[4], a[5]),
-          v, s, v_other, s_other, mask, backend)
+    _call(_merge_state_in_place, v, s, v_other, s_other, mask, backend)
 
 
 def merge_states(v: torch.Tensor, s: torch.Tensor, *, backend: Optional[str] = None
@@ -230,7 +228,7 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *, backend: Optional[str] = N
     n, _, h, d = v.shape
     v_out = torch.empty((n, h, d), dtype=v.dtype, device=v.device)
     s_out = torch.empty((n, h), dtype=torch.float32, device=v.device)
-    _call(_merge_states_out_op, _merge_many_out, v, s, None, v_out, s_out, backend)
+    _call(_merge_many_out, v, s, None, v_out, s_out, backend)
     return v_out, s_out
 
 
@@ -278,7 +276,7 @@ def variable_length_merge_states(v: torch.Tensor, s: torch.Tensor, indptr: torch
     n, (h, d) = indptr.shape[0] - 1, v.shape[1:]
     v_out = torch.empty((n, h, d), dtype=v.dtype, device=v.device)
     s_out = torch.empty((n, h), dtype=torch.float32, device=v.device)
-    _call(_merge_states_out_op, _merge_many_out, v, s, indptr, v_out, s_out, backend)
+    _call(_merge_many_out, v, s, indptr, v_out, s_out, backend)
     return v_out, s_out
 
 
