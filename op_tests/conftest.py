@@ -26,7 +26,8 @@ def backend_params(op, names=("torch", "triton", "ck")):
     params = []
     for name in names:
         ok, reason = op.usable(name, {"num_tokens": 1, "num_heads": 1, "head_dim": 128, "dtype": "fp16",
-                                      "has_mask": False, "contiguous": True, "varlen": False})
+                                      "device": DEVICE.type, "has_mask": False, "contiguous": True,
+                                      "varlen": False})
         marks = () if ok else pytest.mark.skip(reason=f"{name} cannot run here: {reason}")
         params.append(pytest.param(name, id=name, marks=marks))
     return params

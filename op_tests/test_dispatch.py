@@ -163,8 +163,9 @@ def test_tuner_writes_measured_rows_for_merge_state(tmp_path):
     lines = []
     rows = tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append)
     assert len(rows) == 1 and rows[0]["backend"] == "triton" and float(rows[0]["err"]) <= 1.0
-    assert json.loads(rows[0]["config"]) in [{"BLOCK_R": r, "num_warps": w} for r, w in
-                                             ((8, 4), (16, 4), (32, 4), (32, 8), (64, 8))]
+    from aiter_ext.ops.merge_state.backends import TRITON_TUNE_CONFIGS
+
+    assert json.loads(rows[0]["config"]) in TRITON_TUNE_CONFIGS
     assert out.exists() and any("[1/1]" in line for line in lines)
 
 
@@ -190,3 +191,19 @@ def test_arch_override(monkeypatch):
     assert (info.arch, info.cu_num) == ("gfx950", 256)
     expected = "cuda" if torch.cuda.is_available() and not torch.version.hip else info.platform
     assert info.platform == expected
+
+
+def test_tensor_device_decides_which_backends_can_run(gpu_like, monkeypatch, tmp_path):
+    """Kernel backends need GPU tensors (Triton under the interpreter: CPU tensors); CPU tensors on a
+    GPU machine go to the reference automatically, and an explicit kernel backend says why it cannot."""
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(tmp_path / "none.csv"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    op = _op()
+    assert op.select({**CALL, "device": "cuda"}).impl.backend == "triton"
+    assert op.select({**CALL, "device": "cpu"}).impl.backend == "torch"
+    with pytest.raises(BackendUnavailableError, match="runs on GPU tensors here; these tensors are on cpu"):
+        op.select({**CALL, "device": "cpu"}, "ck")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert op.select({**CALL, "device": "cpu"}, "triton").impl.backend == "triton"
+    with pytest.raises(BackendUnavailableError, match="CPU tensors \\(the interpreter\\)"):
+        op.select({**CALL, "device": "cuda"}, "triton")

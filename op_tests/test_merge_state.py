@@ -351,7 +351,8 @@ def _bench_rows(kind, n, h, d, dtype, num_states, backends, fi, copy_gbs, graph)
     for b in backends:
         if not MERGE_STATE.usable(b, {"num_tokens": n, "num_heads": h, "head_dim": d,
                                        "dtype": {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype],
-                                       "has_mask": False, "contiguous": True, "varlen": False})[0]:
+                                       "device": "cuda", "has_mask": False, "contiguous": True,
+                                       "varlen": False})[0]:
             continue
         if kind == "merge_states" and b not in MERGE_STATES.impls:
             continue

@@ -97,6 +97,18 @@ def backend_status(name: str) -> tuple[bool, str]:
     return _cached_status(name, os.environ.get("TRITON_INTERPRET"))
 
 
+def _device_ok(backend: str, device: str | None) -> tuple[bool, str]:
+    """Kernel backends run on GPU tensors (torch calls ROCm devices "cuda" too); Triton under the
+    interpreter runs on CPU tensors instead; the torch reference runs on anything."""
+    if device is None or backend == "torch":
+        return True, ""
+    want = "cpu" if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    if device != want:
+        where = "CPU tensors (the interpreter)" if want == "cpu" else "GPU tensors"
+        return False, f"the {backend} backend runs on {where} here; these tensors are on {device}"
+    return True, ""
+
+
 # --------------------------------------------------------------------------------------------------
 # Ops and their implementations.
 
@@ -159,6 +171,9 @@ class Op:
         if impl is None:
             return False, f"{self.name} has no {backend!r} backend (it has: {', '.join(self.impls)})"
         ok, reason = backend_status(backend)
+        if not ok:
+            return False, reason
+        ok, reason = _device_ok(backend, call.get("device"))
         if not ok:
             return False, reason
         return impl.supports(call)

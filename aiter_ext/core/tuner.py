@@ -69,7 +69,8 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
         case = TUNE_TARGETS[op_name](shape, device)
         best = None
         for impl, cfg in candidates:
-            ok, reason = impl.supports({**shape, "has_mask": False, "contiguous": True, "varlen": False})
+            ok, reason = op.usable(impl.backend, {**shape, "device": device, "has_mask": False,
+                                                  "contiguous": True, "varlen": False})
             label = f"{impl.backend} {json.dumps(cfg) if cfg else 'default'}"
             if not ok:
                 log(f"  [{i}/{len(shapes)}] {label}: skipped ({reason})")

@@ -29,7 +29,7 @@ MASK_DTYPES = (torch.bool, torch.uint8)
 def _pair_call(v_a, v_out, mask) -> dict:
     n, h, d = v_a.shape
     return {"num_tokens": n, "num_heads": h, "head_dim": d, "dtype": dtype_name(v_a.dtype),
-            "has_mask": mask is not None, "contiguous": all(t.is_contiguous() for t in (v_a, v_out))}
+            "device": v_a.device.type, "has_mask": mask is not None, "contiguous": all(t.is_contiguous() for t in (v_a, v_out))}
 
 
 def _merge_pair_out(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor,
@@ -46,7 +46,7 @@ def _merge_many_out(v: torch.Tensor, s: torch.Tensor, indptr: Optional[torch.Ten
                     s_out: torch.Tensor, backend: Optional[str]) -> None:
     n, h, d = v_out.shape
     call = {"num_tokens": n, "num_heads": h, "head_dim": d, "dtype": dtype_name(v.dtype),
-            "varlen": indptr is not None}
+            "device": v.device.type, "varlen": indptr is not None}
     choice = MERGE_STATES.select(call, backend)
     choice.impl.fn(choice.config, v, s, indptr, v_out, s_out)
 

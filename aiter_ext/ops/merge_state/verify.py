@@ -39,8 +39,9 @@ def small_cases() -> list[tuple[str, str, bool, str]]:
 
 def _call(n, h, d, dtype):
     names = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-    return {"num_tokens": n, "num_heads": h, "head_dim": d, "dtype": names[dtype], "has_mask": False,
-            "contiguous": True, "varlen": False}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"num_tokens": n, "num_heads": h, "head_dim": d, "dtype": names[dtype], "device": device,
+            "has_mask": False, "contiguous": True, "varlen": False}
 
 
 def _judge(case, backend, v_out, s_out, v_ref, s_ref, dtype):
