@@ -1,0 +1,9 @@
+"""Batch prefill/decode attention over ragged and paged KV (FlashInfer's wrappers), the engine that
+cascade, POD, block-sparse and sink attention build on."""
+
+from .wrappers import (
+    BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
+)
+
+__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
+           "BatchPrefillWithRaggedKVCacheWrapper"]

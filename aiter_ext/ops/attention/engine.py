@@ -1,0 +1,205 @@
+"""What every attention wrapper shares: checked plan-time metadata, the work plan, and one ``run``.
+
+A wrapper's ``plan()`` builds an :class:`AttentionPlan` (host-side checks and lengths, device
+metadata, the work list, the workspace views); its ``run()`` calls :meth:`AttentionPlan.run`, which
+checks only tensor metadata and launches: no host synchronization, no data-dependent allocation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from aiter_ext.core.backend import define_op
+from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
+
+from . import reference
+from .plan import WorkPlan, make_plan
+
+
+KV_DTYPES = (torch.float16, torch.bfloat16)
+DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def as_dtype(value, name: str) -> torch.dtype:
+    """FlashInfer accepts dtypes or their names (``q_data_type="float16"``)."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value in DTYPE_BY_NAME:
+        return DTYPE_BY_NAME[value]
+    raise TypeError(f"{name} must be a torch dtype or one of {sorted(DTYPE_BY_NAME)}, got {value!r}")
+
+
+def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+                      custom_mask=None, packed_custom_mask=None, rope_scale=None, rope_theta=None) -> None:
+    """FlashInfer options this engine does not implement yet: refused, never silently ignored."""
+    if pos_encoding_mode != "NONE":
+        raise ValueError(f"pos_encoding_mode={pos_encoding_mode!r} is not supported: apply RoPE to q and k "
+                         "before attention (aiter_ext's RoPE ops), and pass pos_encoding_mode='NONE'")
+    if custom_mask is not None or packed_custom_mask is not None:
+        raise ValueError("custom_mask / packed_custom_mask are not supported yet")
+    if rope_scale is not None or rope_theta is not None:
+        raise ValueError("rope_scale / rope_theta only apply with in-kernel RoPE, which is not supported")
+    del use_fp16_qk_reduction  # a precision hint: the engine always accumulates in fp32
+
+
+def host_int32(name: str, t: torch.Tensor, ndim: int = 1) -> list[int]:
+    check_tensor(name, t, ndim=ndim, dtypes=(torch.int32, torch.int64))
+    return t.tolist()
+
+
+@dataclass
+class AttentionPlan:
+    """Everything ``run()`` needs, fixed at ``plan()``."""
+
+    paged: bool
+    page_size: int
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    causal: bool
+    sm_scale: float
+    window_left: int
+    logits_soft_cap: Optional[float]
+    qo_indptr: torch.Tensor
+    kv_indptr: torch.Tensor
+    kv_indices: Optional[torch.Tensor]
+    kv_last_page_len: Optional[torch.Tensor]
+    total_q: int
+    work: WorkPlan
+    partial_o: Optional[torch.Tensor]
+    partial_lse: Optional[torch.Tensor]
+    backend: str
+
+    @classmethod
+    def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
+              head_dim, page_size, causal, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
+              workspace: torch.Tensor, backend: Optional[str]) -> "AttentionPlan":
+        if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
+            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads "
+                             f"({num_kv_heads})")
+        if head_dim <= 0:
+            raise ValueError(f"head_dim must be positive, got {head_dim}")
+        q_dtype = as_dtype(q_data_type, "q_data_type")
+        kv_dtype = as_dtype(kv_data_type if kv_data_type is not None else q_dtype, "kv_data_type")
+        qo = host_int32("qo_indptr", qo_indptr)
+        kv = host_int32("kv_indptr" if not paged else "paged_kv_indptr", kv_indptr)
+        if len(qo) < 2 or len(qo) != len(kv):
+            raise ValueError(f"qo_indptr and kv_indptr must both have batch_size + 1 >= 2 entries, got "
+                             f"{len(qo)} and {len(kv)}")
+        _check_indptr("qo_indptr", qo)
+        if paged:
+            from aiter_ext.ops.paged_kv import check_paged_kv_indices
+
+            check_paged_kv_indices(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages=None)
+            last = kv_last_page_len.tolist()
+            kv_lens = [(kv[b + 1] - kv[b] - 1) * page_size + last[b] if kv[b + 1] > kv[b] else 0
+                       for b in range(len(kv) - 1)]
+        else:
+            _check_indptr("kv_indptr", kv)
+            kv_lens = [kv[b + 1] - kv[b] for b in range(len(kv) - 1)]
+        qo_lens = [qo[b + 1] - qo[b] for b in range(len(qo) - 1)]
+        device = workspace.device
+        call = {"num_qo_heads": num_qo_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
+                "dtype": dtype_name(q_dtype), "device": device.type}
+        choice = ATTENTION.select(call, backend)
+        group = num_qo_heads // num_kv_heads
+        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device)
+        partial_o = partial_lse = None
+        if work.split:
+            partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
+        return cls(paged, page_size, num_qo_heads, num_kv_heads, head_dim, q_dtype, kv_dtype, causal,
+                   1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
+                   logits_soft_cap or None,
+                   qo_indptr.to(device=device, dtype=torch.int32),
+                   kv_indptr.to(device=device, dtype=torch.int32),
+                   kv_indices.to(device=device, dtype=torch.int32) if paged else None,
+                   kv_last_page_len.to(device=device, dtype=torch.int32) if paged else None,
+                   qo[-1], work, partial_o, partial_lse, choice.impl.backend)
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides, *, out=None, lse=None,
+            return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None):
+        check_tensor("q", q, ndim=3, dtypes=(self.q_dtype,))
+        check_shape("q", q, (self.total_q, self.num_qo_heads, self.head_dim),
+                    "[qo_indptr[-1], num_qo_heads, head_dim] from plan()")
+        if q.stride(-1) != 1:
+            raise ValueError("q must be contiguous in its last dimension")
+        check_same_device([("q", q), ("kv cache", k)])
+        if out is None:
+            out = torch.empty_like(q)
+        else:
+            check_tensor("out", out, ndim=3, dtypes=(q.dtype,))
+            check_shape("out", out, q.shape, "the shape of q")
+        if lse is None:
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        else:
+            check_tensor("lse", lse, ndim=2, dtypes=(torch.float32,))
+            check_shape("lse", lse, q.shape[:2], "[total_q, num_qo_heads]")
+        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult)
+        if v_scale is not None and v_scale != 1.0:
+            out.mul_(v_scale)
+        return (out, lse) if return_lse else out
+
+
+def _run_torch(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+    """The fp32 reference, per request (reads lengths on the host: not graph-capturable)."""
+    if plan.paged:
+        kv = reference.gather_paged_kv(k, v, plan.kv_indptr, plan.kv_indices, plan.kv_last_page_len)
+    else:
+        bounds = plan.kv_indptr.tolist()
+        kv = [(k[bounds[b]:bounds[b + 1]], v[bounds[b]:bounds[b + 1]]) for b in range(len(bounds) - 1)]
+    o, s = reference.batch_attention_ref(q, plan.qo_indptr, kv, plan.causal, sm_scale, plan.window_left,
+                                         plan.logits_soft_cap)
+    out.copy_(o)
+    lse.copy_(s)
+
+
+def _run_triton(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+    from aiter_ext.ops.merge_state.api import _merge_many_out
+
+    from .kernels import launch_attention
+
+    launch_attention(plan.work, q, k, v, plan.kv_indices, plan.qo_indptr, plan.kv_indptr, plan.kv_last_page_len,
+                     out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
+                     kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
+                     logits_soft_cap=plan.logits_soft_cap,
+                     merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
+
+
+ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
+                      lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
+ATTENTION.register("torch", _run_torch)
+ATTENTION.register("triton", _run_triton,
+                   supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
+
+
+def _check_indptr(name: str, values: list[int]) -> None:
+    if values[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {values[0]}")
+    for i in range(1, len(values)):
+        if values[i] < values[i - 1]:
+            raise ValueError(f"{name} must be nondecreasing: {name}[{i}] = {values[i]} < {name}[{i - 1}] = "
+                             f"{values[i - 1]}")
+
+
+def _carve(workspace: torch.Tensor, rows: int, heads: int, head_dim: int):
+    """fp32 partial outputs and LSEs as views of the caller's float workspace (fixed memory, so a
+    captured graph stays valid), or a clear error when it is too small."""
+    need = rows * heads * (head_dim + 1) * 4
+    if workspace.dtype != torch.uint8 or workspace.dim() != 1:
+        raise TypeError("float_workspace_buffer must be a 1-D uint8 tensor")
+    if workspace.numel() < need:
+        raise ValueError(f"float_workspace_buffer holds {workspace.numel()} bytes; this plan's split-KV "
+                         f"partial states need {need} (allocate at least that, e.g. 128 MiB)")
+    floats = workspace[:need].view(torch.float32)
+    o = floats[: rows * heads * head_dim].view(rows, heads, head_dim)
+    s = floats[rows * heads * head_dim:].view(rows, heads)
+    return o, s

@@ -1,0 +1,74 @@
+"""Host-side planning for the attention engine: tile sizes, KV splits and the work list.
+
+``plan()`` of every wrapper ends here. It may read lengths on the host (FlashInfer's ``plan`` does
+too); everything ``run()`` needs is built here as device tensors of fixed size, so ``run()`` does no
+host synchronization and allocates nothing that depends on data (graph capture works).
+
+Splitting: when (query tiles x KV heads) would leave the GPU under-filled, each request's KV is cut
+into chunks (at least ``MIN_CHUNK`` keys) so that about ``TARGET_WAVES`` programs per compute unit
+run; the chunks' partial states are merged afterwards by the merge op. A single long request (a
+shared prefix in cascade attention, a long decode) then still fills the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from aiter_ext.core.arch import device_info
+
+MIN_CHUNK = 256  # keys per split: below this the merge costs more than the parallelism gains
+TARGET_WAVES = 2  # programs per compute unit the splitter aims for
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    block_m: int
+    block_n: int
+    num_work: int
+    split: bool  # partial states go through the workspace and the merge
+    num_partial_rows: int
+    work: torch.Tensor  # int32 [5, num_work]: request, first packed row, kv start, kv end, split index
+    merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
+
+
+def tile_sizes(max_packed_rows: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N): packed query rows per tile (16..64) and keys per step."""
+    block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
+    block_n = 64 if head_dim <= 128 else 32  # K and V tiles of d256 must fit gfx942's 64 KiB of LDS
+    return block_m, block_n
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: int, head_dim: int,
+              device: torch.device, allow_split: bool = True) -> WorkPlan:
+    max_rows = max((q * group for q in qo_lens), default=1)
+    block_m, block_n = tile_sizes(max_rows, head_dim)
+    q_tiles = [max(1, math.ceil(q * group / block_m)) if q > 0 else 0 for q in qo_lens]
+    programs = sum(q_tiles) * num_kv_heads
+    target = TARGET_WAVES * device_info().cu_num
+    want = max(1, math.ceil(target / max(programs, 1))) if allow_split else 1
+    splits = [max(1, min(want, kv // MIN_CHUNK)) for kv in kv_lens]
+
+    items = []
+    for b, (tiles, kv, n) in enumerate(zip(q_tiles, kv_lens, splits)):
+        chunk = math.ceil(kv / n / block_n) * block_n if kv else 0
+        for t in range(tiles):
+            for s in range(n):
+                lo, hi = s * chunk, min(kv, (s + 1) * chunk)
+                items.append((b, t * block_m, lo, hi, s))
+    items.sort(key=lambda it: it[3] - it[2], reverse=True)  # longest chunks first: better balance
+    split = any(n > 1 for n in splits)
+
+    merge_rows = [0]
+    for q, n in zip(qo_lens, splits):
+        for _ in range(q):
+            merge_rows.append(merge_rows[-1] + (n if split else 1))
+    work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
+    return WorkPlan(block_m, block_n, len(items), split, merge_rows[-1], work.to(device),
+                    torch.tensor(merge_rows, dtype=torch.int32, device=device))

@@ -1,0 +1,96 @@
+"""fp32 PyTorch references for attention (FlashInfer semantics), one request at a time.
+
+The rules every attention feature shares:
+- logits ``x_ij = sm_scale * q_i . k_j`` (``sm_scale`` defaults to ``1/sqrt(head_dim)``); with a soft
+  cap ``c``, ``x_ij = c * tanh(x_ij / c)``;
+- causal masking is aligned bottom-right: query ``i`` of a request sees key ``j`` iff
+  ``j <= i + kv_len - qo_len``; a sliding window (``window_left >= 0``) also needs
+  ``j >= i + kv_len - qo_len - window_left``;
+- GQA: query head ``h`` reads KV head ``h // (num_qo_heads // num_kv_heads)``;
+- the returned LSE is the base-2 log-sum-exp of the (capped) logits, fp32 ``[qo_len, num_qo_heads]``;
+  a query that sees no key gets output 0 and LSE ``-inf``.
+
+The score matrix is materialised: readable, not fast. These are the tests' oracle and the ``torch``
+backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def attention_mask(qo_len: int, kv_len: int, causal: bool, window_left: int, device=None) -> torch.Tensor:
+    """Bool ``[qo_len, kv_len]``: which keys each query of one request may see."""
+    i = torch.arange(qo_len, device=device)[:, None]
+    j = torch.arange(kv_len, device=device)[None, :]
+    diag = i + (kv_len - qo_len)  # bottom-right alignment
+    visible = torch.ones(qo_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        visible &= j <= diag
+    if window_left >= 0:
+        visible &= j >= diag - window_left
+    return visible
+
+
+def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None, window_left: int = -1,
+                         logits_soft_cap: float | None = None):
+    """One request: ``q [qo_len, Hq, D]``, ``k [kv_len, Hkv, D]``, ``v [kv_len, Hkv, Dv]``.
+
+    Returns ``o [qo_len, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [qo_len, Hq]`` (base 2).
+    """
+    qo_len, num_qo_heads, head_dim = q.shape
+    kv_len, num_kv_heads = k.shape[:2]
+    group = num_qo_heads // num_kv_heads
+    sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
+    qf = q.float()
+    kf = k.float().repeat_interleave(group, dim=1)  # [kv_len, Hq, D]
+    vf = v.float().repeat_interleave(group, dim=1)
+    logits = torch.einsum("qhd,khd->hqk", qf, kf) * sm_scale
+    if logits_soft_cap:
+        logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
+    visible = attention_mask(qo_len, kv_len, causal, window_left, q.device)
+    logits = logits.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)  # natural log; -inf for rows that see nothing
+    probs = torch.where(visible, torch.exp(logits - torch.where(torch.isinf(lse), 0, lse)[..., None]), 0)
+    out = torch.einsum("hqk,khd->qhd", probs, vf)
+    return out.to(q.dtype), (lse / math.log(2)).transpose(0, 1).contiguous()
+
+
+def gather_paged_kv(k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, kv_layout: str = "NHD"):
+    """The contiguous ``(k, v)`` of every request of a paged cache: a list of ``[kv_len, Hkv, D]`` pairs.
+
+    ``k_cache``/``v_cache`` are 4-D, ``[pages, page_size, Hkv, D]`` (NHD) or ``[pages, Hkv, page_size, D]`` (HND).
+    """
+    if kv_layout == "HND":
+        k_cache, v_cache = k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+    page_size = k_cache.shape[1]
+    indptr, indices, last = kv_indptr.tolist(), kv_indices.tolist(), kv_last_page_len.tolist()
+    out = []
+    for b in range(len(indptr) - 1):
+        pages = indices[indptr[b]:indptr[b + 1]]
+        if not pages:
+            out.append((k_cache[:0, 0], v_cache[:0, 0]))
+            continue
+        kv_len = page_size * (len(pages) - 1) + last[b]
+        k = k_cache[pages].reshape(-1, *k_cache.shape[2:])[:kv_len]
+        v = v_cache[pages].reshape(-1, *v_cache.shape[2:])[:kv_len]
+        out.append((k, v))
+    return out
+
+
+def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_scale: float | None = None,
+                        window_left: int = -1, logits_soft_cap: float | None = None):
+    """A ragged batch: request ``b`` owns ``q[qo_indptr[b]:qo_indptr[b+1]]`` and ``kv_per_request[b] = (k, v)``.
+
+    Returns ``o [total_q, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [total_q, Hq]``.
+    """
+    bounds = qo_indptr.tolist()
+    outs, lses = [], []
+    for b, (k, v) in enumerate(kv_per_request):
+        o, lse = single_attention_ref(q[bounds[b]:bounds[b + 1]], k, v, causal, sm_scale, window_left,
+                                      logits_soft_cap)
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs), torch.cat(lses)

@@ -1,0 +1,207 @@
+"""FlashInfer's batch attention wrappers: ``BatchPrefillWithPagedKVCacheWrapper``,
+``BatchPrefillWithRaggedKVCacheWrapper`` and ``BatchDecodeWithPagedKVCacheWrapper``, with plan/run.
+
+``plan()`` validates (clear errors naming the argument), reads lengths on the host and builds the work
+list; ``run()`` checks tensor metadata and launches, with no host synchronization (CUDA/HIP graph
+capture works for a given plan). FlashInfer's ``backend`` values (``"auto"``, ``"fa2"``, ``"fa3"``)
+mean automatic selection; ``"triton"`` and ``"torch"`` force one.
+
+Not implemented yet, and refused with a clear error rather than ignored: in-kernel RoPE
+(``pos_encoding_mode`` other than ``"NONE"``), custom masks, attention sinks (``sinks=``), fp8 KV.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from aiter_ext.core.checks import check_tensor
+
+from .engine import KV_DTYPES, AttentionPlan, check_unsupported
+
+LAYOUTS = ("NHD", "HND")
+
+
+def _check_layout(kv_layout: str) -> str:
+    if kv_layout not in LAYOUTS:
+        raise ValueError(f"kv_layout must be 'NHD' or 'HND', got {kv_layout!r}")
+    return kv_layout
+
+
+def _paged_views(paged_kv_cache, kv_layout: str):
+    """4-D K/V views and their (page, slot, head) element strides, for either layout."""
+    from aiter_ext.ops.paged_kv import unpack_paged_kv_cache
+
+    k, v = unpack_paged_kv_cache(paged_kv_cache, kv_layout)
+    check_tensor("paged_kv_cache", k, dtypes=KV_DTYPES)
+    slot_dim, head_dim = (1, 2) if kv_layout == "NHD" else (2, 1)
+    strides = tuple(t.stride(d) for t in (k, v) for d in (0, slot_dim, head_dim))
+    return k, v, strides
+
+
+class _Wrapper:
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 backend: str = "auto"):
+        check_tensor("float_workspace_buffer", float_workspace_buffer, ndim=1, dtypes=(torch.uint8,))
+        self._workspace = float_workspace_buffer
+        self._kv_layout = _check_layout(kv_layout)
+        self._use_cuda_graph = use_cuda_graph
+        self._backend = backend
+        self._plan: Optional[AttentionPlan] = None
+
+    def _require_plan(self) -> AttentionPlan:
+        if self._plan is None:
+            raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
+        return self._plan
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        check_tensor("float_workspace_buffer", float_workspace_buffer, ndim=1, dtypes=(torch.uint8,))
+        self._workspace = float_workspace_buffer
+        self._plan = None
+
+
+def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks):
+    plan = wrapper._require_plan()
+    if sinks is not None:
+        raise ValueError("sinks= is not supported by this wrapper yet (attention sinks come with their own "
+                         "wrapper); refusing rather than ignoring it")
+    k, v, strides = _paged_views(paged_kv_cache, wrapper._kv_layout)
+    if k.shape[1 if wrapper._kv_layout == "NHD" else 2] != plan.page_size or k.shape[-1] != plan.head_dim:
+        raise ValueError(f"paged_kv_cache pages of shape {tuple(k.shape[1:])} do not match plan() "
+                         f"(page_size={plan.page_size}, head_dim={plan.head_dim}, kv_layout={wrapper._kv_layout})")
+    mult = (q_scale or 1.0) * (k_scale or 1.0)
+    return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+
+
+class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
+    """Batch prefill (and append) attention over a paged KV cache, FlashInfer's contract.
+
+    ``plan(qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads,
+    num_kv_heads, head_dim_qk, page_size, ..., causal=False, sm_scale=None, window_left=-1,
+    logits_soft_cap=None, q_data_type="float16", kv_data_type=None)`` then
+    ``run(q [qo_indptr[-1], Hq, D], paged_kv_cache, return_lse=False) -> out`` or ``(out, lse)``.
+    Causal masking is aligned bottom-right; ``lse`` is base 2, fp32 ``[total_q, Hq]``.
+    """
+
+    def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, qo_indptr_buf=None,
+                 paged_kv_indptr_buf=None, paged_kv_indices_buf=None, paged_kv_last_page_len_buf=None,
+                 custom_mask_buf=None, mask_indptr_buf=None, backend="auto", jit_args=None):
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+
+    def plan(self, qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads,
+             num_kv_heads, head_dim_qk, page_size, head_dim_vo=None, custom_mask=None, packed_custom_mask=None,
+             causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False, sm_scale=None, window_left=-1,
+             logits_soft_cap=None, rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None,
+             non_blocking=True, **unused) -> None:
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
+                          rope_theta)
+        if head_dim_vo not in (None, head_dim_qk):
+            raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
+        if page_size <= 0:
+            raise ValueError(f"page_size must be positive, got {page_size}")
+        self._plan = AttentionPlan.build(
+            paged=True, qo_indptr=qo_indptr, kv_indptr=paged_kv_indptr, kv_indices=paged_kv_indices,
+            kv_last_page_len=paged_kv_last_page_len, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim_qk, page_size=page_size, causal=causal, sm_scale=sm_scale, window_left=window_left,
+            logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
+            workspace=self._workspace, backend=self._backend)
+
+    begin_forward = plan
+
+    def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
+            return_lse=False, enable_pdl=None, window_left=None, sinks=None):
+        if window_left not in (None, self._require_plan().window_left):
+            raise ValueError(f"run(window_left={window_left}) differs from plan()'s "
+                             f"{self._plan.window_left}; set it in plan()")
+        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks)
+
+    def forward(self, q, paged_kv_cache, causal=False, **kwargs):
+        return self.run(q, paged_kv_cache, **kwargs)
+
+
+class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
+    """Batch decode (one query token per request) over a paged KV cache, FlashInfer's contract.
+
+    ``plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, ...)`` then
+    ``run(q [batch, Hq, D], paged_kv_cache, return_lse=False)``. Long contexts are split across programs
+    and merged, so a small batch still fills the GPU.
+    """
+
+    def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, use_tensor_cores=False,
+                 paged_kv_indptr_buffer=None, paged_kv_indices_buffer=None, paged_kv_last_page_len_buffer=None,
+                 backend="auto", jit_args=None):
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+
+    def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+             pos_encoding_mode="NONE", window_left=-1, logits_soft_cap=None, q_data_type="float16",
+             kv_data_type=None, data_type=None, sm_scale=None, rope_scale=None, rope_theta=None,
+             non_blocking=True, **unused) -> None:
+        check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
+        if data_type is not None and kv_data_type is None:  # FlashInfer's deprecated alias
+            kv_data_type = data_type
+        if page_size <= 0:
+            raise ValueError(f"page_size must be positive, got {page_size}")
+        check_tensor("indptr", indptr, ndim=1, dtypes=(torch.int32, torch.int64))
+        batch = indptr.shape[0] - 1
+        qo_indptr = torch.arange(batch + 1, dtype=torch.int32)
+        self._plan = AttentionPlan.build(
+            paged=True, qo_indptr=qo_indptr, kv_indptr=indptr, kv_indices=indices, kv_last_page_len=last_page_len,
+            num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
+            causal=False, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
+            q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend)
+
+    begin_forward = plan
+
+    def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
+            return_lse=False, enable_pdl=None, window_left=None, sinks=None):
+        if window_left not in (None, self._require_plan().window_left):
+            raise ValueError(f"run(window_left={window_left}) differs from plan()'s {self._plan.window_left}")
+        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks)
+
+    def forward(self, q, paged_kv_cache, **kwargs):
+        return self.run(q, paged_kv_cache, **kwargs)
+
+
+class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
+    """Batch prefill over ragged (packed, unpaged) K/V: ``k, v [kv_indptr[-1], Hkv, D]``."""
+
+    def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, qo_indptr_buf=None,
+                 kv_indptr_buf=None, custom_mask_buf=None, mask_indptr_buf=None, backend="auto", jit_args=None):
+        if kv_layout != "NHD":
+            raise ValueError(f"ragged K/V are [tokens, heads, dim] (kv_layout='NHD'), got {kv_layout!r}")
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+
+    def plan(self, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo=None,
+             custom_mask=None, packed_custom_mask=None, causal=False, pos_encoding_mode="NONE",
+             use_fp16_qk_reduction=False, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
+             rope_theta=None, q_data_type="float16", kv_data_type=None, non_blocking=True, **unused) -> None:
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
+                          rope_theta)
+        if head_dim_vo not in (None, head_dim_qk):
+            raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
+        self._plan = AttentionPlan.build(
+            paged=False, qo_indptr=qo_indptr, kv_indptr=kv_indptr, kv_indices=None, kv_last_page_len=None,
+            num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk, page_size=1, causal=causal,
+            sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
+            kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend)
+
+    begin_forward = plan
+
+    def run(self, q, k, v, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
+            return_lse=False, enable_pdl=None, sinks=None):
+        plan = self._require_plan()
+        if sinks is not None:
+            raise ValueError("sinks= is not supported by this wrapper yet; refusing rather than ignoring it")
+        for name, t in (("k", k), ("v", v)):
+            check_tensor(name, t, ndim=3, dtypes=KV_DTYPES)
+            if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim) or t.stride(-1) != 1:
+                raise ValueError(f"{name} must be [kv_indptr[-1], {plan.num_kv_heads}, {plan.head_dim}] with a "
+                                 f"contiguous last dimension, got shape {tuple(t.shape)}")
+        strides = (k.stride(0), 0, k.stride(1), v.stride(0), 0, v.stride(1))
+        mult = (q_scale or 1.0) * (k_scale or 1.0)
+        return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
+                        v_scale=v_scale)
+
+    def forward(self, q, k, v, causal=False, **kwargs):
+        return self.run(q, k, v, **kwargs)
