@@ -72,6 +72,7 @@ class AttentionPlan:
     kv_indices: Optional[torch.Tensor]
     kv_last_page_len: Optional[torch.Tensor]
     total_q: int
+    meta: torch.Tensor  # int32 qo_indptr | kv_indptr | kv_last_page_len: the kernel's request table
     work: WorkPlan
     partial_o: Optional[torch.Tensor]
     partial_lse: Optional[torch.Tensor]
@@ -114,14 +115,14 @@ class AttentionPlan:
         partial_o = partial_lse = None
         if work.split:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
+        as_i32 = lambda t: t.to(device=device, dtype=torch.int32)  # noqa: E731
+        tables = [qo_indptr, kv_indptr] + ([kv_last_page_len] if paged else [])
         return cls(paged, page_size, num_qo_heads, num_kv_heads, head_dim, q_dtype, kv_dtype, causal,
                    1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
-                   logits_soft_cap or None,
-                   qo_indptr.to(device=device, dtype=torch.int32),
-                   kv_indptr.to(device=device, dtype=torch.int32),
-                   kv_indices.to(device=device, dtype=torch.int32) if paged else None,
-                   kv_last_page_len.to(device=device, dtype=torch.int32) if paged else None,
-                   qo[-1], work, partial_o, partial_lse, choice.impl.backend)
+                   logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),
+                   as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
+                   qo[-1], torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
+                   choice.impl.backend)
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class AttentionPlan:
             raise ValueError("q must be contiguous in its last dimension")
         check_same_device([("q", q), ("kv cache", k)])
         if out is None:
-            out = torch.empty_like(q)
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         else:
             check_tensor("out", out, ndim=3, dtypes=(q.dtype,))
             check_shape("out", out, q.shape, "the shape of q")
@@ -143,6 +144,9 @@ class AttentionPlan:
         else:
             check_tensor("lse", lse, ndim=2, dtypes=(torch.float32,))
             check_shape("lse", lse, q.shape[:2], "[total_q, num_qo_heads]")
+        for name, t in (("out", out), ("lse", lse)):
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
         ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult)
         if v_scale is not None and v_scale != 1.0:
             out.mul_(v_scale)
@@ -167,7 +171,7 @@ def _run_triton(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) ->
 
     from .kernels import launch_attention
 
-    launch_attention(plan.work, q, k, v, plan.kv_indices, plan.qo_indptr, plan.kv_indptr, plan.kv_last_page_len,
+    launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
                      out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
                      kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
                      logits_soft_cap=plan.logits_soft_cap,

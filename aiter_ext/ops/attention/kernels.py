@@ -29,34 +29,34 @@ def _tanh(x):
 
 @triton.jit
 def attention_kernel(
-    q, k_cache, v_cache, o, lse, kv_indices,
-    qo_indptr, kv_indptr, kv_last_page_len,
-    work_req, work_q_start, work_kv_start, work_kv_end, work_split, merge_indptr,
-    sm_scale_log2, cap_pre, cap_post, window_left, page_size,
-    stride_q_tok, stride_q_head,
-    stride_k_page, stride_k_slot, stride_k_head,
-    stride_v_page, stride_v_slot, stride_v_head,
-    stride_o_tok, stride_o_head, stride_lse_tok,
+    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr,
+    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left, page_size,
+    stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
     SPLIT: tl.constexpr,
 ):
+    # Few scalar arguments on purpose: every one takes SGPRs, and with ~30 of them the AMD compile
+    # spilled SGPRs. So the request tables are packed into `meta` (qo_indptr | kv_indptr |
+    # kv_last_page_len), the work list into `work` [5, num_work], K and V share their strides, and
+    # o/lse are packed [rows, Hq, D] / [rows, Hq] with Hq = GROUP * (KV heads in the grid).
     w = tl.program_id(0)
     h_kv = tl.program_id(1)
-    req = tl.load(work_req + w)
-    row0 = tl.load(work_q_start + w)
-    kv_lo = tl.load(work_kv_start + w)
-    kv_hi = tl.load(work_kv_end + w)
+    num_qo_heads = GROUP * tl.num_programs(1)
+    req = tl.load(work + w)
+    row0 = tl.load(work + num_work + w)
+    kv_lo = tl.load(work + 2 * num_work + w)
+    kv_hi = tl.load(work + 3 * num_work + w)
 
-    qo_begin = tl.load(qo_indptr + req)
-    qo_len = tl.load(qo_indptr + req + 1) - qo_begin
-    kv_begin = tl.load(kv_indptr + req)
+    qo_begin = tl.load(meta + req)
+    qo_len = tl.load(meta + req + 1) - qo_begin
+    kv_begin = tl.load(meta + batch + 1 + req)
     if PAGED:
-        num_pages = tl.load(kv_indptr + req + 1) - kv_begin
-        kv_len = tl.where(num_pages > 0, (num_pages - 1) * page_size + tl.load(kv_last_page_len + req), 0)
+        num_pages = tl.load(meta + batch + 2 + req) - kv_begin
+        kv_len = tl.where(num_pages > 0, (num_pages - 1) * page_size + tl.load(meta + 2 * batch + 2 + req), 0)
     else:
-        kv_len = tl.load(kv_indptr + req + 1) - kv_begin
+        kv_len = tl.load(meta + batch + 2 + req) - kv_begin
 
     rows = row0 + tl.arange(0, BLOCK_M)
     qpos = rows // GROUP
@@ -85,14 +85,11 @@ def attention_kernel(
         key_ok = keys < kv_hi
         if PAGED:
             page = tl.load(kv_indices + kv_begin + keys // page_size, mask=key_ok, other=0).to(tl.int64)
-            k_off = page * stride_k_page + (keys % page_size) * stride_k_slot
-            v_off = page * stride_v_page + (keys % page_size) * stride_v_slot
+            kv_off = page * stride_kv_page + (keys % page_size) * stride_kv_slot + h_kv * stride_kv_head
         else:
-            tok = (kv_begin + keys).to(tl.int64)
-            k_off = tok * stride_k_page
-            v_off = tok * stride_v_page
+            kv_off = (kv_begin + keys).to(tl.int64) * stride_kv_page + h_kv * stride_kv_head
         kv_mask = key_ok[:, None] & col_ok[None, :]
-        k_tile = tl.load(k_cache + k_off[:, None] + h_kv * stride_k_head + cols[None, :], mask=kv_mask, other=0.0)
+        k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
         if SOFT_CAP:
             s = cap_post * _tanh(qk * cap_pre)
@@ -110,7 +107,7 @@ def attention_kernel(
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        v_tile = tl.load(v_cache + v_off[:, None] + h_kv * stride_v_head + cols[None, :], mask=kv_mask, other=0.0)
+        v_tile = tl.load(v_cache + kv_off[:, None] + cols[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile.to(q_tile.dtype))
         m = m_new
 
@@ -118,39 +115,77 @@ def attention_kernel(
     out = acc / tl.where(empty, 1.0, l)[:, None]
     row_lse = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
     if SPLIT:
-        out_row = (tl.load(merge_indptr + qo_begin + qpos, mask=row_ok, other=0) + tl.load(work_split + w)).to(tl.int64)
+        out_row = (tl.load(merge_indptr + qo_begin + qpos, mask=row_ok, other=0)
+                   + tl.load(work + 4 * num_work + w)).to(tl.int64)
     else:
         out_row = q_tok
-    tl.store(o + out_row[:, None] * stride_o_tok + head[:, None] * stride_o_head + cols[None, :],
-             out.to(o.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-    tl.store(lse + out_row * stride_lse_tok + head, row_lse, mask=row_ok)
+    out_idx = out_row * num_qo_heads + head
+    tl.store(o + out_idx[:, None] * HEAD_DIM + cols[None, :], out.to(o.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(lse + out_idx, row_lse, mask=row_ok)
 
 
-def launch_attention(plan, q, k, v, kv_indices, qo_indptr, kv_indptr, kv_last_page_len, out, lse,
-                     partial_o, partial_lse, *, paged: bool, page_size: int, kv_strides, sm_scale: float,
-                     causal: bool, window_left: int, logits_soft_cap: float | None, merge) -> None:
-    """Run ``plan``'s work list. ``k``/``v`` are 4-D page views ``[pages, page_size, Hkv, D]`` (any
-    strides) when ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` gives (page, slot, head)
-    element strides of K then V. With a split plan, the partial states go to ``partial_o``/``partial_lse``
-    and ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them."""
-    num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
-    group = q.shape[1] // num_kv_heads
+def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
+                     page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
+                     logits_soft_cap: float | None, merge) -> None:
+    """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
+    ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
+    strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
+    With a split plan, the partial states go to ``partial_o``/``partial_lse`` and
+    ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them."""
     if plan.num_work == 0:
         return
+    num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
     dst_o, dst_lse = (partial_o, partial_lse) if plan.split else (out, lse)
-    work = plan.work
     cap = float(logits_soft_cap or 0.0)
     attention_kernel[(plan.num_work, num_kv_heads)](
-        q, k, v, dst_o, dst_lse, kv_indices if paged else kv_indptr,
-        qo_indptr, kv_indptr, kv_last_page_len if paged else kv_indptr,
-        work[0], work[1], work[2], work[3], work[4], plan.merge_indptr,
-        sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left, page_size,
-        q.stride(0), q.stride(1), *kv_strides,
-        dst_o.stride(0), dst_o.stride(1), dst_lse.stride(0),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
+        batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
+        page_size, q.stride(0), q.stride(1), *kv_strides,
+        GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0, SOFT_CAP=cap > 0, SPLIT=plan.split,
         num_warps=4,
     )
     if plan.split:
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
+
+
+# --------------------------------------------------------------------------------------------------
+# The AMD compile check: each head dim with the tiles plan.py picks (decode-sized and prefill-sized
+# query tiles), paged and ragged, split and direct, in both 16-bit dtypes.
+
+def aot_specs():
+    from aiter_ext.core.aot import KernelSpec
+
+    from .plan import tile_sizes
+
+    pointer_args = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
+    stride_args = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
+    for dtype in ("bf16", "fp16"):
+        for head_dim in (64, 128, 256):
+            for rows in (8, 64):  # a GQA decode tile (group 8) and a prefill tile
+                block_m, block_n = tile_sizes(rows, head_dim)
+                for paged, split in ((True, True), (True, False), (False, False)):
+                    sig = {n: "*i32" for n in pointer_args}
+                    sig.update(q=f"*{dtype}", k_cache=f"*{dtype}", v_cache=f"*{dtype}", lse="*fp32",
+                               o="*fp32" if split else f"*{dtype}")
+                    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
+                    sig.update(batch="i32", num_work="i32", window_left="i32", page_size="i32",
+                               **{n: "i32" for n in stride_args})
+                    consts = {"GROUP": 8 if rows == 8 else 4, "HEAD_DIM": head_dim, "BLOCK_D": head_dim,
+                              "BLOCK_M": block_m, "BLOCK_N": block_n, "PAGED": paged, "CAUSAL": True,
+                              "HAS_WINDOW": False, "SOFT_CAP": False, "SPLIT": split}
+                    kind = ("paged" if paged else "ragged") + ("-split" if split else "")
+                    yield KernelSpec(f"attention[{dtype}-d{head_dim}-m{block_m}n{block_n}-{kind}]", attention_kernel,
+                                     sig, consts, {"num_warps": 4}, uses_dot=True,
+                                     divisible_by_16=pointer_args + stride_args)
+
+
+# NOT registered with `aiter-ext aot --check` yet, on purpose (issue 3 is open): on Triton 3.9 every
+# variant above compiles for gfx942 and gfx950 with MFMA for both dots and LDS at most 46% of gfx942's,
+# but 25 of 36 spill 3-46 SGPRs into VGPR lanes (no scratch), which the check rightly fails. Seen so
+# far: fewer kernel arguments did not help; 32-bit addressing plus num_stages=1 cured the 16-row tiles
+# but not the 64-row ones, and 32-bit page offsets overflow on real KV caches. Inspect with:
+#   python3 -c "from aiter_ext.core import aot; from aiter_ext.ops.attention import kernels; \
+#     aot.register_aot_specs('attention', kernels.aot_specs); raise SystemExit(aot.cli(['--check', '--kernel', 'attention']))"

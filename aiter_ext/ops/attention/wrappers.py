@@ -36,8 +36,18 @@ def _paged_views(paged_kv_cache, kv_layout: str):
     k, v = unpack_paged_kv_cache(paged_kv_cache, kv_layout)
     check_tensor("paged_kv_cache", k, dtypes=KV_DTYPES)
     slot_dim, head_dim = (1, 2) if kv_layout == "NHD" else (2, 1)
-    strides = tuple(t.stride(d) for t in (k, v) for d in (0, slot_dim, head_dim))
-    return k, v, strides
+    return k, v, _shared_strides("paged_kv_cache", k, v, (0, slot_dim, head_dim))
+
+
+def _shared_strides(name: str, k, v, dims) -> tuple[int, int, int]:
+    """The engine addresses K and V with one set of strides (fewer kernel arguments)."""
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError(f"{name}: K and V must be contiguous in head_dim")
+    strides = tuple(k.stride(d) for d in dims)
+    if strides != tuple(v.stride(d) for d in dims):
+        raise ValueError(f"{name}: K and V must have the same strides (got {tuple(k.stride())} and "
+                         f"{tuple(v.stride())}); pass them from one allocation or make them contiguous")
+    return strides
 
 
 class _Wrapper:
@@ -195,10 +205,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             raise ValueError("sinks= is not supported by this wrapper yet; refusing rather than ignoring it")
         for name, t in (("k", k), ("v", v)):
             check_tensor(name, t, ndim=3, dtypes=KV_DTYPES)
-            if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim) or t.stride(-1) != 1:
-                raise ValueError(f"{name} must be [kv_indptr[-1], {plan.num_kv_heads}, {plan.head_dim}] with a "
-                                 f"contiguous last dimension, got shape {tuple(t.shape)}")
-        strides = (k.stride(0), 0, k.stride(1), v.stride(0), 0, v.stride(1))
+            if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim):
+                raise ValueError(f"{name} must be [kv_indptr[-1], {plan.num_kv_heads}, {plan.head_dim}], "
+                                 f"got shape {tuple(t.shape)}")
+        token, head = _shared_strides("k/v", k, v, (0, 1))[:2]
+        strides = (token, 0, head)
         mult = (q_scale or 1.0) * (k_scale or 1.0)
         return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
                         v_scale=v_scale)
