@@ -16,6 +16,20 @@ if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRI
         # must happen before any kernel module is imported (Triton reads it when a kernel is defined).
         _os.environ["TRITON_INTERPRET"] = "1"
 
+from .ops.attention import (
+    BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
+    BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
+    BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
+)
 from .ops.merge_state import merge_state, merge_state_in_place, merge_states, variable_length_merge_states
+from .ops.paged_kv import (
+    append_paged_kv_cache, block_table_to_csr, get_batch_indices_positions, get_seq_lens,
+)
 
-__all__ = ["merge_state", "merge_state_in_place", "merge_states", "variable_length_merge_states"]
+__all__ = [
+    "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
+    "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
+    "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper", "append_paged_kv_cache",
+    "block_table_to_csr", "cascade_attention", "get_batch_indices_positions", "get_seq_lens", "merge_state",
+    "merge_state_in_place", "merge_states", "variable_length_merge_states",
+]

@@ -72,6 +72,7 @@ class AttentionPlan:
     kv_indices: Optional[torch.Tensor]
     kv_last_page_len: Optional[torch.Tensor]
     total_q: int
+    max_page: int  # largest page id in the table (-1: none), checked against the cache in run()
     meta: torch.Tensor  # int32 qo_indptr | kv_indptr | kv_last_page_len: the kernel's request table
     work: WorkPlan
     partial_o: Optional[torch.Tensor]
@@ -98,13 +99,17 @@ class AttentionPlan:
         if paged:
             from aiter_ext.ops.paged_kv import check_paged_kv_indices
 
-            check_paged_kv_indices(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages=None)
+            # plan() never sees the cache, so ids are checked against the cache's page count in run()
+            # (metadata only); here: the table's shape, order, last_page_len and no negative ids.
+            check_paged_kv_indices(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages=2**62)
+            max_page = int(kv_indices.max()) if kv_indices.numel() else -1
             last = kv_last_page_len.tolist()
             kv_lens = [(kv[b + 1] - kv[b] - 1) * page_size + last[b] if kv[b + 1] > kv[b] else 0
                        for b in range(len(kv) - 1)]
         else:
             _check_indptr("kv_indptr", kv)
             kv_lens = [kv[b + 1] - kv[b] for b in range(len(kv) - 1)]
+            max_page = -1
         qo_lens = [qo[b + 1] - qo[b] for b in range(len(qo) - 1)]
         device = workspace.device
         call = {"num_qo_heads": num_qo_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
@@ -121,7 +126,7 @@ class AttentionPlan:
                    1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
                    logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),
                    as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
-                   qo[-1], torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
+                   qo[-1], max_page, torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
                    choice.impl.backend)
 
     # -- run --------------------------------------------------------------------------------------
@@ -154,7 +159,8 @@ class AttentionPlan:
 
 
 def _run_torch(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
-    """The fp32 reference, per request (reads lengths on the host: not graph-capturable)."""
+    """The fp32 reference, per request (reads lengths on the host: not graph-capturable). Paged K/V
+    arrive as ``[pages, page_size, Hkv, D]`` views whatever the cache's layout."""
     if plan.paged:
         kv = reference.gather_paged_kv(k, v, plan.kv_indptr, plan.kv_indices, plan.kv_last_page_len)
     else:

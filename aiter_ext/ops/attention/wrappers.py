@@ -30,13 +30,15 @@ def _check_layout(kv_layout: str) -> str:
 
 
 def _paged_views(paged_kv_cache, kv_layout: str):
-    """4-D K/V views and their (page, slot, head) element strides, for either layout."""
+    """K/V as ``[pages, page_size, Hkv, D]`` views whatever the layout (HND is transposed as a view,
+    never copied), and their (page, slot, head) element strides: every backend sees one orientation."""
     from aiter_ext.ops.paged_kv import unpack_paged_kv_cache
 
     k, v = unpack_paged_kv_cache(paged_kv_cache, kv_layout)
     check_tensor("paged_kv_cache", k, dtypes=KV_DTYPES)
-    slot_dim, head_dim = (1, 2) if kv_layout == "NHD" else (2, 1)
-    return k, v, _shared_strides("paged_kv_cache", k, v, (0, slot_dim, head_dim))
+    if kv_layout == "HND":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    return k, v, _shared_strides("paged_kv_cache", k, v, (0, 1, 2))
 
 
 def _shared_strides(name: str, k, v, dims) -> tuple[int, int, int]:
@@ -77,9 +79,12 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
         raise ValueError("sinks= is not supported by this wrapper yet (attention sinks come with their own "
                          "wrapper); refusing rather than ignoring it")
     k, v, strides = _paged_views(paged_kv_cache, wrapper._kv_layout)
-    if k.shape[1 if wrapper._kv_layout == "NHD" else 2] != plan.page_size or k.shape[-1] != plan.head_dim:
+    if k.shape[1] != plan.page_size or k.shape[-1] != plan.head_dim:
         raise ValueError(f"paged_kv_cache pages of shape {tuple(k.shape[1:])} do not match plan() "
                          f"(page_size={plan.page_size}, head_dim={plan.head_dim}, kv_layout={wrapper._kv_layout})")
+    if plan.max_page >= k.shape[0]:
+        raise ValueError(f"the page table from plan() uses page {plan.max_page}, but paged_kv_cache has "
+                         f"{k.shape[0]} pages")
     mult = (q_scale or 1.0) * (k_scale or 1.0)
     return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
 

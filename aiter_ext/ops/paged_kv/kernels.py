@@ -1,0 +1,202 @@
+"""Triton kernels of the paged KV cache layer. Private: called only through ``backends.py``.
+
+``append_paged_kv_kernel`` views the appended keys/values as rows: row ``r`` is (token ``r // H``,
+head ``r % H``) holding ``D`` values. One program moves a tile of ``BLOCK_R`` rows x ``BLOCK_D``
+columns of K and the same of V, so that each program moves several KiB (one program per token and
+head would move a few hundred bytes; see the merge_state kernels for why that stalls). Every row
+finds its page and slot from its token's batch index and position through the CSR page table.
+
+The kernel moves bits: the launcher views caches and inputs as the integer type of their element
+size, so fp16, bf16 and every fp8 variant (e4m3fn, e4m3fnuz, whichever the arch computes in) go
+through the same code, without a conversion that could change a bit.
+
+``batch_indices_positions_kernel`` finds each appended token's request by a binary search over
+``append_indptr`` (a fixed number of steps computed from the batch size, a shape), so nothing is read
+back on the host.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+#: Bytes of K (and as many of V) one append program moves by default: 32 rows of 128 fp16 values.
+#: Not tuned yet (no measurement on a GPU); a tuned config may override ``BLOCK_R``/``num_warps``.
+DEFAULT_TILE_BYTES = 8192
+#: Tokens per program of the batch-indices kernel.
+INDICES_BLOCK = 1024
+
+#: Integer type of each element size, for the bit-moving launcher.
+_BITS_VIEW = {1: "int8", 2: "int16", 4: "int32"}
+
+
+@triton.jit
+def append_paged_kv_kernel(
+    append_key, append_value, batch_indices, positions,
+    k_cache, v_cache, kv_indices, kv_indptr, kv_last_page_len,
+    num_rows, num_kv_heads, head_dim, page_size, num_pages, batch_size,
+    stride_ak_tok, stride_ak_head, stride_av_tok, stride_av_head,  # in elements
+    stride_k_page, stride_k_slot, stride_k_head,
+    stride_v_page, stride_v_slot, stride_v_head,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Copy rows of append_key/append_value into ``cache[page, slot, head, :]``.
+
+    A row is not written when its token's batch index is negative (padding) or not a request, its
+    position is negative or not below the request's length, or its page id is outside the cache:
+    a malformed table then drops tokens instead of writing out of bounds.
+    """
+    # Index math in int32 (tokens, positions and page-table offsets are far below 2^31); only the
+    # element offsets, products with strides, are int64 (a cache may exceed 2^31 elements).
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = rows < num_rows
+    tok = rows // num_kv_heads
+    head = rows % num_kv_heads
+
+    b = tl.load(batch_indices + tok, mask=ok, other=-1).to(tl.int32)
+    pos = tl.load(positions + tok, mask=ok, other=-1).to(tl.int32)
+    ok = ok & (b >= 0) & (b < batch_size) & (pos >= 0)
+    first = tl.load(kv_indptr + b, mask=ok, other=0).to(tl.int32)
+    end = tl.load(kv_indptr + b + 1, mask=ok, other=0).to(tl.int32)
+    last_len = tl.load(kv_last_page_len + b, mask=ok, other=0).to(tl.int32)
+    req_pages = end - first
+    seq_len = tl.where(req_pages > 0, (req_pages - 1) * page_size + last_len, 0)
+    page_in_req = pos // page_size
+    ok = ok & (pos < seq_len) & (page_in_req < req_pages)
+    page = tl.load(kv_indices + first + page_in_req, mask=ok, other=0)
+    ok = ok & (page >= 0) & (page < num_pages)
+    page = page.to(tl.int64)
+    slot = (pos % page_size).to(tl.int64)
+    tok = tok.to(tl.int64)
+    head = head.to(tl.int64)
+
+    cols = tl.arange(0, BLOCK_D)
+    mask = ok[:, None] & (cols < head_dim)[None, :]
+    k = tl.load(append_key + (tok * stride_ak_tok + head * stride_ak_head)[:, None] + cols[None, :], mask=mask)
+    v = tl.load(append_value + (tok * stride_av_tok + head * stride_av_head)[:, None] + cols[None, :], mask=mask)
+    k_dst = k_cache + (page * stride_k_page + slot * stride_k_slot + head * stride_k_head)[:, None] + cols[None, :]
+    v_dst = v_cache + (page * stride_v_page + slot * stride_v_slot + head * stride_v_head)[:, None] + cols[None, :]
+    tl.store(k_dst, k, mask=mask)
+    tl.store(v_dst, v, mask=mask)
+
+
+@triton.jit
+def batch_indices_positions_kernel(
+    append_indptr, seq_lens, batch_indices, positions,
+    nnz, batch_size, num_steps,
+    BLOCK: tl.constexpr,
+):
+    """Token ``i`` belongs to the request ``b`` with ``indptr[b] <= i < indptr[b+1]``; its position is
+    ``seq_lens[b] - indptr[b+1] + i``. Tokens outside ``[indptr[0], indptr[batch_size])`` get -1, -1."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = i < nnz
+    start = tl.load(append_indptr)
+    total = tl.load(append_indptr + batch_size)
+    # The largest b in [0, batch_size) with indptr[b] <= i; with empty requests (equal indptr
+    # entries) that is the last of them, the one that owns i. Once hi - lo <= 1, mid = lo: a no-op.
+    lo = tl.zeros([BLOCK], dtype=tl.int32)
+    hi = tl.zeros([BLOCK], dtype=tl.int32) + batch_size
+    for _ in range(num_steps):
+        mid = (lo + hi) // 2
+        right = tl.load(append_indptr + mid, mask=in_range, other=0) <= i
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    valid = in_range & (i >= start) & (i < total)
+    end = tl.load(append_indptr + lo + 1, mask=valid, other=0)
+    seq_len = tl.load(seq_lens + lo, mask=valid, other=0)
+    pos = seq_len - end + i
+    tl.store(batch_indices + i, tl.where(valid, lo, -1).to(tl.int32), mask=in_range)
+    tl.store(positions + i, tl.where(valid, pos, -1).to(tl.int32), mask=in_range)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers.
+
+
+def default_config(head_dim: int, element_size: int) -> dict:
+    """Heuristic tile: ``DEFAULT_TILE_BYTES`` of K per program, 4 warps."""
+    block_d = triton.next_power_of_2(head_dim)
+    return {"BLOCK_R": max(1, DEFAULT_TILE_BYTES // (block_d * element_size)), "num_warps": 4}
+
+
+def _bits(t):
+    import torch
+
+    return t.view(getattr(torch, _BITS_VIEW[t.element_size()]))
+
+
+def launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices,
+                  kv_indptr, kv_last_page_len, page_size: int, strides, config: dict) -> None:
+    """``strides``: ``(k_page, k_slot, k_head, v_page, v_slot, v_head)`` in elements, which address
+    ``cache[page, slot, head, :]`` in either layout; ``k_cache.shape[0]`` is the number of pages."""
+    nnz, num_kv_heads, head_dim = append_key.shape
+    num_rows = nnz * num_kv_heads
+    if num_rows == 0:
+        return
+    cfg = {**default_config(head_dim, append_key.element_size()), **config}
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
+    append_paged_kv_kernel[grid](
+        _bits(append_key), _bits(append_value), batch_indices.contiguous(), positions.contiguous(),
+        _bits(k_cache), _bits(v_cache), kv_indices.contiguous(), kv_indptr.contiguous(),
+        kv_last_page_len.contiguous(),
+        num_rows, num_kv_heads, head_dim, page_size, k_cache.shape[0],
+        kv_indptr.shape[0] - 1,
+        append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
+        *strides,
+        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim), num_warps=cfg["num_warps"],
+    )
+
+
+def launch_batch_indices_positions(append_indptr, seq_lens, batch_indices, positions) -> None:
+    nnz = batch_indices.shape[0]
+    if nnz == 0:
+        return
+    batch_size = append_indptr.shape[0] - 1
+    grid = (triton.cdiv(nnz, INDICES_BLOCK),)
+    batch_indices_positions_kernel[grid](
+        append_indptr.contiguous(), seq_lens.contiguous(), batch_indices, positions,
+        nnz, batch_size, max(batch_size, 1).bit_length(),
+        BLOCK=INDICES_BLOCK, num_warps=4,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# What `aiter-ext aot --check` compiles for gfx942/gfx950. The append kernel moves bits, so fp16 and
+# bf16 caches launch the same *i16 kernel and every fp8 cache the same *i8 one; int32 page tables, as
+# get_batch_indices_positions and block_table_to_csr produce them.
+
+AOT_HEAD_DIMS = (64, 128, 256)
+#: (label, element type the launcher passes, element size)
+AOT_ELEMENTS = (("fp16/bf16", "i16", 2), ("fp8", "i8", 1))
+
+
+def aot_specs():
+    ints = {n: "i32" for n in ("num_rows", "num_kv_heads", "head_dim", "page_size", "num_pages", "batch_size",
+                               "stride_ak_tok", "stride_ak_head", "stride_av_tok", "stride_av_head",
+                               "stride_k_page", "stride_k_slot", "stride_k_head",
+                               "stride_v_page", "stride_v_slot", "stride_v_head")}
+    for label, elem, size in AOT_ELEMENTS:
+        for head_dim in AOT_HEAD_DIMS:
+            cfg = default_config(head_dim, size)
+            sig = {"append_key": f"*{elem}", "append_value": f"*{elem}", "batch_indices": "*i32",
+                   "positions": "*i32", "k_cache": f"*{elem}", "v_cache": f"*{elem}", "kv_indices": "*i32",
+                   "kv_indptr": "*i32", "kv_last_page_len": "*i32", **ints}
+            # What the launcher sees for torch-allocated tensors and the head dims we serve: aligned
+            # pointers, and head_dim and every stride a multiple of 16 elements (they are multiples of
+            # head_dim). page_size may be anything (5 is tested), so it is left out.
+            aligned = tuple(n for n, t in sig.items() if t.startswith("*") or n.startswith("stride") or n == "head_dim")
+            yield KernelSpec(f"append_paged_kv[{elem}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}]",
+                             append_paged_kv_kernel, sig,
+                             {"BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": triton.next_power_of_2(head_dim)},
+                             {"num_warps": cfg["num_warps"]}, config_label=label, divisible_by_16=aligned)
+    for seq_lens in ("i32", "i64"):
+        sig = {"append_indptr": "*i32", "seq_lens": f"*{seq_lens}", "batch_indices": "*i32", "positions": "*i32",
+               "nnz": "i32", "batch_size": "i32", "num_steps": "i32"}
+        yield KernelSpec(f"batch_indices_positions[seq_lens {seq_lens}]", batch_indices_positions_kernel, sig,
+                         {"BLOCK": INDICES_BLOCK}, {"num_warps": 4},
+                         divisible_by_16=tuple(n for n, t in sig.items() if t.startswith("*")))
+
+
+register_aot_specs("paged_kv", aot_specs)

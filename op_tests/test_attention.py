@@ -1,0 +1,198 @@
+"""The attention engine through FlashInfer's wrappers: batch prefill over paged and ragged KV, batch
+decode, against the fp32 reference on fresh random inputs, outputs poisoned first.
+
+On the CPU the Triton kernels run through the interpreter, which cannot do bf16 dots (DESIGN.md), so
+CI covers fp16; bf16 runs on the lent GPU, with the larger grids.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_utils import i32, indptr_of, kv_of, random_paged_kv  # noqa: E402
+from conftest import DEVICE, backend_params, grid  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import assert_close, poison_  # noqa: E402
+from aiter_ext.ops.attention.engine import ATTENTION  # noqa: E402
+from aiter_ext.ops.attention.reference import batch_attention_ref, gather_paged_kv  # noqa: E402
+
+DTYPES = grid([torch.float16], [torch.float16, torch.bfloat16])
+BACKENDS = backend_params(ATTENTION, ("triton", "torch"))
+ATOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}  # one rounding of the output plus fp32 reductions
+
+
+def _workspace():
+    return torch.empty(64 << 20, dtype=torch.uint8, device=DEVICE)
+
+
+def _poisoned(q):
+    out = poison_(torch.empty_like(q))
+    lse = poison_(torch.empty(q.shape[:2], dtype=torch.float32, device=DEVICE))
+    return out, lse
+
+
+def _check(out, lse, ref_out, ref_lse, dtype):
+    assert_close(out, ref_out, dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+    assert_close(lse, ref_lse, torch.float32, name="lse", atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [1, 16, 5])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)], ids=["mha", "gqa4"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", grid([64], [64, 128, 256]))
+def test_batch_prefill_paged(backend, dtype, layout, page_size, heads, causal, head_dim):
+    num_qo_heads, num_kv_heads = heads
+    # kv lengths on and around page boundaries, an empty request, qo <= kv (append) and qo > kv
+    kv_lens = grid([16, 17, 5, 0], [16, 17, 15, 0, 300, 1000, 77])
+    qo_lens = grid([3, 17, 2, 1], [3, 17, 15, 1, 100, 40, 90])
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, num_kv_heads, head_dim, page_size, dtype, layout)
+    qo_indptr = indptr_of(qo_lens)
+    q = torch.randn(int(qo_indptr[-1]), num_qo_heads, head_dim, device=DEVICE).to(dtype)
+
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), layout, backend=backend)
+    w.plan(qo_indptr, kv_indptr, kv_indices, last, num_qo_heads, num_kv_heads, head_dim, page_size, causal=causal,
+           q_data_type=dtype)
+    out, lse = _poisoned(q)
+    w.run(q, cache, out=out, lse=lse, return_lse=True)
+
+    k, v = kv_of(cache)
+    kv = gather_paged_kv(k, v, kv_indptr, kv_indices, last, layout)
+    ref_out, ref_lse = batch_attention_ref(q, qo_indptr, kv, causal)
+    _check(out, lse, ref_out, ref_lse, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_batch_decode_paged(backend, dtype, page_size, group):
+    num_kv_heads, head_dim = 2, grid(64, 128)
+    kv_lens = grid([1, 15, 16, 17, 300, 0], [1, 15, 16, 17, 4096, 0, 33000, 511])
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, num_kv_heads, head_dim, page_size, dtype)
+    q = torch.randn(len(kv_lens), num_kv_heads * group, head_dim, device=DEVICE).to(dtype)
+
+    w = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    w.plan(kv_indptr, kv_indices, last, num_kv_heads * group, num_kv_heads, head_dim, page_size, q_data_type=dtype)
+    out, lse = _poisoned(q)
+    w.run(q, cache, out=out, lse=lse, return_lse=True)
+
+    k, v = kv_of(cache)
+    ref_out, ref_lse = batch_attention_ref(q, i32(range(len(kv_lens) + 1)),
+                                           gather_paged_kv(k, v, kv_indptr, kv_indices, last))
+    _check(out, lse, ref_out, ref_lse, dtype)
+    assert torch.all(out[-1 if kv_lens[-1] == 0 else 5] == 0) or kv_lens[5] != 0  # empty KV: output 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["causal", "window", "softcap", "sm_scale", "causal-window-gqa8"])
+def test_ragged_prefill_variants(backend, dtype, variant):
+    num_qo_heads, num_kv_heads, head_dim = (8, 1, 64) if variant.endswith("gqa8") else (4, 2, 64)
+    qo_lens, kv_lens = grid(([5, 1, 12], [9, 40, 12]), ([5, 1, 120, 7], [9, 400, 120, 2000]))
+    opts = {"causal": variant.startswith("causal"), "window_left": 6 if "window" in variant else -1,
+            "logits_soft_cap": 5.0 if variant == "softcap" else None, "sm_scale": 0.3 if variant == "sm_scale" else None}
+    qo_indptr, kv_indptr = indptr_of(qo_lens), indptr_of(kv_lens)
+    q = torch.randn(int(qo_indptr[-1]), num_qo_heads, head_dim, device=DEVICE).to(dtype) * 2
+    k = torch.randn(int(kv_indptr[-1]), num_kv_heads, head_dim, device=DEVICE).to(dtype) * 2
+    v = torch.randn_like(k)
+    w = aiter_ext.BatchPrefillWithRaggedKVCacheWrapper(_workspace(), backend=backend)
+    w.plan(qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim, q_data_type=dtype, **opts)
+    out, lse = _poisoned(q)
+    w.run(q, k, v, out=out, lse=lse, return_lse=True)
+    b = kv_indptr.tolist()
+    ref_out, ref_lse = batch_attention_ref(q, qo_indptr, [(k[b[i]:b[i + 1]], v[b[i]:b[i + 1]]) for i in range(len(kv_lens))],
+                                           opts["causal"], opts["sm_scale"], opts["window_left"], opts["logits_soft_cap"])
+    _check(out, lse, ref_out, ref_lse, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: clear errors from plan() (or, for what plan cannot see, from run() before any launch).
+
+
+def _plan_args():
+    cache, kv_indptr, kv_indices, last = random_paged_kv([20, 7], 2, 64, 16, torch.float16)
+    return cache, [indptr_of([3, 2]), kv_indptr, kv_indices, last, 4, 2, 64, 16]
+
+
+@pytest.mark.parametrize("case,match", [
+    ("decreasing indptr", "nondecreasing"),
+    ("last_page_len 0", "kv_last_page_len\\[0\\] = 0"),
+    ("last_page_len > page_size", "kv_last_page_len\\[1\\] = 17"),
+    ("heads", "positive multiple of num_kv_heads"),
+    ("rope", "pos_encoding_mode='ROPE_LLAMA' is not supported"),
+    ("custom mask", "custom_mask"),
+])
+def test_plan_rejects_bad_input(case, match):
+    _, args = _plan_args()
+    kwargs = {}
+    if case == "decreasing indptr":
+        args[1] = i32([0, 2, 1])
+        args[2] = args[2][:1]
+    elif case == "last_page_len 0":
+        args[3] = i32([0, 7])
+    elif case == "last_page_len > page_size":
+        args[3] = i32([4, 17])
+    elif case == "heads":
+        args[4] = 3
+    elif case == "rope":
+        kwargs["pos_encoding_mode"] = "ROPE_LLAMA"
+    elif case == "custom mask":
+        kwargs["custom_mask"] = torch.ones(10, dtype=torch.bool)
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    with pytest.raises(ValueError, match=match):
+        w.plan(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("page out of range", ValueError, "uses page .* but paged_kv_cache has"),
+    ("q shape", ValueError, "q must have shape"),
+    ("q dtype", TypeError, "q must be fp16"),
+    ("sinks", ValueError, "sinks= is not supported"),
+    ("before plan", RuntimeError, "before plan"),
+])
+def test_run_rejects_bad_input_before_launch(case, exc, match):
+    cache, args = _plan_args()
+    q = torch.randn(5, 4, 64, device=DEVICE).half()
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    kwargs = {}
+    if case != "before plan":
+        w.plan(*args)
+    if case == "page out of range":
+        cache = cache[:int(args[2].max())]
+    elif case == "q shape":
+        q = q[:4]
+    elif case == "q dtype":
+        q = q.float()
+    elif case == "sinks":
+        kwargs["sinks"] = torch.zeros(4)
+    with pytest.raises(exc, match=match):
+        w.run(q, cache, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="graph capture needs a GPU (covered on the lent GPU)")
+def test_decode_run_is_graph_capturable():
+    kv_lens = [7, 3000, 129]
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, 2, 128, 16, torch.bfloat16)
+    q = torch.randn(3, 16, 128, device=DEVICE).bfloat16()
+    w = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace())
+    w.plan(kv_indptr, kv_indices, last, 16, 2, 128, 16, q_data_type=torch.bfloat16)
+    out = torch.empty_like(q)
+    w.run(q, cache, out=out)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(q, cache, out=out)
+    poison_(out)
+    graph.replay()
+    torch.cuda.synchronize()
+    k, v = kv_of(cache)
+    ref, _ = batch_attention_ref(q, i32(range(4)), gather_paged_kv(k, v, kv_indptr, kv_indices, last))
+    assert_close(out, ref, torch.bfloat16, name="out", atol=ATOL[torch.bfloat16], rtol=1e-2)
