@@ -1,0 +1,195 @@
+"""Cascade (shared-prefix) attention against the fp32 reference: full attention over each request's
+concatenated shared + unique KV.
+
+Grid: FlashInfer's shared-prefix test (stage decode/append, batch 12/17, unique 17/37, shared
+128/512/2048, heads 8/16, head dim 128/256, page size 1/16, fp16) on the GPU; a trimmed grid on the
+CPU interpreter. Plus GQA groups 1/4/8, three levels, a request with an empty unique part, the
+two-level wrappers and the functional form.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_utils import i32, indptr_of  # noqa: E402
+from conftest import DEVICE, backend_params, grid  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import assert_close  # noqa: E402
+from aiter_ext.ops.attention.engine import ATTENTION  # noqa: E402
+from aiter_ext.ops.attention.reference import single_attention_ref  # noqa: E402
+
+BACKENDS = backend_params(ATTENTION, ("triton", "torch"))
+ATOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+class Batch:
+    """A paged cache holding a shared prefix (pages 0..) and each request's unique pages, with the page
+    tables of every level and the per-request reference K/V."""
+
+    def __init__(self, batch, shared_len, unique_lens, num_kv_heads, head_dim, page_size, dtype, layout="NHD",
+                 group_len=None):
+        self.page_size = page_size
+        pages = lambda n: (n + page_size - 1) // page_size  # noqa: E731
+        last = lambda n: n - (pages(n) - 1) * page_size if n else 0  # noqa: E731
+        self.levels = []  # (kv_indptr, kv_indices, last_page_len, owners) per level, owners: request -> table row
+        next_page = 0
+
+        def take(n):
+            nonlocal next_page
+            ids = list(range(next_page, next_page + pages(n)))
+            next_page += pages(n)
+            return ids
+
+        shared_ids = take(shared_len)
+        self.levels.append(([0, len(shared_ids)], shared_ids, [last(shared_len)]))
+        self.group_len = group_len
+        if group_len is not None:  # a middle level: requests in pairs share a second prefix
+            groups = [take(group_len) for _ in range((batch + 1) // 2)]
+            self.levels.append((indptr_of(len(g) for g in groups).tolist(), sum(groups, []),
+                                [last(group_len)] * len(groups)))
+        unique_ids = [take(n) for n in unique_lens]
+        self.levels.append((indptr_of(len(u) for u in unique_ids).tolist(), sum(unique_ids, []),
+                            [last(n) for n in unique_lens]))
+        shape = (next_page, 2, page_size, num_kv_heads, head_dim)
+        self.cache = torch.randn(shape, device=DEVICE).to(dtype)
+        k_all, v_all = self.cache[:, 0].reshape(-1, num_kv_heads, head_dim), self.cache[:, 1].reshape(-1, num_kv_heads, head_dim)
+        tokens = lambda ids, n: torch.cat([torch.arange(p * page_size, (p + 1) * page_size) for p in ids])[:n] \
+            if ids else torch.zeros(0, dtype=torch.long)  # noqa: E731
+        self.kv = []
+        for b, n in enumerate(unique_lens):
+            idx = [tokens(shared_ids, shared_len)]
+            if group_len is not None:
+                idx.append(tokens(groups[b // 2], group_len))
+            idx.append(tokens(unique_ids[b], n))
+            idx = torch.cat(idx).to(DEVICE)
+            self.kv.append((k_all[idx], v_all[idx]))
+        if layout == "HND":
+            self.cache = self.cache.transpose(2, 3).contiguous()
+
+    def tables(self, qo_lens):
+        """The four per-level arrays of MultiLevelCascadeAttentionWrapper.plan for these query lengths."""
+        total = sum(qo_lens)
+        qo = [i32([0, total])]
+        if self.group_len is not None:
+            pairs = [sum(qo_lens[i:i + 2]) for i in range(0, len(qo_lens), 2)]
+            qo.append(indptr_of(pairs))
+        qo.append(indptr_of(qo_lens))
+        return (qo, [i32(t[0]) for t in self.levels], [i32(t[1]) for t in self.levels],
+                [i32(t[2]) for t in self.levels])
+
+    def reference(self, q, qo_lens, causal):
+        outs, start = [], 0
+        for (k, v), n in zip(self.kv, qo_lens):
+            outs.append(single_attention_ref(q[start:start + n], k, v, causal)[0])
+            start += n
+        return torch.cat(outs)
+
+
+def _workspace():
+    return torch.empty(128 << 20, dtype=torch.uint8, device=DEVICE)
+
+
+CASCADE_GRID = grid(
+    [(3, 17, 33, 4, 64, 16), (3, 5, 128, 4, 64, 1)],
+    [(b, u, s, h, d, p) for b in (12, 17) for u in (17, 37) for s in (128, 512, 2048) for h in (8, 16)
+     for d in (128, 256) for p in (1, 16)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stage", ["decode", "append"])
+@pytest.mark.parametrize("batch,unique,shared,heads,head_dim,page_size", CASCADE_GRID,
+                         ids=lambda v: str(v))
+def test_two_level_cascade(backend, stage, batch, unique, shared, heads, head_dim, page_size):
+    """FlashInfer's shared-prefix grid: MHA (Hq = Hkv), fp16, non-causal in decode, causal in append."""
+    dtype = torch.float16
+    data = Batch(batch, shared, [unique] * batch, heads, head_dim, page_size, dtype)
+    qo_lens = [1] * batch if stage == "decode" else [min(unique, 7)] * batch
+    causal = stage == "append"
+    q = torch.randn(sum(qo_lens), heads, head_dim, device=DEVICE).to(dtype)
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace(), backend=backend)
+    w.plan(*data.tables(qo_lens), heads, heads, head_dim, page_size, causal=causal, q_data_type=dtype)
+    out = w.run(q, data.cache)
+    assert_close(out, data.reference(q, qo_lens, causal), dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_cascade_gqa_three_levels_empty_unique(backend, group, layout):
+    """Three levels (shared, per-pair, unique), GQA, causal on the last level, a request with no
+    unique KV, and per-request query lengths that differ."""
+    dtype = torch.float16
+    num_kv_heads, head_dim, page_size = 2, 64, 16
+    unique_lens = [9, 0, 33, 16]
+    qo_lens = [3, 1, 5, 2]  # the request without unique KV decodes one token
+    data = Batch(4, 40, unique_lens, num_kv_heads, head_dim, page_size, dtype, layout, group_len=21)
+    q = torch.randn(sum(qo_lens), num_kv_heads * group, head_dim, device=DEVICE).to(dtype)
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(3, _workspace(), layout, backend=backend)
+    w.plan(*data.tables(qo_lens), num_kv_heads * group, num_kv_heads, head_dim, page_size, causal=True,
+           q_data_type=dtype)
+    out = w.run(q, data.cache)
+    # causal on the last level only: request 1 (no unique KV) sees every shared and group key
+    ref = []
+    start = 0
+    for (k, v), n, u in zip(data.kv, qo_lens, unique_lens):
+        shared_len = k.shape[0] - u
+        qs = q[start:start + n]
+        start += n
+        # the unique part is causal within itself; all shared keys are visible
+        ref.append(_prefix_plus_causal_ref(qs, k, v, shared_len))
+    assert_close(out, torch.cat(ref), dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+
+
+def _prefix_plus_causal_ref(q, k, v, prefix_len):
+    """Attention where every prefix key is visible and the rest is causal (bottom-right) among itself."""
+    from aiter_ext.ops.attention.reference import attention_mask
+
+    qo_len, kv_len = q.shape[0], k.shape[0]
+    visible = torch.ones(qo_len, kv_len, dtype=torch.bool, device=q.device)
+    visible[:, prefix_len:] = attention_mask(qo_len, kv_len - prefix_len, True, -1, q.device)
+    group = q.shape[1] // k.shape[1]
+    logits = torch.einsum("qhd,khd->hqk", q.float(), k.float().repeat_interleave(group, 1)) / q.shape[-1] ** 0.5
+    probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    return torch.einsum("hqk,khd->qhd", probs, v.float().repeat_interleave(group, 1)).to(q.dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_level_wrappers_and_functional_match_multilevel(backend):
+    dtype, heads, head_dim, page_size = torch.float16, 4, 64, 16
+    data = Batch(5, 48, [17] * 5, heads, head_dim, page_size, dtype)
+    qo_lens = [1] * 5
+    q = torch.randn(5, heads, head_dim, device=DEVICE).to(dtype)
+    tables = data.tables(qo_lens)
+    multi = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace(), backend=backend)
+    multi.plan(*tables, heads, heads, head_dim, page_size, q_data_type=dtype)
+    expected = multi.run(q, data.cache)
+    assert_close(expected, data.reference(q, qo_lens, False), dtype, name="multi-level", atol=ATOL[dtype], rtol=1e-2)
+
+    shared_tokens = data.kv[0][0].shape[0] - 17
+    k_shared, v_shared = data.kv[0][0][:shared_tokens], data.kv[0][1][:shared_tokens]
+    unique = aiter_ext.BatchDecodeWithSharedPrefixPagedKVCacheWrapper(_workspace(), backend=backend)
+    unique.begin_forward(tables[1][1], tables[2][1], tables[3][1], heads, heads, head_dim, page_size, dtype)
+    assert_close(unique.forward(q, k_shared, v_shared, data.cache), expected, dtype, name="two-level decode",
+                 atol=ATOL[dtype], rtol=1e-2)
+
+    prefill = aiter_ext.BatchPrefillWithSharedPrefixPagedKVCacheWrapper(_workspace(), backend=backend)
+    prefill.begin_forward(tables[0][1], tables[1][1], tables[2][1], tables[3][1], heads, heads, head_dim, page_size)
+    assert_close(prefill.forward(q, k_shared, v_shared, data.cache, causal=True), expected, dtype,
+                 name="two-level prefill", atol=ATOL[dtype], rtol=1e-2)
+
+    functional = aiter_ext.cascade_attention(q, data.cache, *tables, backend=backend, workspace=_workspace())
+    assert_close(functional, expected, dtype, name="cascade_attention", atol=ATOL[dtype], rtol=1e-2)
+
+
+def test_plan_checks_level_arrays():
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace())
+    with pytest.raises(ValueError, match="qo_indptr_arr must hold one tensor per level"):
+        w.plan([i32([0, 1])], [i32([0, 1])] * 2, [i32([0])] * 2, [i32([1])] * 2, 4, 4, 64, 16)
+    with pytest.raises(ValueError, match="must end at the same number of queries"):
+        w.plan([i32([0, 2]), i32([0, 1])], [i32([0, 1])] * 2, [i32([0]), i32([1])], [i32([1])] * 2, 4, 4, 64, 16)
