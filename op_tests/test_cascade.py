@@ -58,19 +58,23 @@ class Batch:
                             [last(n) for n in unique_lens]))
         shape = (next_page, 2, page_size, num_kv_heads, head_dim)
         self.cache = torch.randn(shape, device=DEVICE).to(dtype)
-        k_all, v_all = self.cache[:, 0].reshape(-1, num_kv_heads, head_dim), self.cache[:, 1].reshape(-1, num_kv_heads, head_dim)
-        tokens = lambda ids, n: torch.cat([torch.arange(p * page_size, (p + 1) * page_size) for p in ids])[:n] \
-            if ids else torch.zeros(0, dtype=torch.long)  # noqa: E731
-        self.kv = []
+        self._k_all = self.cache[:, 0].reshape(-1, num_kv_heads, head_dim)
+        self._v_all = self.cache[:, 1].reshape(-1, num_kv_heads, head_dim)
+        tokens = lambda ids, n: (torch.arange(n) + ids[0] * page_size) if ids else torch.zeros(0, dtype=torch.long)  # noqa: E731
+        self._token_idx = []  # each request's cache rows, shared first (pages of one level are consecutive)
         for b, n in enumerate(unique_lens):
             idx = [tokens(shared_ids, shared_len)]
             if group_len is not None:
                 idx.append(tokens(groups[b // 2], group_len))
             idx.append(tokens(unique_ids[b], n))
-            idx = torch.cat(idx).to(DEVICE)
-            self.kv.append((k_all[idx], v_all[idx]))
+            self._token_idx.append(torch.cat(idx).to(DEVICE))
         if layout == "HND":
             self.cache = self.cache.transpose(2, 3).contiguous()
+
+    def kv(self, b):
+        """Request ``b``'s concatenated (shared, [group,] unique) K and V, gathered on demand."""
+        idx = self._token_idx[b]
+        return self._k_all[idx], self._v_all[idx]
 
     def tables(self, qo_lens):
         """The four per-level arrays of MultiLevelCascadeAttentionWrapper.plan for these query lengths."""
@@ -85,8 +89,8 @@ class Batch:
 
     def reference(self, q, qo_lens, causal):
         outs, start = [], 0
-        for (k, v), n in zip(self.kv, qo_lens):
-            outs.append(single_attention_ref(q[start:start + n], k, v, causal)[0])
+        for b, n in enumerate(qo_lens):
+            outs.append(single_attention_ref(q[start:start + n], *self.kv(b), causal)[0])
             start += n
         return torch.cat(outs)
 
@@ -137,7 +141,8 @@ def test_cascade_gqa_three_levels_empty_unique(backend, group, layout):
     # causal on the last level only: request 1 (no unique KV) sees every shared and group key
     ref = []
     start = 0
-    for (k, v), n, u in zip(data.kv, qo_lens, unique_lens):
+    for b, (n, u) in enumerate(zip(qo_lens, unique_lens)):
+        k, v = data.kv(b)
         shared_len = k.shape[0] - u
         qs = q[start:start + n]
         start += n
@@ -171,8 +176,8 @@ def test_two_level_wrappers_and_functional_match_multilevel(backend):
     expected = multi.run(q, data.cache)
     assert_close(expected, data.reference(q, qo_lens, False), dtype, name="multi-level", atol=ATOL[dtype], rtol=1e-2)
 
-    shared_tokens = data.kv[0][0].shape[0] - 17
-    k_shared, v_shared = data.kv[0][0][:shared_tokens], data.kv[0][1][:shared_tokens]
+    k0, v0 = data.kv(0)
+    k_shared, v_shared = k0[:k0.shape[0] - 17], v0[:v0.shape[0] - 17]
     unique = aiter_ext.BatchDecodeWithSharedPrefixPagedKVCacheWrapper(_workspace(), backend=backend)
     unique.begin_forward(tables[1][1], tables[2][1], tables[3][1], heads, heads, head_dim, page_size, dtype)
     assert_close(unique.forward(q, k_shared, v_shared, data.cache), expected, dtype, name="two-level decode",
@@ -193,3 +198,83 @@ def test_plan_checks_level_arrays():
         w.plan([i32([0, 1])], [i32([0, 1])] * 2, [i32([0])] * 2, [i32([1])] * 2, 4, 4, 64, 16)
     with pytest.raises(ValueError, match="must end at the same number of queries"):
         w.plan([i32([0, 2]), i32([0, 1])], [i32([0, 1])] * 2, [i32([0]), i32([1])], [i32([1])] * 2, 4, 4, 64, 16)
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark CLI: python op_tests/test_cascade.py  (GPU; beside FlashInfer when it is installed)
+
+
+def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, page_size, fi, peak_tflops, copy_gbs):
+    from aiter_ext.core.bench import time_us
+
+    dtype = torch.bfloat16
+    data = Batch(batch, shared, [unique] * batch, num_kv_heads, head_dim, page_size, dtype)
+    qo_lens = [1] * batch
+    q = torch.randn(batch, num_qo_heads, head_dim, device=DEVICE).to(dtype)
+    tables = [[t.to(DEVICE) for t in arr] for arr in data.tables(qo_lens)]
+    ws = _workspace()
+    ours = aiter_ext.MultiLevelCascadeAttentionWrapper(2, ws)
+    ours.plan(*tables, num_qo_heads, num_kv_heads, head_dim, page_size, q_data_type=dtype)
+    # plain decode: each request's page list repeats the shared pages (what a non-cascade engine reads)
+    shared_pages = tables[2][0]
+    per_req = [torch.cat([shared_pages, tables[2][1][tables[1][1][b]:tables[1][1][b + 1]]]) for b in range(batch)]
+    dec_indptr = torch.tensor([0] + [len(p) for p in per_req], device=DEVICE).cumsum(0).to(torch.int32)
+    dec_indices, dec_last = torch.cat(per_req).to(torch.int32), tables[3][1]
+    plain = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(ws)
+    plain.plan(dec_indptr, dec_indices, dec_last, num_qo_heads, num_kv_heads, head_dim, page_size, q_data_type=dtype)
+
+    ref = data.reference(q, qo_lens, False)
+    out = ours.run(q, data.cache)
+    assert_close(out, ref, dtype, name="cascade", atol=ATOL[dtype], rtol=1e-2)
+    assert_close(plain.run(q, data.cache), ref, dtype, name="plain decode", atol=ATOL[dtype], rtol=1e-2)
+    us = time_us(lambda: ours.run(q, data.cache))
+    plain_us = time_us(lambda: plain.run(q, data.cache))
+    fi_us = fi_plain_us = None
+    if fi is not None:
+        fw = fi.MultiLevelCascadeAttentionWrapper(2, torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE), "NHD")
+        fw.plan(*tables, num_qo_heads, num_kv_heads, head_dim, page_size, q_data_type=dtype)
+        assert_close(fw.run(q, data.cache), ref, dtype, name="FlashInfer cascade", atol=ATOL[dtype], rtol=1e-2)
+        fi_us = time_us(lambda: fw.run(q, data.cache))
+        fd = fi.BatchDecodeWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE), "NHD",
+                                                   use_tensor_cores=True)
+        fd.plan(dec_indptr, dec_indices, dec_last, num_qo_heads, num_kv_heads, head_dim, page_size,
+                q_data_type=dtype, kv_data_type=dtype)
+        fi_plain_us = time_us(lambda: fd.run(q, data.cache))
+    flops = 4 * batch * num_qo_heads * (shared + unique) * head_dim
+    nbytes = 2 * (shared + batch * unique) * num_kv_heads * head_dim * 2 + 2 * q.numel() * 2
+    floor_us = max(flops / (peak_tflops * 1e6), nbytes / (copy_gbs * 1e3))
+    return {"batch": batch, "shared": shared, "unique": unique, "heads": f"{num_qo_heads}/{num_kv_heads}",
+            "cascade_us": us, "floor_us": floor_us, "%floor": 100 * floor_us / us, "plain_decode_us": plain_us,
+            "fi_cascade_us": fi_us, "fi_plain_us": fi_plain_us, "vs_fi": (fi_us / us) if fi_us else None}
+
+
+def bench_main(argv=None) -> int:
+    import argparse
+
+    from aiter_ext.core.bench import copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
+
+    parser = argparse.ArgumentParser(description="cascade attention benchmark (the issue's anchor shapes)")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
+    parser.add_argument("--no-flashinfer", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("the benchmark needs a GPU", file=sys.stderr)
+        return 2
+    fi = None
+    if not args.no_flashinfer:
+        try:
+            import flashinfer as fi
+        except ImportError as exc:
+            print(f"FlashInfer not importable ({exc})")
+    warm_up_gpu()
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, "
+          f"peak bf16 {args.peak_tflops} TFLOP/s; bf16, head_dim 128, page 16, decode (1 query per request)")
+    rows = [_bench_case(b, s, u, 32, 8, 128, 16, fi, args.peak_tflops, copy_gbs)
+            for b, s, u in ((128, 32768, 256), (64, 4096, 256))]
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())
