@@ -337,8 +337,10 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
     Mutates ``paged_kv_cache`` (both K and V, in place, whatever their strides). No host sync,
     graph-capturable. Index values are not checked here (that would synchronize; see
     :func:`check_paged_kv_indices`); instead a token is skipped, never written out of bounds, when its
-    batch index is negative (padding) or past the batch, its position is negative or not below its
-    request's length, or its page id is outside the cache. FlashInfer writes such tokens anyway.
+    batch index is negative (padding) or past the batch, its position is negative or past its
+    request's pages, or its page id is outside the cache. FlashInfer writes such tokens anyway (into
+    the next request's pages, or out of bounds). As in FlashInfer, ``kv_last_page_len`` is validated
+    but not read: a position past it, inside the request's last page, is written.
 
     Examples
     --------
@@ -360,18 +362,18 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
     (True, True)
     """
     k_cache, v_cache = unpack_paged_kv_cache(paged_kv_cache, kv_layout)
-    layout = PagedKVLayout.from_views(k_cache, v_cache, kv_layout)
+    num_kv_heads, head_dim = k_cache.shape[2 if kv_layout == "NHD" else 1], k_cache.shape[3]
     check_tensor("append_key", append_key, ndim=3)
-    if append_key.dtype != layout.dtype:
+    if append_key.dtype != k_cache.dtype:
         raise TypeError(f"append_key is {dtype_name(append_key.dtype)} but paged_kv_cache is "
-                        f"{dtype_name(layout.dtype)}; appending copies without converting (quantize first)")
+                        f"{dtype_name(k_cache.dtype)}; appending copies without converting (quantize first)")
     nnz = append_key.shape[0]
-    check_shape("append_key", append_key, (nnz, layout.num_kv_heads, layout.head_dim),
+    check_shape("append_key", append_key, (nnz, num_kv_heads, head_dim),
                 "[nnz, num_kv_heads, head_dim] of paged_kv_cache")
-    check_tensor("append_value", append_value, ndim=3, dtypes=(layout.dtype,))
+    check_tensor("append_value", append_value, ndim=3, dtypes=(k_cache.dtype,))
     check_shape("append_value", append_value, append_key.shape, "the shape of append_key")
     for name, t in (("append_key", append_key), ("append_value", append_value)):
-        if layout.head_dim > 1 and t.stride(-1) != 1:
+        if head_dim > 1 and t.stride(-1) != 1:
             raise ValueError(f"{name} must have a packed head_dim (last stride 1), got strides {tuple(t.stride())}")
     for name, t in (("batch_indices", batch_indices), ("positions", positions)):
         check_tensor(name, t, ndim=1, dtypes=INDEX_DTYPES)

@@ -45,8 +45,9 @@ def _triton_append(config, append_key, append_value, batch_indices, positions, k
                    kv_indices, kv_indptr, kv_last_page_len, layout) -> None:
     from .kernels import launch_append
 
+    # kv_last_page_len bounds nothing a write needs (see the kernel), so it is not passed.
     launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices,
-                  kv_indptr, kv_last_page_len, layout.page_size, (*layout.k_strides, *layout.v_strides), config)
+                  kv_indptr, layout.page_size, (*layout.k_strides, *layout.v_strides), config)
 
 
 PAGED_KV_APPEND.register("torch", _torch_append)

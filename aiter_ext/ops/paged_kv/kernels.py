@@ -22,9 +22,15 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-#: Bytes of K (and as many of V) one append program moves by default: 32 rows of 128 fp16 values.
-#: Not tuned yet (no measurement on a GPU); a tuned config may override ``BLOCK_R``/``num_warps``.
-DEFAULT_TILE_BYTES = 8192
+#: Default append tiles, from graph-replay timings on an H200 (Hkv 8, D 128, bf16 and fp8, BLOCK_R 2-64 x
+#: 1/2/4 warps): appends of few rows are latency-bound and were fastest with 8 rows per program (1.75 us
+#: against 2.06 us with 32-64 rows, for 64 decode tokens); large appends are bandwidth-bound and every
+#: tile of 2-8 KiB was within 2% (16384 tokens: 36.3 us bf16, 18.9 us fp8, as fast as FlashInfer). So:
+#: ``SMALL_BLOCK_R`` rows up to ``SMALL_ROWS`` rows in all, else ``DEFAULT_TILE_BYTES`` of K (and as many
+#: of V) per program. A tuned config may override ``BLOCK_R``/``num_warps``.
+SMALL_ROWS = 4096
+SMALL_BLOCK_R = 8
+DEFAULT_TILE_BYTES = 4096
 #: Tokens per program of the batch-indices kernel.
 INDICES_BLOCK = 1024
 
@@ -35,7 +41,7 @@ _BITS_VIEW = {1: "int8", 2: "int16", 4: "int32"}
 @triton.jit
 def append_paged_kv_kernel(
     append_key, append_value, batch_indices, positions,
-    k_cache, v_cache, kv_indices, kv_indptr, kv_last_page_len,
+    k_cache, v_cache, kv_indices, kv_indptr,
     num_rows, num_kv_heads, head_dim, page_size, num_pages, batch_size,
     stride_ak_tok, stride_ak_head, stride_av_tok, stride_av_head,  # in elements
     stride_k_page, stride_k_slot, stride_k_head,
@@ -45,8 +51,10 @@ def append_paged_kv_kernel(
     """Copy rows of append_key/append_value into ``cache[page, slot, head, :]``.
 
     A row is not written when its token's batch index is negative (padding) or not a request, its
-    position is negative or not below the request's length, or its page id is outside the cache:
-    a malformed table then drops tokens instead of writing out of bounds.
+    position is negative or past the request's pages, or its page id is outside the cache: a
+    malformed table then drops tokens instead of writing out of bounds or into another request's
+    pages. ``kv_last_page_len`` is not read (as in FlashInfer): a position past it but inside the
+    request's last page is written.
     """
     # Index math in int32 (tokens, positions and page-table offsets are far below 2^31); only the
     # element offsets, products with strides, are int64 (a cache may exceed 2^31 elements).
@@ -60,11 +68,8 @@ def append_paged_kv_kernel(
     ok = ok & (b >= 0) & (b < batch_size) & (pos >= 0)
     first = tl.load(kv_indptr + b, mask=ok, other=0).to(tl.int32)
     end = tl.load(kv_indptr + b + 1, mask=ok, other=0).to(tl.int32)
-    last_len = tl.load(kv_last_page_len + b, mask=ok, other=0).to(tl.int32)
-    req_pages = end - first
-    seq_len = tl.where(req_pages > 0, (req_pages - 1) * page_size + last_len, 0)
     page_in_req = pos // page_size
-    ok = ok & (pos < seq_len) & (page_in_req < req_pages)
+    ok = ok & (page_in_req < end - first)
     page = tl.load(kv_indices + first + page_in_req, mask=ok, other=0)
     ok = ok & (page >= 0) & (page < num_pages)
     page = page.to(tl.int64)
@@ -115,8 +120,10 @@ def batch_indices_positions_kernel(
 # Launchers.
 
 
-def default_config(head_dim: int, element_size: int) -> dict:
-    """Heuristic tile: ``DEFAULT_TILE_BYTES`` of K per program, 4 warps."""
+def default_config(head_dim: int, element_size: int, num_rows: int) -> dict:
+    """Heuristic tile (see ``SMALL_ROWS``), 4 warps; ``num_rows`` = tokens x KV heads."""
+    if num_rows <= SMALL_ROWS:
+        return {"BLOCK_R": SMALL_BLOCK_R, "num_warps": 4}
     block_d = triton.next_power_of_2(head_dim)
     return {"BLOCK_R": max(1, DEFAULT_TILE_BYTES // (block_d * element_size)), "num_warps": 4}
 
@@ -128,19 +135,18 @@ def _bits(t):
 
 
 def launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices,
-                  kv_indptr, kv_last_page_len, page_size: int, strides, config: dict) -> None:
+                  kv_indptr, page_size: int, strides, config: dict) -> None:
     """``strides``: ``(k_page, k_slot, k_head, v_page, v_slot, v_head)`` in elements, which address
     ``cache[page, slot, head, :]`` in either layout; ``k_cache.shape[0]`` is the number of pages."""
     nnz, num_kv_heads, head_dim = append_key.shape
     num_rows = nnz * num_kv_heads
     if num_rows == 0:
         return
-    cfg = {**default_config(head_dim, append_key.element_size()), **config}
+    cfg = {**default_config(head_dim, append_key.element_size(), num_rows), **config}
     grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
     append_paged_kv_kernel[grid](
         _bits(append_key), _bits(append_value), batch_indices.contiguous(), positions.contiguous(),
         _bits(k_cache), _bits(v_cache), kv_indices.contiguous(), kv_indptr.contiguous(),
-        kv_last_page_len.contiguous(),
         num_rows, num_kv_heads, head_dim, page_size, k_cache.shape[0],
         kv_indptr.shape[0] - 1,
         append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
@@ -179,18 +185,21 @@ def aot_specs():
                                "stride_v_page", "stride_v_slot", "stride_v_head")}
     for label, elem, size in AOT_ELEMENTS:
         for head_dim in AOT_HEAD_DIMS:
-            cfg = default_config(head_dim, size)
-            sig = {"append_key": f"*{elem}", "append_value": f"*{elem}", "batch_indices": "*i32",
-                   "positions": "*i32", "k_cache": f"*{elem}", "v_cache": f"*{elem}", "kv_indices": "*i32",
-                   "kv_indptr": "*i32", "kv_last_page_len": "*i32", **ints}
-            # What the launcher sees for torch-allocated tensors and the head dims we serve: aligned
-            # pointers, and head_dim and every stride a multiple of 16 elements (they are multiples of
-            # head_dim). page_size may be anything (5 is tested), so it is left out.
-            aligned = tuple(n for n, t in sig.items() if t.startswith("*") or n.startswith("stride") or n == "head_dim")
-            yield KernelSpec(f"append_paged_kv[{elem}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}]",
-                             append_paged_kv_kernel, sig,
-                             {"BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": triton.next_power_of_2(head_dim)},
-                             {"num_warps": cfg["num_warps"]}, config_label=label, divisible_by_16=aligned)
+            tiles = {(c["BLOCK_R"], c["num_warps"]): c for c in (default_config(head_dim, size, rows)
+                                                                 for rows in (SMALL_ROWS, SMALL_ROWS + 1))}
+            for cfg in tiles.values():
+                sig = {"append_key": f"*{elem}", "append_value": f"*{elem}", "batch_indices": "*i32",
+                       "positions": "*i32", "k_cache": f"*{elem}", "v_cache": f"*{elem}", "kv_indices": "*i32",
+                       "kv_indptr": "*i32", **ints}
+                # What the launcher sees for torch-allocated tensors and the head dims we serve: aligned
+                # pointers, and head_dim and every stride a multiple of 16 elements (they are multiples
+                # of head_dim). page_size may be anything (5 is tested), so it is left out.
+                aligned = tuple(n for n, t in sig.items()
+                                if t.startswith("*") or n.startswith("stride") or n == "head_dim")
+                yield KernelSpec(f"append_paged_kv[{elem}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}]",
+                                 append_paged_kv_kernel, sig,
+                                 {"BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": triton.next_power_of_2(head_dim)},
+                                 {"num_warps": cfg["num_warps"]}, config_label=label, divisible_by_16=aligned)
     for seq_lens in ("i32", "i64"):
         sig = {"append_indptr": "*i32", "seq_lens": f"*{seq_lens}", "batch_indices": "*i32", "positions": "*i32",
                "nnz": "i32", "batch_size": "i32", "num_steps": "i32"}

@@ -63,18 +63,16 @@ def append_paged_kv_cache_ref(append_key, append_value, batch_indices, positions
     """Write each appended token's K and V rows into its page and slot (in place, a plain copy).
 
     A token is skipped, as the kernel skips it, when its batch index is negative or not a request,
-    or its position is negative or not below its request's length, or its page id is outside the cache.
+    or its position is negative or past its request's pages, or its page id is outside the cache.
+    ``kv_last_page_len`` is not read (FlashInfer's kernel does not read it either): the page table
+    bounds a write, the length within the last page does not.
     """
     k_cache, v_cache = _nhd_views(paged_kv_cache, kv_layout)
     num_pages, page_size = k_cache.shape[0], k_cache.shape[1]
-    indptr, indices, last = kv_indptr.tolist(), kv_indices.tolist(), kv_last_page_len.tolist()
+    indptr, indices = kv_indptr.tolist(), kv_indices.tolist()
     batch_size = len(indptr) - 1
     for i, (b, pos) in enumerate(zip(batch_indices.tolist(), positions.tolist())):
-        if not 0 <= b < batch_size or pos < 0:
-            continue
-        pages_of_b = indptr[b + 1] - indptr[b]
-        seq_len = page_size * (pages_of_b - 1) + last[b] if pages_of_b > 0 else 0
-        if pos >= seq_len or pos // page_size >= pages_of_b:
+        if not 0 <= b < batch_size or pos < 0 or pos // page_size >= indptr[b + 1] - indptr[b]:
             continue
         page = indices[indptr[b] + pos // page_size]
         if not 0 <= page < num_pages:
