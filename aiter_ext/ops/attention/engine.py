@@ -82,7 +82,7 @@ class AttentionPlan:
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
               head_dim, page_size, causal, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-              workspace: torch.Tensor, backend: Optional[str]) -> "AttentionPlan":
+              workspace: torch.Tensor, backend: Optional[str], config: Optional[dict] = None) -> "AttentionPlan":
         if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
             raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads "
                              f"({num_kv_heads})")
@@ -116,7 +116,7 @@ class AttentionPlan:
                 "dtype": dtype_name(q_dtype), "device": device.type}
         choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
-        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device)
+        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=choice.config or config)
         partial_o = partial_lse = None
         if work.split:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)

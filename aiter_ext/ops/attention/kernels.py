@@ -138,6 +138,9 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
     num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
     dst_o, dst_lse = (partial_o, partial_lse) if plan.split else (out, lse)
     cap = float(logits_soft_cap or 0.0)
+    launch_opts = {"num_warps": plan.num_warps}
+    if plan.num_stages is not None:
+        launch_opts["num_stages"] = plan.num_stages
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
         batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
@@ -145,7 +148,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0, SOFT_CAP=cap > 0, SPLIT=plan.split,
-        num_warps=4,
+        **launch_opts,
     )
     if plan.split:
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)

@@ -27,6 +27,8 @@ TARGET_WAVES = 2  # programs per compute unit the splitter aims for
 class WorkPlan:
     block_m: int
     block_n: int
+    num_warps: int
+    num_stages: int | None  # None: Triton's default for the arch
     num_work: int
     split: bool  # partial states go through the workspace and the merge
     num_partial_rows: int
@@ -46,14 +48,19 @@ def triton_next_pow2(n: int) -> int:
 
 
 def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: int, head_dim: int,
-              device: torch.device, allow_split: bool = True) -> WorkPlan:
+              device: torch.device, allow_split: bool = True, config: dict | None = None) -> WorkPlan:
+    """``config`` (from a tuned-CSV row or an experiment) may set ``BLOCK_M``, ``BLOCK_N``,
+    ``num_warps``, ``num_stages`` and ``min_chunk``; the rest comes from the heuristics above."""
+    config = config or {}
     max_rows = max((q * group for q in qo_lens), default=1)
     block_m, block_n = tile_sizes(max_rows, head_dim)
+    block_m, block_n = config.get("BLOCK_M", block_m), config.get("BLOCK_N", block_n)
+    min_chunk = config.get("min_chunk", MIN_CHUNK)
     q_tiles = [max(1, math.ceil(q * group / block_m)) if q > 0 else 0 for q in qo_lens]
     programs = sum(q_tiles) * num_kv_heads
     target = TARGET_WAVES * device_info().cu_num
     want = max(1, math.ceil(target / max(programs, 1))) if allow_split else 1
-    splits = [max(1, min(want, kv // MIN_CHUNK)) for kv in kv_lens]
+    splits = [max(1, min(want, kv // min_chunk)) for kv in kv_lens]
 
     items = []
     for b, (tiles, kv, n) in enumerate(zip(q_tiles, kv_lens, splits)):
@@ -70,5 +77,6 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
         for _ in range(q):
             merge_rows.append(merge_rows[-1] + (n if split else 1))
     work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
-    return WorkPlan(block_m, block_n, len(items), split, merge_rows[-1], work.to(device),
+    return WorkPlan(block_m, block_n, config.get("num_warps", 4), config.get("num_stages"), len(items), split,
+                    merge_rows[-1], work.to(device),
                     torch.tensor(merge_rows, dtype=torch.int32, device=device))

@@ -60,6 +60,7 @@ class _Wrapper:
         self._kv_layout = _check_layout(kv_layout)
         self._use_cuda_graph = use_cuda_graph
         self._backend = backend
+        self._config: Optional[dict] = None  # kernel config override (experiments; tuned rows come via the op)
         self._plan: Optional[AttentionPlan] = None
 
     def _require_plan(self) -> AttentionPlan:
@@ -120,7 +121,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
             kv_last_page_len=paged_kv_last_page_len, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim_qk, page_size=page_size, causal=causal, sm_scale=sm_scale, window_left=window_left,
             logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
-            workspace=self._workspace, backend=self._backend)
+            workspace=self._workspace, backend=self._backend, config=self._config)
 
     begin_forward = plan
 
@@ -164,7 +165,7 @@ class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
             paged=True, qo_indptr=qo_indptr, kv_indptr=indptr, kv_indices=indices, kv_last_page_len=last_page_len,
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
             causal=False, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-            q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend)
+            q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config)
 
     begin_forward = plan
 
@@ -199,7 +200,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             paged=False, qo_indptr=qo_indptr, kv_indptr=kv_indptr, kv_indices=None, kv_last_page_len=None,
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk, page_size=1, causal=causal,
             sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
-            kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend)
+            kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config)
 
     begin_forward = plan
 
