@@ -36,11 +36,50 @@ class WorkPlan:
     merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
 
 
-def tile_sizes(max_packed_rows: int, head_dim: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): packed query rows per tile (16..64) and keys per step."""
+def default_config(max_packed_rows: int, head_dim: int) -> dict:
+    """Tiles and launch options when no tuned row says otherwise.
+
+    From a sweep on an H200 (op_tests/sweep_attention.py; bf16, d128, page 16, beside FlashInfer 0.7.2):
+    decode-sized tiles (16 packed rows) were fastest with 64 keys per step, 2 warps and 3 stages (32 x
+    16384-key decode: 492 us, FlashInfer 487); prefill-sized tiles with 64 x 32, 4 warps, 2 stages
+    (the 128-query x 32768-key shared level: 311 us, FlashInfer 443; causal 8 x 2048 prefill: 1102 us,
+    FlashInfer 664). d256 halves the key step so K and V tiles fit gfx942's 64 KiB of LDS.
+    """
     block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
-    block_n = 64 if head_dim <= 128 else 32  # K and V tiles of d256 must fit gfx942's 64 KiB of LDS
-    return block_m, block_n
+    if block_m <= 16:
+        cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}
+    else:
+        cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    if head_dim > 128:
+        cfg["BLOCK_N"] = 32
+    return cfg
+
+
+def tile_sizes(max_packed_rows: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the default config."""
+    cfg = default_config(max_packed_rows, head_dim)
+    return cfg["BLOCK_M"], cfg["BLOCK_N"]
+
+
+def choose_splits(programs: int, cu_num: int, max_splits: int) -> int:
+    """KV splits per request so that ``programs * splits`` fills the GPU in nearly whole waves.
+
+    At least ``TARGET_WAVES`` waves; beyond that, the fewest splits (each adds merge traffic) whose
+    last wave is at least 90% full, searched up to 4x the minimum (seen on an H200: 288 programs on
+    132 SMs ran 2.2 waves, the last a quarter full).
+    """
+    want = max(1, math.ceil(TARGET_WAVES * cu_num / max(programs, 1)))
+    if want >= max_splits:
+        return max(1, max_splits)
+    best, best_eff = want, 0.0
+    for s in range(want, min(max_splits, 4 * want) + 1):
+        total = programs * s
+        eff = total / (math.ceil(total / cu_num) * cu_num)
+        if eff >= 0.9:
+            return s
+        if eff > best_eff:
+            best, best_eff = s, eff
+    return best
 
 
 def triton_next_pow2(n: int) -> int:
@@ -51,15 +90,14 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
               device: torch.device, allow_split: bool = True, config: dict | None = None) -> WorkPlan:
     """``config`` (from a tuned-CSV row or an experiment) may set ``BLOCK_M``, ``BLOCK_N``,
     ``num_warps``, ``num_stages`` and ``min_chunk``; the rest comes from the heuristics above."""
-    config = config or {}
     max_rows = max((q * group for q in qo_lens), default=1)
-    block_m, block_n = tile_sizes(max_rows, head_dim)
-    block_m, block_n = config.get("BLOCK_M", block_m), config.get("BLOCK_N", block_n)
+    config = {**default_config(max_rows, head_dim), **(config or {})}
+    block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     min_chunk = config.get("min_chunk", MIN_CHUNK)
     q_tiles = [max(1, math.ceil(q * group / block_m)) if q > 0 else 0 for q in qo_lens]
     programs = sum(q_tiles) * num_kv_heads
-    target = TARGET_WAVES * device_info().cu_num
-    want = max(1, math.ceil(target / max(programs, 1))) if allow_split else 1
+    max_splits = max((kv // min_chunk for kv in kv_lens), default=1)
+    want = choose_splits(programs, device_info().cu_num, max_splits) if allow_split else 1
     splits = [max(1, min(want, kv // min_chunk)) for kv in kv_lens]
 
     items = []
@@ -77,6 +115,6 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
         for _ in range(q):
             merge_rows.append(merge_rows[-1] + (n if split else 1))
     work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
-    return WorkPlan(block_m, block_n, config.get("num_warps", 4), config.get("num_stages"), len(items), split,
+    return WorkPlan(block_m, block_n, config["num_warps"], config.get("num_stages"), len(items), split,
                     merge_rows[-1], work.to(device),
                     torch.tensor(merge_rows, dtype=torch.int32, device=device))
