@@ -20,6 +20,7 @@ from .ops.attention import (
     BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
+    single_decode_with_kv_cache, single_prefill_with_kv_cache,
 )
 from .ops.merge_state import merge_state, merge_state_in_place, merge_states, variable_length_merge_states
 from .ops.paged_kv import (
@@ -31,5 +32,6 @@ __all__ = [
     "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
     "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper", "append_paged_kv_cache",
     "block_table_to_csr", "cascade_attention", "get_batch_indices_positions", "get_seq_lens", "merge_state",
-    "merge_state_in_place", "merge_states", "variable_length_merge_states",
+    "merge_state_in_place", "merge_states", "single_decode_with_kv_cache", "single_prefill_with_kv_cache",
+    "variable_length_merge_states",
 ]

@@ -196,3 +196,23 @@ def test_decode_run_is_graph_capturable():
     k, v = kv_of(cache)
     ref, _ = batch_attention_ref(q, i32(range(4)), gather_paged_kv(k, v, kv_indptr, kv_indices, last))
     assert_close(out, ref, torch.bfloat16, name="out", atol=ATOL[torch.bfloat16], rtol=1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_single_prefill_and_decode(backend, dtype, layout):
+    from aiter_ext.ops.attention.reference import single_attention_ref
+
+    qo_len, kv_len, heads, kv_heads, dim = 7, grid(300, 5000), 8, 2, 64
+    q = torch.randn(qo_len, heads, dim, device=DEVICE).to(dtype)
+    k, v = (torch.randn(kv_len, kv_heads, dim, device=DEVICE).to(dtype) for _ in range(2))
+    as_layout = (lambda t: t.transpose(0, 1).contiguous()) if layout == "HND" else (lambda t: t)
+    out, lse = aiter_ext.single_prefill_with_kv_cache(q, as_layout(k), as_layout(v), causal=True, kv_layout=layout,
+                                                      return_lse=True, backend=backend)
+    ref_out, ref_lse = single_attention_ref(q, k, v, causal=True)
+    _check(out, lse, ref_out, ref_lse, dtype)
+    out1, lse1 = aiter_ext.single_decode_with_kv_cache(q[0], as_layout(k), as_layout(v), kv_layout=layout,
+                                                       return_lse=True, backend=backend)
+    ref1, ref_lse1 = single_attention_ref(q[:1], k, v)
+    _check(out1[None], lse1[None], ref1, ref_lse1, dtype)

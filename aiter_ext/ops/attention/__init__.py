@@ -5,6 +5,7 @@ from .cascade import (
     BatchDecodeWithSharedPrefixPagedKVCacheWrapper, BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
     MultiLevelCascadeAttentionWrapper, cascade_attention,
 )
+from .single import single_decode_with_kv_cache, single_prefill_with_kv_cache
 from .wrappers import (
     BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
 )
@@ -12,4 +13,4 @@ from .wrappers import (
 __all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
-           "cascade_attention"]
+           "cascade_attention", "single_decode_with_kv_cache", "single_prefill_with_kv_cache"]

@@ -1,0 +1,88 @@
+"""FlashInfer's single-request functions: ``single_prefill_with_kv_cache`` and ``single_decode_with_kv_cache``.
+
+One request with contiguous K/V is a ragged batch of size one; the plan comes from shapes alone, so no
+device data is read on the host. Each call plans (a few host-side microseconds plus small copies to
+the device); for CUDA/HIP graphs use a wrapper planned outside the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from aiter_ext.core.checks import check_tensor
+
+from .engine import check_unsupported
+from .wrappers import BatchPrefillWithRaggedKVCacheWrapper, _check_layout
+
+_WORKSPACES: dict = {}
+
+
+def _workspace(device: torch.device) -> torch.Tensor:
+    if device not in _WORKSPACES:
+        _WORKSPACES[device] = torch.empty(128 << 20, dtype=torch.uint8, device=device)
+    return _WORKSPACES[device]
+
+
+def _as_nhd(name: str, t: torch.Tensor, kv_layout: str) -> torch.Tensor:
+    check_tensor(name, t, ndim=3)
+    return t.transpose(0, 1) if _check_layout(kv_layout) == "HND" else t  # [Hkv, L, D] -> a [L, Hkv, D] view
+
+
+def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, custom_mask=None,
+                                 packed_custom_mask=None, causal: bool = False, kv_layout: str = "NHD",
+                                 pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+                                 sm_scale: Optional[float] = None, window_left: int = -1,
+                                 logits_soft_cap: Optional[float] = None, rope_scale=None, rope_theta=None,
+                                 return_lse: bool = False, backend: str = "auto", **unused):
+    """Attention of one request: ``q [qo_len, Hq, D]`` against ``k, v [kv_len, Hkv, D]`` (NHD) or
+    ``[Hkv, kv_len, D]`` (HND). Causal masking is aligned bottom-right. Returns ``out [qo_len, Hq, D]``,
+    and with ``return_lse`` also the base-2 ``lse [qo_len, Hq]``.
+
+    Examples
+    --------
+    >>> import torch, aiter_ext
+    >>> from aiter_ext.ops.attention.reference import single_attention_ref
+    >>> q, k, v = torch.randn(5, 4, 64).half(), torch.randn(9, 2, 64).half(), torch.randn(9, 2, 64).half()
+    >>> out = aiter_ext.single_prefill_with_kv_cache(q, k, v, causal=True)
+    >>> torch.testing.assert_close(out, single_attention_ref(q, k, v, causal=True)[0], atol=2e-3, rtol=1e-2)
+    """
+    check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
+                      rope_theta)
+    check_tensor("q", q, ndim=3)
+    k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
+    w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
+    w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
+           q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
+           logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype)
+    return w.run(q, k, v, return_lse=return_lse)
+
+
+def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
+                                pos_encoding_mode: str = "NONE", use_tensor_cores: bool = False,
+                                q_scale: Optional[float] = None, k_scale: Optional[float] = None,
+                                v_scale: Optional[float] = None, window_left: int = -1,
+                                logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+                                rope_scale=None, rope_theta=None, return_lse: bool = False, backend: str = "auto"):
+    """Decode one token: ``q [Hq, D]`` against ``k, v [kv_len, Hkv, D]`` (NHD) or ``[Hkv, kv_len, D]`` (HND).
+    Returns ``out [Hq, D]`` (and the base-2 ``lse [Hq]`` with ``return_lse``). A long ``kv_len`` is split
+    across programs and merged, so one request still fills the GPU.
+
+    Examples
+    --------
+    >>> import torch, aiter_ext
+    >>> from aiter_ext.ops.attention.reference import single_attention_ref
+    >>> q, k, v = torch.randn(8, 64).half(), torch.randn(300, 2, 64).half(), torch.randn(300, 2, 64).half()
+    >>> out = aiter_ext.single_decode_with_kv_cache(q, k, v)
+    >>> torch.testing.assert_close(out, single_attention_ref(q[None], k, v)[0][0], atol=2e-3, rtol=1e-2)
+    """
+    check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
+    check_tensor("q", q, ndim=2)
+    k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
+    w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
+    w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
+           k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
+           q_data_type=q.dtype, kv_data_type=k.dtype)
+    result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)
+    return (result[0][0], result[1][0]) if return_lse else result[0]
