@@ -128,6 +128,8 @@ class Impl:
     supports: Supports = _always
     #: Kernel configurations the tuner may try ({} = the backend's heuristic default).
     configs: list[dict] = field(default_factory=lambda: [{}])
+    #: For plan/run ops: builds, at plan time, the extra metadata this backend's run needs.
+    prepare: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,10 @@ class Op:
         self._cache: dict[tuple, Choice] = {}
 
     def register(self, backend: str, fn: Callable, supports: Supports = _always,
-                 configs: list[dict] | None = None) -> None:
+                 configs: list[dict] | None = None, prepare: Callable | None = None) -> None:
         if backend not in _STATUS_PROBES:
             raise ValueError(f"{self.name}: unknown backend {backend!r}")
-        self.impls[backend] = Impl(backend, fn, supports, configs or [{}])
+        self.impls[backend] = Impl(backend, fn, supports, configs or [{}], prepare)
 
     def env_request(self) -> tuple[str | None, str]:
         var = f"AITER_EXT_BACKEND_{self.name.upper()}"

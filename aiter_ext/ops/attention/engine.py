@@ -16,7 +16,7 @@ import torch
 from aiter_ext.core.backend import define_op
 from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
 
-from . import reference
+from . import aiter_backend, reference
 from .plan import WorkPlan, make_plan
 
 
@@ -78,6 +78,7 @@ class AttentionPlan:
     partial_o: Optional[torch.Tensor]
     partial_lse: Optional[torch.Tensor]
     backend: str
+    extra: dict  # what the chosen backend's prepare() built for its run()
 
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
@@ -117,6 +118,10 @@ class AttentionPlan:
         choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
         work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=choice.config or config)
+        extra = {}
+        if choice.impl.prepare is not None:
+            extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
+                                        kv_indices=kv_indices, page_size=page_size, device=device)
         partial_o = partial_lse = None
         if work.split:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
@@ -127,7 +132,7 @@ class AttentionPlan:
                    logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),
                    as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
                    qo[-1], max_page, torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
-                   choice.impl.backend)
+                   choice.impl.backend, extra)
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -188,6 +193,8 @@ ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", 
                       lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
 ATTENTION.register("torch", _run_torch)
 ATTENTION.register("triton", _run_triton,
+                   supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
+ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
                    supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
 
 
