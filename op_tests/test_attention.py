@@ -216,3 +216,39 @@ def test_single_prefill_and_decode(backend, dtype, layout):
                                                        return_lse=True, backend=backend)
     ref1, ref_lse1 = single_attention_ref(q[:1], k, v)
     _check(out1[None], lse1[None], ref1, ref_lse1, dtype)
+
+
+FP8_DTYPES = [pytest.param(torch.float8_e4m3fn, id="e4m3fn"), pytest.param(torch.float8_e4m3fnuz, id="e4m3fnuz")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fp8", FP8_DTYPES)
+@pytest.mark.parametrize("decode", [True, False], ids=["decode", "prefill"])
+def test_fp8_kv_with_scales(backend, fp8, decode):
+    """fp8 KV (FlashInfer: k_scale multiplies the logits' scale, v_scale the output). e4m3fnuz is gfx942's
+    format; elsewhere a plan for it is refused (checked below), except by the CPU interpreter."""
+    q_dtype = grid(torch.float16, torch.bfloat16)
+    kv_lens, heads, kv_heads, dim, page = [40, 300, 17], 8, 2, 64, 16
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, kv_heads, dim, page, torch.float32)
+    cache8 = (cache / 2).to(fp8)
+    qo_lens = [1, 1, 1] if decode else [3, 20, 17]
+    qo_indptr = indptr_of(qo_lens)
+    q = torch.randn(int(qo_indptr[-1]), heads, dim, device=DEVICE).to(q_dtype)
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    usable, reason = ATTENTION.usable(backend, {"num_qo_heads": heads, "num_kv_heads": kv_heads, "head_dim": dim,
+                                                "dtype": "fp16", "device": DEVICE.type, "kv_dtype": str(fp8)[6:]})
+    if not usable:
+        with pytest.raises(Exception, match="gfx942"):
+            w.plan(qo_indptr, kv_indptr, kv_indices, last, heads, kv_heads, dim, page, causal=not decode,
+                   q_data_type=q_dtype, kv_data_type=fp8)
+        return
+    w.plan(qo_indptr, kv_indptr, kv_indices, last, heads, kv_heads, dim, page, causal=not decode,
+           q_data_type=q_dtype, kv_data_type=fp8)
+    out, lse = _poisoned(q)
+    w.run(q, cache8, k_scale=2.0, v_scale=2.0, out=out, lse=lse, return_lse=True)
+    k, v = kv_of(cache8)
+    kv = [(a.float() * 2, b.float() * 2) for a, b in gather_paged_kv(k, v, kv_indptr, kv_indices, last)]
+    ref_out, ref_lse = batch_attention_ref(q.float(), qo_indptr, kv, not decode)
+    _check(out, lse, ref_out.to(q_dtype), ref_lse, q_dtype)
+    with pytest.raises(TypeError, match="plan\\(\\) was given kv_data_type"):
+        w.run(q, cache8.to(torch.float16))

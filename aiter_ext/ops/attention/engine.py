@@ -8,11 +8,13 @@ checks only tensor metadata and launches: no host synchronization, no data-depen
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op
 from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
 
@@ -20,9 +22,10 @@ from . import aiter_backend, reference
 from .plan import WorkPlan, make_plan
 
 
-KV_DTYPES = (torch.float16, torch.bfloat16)
+KV_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float8_e4m3fn": torch.float8_e4m3fn,
+                 "float8_e4m3fnuz": torch.float8_e4m3fnuz}
 
 
 def as_dtype(value, name: str) -> torch.dtype:
@@ -114,7 +117,7 @@ class AttentionPlan:
         qo_lens = [qo[b + 1] - qo[b] for b in range(len(qo) - 1)]
         device = workspace.device
         call = {"num_qo_heads": num_qo_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
-                "dtype": dtype_name(q_dtype), "device": device.type}
+                "dtype": dtype_name(q_dtype), "device": device.type, "kv_dtype": dtype_name(kv_dtype)}
         choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
         work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=choice.config or config)
@@ -139,6 +142,9 @@ class AttentionPlan:
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides, *, out=None, lse=None,
             return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None):
         check_tensor("q", q, ndim=3, dtypes=(self.q_dtype,))
+        if k.dtype != self.kv_dtype:
+            raise TypeError(f"the KV cache is {dtype_name(k.dtype)} but plan() was given kv_data_type="
+                            f"{dtype_name(self.kv_dtype)}")
         check_shape("q", q, (self.total_q, self.num_qo_heads, self.head_dim),
                     "[qo_indptr[-1], num_qo_heads, head_dim] from plan()")
         if q.stride(-1) != 1:
@@ -192,8 +198,18 @@ def _run_triton(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) ->
 ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
                       lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
 ATTENTION.register("torch", _run_torch)
-ATTENTION.register("triton", _run_triton,
-                   supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
+def _triton_supports(call) -> tuple[bool, str]:
+    if call["head_dim"] not in (64, 128, 256):
+        return False, "head_dim must be 64, 128 or 256"
+    if call.get("kv_dtype") == "float8_e4m3fnuz":
+        # gfx942's fp8; other targets (and FlashInfer) use e4m3fn. The CPU interpreter converts either.
+        arch = device_info().arch
+        if arch != "gfx942" and not (call["device"] == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            return False, f"float8_e4m3fnuz KV is gfx942's fp8 format; on {arch} use float8_e4m3fn"
+    return True, ""
+
+
+ATTENTION.register("triton", _run_triton, supports=_triton_supports)
 ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
                    supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
 
