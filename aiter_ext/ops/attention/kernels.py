@@ -161,14 +161,16 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 def aot_specs():
     from aiter_ext.core.aot import KernelSpec
 
-    from .plan import tile_sizes
+    from .plan import default_config
 
     pointer_args = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
     stride_args = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
     for dtype in ("bf16", "fp16"):
         for head_dim in (64, 128, 256):
             for rows in (8, 64):  # a GQA decode tile (group 8) and a prefill tile
-                block_m, block_n = tile_sizes(rows, head_dim)
+                cfg = default_config(rows, head_dim, arch="gfx942")  # what an AMD launch would use
+                block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
+                options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
                 for paged, split in ((True, True), (True, False), (False, False)):
                     sig = {n: "*i32" for n in pointer_args}
                     sig.update(q=f"*{dtype}", k_cache=f"*{dtype}", v_cache=f"*{dtype}", lse="*fp32",
@@ -181,14 +183,16 @@ def aot_specs():
                               "HAS_WINDOW": False, "SOFT_CAP": False, "SPLIT": split}
                     kind = ("paged" if paged else "ragged") + ("-split" if split else "")
                     yield KernelSpec(f"attention[{dtype}-d{head_dim}-m{block_m}n{block_n}-{kind}]", attention_kernel,
-                                     sig, consts, {"num_warps": 4}, uses_dot=True,
+                                     sig, consts, options, uses_dot=True,
                                      divisible_by_16=pointer_args + stride_args)
 
 
 # NOT registered with `aiter-ext aot --check` yet, on purpose (issue 3 is open): on Triton 3.9 every
-# variant above compiles for gfx942 and gfx950 with MFMA for both dots and LDS at most 46% of gfx942's,
-# but 25 of 36 spill 3-46 SGPRs into VGPR lanes (no scratch), which the check rightly fails. Seen so
-# far: fewer kernel arguments did not help; 32-bit addressing plus num_stages=1 cured the 16-row tiles
-# but not the 64-row ones, and 32-bit page offsets overflow on real KV caches. Inspect with:
+# variant above compiles for gfx942 and gfx950 with MFMA for both dots and LDS within the limits, but
+# the paged variants spill SGPRs into VGPR lanes (no scratch), which the check rightly fails; the
+# ragged ones mostly pass. Tried without success: fewer kernel arguments; a constexpr page size
+# (shifts instead of divisions: a few SGPRs fewer); other warps/stages/waves_per_eu. 32-bit addressing
+# plus num_stages=1 cured the 16-row tiles only, and 32-bit page offsets overflow on real KV caches.
+# Next: address K/V pages through a per-page base (page * stride once per page, not per key row). Inspect with:
 #   python3 -c "from aiter_ext.core import aot; from aiter_ext.ops.attention import kernels; \
 #     aot.register_aot_specs('attention', kernels.aot_specs); raise SystemExit(aot.cli(['--check', '--kernel', 'attention']))"

@@ -36,28 +36,35 @@ class WorkPlan:
     merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
 
 
-def default_config(max_packed_rows: int, head_dim: int) -> dict:
-    """Tiles and launch options when no tuned row says otherwise.
+def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None) -> dict:
+    """Tiles and launch options when no tuned row says otherwise; they depend on the arch.
 
-    From a sweep on an H200 (op_tests/sweep_attention.py; bf16, d128, page 16, beside FlashInfer 0.7.2):
-    decode-sized tiles (16 packed rows) were fastest with 64 keys per step, 2 warps and 3 stages (32 x
-    16384-key decode: 492 us, FlashInfer 487); prefill-sized tiles with 64 x 32, 4 warps, 2 stages
-    (the 128-query x 32768-key shared level: 311 us, FlashInfer 443; causal 8 x 2048 prefill: 1102 us,
-    FlashInfer 664). d256 halves the key step so K and V tiles fit gfx942's 64 KiB of LDS.
+    NVIDIA (``sm_*``), from a sweep on an H200 (op_tests/sweep_attention.py; bf16, d128, page 16, beside
+    FlashInfer 0.7.2): decode-sized tiles (16 packed rows) were fastest with 64 keys per step, 2 warps
+    and 3 stages (32 x 16384-key decode: 492 us, FlashInfer 487); prefill-sized tiles with 64 x 32,
+    4 warps, 2 stages (the 128-query x 32768-key shared level: 311 us, FlashInfer 443; causal 8 x 2048
+    prefill: 1102 us, FlashInfer 664).
+    AMD and the rest: those settings compiled badly for gfx942 (2-warp decode tiles: 296 VGPRs, one wave
+    per SIMD, all 64 KiB of LDS), so a moderate 4-warp default with Triton's own pipelining depth
+    stands until an AMD GPU can be tuned. d256 halves the key step so K and V tiles fit gfx942's LDS.
     """
+    arch = arch or device_info().arch
     block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
-    if block_m <= 16:
-        cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}
+    if arch.startswith("sm_"):
+        if block_m <= 16:
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}
+        else:
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
     else:
-        cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+        cfg = {"BLOCK_M": block_m, "BLOCK_N": 64 if block_m <= 16 else 32, "num_warps": 4}
     if head_dim > 128:
         cfg["BLOCK_N"] = 32
     return cfg
 
 
-def tile_sizes(max_packed_rows: int, head_dim: int) -> tuple[int, int]:
+def tile_sizes(max_packed_rows: int, head_dim: int, arch: str | None = None) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the default config."""
-    cfg = default_config(max_packed_rows, head_dim)
+    cfg = default_config(max_packed_rows, head_dim, arch)
     return cfg["BLOCK_M"], cfg["BLOCK_N"]
 
 
