@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from attention_utils import indptr_of, random_paged_kv  # noqa: E402
+from conftest import DEVICE  # noqa: E402
 
 import aiter_ext  # noqa: E402
 from aiter_ext.core import backend as backend_mod  # noqa: E402
@@ -36,8 +37,10 @@ USED_KEYWORDS = ["softmax_scale", "logits_soft_cap", "causal", "window_size", "r
 def _installed_mha_source() -> str:
     spec = importlib.util.find_spec("aiter")  # locates the package without running it
     if spec is None or not spec.submodule_search_locations:
-        pytest.fail("amd-aiter is not installed: CI installs it (pip install --no-deps amd-aiter) so that this "
-                    "contract is checked; install it to run this test")
+        message = "amd-aiter is not installed (CI installs it with pip install --no-deps amd-aiter)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must check the contract, never skip it
+        pytest.skip(message)
     return (Path(list(spec.submodule_search_locations)[0]) / "ops" / "mha.py").read_text()
 
 
@@ -110,8 +113,9 @@ def test_adapter_matches_flashinfer_semantics(fake_aiter, causal, window):
     cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, kv_heads, dim, page, torch.float16)
     k_cache, v_cache = cache[:, 0].contiguous(), cache[:, 1].contiguous()  # a tuple cache: token rows
     qo_indptr = indptr_of(qo_lens)
-    q = torch.randn(int(qo_indptr[-1]), heads, dim).half()
-    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8), backend="aiter")
+    q = torch.randn(int(qo_indptr[-1]), heads, dim, device=DEVICE).half()
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=DEVICE),
+                                                      backend="aiter")
     w.plan(qo_indptr, kv_indptr, kv_indices, last, heads, kv_heads, dim, page, causal=causal, window_left=window,
            q_data_type=torch.float16)
     out, lse = w.run(q, (k_cache, v_cache), return_lse=True)
@@ -126,7 +130,8 @@ def test_adapter_matches_flashinfer_semantics(fake_aiter, causal, window):
 
 def test_interleaved_cache_is_refused_clearly(fake_aiter):
     cache, kv_indptr, kv_indices, last = random_paged_kv([20], 2, 64, 16, torch.float16)
-    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8), backend="aiter")
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=DEVICE),
+                                                      backend="aiter")
     w.plan(indptr_of([2]), kv_indptr, kv_indices, last, 4, 2, 64, 16, q_data_type=torch.float16)
     with pytest.raises(ValueError, match="each page's slots must be consecutive rows"):
-        w.run(torch.randn(2, 4, 64).half(), cache)
+        w.run(torch.randn(2, 4, 64, device=DEVICE).half(), cache)
