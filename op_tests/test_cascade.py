@@ -228,13 +228,15 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
     assert_close(out, ref, dtype, name="cascade", atol=ATOL[dtype], rtol=1e-2)
     assert_close(plain.run(q, data.cache), ref, dtype, name="plain decode", atol=ATOL[dtype], rtol=1e-2)
     us = time_us(lambda: ours.run(q, data.cache))
+    graph_us = time_us(lambda: ours.run(q, data.cache), graph=True)
     plain_us = time_us(lambda: plain.run(q, data.cache))
-    fi_us = fi_plain_us = None
+    fi_us = fi_plain_us = fi_graph_us = None
     if fi is not None:
         fw = fi.MultiLevelCascadeAttentionWrapper(2, torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE), "NHD")
         fw.plan(*tables, num_qo_heads, num_kv_heads, head_dim, page_size, q_data_type=dtype)
         assert_close(fw.run(q, data.cache), ref, dtype, name="FlashInfer cascade", atol=ATOL[dtype], rtol=1e-2)
         fi_us = time_us(lambda: fw.run(q, data.cache))
+        fi_graph_us = time_us(lambda: fw.run(q, data.cache), graph=True)
         fd = fi.BatchDecodeWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE), "NHD",
                                                    use_tensor_cores=True)
         fd.plan(dec_indptr, dec_indices, dec_last, num_qo_heads, num_kv_heads, head_dim, page_size,
@@ -244,7 +246,7 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
     nbytes = 2 * (shared + batch * unique) * num_kv_heads * head_dim * 2 + 2 * q.numel() * 2
     floor_us = max(flops / (peak_tflops * 1e6), nbytes / (copy_gbs * 1e3))
     return {"batch": batch, "shared": shared, "unique": unique, "heads": f"{num_qo_heads}/{num_kv_heads}",
-            "cascade_us": us, "floor_us": floor_us, "%floor": 100 * floor_us / us, "plain_decode_us": plain_us,
+            "cascade_us": us, "graph_us": graph_us, "fi_graph_us": fi_graph_us, "floor_us": floor_us, "%floor": 100 * floor_us / us, "plain_decode_us": plain_us,
             "fi_cascade_us": fi_us, "fi_plain_us": fi_plain_us, "vs_fi": (fi_us / us) if fi_us else None}
 
 
