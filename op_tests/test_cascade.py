@@ -253,21 +253,15 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
 def bench_main(argv=None) -> int:
     import argparse
 
-    from aiter_ext.core.bench import copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
+    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
 
     parser = argparse.ArgumentParser(description="cascade attention benchmark (the issue's anchor shapes)")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
     parser.add_argument("--no-flashinfer", action="store_true")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("the benchmark needs a GPU", file=sys.stderr)
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
         return 2
-    fi = None
-    if not args.no_flashinfer:
-        try:
-            import flashinfer as fi
-        except ImportError as exc:
-            print(f"FlashInfer not importable ({exc})")
     warm_up_gpu()
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, "

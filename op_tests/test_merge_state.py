@@ -381,7 +381,7 @@ def bench_main(argv=None) -> int:
     import argparse
 
     from aiter_ext.core.arch import device_info
-    from aiter_ext.core.bench import copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
+    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
 
     parser = argparse.ArgumentParser(description="merge_state benchmark (beside FlashInfer when installed)")
     parser.add_argument("--tokens", type=int, nargs="*", default=[1, 64, 512, 4096, 16384, 65536])
@@ -394,15 +394,9 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replays (no launch overhead)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("the benchmark needs a GPU: CPU (interpreter) timings are not performance figures", file=sys.stderr)
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
         return 2
-    fi = None
-    if not args.no_flashinfer:
-        try:
-            import flashinfer as fi
-        except ImportError as exc:
-            print(f"FlashInfer not importable ({exc}); its columns stay empty")
     if fi is not None:  # build FlashInfer's kernels now, not inside the first timed case
         v1, s1 = random_state(4, 2, num_heads=2, head_dim=128, dtype=torch.bfloat16)
         fi.merge_state(*(t.contiguous() for t in (v1[:, 0], s1[:, 0], v1[:, 1], s1[:, 1])))

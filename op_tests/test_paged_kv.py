@@ -639,7 +639,7 @@ def bench_main(argv=None) -> int:
     import argparse
 
     from aiter_ext.core.arch import device_info
-    from aiter_ext.core.bench import copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
+    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
 
     parser = argparse.ArgumentParser(description="append_paged_kv_cache benchmark (beside FlashInfer when installed)")
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 64, 256])
@@ -653,15 +653,9 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replays (no launch overhead)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("the benchmark needs a GPU: CPU (interpreter) timings are not performance figures", file=sys.stderr)
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
         return 2
-    fi = None
-    if not args.no_flashinfer:
-        try:
-            import flashinfer as fi
-        except ImportError as exc:
-            print(f"FlashInfer not importable ({exc}); its columns stay empty")
     warm_up_gpu()
     info = device_info()
     copy_gbs = copy_bandwidth_gbs()

@@ -67,6 +67,24 @@ def warm_up_gpu(seconds: float = 0.5) -> None:
         torch.cuda.synchronize()
 
 
+def benchmark_setup(skip_flashinfer: bool = False):
+    """What every op benchmark starts with: ``(ok, flashinfer_module_or_None)``. ``ok`` is False (and the
+    reason printed) without a GPU: interpreter timings are not performance figures."""
+    import sys
+
+    if not torch.cuda.is_available():
+        print("the benchmark needs a GPU: CPU (interpreter) timings are not performance figures", file=sys.stderr)
+        return False, None
+    if skip_flashinfer:
+        return True, None
+    try:
+        import flashinfer
+    except ImportError as exc:
+        print(f"FlashInfer not importable ({exc}); its columns stay empty")
+        return True, None
+    return True, flashinfer
+
+
 def git_commit() -> str:
     if os.environ.get("AITER_EXT_COMMIT"):  # copies of the tree without .git (the lent GPU) pass it in
         return os.environ["AITER_EXT_COMMIT"]
