@@ -120,7 +120,7 @@ class AttentionPlan:
                 "dtype": dtype_name(q_dtype), "device": device.type, "kv_dtype": dtype_name(kv_dtype)}
         choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
-        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=choice.config or config)
+        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=config or choice.config)
         extra = {}
         if choice.impl.prepare is not None:
             extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
