@@ -96,7 +96,8 @@ class Batch:
 
 
 def _workspace():
-    return torch.empty(128 << 20, dtype=torch.uint8, device=DEVICE)
+    # 0xFF bytes read as NaN in fp32: a partial state the kernels fail to write poisons the output
+    return torch.full((128 << 20,), 255, dtype=torch.uint8, device=DEVICE)
 
 
 CASCADE_GRID = grid(

@@ -12,13 +12,17 @@ combined with ``merge_state_in_place``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
 
 from aiter_ext.ops.merge_state import merge_state_in_place
 
-from .wrappers import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout
+from .engine import _carve
+from .wrappers import (
+    BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
+)
 
 
 class MultiLevelCascadeAttentionWrapper:
@@ -85,14 +89,54 @@ class MultiLevelCascadeAttentionWrapper:
         totals = {level._plan.total_q for level in self._levels}
         if len(totals) != 1:
             raise ValueError(f"every level's qo_indptr must end at the same number of queries, got {sorted(totals)}")
+        self._single_merge = self._plan_single_merge()
 
     begin_forward = plan
 
+    def _plan_single_merge(self):
+        """When every level runs on Triton: give each level its own workspace rows per token, so that all
+        levels write partial states and ONE merge launch combines them (instead of a merge per split
+        level plus a merge_state_in_place per extra level: fewer launches and host checks)."""
+        plans = [level._plan for level in self._levels]
+        if any(p.backend != "triton" for p in plans):
+            return None
+        counts = [[b - a for a, b in zip(ind[:-1], ind[1:])] for ind in (p.work.merge_indptr.tolist() for p in plans)]
+        starts, indptr = [[] for _ in plans], [0]
+        for t in range(plans[0].total_q):
+            row = indptr[-1]
+            for level, per_token in enumerate(counts):
+                starts[level].append(row)
+                row += per_token[t]
+            indptr.append(row)
+        device, first = plans[0].qo_indptr.device, plans[0]
+        works = [replace(p.work, split=True, merge_indptr=torch.tensor(st + [indptr[-1]], dtype=torch.int32,
+                                                                        device=device))
+                 for p, st in zip(plans, starts)]
+        partial_o, partial_lse = _carve(self._levels[0]._workspace, indptr[-1], first.num_qo_heads, first.head_dim)
+        return works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse
+
     def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False):
-        out, lse = self._levels[-1].run(q, paged_kv_cache, return_lse=True)
-        for level in self._levels[:-1]:
-            o_level, lse_level = level.run(q, paged_kv_cache, return_lse=True)
-            merge_state_in_place(out, lse, o_level, lse_level)
+        if getattr(self, "_single_merge", None) is None:
+            out, lse = self._levels[-1].run(q, paged_kv_cache, return_lse=True)
+            for level in self._levels[:-1]:
+                o_level, lse_level = level.run(q, paged_kv_cache, return_lse=True)
+                merge_state_in_place(out, lse, o_level, lse_level)
+            return (out, lse) if return_lse else out
+        from aiter_ext.ops.merge_state.api import _merge_many_out
+
+        from .kernels import launch_attention
+
+        works, indptr, partial_o, partial_lse = self._single_merge
+        out, lse = self._levels[0]._plan.checked_outputs(q, checked_paged_views(self._levels[0], paged_kv_cache)[0],
+                                                         None, None)
+        for level, work in zip(self._levels, works):
+            p = level._plan
+            k, v, strides = checked_paged_views(level, paged_kv_cache)
+            launch_attention(work, q, k, v, p.kv_indices, p.meta, p.qo_indptr.shape[0] - 1, out, lse, partial_o,
+                             partial_lse, paged=True, page_size=p.page_size, kv_strides=strides, sm_scale=p.sm_scale,
+                             causal=p.causal, window_left=p.window_left, logits_soft_cap=p.logits_soft_cap,
+                             merge=None)
+        _merge_many_out(partial_o, partial_lse, indptr, out, lse, None)
         return (out, lse) if return_lse else out
 
     forward = run

@@ -141,6 +141,14 @@ class AttentionPlan:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides, *, out=None, lse=None,
             return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None):
+        out, lse = self.checked_outputs(q, k, out, lse)
+        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult)
+        if v_scale is not None and v_scale != 1.0:
+            out.mul_(v_scale)
+        return (out, lse) if return_lse else out
+
+    def checked_outputs(self, q, k, out, lse):
+        """Check ``q`` and the cache against the plan (metadata only), and ``out``/``lse`` or allocate them."""
         check_tensor("q", q, ndim=3, dtypes=(self.q_dtype,))
         if k.dtype != self.kv_dtype:
             raise TypeError(f"the KV cache is {dtype_name(k.dtype)} but plan() was given kv_data_type="
@@ -163,10 +171,7 @@ class AttentionPlan:
         for name, t in (("out", out), ("lse", lse)):
             if not t.is_contiguous():
                 raise ValueError(f"{name} must be contiguous")
-        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult)
-        if v_scale is not None and v_scale != 1.0:
-            out.mul_(v_scale)
-        return (out, lse) if return_lse else out
+        return out, lse
 
 
 def _run_torch(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:

@@ -150,7 +150,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0, SOFT_CAP=cap > 0, SPLIT=plan.split,
         **launch_opts,
     )
-    if plan.split:
+    if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
 
 

@@ -79,6 +79,14 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
     if sinks is not None:
         raise ValueError("sinks= is not supported by this wrapper yet (attention sinks come with their own "
                          "wrapper); refusing rather than ignoring it")
+    k, v, strides = checked_paged_views(wrapper, paged_kv_cache)
+    mult = (q_scale or 1.0) * (k_scale or 1.0)
+    return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+
+
+def checked_paged_views(wrapper: _Wrapper, paged_kv_cache):
+    """The cache as K/V page views, checked against the wrapper's plan (metadata only)."""
+    plan = wrapper._require_plan()
     k, v, strides = _paged_views(paged_kv_cache, wrapper._kv_layout)
     if k.shape[1] != plan.page_size or k.shape[-1] != plan.head_dim:
         raise ValueError(f"paged_kv_cache pages of shape {tuple(k.shape[1:])} do not match plan() "
@@ -86,8 +94,7 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
     if plan.max_page >= k.shape[0]:
         raise ValueError(f"the page table from plan() uses page {plan.max_page}, but paged_kv_cache has "
                          f"{k.shape[0]} pages")
-    mult = (q_scale or 1.0) * (k_scale or 1.0)
-    return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+    return k, v, strides
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
