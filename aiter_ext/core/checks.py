@@ -61,3 +61,21 @@ def check_inner_contiguous(name: str, t: torch.Tensor, inner_dims: int) -> None:
             raise ValueError(f"{name} must be contiguous in its last {inner_dims} dimension(s) "
                              f"(got strides {tuple(t.stride())} for shape {tuple(t.shape)})")
         expected *= t.shape[dim]
+
+
+def check_indptr_values(name: str, indptr, total: int | None = None, total_what: str = "the total") -> None:
+    """A CSR offset array's values: starts at 0, nondecreasing, and (given ``total``) ends at it.
+
+    Reads the values on the host (a device sync for a GPU tensor): for ``plan()`` and CPU tensors only.
+    The error names the argument and the first offending position.
+    """
+    values = torch.as_tensor(indptr).to("cpu", torch.int64)
+    if int(values[0]) != 0:
+        raise ValueError(f"{name} must start at 0, got {name}[0] = {int(values[0])}")
+    down = values[1:] < values[:-1]
+    if bool(down.any()):
+        i = int(torch.nonzero(down)[0]) + 1
+        raise ValueError(f"{name} must be nondecreasing, but {name}[{i}] = {int(values[i])} "
+                         f"< {name}[{i - 1}] = {int(values[i - 1])}")
+    if total is not None and int(values[-1]) != total:
+        raise ValueError(f"{name}[-1] = {int(values[-1])} must equal {total_what} = {total}")

@@ -127,11 +127,13 @@ class MultiLevelCascadeAttentionWrapper:
         from .kernels import launch_attention
 
         works, indptr, partial_o, partial_lse = self._single_merge
-        out, lse = self._levels[0]._plan.checked_outputs(q, checked_paged_views(self._levels[0], paged_kv_cache)[0],
-                                                         None, None)
+        k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)  # the cache is unpacked once
+        for level in self._levels[1:]:  # each level's page ids against it (same page size: one plan() call)
+            if level._plan.max_page >= k.shape[0]:
+                checked_paged_views(level, paged_kv_cache)  # raises, naming the page and the cache size
+        out, lse = self._levels[0]._plan.checked_outputs(q, k, None, None)
         for level, work in zip(self._levels, works):
             p = level._plan
-            k, v, strides = checked_paged_views(level, paged_kv_cache)
             launch_attention(work, q, k, v, p.kv_indices, p.meta, p.qo_indptr.shape[0] - 1, out, lse, partial_o,
                              partial_lse, paged=True, page_size=p.page_size, kv_strides=strides, sm_scale=p.sm_scale,
                              causal=p.causal, window_left=p.window_left, logits_soft_cap=p.logits_soft_cap,

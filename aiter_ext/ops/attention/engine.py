@@ -16,7 +16,7 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op
-from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
+from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
 from . import aiter_backend, reference
 from .plan import WorkPlan, make_plan
@@ -99,7 +99,7 @@ class AttentionPlan:
         if len(qo) < 2 or len(qo) != len(kv):
             raise ValueError(f"qo_indptr and kv_indptr must both have batch_size + 1 >= 2 entries, got "
                              f"{len(qo)} and {len(kv)}")
-        _check_indptr("qo_indptr", qo)
+        check_indptr_values("qo_indptr", qo)
         if paged:
             from aiter_ext.ops.paged_kv import check_paged_kv_indices
 
@@ -111,7 +111,7 @@ class AttentionPlan:
             kv_lens = [(kv[b + 1] - kv[b] - 1) * page_size + last[b] if kv[b + 1] > kv[b] else 0
                        for b in range(len(kv) - 1)]
         else:
-            _check_indptr("kv_indptr", kv)
+            check_indptr_values("kv_indptr", kv)
             kv_lens = [kv[b + 1] - kv[b] for b in range(len(kv) - 1)]
             max_page = -1
         qo_lens = [qo[b + 1] - qo[b] for b in range(len(qo) - 1)]
@@ -217,15 +217,6 @@ def _triton_supports(call) -> tuple[bool, str]:
 ATTENTION.register("triton", _run_triton, supports=_triton_supports)
 ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
                    supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
-
-
-def _check_indptr(name: str, values: list[int]) -> None:
-    if values[0] != 0:
-        raise ValueError(f"{name} must start at 0, got {values[0]}")
-    for i in range(1, len(values)):
-        if values[i] < values[i - 1]:
-            raise ValueError(f"{name} must be nondecreasing: {name}[{i}] = {values[i]} < {name}[{i - 1}] = "
-                             f"{values[i - 1]}")
 
 
 def _carve(workspace: torch.Tensor, rows: int, heads: int, head_dim: int):

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from aiter_ext.core.checks import (
-    check_inner_contiguous, check_same_device, check_same_dtype, check_shape, check_tensor, dtype_name,
+    check_indptr_values, check_inner_contiguous, check_same_device, check_same_dtype, check_shape, check_tensor,
+    dtype_name,
 )
 
 from .backends import MERGE_STATE, MERGE_STATES
@@ -272,20 +273,9 @@ def variable_length_merge_states(v: torch.Tensor, s: torch.Tensor, indptr: torch
         raise ValueError("indptr must have seq_len + 1 >= 1 entries, got an empty tensor")
     check_same_device([("v", v), ("s", s), ("indptr", indptr)])
     if indptr.device.type == "cpu":
-        _check_indptr_values(indptr, v.shape[0])
+        check_indptr_values("indptr", indptr, v.shape[0], "the number of states v.shape[0]")
     n, (h, d) = indptr.shape[0] - 1, v.shape[1:]
     v_out = torch.empty((n, h, d), dtype=v.dtype, device=v.device)
     s_out = torch.empty((n, h), dtype=torch.float32, device=v.device)
     _call(_merge_many_out, v, s, indptr, v_out, s_out, backend)
     return v_out, s_out
-
-
-def _check_indptr_values(indptr: torch.Tensor, total: int) -> None:
-    if int(indptr[0]) != 0:
-        raise ValueError(f"indptr must start at 0, got {int(indptr[0])}")
-    if indptr.shape[0] > 1 and bool((indptr[1:] < indptr[:-1]).any()):
-        bad = int(torch.nonzero(indptr[1:] < indptr[:-1])[0])
-        raise ValueError(f"indptr must be nondecreasing, but indptr[{bad + 1}] = {int(indptr[bad + 1])} "
-                         f"< indptr[{bad}] = {int(indptr[bad])}")
-    if int(indptr[-1]) != total:
-        raise ValueError(f"indptr[-1] must equal the number of states v.shape[0] = {total}, got {int(indptr[-1])}")

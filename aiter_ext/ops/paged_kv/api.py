@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 import torch
 
-from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
+from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
 from .backends import BATCH_INDICES_POSITIONS, PAGED_KV_APPEND
 
@@ -522,15 +522,7 @@ def check_paged_kv_indices(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv
     _check_int("num_pages", num_pages, 0)
     check_same_device([("kv_indptr", kv_indptr), ("kv_indices", kv_indices), ("kv_last_page_len", kv_last_page_len)])
     indptr, indices, last = (t.to("cpu", torch.int64) for t in (kv_indptr, kv_indices, kv_last_page_len))
-    if int(indptr[0]) != 0:
-        raise ValueError(f"kv_indptr must start at 0, got kv_indptr[0] = {int(indptr[0])}")
-    down = indptr[1:] < indptr[:-1]
-    if bool(down.any()):
-        i = int(torch.nonzero(down)[0]) + 1
-        raise ValueError(f"kv_indptr must be nondecreasing, but kv_indptr[{i}] = {int(indptr[i])} "
-                         f"< kv_indptr[{i - 1}] = {int(indptr[i - 1])}")
-    if int(indptr[-1]) != indices.shape[0]:
-        raise ValueError(f"kv_indptr[-1] = {int(indptr[-1])} must equal len(kv_indices) = {indices.shape[0]}")
+    check_indptr_values("kv_indptr", indptr, indices.shape[0], "len(kv_indices)")
     _raise_at("kv_indices", (indices < 0) | (indices >= num_pages), indices,
               f"is out of range [0, num_pages={num_pages})")
     has_pages = indptr[1:] > indptr[:-1]
