@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
 LOG2E = 1.4426950408889634
 
 
@@ -28,19 +30,70 @@ def _tanh(x):
 
 
 @triton.jit
+def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag, cols, h_kv,
+                  sm_scale_log2, cap_pre, cap_post, window_left,
+                  stride_kv_page, stride_kv_slot, stride_kv_head,
+                  BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr):
+    """One online-softmax step over keys [start, start + BLOCK_N). ``MASKED`` is False for the blocks
+    that lie wholly inside the chunk, below every row's diagonal and inside every row's window: they
+    skip all per-element masks (each mask costs compares, and on AMD 64-bit lane masks held in SGPRs)."""
+    keys = start + tl.arange(0, BLOCK_N)
+    if MASKED:
+        # Keys past the chunk's end read the chunk's last key instead of being masked: every load is
+        # in bounds and unpredicated, and the score mask below gives those keys zero weight.
+        keys_read = tl.minimum(keys, kv_hi - 1)
+    else:
+        keys_read = keys
+    if PAGED:
+        page = tl.load(kv_indices + kv_begin + keys_read // PAGE_SIZE).to(tl.int64)
+        kv_off = page * stride_kv_page + (keys_read % PAGE_SIZE) * stride_kv_slot + h_kv * stride_kv_head
+    else:
+        kv_off = (kv_begin + keys_read).to(tl.int64) * stride_kv_page + h_kv * stride_kv_head
+    k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :])
+    qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
+    if SOFT_CAP:
+        s = cap_post * _tanh(qk * cap_pre)
+    else:
+        s = qk * sm_scale_log2
+    if MASKED:
+        # One integer "room" per score, visible iff >= 0: a single compare (one lane mask) per
+        # element instead of one per condition. Padding rows need no mask: they are never stored.
+        room = (kv_hi - 1 - keys)[None, :]
+        if CAUSAL:
+            room = tl.minimum(room, diag[:, None] - keys[None, :])
+        if HAS_WINDOW:
+            room = tl.minimum(room, keys[None, :] - diag[:, None] + window_left)
+        s = tl.where(room >= 0, s, float("-inf"))
+
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    if MASKED:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
+    else:
+        m_safe = m_new  # an unmasked block gives every row a finite score
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    v_tile = tl.load(v_cache + kv_off[:, None] + cols[None, :])
+    acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile.to(q_tile.dtype))
+    return acc, m_new, l
+
+
+@triton.jit
 def attention_kernel(
     q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr,
-    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left, page_size,
+    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
-    SPLIT: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    # Few scalar arguments on purpose: every one takes SGPRs, and with ~30 of them the AMD compile
-    # spilled SGPRs. So the request tables are packed into `meta` (qo_indptr | kv_indptr |
-    # kv_last_page_len), the work list into `work` [5, num_work], K and V share their strides, and
-    # o/lse are packed [rows, Hq, D] / [rows, Hq] with Hq = GROUP * (KV heads in the grid).
+    # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
+    # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
+    # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
+    # [rows, Hq, D] / [rows, Hq] with Hq = GROUP * (KV heads in the grid). HEAD_DIM is a power of
+    # two (64/128/256), so no column masks; PAGE_SIZE is constexpr so a key's page and slot cost a
+    # shift (or a multiply by a constant), not a runtime division.
     w = tl.program_id(0)
     h_kv = tl.program_id(1)
     num_qo_heads = GROUP * tl.num_programs(1)
@@ -54,7 +107,7 @@ def attention_kernel(
     kv_begin = tl.load(meta + batch + 1 + req)
     if PAGED:
         num_pages = tl.load(meta + batch + 2 + req) - kv_begin
-        kv_len = tl.where(num_pages > 0, (num_pages - 1) * page_size + tl.load(meta + 2 * batch + 2 + req), 0)
+        kv_len = tl.where(num_pages > 0, (num_pages - 1) * PAGE_SIZE + tl.load(meta + 2 * batch + 2 + req), 0)
     else:
         kv_len = tl.load(meta + batch + 2 + req) - kv_begin
 
@@ -62,11 +115,10 @@ def attention_kernel(
     qpos = rows // GROUP
     head = h_kv * GROUP + rows % GROUP
     row_ok = qpos < qo_len
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < HEAD_DIM
+    cols = tl.arange(0, HEAD_DIM)
     q_tok = (qo_begin + qpos).to(tl.int64)
     q_tile = tl.load(q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head + cols[None, :],
-                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                     mask=row_ok[:, None], other=0.0)
 
     # Keys this tile can see at all: causal ends at the last row's diagonal, the window starts at
     # the first row's. Aligned bottom-right: query i sees key j iff j <= i + kv_len - qo_len.
@@ -76,40 +128,29 @@ def attention_kernel(
         kv_hi = tl.minimum(kv_hi, last_q + (kv_len - qo_len) + 1)
     if HAS_WINDOW:
         kv_lo = tl.maximum(kv_lo, row0 // GROUP + (kv_len - qo_len) - window_left)
+    # Whole blocks that every row of the tile sees entirely need no masks: those that end inside the
+    # chunk and, causally, at or before the first row's diagonal. Padding rows (past qo_len) score 0
+    # against them and are never stored. With a window the lower edge differs per row: all masked.
+    unmasked_hi = kv_lo + tl.maximum(kv_hi - kv_lo, 0) // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        first_diag = row0 // GROUP + (kv_len - qo_len)
+        unmasked_hi = tl.minimum(unmasked_hi, kv_lo + tl.maximum(first_diag + 1 - kv_lo, 0) // BLOCK_N * BLOCK_N)
+    if HAS_WINDOW:
+        unmasked_hi = kv_lo
 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(kv_lo, kv_hi, BLOCK_N):
-        keys = start + tl.arange(0, BLOCK_N)
-        key_ok = keys < kv_hi
-        if PAGED:
-            page = tl.load(kv_indices + kv_begin + keys // page_size, mask=key_ok, other=0).to(tl.int64)
-            kv_off = page * stride_kv_page + (keys % page_size) * stride_kv_slot + h_kv * stride_kv_head
-        else:
-            kv_off = (kv_begin + keys).to(tl.int64) * stride_kv_page + h_kv * stride_kv_head
-        kv_mask = key_ok[:, None] & col_ok[None, :]
-        k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
-        if SOFT_CAP:
-            s = cap_post * _tanh(qk * cap_pre)
-        else:
-            s = qk * sm_scale_log2
-        visible = row_ok[:, None] & key_ok[None, :]
-        if CAUSAL:
-            visible = visible & (keys[None, :] <= diag[:, None])
-        if HAS_WINDOW:
-            visible = visible & (keys[None, :] >= diag[:, None] - window_left)
-        s = tl.where(visible, s, float("-inf"))
-
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
-        alpha = tl.exp2(m - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        v_tile = tl.load(v_cache + kv_off[:, None] + cols[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile.to(q_tile.dtype))
-        m = m_new
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start in range(kv_lo, unmasked_hi, BLOCK_N):
+        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
+                                  cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
+                                  stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
+                                  False, CAUSAL, HAS_WINDOW, SOFT_CAP)
+    for start in range(unmasked_hi, kv_hi, BLOCK_N):
+        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
+                                  cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
+                                  stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
+                                  True, CAUSAL, HAS_WINDOW, SOFT_CAP)
 
     empty = l == 0.0
     out = acc / tl.where(empty, 1.0, l)[:, None]
@@ -120,8 +161,7 @@ def attention_kernel(
     else:
         out_row = q_tok
     out_idx = out_row * num_qo_heads + head
-    tl.store(o + out_idx[:, None] * HEAD_DIM + cols[None, :], out.to(o.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(o + out_idx[:, None] * HEAD_DIM + cols[None, :], out.to(o.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse + out_idx, row_lse, mask=row_ok)
 
 
@@ -144,10 +184,10 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
         batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
-        page_size, q.stride(0), q.stride(1), *kv_strides,
-        GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
-        PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0, SOFT_CAP=cap > 0, SPLIT=plan.split,
+        q.stride(0), q.stride(1), *kv_strides,
+        GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
+        SOFT_CAP=cap > 0, SPLIT=plan.split,
         **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
@@ -155,44 +195,49 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 
 
 # --------------------------------------------------------------------------------------------------
-# The AMD compile check: each head dim with the tiles plan.py picks (decode-sized and prefill-sized
-# query tiles), paged and ragged, split and direct, in both 16-bit dtypes.
+# The AMD compile check: each head dim with the tiles plan.py picks for AMD (a decode-sized and a
+# prefill-sized query tile), paged and ragged, split and direct, in both 16-bit dtypes; then, at d128,
+# each feature flag and KV format the engine launches (no causal, window, soft cap, fp8 KV, page 1).
 
 def aot_specs():
-    from aiter_ext.core.aot import KernelSpec
-
     from .plan import default_config
 
     pointer_args = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
     stride_args = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
+
+    def spec(dtype, head_dim, rows, paged, split, kv_dtype=None, page_size=16, label="", **flags):
+        cfg = default_config(rows, head_dim, arch="gfx942")  # what an AMD launch would use
+        kv_dtype = kv_dtype or dtype
+        sig = {n: "*i32" for n in pointer_args}
+        sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32",
+                   o="*fp32" if split else f"*{dtype}")
+        sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
+        sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in stride_args})
+        consts = {"GROUP": 8 if rows == 8 else 4, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"],
+                  "BLOCK_N": cfg["BLOCK_N"], "PAGE_SIZE": page_size if paged else 1, "PAGED": paged,
+                  "CAUSAL": True, "HAS_WINDOW": False, "SOFT_CAP": False, "SPLIT": split, **flags}
+        kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
+        name = f"attention[{dtype}-d{head_dim}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
+        options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+        return KernelSpec(name, attention_kernel, sig, consts, options, uses_dot=True,
+                          divisible_by_16=pointer_args + stride_args)
+
     for dtype in ("bf16", "fp16"):
         for head_dim in (64, 128, 256):
-            for rows in (8, 64):  # a GQA decode tile (group 8) and a prefill tile
-                cfg = default_config(rows, head_dim, arch="gfx942")  # what an AMD launch would use
-                block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
-                options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+            for rows in (8, 64):
                 for paged, split in ((True, True), (True, False), (False, False)):
-                    sig = {n: "*i32" for n in pointer_args}
-                    sig.update(q=f"*{dtype}", k_cache=f"*{dtype}", v_cache=f"*{dtype}", lse="*fp32",
-                               o="*fp32" if split else f"*{dtype}")
-                    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
-                    sig.update(batch="i32", num_work="i32", window_left="i32", page_size="i32",
-                               **{n: "i32" for n in stride_args})
-                    consts = {"GROUP": 8 if rows == 8 else 4, "HEAD_DIM": head_dim, "BLOCK_D": head_dim,
-                              "BLOCK_M": block_m, "BLOCK_N": block_n, "PAGED": paged, "CAUSAL": True,
-                              "HAS_WINDOW": False, "SOFT_CAP": False, "SPLIT": split}
-                    kind = ("paged" if paged else "ragged") + ("-split" if split else "")
-                    yield KernelSpec(f"attention[{dtype}-d{head_dim}-m{block_m}n{block_n}-{kind}]", attention_kernel,
-                                     sig, consts, options, uses_dot=True,
-                                     divisible_by_16=pointer_args + stride_args)
+                    yield spec(dtype, head_dim, rows, paged, split)
+    for rows in (8, 64):
+        yield spec("bf16", 128, rows, True, True, label="-nocausal", CAUSAL=False)
+        yield spec("bf16", 128, rows, True, True, label="-window", HAS_WINDOW=True)
+        yield spec("bf16", 128, rows, True, True, label="-softcap", SOFT_CAP=True)
+        yield spec("bf16", 128, rows, True, True, kv_dtype="fp8e4nv", label="-kv_e4m3fn")
+        yield spec("bf16", 128, rows, True, True, page_size=1, label="-page1")
 
 
-# NOT registered with `aiter-ext aot --check` yet, on purpose (issue 3 is open): on Triton 3.9 every
-# variant above compiles for gfx942 and gfx950 with MFMA for both dots and LDS within the limits, but
-# the paged variants spill SGPRs into VGPR lanes (no scratch), which the check rightly fails; the
-# ragged ones mostly pass. Tried without success: fewer kernel arguments; a constexpr page size
-# (shifts instead of divisions: a few SGPRs fewer); other warps/stages/waves_per_eu. 32-bit addressing
-# plus num_stages=1 cured the 16-row tiles only, and 32-bit page offsets overflow on real KV caches.
-# Next: address K/V pages through a per-page base (page * stride once per page, not per key row). Inspect with:
-#   python3 -c "from aiter_ext.core import aot; from aiter_ext.ops.attention import kernels; \
-#     aot.register_aot_specs('attention', kernels.aot_specs); raise SystemExit(aot.cli(['--check', '--kernel', 'attention']))"
+# History, for the next engineer: the first version of this kernel spilled SGPRs into VGPR lanes on
+# gfx942/gfx950 in every paged variant. The causes were per-element masks, each a 64-bit lane mask
+# in SGPRs (a masked load is also an exec-mask branch on AMD), and a runtime page-size division. The
+# cure: unmasked loads of clamped key indices, masks only on boundary blocks and folded into one
+# compare per score, and a constexpr PAGE_SIZE.
+register_aot_specs("attention", aot_specs)
