@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Everything one lent-GPU call does for the ops so far, in one go (device time is scarce):
-# the tests on their full grids (compiled Triton, the C++ kernels, bf16, graph capture), the benchmark
-# beside FlashInfer, the tuner, and the gap matrix. Logs and the tuned CSV land in $OUT.
-#   run from the repository root; carry .bench (the FlashInfer bundle from ../shared/tools/flashinfer-bundle)
+# One lent-GPU call for the ops so far (device time is scarce): the chosen sections, in order, each
+# logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
+# ../shared/tools/flashinfer-bundle).
+#   bash op_tests/gpu_session.sh [sections...]     sections: merge attention-tests attention-bench sweep gap
+#   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AITER_EXT_JIT_DIR=/tmp/aiter_ext_jit
@@ -12,13 +13,26 @@ fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || echo "FlashInfer unavailable"
-echo "== tests (full grids)"
-python3 -m pytest -q -p no:cacheprovider op_tests/test_merge_state.py op_tests/test_dispatch.py op_tests/test_jit.py \
-  2>&1 | tee "$OUT/pytest.log" | tail -n 8
-echo "== benchmark"
-python3 op_tests/test_merge_state.py --graph "$@" 2>&1 | tee "$OUT/bench.log"
-echo "== tuner"
-python3 -m aiter_ext tune merge_state 2>&1 | tee "$OUT/tune.log" | tail -n 14
-cp configs/tuned_csv/merge_state_tuned.csv "$OUT/" 2>/dev/null
-echo "== gap"
-python3 -m aiter_ext gap 2>&1 | tail -n 3
+sections=${*:-merge attention-tests attention-bench sweep gap}
+for section in $sections; do
+  echo "== $section"
+  case $section in
+    merge)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_merge_state.py op_tests/test_dispatch.py \
+        op_tests/test_jit.py 2>&1 | tee "$OUT/pytest-merge.log" | tail -n 8
+      python3 op_tests/test_merge_state.py --graph 2>&1 | tee "$OUT/bench-merge.log"
+      python3 -m aiter_ext tune merge_state 2>&1 | tee "$OUT/tune.log" | tail -n 14
+      cp configs/tuned_csv/merge_state_tuned.csv "$OUT/" 2>/dev/null ;;
+    attention-tests)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_paged_kv.py op_tests/test_attention.py \
+        op_tests/test_cascade.py op_tests/test_aiter_backend.py 2>&1 | tee "$OUT/pytest-attention.log" | tail -n 12 ;;
+    attention-bench)  # the AMD compile tables come from CPU runs (--amd-table only), not device time
+      python3 op_tests/test_cascade.py --amd-table no 2>&1 | tee "$OUT/bench-cascade.log"
+      python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;
+    sweep)
+      python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
+    gap)
+      python3 -m aiter_ext gap 2>&1 | tail -n 3 ;;
+    *) echo "unknown section $section"; exit 2 ;;
+  esac
+done

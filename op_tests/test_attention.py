@@ -252,3 +252,48 @@ def test_fp8_kv_with_scales(backend, fp8, decode):
     _check(out, lse, ref_out.to(q_dtype), ref_lse, q_dtype)
     with pytest.raises(TypeError, match="plan\\(\\) was given kv_data_type"):
         w.run(q, cache8.to(torch.float16))
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark CLI: python op_tests/test_attention.py  (GPU; beside FlashInfer when it is installed)
+
+BENCH_CASES = (  # (name, query lengths, KV lengths, causal); 32 query / 8 KV heads, d128, page 16, bf16
+    ("decode 32 x 16384", [1] * 32, [16384] * 32, False),
+    ("decode 128 x 2048", [1] * 128, [2048] * 128, False),
+    ("prefill causal 8 x 2048", [2048] * 8, [2048] * 8, True),
+    ("prefill 4 x 4096 (not causal)", [4096] * 4, [4096] * 4, False),
+)
+
+
+def bench_main(argv=None) -> int:
+    import argparse
+
+    from attention_utils import bench_paged_case, print_amd_compile_table
+
+    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
+
+    parser = argparse.ArgumentParser(description="batch decode/prefill benchmark beside FlashInfer")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
+    parser.add_argument("--no-flashinfer", action="store_true")
+    parser.add_argument("--amd-table", choices=("yes", "no", "only"), default="yes",
+                        help="print the gfx942/gfx950 compile table of the configs these shapes use")
+    args = parser.parse_args(argv)
+    if args.amd_table != "no" and not print_amd_compile_table([(4, 4, False), (64, 4, True), (64, 4, False)]):
+        return 1
+    if args.amd_table == "only":
+        return 0
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
+        return 2
+    warm_up_gpu()
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, peak bf16 "
+          f"{args.peak_tflops} TFLOP/s; 32/8 heads, head_dim 128, page 16, bf16, shuffled pages")
+    rows = [row for name, qo, kv, causal in BENCH_CASES
+            for row in bench_paged_case(name, qo, kv, causal, [None], fi, args.peak_tflops, copy_gbs)]
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())

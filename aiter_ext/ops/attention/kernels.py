@@ -86,7 +86,7 @@ def attention_kernel(
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr,
+    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr = False,
 ):
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
@@ -141,7 +141,7 @@ def attention_kernel(
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for start in range(kv_lo, unmasked_hi, BLOCK_N):
+    for start in tl.range(kv_lo, unmasked_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
                                   cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
                                   stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
@@ -187,7 +187,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
-        SOFT_CAP=cap > 0, SPLIT=plan.split,
+        SOFT_CAP=cap > 0, SPLIT=plan.split, WARP_SPECIALIZE=plan.warp_specialize,
         **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
@@ -199,40 +199,47 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 # prefill-sized query tile), paged and ragged, split and direct, in both 16-bit dtypes; then, at d128,
 # each feature flag and KV format the engine launches (no causal, window, soft cap, fp8 KV, page 1).
 
-def aot_specs():
+POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
+STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
+
+
+def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: bool, split: bool, *,
+                kv_dtype: str | None = None, page_size: int = 16, arch: str = "gfx942", label: str = "",
+                **flags) -> KernelSpec:
+    """The compile an AMD launch of ``arch`` makes for this shape: ``dtype``/``kv_dtype`` are Triton
+    names (``bf16``, ``fp8e4nv``), ``packed_rows`` the largest (query positions x group) of the plan,
+    ``flags`` override CAUSAL (default True), HAS_WINDOW, SOFT_CAP."""
     from .plan import default_config
 
-    pointer_args = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
-    stride_args = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
+    cfg = default_config(packed_rows, head_dim, arch=arch)
+    kv_dtype = kv_dtype or dtype
+    sig = {n: "*i32" for n in POINTER_ARGS}
+    sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32",
+               o="*fp32" if split else f"*{dtype}")
+    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
+    sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
+    consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
+              "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
+              "SOFT_CAP": False, "SPLIT": split, "WARP_SPECIALIZE": False, **flags}
+    kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
+    name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
+    options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    return KernelSpec(name, attention_kernel, sig, consts, options, uses_dot=True,
+                      divisible_by_16=POINTER_ARGS + STRIDE_ARGS)
 
-    def spec(dtype, head_dim, rows, paged, split, kv_dtype=None, page_size=16, label="", **flags):
-        cfg = default_config(rows, head_dim, arch="gfx942")  # what an AMD launch would use
-        kv_dtype = kv_dtype or dtype
-        sig = {n: "*i32" for n in pointer_args}
-        sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32",
-                   o="*fp32" if split else f"*{dtype}")
-        sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
-        sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in stride_args})
-        consts = {"GROUP": 8 if rows == 8 else 4, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"],
-                  "BLOCK_N": cfg["BLOCK_N"], "PAGE_SIZE": page_size if paged else 1, "PAGED": paged,
-                  "CAUSAL": True, "HAS_WINDOW": False, "SOFT_CAP": False, "SPLIT": split, **flags}
-        kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
-        name = f"attention[{dtype}-d{head_dim}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
-        options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-        return KernelSpec(name, attention_kernel, sig, consts, options, uses_dot=True,
-                          divisible_by_16=pointer_args + stride_args)
 
+def aot_specs():
     for dtype in ("bf16", "fp16"):
         for head_dim in (64, 128, 256):
-            for rows in (8, 64):
+            for rows, group in ((8, 8), (64, 4)):  # a GQA decode tile and a prefill tile
                 for paged, split in ((True, True), (True, False), (False, False)):
-                    yield spec(dtype, head_dim, rows, paged, split)
-    for rows in (8, 64):
-        yield spec("bf16", 128, rows, True, True, label="-nocausal", CAUSAL=False)
-        yield spec("bf16", 128, rows, True, True, label="-window", HAS_WINDOW=True)
-        yield spec("bf16", 128, rows, True, True, label="-softcap", SOFT_CAP=True)
-        yield spec("bf16", 128, rows, True, True, kv_dtype="fp8e4nv", label="-kv_e4m3fn")
-        yield spec("bf16", 128, rows, True, True, page_size=1, label="-page1")
+                    yield kernel_spec(dtype, head_dim, rows, group, paged, split)
+    for rows, group in ((8, 8), (64, 4)):
+        yield kernel_spec("bf16", 128, rows, group, True, True, label="-nocausal", CAUSAL=False)
+        yield kernel_spec("bf16", 128, rows, group, True, True, label="-window", HAS_WINDOW=True)
+        yield kernel_spec("bf16", 128, rows, group, True, True, label="-softcap", SOFT_CAP=True)
+        yield kernel_spec("bf16", 128, rows, group, True, True, kv_dtype="fp8e4nv", label="-kv_e4m3fn")
+        yield kernel_spec("bf16", 128, rows, group, True, True, page_size=1, label="-page1")
 
 
 # History, for the next engineer: the first version of this kernel spilled SGPRs into VGPR lanes on
