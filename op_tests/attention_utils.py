@@ -38,12 +38,13 @@ def kv_of(cache, layout="NHD"):
 
 
 def bench_paged_case(name, qo_lens, kv_lens, causal, configs, fi, peak_tflops, copy_gbs, *, num_qo_heads=32,
-                     num_kv_heads=8, head_dim=128, page_size=16, dtype=torch.bfloat16):
+                     num_kv_heads=8, head_dim=128, page_size=16, dtype=torch.bfloat16, ragged=False):
     """Time ``BatchPrefillWithPagedKVCacheWrapper`` on one shape for each config (``None``: the plan's
     default), each output checked against FlashInfer's (or, without it, the fp32 reference) first.
     Rows: time, the floor (max of FLOPs at ``peak_tflops`` and bytes at ``copy_gbs``), percent of it,
     and FlashInfer's time in the same run: its prefill wrapper, and for decode the faster of that and
-    its tensor-core decode wrapper."""
+    its tensor-core decode wrapper. ``ragged``: ours reads the same KV gathered into contiguous
+    ``[tokens, Hkv, D]`` tensors (BatchPrefillWithRaggedKVCacheWrapper), to see what paging costs."""
     import aiter_ext
     from aiter_ext.core.bench import time_us
     from aiter_ext.core.testing import max_error
@@ -75,18 +76,23 @@ def bench_paged_case(name, qo_lens, kv_lens, causal, configs, fi, peak_tflops, c
     nbytes = 2 * sum(kv_lens) * num_kv_heads * head_dim * dtype.itemsize + 2 * q.numel() * dtype.itemsize
     floor_us = max(flops / (peak_tflops * 1e6), nbytes / (copy_gbs * 1e3))
     ws = torch.empty(512 << 20, dtype=torch.uint8, device=dev)
+    if ragged:
+        kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(dev), kv_indices.to(dev), last.to(dev))
+        k_ragged, v_ragged = (torch.cat([pair[i] for pair in kv]).contiguous() for i in (0, 1))
+        ragged_args = (qo_indptr.to(dev), indptr_of(kv_lens).to(dev), num_qo_heads, num_kv_heads, head_dim)
     rows = []
     for cfg in configs:
-        w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(ws)
+        w = (aiter_ext.BatchPrefillWithRaggedKVCacheWrapper if ragged else aiter_ext.BatchPrefillWithPagedKVCacheWrapper)(ws)
         w._config = cfg
-        row = {"case": name, "config": "default" if cfg is None else str(cfg)}
+        row = {"case": name + (" [ragged]" if ragged else ""), "config": "default" if cfg is None else str(cfg)}
+        run = (lambda: w.run(q, k_ragged, v_ragged)) if ragged else (lambda: w.run(q, cache))
         try:
-            w.plan(*args, causal=causal, q_data_type=dtype)
-            err = max_error(w.run(q, cache), expected)
+            w.plan(*(ragged_args if ragged else args), causal=causal, q_data_type=dtype)
+            err = max_error(run(), expected)
             if not err <= 5e-2:
                 rows.append({**row, "note": f"WRONG (max error {err:.3g})"})
                 continue
-            us = time_us(lambda: w.run(q, cache))
+            us = time_us(run)
         except Exception as exc:  # a config that does not compile (too much shared memory, ...)
             rows.append({**row, "note": f"{type(exc).__name__}: {str(exc)[:80]}"})
             continue

@@ -23,8 +23,8 @@ from aiter_ext.core.bench import copy_bandwidth_gbs, markdown_table, warm_up_gpu
 
 
 
-def _case(name, qo_lens, kv_lens, causal, configs, fi, peak, copy_gbs):
-    rows = bench_paged_case(name, qo_lens, kv_lens, causal, configs, fi, peak, copy_gbs)
+def _case(name, qo_lens, kv_lens, causal, configs, fi, peak, copy_gbs, ragged=False):
+    rows = bench_paged_case(name, qo_lens, kv_lens, causal, configs, fi, peak, copy_gbs, ragged=ragged)
     good = sorted((r for r in rows if r.get("us")), key=lambda r: r["us"])
     floor = good[0]["floor_us"] if good else None
     print(f"\n## {name}: floor {floor} us, FlashInfer {good[0]['fi_us'] if good else None} us; "
@@ -48,19 +48,20 @@ def main() -> int:
     grid = lambda **kw: [dict(zip(kw, v)) for v in itertools.product(*kw.values())]  # noqa: E731
     print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, bf16 peak taken as {peak} TFLOP/s")
     best = []
+    tiles = [None] + grid(BLOCK_M=[64], BLOCK_N=[32, 64], num_warps=[4], num_stages=[3]) \
+        + grid(BLOCK_M=[128], BLOCK_N=[32, 64], num_warps=[4, 8], num_stages=[2, 3]) \
+        + grid(BLOCK_M=[128], BLOCK_N=[128], num_warps=[8], num_stages=[2])
     best += _case("cascade shared level: 128 queries x 32768 keys", [128], [32768], False,
-                  [None] + grid(BLOCK_M=[64], BLOCK_N=[32, 64], num_warps=[4], num_stages=[2, 3, 4],
-                                min_chunk=[512, 2048])
-                  + grid(BLOCK_M=[128], BLOCK_N=[32, 64], num_warps=[8], num_stages=[2, 3], min_chunk=[1024])
-                  + grid(BLOCK_M=[64, 128], BLOCK_N=[64], num_warps=[4, 8], num_stages=[2, 3], min_chunk=[1024],
-                         warp_specialize=[True]), fi, peak, copy_gbs)
+                  [cfg and {**cfg, "min_chunk": 2048} for cfg in tiles], fi, peak, copy_gbs)
     best += _case("decode, no sharing: 32 x 16384 keys", [1] * 32, [16384] * 32, False,
-                  [None] + grid(BLOCK_M=[16], BLOCK_N=[64, 128], num_warps=[2, 4], num_stages=[3, 4]),
+                  [None] + grid(BLOCK_M=[16], BLOCK_N=[32, 64], num_warps=[2, 4], num_stages=[3, 4]),
                   fi, peak, copy_gbs)
     if not quick:
-        best += _case("prefill, causal: 8 x 2048", [2048] * 8, [2048] * 8, True,
-                      [None] + grid(BLOCK_M=[64, 128], BLOCK_N=[32, 64], num_warps=[4, 8], num_stages=[2, 3]),
-                      fi, peak, copy_gbs)
+        for ragged in (False, True):
+            best += _case("prefill, causal: 8 x 2048", [2048] * 8, [2048] * 8, True, tiles, fi, peak, copy_gbs,
+                          ragged=ragged)
+            best += _case("prefill, not causal: 4 x 4096", [4096] * 4, [4096] * 4, False, tiles, fi, peak,
+                          copy_gbs, ragged=ragged)
     print("\n## best per case")
     print(markdown_table(best))
     return 0

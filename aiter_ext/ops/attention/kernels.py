@@ -86,7 +86,7 @@ def attention_kernel(
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr = False,
+    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr,
 ):
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
@@ -141,7 +141,7 @@ def attention_kernel(
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for start in tl.range(kv_lo, unmasked_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+    for start in range(kv_lo, unmasked_hi, BLOCK_N):
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
                                   cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
                                   stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
@@ -187,7 +187,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
-        SOFT_CAP=cap > 0, SPLIT=plan.split, WARP_SPECIALIZE=plan.warp_specialize,
+        SOFT_CAP=cap > 0, SPLIT=plan.split,
         **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
@@ -220,7 +220,7 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
-              "SOFT_CAP": False, "SPLIT": split, "WARP_SPECIALIZE": False, **flags}
+              "SOFT_CAP": False, "SPLIT": split, **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
     options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
