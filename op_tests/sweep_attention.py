@@ -1,6 +1,6 @@
 """Sweep the attention engine's kernel configs on a GPU, beside FlashInfer (an experiment, not a test).
 
-    python op_tests/sweep_attention.py [--quick]
+    python op_tests/sweep_attention.py [--quick] [--ragged]
 
 Cases: cascade's shared level (batch 128 x 32768 shared keys), long-context decode without sharing
 (batch 32 x 16384 keys), and a causal batch prefill (8 x 2048). Prints, per case, the floor, the best
@@ -48,16 +48,18 @@ def main() -> int:
     grid = lambda **kw: [dict(zip(kw, v)) for v in itertools.product(*kw.values())]  # noqa: E731
     print(f"{torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s, bf16 peak taken as {peak} TFLOP/s")
     best = []
-    tiles = [None] + grid(BLOCK_M=[64], BLOCK_N=[32, 64], num_warps=[4], num_stages=[3]) \
-        + grid(BLOCK_M=[128], BLOCK_N=[32, 64], num_warps=[4, 8], num_stages=[2, 3]) \
-        + grid(BLOCK_M=[128], BLOCK_N=[128], num_warps=[8], num_stages=[2])
+    tiles = [None] + grid(BLOCK_M=[64], BLOCK_N=[32, 64], num_warps=[4], num_stages=[3], prefetch_pages=[False, True]) \
+        + grid(BLOCK_M=[128], BLOCK_N=[32], num_warps=[4], num_stages=[3], prefetch_pages=[False, True]) \
+        + grid(BLOCK_M=[128], BLOCK_N=[64], num_warps=[8], num_stages=[3], prefetch_pages=[False, True]) \
+        + grid(BLOCK_M=[128], BLOCK_N=[128], num_warps=[8], num_stages=[2], prefetch_pages=[False, True])
     best += _case("cascade shared level: 128 queries x 32768 keys", [128], [32768], False,
                   [cfg and {**cfg, "min_chunk": 2048} for cfg in tiles], fi, peak, copy_gbs)
     best += _case("decode, no sharing: 32 x 16384 keys", [1] * 32, [16384] * 32, False,
-                  [None] + grid(BLOCK_M=[16], BLOCK_N=[32, 64], num_warps=[2, 4], num_stages=[3, 4]),
+                  [None] + grid(BLOCK_M=[16], BLOCK_N=[64], num_warps=[2], num_stages=[3, 4], prefetch_pages=[True]),
                   fi, peak, copy_gbs)
     if not quick:
-        for ragged in (False, True):
+        ragged_too = "--ragged" in sys.argv
+        for ragged in (False, True) if ragged_too else (False,):
             best += _case("prefill, causal: 8 x 2048", [2048] * 8, [2048] * 8, True, tiles, fi, peak, copy_gbs,
                           ragged=ragged)
             best += _case("prefill, not causal: 4 x 4096", [4096] * 4, [4096] * 4, False, tiles, fi, peak,

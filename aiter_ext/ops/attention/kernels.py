@@ -30,26 +30,24 @@ def _tanh(x):
 
 
 @triton.jit
-def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag, cols, h_kv,
-                  sm_scale_log2, cap_pre, cap_post, window_left,
-                  stride_kv_page, stride_kv_slot, stride_kv_head,
-                  BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
-                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr):
-    """One online-softmax step over keys [start, start + BLOCK_N). ``MASKED`` is False for the blocks
-    that lie wholly inside the chunk, below every row's diagonal and inside every row's window: they
-    skip all per-element masks (each mask costs compares, and on AMD 64-bit lane masks held in SGPRs)."""
-    keys = start + tl.arange(0, BLOCK_N)
-    if MASKED:
-        # Keys past the chunk's end read the chunk's last key instead of being masked: every load is
-        # in bounds and unpredicated, and the score mask below gives those keys zero weight.
-        keys_read = tl.minimum(keys, kv_hi - 1)
-    else:
-        keys_read = keys
+def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head,
+                 PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr):
+    """Element offsets of the K/V rows of ``keys`` (positions in the request's KV) for KV head ``h_kv``."""
     if PAGED:
-        page = tl.load(kv_indices + kv_begin + keys_read // PAGE_SIZE).to(tl.int64)
-        kv_off = page * stride_kv_page + (keys_read % PAGE_SIZE) * stride_kv_slot + h_kv * stride_kv_head
+        page = tl.load(kv_indices + kv_begin + keys // PAGE_SIZE).to(tl.int64)
+        return page * stride_kv_page + (keys % PAGE_SIZE) * stride_kv_slot + h_kv * stride_kv_head
     else:
-        kv_off = (kv_begin + keys_read).to(tl.int64) * stride_kv_page + h_kv * stride_kv_head
+        return (kv_begin + keys).to(tl.int64) * stride_kv_page + h_kv * stride_kv_head
+
+
+@triton.jit
+def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
+                  sm_scale_log2, cap_pre, cap_post, window_left,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr):
+    """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
+    ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
+    and inside every row's window: they skip all per-element masks (each mask costs compares, and on
+    AMD 64-bit lane masks held in SGPRs)."""
     k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :])
     qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
     if SOFT_CAP:
@@ -86,7 +84,7 @@ def attention_kernel(
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr,
+    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr = False,
 ):
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
@@ -141,16 +139,30 @@ def attention_kernel(
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    blk = tl.arange(0, BLOCK_N)
+    if PREFETCH_PAGES:
+        # The page ids of the next block are loaded one step ahead, so a block's K/V addresses never
+        # wait on a page-table load in the same step (an experiment; see the sweep).
+        kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(kv_lo + blk, tl.maximum(unmasked_hi - 1, 0)), h_kv,
+                              stride_kv_page, stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
     for start in range(kv_lo, unmasked_hi, BLOCK_N):
-        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
-                                  cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
-                                  stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
-                                  False, CAUSAL, HAS_WINDOW, SOFT_CAP)
+        if PREFETCH_PAGES:
+            next_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + BLOCK_N + blk, unmasked_hi - 1), h_kv,
+                                    stride_kv_page, stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
+        else:
+            kv_off = _row_offsets(kv_indices, kv_begin, start + blk, h_kv, stride_kv_page, stride_kv_slot,
+                                  stride_kv_head, PAGE_SIZE, PAGED)
+        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
+                                  sm_scale_log2, cap_pre, cap_post, window_left, False, CAUSAL, HAS_WINDOW, SOFT_CAP)
+        if PREFETCH_PAGES:
+            kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
-        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_indices, kv_begin, start, kv_hi, diag,
-                                  cols, h_kv, sm_scale_log2, cap_pre, cap_post, window_left,
-                                  stride_kv_page, stride_kv_slot, stride_kv_head, BLOCK_N, PAGE_SIZE, PAGED,
-                                  True, CAUSAL, HAS_WINDOW, SOFT_CAP)
+        # Keys past the chunk's end read the chunk's last key instead of being masked: every load is
+        # in bounds and unpredicated, and the score mask gives those keys zero weight.
+        kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + blk, kv_hi - 1), h_kv, stride_kv_page,
+                              stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
+        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
+                                  sm_scale_log2, cap_pre, cap_post, window_left, True, CAUSAL, HAS_WINDOW, SOFT_CAP)
 
     empty = l == 0.0
     out = acc / tl.where(empty, 1.0, l)[:, None]
@@ -187,7 +199,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
-        SOFT_CAP=cap > 0, SPLIT=plan.split,
+        SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages,
         **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)

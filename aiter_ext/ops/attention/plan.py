@@ -34,6 +34,7 @@ class WorkPlan:
     num_partial_rows: int
     work: torch.Tensor  # int32 [5, num_work]: request, first packed row, kv start, kv end, split index
     merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
+    prefetch_pages: bool = False  # load the next block's page ids one step ahead (kernels.py)
 
 
 def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None) -> dict:
@@ -96,7 +97,7 @@ def triton_next_pow2(n: int) -> int:
 def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: int, head_dim: int,
               device: torch.device, allow_split: bool = True, config: dict | None = None) -> WorkPlan:
     """``config`` (from a tuned-CSV row or an experiment) may set ``BLOCK_M``, ``BLOCK_N``,
-    ``num_warps``, ``num_stages`` and ``min_chunk``; the rest comes from the heuristics above."""
+    ``num_warps``, ``num_stages``, ``min_chunk`` and ``prefetch_pages``; the rest comes from the heuristics above."""
     max_rows = max((q * group for q in qo_lens), default=1)
     config = {**default_config(max_rows, head_dim), **(config or {})}
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
@@ -124,4 +125,5 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
     work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
     return WorkPlan(block_m, block_n, config["num_warps"], config.get("num_stages"), len(items), split,
                     merge_rows[-1], work.to(device),
-                    torch.tensor(merge_rows, dtype=torch.int32, device=device))
+                    torch.tensor(merge_rows, dtype=torch.int32, device=device),
+                    bool(config.get("prefetch_pages", False)))
