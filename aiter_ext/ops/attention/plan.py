@@ -34,29 +34,36 @@ class WorkPlan:
     num_partial_rows: int
     work: torch.Tensor  # int32 [5, num_work]: request, first packed row, kv start, kv end, split index
     merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
-    prefetch_pages: bool = False  # load the next block's page ids one step ahead (kernels.py)
+    prefetch_pages: bool = False  # paged KV: load the next block's page ids one step ahead (kernels.py)
 
 
 def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None) -> dict:
     """Tiles and launch options when no tuned row says otherwise; they depend on the arch.
 
-    NVIDIA (``sm_*``), from a sweep on an H200 (op_tests/sweep_attention.py; bf16, d128, page 16, beside
-    FlashInfer 0.7.2): decode-sized tiles (16 packed rows) were fastest with 64 keys per step, 2 warps
-    and 3 stages (32 x 16384-key decode: 492 us, FlashInfer 487); prefill-sized tiles with 64 x 32,
-    4 warps, 2 stages (the 128-query x 32768-key shared level: 311 us, FlashInfer 443; causal 8 x 2048
-    prefill: 1102 us, FlashInfer 664).
-    AMD and the rest: those settings compiled badly for gfx942 (2-warp decode tiles: 296 VGPRs, one wave
-    per SIMD, all 64 KiB of LDS), so a moderate 4-warp default with Triton's own pipelining depth
-    stands until an AMD GPU can be tuned. d256 halves the key step so K and V tiles fit gfx942's LDS.
+    NVIDIA (``sm_*``), from sweeps on an H200 (op_tests/sweep_attention.py; bf16, d128, page 16, beside
+    FlashInfer 0.7.2 in the same run, 2026-11-21):
+    - decode-sized tiles (<= 16 packed rows): 64 keys per step, 2 warps, 3 stages, no page prefetch
+      (32 x 16384-key decode: 489 us, FlashInfer 488; the prefetch made it slower);
+    - up to 64 rows: 64 x 32, 4 warps, 3 stages, page ids prefetched (the 128-query x 32768-key shared
+      level of cascade: 204 us, FlashInfer 442; 224 us without the prefetch);
+    - more rows: 128 x 64, 8 warps, 3 stages, prefetched (causal 8 x 2048 prefill: 829 us, FlashInfer
+      670; not causal 4 x 4096: 2689 us, FlashInfer 2125; without the prefetch 974 and 3224 us).
+    AMD and the rest: the H200 decode settings compiled badly for gfx942 (2-warp decode tiles: 296
+    VGPRs, one wave per SIMD, all 64 KiB of LDS), so a moderate 4-warp default with Triton's own
+    pipelining depth and no prefetch stands until an AMD GPU can be tuned. d256 halves the key step
+    so K and V tiles fit gfx942's LDS.
     """
     arch = arch or device_info().arch
-    block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
     if arch.startswith("sm_"):
+        block_m = min(128, max(16, triton_next_pow2(max_packed_rows)))
         if block_m <= 16:
             cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}
+        elif block_m <= 64:
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "prefetch_pages": True}
         else:
-            cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "prefetch_pages": True}
     else:
+        block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
         cfg = {"BLOCK_M": block_m, "BLOCK_N": 64 if block_m <= 16 else 32, "num_warps": 4}
     if head_dim > 128:
         cfg["BLOCK_N"] = 32
