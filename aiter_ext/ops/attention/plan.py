@@ -21,6 +21,7 @@ from aiter_ext.core.arch import device_info
 
 MIN_CHUNK = 256  # keys per split: below this the merge costs more than the parallelism gains
 TARGET_WAVES = 2  # programs per compute unit the splitter aims for
+LARGE_TILE_ROWS = 1024  # packed query rows from which NVIDIA launches use 128-row tiles
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None)
       (32 x 16384-key decode: 489 us, FlashInfer 488; the prefetch made it slower);
     - up to 64 rows: 64 x 32, 4 warps, 3 stages, page ids prefetched (the 128-query x 32768-key shared
       level of cascade: 204 us, FlashInfer 442; 224 us without the prefetch);
-    - more rows: 128 x 64, 8 warps, 3 stages, prefetched (causal 8 x 2048 prefill: 829 us, FlashInfer
-      670; not causal 4 x 4096: 2689 us, FlashInfer 2125; without the prefetch 974 and 3224 us).
+    - from LARGE_TILE_ROWS rows: 128 x 64, 8 warps, 3 stages, prefetched (causal 8 x 2048 prefill:
+      829 us, FlashInfer 670; not causal 4 x 4096: 2689 us, FlashInfer 2125; without the prefetch
+      974 and 3224 us).
     AMD and the rest: the H200 decode settings compiled badly for gfx942 (2-warp decode tiles: 296
     VGPRs, one wave per SIMD, all 64 KiB of LDS), so a moderate 4-warp default with Triton's own
     pipelining depth and no prefetch stands until an AMD GPU can be tuned. d256 halves the key step
@@ -55,7 +57,9 @@ def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None)
     """
     arch = arch or device_info().arch
     if arch.startswith("sm_"):
-        block_m = min(128, max(16, triton_next_pow2(max_packed_rows)))
+        # 128-row tiles only for long prefills: for cascade's shared level (a few hundred packed rows,
+        # split over many KV chunks) 64-row tiles were as fast at 512 rows and faster at 256.
+        block_m = 128 if max_packed_rows >= LARGE_TILE_ROWS else min(64, max(16, triton_next_pow2(max_packed_rows)))
         if block_m <= 16:
             cfg = {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}
         elif block_m <= 64:
