@@ -121,3 +121,29 @@ def print_amd_compile_table(shapes, head_dim=128, dtype="bf16") -> bool:
         print(f"\nAMD compile check, {arch} (Triton's AMD backend, no GPU needed):")
         print(aot.format_table([r for r in reports if r.arch == arch], arch))
     return all(r.ok for r in reports)
+
+
+def attention_bench_setup(description: str, amd_shapes, argv=None):
+    """What the attention benchmarks share: their flags, the AMD compile table of ``amd_shapes`` (see
+    ``print_amd_compile_table``), the GPU and FlashInfer checks, warm-up and the copy bandwidth.
+    Returns ``(exit_code, None)`` when the benchmark should stop there, else ``(None, context)`` with
+    context = (args, flashinfer module or None, copy GB/s)."""
+    import argparse
+
+    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, warm_up_gpu
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
+    parser.add_argument("--no-flashinfer", action="store_true")
+    parser.add_argument("--amd-table", choices=("yes", "no", "only"), default="yes",
+                        help="print the gfx942/gfx950 compile table of the configs these shapes use")
+    args = parser.parse_args(argv)
+    if args.amd_table != "no" and not print_amd_compile_table(amd_shapes):
+        return 1, None
+    if args.amd_table == "only":
+        return 0, None
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
+        return 2, None
+    warm_up_gpu()
+    return None, (args, fi, copy_bandwidth_gbs())

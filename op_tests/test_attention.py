@@ -266,27 +266,15 @@ BENCH_CASES = (  # (name, query lengths, KV lengths, causal); 32 query / 8 KV he
 
 
 def bench_main(argv=None) -> int:
-    import argparse
+    from attention_utils import attention_bench_setup, bench_paged_case
 
-    from attention_utils import bench_paged_case, print_amd_compile_table
+    from aiter_ext.core.bench import git_commit, markdown_table
 
-    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
-
-    parser = argparse.ArgumentParser(description="batch decode/prefill benchmark beside FlashInfer")
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
-    parser.add_argument("--no-flashinfer", action="store_true")
-    parser.add_argument("--amd-table", choices=("yes", "no", "only"), default="yes",
-                        help="print the gfx942/gfx950 compile table of the configs these shapes use")
-    args = parser.parse_args(argv)
-    if args.amd_table != "no" and not print_amd_compile_table([(4, 4, False), (64, 4, True), (64, 4, False)]):
-        return 1
-    if args.amd_table == "only":
-        return 0
-    ok, fi = benchmark_setup(args.no_flashinfer)
-    if not ok:
-        return 2
-    warm_up_gpu()
-    copy_gbs = copy_bandwidth_gbs()
+    code, ctx = attention_bench_setup("batch decode/prefill benchmark beside FlashInfer",
+                                      [(4, 4, False), (64, 4, True), (64, 4, False)], argv)
+    if ctx is None:
+        return code
+    args, fi, copy_gbs = ctx
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, peak bf16 "
           f"{args.peak_tflops} TFLOP/s; 32/8 heads, head_dim 128, page 16, bf16, shuffled pages")
     rows = [row for name, qo, kv, causal in BENCH_CASES

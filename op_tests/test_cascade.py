@@ -252,29 +252,17 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
 
 
 def bench_main(argv=None) -> int:
-    import argparse
+    from attention_utils import attention_bench_setup
 
-    from attention_utils import print_amd_compile_table
+    from aiter_ext.core.bench import git_commit, markdown_table
 
-    from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, warm_up_gpu
-
-    parser = argparse.ArgumentParser(description="cascade attention benchmark (the issue's anchor shapes)")
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul rate of this GPU")
-    parser.add_argument("--no-flashinfer", action="store_true")
-    parser.add_argument("--amd-table", choices=("yes", "no", "only"), default="yes",
-                        help="print the gfx942/gfx950 compile table of the configs these shapes use")
-    args = parser.parse_args(argv)
     # An AMD launch of these shapes: the shared level packs 128 (or 64) queries x group 4 as rows of one
     # prefill; the unique level is a decode (4 packed rows); neither is causal in a decode step.
-    if args.amd_table != "no" and not print_amd_compile_table([(512, 4, False), (256, 4, False), (4, 4, False)]):
-        return 1
-    if args.amd_table == "only":
-        return 0
-    ok, fi = benchmark_setup(args.no_flashinfer)
-    if not ok:
-        return 2
-    warm_up_gpu()
-    copy_gbs = copy_bandwidth_gbs()
+    code, ctx = attention_bench_setup("cascade attention benchmark (the issue's anchor shapes)",
+                                      [(512, 4, False), (256, 4, False), (4, 4, False)], argv)
+    if ctx is None:
+        return code
+    args, fi, copy_gbs = ctx
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, "
           f"peak bf16 {args.peak_tflops} TFLOP/s; bf16, head_dim 128, page 16, decode (1 query per request)")
     rows = [_bench_case(b, s, u, 32, 8, 128, 16, fi, args.peak_tflops, copy_gbs)
