@@ -2,7 +2,8 @@
 # One lent-GPU call for the ops so far (device time is scarce): the chosen sections, in order, each
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
-#   bash op_tests/gpu_session.sh [sections...]     sections: merge attention-tests attention-bench sweep gap
+#   bash op_tests/gpu_session.sh [sections...]
+#   sections: merge attention-tests attention-bench sweep sampling gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -13,7 +14,7 @@ fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || echo "FlashInfer unavailable"
-sections=${*:-merge attention-tests attention-bench sweep gap}
+sections=${*:-merge attention-tests attention-bench sweep sampling gap}
 for section in $sections; do
   echo "== $section"
   case $section in
@@ -31,6 +32,9 @@ for section in $sections; do
       python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;
     sweep)
       python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
+    sampling)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12
+      python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
     gap)
       python3 -m aiter_ext gap 2>&1 | tail -n 3 ;;
     *) echo "unknown section $section"; exit 2 ;;

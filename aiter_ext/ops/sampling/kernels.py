@@ -1,0 +1,192 @@
+"""Triton kernel for sampling from probability rows with top-k, top-p and min-p filters, no sort.
+
+One program takes ``ROWS`` output rows (1 for large vocabularies; more for small ones, so that the
+launch is not one tiny program per row) and walks the vocabulary in ``BLOCK``-wide chunks.
+
+Passes over a row:
+1. max and total mass;
+2. with min-p only, the mass of the tokens ``>= min_p * max``;
+3. rounds of rejection sampling (FlashInfer samples this way too, with two pivots):
+   - draw a token from the candidates by inverse CDF. The candidates are the tokens above the
+     round's lower bound ``low`` and, with min-p, above its threshold. A ``while`` loop stops at
+     the chunk where every row has found its token: half the row on average.
+   - with top-k or top-p, check the token. Count the tokens strictly more probable, and their
+     mass: FlashInfer's rules are "count < k" and "mass < top_p". If the token passes, the row is
+     done; it is a draw from the kept set in proportion to the probabilities.
+   - otherwise its value becomes the new ``low``. Every kept token is more probable than a rejected
+     one, so the kept set stays inside the candidates, and the next round samples from fewer.
+
+The row maximum always passes ("nothing more probable"), so the loop ends even for ``k <= 0`` or
+``top_p <= 0``; such thresholds keep only the maximum (and its ties).
+
+Randomness: Philox (``tl.rand``) keyed by the seed, with the counter built from ``offset`` + output row
+and the round. A fixed seed/offset reproduces the same tokens. Graph replays read fresh seeds from
+the device.
+
+A row whose mass is NaN or not positive gives token 0 and is marked invalid (FlashInfer's
+``valid=False``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+# How a threshold arrives: absent, one scalar for every row, or a tensor with one value per source row.
+NONE, SCALAR, PER_ROW = 0, 1, 2
+ROUND_BITS = tl.constexpr(20)  # the Philox counter is (offset + row) << ROUND_BITS | round
+
+
+@triton.jit
+def _row_param(ptr, value, src, MODE: tl.constexpr):
+    if MODE == 2:
+        return tl.load(ptr + src).to(tl.float32)
+    return tl.zeros(src.shape, tl.float32) + value
+
+
+@triton.jit
+def _chunk(row_ptr, start, cols, vocab):
+    """One [ROWS, BLOCK] chunk of the rows, 0 past the vocabulary. The load itself is unmasked (the
+    column is clamped): on AMD every masked load is an exec-mask branch and its saved masks ran the
+    kernel out of SGPRs."""
+    idx = start + cols
+    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :])
+    return tl.where((idx < vocab)[None, :], x, 0.0), idx
+
+
+@triton.jit
+def filtered_sampling_kernel(
+    probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
+    top_k_value, top_p_value, min_p_value, num_out, vocab, stride_row,
+    HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < num_out
+    r_safe = tl.minimum(r, num_out - 1)  # rows past the end redo the last row; nothing of theirs is stored
+    if HAS_INDICES:
+        src = tl.load(indices + r_safe).to(tl.int64)
+    else:
+        src = r_safe.to(tl.int64)
+    row_ptr = probs + src * stride_row
+    cols = tl.arange(0, BLOCK)
+
+    # pass 1: max and total mass
+    row_max = tl.zeros([ROWS], tl.float32)
+    total = tl.zeros([ROWS], tl.float32)
+    for start in range(0, vocab, BLOCK):
+        x, idx = _chunk(row_ptr, start, cols, vocab)
+        row_max = tl.maximum(row_max, tl.max(x, axis=1))
+        total += tl.sum(x, axis=1)
+    threshold = tl.zeros([ROWS], tl.float32)
+    mass = total  # mass of the current candidates
+    if MIN_P != 0:
+        # pass 2: min-p is relative to the row maximum
+        threshold = _row_param(min_p_ptr, min_p_value, src, MIN_P) * row_max
+        mass = tl.zeros([ROWS], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            x, idx = _chunk(row_ptr, start, cols, vocab)
+            mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
+    if TOP_K != 0:
+        top_k = _row_param(top_k_ptr, top_k_value, src, TOP_K)
+    if TOP_P != 0:
+        top_p_mass = _row_param(top_p_ptr, top_p_value, src, TOP_P) * total
+
+    ok = (total > 0.0) & (total == total)  # NaN fails total == total
+    done = ~ok
+    token = tl.zeros([ROWS], tl.int32)
+    # Candidates are the x >= lower: min-p's threshold, raised past each rejected token's value.
+    lower = threshold
+    seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
+    seed = tl.load(seed_ptr + seed_index)
+    counter = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS
+    rnd = 0
+    while tl.min(done.to(tl.int32), axis=0) == 0:
+        u = tl.rand(seed, counter + rnd) * mass
+        # Inverse CDF over the candidates, stopping once every pending row has its token. The first
+        # index whose running sum passes u always carries positive weight.
+        found = tl.where(done, 0, -1)
+        last_candidate = tl.full([ROWS], -1, tl.int32)
+        running = tl.zeros([ROWS], tl.float32)
+        start = 0
+        while (start < vocab) & (tl.min(found, axis=0) < 0):
+            x, idx = _chunk(row_ptr, start, cols, vocab)
+            xc = tl.where(x >= lower[:, None], x, 0.0)
+            cdf = tl.cumsum(xc, axis=1) + running[:, None]
+            first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
+            found = tl.where((found < 0) & (first < vocab), first, found)
+            last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
+            running += tl.sum(xc, axis=1)
+            start += BLOCK
+        # rounding can leave u just above the scanned mass: then the last candidate is the draw
+        pick = tl.maximum(tl.where(found >= 0, found, last_candidate), 0)
+        accept = ~done
+        if (TOP_K != 0) | (TOP_P != 0):
+            pivot = tl.load(row_ptr + pick)
+            above = tl.zeros([ROWS], tl.int32)
+            above_mass = tl.zeros([ROWS], tl.float32)
+            for s in range(0, vocab, BLOCK):
+                x, idx = _chunk(row_ptr, s, cols, vocab)
+                x_above = tl.where(x > pivot[:, None], x, 0.0)
+                above += tl.sum((x_above > 0.0).to(tl.int32), axis=1)
+                above_mass += tl.sum(x_above, axis=1)
+            passes = above == 0  # the maximum is always kept
+            if (TOP_K != 0) & (TOP_P != 0):  # joint: both filters on the original distribution
+                passes = passes | ((above.to(tl.float32) < top_k) & (above_mass < top_p_mass))
+            elif TOP_K != 0:
+                passes = passes | (above.to(tl.float32) < top_k)
+            else:
+                passes = passes | (above_mass < top_p_mass)
+            accept = accept & passes
+            reject = (~done) & (~passes)
+            # next round: only tokens strictly more probable than the rejected one (the next float up)
+            lower = tl.where(reject, tl.maximum(lower, _next_float_up(pivot)), lower)
+            mass = tl.where(reject, above_mass, mass)
+        token = tl.where(accept, pick, token)
+        done = done | accept
+        rnd += 1
+    tl.store(out + r, token.to(out.dtype.element_ty), mask=r_ok)
+    tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
+
+
+@triton.jit
+def _next_float_up(x):
+    """The smallest float32 above ``x`` for ``x >= 0`` (probabilities): one ulp up, by the bits."""
+    return (x.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)
+
+
+def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False) -> dict:
+    """Tile: one row per program once a row fills a wide chunk; several rows per program for small
+    vocabularies, except on AMD. There the 2-D tiles of the filtered samplers spilled SGPRs (gfx942
+    and gfx950, Triton 3.9), so AMD takes one row per program. Under the CPU interpreter the cost
+    is per program, not per element, so tiles are 16x larger there. It is the same kernel with fewer
+    programs, which lets the statistical tests draw ~10^5 tokens."""
+    elements = 4096 * (16 if interpreted else 1)
+    block = min(4096, max(16, triton.next_power_of_2(vocab)))
+    rows = max(1, min(elements // block, triton.next_power_of_2(max(num_out, 1))))
+    if arch.startswith("gfx") and not interpreted:
+        rows = 1
+    return {"ROWS": rows, "BLOCK": block, "num_warps": 8 if rows * block >= 4096 else 4}
+
+
+def aot_specs():
+    pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr")
+    filters = {"plain": (NONE, NONE, NONE), "top_k": (PER_ROW, NONE, NONE), "top_p": (NONE, PER_ROW, NONE),
+               "min_p": (NONE, NONE, PER_ROW), "joint": (PER_ROW, PER_ROW, NONE)}
+    for vocab in (16, 1024, 128256):
+        cfg = launch_config(vocab, 256, "gfx942")
+        for name, (top_k, top_p, min_p) in filters.items():
+            sig = {p: "*fp32" for p in pointers}
+            sig.update(out="*i32", valid="*i8", indices="*i32", seed_ptr="*i64", offset_ptr="*i64",
+                       top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32", vocab="i32",
+                       stride_row="i64")
+            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
+                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}
+            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}]",
+                             filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
+                             divisible_by_16=pointers)
+
+
+register_aot_specs("sampling", aot_specs)

@@ -1,0 +1,230 @@
+"""Sampling (issue 4, in progress): statistical tests against the fp64 reference distributions.
+
+The stated test, per case:
+- Draw N tokens from one fixed distribution (``indices`` = zeros, so every output row samples source row 0 with its own Philox counter).
+- Assert that no token outside the kept set is ever drawn.
+- Run a chi-square goodness-of-fit test of the counts against N times the reference distribution. Bins with an expected count below 5 are pooled.
+- Fail when the p-value is below ALPHA = 1e-4. Inputs are fresh per test id (conftest), so a correct kernel fails a case with probability 1e-4.
+
+N is 20k on the CPU interpreter (CI) and 400k on a GPU. At 20k draws, a kernel that draws uniformly from the kept set, or that misses the smallest kept token, gives a chi-square far past that threshold; the mask check catches one extra token outright.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE, grid  # noqa: E402
+
+from aiter_ext.ops import sampling as S  # noqa: E402
+from aiter_ext.ops.sampling import reference as R  # noqa: E402
+
+ALPHA = 1e-4
+DRAWS = grid(20_000, 400_000)
+VOCABS = grid([16, 256], [16, 256, 1024])
+
+
+def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """Pearson's chi-square test of ``counts`` against ``expected_probs`` (bins of expected count < 5 pooled)."""
+    n = counts.sum().double()
+    expected = expected_probs.double() * n
+    keep = expected >= 5
+    obs = torch.cat([counts.double()[keep], counts.double()[~keep].sum().reshape(1)])
+    exp = torch.cat([expected[keep], expected[~keep].sum().reshape(1)])
+    if exp[-1] < 5:  # the pooled bin is itself too small: fold it into the largest bin
+        obs[:-1][exp[:-1].argmax()] += obs[-1]
+        exp[:-1][exp[:-1].argmax()] += exp[-1]
+        obs, exp = obs[:-1], exp[:-1]
+    df = max(1, obs.numel() - 1)
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))
+
+
+def random_probs(vocab: int, rows: int = 1, zero_fraction: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    logits = torch.randn(rows, vocab, dtype=torch.float64) * scale
+    if zero_fraction:
+        logits[torch.rand(rows, vocab) < zero_fraction] = float("-inf")
+        logits[:, 0] = 0.0  # keep at least one token
+    return torch.softmax(logits, -1).float().to(DEVICE)
+
+
+def check_distribution(tokens: torch.Tensor, target: torch.Tensor, what: str) -> None:
+    counts = torch.bincount(tokens.long().cpu(), minlength=target.numel())
+    outside = (counts > 0) & (target.cpu() == 0)
+    assert not outside.any(), f"{what}: drew tokens outside the kept set: {outside.nonzero().flatten().tolist()[:10]}"
+    p = chi_square_p_value(counts, target.cpu())
+    assert p > ALPHA, f"{what}: chi-square p-value {p:.3g} <= {ALPHA} over {int(counts.sum())} draws"
+
+
+def draw(fn, probs, *args, **kwargs):
+    indices = torch.zeros(DRAWS, dtype=torch.int32, device=DEVICE)
+    return fn(probs, *args, indices=indices, seed=int(torch.randint(0, 2**31, (1,))), offset=0, **kwargs)
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.5])
+def test_sampling_from_probs_frequencies(vocab, zero_fraction):
+    probs = random_probs(vocab, zero_fraction=zero_fraction)
+    check_distribution(draw(S.sampling_from_probs, probs), R.normalised(probs)[0], "sampling_from_probs")
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("top_k", [1, 5, 10, 100000])
+def test_top_k_frequencies(vocab, top_k):
+    probs = random_probs(vocab, scale=2.0)
+    target = R.top_k_distribution(probs, top_k)[0]
+    check_distribution(draw(S.top_k_sampling_from_probs, probs, top_k), target, f"top_k={top_k}")
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 1.0])
+def test_top_p_frequencies(vocab, top_p):
+    probs = random_probs(vocab, scale=2.0)
+    target = R.top_p_distribution(probs, top_p)[0]
+    check_distribution(draw(S.top_p_sampling_from_probs, probs, top_p), target, f"top_p={top_p}")
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.2, 0.7, 1.0])
+def test_min_p_frequencies(vocab, min_p):
+    probs = random_probs(vocab, scale=2.0)
+    target = R.min_p_distribution(probs, min_p)[0]
+    check_distribution(draw(S.min_p_sampling_from_probs, probs, min_p), target, f"min_p={min_p}")
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("top_k_frac, top_p", [(0.5, 0.1), (0.1, 0.5), (0.25, 0.9)])
+def test_joint_top_k_top_p_frequencies(vocab, top_k_frac, top_p):
+    probs = random_probs(vocab, scale=2.0)
+    top_k = max(1, int(vocab * top_k_frac))
+    target = R.joint_top_k_top_p_distribution(probs, top_k, top_p)[0]
+    tokens = draw(S.top_k_top_p_sampling_from_probs, probs, top_k, top_p, filter_apply_order="joint")
+    check_distribution(tokens, target, f"joint top_k={top_k} top_p={top_p}")
+
+
+def test_per_row_thresholds_follow_the_source_row():
+    """Thresholds are indexed by the source row (``indices[i]``), not by the output row."""
+    vocab, rows = 64, 4
+    probs = random_probs(vocab, rows=rows, scale=2.0)
+    top_k = torch.tensor([1, 3, 64, 10], dtype=torch.int32, device=DEVICE)
+    min_p = torch.tensor([0.9, 0.0, 0.5, 0.2], dtype=torch.float32, device=DEVICE)
+    indices = torch.tensor([3, 0, 2, 1] * 500, dtype=torch.int64, device=DEVICE)
+    for fn, thr, ref in ((S.top_k_sampling_from_probs, top_k, R.top_k_distribution),
+                         (S.min_p_sampling_from_probs, min_p, R.min_p_distribution)):
+        tokens = fn(probs, thr, indices=indices, seed=7, offset=3)
+        assert tokens.dtype == torch.int64  # the output takes the indices' dtype
+        kept = ref(probs, thr) > 0
+        assert kept[indices.cpu(), tokens.long().cpu()].all(), f"{fn.__name__}: a token outside its source row's set"
+
+
+def test_seed_and_offset_reproduce_and_generator_advances():
+    probs = random_probs(1000, rows=64)
+    a = S.top_p_sampling_from_probs(probs, 0.9, seed=123, offset=7)
+    assert torch.equal(a, S.top_p_sampling_from_probs(probs, 0.9, seed=123, offset=7))
+    assert not torch.equal(a, S.top_p_sampling_from_probs(probs, 0.9, seed=123, offset=8))
+    per_row = torch.full((64,), 123, dtype=torch.int64, device=DEVICE)
+    b = S.top_p_sampling_from_probs(probs, 0.9, seed=per_row, offset=torch.full_like(per_row, 7))
+    assert torch.equal(a, b)  # per-row seeds equal to the scalar give the same counters
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    first = S.sampling_from_probs(probs, generator=gen)
+    second = S.sampling_from_probs(probs, generator=gen)
+    assert not torch.equal(first, second), "the generator did not advance"
+    again = S.sampling_from_probs(probs, generator=torch.Generator(device=DEVICE).manual_seed(5))
+    assert torch.equal(first, again)
+
+
+def test_edges_one_hot_ties_nan_and_empty_rows():
+    vocab = 40
+    probs = random_probs(vocab, rows=5)
+    probs[1] = 0.0
+    probs[1, 17] = 1.0  # one-hot
+    probs[2] = 0.0
+    probs[2, [3, 9]] = 0.5  # two tied maxima: top_k=1 and min_p=1 keep both
+    probs[3] = float("nan")
+    probs[4] = 0.0  # no mass
+    indices = torch.tensor([1, 2, 3, 4] * 300, dtype=torch.int32, device=DEVICE)
+    for fn, args in ((S.sampling_from_probs, ()), (S.top_k_sampling_from_probs, (1,)),
+                     (S.top_p_sampling_from_probs, (0.0,)), (S.min_p_sampling_from_probs, (1.0,))):
+        tokens, valid = fn(probs, *args, indices=indices, seed=1, offset=0, return_valid=True)
+        tokens, valid = tokens.cpu().view(-1, 4), valid.cpu().view(-1, 4)
+        assert (tokens[:, 0] == 17).all() and valid[:, 0].all(), fn.__name__
+        assert set(tokens[:, 1].tolist()) == {3, 9} and valid[:, 1].all(), fn.__name__
+        assert (tokens[:, 2:] == 0).all() and not valid[:, 2:].any(), f"{fn.__name__}: NaN/empty rows"
+    with pytest.raises(ValueError, match="probs contains NaN"):
+        S.sampling_from_probs(probs, check_nan=True)
+
+
+def test_bad_arguments_are_named():
+    probs = random_probs(32, rows=2)
+    with pytest.raises(TypeError, match="probs"):
+        S.sampling_from_probs(probs.half())
+    with pytest.raises(ValueError, match="top_k"):
+        S.top_k_sampling_from_probs(probs, 0)
+    with pytest.raises(ValueError, match="top_p"):
+        S.top_p_sampling_from_probs(probs, 1.5)
+    with pytest.raises(ValueError, match="min_p"):
+        S.min_p_sampling_from_probs(probs, torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="seed and offset"):
+        S.sampling_from_probs(probs, seed=1)
+    with pytest.raises(ValueError, match="filter_apply_order"):
+        S.top_k_top_p_sampling_from_probs(probs, 3, 0.5, filter_apply_order="sideways")
+    with pytest.raises(TypeError, match="indices"):
+        S.sampling_from_probs(probs, indices=torch.zeros(2, device=DEVICE))
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark CLI: python op_tests/test_sampling.py  (GPU; beside FlashInfer when it is installed)
+
+
+def bench_main(argv=None) -> int:
+    import argparse
+
+    from aiter_ext.core.bench import (
+        benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, time_us, warm_up_gpu,
+    )
+
+    parser = argparse.ArgumentParser(description="sampling from probabilities, beside FlashInfer")
+    parser.add_argument("--no-flashinfer", action="store_true")
+    args = parser.parse_args(argv)
+    ok, fi = benchmark_setup(args.no_flashinfer)
+    if not ok:
+        return 2
+    warm_up_gpu()
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
+          f"from softmax(N(0, 1) logits); floor = one read of the probabilities at the copy bandwidth")
+    cases = [("sampling_from_probs", (), {}), ("top_k_sampling_from_probs", (50,), {}),
+             ("top_p_sampling_from_probs", (0.9,), {}), ("min_p_sampling_from_probs", (0.1,), {})]
+    rows = []
+    for vocab in (32000, 128256, 201088):
+        for batch in (1, 32, 256):
+            probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+            floor_us = batch * vocab * 4 / (copy_gbs * 1e3)
+            mult_us = time_us(lambda: torch.multinomial(probs, 1))
+            for name, extra, kw in cases:
+                ours = getattr(S, name)
+                # a check before timing: every token inside its row's kept set
+                tokens = ours(probs, *extra, **kw).long()
+                if name == "top_k_sampling_from_probs":
+                    kth = probs.topk(extra[0], dim=-1).values[:, -1]
+                    assert (probs.gather(1, tokens[:, None])[:, 0] >= kth).all(), name
+                if name == "min_p_sampling_from_probs":
+                    assert (probs.gather(1, tokens[:, None])[:, 0] >= extra[0] * probs.max(-1).values).all(), name
+                us = time_us(lambda: ours(probs, *extra, **kw))
+                fi_us = None
+                if fi is not None:
+                    fi_fn = getattr(fi.sampling, name)
+                    fi_us = time_us(lambda: fi_fn(probs, *extra, **kw))
+                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": floor_us,
+                             "%floor": 100 * floor_us / us, "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
+                             "multinomial_us": mult_us})
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())
