@@ -189,7 +189,10 @@ def bench_main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description="sampling from probabilities, beside FlashInfer")
     parser.add_argument("--no-flashinfer", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="time launch configs instead (an experiment)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return _sweep()
     ok, fi = benchmark_setup(args.no_flashinfer)
     if not ok:
         return 2
@@ -222,6 +225,34 @@ def bench_main(argv=None) -> int:
                 rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": floor_us,
                              "%floor": 100 * floor_us / us, "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
                              "multinomial_us": mult_us})
+    print(markdown_table(rows))
+    return 0
+
+
+def _sweep() -> int:
+    import itertools
+
+    from aiter_ext.core.bench import markdown_table, time_us, warm_up_gpu
+    from aiter_ext.ops.sampling.api import _sample
+
+    warm_up_gpu()
+    rows = []
+    for batch, vocab in ((1, 128256), (32, 128256), (256, 128256)):
+        probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+        for name, k, p, m in (("plain", None, None, None), ("top_p 0.9", None, 0.9, None),
+                              ("min_p 0.1", None, None, 0.1), ("top_k 50", 50, None, None)):
+            results = []
+            for block, warps, early in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16), (True, False)):
+                cfg = {"ROWS": 1, "BLOCK": block, "num_warps": warps, "EARLY_EXIT": early}
+                try:
+                    us = time_us(lambda: _sample(probs, None, k, p, m, None, False, 1, 0, False, cfg))
+                except Exception as exc:  # a config that does not compile
+                    results.append((float("inf"), f"{cfg}: {type(exc).__name__}"))
+                    continue
+                results.append((us, str(cfg)))
+            results.sort()
+            for us, cfg in results[:3]:
+                rows.append({"case": f"{name} {batch}x{vocab}", "config": cfg, "us": us})
     print(markdown_table(rows))
     return 0
 

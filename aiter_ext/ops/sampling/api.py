@@ -10,7 +10,9 @@ Randomness:
 - Without them, a seed is drawn on the device from ``generator`` (or the device's default generator). That advances the generator and needs no host synchronization, so graph capture works.
 - Tokens need not equal FlashInfer's bit for bit.
 
-A row that is NaN, or has no positive mass, gives token 0; with ``return_valid=True`` its ``valid`` entry is False.
+Rows must sum to 1, as in FlashInfer: the draw is scaled to 1, not to the row's sum. A row with no positive mass
+(all zeros, or all NaN: NaN entries are never drawn) gives token 0; with ``return_valid=True`` its ``valid``
+entry is False.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def _threshold(name: str, value: Threshold, probs: torch.Tensor, integer: bool):
     return PER_ROW, value, 0.0
 
 
-def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, offset, return_valid):
+def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, offset, return_valid, config=None):
+    """``config`` overrides the launch (ROWS, BLOCK, num_warps, EARLY_EXIT): for sweeps."""
     from .kernels import filtered_sampling_kernel, launch_config
 
     rows = _checked_rows(probs, indices)
@@ -100,14 +103,16 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
     out = torch.empty(rows, dtype=indices.dtype if indices is not None else torch.int32, device=probs.device)
     valid = torch.empty(rows, dtype=torch.int8, device=probs.device)
     if rows:
-        cfg = launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1")
+        cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),
+               **(config or {})}
         any_ptr = probs  # stands in for absent tensors (never read)
         filtered_sampling_kernel[(triton_cdiv(rows, cfg["ROWS"]),)](
             probs, out, valid, indices if indices is not None else out,
             k_t if k_t is not None else any_ptr, p_t if p_t is not None else any_ptr,
             m_t if m_t is not None else any_ptr, seed_t, offset_t, k_v, p_v, m_v, rows, probs.shape[1],
             probs.stride(0), HAS_INDICES=indices is not None, TOP_K=k_mode, TOP_P=p_mode, MIN_P=m_mode,
-            SEED_PER_ROW=per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+            SEED_PER_ROW=per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], EARLY_EXIT=cfg["EARLY_EXIT"],
+            num_warps=cfg["num_warps"])
     return (out, valid.bool()) if return_valid else out
 
 

@@ -3,10 +3,10 @@
 One program takes ``ROWS`` output rows (1 for large vocabularies; more for small ones, so that the
 launch is not one tiny program per row) and walks the vocabulary in ``BLOCK``-wide chunks.
 
-Passes over a row:
-1. max and total mass;
-2. with min-p only, the mass of the tokens ``>= min_p * max``;
-3. rounds of rejection sampling (FlashInfer samples this way too, with two pivots):
+Rows must sum to 1 (FlashInfer's contract too), so plain, top-k and top-p sampling need no pass to
+sum them. Passes over a row:
+1. with min-p only: the maximum, then the mass of the tokens ``>= min_p * max``;
+2. rounds of rejection sampling (FlashInfer samples this way too, with two pivots):
    - draw a token from the candidates by inverse CDF. The candidates are the tokens above the
      round's lower bound ``low`` and, with min-p, above its threshold. A ``while`` loop stops at
      the chunk where every row has found its token: half the row on average.
@@ -23,8 +23,8 @@ Randomness: Philox (``tl.rand``) keyed by the seed, with the counter built from 
 and the round. A fixed seed/offset reproduces the same tokens. Graph replays read fresh seeds from
 the device.
 
-A row whose mass is NaN or not positive gives token 0 and is marked invalid (FlashInfer's
-``valid=False``).
+A row with no candidate of positive mass (all zeros, or NaN: NaN entries are never candidates) gives
+token 0 and is marked invalid (FlashInfer's ``valid=False``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
     top_k_value, top_p_value, min_p_value, num_out, vocab, stride_row,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
-    SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, EARLY_EXIT: tl.constexpr,
 ):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r_ok = r < num_out
@@ -73,17 +73,14 @@ def filtered_sampling_kernel(
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
 
-    # pass 1: max and total mass
-    row_max = tl.zeros([ROWS], tl.float32)
-    total = tl.zeros([ROWS], tl.float32)
-    for start in range(0, vocab, BLOCK):
-        x, idx = _chunk(row_ptr, start, cols, vocab)
-        row_max = tl.maximum(row_max, tl.max(x, axis=1))
-        total += tl.sum(x, axis=1)
     threshold = tl.zeros([ROWS], tl.float32)
-    mass = total  # mass of the current candidates
+    mass = tl.full([ROWS], 1.0, tl.float32)  # rows sum to 1 (FlashInfer's contract): no pass to sum them
     if MIN_P != 0:
-        # pass 2: min-p is relative to the row maximum
+        # min-p is relative to the row maximum: one pass for the maximum, one for the kept mass
+        row_max = tl.zeros([ROWS], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            x, idx = _chunk(row_ptr, start, cols, vocab)
+            row_max = tl.maximum(row_max, tl.max(x, axis=1))
         threshold = _row_param(min_p_ptr, min_p_value, src, MIN_P) * row_max
         mass = tl.zeros([ROWS], tl.float32)
         for start in range(0, vocab, BLOCK):
@@ -92,10 +89,10 @@ def filtered_sampling_kernel(
     if TOP_K != 0:
         top_k = _row_param(top_k_ptr, top_k_value, src, TOP_K)
     if TOP_P != 0:
-        top_p_mass = _row_param(top_p_ptr, top_p_value, src, TOP_P) * total
+        top_p = _row_param(top_p_ptr, top_p_value, src, TOP_P)
 
-    ok = (total > 0.0) & (total == total)  # NaN fails total == total
-    done = ~ok
+    done = r < 0
+    ok = r >= 0
     token = tl.zeros([ROWS], tl.int32)
     # Candidates are the x >= lower: min-p's threshold, raised past each rejected token's value.
     lower = threshold
@@ -105,24 +102,29 @@ def filtered_sampling_kernel(
     rnd = 0
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
-        # Inverse CDF over the candidates, stopping once every pending row has its token. The first
-        # index whose running sum passes u always carries positive weight.
+        # Inverse CDF over the candidates. The first index whose running sum passes u always carries
+        # positive weight. EARLY_EXIT stops once every pending row has its token (half a row on
+        # average, but a while loop is not software-pipelined); otherwise the scan reads the row.
         found = tl.where(done, 0, -1)
         last_candidate = tl.full([ROWS], -1, tl.int32)
         running = tl.zeros([ROWS], tl.float32)
-        start = 0
-        while (start < vocab) & (tl.min(found, axis=0) < 0):
-            x, idx = _chunk(row_ptr, start, cols, vocab)
-            xc = tl.where(x >= lower[:, None], x, 0.0)
-            cdf = tl.cumsum(xc, axis=1) + running[:, None]
-            first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
-            found = tl.where((found < 0) & (first < vocab), first, found)
-            last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
-            running += tl.sum(xc, axis=1)
-            start += BLOCK
+        if EARLY_EXIT:
+            start = 0
+            while (start < vocab) & (tl.min(found, axis=0) < 0):
+                found, last_candidate, running = _scan_chunk(row_ptr, start, cols, vocab, lower, u, found,
+                                                             last_candidate, running)
+                start += BLOCK
+        else:
+            for start in range(0, vocab, BLOCK):
+                found, last_candidate, running = _scan_chunk(row_ptr, start, cols, vocab, lower, u, found,
+                                                             last_candidate, running)
+        if rnd == 0:
+            # No candidate with positive mass (a zero or NaN row, or min-p over one): token 0, invalid.
+            ok = (found >= 0) | (last_candidate >= 0)
+            done = ~ok
         # rounding can leave u just above the scanned mass: then the last candidate is the draw
         pick = tl.maximum(tl.where(found >= 0, found, last_candidate), 0)
-        accept = ~done
+        accept = ~done & ok
         if (TOP_K != 0) | (TOP_P != 0):
             pivot = tl.load(row_ptr + pick)
             above = tl.zeros([ROWS], tl.int32)
@@ -134,11 +136,11 @@ def filtered_sampling_kernel(
                 above_mass += tl.sum(x_above, axis=1)
             passes = above == 0  # the maximum is always kept
             if (TOP_K != 0) & (TOP_P != 0):  # joint: both filters on the original distribution
-                passes = passes | ((above.to(tl.float32) < top_k) & (above_mass < top_p_mass))
+                passes = passes | ((above.to(tl.float32) < top_k) & (above_mass < top_p))
             elif TOP_K != 0:
                 passes = passes | (above.to(tl.float32) < top_k)
             else:
-                passes = passes | (above_mass < top_p_mass)
+                passes = passes | (above_mass < top_p)
             accept = accept & passes
             reject = (~done) & (~passes)
             # next round: only tokens strictly more probable than the rejected one (the next float up)
@@ -149,6 +151,19 @@ def filtered_sampling_kernel(
         rnd += 1
     tl.store(out + r, token.to(out.dtype.element_ty), mask=r_ok)
     tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
+
+
+@triton.jit
+def _scan_chunk(row_ptr, start, cols, vocab, lower, u, found, last_candidate, running):
+    """One chunk of the inverse-CDF scan: rows still looking take the first index whose running sum
+    of candidate mass passes ``u``."""
+    x, idx = _chunk(row_ptr, start, cols, vocab)
+    xc = tl.where(x >= lower[:, None], x, 0.0)
+    cdf = tl.cumsum(xc, axis=1) + running[:, None]
+    first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
+    found = tl.where((found < 0) & (first < vocab), first, found)
+    last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
+    return found, last_candidate, running + tl.sum(xc, axis=1)
 
 
 @triton.jit
@@ -168,7 +183,7 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
     rows = max(1, min(elements // block, triton.next_power_of_2(max(num_out, 1))))
     if arch.startswith("gfx") and not interpreted:
         rows = 1
-    return {"ROWS": rows, "BLOCK": block, "num_warps": 8 if rows * block >= 4096 else 4}
+    return {"ROWS": rows, "BLOCK": block, "num_warps": 8 if rows * block >= 4096 else 4, "EARLY_EXIT": True}
 
 
 def aot_specs():
@@ -183,7 +198,7 @@ def aot_specs():
                        top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32", vocab="i32",
                        stride_row="i64")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
-                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}
+                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "EARLY_EXIT": cfg["EARLY_EXIT"]}
             yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
                              divisible_by_16=pointers)
