@@ -174,16 +174,27 @@ def _next_float_up(x):
 
 def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False) -> dict:
     """Tile: one row per program once a row fills a wide chunk; several rows per program for small
-    vocabularies, except on AMD. There the 2-D tiles of the filtered samplers spilled SGPRs (gfx942
-    and gfx950, Triton 3.9), so AMD takes one row per program. Under the CPU interpreter the cost
-    is per program, not per element, so tiles are 16x larger there. It is the same kernel with fewer
-    programs, which lets the statistical tests draw ~10^5 tokens."""
-    elements = 4096 * (16 if interpreted else 1)
-    block = min(4096, max(16, triton.next_power_of_2(vocab)))
+    vocabularies, except on AMD (below).
+
+    From a sweep on an H200 (op_tests/test_sampling.py --sweep, V 128256, batches 1/32/256):
+    8192-wide chunks and the early-exit scan were best for every filter; 8 warps at batch 1 and 32,
+    and 4 at batch 256.
+
+    Under the CPU interpreter the cost is per program, not per element, so tiles are 16x larger there.
+    It is the same kernel with fewer programs, which lets the statistical tests draw ~10^5 tokens."""
+    elements = 8192 * (16 if interpreted else 1)
+    block = min(8192, max(16, triton.next_power_of_2(vocab)))
     rows = max(1, min(elements // block, triton.next_power_of_2(max(num_out, 1))))
     if arch.startswith("gfx") and not interpreted:
-        rows = 1
-    return {"ROWS": rows, "BLOCK": block, "num_warps": 8 if rows * block >= 4096 else 4, "EARLY_EXIT": True}
+        # AMD (compile check, Triton 3.9): 2-D tiles, and 8192-wide chunks (16 values per lane), spilled
+        # SGPRs in the filtered variants; one row of 4096-wide chunks over 8 waves compiles clean.
+        block = min(block, 4096)
+        return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "EARLY_EXIT": True}
+    if rows * block < 4096:
+        warps = 4
+    else:
+        warps = 8 if num_out < 128 else 4
+    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "EARLY_EXIT": True}
 
 
 def aot_specs():
@@ -199,7 +210,7 @@ def aot_specs():
                        stride_row="i64")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
                       "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "EARLY_EXIT": cfg["EARLY_EXIT"]}
-            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}]",
+            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
                              divisible_by_16=pointers)
 
