@@ -177,6 +177,84 @@ def test_bad_arguments_are_named():
 
 
 # --------------------------------------------------------------------------------------------------
+# Chain speculative sampling
+
+SPEC_DRAWS = grid(1_500, 200_000)  # the interpreter runs one program per request: ~30 ms each
+
+
+def _speculative_case(batch, num_draft, vocab, one_hot_target=False):
+    """Per-position draft and target distributions shared by every row, drafts drawn from the draft
+    distribution (as a draft model would), so the emitted tokens must follow the target exactly."""
+    q = random_probs(vocab, rows=num_draft, scale=1.5).cpu()
+    p = random_probs(vocab, rows=num_draft + 1, scale=1.5).cpu()
+    if one_hot_target:
+        p = torch.nn.functional.one_hot(torch.randint(0, vocab, (num_draft + 1,)), vocab).float()
+    drafts = torch.stack([torch.multinomial(q[i], batch, replacement=True) for i in range(num_draft)], 1)
+    draft_probs = q.expand(batch, num_draft, vocab).contiguous().to(DEVICE)
+    target_probs = p.expand(batch, num_draft + 1, vocab).contiguous().to(DEVICE)
+    return draft_probs, drafts.to(torch.int32).to(DEVICE), target_probs, p
+
+
+def test_chain_speculative_is_lossless():
+    """Position 0 is always emitted and must follow target[0]; position 1, when emitted, target[1]."""
+    draft_probs, drafts, target_probs, p = _speculative_case(SPEC_DRAWS, 2, 6)
+    out, accepted, emitted = S.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=11, offset=0)
+    out = out.cpu()
+    assert (out[:, 0] >= 0).all()
+    check_distribution(out[:, 0], p[0].double(), "speculative position 0")
+    second = out[:, 1][out[:, 1] >= 0]
+    assert second.numel() > SPEC_DRAWS // 10
+    check_distribution(second, p[1].double(), "speculative position 1")
+
+
+@pytest.mark.parametrize("num_draft", [1, 3, 5, 7])
+def test_chain_speculative_padding_and_counters(num_draft):
+    batch, vocab = 64, 50
+    draft_probs, drafts, target_probs, _ = _speculative_case(batch, num_draft, vocab)
+    acc = torch.full((batch,), 5, dtype=torch.int32, device=DEVICE)  # counters accumulate (+=)
+    emi = torch.full((batch,), 7, dtype=torch.int32, device=DEVICE)
+    out, acc2, emi2 = S.chain_speculative_sampling(draft_probs, drafts, target_probs, acc, emi, seed=3, offset=9)
+    assert acc2 is acc and emi2 is emi
+    out, acc, emi = out.cpu(), acc.cpu() - 5, emi.cpu() - 7
+    valid = out >= 0
+    assert (valid.sum(1) == emi + 1).all(), "emitted + 1 must equal the number of output tokens"
+    assert (valid[:, :-1].int() >= valid[:, 1:].int()).all(), "-1 only after the last token"
+    assert ((acc >= emi) & (acc <= num_draft)).all()
+    # accepted drafts are the drafts themselves
+    for b in range(batch):
+        e = int(emi[b])
+        assert torch.equal(out[b, :e], drafts.cpu()[b, :e].to(out.dtype))
+    # the same seed and offset reproduce; counters add up
+    again, acc3, emi3 = S.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=3, offset=9)
+    assert torch.equal(again.cpu(), out) and torch.equal(acc3.cpu(), acc) and torch.equal(emi3.cpu(), emi)
+
+
+def test_chain_speculative_rejects_zero_target_and_reproduces_one_hot_targets():
+    batch, n, vocab = 256, 4, 32
+    draft_probs, drafts, target_probs, p = _speculative_case(batch, n, vocab, one_hot_target=True)
+    out, acc, emi = S.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=5, offset=0)
+    target_tokens = p.argmax(-1).to(torch.int32)
+    out = out.cpu()
+    for b in range(batch):
+        e = int(emi[b])
+        assert torch.equal(out[b, :e + 1], target_tokens[:e + 1]), "one-hot targets must be reproduced"
+        # a draft is accepted iff it is the target's token (zero target probability is always rejected)
+        match = (drafts.cpu()[b] == target_tokens[:n]).int()
+        assert e == int(match.cumprod(0).sum())
+
+
+def test_chain_speculative_bad_arguments():
+    draft_probs, drafts, target_probs, _ = _speculative_case(4, 2, 16)
+    with pytest.raises(ValueError, match="target_probs"):
+        S.chain_speculative_sampling(draft_probs, drafts, target_probs[:, :2].contiguous())
+    with pytest.raises(TypeError, match="maybe_output_accepted_token_num"):
+        S.chain_speculative_sampling(draft_probs, drafts, target_probs,
+                                     torch.zeros(4, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(TypeError, match="draft_token_ids"):
+        S.chain_speculative_sampling(draft_probs, drafts.float(), target_probs)
+
+
+# --------------------------------------------------------------------------------------------------
 # Benchmark CLI: python op_tests/test_sampling.py  (GPU; beside FlashInfer when it is installed)
 
 
@@ -225,6 +303,25 @@ def bench_main(argv=None) -> int:
                 rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": floor_us,
                              "%floor": 100 * floor_us / us, "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
                              "multinomial_us": mult_us})
+    print(markdown_table(rows))
+    rows = []
+    for vocab in (32000, 128256, 201088):
+        for batch in (1, 32, 256):
+            n = 4
+            draft = torch.softmax(torch.randn(batch, n, vocab, device="cuda"), -1)
+            target = torch.softmax(torch.randn(batch, n + 1, vocab, device="cuda"), -1)
+            ids = torch.multinomial(draft.view(-1, vocab), 1).view(batch, n).to(torch.int32)
+            out, acc, emi = S.chain_speculative_sampling(draft, ids, target)
+            assert ((out >= 0).sum(1) == emi + 1).all()
+            us = time_us(lambda: S.chain_speculative_sampling(draft, ids, target))
+            fi_us = None
+            if fi is not None:
+                fi_us = time_us(lambda: fi.sampling.chain_speculative_sampling(draft, ids, target))
+            # bytes: the draft probabilities read at each rejection and the target rows; at most all of both
+            max_bytes = batch * (2 * n + 1) * vocab * 4
+            rows.append({"op": "chain_speculative_sampling (4 drafts)", "batch": batch, "vocab": vocab, "us": us,
+                         "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
+                         "all-bytes floor_us": max_bytes / (copy_gbs * 1e3)})
     print(markdown_table(rows))
     return 0
 
