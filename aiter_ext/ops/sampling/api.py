@@ -43,14 +43,25 @@ def _checked_rows(probs: torch.Tensor, indices: Optional[torch.Tensor]) -> int:
     return indices.shape[0]
 
 
+_ZERO_OFFSETS: dict = {}
+
+
+def _zero_offset(device: torch.device) -> torch.Tensor:
+    key = (device.type, device.index)
+    if key not in _ZERO_OFFSETS:
+        _ZERO_OFFSETS[key] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _ZERO_OFFSETS[key]
+
+
 def seed_and_offset(generator, seed, offset, rows: int, device: torch.device):
     """Device int64 tensors ``(seed, offset)`` of length 1 or ``rows``, and whether they are per row."""
     if (seed is None) != (offset is None):
         raise ValueError("seed and offset must be given together (or neither)")
     if seed is None:
-        # One seed drawn on the device from the generator: graph-capturable, no host sync.
+        # One seed drawn on the device from the generator: graph-capturable, no host sync. The
+        # offset is a cached zero (read only), so a call costs one small launch, not two.
         drawn = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
-        return drawn, torch.zeros(1, dtype=torch.int64, device=device), False
+        return drawn, _zero_offset(device), False
     tensors = []
     for name, value in (("seed", seed), ("offset", offset)):
         if isinstance(value, int):
