@@ -27,16 +27,17 @@ from .ops.paged_kv import (
     append_paged_kv_cache, block_table_to_csr, get_batch_indices_positions, get_seq_lens,
 )
 from .ops.sampling import (
-    chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_probs,
-    top_p_sampling_from_probs,
+    chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
+    top_k_sampling_from_probs, top_k_top_p_sampling_from_probs, top_p_sampling_from_probs,
 )
 
 __all__ = [
     "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
     "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
     "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper", "append_paged_kv_cache",
-    "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "get_batch_indices_positions", "get_seq_lens", "merge_state",
-    "merge_state_in_place", "merge_states", "min_p_sampling_from_probs", "sampling_from_probs",
-    "single_decode_with_kv_cache", "single_prefill_with_kv_cache", "top_k_sampling_from_probs",
-    "top_k_top_p_sampling_from_probs", "top_p_sampling_from_probs", "variable_length_merge_states",
+    "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "get_batch_indices_positions",
+    "get_seq_lens", "merge_state", "merge_state_in_place", "merge_states", "min_p_sampling_from_probs",
+    "sampling_from_logits", "sampling_from_probs", "single_decode_with_kv_cache", "single_prefill_with_kv_cache",
+    "softmax", "top_k_sampling_from_probs", "top_k_top_p_sampling_from_probs", "top_p_sampling_from_probs",
+    "variable_length_merge_states",
 ]

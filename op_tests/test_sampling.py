@@ -177,6 +177,67 @@ def test_bad_arguments_are_named():
 
 
 # --------------------------------------------------------------------------------------------------
+# Softmax with temperature, and sampling from logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_row", [False, True], ids=["scalar_t", "tensor_t"])
+@pytest.mark.parametrize("vocab", grid([111, 5000], [111, 32000, 128256]))
+def test_softmax_with_temperature(dtype, per_row, vocab):
+    rows = grid(7, 99)
+    logits = (torch.randn(rows, vocab, device=DEVICE) * 5).to(dtype)
+    logits[0, : vocab // 2] = float("-inf")  # -inf entries
+    temps = torch.tensor([1.0, 0.5, 0.1] * rows, device=DEVICE)[:rows]
+    temperature = temps if per_row else 0.5
+    out = S.softmax(logits, temperature)
+    t = temps[:, None] if per_row else 0.5
+    ref = torch.softmax(logits.double() / t, -1)
+    assert out.dtype == torch.float32 and not out.isnan().any()
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_softmax_temperature_zero_is_greedy_in_the_same_launch():
+    logits = torch.randn(6, 333, device=DEVICE)
+    logits[2, 17] = logits[2, 200] = 40.0  # tied maxima: the first is taken
+    logits[4] = float("-inf")  # no finite logit: zeros, then an invalid sample
+    temps = torch.tensor([0.0, 1.0, 0.0, 0.7, 0.0, 1.0], device=DEVICE)
+    probs = S.softmax(logits, temps)
+    assert torch.equal(probs[0], torch.nn.functional.one_hot(logits[0].argmax(), 333).float())
+    assert probs[2, 17] == 1.0 and probs[2].sum() == 1.0
+    assert probs[4].abs().sum() == 0.0
+    assert (probs[[1, 3, 5]].double() - torch.softmax(logits[[1, 3, 5]].double() / temps[[1, 3, 5], None], -1)).abs().max() < 1e-5
+    tokens, valid = S.sampling_from_probs(probs, seed=4, offset=0, return_valid=True)
+    assert tokens[0] == logits[0].argmax() and tokens[2] == 17 and not valid[4] and valid[[0, 1, 2, 3, 5]].all()
+    with pytest.raises(ValueError, match="temperature"):
+        S.softmax(logits, -1.0)
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_sampling_from_logits_frequencies(vocab, scale):
+    logits = (torch.randn(1, vocab, dtype=torch.float64) * scale)
+    logits[0, torch.rand(vocab) < 0.3] = float("-inf")
+    logits[0, 0] = 0.0
+    target = torch.softmax(logits, -1)[0]
+    tokens = draw(S.sampling_from_logits, logits.float().to(DEVICE))
+    check_distribution(tokens, target, f"sampling_from_logits scale {scale}")
+
+
+def test_sampling_from_logits_edges():
+    logits = torch.randn(4, 64, device=DEVICE)
+    logits[1] = float("-inf")
+    logits[2, 5] = 1e30  # huge logit: always drawn
+    tokens, valid = S.sampling_from_logits(logits, seed=9, offset=2, return_valid=True)
+    assert tokens[1] == 0 and not valid[1] and valid[[0, 2, 3]].all() and tokens[2] == 5
+    again = S.sampling_from_logits(logits, seed=9, offset=2)
+    assert torch.equal(tokens, again)
+    idx = torch.tensor([2, 2, 0], dtype=torch.int64, device=DEVICE)
+    assert S.sampling_from_logits(logits, indices=idx).dtype == torch.int64
+    with pytest.raises(TypeError, match="logits"):
+        S.sampling_from_logits(logits.to(torch.int32))
+
+
+# --------------------------------------------------------------------------------------------------
 # Chain speculative sampling
 
 SPEC_DRAWS = grid(1_500, 200_000)  # the interpreter runs one program per request: ~30 ms each
@@ -303,6 +364,24 @@ def bench_main(argv=None) -> int:
                 rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": floor_us,
                              "%floor": 100 * floor_us / us, "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
                              "multinomial_us": mult_us})
+    print(markdown_table(rows))
+    rows = []
+    for vocab in (32000, 128256, 201088):
+        for batch in (1, 32, 256):
+            logits = torch.randn(batch, vocab, device="cuda")
+            temps = torch.full((batch,), 0.7, device="cuda")
+            nbytes = batch * vocab * 4
+            for name, ours, theirs in (
+                    ("softmax (temperature tensor)", lambda: S.softmax(logits, temps),
+                     (lambda: fi.sampling.softmax(logits, temps)) if fi else None),
+                    ("sampling_from_logits", lambda: S.sampling_from_logits(logits),
+                     (lambda: fi.sampling.sampling_from_logits(logits)) if fi else None)):
+                us = time_us(ours)
+                fi_us = time_us(theirs) if theirs else None
+                moved = 3 * nbytes if name.startswith("softmax") else nbytes  # softmax: read twice, write once
+                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": moved / (copy_gbs * 1e3),
+                             "%floor": 100 * moved / (copy_gbs * 1e3) / us, "fi_us": fi_us,
+                             "fi/ours": fi_us / us if fi_us else None})
     print(markdown_table(rows))
     rows = []
     for vocab in (32000, 128256, 201088):

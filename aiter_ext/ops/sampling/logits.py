@@ -1,0 +1,95 @@
+"""FlashInfer's ``softmax`` (with temperature) and ``sampling_from_logits`` (Gumbel-max).
+
+``softmax(logits, temperature)`` returns fp32 probabilities. ``temperature`` is None (1), a float, or
+a float32 tensor with one value per row. A row at temperature 0 is greedy: its output is one-hot at
+the first maximum, in the same launch as the other rows (AITER's mixed greedy/random batches), so any
+sampler then returns the argmax for it.
+
+``sampling_from_logits`` draws from ``softmax(logits)`` in one pass, taking the argmax of the logits
+plus Gumbel noise. Under one seed its draws differ from ``sampling_from_probs(softmax(x))``, as in
+FlashInfer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import torch
+
+from aiter_ext.core.arch import device_info
+from aiter_ext.core.checks import check_tensor
+
+from .api import INDEX_DTYPES, seed_and_offset
+
+LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _checked_logits(logits: torch.Tensor) -> None:
+    check_tensor("logits", logits, ndim=2, dtypes=LOGIT_DTYPES)
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have a vocabulary of at least one token")
+    if logits.stride(1) != 1:
+        raise ValueError("logits must be contiguous in its last dimension")
+
+
+def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] = None,
+            enable_pdl: Optional[bool] = None) -> torch.Tensor:
+    """``softmax(logits / temperature)`` per row, fp32 ``[B, V]``; temperature 0 gives the one-hot
+    argmax of the row. A row with no finite logit gives zeros (the samplers report it invalid)."""
+    from .logits_kernels import launch_config, softmax_kernel
+
+    _checked_logits(logits)
+    rows, vocab = logits.shape
+    if temperature is None:
+        temperature = 1.0
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        mode, temp_t, temp_v = 1, None, float(temperature)
+    else:
+        check_tensor("temperature", temperature, ndim=1, dtypes=(torch.float32,))
+        if temperature.shape[0] != rows or temperature.device != logits.device:
+            raise ValueError(f"a temperature tensor must hold one float32 value per row ({rows}) on {logits.device}, "
+                             f"got shape {tuple(temperature.shape)} on {temperature.device}")
+        mode, temp_t, temp_v = 2, temperature, 0.0
+    out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+    if rows:
+        cfg = launch_config(vocab, rows, device_info().arch, _interpreted())
+        softmax_kernel[(-(-rows // cfg["ROWS"]),)](
+            logits, out, temp_t if temp_t is not None else out, temp_v, rows, vocab, logits.stride(0), out.stride(0),
+            TEMP=mode, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    return out
+
+
+def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                         generator: Optional[torch.Generator] = None, check_nan: bool = False, seed=None,
+                         offset=None, return_valid: bool = False):
+    """One token per row drawn from ``softmax(logits)`` (Gumbel-max, one pass over the logits).
+    ``indices``, ``generator``, ``seed``/``offset``, ``check_nan`` and ``return_valid`` as for the
+    ``_from_probs`` samplers; a row with no finite logit gives token 0, invalid."""
+    from .logits_kernels import gumbel_max_kernel, launch_config
+
+    _checked_logits(logits)
+    rows = logits.shape[0]
+    if indices is not None:
+        check_tensor("indices", indices, ndim=1, dtypes=INDEX_DTYPES)
+        if indices.device != logits.device:
+            raise ValueError(f"indices is on {indices.device} but logits is on {logits.device}")
+        rows = indices.shape[0]
+    seed_t, offset_t, per_row = seed_and_offset(generator, seed, offset, rows, logits.device)
+    if check_nan and bool(torch.isnan(logits).any()):  # opt-in, as in FlashInfer: a host sync
+        raise ValueError("logits contains NaN")
+    out = torch.empty(rows, dtype=indices.dtype if indices is not None else torch.int32, device=logits.device)
+    valid = torch.empty(rows, dtype=torch.int8, device=logits.device)
+    if rows:
+        cfg = launch_config(logits.shape[1], rows, device_info().arch, _interpreted())
+        gumbel_max_kernel[(-(-rows // cfg["ROWS"]),)](
+            logits, out, valid, indices if indices is not None else out, seed_t, offset_t, rows, logits.shape[1],
+            logits.stride(0), HAS_INDICES=indices is not None, SEED_PER_ROW=per_row, ROWS=cfg["ROWS"],
+            BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    return (out, valid.bool()) if return_valid else out

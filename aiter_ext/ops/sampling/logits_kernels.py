@@ -1,0 +1,130 @@
+"""Triton kernels that read logits: softmax with temperature, and Gumbel-max sampling.
+
+Both take ``ROWS`` rows per program (more for small vocabularies, and many more under the CPU
+interpreter, whose cost is per program) and walk the vocabulary in ``BLOCK``-wide chunks; loads are
+unmasked (the column is clamped) and the tail is dropped by a ``where``, as in kernels.py.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _logit_chunk(row_ptr, start, cols, vocab, scale):
+    idx = start + cols
+    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32) * scale[:, None]
+    return tl.where((idx < vocab)[None, :], x, float("-inf")), idx
+
+
+@triton.jit
+def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in, stride_out,
+                   TEMP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """probs = softmax(logits / T) per row. A row with T == 0 is greedy: one-hot at its first
+    maximum (AITER's mixed greedy/random batches, in the same launch). A row with no finite logit
+    gives zeros, which the samplers report as invalid."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < num_rows
+    r_safe = tl.minimum(r, num_rows - 1).to(tl.int64)
+    in_ptr = logits + r_safe * stride_in
+    cols = tl.arange(0, BLOCK)
+    if TEMP == 2:
+        t = tl.load(temp_ptr + r_safe)
+    else:
+        t = tl.zeros([ROWS], tl.float32) + temp_value
+    greedy = t == 0.0
+    scale = tl.where(greedy, 1.0, 1.0 / t) * LOG2E  # base-2 exponentials
+
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    total = tl.zeros([ROWS], tl.float32)
+    best = tl.zeros([ROWS], tl.int32)
+    for start in range(0, vocab, BLOCK):
+        x, idx = _logit_chunk(in_ptr, start, cols, vocab, scale)
+        chunk_max = tl.max(x, axis=1)
+        chunk_arg = tl.min(tl.where(x == chunk_max[:, None], idx[None, :], vocab), axis=1)
+        best = tl.where(chunk_max > m, chunk_arg, best)
+        m_new = tl.maximum(m, chunk_max)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        total = total * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), axis=1)
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    inv_total = tl.where(total > 0.0, 1.0 / total, 0.0)
+    out_ptr = out + r_safe * stride_out
+    for start in range(0, vocab, BLOCK):
+        x, idx = _logit_chunk(in_ptr, start, cols, vocab, scale)
+        p = tl.exp2(x - m_safe[:, None]) * inv_total[:, None]
+        one_hot = tl.where(idx[None, :] == best[:, None], 1.0, 0.0)
+        p = tl.where(greedy[:, None], tl.where(m[:, None] > float("-inf"), one_hot, 0.0), p)
+        tl.store(out_ptr[:, None] + idx[None, :], p, mask=r_ok[:, None] & (idx < vocab)[None, :])
+
+
+@triton.jit
+def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out, vocab, stride_row,
+                      HAS_INDICES: tl.constexpr, SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """token = argmax(logits + Gumbel noise), a draw from softmax(logits) in one pass. The Philox
+    counter of (output row r, token j) is ((offset + r) << 32) + j, so a seed and offset reproduce
+    the tokens. A row with no finite logit gives token 0, invalid."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < num_out
+    r_safe = tl.minimum(r, num_out - 1)
+    if HAS_INDICES:
+        src = tl.load(indices + r_safe).to(tl.int64)
+    else:
+        src = r_safe.to(tl.int64)
+    row_ptr = logits + src * stride_row
+    cols = tl.arange(0, BLOCK)
+    seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
+    seed = tl.load(seed_ptr + seed_index)
+    counter = (tl.load(offset_ptr + seed_index) + r_safe) << 32
+    best_score = tl.full([ROWS], float("-inf"), tl.float32)
+    best = tl.zeros([ROWS], tl.int32)
+    found = r < 0
+    for start in range(0, vocab, BLOCK):
+        x, idx = _logit_chunk(row_ptr, start, cols, vocab, tl.full([ROWS], 1.0, tl.float32))
+        u = tl.rand(seed[:, None], counter[:, None] + idx[None, :])
+        u = tl.maximum(u, 1e-20)  # tl.rand is in [0, 1): keep log(u) finite
+        score = x - tl.log(-tl.log(u))
+        chunk_best = tl.max(score, axis=1)
+        chunk_arg = tl.min(tl.where(score == chunk_best[:, None], idx[None, :], vocab), axis=1)
+        take = chunk_best > best_score
+        best = tl.where(take, chunk_arg, best)
+        best_score = tl.where(take, chunk_best, best_score)
+        found = found | take
+    tl.store(out + r, best.to(out.dtype.element_ty), mask=r_ok)
+    tl.store(valid + r, found.to(tl.int8), mask=r_ok)
+
+
+def launch_config(vocab: int, rows: int, arch: str, interpreted: bool = False) -> dict:
+    """Row-tiles as the probability samplers take them (kernels.launch_config), at most 4096 wide."""
+    elements = 4096 * (16 if interpreted else 1)
+    block = min(4096, max(16, triton.next_power_of_2(vocab)))
+    tile_rows = max(1, min(elements // block, triton.next_power_of_2(max(rows, 1))))
+    if arch.startswith("gfx") and not interpreted:
+        tile_rows = 1
+    return {"ROWS": tile_rows, "BLOCK": block, "num_warps": 8 if tile_rows * block >= 4096 else 4}
+
+
+def aot_specs():
+    for vocab in (1024, 128256):
+        cfg = launch_config(vocab, 256, "gfx942")
+        opts = {"num_warps": cfg["num_warps"]}
+        for temp in (1, 2):
+            sig = {"logits": "*fp32", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32",
+                   "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+            yield KernelSpec(f"softmax[temp={temp}-block{cfg['BLOCK']}]", softmax_kernel, sig,
+                             {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, opts,
+                             divisible_by_16=("logits", "out", "temp_ptr"))
+        sig = {"logits": "*fp32", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
+               "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64"}
+        yield KernelSpec(f"gumbel_max[block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
+                         {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                         opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+
+
+register_aot_specs("sampling.logits", aot_specs)
