@@ -38,7 +38,7 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     else:
         t = tl.zeros([ROWS], tl.float32) + temp_value
     greedy = t == 0.0
-    scale = tl.where(greedy, 1.0, 1.0 / t) * LOG2E  # base-2 exponentials
+    scale = LOG2E / tl.where(greedy, 1.0, t)  # base-2 exponentials; greedy rows keep the logits' order
 
     m = tl.full([ROWS], float("-inf"), tl.float32)
     total = tl.zeros([ROWS], tl.float32)
