@@ -53,7 +53,7 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
         total = total * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), axis=1)
         m = m_new
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    inv_total = tl.where(total > 0.0, 1.0 / total, 0.0)
+    inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)  # 0 for rows with no finite logit
     out_ptr = out + r_safe * stride_out
     for start in range(0, vocab, BLOCK):
         x, idx = _logit_chunk(in_ptr, start, cols, vocab, scale)
