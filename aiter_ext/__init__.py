@@ -28,7 +28,8 @@ from .ops.paged_kv import (
 )
 from .ops.sampling import (
     chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
-    top_k_sampling_from_probs, top_k_top_p_sampling_from_probs, top_p_sampling_from_probs,
+    top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs, top_p_renorm_probs, top_p_sampling_from_probs,
 )
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "get_batch_indices_positions",
     "get_seq_lens", "merge_state", "merge_state_in_place", "merge_states", "min_p_sampling_from_probs",
     "sampling_from_logits", "sampling_from_probs", "single_decode_with_kv_cache", "single_prefill_with_kv_cache",
-    "softmax", "top_k_sampling_from_probs", "top_k_top_p_sampling_from_probs", "top_p_sampling_from_probs",
+    "softmax", "top_k_mask_logits", "top_k_renorm_probs", "top_k_sampling_from_probs",
+    "top_k_top_p_sampling_from_logits", "top_k_top_p_sampling_from_probs", "top_p_renorm_probs",
+    "top_p_sampling_from_probs",
     "variable_length_merge_states",
 ]

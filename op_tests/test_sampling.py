@@ -177,6 +177,60 @@ def test_bad_arguments_are_named():
 
 
 # --------------------------------------------------------------------------------------------------
+# Renormalisation and masking (exact thresholds)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("vocab", grid([111, 2000], [111, 32000, 128256]))
+def test_top_k_and_top_p_renorm_match_the_sort_reference(dtype, vocab):
+    rows = grid(6, 99)
+    probs = random_probs(vocab, rows=rows, scale=3.0).to(dtype)
+    probs[1, : vocab // 3] = 0.0  # zeros (a -inf logit)
+    probs = (probs.float() / probs.float().sum(-1, keepdim=True)).to(dtype)  # rows sum to 1 in their dtype
+    top_k = torch.randint(1, vocab + 5, (rows,), dtype=torch.int32, device=DEVICE)
+    top_p = torch.rand(rows, device=DEVICE)
+    for name, ours, ref in (("top_k_renorm_probs", S.top_k_renorm_probs(probs, top_k),
+                             R.top_k_distribution(probs.float(), top_k.cpu())),
+                            ("top_k_renorm_probs k=10", S.top_k_renorm_probs(probs, 10),
+                             R.top_k_distribution(probs.float(), 10)),
+                            ("top_p_renorm_probs", S.top_p_renorm_probs(probs, top_p),
+                             R.top_p_distribution(probs.float(), top_p.cpu())),
+                            ("top_p_renorm_probs p=0.9", S.top_p_renorm_probs(probs, 0.9),
+                             R.top_p_distribution(probs.float(), 0.9))):
+        assert ours.dtype == dtype, name
+        # the same kept set, and the renormalised values within the dtype's rounding
+        assert torch.equal(ours.cpu() > 0, ref.cpu() > 0), f"{name}: kept sets differ"
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        assert (ours.double().cpu() - ref.cpu()).abs().max() <= tol * max(1.0, float(ref.max())), name
+
+
+def test_top_k_mask_logits_is_exact_with_ties_and_minus_inf():
+    logits = torch.randn(5, 300, device=DEVICE)
+    logits[0, :200] = float("-inf")  # fewer finite logits than k below
+    logits[1, [3, 7, 9]] = 9.0  # a three-way tie at the top
+    for k in (1, 2, 50, 150, 300):
+        out = S.top_k_mask_logits(logits, k)
+        kth = logits.sort(-1, descending=True).values[:, k - 1:k]
+        assert torch.equal(out, torch.where(logits >= kth, logits, float("-inf"))), f"k={k}"
+    assert (S.top_k_mask_logits(logits, 1)[1] > float("-inf")).sum() == 3  # ties keep more than k
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_top_k_first_order_frequencies(vocab):
+    probs = random_probs(vocab, scale=2.0)
+    top_k, top_p = max(2, vocab // 4), 0.5
+    target = R.top_p_distribution(R.top_k_distribution(probs, top_k).float(), top_p)[0]
+    tokens = draw(S.top_k_top_p_sampling_from_probs, probs, top_k, top_p)  # top_k_first is the default
+    check_distribution(tokens, target, "top_k_first from probs")
+    logits = torch.log(probs)
+    tokens = draw(S.top_k_top_p_sampling_from_logits, logits, top_k, top_p)
+    check_distribution(tokens, target, "top_k_first from logits")
+    joint = R.joint_top_k_top_p_distribution(probs, top_k, top_p)[0]
+    tokens = draw(S.top_k_top_p_sampling_from_logits, logits, top_k, top_p, filter_apply_order="joint")
+    check_distribution(tokens, joint, "joint from logits")
+
+
+# --------------------------------------------------------------------------------------------------
 # Softmax with temperature, and sampling from logits
 
 

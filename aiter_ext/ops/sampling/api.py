@@ -175,13 +175,33 @@ def top_k_top_p_sampling_from_probs(probs, top_k, top_p, indices=None, filter_ap
         return _sample(probs, indices, top_k, top_p, None, generator, check_nan, seed, offset, return_valid)
     if filter_apply_order != "top_k_first":
         raise ValueError(f"filter_apply_order must be 'top_k_first' or 'joint', got {filter_apply_order!r}")
-    raise NotImplementedError("filter_apply_order='top_k_first' needs top_k_renorm_probs, which is not built yet; "
-                              "use filter_apply_order='joint'")
+    from .renorm import top_k_renorm_probs
+
+    _checked_rows(probs, indices)
+    renormed = top_k_renorm_probs(probs, top_k)  # every row (thresholds by source row), then draw
+    return _sample(renormed, indices, None, top_p, None, generator, check_nan, seed, offset, return_valid)
+
+
+def top_k_top_p_sampling_from_logits(logits, top_k, top_p, indices=None, filter_apply_order="top_k_first",
+                                     deterministic=True, generator=None, check_nan=False, seed=None, offset=None,
+                                     return_valid=False):
+    """Top-k and top-p from logits. ``"top_k_first"``: mask the logits below the k-th largest,
+    softmax, then top-p sampling. ``"joint"``: softmax, then both filters on that distribution."""
+    from .logits import softmax
+    from .renorm import top_k_mask_logits
+
+    if filter_apply_order not in ("top_k_first", "joint"):
+        raise ValueError(f"filter_apply_order must be 'top_k_first' or 'joint', got {filter_apply_order!r}")
+    if filter_apply_order == "joint":
+        probs = softmax(logits)
+        return _sample(probs, indices, top_k, top_p, None, generator, check_nan, seed, offset, return_valid)
+    probs = softmax(top_k_mask_logits(logits, top_k))
+    return _sample(probs, indices, None, top_p, None, generator, check_nan, seed, offset, return_valid)
 
 
 for _fn in (sampling_from_probs, top_k_sampling_from_probs, top_p_sampling_from_probs, min_p_sampling_from_probs,
-            top_k_top_p_sampling_from_probs):
+            top_k_top_p_sampling_from_probs, top_k_top_p_sampling_from_logits):
     _fn.__doc__ += _TAIL_DOC
 
 __all__ = ["min_p_sampling_from_probs", "sampling_from_probs", "top_k_sampling_from_probs",
-           "top_k_top_p_sampling_from_probs", "top_p_sampling_from_probs"]
+           "top_k_top_p_sampling_from_logits", "top_k_top_p_sampling_from_probs", "top_p_sampling_from_probs"]

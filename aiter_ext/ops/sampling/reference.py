@@ -32,7 +32,7 @@ def _per_row(value, p: torch.Tensor) -> torch.Tensor:
 def top_k_distribution(probs: torch.Tensor, top_k) -> torch.Tensor:
     """Keep the tokens whose probability is at least the row's k-th largest (ties may keep more)."""
     p = probs.double()
-    k = _per_row(top_k, p).clamp(1, p.shape[-1]).long()
+    k = _per_row(top_k, p).clamp(1, p.shape[-1]).long().expand(p.shape[0], 1)
     kth = p.sort(dim=-1, descending=True).values.gather(-1, k - 1)
     return _renormalised(p, p >= kth)
 
@@ -45,10 +45,11 @@ def _mass_strictly_above(p: torch.Tensor) -> torch.Tensor:
 
 def top_p_distribution(probs: torch.Tensor, top_p) -> torch.Tensor:
     """Keep a token iff the mass of the strictly more probable tokens is below ``top_p`` (the row
-    maximum always stays)."""
+    maximum always stays). Rows are taken to sum to 1, as FlashInfer's kernels take them."""
     p = probs.double()
     above = _mass_strictly_above(p)
-    return _renormalised(p, (above < _per_row(top_p, p) * p.sum(-1, keepdim=True)) | (p == p.max(-1, keepdim=True).values))
+    # FlashInfer's rule, with rows taken as summing to 1 (its contract): no scaling by the row's sum
+    return _renormalised(p, (above < _per_row(top_p, p)) | (p == p.max(-1, keepdim=True).values))
 
 
 def joint_top_k_top_p_distribution(probs: torch.Tensor, top_k, top_p) -> torch.Tensor:

@@ -1,0 +1,140 @@
+"""Triton kernel for top-k/top-p renormalisation and top-k logit masking: exact thresholds, no sort.
+
+Per row it finds the threshold ``v*`` and keeps the entries ``>= v*``:
+- top-k: the k-th largest value (ties may keep more than k);
+- top-p: the smallest value whose strictly-larger mass is below ``top_p`` (the row maximum is always kept).
+
+The search is a bisection on the value that snaps to entries of the row. Each pass over the row,
+at a pivot ``mid``, yields:
+- the count (or mass) of entries at or above (strictly above) ``mid``;
+- the nearest entries on either side of ``mid``.
+Each pass moves a bound to an entry of the row, so the search is exact, handles ties, and ends when
+the bounds meet: about log2(range / spacing) passes. A final pass writes the output: renormalised
+probabilities, or logits with the dropped entries at -inf.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
+BIG = tl.constexpr(3.0e38)
+
+
+@triton.jit
+def _values(row_ptr, start, cols, vocab, fill):
+    idx = start + cols
+    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32)
+    return tl.where((idx < vocab)[None, :], x, fill), idx
+
+
+@triton.jit
+def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, stride_in, stride_out,
+                  MODE: tl.constexpr, PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < num_rows
+    r_safe = tl.minimum(r, num_rows - 1).to(tl.int64)
+    row_ptr = x_ptr + r_safe * stride_in
+    cols = tl.arange(0, BLOCK)
+    if PER_ROW:
+        param = tl.load(param_ptr + r_safe).to(tl.float32)
+    else:
+        param = tl.zeros([ROWS], tl.float32) + param_value
+
+    # the row's smallest finite entry and its largest entry (entries past the vocabulary never count)
+    lo = tl.full([ROWS], BIG, tl.float32)
+    hi = tl.full([ROWS], -BIG, tl.float32)
+    for start in range(0, vocab, BLOCK):
+        x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+        lo = tl.minimum(lo, tl.min(tl.where(x > -BIG, x, BIG), axis=1))
+        hi = tl.maximum(hi, tl.max(x, axis=1))
+    if MODE == 1:
+        # top-p. First: if even the smallest entry is kept, everything is.
+        above_lo = tl.zeros([ROWS], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            above_lo += tl.sum(tl.where(x > lo[:, None], x, 0.0), axis=1)
+        done = above_lo < param
+        # Invariants: every entry <= lb is dropped; ub is a kept entry (the maximum always is).
+        lb = lo
+        ub = tl.where(done, lo, hi)
+        while tl.min(done.to(tl.int32), axis=0) == 0:
+            mid = lb + (ub - lb) * 0.5
+            mid = tl.where(mid <= lb, ub, mid)  # lb and ub are adjacent floats
+            above = tl.zeros([ROWS], tl.float32)
+            below_max = tl.full([ROWS], -BIG, tl.float32)
+            above_min = tl.full([ROWS], BIG, tl.float32)
+            for start in range(0, vocab, BLOCK):
+                x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+                gt = x > mid[:, None]
+                above += tl.sum(tl.where(gt, x, 0.0), axis=1)
+                below_max = tl.maximum(below_max, tl.max(tl.where(gt, -BIG, x), axis=1))
+                above_min = tl.minimum(above_min, tl.min(tl.where(gt, x, BIG), axis=1))
+            # below_max (the largest entry <= mid) has exactly `above` as its strictly-larger mass
+            kept = above < param
+            finished = (kept & (mid >= ub)) | (~kept & (above_min >= ub))
+            ub = tl.where(~done & kept, below_max, ub)
+            lb = tl.where(~done & ~kept, mid, lb)
+            done = done | finished
+        threshold = ub
+    else:
+        # top-k (on probabilities or logits): lo is an entry with >= k entries at or above it
+        k = param
+        lo_k = lo
+        ub = hi
+        done = r < 0
+        while tl.min(done.to(tl.int32), axis=0) == 0:
+            mid = lo_k + (ub - lo_k) * 0.5
+            mid = tl.where(mid <= lo_k, ub, mid)
+            count = tl.zeros([ROWS], tl.float32)
+            at_or_above_min = tl.full([ROWS], BIG, tl.float32)
+            below_max = tl.full([ROWS], -BIG, tl.float32)
+            for start in range(0, vocab, BLOCK):
+                x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+                ge = x >= mid[:, None]
+                count += tl.sum(ge.to(tl.float32), axis=1)
+                at_or_above_min = tl.minimum(at_or_above_min, tl.min(tl.where(ge, x, BIG), axis=1))
+                below_max = tl.maximum(below_max, tl.max(tl.where(ge, -BIG, x), axis=1))
+            enough = count >= k
+            lo_k = tl.where(~done & enough, at_or_above_min, lo_k)
+            ub = tl.where(~done & ~enough, below_max, ub)
+            done = done | (lo_k >= ub)
+        threshold = lo_k
+
+    out_row = out_ptr + r_safe * stride_out
+    if MODE == 2:
+        for start in range(0, vocab, BLOCK):
+            x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+            y = tl.where(x >= threshold[:, None], x, -float("inf"))
+            tl.store(out_row[:, None] + idx[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=r_ok[:, None] & (idx < vocab)[None, :])
+    else:
+        kept_mass = tl.zeros([ROWS], tl.float32)
+        for start in range(0, vocab, BLOCK):
+            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            kept_mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
+        scale = 1.0 / tl.where(kept_mass > 0.0, kept_mass, 1.0)
+        for start in range(0, vocab, BLOCK):
+            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            y = tl.where(x >= threshold[:, None], x * scale[:, None], 0.0)
+            tl.store(out_row[:, None] + idx[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=r_ok[:, None] & (idx < vocab)[None, :])
+
+
+def aot_specs():
+    from .logits_kernels import launch_config
+
+    for vocab in (1024, 128256):
+        cfg = launch_config(vocab, 256, "gfx942")
+        for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"), (TOP_K_MASK, "top_k_mask")):
+            sig = {"x_ptr": "*fp32", "out_ptr": "*fp32", "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32",
+                   "param_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+            yield KernelSpec(f"renorm[{name}-block{cfg['BLOCK']}]", renorm_kernel, sig,
+                             {"MODE": mode, "PER_ROW": True, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
+
+
+register_aot_specs("sampling.renorm", aot_specs)
