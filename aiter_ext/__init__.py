@@ -6,6 +6,8 @@ first use, and AITER (ROCm only) is imported lazily where a backend needs it.
 
 __version__ = "0.1.0"
 
+# FlashInfer's processors live at aiter_ext.logits_processor (Temperature, Softmax, TopK, TopP, MinP, Sample).
+
 import os as _os
 
 if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRITON_INTERPRET" not in _os.environ:
@@ -27,7 +29,7 @@ from .ops.paged_kv import (
     append_paged_kv_cache, block_table_to_csr, get_batch_indices_positions, get_seq_lens,
 )
 from .ops.sampling import (
-    chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
+    LogitsPipe, chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
     top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_logits,
     top_k_top_p_sampling_from_probs, top_p_renorm_probs, top_p_sampling_from_probs,
 )
@@ -35,7 +37,8 @@ from .ops.sampling import (
 __all__ = [
     "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
     "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
-    "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper", "append_paged_kv_cache",
+    "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "LogitsPipe", "MultiLevelCascadeAttentionWrapper",
+    "append_paged_kv_cache",
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "get_batch_indices_positions",
     "get_seq_lens", "merge_state", "merge_state_in_place", "merge_states", "min_p_sampling_from_probs",
     "sampling_from_logits", "sampling_from_probs", "single_decode_with_kv_cache", "single_prefill_with_kv_cache",

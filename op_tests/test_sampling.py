@@ -292,6 +292,66 @@ def test_sampling_from_logits_edges():
 
 
 # --------------------------------------------------------------------------------------------------
+# LogitsPipe
+
+from aiter_ext.logits_processor import (  # noqa: E402
+    LogitsPipe, MinP, Sample, Softmax, Temperature, TensorType, TopK, TopP,
+)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["fused", "unfused"])
+def test_logits_pipe_distribution(compiled):
+    vocab, temperature, top_k, top_p = 64, 0.7, 12, 0.8
+    logits = torch.randn(1, vocab, dtype=torch.float64) * 2
+    probs = torch.softmax(logits / temperature, -1)
+    target = R.top_p_distribution(R.top_k_distribution(probs, top_k).float(), top_p)[0]
+    pipe = LogitsPipe([Temperature(), Softmax(), TopK(), TopP(), Sample()], compile=compiled)
+    indices = torch.zeros(DRAWS, dtype=torch.int32, device=DEVICE)
+    tokens = pipe(logits.float().to(DEVICE), temperature=temperature, top_k=top_k, top_p=top_p, indices=indices,
+                  seed=int(torch.randint(0, 2**31, (1,))), offset=0)
+    check_distribution(tokens, target, f"LogitsPipe ({pipe})")
+    min_p_pipe = LogitsPipe([Softmax(), MinP(0.2), Sample()], compile=compiled)
+    tokens = min_p_pipe(logits.float().to(DEVICE), indices=indices, seed=3, offset=0)
+    check_distribution(tokens, R.min_p_distribution(torch.softmax(logits, -1), 0.2)[0], f"LogitsPipe ({min_p_pipe})")
+
+
+def test_logits_pipe_fuses_and_types():
+    assert "softmax(temperature)" in repr(LogitsPipe([Temperature(), Softmax(), Sample()]))
+    assert "top_k_top_p_sampling_from_probs(joint)" in repr(
+        LogitsPipe([Softmax(), TopK(joint_topk_topp=True), TopP(), Sample()]))
+    assert "min_p_sampling_from_probs" in repr(LogitsPipe([Softmax(), MinP(), Sample()]))
+    assert "TopK -> Sample" in repr(LogitsPipe([TopK(), Sample()], input_type=TensorType.LOGITS))  # no fusion
+    with pytest.raises(ValueError, match="input_type"):
+        LogitsPipe([TopK(), Sample()])
+    with pytest.raises(TypeError, match="TopP takes PROBS"):
+        LogitsPipe([Temperature(), TopP(), Sample()])
+    with pytest.raises(ValueError, match="nothing may follow Sample"):
+        LogitsPipe([Softmax(), Sample(), TopK()])
+    with pytest.raises(ValueError, match="at most one Softmax"):
+        LogitsPipe([Softmax(), TopK(), Softmax()], input_type=TensorType.LOGITS)
+
+
+def test_logits_pipe_keywords_and_greedy_rows():
+    logits = torch.randn(4, 50, device=DEVICE)
+    temps = torch.tensor([0.0, 1.0, 0.0, 0.5], device=DEVICE)
+    for compiled in (True, False):
+        pipe = LogitsPipe([Temperature(), Softmax(), TopK(top_k=5), Sample()], compile=compiled)
+        tokens = pipe(logits, temperature=temps, seed=2, offset=0)  # top_k from the constructor
+        assert tokens[0] == logits[0].argmax() and tokens[2] == logits[2].argmax()
+        top5 = logits.topk(5, dim=-1).indices
+        assert (top5 == tokens[:, None].long()).any(-1).all()
+        with pytest.raises(ValueError, match="temperature="):
+            pipe(logits)
+        with pytest.raises(TypeError, match="no processor used"):
+            pipe(logits, temperature=1.0, min_p=0.1)
+    # the first TopK takes the runtime top_k; the second keeps its constructor value
+    probs = torch.softmax(logits, -1)
+    two = LogitsPipe([TopK(top_k=40), TopK(top_k=3)], input_type=TensorType.PROBS, compile=False)
+    out = two(probs, top_k=10)
+    assert ((out > 0).sum(-1) == 3).all()
+
+
+# --------------------------------------------------------------------------------------------------
 # Chain speculative sampling
 
 SPEC_DRAWS = grid(1_500, 200_000)  # the interpreter runs one program per request: ~30 ms each
@@ -425,14 +485,22 @@ def bench_main(argv=None) -> int:
             logits = torch.randn(batch, vocab, device="cuda")
             temps = torch.full((batch,), 0.7, device="cuda")
             nbytes = batch * vocab * 4
+            probs = torch.softmax(logits, -1)
             for name, ours, theirs in (
                     ("softmax (temperature tensor)", lambda: S.softmax(logits, temps),
                      (lambda: fi.sampling.softmax(logits, temps)) if fi else None),
                     ("sampling_from_logits", lambda: S.sampling_from_logits(logits),
-                     (lambda: fi.sampling.sampling_from_logits(logits)) if fi else None)):
+                     (lambda: fi.sampling.sampling_from_logits(logits)) if fi else None),
+                    ("top_k_renorm_probs (50)", lambda: S.top_k_renorm_probs(probs, 50),
+                     (lambda: fi.sampling.top_k_renorm_probs(probs, 50)) if fi else None),
+                    ("top_p_renorm_probs (0.9)", lambda: S.top_p_renorm_probs(probs, 0.9),
+                     (lambda: fi.sampling.top_p_renorm_probs(probs, 0.9)) if fi else None),
+                    ("top_k_mask_logits (50)", lambda: S.top_k_mask_logits(logits, 50),
+                     (lambda: fi.sampling.top_k_mask_logits(logits, 50)) if fi else None)):
                 us = time_us(ours)
                 fi_us = time_us(theirs) if theirs else None
-                moved = 3 * nbytes if name.startswith("softmax") else nbytes  # softmax: read twice, write once
+                # floor: softmax and the renorm/mask ops read once and write once; sampling reads once
+                moved = 2 * nbytes if not name.startswith("sampling") else nbytes
                 rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": moved / (copy_gbs * 1e3),
                              "%floor": 100 * moved / (copy_gbs * 1e3) / us, "fi_us": fi_us,
                              "fi/ours": fi_us / us if fi_us else None})

@@ -2,18 +2,20 @@
 
 Done: sampling from probabilities with top-k, top-p, min-p and top-k/top-p filters (joint and
 top-k-first orders), from logits (Gumbel-max, and top-k/top-p), softmax with temperature (greedy
-rows at 0), top-k/top-p renormalisation, top-k logit masking, and chain speculative sampling.
-Still to come: the LogitsPipe, and speed (see docs/perf-notes.md)."""
+rows at 0), top-k/top-p renormalisation, top-k logit masking, chain speculative sampling and the
+LogitsPipe. Still to come: speed (see docs/perf-notes.md)."""
 
 from .api import (
     min_p_sampling_from_probs, sampling_from_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_logits,
     top_k_top_p_sampling_from_probs, top_p_sampling_from_probs,
 )
 from .logits import sampling_from_logits, softmax
+from .pipe import LogitsPipe, MinP, Sample, Softmax, Temperature, TensorType, TopK, TopP
 from .renorm import top_k_mask_logits, top_k_renorm_probs, top_p_renorm_probs
 from .speculative import chain_speculative_sampling
 
-__all__ = ["chain_speculative_sampling", "min_p_sampling_from_probs", "sampling_from_logits", "sampling_from_probs",
+__all__ = ["LogitsPipe", "MinP", "Sample", "Softmax", "Temperature", "TensorType", "TopK", "TopP",
+           "chain_speculative_sampling", "min_p_sampling_from_probs", "sampling_from_logits", "sampling_from_probs",
            "softmax", "top_k_mask_logits", "top_k_renorm_probs", "top_k_sampling_from_probs",
            "top_k_top_p_sampling_from_logits", "top_k_top_p_sampling_from_probs", "top_p_renorm_probs",
            "top_p_sampling_from_probs"]
