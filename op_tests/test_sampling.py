@@ -179,6 +179,8 @@ def test_bad_arguments_are_named():
 # --------------------------------------------------------------------------------------------------
 # Renormalisation and masking (exact thresholds)
 
+TOP_P_BOUNDARY = 1e-5  # fp64 margin within which an fp32 running mass may decide either way
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("vocab", grid([111, 2000], [111, 32000, 128256]))
@@ -198,10 +200,24 @@ def test_top_k_and_top_p_renorm_match_the_sort_reference(dtype, vocab):
                             ("top_p_renorm_probs p=0.9", S.top_p_renorm_probs(probs, 0.9),
                              R.top_p_distribution(probs.float(), 0.9))):
         assert ours.dtype == dtype, name
-        # the same kept set, and the renormalised values within the dtype's rounding
-        assert torch.equal(ours.cpu() > 0, ref.cpu() > 0), f"{name}: kept sets differ"
+        # The same kept set. Top-k counts entries, so its set is exact. Top-p compares a running mass
+        # with p: the kernel sums in fp32 over up to 2e5 entries (error ~1e-6 here), so an entry whose
+        # fp64 strictly-larger mass lies within TOP_P_BOUNDARY of p may fall either way; no other may.
+        kept, ref_kept = ours.cpu() > 0, ref.cpu() > 0
+        if name.startswith("top_p"):
+            thr = (top_p.cpu()[:, None] if "p=" not in name else torch.tensor(0.9)).double()
+            boundary = (R.mass_strictly_above(probs.float().cpu()) - thr).abs() <= TOP_P_BOUNDARY
+            assert boundary.sum() <= 2 * rows, f"{name}: too many boundary entries to judge"
+            kept, ref_kept = kept | boundary, ref_kept | boundary
+        assert torch.equal(kept, ref_kept), f"{name}: kept sets differ"
         tol = 1e-6 if dtype == torch.float32 else 1e-2
-        assert (ours.double().cpu() - ref.cpu()).abs().max() <= tol * max(1.0, float(ref.max())), name
+        if name.startswith("top_k"):  # renormalised values within the dtype's rounding
+            assert (ours.double().cpu() - ref.cpu()).abs().max() <= tol * max(1.0, float(ref.max())), name
+        else:  # whatever the boundary did: kept entries scaled by one factor per row, rows summing to 1
+            o, x = ours.double().cpu(), probs.double().cpu()
+            factor = (o.sum(-1, keepdim=True) / torch.where(o > 0, x, 0.0).sum(-1, keepdim=True))
+            assert (o - torch.where(o > 0, x * factor, 0.0)).abs().max() <= 4 * tol * float(o.max()), name
+            assert (o.sum(-1) - 1).abs().max() <= (1e-3 if dtype == torch.float32 else 2e-2), name
 
 
 def test_top_k_mask_logits_is_exact_with_ties_and_minus_inf():

@@ -37,17 +37,22 @@ def top_k_distribution(probs: torch.Tensor, top_k) -> torch.Tensor:
     return _renormalised(p, p >= kth)
 
 
-def _mass_strictly_above(p: torch.Tensor) -> torch.Tensor:
-    """For every token, the mass of the tokens strictly more probable (ties share one value)."""
-    return torch.stack([torch.where(p > p[..., j:j + 1], p, torch.zeros_like(p)).sum(-1)
-                        for j in range(p.shape[-1])], dim=-1)
+def mass_strictly_above(p: torch.Tensor) -> torch.Tensor:
+    """For every entry, the mass of the entries strictly larger (tied entries share one value), in
+    fp64: sorted descending, an exclusive running sum read at the start of each run of equal values."""
+    p = p.double()
+    values, order = p.sort(dim=-1, descending=True)
+    exclusive = values.cumsum(-1) - values
+    # first index of each entry's run of equal values: searchsorted over the ascending negation
+    first = torch.searchsorted(-values.contiguous(), -values.contiguous(), right=False)
+    return torch.empty_like(p).scatter_(-1, order, exclusive.gather(-1, first))
 
 
 def top_p_distribution(probs: torch.Tensor, top_p) -> torch.Tensor:
     """Keep a token iff the mass of the strictly more probable tokens is below ``top_p`` (the row
     maximum always stays). Rows are taken to sum to 1, as FlashInfer's kernels take them."""
     p = probs.double()
-    above = _mass_strictly_above(p)
+    above = mass_strictly_above(p)
     # FlashInfer's rule, with rows taken as summing to 1 (its contract): no scaling by the row's sum
     return _renormalised(p, (above < _per_row(top_p, p)) | (p == p.max(-1, keepdim=True).values))
 
