@@ -207,7 +207,8 @@ def test_top_k_and_top_p_renorm_match_the_sort_reference(dtype, vocab):
         if name.startswith("top_p"):
             thr = (top_p.cpu()[:, None] if "p=" not in name else torch.tensor(0.9)).double()
             boundary = (R.mass_strictly_above(probs.float().cpu()) - thr).abs() <= TOP_P_BOUNDARY
-            assert boundary.sum() <= 2 * rows, f"{name}: too many boundary entries to judge"
+            # a handful per row; at fp16/bf16 and V 128256 the small kept entries tie in runs of ~20
+            assert boundary.sum() <= max(2 * rows, int(0.01 * ref_kept.sum())), f"{name}: too many boundary entries"
             kept, ref_kept = kept | boundary, ref_kept | boundary
         assert torch.equal(kept, ref_kept), f"{name}: kept sets differ"
         tol = 1e-6 if dtype == torch.float32 else 1e-2
