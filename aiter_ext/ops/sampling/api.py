@@ -29,18 +29,32 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 Threshold = Union[int, float, torch.Tensor, None]
 
 
-def _checked_rows(probs: torch.Tensor, indices: Optional[torch.Tensor]) -> int:
-    check_tensor("probs", probs, ndim=2, dtypes=(torch.float32,))
+def _checked_rows(probs: torch.Tensor, indices: Optional[torch.Tensor], name: str = "probs",
+                  dtypes=(torch.float32,)) -> int:
+    """Check ``[B, V]`` rows (contiguous in V) and ``indices``; the number of output rows."""
+    check_tensor(name, probs, ndim=2, dtypes=dtypes)
     if probs.shape[1] == 0:
-        raise ValueError("probs must have a vocabulary of at least one token")
+        raise ValueError(f"{name} must have a vocabulary of at least one token")
     if probs.stride(1) != 1:
-        raise ValueError("probs must be contiguous in its last dimension")
+        raise ValueError(f"{name} must be contiguous in its last dimension")
     if indices is None:
         return probs.shape[0]
     check_tensor("indices", indices, ndim=1, dtypes=INDEX_DTYPES)
     if indices.device != probs.device:
-        raise ValueError(f"indices is on {indices.device} but probs is on {probs.device}")
+        raise ValueError(f"indices is on {indices.device} but {name} is on {probs.device}")
     return indices.shape[0]
+
+
+def prepare_draw(x: torch.Tensor, name: str, indices, generator, check_nan: bool, seed, offset, dtypes):
+    """What every sampler does before its launch: checks, seed/offset, and the (token, valid) outputs.
+    Returns ``(rows, seed, offset, seed_per_row, out, valid)``."""
+    rows = _checked_rows(x, indices, name, dtypes)
+    seed_t, offset_t, per_row = seed_and_offset(generator, seed, offset, rows, x.device)
+    if check_nan and bool(torch.isnan(x).any()):  # opt-in, as in FlashInfer: a host sync
+        raise ValueError(f"{name} contains NaN")
+    out = torch.empty(rows, dtype=indices.dtype if indices is not None else torch.int32, device=x.device)
+    valid = torch.empty(rows, dtype=torch.int8, device=x.device)
+    return rows, seed_t, offset_t, per_row, out, valid
 
 
 _ZERO_OFFSETS: dict = {}
@@ -104,15 +118,12 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
     """``config`` overrides the launch (ROWS, BLOCK, num_warps, EARLY_EXIT): for sweeps."""
     from .kernels import filtered_sampling_kernel, launch_config
 
-    rows = _checked_rows(probs, indices)
+    _checked_rows(probs, indices)
     k_mode, k_t, k_v = _threshold("top_k", top_k, probs, integer=True)
     p_mode, p_t, p_v = _threshold("top_p", top_p, probs, integer=False)
     m_mode, m_t, m_v = _threshold("min_p", min_p, probs, integer=False)
-    seed_t, offset_t, per_row = seed_and_offset(generator, seed, offset, rows, probs.device)
-    if check_nan and bool(torch.isnan(probs).any()):  # opt-in, as in FlashInfer: a host sync
-        raise ValueError("probs contains NaN")
-    out = torch.empty(rows, dtype=indices.dtype if indices is not None else torch.int32, device=probs.device)
-    valid = torch.empty(rows, dtype=torch.int8, device=probs.device)
+    rows, seed_t, offset_t, per_row, out, valid = prepare_draw(probs, "probs", indices, generator, check_nan, seed,
+                                                               offset, (torch.float32,))
     if rows:
         cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),
                **(config or {})}

@@ -40,6 +40,19 @@ ROUND_BITS = tl.constexpr(20)  # the Philox counter is (offset + row) << ROUND_B
 
 
 @triton.jit
+def program_rows(indices, num_out, HAS_INDICES: tl.constexpr, ROWS: tl.constexpr):
+    """This program's output rows ``r``, which are real (``r_ok``), ``r`` clamped into range (rows past
+    the end redo the last row; nothing of theirs is stored), and the source row each one samples."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    r_safe = tl.minimum(r, num_out - 1)
+    if HAS_INDICES:
+        src = tl.load(indices + r_safe).to(tl.int64)
+    else:
+        src = r_safe.to(tl.int64)
+    return r, r < num_out, r_safe, src
+
+
+@triton.jit
 def _row_param(ptr, value, src, MODE: tl.constexpr):
     if MODE == 2:
         return tl.load(ptr + src).to(tl.float32)
@@ -63,13 +76,7 @@ def filtered_sampling_kernel(
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, EARLY_EXIT: tl.constexpr,
 ):
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    r_ok = r < num_out
-    r_safe = tl.minimum(r, num_out - 1)  # rows past the end redo the last row; nothing of theirs is stored
-    if HAS_INDICES:
-        src = tl.load(indices + r_safe).to(tl.int64)
-    else:
-        src = r_safe.to(tl.int64)
+    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
 

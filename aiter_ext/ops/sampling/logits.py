@@ -20,7 +20,7 @@ import torch
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
 
-from .api import INDEX_DTYPES, seed_and_offset
+from .api import prepare_draw
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -74,18 +74,8 @@ def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] =
     ``_from_probs`` samplers; a row with no finite logit gives token 0, invalid."""
     from .logits_kernels import gumbel_max_kernel, launch_config
 
-    _checked_logits(logits)
-    rows = logits.shape[0]
-    if indices is not None:
-        check_tensor("indices", indices, ndim=1, dtypes=INDEX_DTYPES)
-        if indices.device != logits.device:
-            raise ValueError(f"indices is on {indices.device} but logits is on {logits.device}")
-        rows = indices.shape[0]
-    seed_t, offset_t, per_row = seed_and_offset(generator, seed, offset, rows, logits.device)
-    if check_nan and bool(torch.isnan(logits).any()):  # opt-in, as in FlashInfer: a host sync
-        raise ValueError("logits contains NaN")
-    out = torch.empty(rows, dtype=indices.dtype if indices is not None else torch.int32, device=logits.device)
-    valid = torch.empty(rows, dtype=torch.int8, device=logits.device)
+    rows, seed_t, offset_t, per_row, out, valid = prepare_draw(logits, "logits", indices, generator, check_nan, seed,
+                                                               offset, LOGIT_DTYPES)
     if rows:
         cfg = launch_config(logits.shape[1], rows, device_info().arch, _interpreted())
         gumbel_max_kernel[(-(-rows // cfg["ROWS"]),)](

@@ -12,6 +12,8 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
+from .kernels import program_rows
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -70,13 +72,7 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
     """token = argmax(logits + Gumbel noise), a draw from softmax(logits) in one pass. The Philox
     counter of (output row r, token j) is ((offset + r) << 32) + j, so a seed and offset reproduce
     the tokens. A row with no finite logit gives token 0, invalid."""
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    r_ok = r < num_out
-    r_safe = tl.minimum(r, num_out - 1)
-    if HAS_INDICES:
-        src = tl.load(indices + r_safe).to(tl.int64)
-    else:
-        src = r_safe.to(tl.int64)
+    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
     row_ptr = logits + src * stride_row
     cols = tl.arange(0, BLOCK)
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
