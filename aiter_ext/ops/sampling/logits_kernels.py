@@ -110,17 +110,18 @@ def aot_specs():
     for vocab in (1024, 128256):
         cfg = launch_config(vocab, 256, "gfx942")
         opts = {"num_warps": cfg["num_warps"]}
-        for temp in (1, 2):
-            sig = {"logits": "*fp32", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32",
-                   "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
-            yield KernelSpec(f"softmax[temp={temp}-block{cfg['BLOCK']}]", softmax_kernel, sig,
-                             {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, opts,
-                             divisible_by_16=("logits", "out", "temp_ptr"))
-        sig = {"logits": "*fp32", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
-               "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64"}
-        yield KernelSpec(f"gumbel_max[block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
-                         {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                         opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+        for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
+            for temp in (1, 2):
+                sig = {"logits": f"*{dtype}", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32",
+                       "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+                yield KernelSpec(f"softmax[{dtype}-temp={temp}-block{cfg['BLOCK']}]", softmax_kernel, sig,
+                                 {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, opts,
+                                 divisible_by_16=("logits", "out", "temp_ptr"))
+            sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
+                   "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64"}
+            yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
+                             {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                             opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
 
 
 register_aot_specs("sampling.logits", aot_specs)

@@ -129,12 +129,15 @@ def aot_specs():
 
     for vocab in (1024, 128256):
         cfg = launch_config(vocab, 256, "gfx942")
-        for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"), (TOP_K_MASK, "top_k_mask")):
-            sig = {"x_ptr": "*fp32", "out_ptr": "*fp32", "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32",
-                   "param_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
-            yield KernelSpec(f"renorm[{name}-block{cfg['BLOCK']}]", renorm_kernel, sig,
-                             {"MODE": mode, "PER_ROW": True, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
+        for dtype in ("fp32", "bf16", "fp16"):  # dtypes are kept: the output has the input's
+            for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"),
+                               (TOP_K_MASK, "top_k_mask")):
+                sig = {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+                       "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32", "param_value": "fp32",
+                       "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+                yield KernelSpec(f"renorm[{name}-{dtype}-block{cfg['BLOCK']}]", renorm_kernel, sig,
+                                 {"MODE": mode, "PER_ROW": True, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                                 {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
 
 
 register_aot_specs("sampling.renorm", aot_specs)

@@ -82,12 +82,14 @@ def _residual(p_pos, q_pos, idx, vocab, use_q):
 
 
 def aot_specs():
-    sig = {"draft_probs": "*fp32", "draft_ids": "*i32", "target_probs": "*fp32", "out": "*i32", "accepted": "*i32",
-           "emitted": "*i32", "seed_ptr": "*i64", "offset_ptr": "*i64", "num_draft": "i32", "vocab": "i32"}
-    for block in (1024, 4096):
-        yield KernelSpec(f"chain_speculative[block{block}]", chain_speculative_kernel, sig,
-                         {"SEED_PER_ROW": False, "BLOCK": block}, {"num_warps": 8 if block >= 4096 else 4},
-                         divisible_by_16=tuple(k for k, v in sig.items() if v.startswith("*")))
+    for ids in ("i32", "i64"):  # draft_token_ids may be int32 or int64
+        sig = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "out": "*i32",
+               "accepted": "*i32", "emitted": "*i32", "seed_ptr": "*i64", "offset_ptr": "*i64", "num_draft": "i32",
+               "vocab": "i32"}
+        for block in (1024, 4096):
+            yield KernelSpec(f"chain_speculative[ids {ids}-block{block}]", chain_speculative_kernel, sig,
+                             {"SEED_PER_ROW": False, "BLOCK": block}, {"num_warps": 8 if block >= 4096 else 4},
+                             divisible_by_16=tuple(k for k, v in sig.items() if v.startswith("*")))
 
 
 register_aot_specs("sampling.speculative", aot_specs)
