@@ -557,8 +557,8 @@ def _sweep() -> int:
         for name, k, p, m in (("plain", None, None, None), ("top_p 0.9", None, 0.9, None),
                               ("min_p 0.1", None, None, 0.1), ("top_k 50", 50, None, None)):
             results = []
-            for block, warps, early in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16), (True, False)):
-                cfg = {"ROWS": 1, "BLOCK": block, "num_warps": warps, "EARLY_EXIT": early}
+            for block, warps in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16)):
+                cfg = {"ROWS": 1, "BLOCK": block, "num_warps": warps}
                 try:
                     us = time_us(lambda: _sample(probs, None, k, p, m, None, False, 1, 0, False, cfg))
                 except Exception as exc:  # a config that does not compile

@@ -115,7 +115,7 @@ def _threshold(name: str, value: Threshold, probs: torch.Tensor, integer: bool):
 
 
 def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, offset, return_valid, config=None):
-    """``config`` overrides the launch (ROWS, BLOCK, num_warps, EARLY_EXIT): for sweeps."""
+    """``config`` overrides the launch (ROWS, BLOCK, num_warps): for sweeps."""
     from .kernels import filtered_sampling_kernel, launch_config
 
     _checked_rows(probs, indices)
@@ -128,17 +128,16 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
         cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),
                **(config or {})}
         any_ptr = probs  # stands in for absent tensors (never read)
-        filtered_sampling_kernel[(triton_cdiv(rows, cfg["ROWS"]),)](
+        filtered_sampling_kernel[(cdiv(rows, cfg["ROWS"]),)](
             probs, out, valid, indices if indices is not None else out,
             k_t if k_t is not None else any_ptr, p_t if p_t is not None else any_ptr,
             m_t if m_t is not None else any_ptr, seed_t, offset_t, k_v, p_v, m_v, rows, probs.shape[1],
             probs.stride(0), HAS_INDICES=indices is not None, TOP_K=k_mode, TOP_P=p_mode, MIN_P=m_mode,
-            SEED_PER_ROW=per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], EARLY_EXIT=cfg["EARLY_EXIT"],
-            num_warps=cfg["num_warps"])
+            SEED_PER_ROW=per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return (out, valid.bool()) if return_valid else out
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 

@@ -20,7 +20,7 @@ import torch
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
 
-from .api import prepare_draw
+from .api import cdiv, prepare_draw
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -60,7 +60,7 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
     out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
     if rows:
         cfg = launch_config(vocab, rows, device_info().arch, _interpreted())
-        softmax_kernel[(-(-rows // cfg["ROWS"]),)](
+        softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, temp_t if temp_t is not None else out, temp_v, rows, vocab, logits.stride(0), out.stride(0),
             TEMP=mode, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return out
@@ -78,7 +78,7 @@ def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] =
                                                                offset, LOGIT_DTYPES)
     if rows:
         cfg = launch_config(logits.shape[1], rows, device_info().arch, _interpreted())
-        gumbel_max_kernel[(-(-rows // cfg["ROWS"]),)](
+        gumbel_max_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, valid, indices if indices is not None else out, seed_t, offset_t, rows, logits.shape[1],
             logits.stride(0), HAS_INDICES=indices is not None, SEED_PER_ROW=per_row, ROWS=cfg["ROWS"],
             BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])

@@ -1,8 +1,8 @@
 """Triton kernels that read logits: softmax with temperature, and Gumbel-max sampling.
 
 Both take ``ROWS`` rows per program (more for small vocabularies, and many more under the CPU
-interpreter, whose cost is per program) and walk the vocabulary in ``BLOCK``-wide chunks; loads are
-unmasked (the column is clamped) and the tail is dropped by a ``where``, as in kernels.py.
+interpreter, whose cost is per program) and walk the vocabulary in ``BLOCK``-wide chunks through
+kernels.load_chunk.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import program_rows
+from .kernels import load_chunk, program_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _logit_chunk(row_ptr, start, cols, vocab, scale):
-    idx = start + cols
-    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32) * scale[:, None]
-    return tl.where((idx < vocab)[None, :], x, float("-inf")), idx
 
 
 @triton.jit
@@ -46,7 +39,8 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     total = tl.zeros([ROWS], tl.float32)
     best = tl.zeros([ROWS], tl.int32)
     for start in range(0, vocab, BLOCK):
-        x, idx = _logit_chunk(in_ptr, start, cols, vocab, scale)
+        x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
+        x = x * scale[:, None]
         chunk_max = tl.max(x, axis=1)
         chunk_arg = tl.min(tl.where(x == chunk_max[:, None], idx[None, :], vocab), axis=1)
         best = tl.where(chunk_max > m, chunk_arg, best)
@@ -58,7 +52,8 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)  # 0 for rows with no finite logit
     out_ptr = out + r_safe * stride_out
     for start in range(0, vocab, BLOCK):
-        x, idx = _logit_chunk(in_ptr, start, cols, vocab, scale)
+        x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
+        x = x * scale[:, None]
         p = tl.exp2(x - m_safe[:, None]) * inv_total[:, None]
         one_hot = tl.where(idx[None, :] == best[:, None], 1.0, 0.0)
         p = tl.where(greedy[:, None], tl.where(m[:, None] > float("-inf"), one_hot, 0.0), p)
@@ -82,7 +77,7 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
     best = tl.zeros([ROWS], tl.int32)
     found = r < 0
     for start in range(0, vocab, BLOCK):
-        x, idx = _logit_chunk(row_ptr, start, cols, vocab, tl.full([ROWS], 1.0, tl.float32))
+        x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
         u = tl.rand(seed[:, None], counter[:, None] + idx[None, :])
         u = tl.maximum(u, 1e-20)  # tl.rand is in [0, 1): keep log(u) finite
         score = x - tl.log(-tl.log(u))

@@ -11,7 +11,7 @@ import torch
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
 
-from .api import _threshold
+from .api import _threshold, cdiv
 
 VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -29,7 +29,7 @@ def _run(x: torch.Tensor, name: str, param, mode: int, integer: bool) -> torch.T
     rows, vocab = x.shape
     if rows:
         cfg = launch_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1")
-        renorm_kernel[(-(-rows // cfg["ROWS"]),)](
+        renorm_kernel[(cdiv(rows, cfg["ROWS"]),)](
             x, out, tensor if tensor is not None else x, value, rows, vocab, x.stride(0), out.stride(0),
             MODE=mode, PER_ROW=tensor is not None, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return out

@@ -20,15 +20,10 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
+from .kernels import load_chunk
+
 TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
 BIG = tl.constexpr(3.0e38)
-
-
-@triton.jit
-def _values(row_ptr, start, cols, vocab, fill):
-    idx = start + cols
-    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32)
-    return tl.where((idx < vocab)[None, :], x, fill), idx
 
 
 @triton.jit
@@ -48,14 +43,14 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
     lo = tl.full([ROWS], BIG, tl.float32)
     hi = tl.full([ROWS], -BIG, tl.float32)
     for start in range(0, vocab, BLOCK):
-        x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+        x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
         lo = tl.minimum(lo, tl.min(tl.where(x > -BIG, x, BIG), axis=1))
         hi = tl.maximum(hi, tl.max(x, axis=1))
     if MODE == 1:
         # top-p. First: if even the smallest entry is kept, everything is.
         above_lo = tl.zeros([ROWS], tl.float32)
         for start in range(0, vocab, BLOCK):
-            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             above_lo += tl.sum(tl.where(x > lo[:, None], x, 0.0), axis=1)
         done = above_lo < param
         # Invariants: every entry <= lb is dropped; ub is a kept entry (the maximum always is).
@@ -68,7 +63,7 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
             below_max = tl.full([ROWS], -BIG, tl.float32)
             above_min = tl.full([ROWS], BIG, tl.float32)
             for start in range(0, vocab, BLOCK):
-                x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+                x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
                 gt = x > mid[:, None]
                 above += tl.sum(tl.where(gt, x, 0.0), axis=1)
                 below_max = tl.maximum(below_max, tl.max(tl.where(gt, -BIG, x), axis=1))
@@ -93,7 +88,7 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
             at_or_above_min = tl.full([ROWS], BIG, tl.float32)
             below_max = tl.full([ROWS], -BIG, tl.float32)
             for start in range(0, vocab, BLOCK):
-                x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+                x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
                 ge = x >= mid[:, None]
                 count += tl.sum(ge.to(tl.float32), axis=1)
                 at_or_above_min = tl.minimum(at_or_above_min, tl.min(tl.where(ge, x, BIG), axis=1))
@@ -107,18 +102,18 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
     out_row = out_ptr + r_safe * stride_out
     if MODE == 2:
         for start in range(0, vocab, BLOCK):
-            x, idx = _values(row_ptr, start, cols, vocab, -float("inf"))
+            x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
             y = tl.where(x >= threshold[:, None], x, -float("inf"))
             tl.store(out_row[:, None] + idx[None, :], y.to(out_ptr.dtype.element_ty),
                      mask=r_ok[:, None] & (idx < vocab)[None, :])
     else:
         kept_mass = tl.zeros([ROWS], tl.float32)
         for start in range(0, vocab, BLOCK):
-            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             kept_mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
         scale = 1.0 / tl.where(kept_mass > 0.0, kept_mass, 1.0)
         for start in range(0, vocab, BLOCK):
-            x, idx = _values(row_ptr, start, cols, vocab, 0.0)
+            x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             y = tl.where(x >= threshold[:, None], x * scale[:, None], 0.0)
             tl.store(out_row[:, None] + idx[None, :], y.to(out_ptr.dtype.element_ty),
                      mask=r_ok[:, None] & (idx < vocab)[None, :])

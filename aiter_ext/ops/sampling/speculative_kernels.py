@@ -7,7 +7,8 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-ROUND_BITS = tl.constexpr(20)
+from .kernels import ROUND_BITS
+
 
 
 @triton.jit
