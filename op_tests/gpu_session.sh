@@ -3,7 +3,7 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling gap
+#   sections: merge attention-tests attention-bench sweep sampling sampling-sweep gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -35,6 +35,8 @@ for section in $sections; do
     sampling)
       python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
+    sampling-sweep)
+      python3 op_tests/test_sampling.py --sweep 2>&1 | tee "$OUT/sweep-sampling.log" ;;
     gap)
       python3 -m aiter_ext gap 2>&1 | tail -n 3 ;;
     *) echo "unknown section $section"; exit 2 ;;

@@ -26,6 +26,9 @@ from aiter_ext.ops.sampling import reference as R  # noqa: E402
 ALPHA = 1e-4
 DRAWS = grid(20_000, 400_000)
 VOCABS = grid([16, 256], [16, 256, 1024])
+# Above one chunk (256 wide on the interpreter, 4096 on a GPU), plain, min-p and from-logits sampling
+# and softmax spread each row over many programs (chunked_kernels.py): these vocabularies take that path.
+CHUNKED_VOCAB = grid(1000, 5000)
 
 
 def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
@@ -106,6 +109,26 @@ def test_joint_top_k_top_p_frequencies(vocab, top_k_frac, top_p):
     check_distribution(tokens, target, f"joint top_k={top_k} top_p={top_p}")
 
 
+@pytest.mark.parametrize("case", ["plain", "min_p", "logits"])
+def test_chunked_path_frequencies(case):
+    """The chunked path (each row over many programs) against the same references, at a vocabulary
+    that is not a multiple of the chunk width."""
+    from aiter_ext.ops.sampling.chunked import chunked_launch
+
+    assert chunked_launch(CHUNKED_VOCAB, DRAWS) is not None, "this vocabulary should take the chunked path"
+    logits = torch.randn(1, CHUNKED_VOCAB, dtype=torch.float64) * 3
+    logits[0, torch.rand(CHUNKED_VOCAB) < 0.3] = float("-inf")
+    logits[0, 0] = 0.0
+    probs = torch.softmax(logits, -1).float().to(DEVICE)
+    if case == "plain":
+        tokens, target = draw(S.sampling_from_probs, probs), R.normalised(probs)[0]
+    elif case == "min_p":
+        tokens, target = draw(S.min_p_sampling_from_probs, probs, 0.05), R.min_p_distribution(probs, 0.05)[0]
+    else:
+        tokens, target = draw(S.sampling_from_logits, logits.float().to(DEVICE)), torch.softmax(logits, -1)[0]
+    check_distribution(tokens, target, f"chunked {case}")
+
+
 def test_per_row_thresholds_follow_the_source_row():
     """Thresholds are indexed by the source row (``indices[i]``), not by the output row."""
     vocab, rows = 64, 4
@@ -137,8 +160,8 @@ def test_seed_and_offset_reproduce_and_generator_advances():
     assert torch.equal(first, again)
 
 
-def test_edges_one_hot_ties_nan_and_empty_rows():
-    vocab = 40
+@pytest.mark.parametrize("vocab", [40, CHUNKED_VOCAB])
+def test_edges_one_hot_ties_nan_and_empty_rows(vocab):
     probs = random_probs(vocab, rows=5)
     probs[1] = 0.0
     probs[1, 17] = 1.0  # one-hot
@@ -267,13 +290,14 @@ def test_softmax_with_temperature(dtype, per_row, vocab):
     assert (out.double() - ref).abs().max() < 1e-5
 
 
-def test_softmax_temperature_zero_is_greedy_in_the_same_launch():
-    logits = torch.randn(6, 333, device=DEVICE)
+@pytest.mark.parametrize("vocab", [333, CHUNKED_VOCAB])
+def test_softmax_temperature_zero_is_greedy_in_the_same_launch(vocab):
+    logits = torch.randn(6, vocab, device=DEVICE)
     logits[2, 17] = logits[2, 200] = 40.0  # tied maxima: the first is taken
     logits[4] = float("-inf")  # no finite logit: zeros, then an invalid sample
     temps = torch.tensor([0.0, 1.0, 0.0, 0.7, 0.0, 1.0], device=DEVICE)
     probs = S.softmax(logits, temps)
-    assert torch.equal(probs[0], torch.nn.functional.one_hot(logits[0].argmax(), 333).float())
+    assert torch.equal(probs[0], torch.nn.functional.one_hot(logits[0].argmax(), vocab).float())
     assert probs[2, 17] == 1.0 and probs[2].sum() == 1.0
     assert probs[4].abs().sum() == 0.0
     assert (probs[[1, 3, 5]].double() - torch.softmax(logits[[1, 3, 5]].double() / temps[[1, 3, 5], None], -1)).abs().max() < 1e-5
@@ -294,12 +318,20 @@ def test_sampling_from_logits_frequencies(vocab, scale):
     check_distribution(tokens, target, f"sampling_from_logits scale {scale}")
 
 
-def test_sampling_from_logits_edges():
-    logits = torch.randn(4, 64, device=DEVICE)
+@pytest.mark.parametrize("vocab", [64, CHUNKED_VOCAB])
+def test_sampling_from_logits_edges(vocab):
+    logits = torch.randn(5, vocab, device=DEVICE)
     logits[1] = float("-inf")
     logits[2, 5] = 1e30  # huge logit: always drawn
+    logits[3, 10:] = float("nan")  # NaN logits count as -inf: never drawn, probability 0
+    logits[4] = float("nan")  # nothing finite: token 0, invalid
     tokens, valid = S.sampling_from_logits(logits, seed=9, offset=2, return_valid=True)
-    assert tokens[1] == 0 and not valid[1] and valid[[0, 2, 3]].all() and tokens[2] == 5
+    assert tokens[1] == 0 and not valid[1] and tokens[4] == 0 and not valid[4]
+    assert valid[[0, 2, 3]].all() and tokens[2] == 5
+    rows3 = S.sampling_from_logits(logits, indices=torch.full((300,), 3, dtype=torch.int32, device=DEVICE))
+    assert (rows3 < 10).all(), "a NaN logit was drawn"
+    probs = S.softmax(logits)
+    assert (probs[3, 10:] == 0).all() and abs(float(probs[3].sum()) - 1.0) < 1e-5 and (probs[4] == 0).all()
     again = S.sampling_from_logits(logits, seed=9, offset=2)
     assert torch.equal(tokens, again)
     idx = torch.tensor([2, 2, 0], dtype=torch.int64, device=DEVICE)
@@ -545,29 +577,39 @@ def bench_main(argv=None) -> int:
 
 
 def _sweep() -> int:
+    """Launch configs against each other (an experiment): the chunked path's chunk widths and warps
+    against one program per row, for the filters that can take either, and the row kernel's tiles
+    for top-k/top-p (always one program per row)."""
     import itertools
 
     from aiter_ext.core.bench import markdown_table, time_us, warm_up_gpu
     from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.kernels import launch_config
 
     warm_up_gpu()
     rows = []
-    for batch, vocab in ((1, 128256), (32, 128256), (256, 128256)):
+    for batch, vocab in ((1, 128256), (32, 128256), (256, 128256), (256, 32000)):
         probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
-        for name, k, p, m in (("plain", None, None, None), ("top_p 0.9", None, 0.9, None),
-                              ("min_p 0.1", None, None, 0.1), ("top_k 50", 50, None, None)):
+        for name, k, p, m in (("plain", None, None, None), ("min_p 0.1", None, None, 0.1),
+                              ("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None)):
+            configs = [{"chunked": False, **launch_config(vocab, batch, "sm_90")}]
+            if k is None and p is None:
+                configs += [{"BLOCK": b, "num_warps": w} for b, w in itertools.product((1024, 2048, 4096, 8192), (4, 8))]
+            else:
+                configs += [{"chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
+                            for b, w in itertools.product((2048, 4096, 8192), (4, 8, 16))]
             results = []
-            for block, warps in itertools.product((1024, 2048, 4096, 8192), (4, 8, 16)):
-                cfg = {"ROWS": 1, "BLOCK": block, "num_warps": warps}
+            for cfg in configs:
                 try:
                     us = time_us(lambda: _sample(probs, None, k, p, m, None, False, 1, 0, False, cfg))
                 except Exception as exc:  # a config that does not compile
                     results.append((float("inf"), f"{cfg}: {type(exc).__name__}"))
                     continue
                 results.append((us, str(cfg)))
+            default_us = results[0][0]
             results.sort()
             for us, cfg in results[:3]:
-                rows.append({"case": f"{name} {batch}x{vocab}", "config": cfg, "us": us})
+                rows.append({"case": f"{name} {batch}x{vocab}", "config": cfg, "us": us, "row-kernel default us": default_us})
     print(markdown_table(rows))
     return 0
 

@@ -115,8 +115,11 @@ def _threshold(name: str, value: Threshold, probs: torch.Tensor, integer: bool):
 
 
 def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, offset, return_valid, config=None):
-    """``config`` overrides the launch (ROWS, BLOCK, num_warps): for sweeps."""
-    from .kernels import filtered_sampling_kernel, launch_config
+    """``config`` overrides the launch, for sweeps: chunked.chunked_launch's keys, or the row
+    kernel's (ROWS, BLOCK, num_warps) with ``"chunked": False``."""
+    from .chunked import draw_by_chunks, chunked_launch
+    from .chunked_kernels import MASS, MASS_ABOVE_MIN_P
+    from .kernels import NONE, filtered_sampling_kernel, launch_config
 
     _checked_rows(probs, indices)
     k_mode, k_t, k_v = _threshold("top_k", top_k, probs, integer=True)
@@ -124,9 +127,16 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
     m_mode, m_t, m_v = _threshold("min_p", min_p, probs, integer=False)
     rows, seed_t, offset_t, per_row, out, valid = prepare_draw(probs, "probs", indices, generator, check_nan, seed,
                                                                offset, (torch.float32,))
+    if rows and k_mode == NONE and p_mode == NONE:
+        # no rejection rounds: the chunked path, each row spread over many programs
+        chunks = chunked_launch(probs.shape[1], rows, config)
+        if chunks is not None:
+            kind = MASS if m_mode == NONE else MASS_ABOVE_MIN_P
+            draw_by_chunks(probs, kind, indices, (m_mode, m_t, m_v), seed_t, offset_t, per_row, out, valid, chunks)
+            return (out, valid.bool()) if return_valid else out
     if rows:
         cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),
-               **(config or {})}
+               **{k: v for k, v in (config or {}).items() if k != "chunked"}}
         any_ptr = probs  # stands in for absent tensors (never read)
         filtered_sampling_kernel[(cdiv(rows, cfg["ROWS"]),)](
             probs, out, valid, indices if indices is not None else out,

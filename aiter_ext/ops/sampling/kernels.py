@@ -7,14 +7,19 @@ Rows must sum to 1 (FlashInfer's contract too), so plain, top-k and top-p sampli
 sum them. Passes over a row:
 1. with min-p only: the maximum, then the mass of the tokens ``>= min_p * max``;
 2. rounds of rejection sampling (FlashInfer samples this way too, with two pivots):
-   - draw a token from the candidates by inverse CDF. The candidates are the tokens above the
-     round's lower bound ``low`` and, with min-p, above its threshold. A ``while`` loop stops at
-     the chunk where every row has found its token: half the row on average.
-   - with top-k or top-p, check the token. Count the tokens strictly more probable, and their
-     mass: FlashInfer's rules are "count < k" and "mass < top_p". If the token passes, the row is
-     done; it is a draw from the kept set in proportion to the probabilities.
-   - otherwise its value becomes the new ``low``. Every kept token is more probable than a rejected
-     one, so the kept set stays inside the candidates, and the next round samples from fewer.
+   - draw a token from the candidates by inverse CDF. The candidates are the tokens at or above the
+     round's lower bound ``lower`` (with min-p, its threshold). Each chunk is summed; only the chunk
+     where the running mass passes ``u`` is prefix-summed, and a ``while`` loop stops there: half
+     the row on average.
+   - with top-k or top-p, check the token. One pass counts the tokens strictly more probable, and
+     their mass: FlashInfer's rules are "count < k" and "mass < top_p". If the token passes, the row
+     is done; it is a draw from the kept set in proportion to the probabilities.
+   - otherwise the next round draws from the tokens strictly more probable than it: every kept token
+     is more probable than a rejected one, so the kept set stays inside the candidates. The same
+     pass also judges the midpoint between the token's value and ``high``, an upper bound on the
+     smallest kept value (the row maximum at first). If the midpoint fails the rules too, the next
+     round starts above it; if not, it becomes ``high``. So the bracket at least halves each round,
+     as with FlashInfer's second pivot, rather than creeping up one drawn value at a time.
 
 The row maximum always passes ("nothing more probable"), so the loop ends even for ``k <= 0`` or
 ``top_p <= 0``; such thresholds keep only the maximum (and its ties).
@@ -93,62 +98,44 @@ def filtered_sampling_kernel(
         for start in range(0, vocab, BLOCK):
             x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
-    if TOP_K != 0:
-        top_k = _row_param(top_k_ptr, top_k_value, src, TOP_K)
-    if TOP_P != 0:
-        top_p = _row_param(top_p_ptr, top_p_value, src, TOP_P)
+    top_k = _row_param(top_k_ptr, top_k_value, src, TOP_K)  # absent filters read nothing
+    top_p = _row_param(top_p_ptr, top_p_value, src, TOP_P)
 
     done = r < 0
     ok = r >= 0
     token = tl.zeros([ROWS], tl.int32)
     # Candidates are the x >= lower: min-p's threshold, raised past each rejected token's value.
     lower = threshold
+    high = tl.zeros([ROWS], tl.float32)  # an upper bound on the kept set's smallest value, from round 1
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
     seed = tl.load(seed_ptr + seed_index)
     counter = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS
     rnd = 0
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
-        # Inverse CDF over the candidates. The first index whose running sum passes u always carries
-        # positive weight. The scan stops once every pending row has its token: half a row on
-        # average. A `while` loop is not software-pipelined, yet on the H200 it beat a full-row,
-        # pipelined `for` scan by 5-10% (op_tests/test_sampling.py --sweep at 6ed973d).
-        found = tl.where(done, 0, -1)
-        last_candidate = tl.full([ROWS], -1, tl.int32)
-        running = tl.zeros([ROWS], tl.float32)
-        start = 0
-        while (start < vocab) & (tl.min(found, axis=0) < 0):
-            found, last_candidate, running = _scan_chunk(row_ptr, start, cols, vocab, lower, u, found,
-                                                         last_candidate, running)
-            start += BLOCK
-        if rnd == 0:
-            # No candidate with positive mass (a zero or NaN row, or min-p over one): token 0, invalid.
-            ok = (found >= 0) | (last_candidate >= 0)
-            done = ~ok
+        found, last_candidate = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK)
+        # No candidate with positive mass in the first round (a zero or NaN row, or min-p over one):
+        # token 0, invalid. (Branch-free: on AMD every branch holds its lane mask in SGPRs.)
+        ok = tl.where(rnd == 0, (found >= 0) | (last_candidate >= 0), ok)
+        done = tl.where(rnd == 0, ~ok, done)
         # rounding can leave u just above the scanned mass: then the last candidate is the draw
         pick = tl.maximum(tl.where(found >= 0, found, last_candidate), 0)
         accept = ~done & ok
         if (TOP_K != 0) | (TOP_P != 0):
+            # FlashInfer's rules, judged at the drawn token's value (pivot) and, from round 1, at the
+            # midpoint between it and `high`: a failed midpoint moves every candidate above it.
             pivot = tl.load(row_ptr + pick)
-            above = tl.zeros([ROWS], tl.int32)
-            above_mass = tl.zeros([ROWS], tl.float32)
-            for s in range(0, vocab, BLOCK):
-                x, idx = load_chunk(row_ptr, s, cols, vocab, 0.0)
-                x_above = tl.where(x > pivot[:, None], x, 0.0)
-                above += tl.sum((x_above > 0.0).to(tl.int32), axis=1)
-                above_mass += tl.sum(x_above, axis=1)
-            passes = above == 0  # the maximum is always kept
-            if (TOP_K != 0) & (TOP_P != 0):  # joint: both filters on the original distribution
-                passes = passes | ((above.to(tl.float32) < top_k) & (above_mass < top_p))
-            elif TOP_K != 0:
-                passes = passes | (above.to(tl.float32) < top_k)
-            else:
-                passes = passes | (above_mass < top_p)
+            mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
+            above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid)
+            passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
+            mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
             accept = accept & passes
             reject = (~done) & (~passes)
-            # next round: only tokens strictly more probable than the rejected one (the next float up)
-            lower = tl.where(reject, tl.maximum(lower, _next_float_up(pivot)), lower)
-            mass = tl.where(reject, above_mass, mass)
+            jump = reject & ~mid_passes
+            # next round: only tokens strictly more probable than the rejected value (the next float up)
+            lower = tl.where(reject, tl.maximum(lower, _next_float_up(tl.where(jump, mid, pivot))), lower)
+            mass = tl.where(reject, tl.where(jump, above_mid_mass, above_mass), mass)
+            high = tl.where(rnd == 0, row_max, tl.where(reject & mid_passes, mid, high))
         token = tl.where(accept, pick, token)
         done = done | accept
         rnd += 1
@@ -157,16 +144,66 @@ def filtered_sampling_kernel(
 
 
 @triton.jit
-def _scan_chunk(row_ptr, start, cols, vocab, lower, u, found, last_candidate, running):
-    """One chunk of the inverse-CDF scan: rows still looking take the first index whose running sum
-    of candidate mass passes ``u``."""
-    x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
-    xc = tl.where(x >= lower[:, None], x, 0.0)
-    cdf = tl.cumsum(xc, axis=1) + running[:, None]
-    first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
-    found = tl.where((found < 0) & (first < vocab), first, found)
-    last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
-    return found, last_candidate, running + tl.sum(xc, axis=1)
+def _kept(above, above_mass, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.constexpr):
+    """FlashInfer's rules for a token with ``above`` strictly more probable tokens of mass
+    ``above_mass``: count < k, mass < top_p, or both (joint: both on the original distribution)."""
+    if (TOP_K != 0) & (TOP_P != 0):
+        return (above.to(tl.float32) < top_k) & (above_mass < top_p)
+    elif TOP_K != 0:
+        return above.to(tl.float32) < top_k
+    else:
+        return above_mass < top_p
+
+
+@triton.jit
+def _count_above(row_ptr, cols, vocab, pivot, mid):
+    """One pass over the rows: the count and mass of the entries strictly above ``pivot`` and above
+    ``mid``, and the row maximum."""
+    above = tl.zeros(pivot.shape, tl.int32)
+    above_mass = tl.zeros(pivot.shape, tl.float32)
+    above_mid = tl.zeros(pivot.shape, tl.int32)
+    above_mid_mass = tl.zeros(pivot.shape, tl.float32)
+    row_max = tl.zeros(pivot.shape, tl.float32)
+    for s in range(0, vocab, cols.shape[0]):
+        x, idx = load_chunk(row_ptr, s, cols, vocab, 0.0)
+        x_above = tl.where(x > pivot[:, None], x, 0.0)
+        x_above_mid = tl.where(x > mid[:, None], x, 0.0)
+        above += tl.sum((x_above > 0.0).to(tl.int32), axis=1)
+        above_mass += tl.sum(x_above, axis=1)
+        above_mid += tl.sum((x_above_mid > 0.0).to(tl.int32), axis=1)
+        above_mid_mass += tl.sum(x_above_mid, axis=1)
+        row_max = tl.maximum(row_max, tl.max(x, axis=1))
+    return above, above_mass, above_mid, above_mid_mass, row_max
+
+
+@triton.jit
+def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
+    """Inverse CDF over the candidates (``x >= lower``): the first index whose running mass passes
+    ``u``, for the rows not ``done`` (-1 if rounding left u past the total), and the last index
+    holding candidate mass (the draw in that case). (Finding that index afterwards, by a load at a
+    per-row chunk start, ran the AMD build out of SGPRs.)
+
+    Most chunks need only their sum; the prefix sum runs on the chunk where a row's running mass
+    passes ``u``. The scan stops once every pending row has its token: half a row on average. A
+    ``while`` loop is not software-pipelined, yet on the H200 it beat a full-row, pipelined ``for``
+    scan by 5-10% (op_tests/test_sampling.py --sweep at 6ed973d)."""
+    found = tl.where(done, 0, -1)
+    last_candidate = tl.full(u.shape, -1, tl.int32)
+    running = tl.zeros(u.shape, tl.float32)
+    start = 0
+    while (start < vocab) & (tl.min(found, axis=0) < 0):
+        x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
+        xc = tl.where(x >= lower[:, None], x, 0.0)
+        chunk_mass = tl.sum(xc, axis=1)
+        crossing = (found < 0) & (running + chunk_mass > u)
+        if tl.max(crossing.to(tl.int32), axis=0) > 0:
+            cdf = tl.cumsum(xc, axis=1) + running[:, None]
+            first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
+            found = tl.where(crossing & (first < vocab), first, found)
+        last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
+        running += chunk_mass
+        start += BLOCK
+    return found, last_candidate
 
 
 @triton.jit

@@ -5,9 +5,10 @@ a float32 tensor with one value per row. A row at temperature 0 is greedy: its o
 the first maximum, in the same launch as the other rows (AITER's mixed greedy/random batches), so any
 sampler then returns the argmax for it.
 
-``sampling_from_logits`` draws from ``softmax(logits)`` in one pass, taking the argmax of the logits
-plus Gumbel noise. Under one seed its draws differ from ``sampling_from_probs(softmax(x))``, as in
-FlashInfer.
+``sampling_from_logits`` draws from ``softmax(logits)`` without writing the probabilities: for small
+vocabularies the argmax of the logits plus Gumbel noise, in one pass; for larger ones an inverse CDF
+over ``exp(x - max)`` with each row spread over many programs (chunked.py). Under one seed its draws
+differ from ``sampling_from_probs(softmax(x))``, as in FlashInfer. NaN logits count as ``-inf``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
 
 from .api import cdiv, prepare_draw
+from .chunked import chunked_launch, draw_by_chunks, softmax_by_chunks
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -58,7 +60,10 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
                              f"got shape {tuple(temperature.shape)} on {temperature.device}")
         mode, temp_t, temp_v = 2, temperature, 0.0
     out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
-    if rows:
+    chunks = chunked_launch(vocab, rows) if rows else None
+    if chunks is not None:
+        softmax_by_chunks(logits, out, mode, temp_t, temp_v, chunks)
+    elif rows:
         cfg = launch_config(vocab, rows, device_info().arch, _interpreted())
         softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, temp_t if temp_t is not None else out, temp_v, rows, vocab, logits.stride(0), out.stride(0),
@@ -69,14 +74,19 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
 def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
                          generator: Optional[torch.Generator] = None, check_nan: bool = False, seed=None,
                          offset=None, return_valid: bool = False):
-    """One token per row drawn from ``softmax(logits)`` (Gumbel-max, one pass over the logits).
+    """One token per row drawn from ``softmax(logits)``: Gumbel-max in one pass for a vocabulary
+    that fits one chunk, otherwise an inverse CDF over ``exp(x - max)`` by chunks (chunked.py).
     ``indices``, ``generator``, ``seed``/``offset``, ``check_nan`` and ``return_valid`` as for the
     ``_from_probs`` samplers; a row with no finite logit gives token 0, invalid."""
+    from .chunked_kernels import LOGITS
     from .logits_kernels import gumbel_max_kernel, launch_config
 
     rows, seed_t, offset_t, per_row, out, valid = prepare_draw(logits, "logits", indices, generator, check_nan, seed,
                                                                offset, LOGIT_DTYPES)
-    if rows:
+    chunks = chunked_launch(logits.shape[1], rows) if rows else None
+    if chunks is not None:
+        draw_by_chunks(logits, LOGITS, indices, None, seed_t, offset_t, per_row, out, valid, chunks)
+    elif rows:
         cfg = launch_config(logits.shape[1], rows, device_info().arch, _interpreted())
         gumbel_max_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, valid, indices if indices is not None else out, seed_t, offset_t, rows, logits.shape[1],

@@ -41,6 +41,7 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     for start in range(0, vocab, BLOCK):
         x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
         x = x * scale[:, None]
+        x = tl.where(x == x, x, -float("inf"))  # NaN logits count as -inf
         chunk_max = tl.max(x, axis=1)
         chunk_arg = tl.min(tl.where(x == chunk_max[:, None], idx[None, :], vocab), axis=1)
         best = tl.where(chunk_max > m, chunk_arg, best)
@@ -54,6 +55,7 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     for start in range(0, vocab, BLOCK):
         x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
         x = x * scale[:, None]
+        x = tl.where(x == x, x, -float("inf"))  # NaN logits count as -inf
         p = tl.exp2(x - m_safe[:, None]) * inv_total[:, None]
         one_hot = tl.where(idx[None, :] == best[:, None], 1.0, 0.0)
         p = tl.where(greedy[:, None], tl.where(m[:, None] > float("-inf"), one_hot, 0.0), p)

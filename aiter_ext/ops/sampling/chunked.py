@@ -1,0 +1,83 @@
+"""Host side of the chunked path (chunked_kernels.py): each row spread over many programs.
+
+``chunked_launch`` says whether a call takes this path; ``draw_by_chunks`` and ``softmax_by_chunks``
+run it. The per-chunk numbers live in ``[rows, chunks]`` workspaces whose size follows the input's
+shape only, so the path can be graph-captured.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from aiter_ext.core.arch import device_info
+
+from .api import cdiv
+
+
+def chunked_launch(vocab: int, rows: int, config: Optional[dict] = None) -> Optional[dict]:
+    """The chunked path's launch for this shape, or None for one program per row. ``config`` (sweeps):
+    ``{"chunked": False}`` forces one program per row; ``{"BLOCK": .., "num_warps": ..}`` sets the chunks."""
+    from .chunked_kernels import chunked_config
+
+    config = config or {}
+    if not config.get("chunked", True):
+        return None
+    return chunked_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1",
+                          config.get("BLOCK", 0), config.get("num_warps", 4))
+
+
+def _workspace(rows: int, cfg: dict, device, with_arg: bool):
+    shape = (rows, cfg["num_chunks"])
+    stat_a = torch.empty(shape, dtype=torch.float32, device=device)
+    stat_b = torch.empty(shape, dtype=torch.float32, device=device)
+    stat_arg = torch.empty(shape, dtype=torch.int32, device=device) if with_arg else stat_a
+    return stat_a, stat_b, stat_arg
+
+
+def _stats(x, kind, param_t, param_v, param_mode, stats, cfg):
+    from .chunked_kernels import chunk_stats_kernel
+
+    rows, vocab = x.shape
+    stat_a, stat_b, stat_arg = stats
+    grid = (cdiv(rows, cfg["ROWS"]), cfg["num_chunks"])
+    chunk_stats_kernel[grid](x, stat_a, stat_b, stat_arg, param_t if param_t is not None else stat_a, param_v, rows,
+                             vocab, x.stride(0), cfg["num_chunks"], KIND=kind, PARAM=param_mode, ROWS=cfg["ROWS"],
+                             BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])
+
+
+def draw_by_chunks(x: torch.Tensor, kind: int, indices, min_p, seed_t, offset_t, per_row: bool, out, valid,
+                   cfg: dict) -> None:
+    """One token per output row into ``out``/``valid``. ``kind``: MASS (plain sampling from
+    probabilities), MASS_ABOVE_MIN_P (``min_p`` is the ``(mode, tensor, value)`` of api._threshold)
+    or LOGITS (sampling from logits). The per-chunk numbers are taken per source row."""
+    from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P, MAX, SCALAR, chunk_draw_kernel
+
+    stats = _workspace(x.shape[0], cfg, x.device, with_arg=kind == LOGITS)
+    m_mode, m_t, m_v = min_p if min_p is not None else (SCALAR, None, 0.0)
+    if kind == MASS_ABOVE_MIN_P:
+        _stats(x, MAX, None, 0.0, SCALAR, stats, cfg)
+        _stats(x, MASS_ABOVE_MIN_P, m_t, m_v, m_mode, stats, cfg)
+    else:
+        _stats(x, kind, None, 1.0, SCALAR, stats, cfg)  # LOGITS at temperature 1
+    num_out = out.shape[0]
+    chunk_draw_kernel[(cdiv(num_out, cfg["ROWS"]),)](
+        x, out, valid, indices if indices is not None else out, stats[0], stats[1],
+        m_t if m_t is not None else stats[0], m_v, seed_t, offset_t, num_out, x.shape[1], x.stride(0),
+        cfg["num_chunks"], HAS_INDICES=indices is not None, KIND=kind, MIN_P=m_mode, SEED_PER_ROW=per_row,
+        ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])
+
+
+def softmax_by_chunks(logits: torch.Tensor, out: torch.Tensor, temp_mode: int, temp_t, temp_v: float,
+                      cfg: dict) -> None:
+    from .chunked_kernels import LOGITS, softmax_chunk_kernel
+
+    rows, vocab = logits.shape
+    stats = _workspace(rows, cfg, logits.device, with_arg=True)
+    _stats(logits, LOGITS, temp_t, temp_v, temp_mode, stats, cfg)
+    grid = (cdiv(rows, cfg["ROWS"]), cfg["num_chunks"])
+    softmax_chunk_kernel[grid](logits, out, *stats, temp_t if temp_t is not None else stats[0], temp_v, rows, vocab,
+                               logits.stride(0), out.stride(0), cfg["num_chunks"], TEMP=temp_mode, ROWS=cfg["ROWS"],
+                               BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])

@@ -1,0 +1,238 @@
+"""Triton kernels that spread each row over many programs: the draws that need no rejection rounds
+(plain and min-p sampling from probabilities, sampling from logits) and softmax.
+
+One program per row walks 0.5 MB at vocabulary 128256: at batch 1 or 32 that leaves most of the GPU
+idle. Here a row is cut into ``BLOCK``-wide chunks, and a draw takes two launches:
+
+- ``chunk_stats_kernel`` (grid: row tiles x chunks) reduces each chunk to the numbers a draw needs:
+  its mass (probabilities), or its maximum and the sum of ``exp2(x - max)`` with its first argmax
+  (logits, in base 2). For min-p it runs twice: the chunk maxima, then the mass at or above
+  ``min_p * max`` of the row (each program takes the row maximum from the chunk maxima).
+- ``chunk_draw_kernel`` (grid: row tiles) draws ``u`` in ``[0, total)``, picks the chunk whose
+  running mass passes ``u`` from the per-chunk numbers, and scans only that chunk.
+
+So a row is read about once, with every chunk of every row in flight together. ``softmax_chunk_kernel``
+is softmax's second pass: each chunk is normalised by the row's maximum and sum, both taken from the
+per-chunk numbers.
+
+Sampling from logits draws by inverse CDF over ``exp(x - max)``: one uniform per row rather than a
+Gumbel variate per token. NaN logits count as ``-inf`` and NaN probabilities as 0: never drawn.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+from .kernels import PER_ROW, SCALAR, _row_param, load_chunk, program_rows
+
+# What chunk_stats_kernel computes per chunk.
+MASS, MAX, MASS_ABOVE_MIN_P, LOGITS = 0, 1, 2, 3
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _tile_rows(num_rows, ROWS: tl.constexpr):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    return r < num_rows, tl.minimum(r, num_rows - 1).to(tl.int64)
+
+
+@triton.jit
+def _logit_scale(temp_ptr, temp_value, rows, TEMP: tl.constexpr):
+    """Per row: the factor that turns logits into base-2 exponents of ``softmax(x / T)``, and whether
+    the row is greedy (``T == 0``: its scale keeps the logits' order)."""
+    t = _row_param(temp_ptr, temp_value, rows, TEMP)
+    greedy = t == 0.0
+    return (1.0 / tl.where(greedy, 1.0, t)) * LOG2E, greedy
+
+
+@triton.jit
+def _scaled_logits(row_ptr, start, cols, vocab, scale):
+    """A chunk of logits times ``scale``, ``-inf`` past the vocabulary and in place of NaN."""
+    x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
+    y = x * scale[:, None]
+    return tl.where(y == y, y, -float("inf")), idx
+
+
+@triton.jit
+def _row_stats(stat_ptr, rows, num_chunks, fill, NCHUNKS: tl.constexpr):
+    """``[ROWS, NCHUNKS]`` per-chunk numbers of the rows, ``fill`` past the last chunk (clamped load)."""
+    ch = tl.arange(0, NCHUNKS)
+    values = tl.load(stat_ptr + rows[:, None] * num_chunks + tl.minimum(ch, num_chunks - 1)[None, :])
+    return tl.where((ch < num_chunks)[None, :], values, fill), ch
+
+
+@triton.jit
+def _logit_totals(stat_max, stat_sum, rows, num_chunks, NCHUNKS: tl.constexpr):
+    """Combine the chunks of each row: the row maximum, each chunk's weight in units of
+    ``exp2(row max)`` and their total."""
+    chunk_max, ch = _row_stats(stat_max, rows, num_chunks, -float("inf"), NCHUNKS)
+    chunk_sum, ch = _row_stats(stat_sum, rows, num_chunks, 0.0, NCHUNKS)
+    top = tl.max(chunk_max, axis=1)
+    top_safe = tl.where(top == -float("inf"), 0.0, top)
+    weight = chunk_sum * tl.exp2(chunk_max - top_safe[:, None])
+    return top, top_safe, chunk_max, weight, ch
+
+
+@triton.jit
+def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, num_rows, vocab, stride_row,
+                       num_chunks, KIND: tl.constexpr, PARAM: tl.constexpr, ROWS: tl.constexpr,
+                       BLOCK: tl.constexpr, NCHUNKS: tl.constexpr):
+    """Pass A. ``stat_a``/``stat_b``/``stat_arg`` are ``[rows, num_chunks]``:
+    MASS: stat_a = the chunk's mass. MAX: stat_a = its maximum. MASS_ABOVE_MIN_P (after MAX):
+    stat_b = its mass at or above ``min_p * row max``. LOGITS (``param`` is the temperature):
+    stat_a = the maximum of the scaled logits, stat_b = the sum of ``exp2(y - that maximum)``,
+    stat_arg = the first index of that maximum."""
+    r_ok, rows = _tile_rows(num_rows, ROWS)
+    chunk = tl.program_id(1)
+    row_ptr = x_ptr + rows * stride_row
+    cols = tl.arange(0, BLOCK)
+    slot = rows * num_chunks + chunk
+    if KIND == 3:
+        scale, greedy = _logit_scale(param_ptr, param_value, rows, PARAM)
+        y, idx = _scaled_logits(row_ptr, chunk * BLOCK, cols, vocab, scale)
+        top = tl.max(y, axis=1)
+        top_safe = tl.where(top == -float("inf"), 0.0, top)
+        arg = tl.min(tl.where(y == top[:, None], idx[None, :], vocab), axis=1)
+        tl.store(stat_a + slot, top, mask=r_ok)
+        tl.store(stat_b + slot, tl.sum(tl.exp2(y - top_safe[:, None]), axis=1), mask=r_ok)
+        tl.store(stat_arg + slot, arg, mask=r_ok)
+    else:
+        x, idx = load_chunk(row_ptr, chunk * BLOCK, cols, vocab, 0.0)
+        x = tl.where(x > 0.0, x, 0.0)  # NaN and negative entries weigh nothing
+        if KIND == 0:
+            tl.store(stat_a + slot, tl.sum(x, axis=1), mask=r_ok)
+        elif KIND == 1:
+            tl.store(stat_a + slot, tl.max(x, axis=1), mask=r_ok)
+        else:
+            chunk_max, ch = _row_stats(stat_a, rows, num_chunks, 0.0, NCHUNKS)
+            threshold = _row_param(param_ptr, param_value, rows, PARAM) * tl.max(chunk_max, axis=1)
+            tl.store(stat_b + slot, tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1), mask=r_ok)
+
+
+@triton.jit
+def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min_p_value, seed_ptr, offset_ptr,
+                      num_out, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr, KIND: tl.constexpr,
+                      MIN_P: tl.constexpr, SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                      NCHUNKS: tl.constexpr):
+    """Pass B: one token per output row, by inverse CDF, from the chunk numbers of its source row.
+    The Philox counter of output row r is ``offset + r``. A row with nothing to draw (no positive
+    mass, no finite logit) gives token 0, invalid."""
+    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
+    if KIND == 3:
+        top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, src, num_chunks, NCHUNKS)
+        lower = tl.zeros([ROWS], tl.float32)
+    elif KIND == 2:
+        weight, ch = _row_stats(stat_b, src, num_chunks, 0.0, NCHUNKS)
+        chunk_max, ch = _row_stats(stat_a, src, num_chunks, 0.0, NCHUNKS)
+        # the same float as pass A computed, so the chunk masses and this scan keep the same tokens
+        lower = _row_param(min_p_ptr, min_p_value, src, MIN_P) * tl.max(chunk_max, axis=1)
+    else:
+        weight, ch = _row_stats(stat_a, src, num_chunks, 0.0, NCHUNKS)
+        lower = tl.zeros([ROWS], tl.float32)
+    total = tl.sum(weight, axis=1)
+    seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
+    u = tl.rand(tl.load(seed_ptr + seed_index), tl.load(offset_ptr + seed_index) + r_safe) * total
+
+    # the chunk whose running mass passes u (rounding can leave u at the total: then the last chunk with mass)
+    chunk = tl.min(tl.where(tl.cumsum(weight, axis=1) > u[:, None], ch[None, :], NCHUNKS), axis=1)
+    last_chunk = tl.max(tl.where(weight > 0.0, ch[None, :], -1), axis=1)
+    chunk = tl.maximum(tl.where(chunk < num_chunks, chunk, last_chunk), 0)
+    u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weight, 0.0), axis=1)
+
+    idx = (chunk * BLOCK)[:, None] + tl.arange(0, BLOCK)[None, :]
+    row_ptr = x_ptr + src * stride_row
+    x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)).to(tl.float32)
+    in_vocab = idx < vocab
+    if KIND == 3:
+        # weights relative to this chunk's maximum; u_in taken into the same units
+        this_max = tl.max(tl.where(ch[None, :] == chunk[:, None], chunk_max, -float("inf")), axis=1)
+        this_max = tl.where(this_max == -float("inf"), top_safe, this_max)
+        y = x * LOG2E
+        w = tl.where(in_vocab & (y == y), tl.exp2(y - this_max[:, None]), 0.0)
+        u_in = u_in * tl.exp2(top_safe - this_max)
+    else:
+        w = tl.where(in_vocab & (x >= lower[:, None]) & (x > 0.0), x, 0.0)
+    token = tl.min(tl.where(tl.cumsum(w, axis=1) > u_in[:, None], idx, vocab), axis=1)
+    last_token = tl.max(tl.where(w > 0.0, idx, -1), axis=1)
+    token = tl.maximum(tl.where(token < vocab, token, last_token), 0)
+    ok = total > 0.0
+    tl.store(out + r, tl.where(ok, token, 0).to(out.dtype.element_ty), mask=r_ok)
+    tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
+
+
+@triton.jit
+def softmax_chunk_kernel(logits, out, stat_a, stat_b, stat_arg, temp_ptr, temp_value, num_rows, vocab, stride_in,
+                         stride_out, num_chunks, TEMP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                         NCHUNKS: tl.constexpr):
+    """Softmax's second pass (after chunk_stats_kernel with LOGITS): writes one chunk of
+    ``softmax(x / T)``; a greedy row (``T == 0``) gets one-hot at its first maximum, a row with no
+    finite logit gets zeros."""
+    r_ok, rows = _tile_rows(num_rows, ROWS)
+    chunk = tl.program_id(1)
+    scale, greedy = _logit_scale(temp_ptr, temp_value, rows, TEMP)
+    top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, rows, num_chunks, NCHUNKS)
+    total = tl.sum(weight, axis=1)
+    inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)
+    chunk_arg, ch = _row_stats(stat_arg, rows, num_chunks, vocab, NCHUNKS)
+    best = tl.min(tl.where(chunk_max == top[:, None], chunk_arg, vocab), axis=1)
+
+    y, idx = _scaled_logits(logits + rows * stride_in, chunk * BLOCK, tl.arange(0, BLOCK), vocab, scale)
+    p = tl.exp2(y - top_safe[:, None]) * inv_total[:, None]
+    one_hot = tl.where((idx[None, :] == best[:, None]) & (top[:, None] > -float("inf")), 1.0, 0.0)
+    p = tl.where(greedy[:, None], one_hot, p)
+    tl.store(out + rows[:, None] * stride_out + idx[None, :], p, mask=r_ok[:, None] & (idx < vocab)[None, :])
+
+
+# Chunk width on the GPU: 4096 fp32 (16 KB) per program, so 128256 is 32 chunks, 201088 is 50.
+GPU_BLOCK = 4096
+
+
+def chunked_config(vocab: int, rows: int, arch: str, interpreted: bool = False, block: int = 0, num_warps: int = 4):
+    """The launch of the chunked path, or None where one program per row is better: a vocabulary
+    that fits in one chunk. Under the CPU interpreter the cost is per program, so chunks are small
+    (vocabulary 1024 in the tests takes this path) and tiles hold many rows. ``block`` and
+    ``num_warps`` override the defaults (sweeps)."""
+    block = block or (256 if interpreted else GPU_BLOCK)
+    if vocab <= block:
+        return None
+    num_chunks = triton.cdiv(vocab, block)
+    tile_rows = min(256, triton.next_power_of_2(max(rows, 1))) if interpreted else 1
+    return {"ROWS": tile_rows, "BLOCK": block, "NCHUNKS": triton.next_power_of_2(num_chunks),
+            "num_chunks": num_chunks, "num_warps": num_warps}
+
+
+def aot_specs():
+    vocab = 128256
+    cfg = chunked_config(vocab, 256, "gfx942")
+    shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+    opts = {"num_warps": cfg["num_warps"]}
+    ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+    for kind, name, dtypes in ((MASS, "mass", ("fp32",)), (MAX, "max", ("fp32",)),
+                               (MASS_ABOVE_MIN_P, "min_p", ("fp32",)), (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
+        for dtype in dtypes:
+            sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
+                   "param_ptr": "*fp32", "param_value": "fp32", **ints}
+            param = PER_ROW if kind in (MASS_ABOVE_MIN_P, LOGITS) else SCALAR
+            yield KernelSpec(f"chunk_stats[{name}-{dtype}-block{cfg['BLOCK']}]", chunk_stats_kernel, sig,
+                             {"KIND": kind, "PARAM": param, **shape}, opts, divisible_by_16=("x_ptr",))
+    for kind, name, dtypes in ((MASS, "plain", ("fp32",)), (MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
+                               (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
+        for dtype in dtypes:
+            sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",
+                   "stat_b": "*fp32", "min_p_ptr": "*fp32", "min_p_value": "fp32", "seed_ptr": "*i64",
+                   "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+            consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": PER_ROW, "SEED_PER_ROW": False, **shape}
+            yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{cfg['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,
+                             divisible_by_16=("x_ptr",))
+    for dtype in ("fp32", "bf16", "fp16"):
+        sig = {"logits": f"*{dtype}", "out": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
+               "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64",
+               "stride_out": "i64", "num_chunks": "i32"}
+        yield KernelSpec(f"softmax_chunk[{dtype}-block{cfg['BLOCK']}]", softmax_chunk_kernel, sig,
+                         {"TEMP": PER_ROW, **shape}, opts, divisible_by_16=("logits", "out"))
+
+
+register_aot_specs("sampling.chunked", aot_specs)
