@@ -5,8 +5,8 @@ One program per row walks 0.5 MB at vocabulary 128256: at batch 1 or 32 that lea
 idle. Here a row is cut into ``BLOCK``-wide chunks, and a draw takes two launches:
 
 - ``chunk_stats_kernel`` (grid: row tiles x chunks) reduces each chunk to the numbers a draw needs:
-  its mass (probabilities), or its maximum and the sum of ``exp2(x - max)`` with its first argmax
-  (logits, in base 2). For min-p it runs twice: the chunk maxima, then the mass at or above
+  its mass (probabilities), or its largest logit, the sum of ``exp2((x - max) * scale)`` and the
+  first index of that logit (logits; ``scale`` = log2(e) / temperature). For min-p it runs twice: the chunk maxima, then the mass at or above
   ``min_p * max`` of the row (each program takes the row maximum from the chunk maxima).
 - ``chunk_draw_kernel`` (grid: row tiles) draws ``u`` in ``[0, total)``, picks the chunk whose
   running mass passes ``u`` from the per-chunk numbers, and scans only that chunk.
@@ -49,11 +49,13 @@ def _logit_scale(temp_ptr, temp_value, rows, TEMP: tl.constexpr):
 
 
 @triton.jit
-def _scaled_logits(row_ptr, start, cols, vocab, scale):
-    """A chunk of logits times ``scale``, ``-inf`` past the vocabulary and in place of NaN."""
+def logits_chunk(row_ptr, start, cols, vocab):
+    """A chunk of logits, ``-inf`` past the vocabulary and in place of NaN. Kept unscaled: every
+    exponent below is ``(x - max) * scale``. Written as ``x * scale - max * scale``, the compiler
+    fuses it into one FMA whose unrounded product no longer cancels the rounded maximum; for a
+    logit of 1e30 that difference is ~1e23, and exp2 of it is 0 or inf."""
     x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
-    y = x * scale[:, None]
-    return tl.where(y == y, y, -float("inf")), idx
+    return tl.where(x == x, x, -float("inf")), idx
 
 
 @triton.jit
@@ -65,14 +67,14 @@ def _row_stats(stat_ptr, rows, num_chunks, fill, NCHUNKS: tl.constexpr):
 
 
 @triton.jit
-def _logit_totals(stat_max, stat_sum, rows, num_chunks, NCHUNKS: tl.constexpr):
-    """Combine the chunks of each row: the row maximum, each chunk's weight in units of
-    ``exp2(row max)`` and their total."""
+def _logit_totals(stat_max, stat_sum, rows, num_chunks, scale, NCHUNKS: tl.constexpr):
+    """Combine the chunks of each row: the row's largest logit, each chunk's weight in units of
+    ``exp2(that logit * scale)`` and their total."""
     chunk_max, ch = _row_stats(stat_max, rows, num_chunks, -float("inf"), NCHUNKS)
     chunk_sum, ch = _row_stats(stat_sum, rows, num_chunks, 0.0, NCHUNKS)
     top = tl.max(chunk_max, axis=1)
     top_safe = tl.where(top == -float("inf"), 0.0, top)
-    weight = chunk_sum * tl.exp2(chunk_max - top_safe[:, None])
+    weight = chunk_sum * tl.exp2((chunk_max - top_safe[:, None]) * scale[:, None])
     return top, top_safe, chunk_max, weight, ch
 
 
@@ -83,8 +85,8 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
     """Pass A. ``stat_a``/``stat_b``/``stat_arg`` are ``[rows, num_chunks]``:
     MASS: stat_a = the chunk's mass. MAX: stat_a = its maximum. MASS_ABOVE_MIN_P (after MAX):
     stat_b = its mass at or above ``min_p * row max``. LOGITS (``param`` is the temperature):
-    stat_a = the maximum of the scaled logits, stat_b = the sum of ``exp2(y - that maximum)``,
-    stat_arg = the first index of that maximum."""
+    stat_a = the largest logit, stat_b = the sum of ``exp2((x - that logit) * scale)``, stat_arg =
+    the first index of that logit."""
     r_ok, rows = _tile_rows(num_rows, ROWS)
     chunk = tl.program_id(1)
     row_ptr = x_ptr + rows * stride_row
@@ -92,12 +94,12 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
     slot = rows * num_chunks + chunk
     if KIND == 3:
         scale, greedy = _logit_scale(param_ptr, param_value, rows, PARAM)
-        y, idx = _scaled_logits(row_ptr, chunk * BLOCK, cols, vocab, scale)
-        top = tl.max(y, axis=1)
+        x, idx = logits_chunk(row_ptr, chunk * BLOCK, cols, vocab)
+        top = tl.max(x, axis=1)
         top_safe = tl.where(top == -float("inf"), 0.0, top)
-        arg = tl.min(tl.where(y == top[:, None], idx[None, :], vocab), axis=1)
+        arg = tl.min(tl.where(x == top[:, None], idx[None, :], vocab), axis=1)
         tl.store(stat_a + slot, top, mask=r_ok)
-        tl.store(stat_b + slot, tl.sum(tl.exp2(y - top_safe[:, None]), axis=1), mask=r_ok)
+        tl.store(stat_b + slot, tl.sum(tl.exp2((x - top_safe[:, None]) * scale[:, None]), axis=1), mask=r_ok)
         tl.store(stat_arg + slot, arg, mask=r_ok)
     else:
         x, idx = load_chunk(row_ptr, chunk * BLOCK, cols, vocab, 0.0)
@@ -122,7 +124,8 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
     mass, no finite logit) gives token 0, invalid."""
     r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
     if KIND == 3:
-        top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, src, num_chunks, NCHUNKS)
+        scale = tl.full([ROWS], LOG2E, tl.float32)  # temperature 1
+        top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, src, num_chunks, scale, NCHUNKS)
         lower = tl.zeros([ROWS], tl.float32)
     elif KIND == 2:
         weight, ch = _row_stats(stat_b, src, num_chunks, 0.0, NCHUNKS)
@@ -150,9 +153,8 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
         # weights relative to this chunk's maximum; u_in taken into the same units
         this_max = tl.max(tl.where(ch[None, :] == chunk[:, None], chunk_max, -float("inf")), axis=1)
         this_max = tl.where(this_max == -float("inf"), top_safe, this_max)
-        y = x * LOG2E
-        w = tl.where(in_vocab & (y == y), tl.exp2(y - this_max[:, None]), 0.0)
-        u_in = u_in * tl.exp2(top_safe - this_max)
+        w = tl.where(in_vocab & (x == x), tl.exp2((x - this_max[:, None]) * LOG2E), 0.0)
+        u_in = u_in * tl.exp2((top_safe - this_max) * LOG2E)
     else:
         w = tl.where(in_vocab & (x >= lower[:, None]) & (x > 0.0), x, 0.0)
     token = tl.min(tl.where(tl.cumsum(w, axis=1) > u_in[:, None], idx, vocab), axis=1)
@@ -173,14 +175,14 @@ def softmax_chunk_kernel(logits, out, stat_a, stat_b, stat_arg, temp_ptr, temp_v
     r_ok, rows = _tile_rows(num_rows, ROWS)
     chunk = tl.program_id(1)
     scale, greedy = _logit_scale(temp_ptr, temp_value, rows, TEMP)
-    top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, rows, num_chunks, NCHUNKS)
+    top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, rows, num_chunks, scale, NCHUNKS)
     total = tl.sum(weight, axis=1)
     inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)
     chunk_arg, ch = _row_stats(stat_arg, rows, num_chunks, vocab, NCHUNKS)
     best = tl.min(tl.where(chunk_max == top[:, None], chunk_arg, vocab), axis=1)
 
-    y, idx = _scaled_logits(logits + rows * stride_in, chunk * BLOCK, tl.arange(0, BLOCK), vocab, scale)
-    p = tl.exp2(y - top_safe[:, None]) * inv_total[:, None]
+    x, idx = logits_chunk(logits + rows * stride_in, chunk * BLOCK, tl.arange(0, BLOCK), vocab)
+    p = tl.exp2((x - top_safe[:, None]) * scale[:, None]) * inv_total[:, None]
     one_hot = tl.where((idx[None, :] == best[:, None]) & (top[:, None] > -float("inf")), 1.0, 0.0)
     p = tl.where(greedy[:, None], one_hot, p)
     tl.store(out + rows[:, None] * stride_out + idx[None, :], p, mask=r_ok[:, None] & (idx < vocab)[None, :])

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
+from .chunked_kernels import logits_chunk
 from .kernels import load_chunk, program_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -33,30 +34,28 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     else:
         t = tl.zeros([ROWS], tl.float32) + temp_value
     greedy = t == 0.0
-    scale = LOG2E / tl.where(greedy, 1.0, t)  # base-2 exponentials; greedy rows keep the logits' order
+    # base-2 exponents (x - max) * scale (see chunked_kernels.logits_chunk); greedy rows keep the order
+    scale = LOG2E / tl.where(greedy, 1.0, t)
 
     m = tl.full([ROWS], float("-inf"), tl.float32)
     total = tl.zeros([ROWS], tl.float32)
     best = tl.zeros([ROWS], tl.int32)
     for start in range(0, vocab, BLOCK):
-        x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
-        x = x * scale[:, None]
-        x = tl.where(x == x, x, -float("inf"))  # NaN logits count as -inf
+        x, idx = logits_chunk(in_ptr, start, cols, vocab)
         chunk_max = tl.max(x, axis=1)
         chunk_arg = tl.min(tl.where(x == chunk_max[:, None], idx[None, :], vocab), axis=1)
         best = tl.where(chunk_max > m, chunk_arg, best)
         m_new = tl.maximum(m, chunk_max)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        total = total * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), axis=1)
+        total = (total * tl.exp2((m - m_safe) * scale)
+                 + tl.sum(tl.exp2((x - m_safe[:, None]) * scale[:, None]), axis=1))
         m = m_new
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)  # 0 for rows with no finite logit
     out_ptr = out + r_safe * stride_out
     for start in range(0, vocab, BLOCK):
-        x, idx = load_chunk(in_ptr, start, cols, vocab, -float("inf"))
-        x = x * scale[:, None]
-        x = tl.where(x == x, x, -float("inf"))  # NaN logits count as -inf
-        p = tl.exp2(x - m_safe[:, None]) * inv_total[:, None]
+        x, idx = logits_chunk(in_ptr, start, cols, vocab)
+        p = tl.exp2((x - m_safe[:, None]) * scale[:, None]) * inv_total[:, None]
         one_hot = tl.where(idx[None, :] == best[:, None], 1.0, 0.0)
         p = tl.where(greedy[:, None], tl.where(m[:, None] > float("-inf"), one_hot, 0.0), p)
         tl.store(out_ptr[:, None] + idx[None, :], p, mask=r_ok[:, None] & (idx < vocab)[None, :])
