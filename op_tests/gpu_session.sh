@@ -3,7 +3,7 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling sampling-sweep gap
+#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-host sampling-sweep gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -14,7 +14,7 @@ fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || echo "FlashInfer unavailable"
-sections=${*:-merge attention-tests attention-bench sweep sampling gap}
+sections=${*:-merge attention-tests attention-bench sweep sampling-tests sampling-bench gap}
 for section in $sections; do
   echo "== $section"
   case $section in
@@ -32,9 +32,12 @@ for section in $sections; do
       python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;
     sweep)
       python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
-    sampling)
-      python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12
+    sampling-tests)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12 ;;
+    sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
+    sampling-host)
+      python3 op_tests/test_sampling.py --host 2>&1 | tee "$OUT/host-sampling.log" ;;
     sampling-sweep)
       python3 op_tests/test_sampling.py --sweep 2>&1 | tee "$OUT/sweep-sampling.log" ;;
     gap)

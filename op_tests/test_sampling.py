@@ -482,6 +482,59 @@ def test_chain_speculative_bad_arguments():
 # Benchmark CLI: python op_tests/test_sampling.py  (GPU; beside FlashInfer when it is installed)
 
 
+def _timed(fn, graph: bool):
+    """time_us of ``fn``, eager or as a CUDA-graph replay; None if it cannot be captured."""
+    from aiter_ext.core.bench import time_us
+
+    try:
+        return time_us(fn, graph=graph)
+    except Exception as exc:  # e.g. a library whose seeding is not capturable
+        print(f"  (graph capture failed: {type(exc).__name__}: {str(exc)[:80]})")
+        return None
+
+
+def _host_profile() -> int:
+    """Where an eager call's host time goes (an experiment): the wall time per call of each piece,
+    issued back to back without synchronizing, so a piece faster on the GPU than on the host shows
+    its host cost."""
+    import time
+
+    from aiter_ext.core.bench import benchmark_setup, markdown_table, warm_up_gpu
+    from aiter_ext.ops.sampling.chunked import _stats, _workspace, chunked_launch
+    from aiter_ext.ops.sampling.chunked_kernels import MASS, SCALAR
+
+    ok, fi = benchmark_setup(False)
+    warm_up_gpu()
+    probs = torch.softmax(torch.randn(1, 128256, device="cuda"), -1)
+    cfg = chunked_launch(128256, 1)
+    stats = _workspace(1, cfg, probs.device, with_arg=False)
+    pieces = {
+        "torch.randint (device seed)": lambda: torch.randint(0, 2**62, (1,), device="cuda", dtype=torch.int64),
+        "torch.empty x2": lambda: (torch.empty(1, 32, device="cuda"), torch.empty(1, 32, device="cuda")),
+        "chunk_stats_kernel launch": lambda: _stats(probs, MASS, None, 0.0, SCALAR, stats, cfg),
+        "sampling_from_probs (seed=1, offset=0)": lambda: S.sampling_from_probs(probs, seed=1, offset=0),
+        "sampling_from_probs (generator)": lambda: S.sampling_from_probs(probs),
+        "top_p_sampling_from_probs (generator)": lambda: S.top_p_sampling_from_probs(probs, 0.9),
+        "sampling_from_logits (generator)": lambda: S.sampling_from_logits(probs),
+    }
+    if fi is not None:
+        pieces["FlashInfer sampling_from_probs"] = lambda: fi.sampling.sampling_from_probs(probs)
+    rows = []
+    for name, fn in pieces.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        n = 500
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        host_us = (time.perf_counter() - t0) / n * 1e6
+        torch.cuda.synchronize()
+        rows.append({"piece": name, "host us per call": host_us})
+    print(markdown_table(rows))
+    return 0
+
+
 def bench_main(argv=None) -> int:
     import argparse
 
@@ -492,9 +545,12 @@ def bench_main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="sampling from probabilities, beside FlashInfer")
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time launch configs instead (an experiment)")
+    parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
     args = parser.parse_args(argv)
     if args.sweep:
         return _sweep()
+    if args.host:
+        return _host_profile()
     ok, fi = benchmark_setup(args.no_flashinfer)
     if not ok:
         return 2
@@ -520,12 +576,15 @@ def bench_main(argv=None) -> int:
                 if name == "min_p_sampling_from_probs":
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= extra[0] * probs.max(-1).values).all(), name
                 us = time_us(lambda: ours(probs, *extra, **kw))
-                fi_us = None
+                graph_us = _timed(lambda: ours(probs, *extra, **kw), graph=True)
+                fi_us = fi_graph_us = None
                 if fi is not None:
                     fi_fn = getattr(fi.sampling, name)
                     fi_us = time_us(lambda: fi_fn(probs, *extra, **kw))
-                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": floor_us,
-                             "%floor": 100 * floor_us / us, "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
+                    fi_graph_us = _timed(lambda: fi_fn(probs, *extra, **kw), graph=True)
+                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "graph_us": graph_us,
+                             "floor_us": floor_us, "%floor": 100 * floor_us / us, "fi_us": fi_us,
+                             "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None,
                              "multinomial_us": mult_us})
     print(markdown_table(rows))
     rows = []
@@ -547,12 +606,14 @@ def bench_main(argv=None) -> int:
                      (lambda: fi.sampling.top_p_renorm_probs(probs, 0.9)) if fi else None),
                     ("top_k_mask_logits (50)", lambda: S.top_k_mask_logits(logits, 50), None)):
                 us = time_us(ours)
+                graph_us = _timed(ours, graph=True)
                 fi_us = time_us(theirs) if theirs else None
+                fi_graph_us = _timed(theirs, graph=True) if theirs else None
                 # floor: softmax and the renorm/mask ops read once and write once; sampling reads once
                 moved = 2 * nbytes if not name.startswith("sampling") else nbytes
-                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "floor_us": moved / (copy_gbs * 1e3),
-                             "%floor": 100 * moved / (copy_gbs * 1e3) / us, "fi_us": fi_us,
-                             "fi/ours": fi_us / us if fi_us else None})
+                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "graph_us": graph_us,
+                             "floor_us": moved / (copy_gbs * 1e3), "%floor": 100 * moved / (copy_gbs * 1e3) / us,
+                             "fi_us": fi_us, "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None})
     print(markdown_table(rows))
     rows = []
     for vocab in (32000, 128256, 201088):
