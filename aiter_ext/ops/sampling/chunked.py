@@ -7,6 +7,7 @@ shape only, so the path can be graph-captured.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -20,13 +21,19 @@ from .api import cdiv
 def chunked_launch(vocab: int, rows: int, config: Optional[dict] = None) -> Optional[dict]:
     """The chunked path's launch for this shape, or None for one program per row. ``config`` (sweeps):
     ``{"chunked": False}`` forces one program per row; ``{"BLOCK": .., "num_warps": ..}`` sets the chunks."""
-    from .chunked_kernels import chunked_config
-
     config = config or {}
     if not config.get("chunked", True):
         return None
-    return chunked_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1",
+    return _cached_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1",
                           config.get("BLOCK", 0), config.get("num_warps", 4))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(vocab, rows, arch, interpreted, block, num_warps):
+    """Host time matters here: a batch-1 draw is bound by the host, not the GPU."""
+    from .chunked_kernels import chunked_config
+
+    return chunked_config(vocab, rows, arch, interpreted, block, num_warps)
 
 
 def _workspace(rows: int, cfg: dict, device, with_arg: bool):
