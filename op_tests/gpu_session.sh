@@ -3,7 +3,7 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-host sampling-sweep gap
+#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-quick sampling-host sampling-sweep gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -36,6 +36,8 @@ for section in $sections; do
       python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12 ;;
     sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
+    sampling-quick)  # the samplers, softmax and sampling_from_logits only
+      python3 op_tests/test_sampling.py --quick 2>&1 | tee "$OUT/bench-sampling-quick.log" ;;
     sampling-host)
       python3 op_tests/test_sampling.py --host 2>&1 | tee "$OUT/host-sampling.log" ;;
     sampling-sweep)

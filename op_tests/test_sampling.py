@@ -26,9 +26,10 @@ from aiter_ext.ops.sampling import reference as R  # noqa: E402
 ALPHA = 1e-4
 DRAWS = grid(20_000, 400_000)
 VOCABS = grid([16, 256], [16, 256, 1024])
-# Above one chunk (256 wide on the interpreter, 4096 on a GPU), plain, min-p and from-logits sampling
-# and softmax spread each row over many programs (chunked_kernels.py): these vocabularies take that path.
-CHUNKED_VOCAB = grid(1000, 5000)
+# Min-p and from-logits sampling and softmax can spread each row over many programs
+# (chunked_kernels.py): on the interpreter above one 256-wide chunk, on a GPU from vocabulary 65536
+# (min-p also from batch 128). These vocabularies take that path.
+CHUNKED_VOCAB = grid(1000, 70000)
 
 
 def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
@@ -109,20 +110,18 @@ def test_joint_top_k_top_p_frequencies(vocab, top_k_frac, top_p):
     check_distribution(tokens, target, f"joint top_k={top_k} top_p={top_p}")
 
 
-@pytest.mark.parametrize("case", ["plain", "min_p", "logits"])
+@pytest.mark.parametrize("case", ["min_p", "logits"])
 def test_chunked_path_frequencies(case):
     """The chunked path (each row over many programs) against the same references, at a vocabulary
     that is not a multiple of the chunk width."""
     from aiter_ext.ops.sampling.chunked import chunked_launch
 
-    assert chunked_launch(CHUNKED_VOCAB, DRAWS) is not None, "this vocabulary should take the chunked path"
+    assert chunked_launch(case, CHUNKED_VOCAB, DRAWS) is not None, "this case should take the chunked path"
     logits = torch.randn(1, CHUNKED_VOCAB, dtype=torch.float64) * 3
     logits[0, torch.rand(CHUNKED_VOCAB) < 0.3] = float("-inf")
     logits[0, 0] = 0.0
     probs = torch.softmax(logits, -1).float().to(DEVICE)
-    if case == "plain":
-        tokens, target = draw(S.sampling_from_probs, probs), R.normalised(probs)[0]
-    elif case == "min_p":
+    if case == "min_p":
         tokens, target = draw(S.min_p_sampling_from_probs, probs, 0.05), R.min_p_distribution(probs, 0.05)[0]
     else:
         tokens, target = draw(S.sampling_from_logits, logits.float().to(DEVICE)), torch.softmax(logits, -1)[0]
@@ -501,17 +500,17 @@ def _host_profile() -> int:
 
     from aiter_ext.core.bench import benchmark_setup, markdown_table, warm_up_gpu
     from aiter_ext.ops.sampling.chunked import _stats, _workspace, chunked_launch
-    from aiter_ext.ops.sampling.chunked_kernels import MASS, SCALAR
+    from aiter_ext.ops.sampling.chunked_kernels import MAX, SCALAR
 
     ok, fi = benchmark_setup(False)
     warm_up_gpu()
     probs = torch.softmax(torch.randn(1, 128256, device="cuda"), -1)
-    cfg = chunked_launch(128256, 1)
+    cfg = chunked_launch("softmax", 128256, 1)
     stats = _workspace(1, cfg, probs.device, with_arg=False)
     pieces = {
         "torch.randint (device seed)": lambda: torch.randint(0, 2**62, (1,), device="cuda", dtype=torch.int64),
         "torch.empty x2": lambda: (torch.empty(1, 32, device="cuda"), torch.empty(1, 32, device="cuda")),
-        "chunk_stats_kernel launch": lambda: _stats(probs, MASS, None, 0.0, SCALAR, stats, cfg),
+        "chunk_stats_kernel launch": lambda: _stats(probs, MAX, None, 0.0, SCALAR, stats, cfg),
         "sampling_from_probs (seed=1, offset=0)": lambda: S.sampling_from_probs(probs, seed=1, offset=0),
         "sampling_from_probs (generator)": lambda: S.sampling_from_probs(probs),
         "top_p_sampling_from_probs (generator)": lambda: S.top_p_sampling_from_probs(probs, 0.9),
@@ -546,6 +545,7 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time launch configs instead (an experiment)")
     parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
+    parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
     args = parser.parse_args(argv)
     if args.sweep:
         return _sweep()
@@ -604,7 +604,7 @@ def bench_main(argv=None) -> int:
                     ("top_k_renorm_probs (50)", lambda: S.top_k_renorm_probs(probs, 50), None),
                     ("top_p_renorm_probs (0.9)", lambda: S.top_p_renorm_probs(probs, 0.9),
                      (lambda: fi.sampling.top_p_renorm_probs(probs, 0.9)) if fi else None),
-                    ("top_k_mask_logits (50)", lambda: S.top_k_mask_logits(logits, 50), None)):
+                    ("top_k_mask_logits (50)", lambda: S.top_k_mask_logits(logits, 50), None))[:2 if args.quick else 5]:
                 us = time_us(ours)
                 graph_us = _timed(ours, graph=True)
                 fi_us = time_us(theirs) if theirs else None
@@ -615,6 +615,8 @@ def bench_main(argv=None) -> int:
                              "floor_us": moved / (copy_gbs * 1e3), "%floor": 100 * moved / (copy_gbs * 1e3) / us,
                              "fi_us": fi_us, "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None})
     print(markdown_table(rows))
+    if args.quick:
+        return 0
     rows = []
     for vocab in (32000, 128256, 201088):
         for batch in (1, 32, 256):
@@ -654,8 +656,9 @@ def _sweep() -> int:
         for name, k, p, m in (("plain", None, None, None), ("min_p 0.1", None, None, 0.1),
                               ("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None)):
             configs = [{"chunked": False, **launch_config(vocab, batch, "sm_90")}]
-            if k is None and p is None:
-                configs += [{"BLOCK": b, "num_warps": w} for b, w in itertools.product((2048, 4096, 8192), (4, 8))]
+            if m is not None:  # min-p can take the chunked path
+                configs += [{"chunked": True, "BLOCK": b, "num_warps": w}
+                            for b, w in itertools.product((2048, 4096, 8192), (4, 8))]
             else:
                 configs += [{"chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
                             for b, w in itertools.product((4096, 8192), (4, 8))]

@@ -115,10 +115,10 @@ def _threshold(name: str, value: Threshold, probs: torch.Tensor, integer: bool):
 
 
 def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, offset, return_valid, config=None):
-    """``config`` overrides the launch, for sweeps: chunked.chunked_launch's keys, or the row
+    """``config`` overrides the launch, for sweeps: chunked.chunked_launch's keys (min-p), or the row
     kernel's (ROWS, BLOCK, num_warps) with ``"chunked": False``."""
     from .chunked import draw_by_chunks, chunked_launch
-    from .chunked_kernels import MASS, MASS_ABOVE_MIN_P
+    from .chunked_kernels import MASS_ABOVE_MIN_P
     from .kernels import NONE, filtered_sampling_kernel, launch_config
 
     _checked_rows(probs, indices)
@@ -127,12 +127,12 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
     m_mode, m_t, m_v = _threshold("min_p", min_p, probs, integer=False)
     rows, seed_t, offset_t, per_row, out, valid = prepare_draw(probs, "probs", indices, generator, check_nan, seed,
                                                                offset, (torch.float32,))
-    if rows and k_mode == NONE and p_mode == NONE:
-        # no rejection rounds: the chunked path, each row spread over many programs
-        chunks = chunked_launch(probs.shape[1], rows, config)
+    if rows and m_mode != NONE:
+        # min-p alone needs no rejection rounds: at large batch, each row spread over many programs
+        chunks = chunked_launch("min_p", probs.shape[1], rows, config)
         if chunks is not None:
-            kind = MASS if m_mode == NONE else MASS_ABOVE_MIN_P
-            draw_by_chunks(probs, kind, indices, (m_mode, m_t, m_v), seed_t, offset_t, per_row, out, valid, chunks)
+            draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, (m_mode, m_t, m_v), seed_t, offset_t, per_row, out,
+                           valid, chunks)
             return (out, valid.bool()) if return_valid else out
     if rows:
         cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),

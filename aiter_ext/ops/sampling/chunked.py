@@ -18,22 +18,26 @@ from aiter_ext.core.arch import device_info
 from .api import cdiv
 
 
-def chunked_launch(vocab: int, rows: int, config: Optional[dict] = None) -> Optional[dict]:
-    """The chunked path's launch for this shape, or None for one program per row. ``config`` (sweeps):
-    ``{"chunked": False}`` forces one program per row; ``{"BLOCK": .., "num_warps": ..}`` sets the chunks."""
+def chunked_launch(op: str, vocab: int, rows: int, config: Optional[dict] = None) -> Optional[dict]:
+    """The chunked path's launch for ``op`` ("min_p", "logits", "softmax") at this shape, or None for
+    one program per row. ``config`` (sweeps): ``{"chunked": False}`` forces one program per row;
+    ``{"chunked": True, "BLOCK": .., "num_warps": ..}`` forces the chunked path with those chunks."""
     config = config or {}
     if not config.get("chunked", True):
         return None
-    return _cached_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1",
-                          config.get("BLOCK", 0), config.get("num_warps", 4))
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if config.get("chunked"):
+        op = "softmax"  # forced: the only op the policy never sends to the row kernel
+    return _cached_config(vocab, rows, device_info().arch, interpreted, op, config.get("BLOCK", 0),
+                          config.get("num_warps", 4))
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_config(vocab, rows, arch, interpreted, block, num_warps):
-    """Host time matters here: a batch-1 draw is bound by the host, not the GPU."""
+def _cached_config(vocab, rows, arch, interpreted, op, block, num_warps):
+    """Host time counts at batch 1: cache the policy's answer."""
     from .chunked_kernels import chunked_config
 
-    return chunked_config(vocab, rows, arch, interpreted, block, num_warps)
+    return chunked_config(vocab, rows, arch, interpreted, op, block, num_warps)
 
 
 def _workspace(rows: int, cfg: dict, device, with_arg: bool):
@@ -57,9 +61,9 @@ def _stats(x, kind, param_t, param_v, param_mode, stats, cfg):
 
 def draw_by_chunks(x: torch.Tensor, kind: int, indices, min_p, seed_t, offset_t, per_row: bool, out, valid,
                    cfg: dict) -> None:
-    """One token per output row into ``out``/``valid``. ``kind``: MASS (plain sampling from
-    probabilities), MASS_ABOVE_MIN_P (``min_p`` is the ``(mode, tensor, value)`` of api._threshold)
-    or LOGITS (sampling from logits). The per-chunk numbers are taken per source row."""
+    """One token per output row into ``out``/``valid``. ``kind``: MASS_ABOVE_MIN_P (``min_p`` is the
+    ``(mode, tensor, value)`` of api._threshold) or LOGITS (sampling from logits). The per-chunk
+    numbers are taken per source row."""
     from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P, MAX, SCALAR, chunk_draw_kernel
 
     stats = _workspace(x.shape[0], cfg, x.device, with_arg=kind == LOGITS)

@@ -1,17 +1,17 @@
-"""Triton kernels that spread each row over many programs: the draws that need no rejection rounds
-(plain and min-p sampling from probabilities, sampling from logits) and softmax.
+"""Triton kernels that spread each row over many programs: min-p sampling from probabilities and
+sampling from logits (draws that need no rejection rounds), and softmax.
 
 One program per row walks 0.5 MB at vocabulary 128256: at batch 1 or 32 that leaves most of the GPU
 idle. Here a row is cut into ``BLOCK``-wide chunks, and a draw takes two launches:
 
 - ``chunk_stats_kernel`` (grid: row tiles x chunks) reduces each chunk to the numbers a draw needs:
-  its mass (probabilities), or its largest logit, the sum of ``exp2((x - max) * scale)`` and the
+  its maximum (probabilities), or its largest logit, the sum of ``exp2((x - max) * scale)`` and the
   first index of that logit (logits; ``scale`` = log2(e) / temperature). For min-p it runs twice: the chunk maxima, then the mass at or above
   ``min_p * max`` of the row (each program takes the row maximum from the chunk maxima).
 - ``chunk_draw_kernel`` (grid: row tiles) draws ``u`` in ``[0, total)``, picks the chunk whose
   running mass passes ``u`` from the per-chunk numbers, and scans only that chunk.
 
-So a row is read about once, with every chunk of every row in flight together. ``softmax_chunk_kernel``
+So every chunk of every row is in flight together. ``softmax_chunk_kernel``
 is softmax's second pass: each chunk is normalised by the row's maximum and sum, both taken from the
 per-chunk numbers.
 
@@ -29,7 +29,7 @@ from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from .kernels import PER_ROW, SCALAR, _row_param, load_chunk, program_rows
 
 # What chunk_stats_kernel computes per chunk.
-MASS, MAX, MASS_ABOVE_MIN_P, LOGITS = 0, 1, 2, 3
+MAX, MASS_ABOVE_MIN_P, LOGITS = 1, 2, 3
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -83,7 +83,7 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
                        num_chunks, KIND: tl.constexpr, PARAM: tl.constexpr, ROWS: tl.constexpr,
                        BLOCK: tl.constexpr, NCHUNKS: tl.constexpr):
     """Pass A. ``stat_a``/``stat_b``/``stat_arg`` are ``[rows, num_chunks]``:
-    MASS: stat_a = the chunk's mass. MAX: stat_a = its maximum. MASS_ABOVE_MIN_P (after MAX):
+    MAX: stat_a = the chunk's maximum. MASS_ABOVE_MIN_P (after MAX):
     stat_b = its mass at or above ``min_p * row max``. LOGITS (``param`` is the temperature):
     stat_a = the largest logit, stat_b = the sum of ``exp2((x - that logit) * scale)``, stat_arg =
     the first index of that logit."""
@@ -104,9 +104,7 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
     else:
         x, idx = load_chunk(row_ptr, chunk * BLOCK, cols, vocab, 0.0)
         x = tl.where(x > 0.0, x, 0.0)  # NaN and negative entries weigh nothing
-        if KIND == 0:
-            tl.store(stat_a + slot, tl.sum(x, axis=1), mask=r_ok)
-        elif KIND == 1:
+        if KIND == 1:
             tl.store(stat_a + slot, tl.max(x, axis=1), mask=r_ok)
         else:
             chunk_max, ch = _row_stats(stat_a, rows, num_chunks, 0.0, NCHUNKS)
@@ -127,14 +125,11 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
         scale = tl.full([ROWS], LOG2E, tl.float32)  # temperature 1
         top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, src, num_chunks, scale, NCHUNKS)
         lower = tl.zeros([ROWS], tl.float32)
-    elif KIND == 2:
+    else:
         weight, ch = _row_stats(stat_b, src, num_chunks, 0.0, NCHUNKS)
         chunk_max, ch = _row_stats(stat_a, src, num_chunks, 0.0, NCHUNKS)
         # the same float as pass A computed, so the chunk masses and this scan keep the same tokens
         lower = _row_param(min_p_ptr, min_p_value, src, MIN_P) * tl.max(chunk_max, axis=1)
-    else:
-        weight, ch = _row_stats(stat_a, src, num_chunks, 0.0, NCHUNKS)
-        lower = tl.zeros([ROWS], tl.float32)
     total = tl.sum(weight, axis=1)
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
     u = tl.rand(tl.load(seed_ptr + seed_index), tl.load(offset_ptr + seed_index) + r_safe) * total
@@ -190,16 +185,27 @@ def softmax_chunk_kernel(logits, out, stat_a, stat_b, stat_arg, temp_ptr, temp_v
 
 # Chunk width on the GPU: 4096 fp32 (16 KB) per program, so 128256 is 32 chunks, 201088 is 50.
 GPU_BLOCK = 4096
+# Which calls take the chunked path on a GPU. From the H200 (op_tests/test_sampling.py and --sweep,
+# at ea0ad6d/a548a50): the row kernel (kernels.py, with its sum-first scan) beat this path for plain
+# sampling at every shape measured, and for min-p at batch 1 x 128256 and 32 x 32000; this path won
+# min-p at 256 x 128256 (102 us against 117), sampling from logits at vocabularies 128256 and 201088
+# (1.4-2.9x FlashInfer) but not at 32000 (0.4x), and softmax at every shape but 256 x 32000.
+CHUNKED_MIN_P_ROWS, CHUNKED_MIN_VOCAB = 128, 65536
+MIN_P_BLOCK = 2048  # min-p at 256 x 128256: 102 us in 2048-wide chunks, 123 in 4096
 
 
-def chunked_config(vocab: int, rows: int, arch: str, interpreted: bool = False, block: int = 0, num_warps: int = 4):
-    """The launch of the chunked path, or None where one program per row is better: a vocabulary
-    that fits in one chunk. Under the CPU interpreter the cost is per program, so chunks are small
-    (vocabulary 1024 in the tests takes this path) and tiles hold many rows. ``block`` and
-    ``num_warps`` override the defaults (sweeps)."""
-    block = block or (256 if interpreted else GPU_BLOCK)
+def chunked_config(vocab: int, rows: int, arch: str, interpreted: bool = False, op: str = "softmax", block: int = 0,
+                   num_warps: int = 4):
+    """The launch of the chunked path for ``op`` ("min_p", "logits" or "softmax"), or None where one
+    program per row is better. Under the CPU interpreter every vocabulary above one chunk takes it
+    (chunks are small there, and tiles hold many rows, since the cost is per program), so CI runs
+    this path. ``block`` and ``num_warps`` override the defaults (sweeps)."""
+    block = block or (256 if interpreted else MIN_P_BLOCK if op == "min_p" else GPU_BLOCK)
     if vocab <= block:
         return None
+    if not interpreted and op != "softmax":
+        if vocab < CHUNKED_MIN_VOCAB or (op == "min_p" and rows < CHUNKED_MIN_P_ROWS):
+            return None
     num_chunks = triton.cdiv(vocab, block)
     tile_rows = min(256, triton.next_power_of_2(max(rows, 1))) if interpreted else 1
     return {"ROWS": tile_rows, "BLOCK": block, "NCHUNKS": triton.next_power_of_2(num_chunks),
@@ -212,15 +218,15 @@ def aot_specs():
     shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
     opts = {"num_warps": cfg["num_warps"]}
     ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    for kind, name, dtypes in ((MASS, "mass", ("fp32",)), (MAX, "max", ("fp32",)),
+    for kind, name, dtypes in ((MAX, "max", ("fp32",)),
                                (MASS_ABOVE_MIN_P, "min_p", ("fp32",)), (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
         for dtype in dtypes:
             sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
                    "param_ptr": "*fp32", "param_value": "fp32", **ints}
-            param = PER_ROW if kind in (MASS_ABOVE_MIN_P, LOGITS) else SCALAR
+            param = SCALAR if kind == MAX else PER_ROW
             yield KernelSpec(f"chunk_stats[{name}-{dtype}-block{cfg['BLOCK']}]", chunk_stats_kernel, sig,
                              {"KIND": kind, "PARAM": param, **shape}, opts, divisible_by_16=("x_ptr",))
-    for kind, name, dtypes in ((MASS, "plain", ("fp32",)), (MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
+    for kind, name, dtypes in ((MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
                                (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
         for dtype in dtypes:
             sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",

@@ -60,7 +60,7 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
                              f"got shape {tuple(temperature.shape)} on {temperature.device}")
         mode, temp_t, temp_v = 2, temperature, 0.0
     out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
-    chunks = chunked_launch(vocab, rows) if rows else None
+    chunks = chunked_launch("softmax", vocab, rows) if rows else None
     if chunks is not None:
         softmax_by_chunks(logits, out, mode, temp_t, temp_v, chunks)
     elif rows:
@@ -74,8 +74,8 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
 def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
                          generator: Optional[torch.Generator] = None, check_nan: bool = False, seed=None,
                          offset=None, return_valid: bool = False):
-    """One token per row drawn from ``softmax(logits)``: Gumbel-max in one pass for a vocabulary
-    that fits one chunk, otherwise an inverse CDF over ``exp(x - max)`` by chunks (chunked.py).
+    """One token per row drawn from ``softmax(logits)``: Gumbel-max in one pass, or for large
+    vocabularies an inverse CDF over ``exp(x - max)`` by chunks (chunked.py).
     ``indices``, ``generator``, ``seed``/``offset``, ``check_nan`` and ``return_valid`` as for the
     ``_from_probs`` samplers; a row with no finite logit gives token 0, invalid."""
     from .chunked_kernels import LOGITS
@@ -83,7 +83,7 @@ def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] =
 
     rows, seed_t, offset_t, per_row, out, valid = prepare_draw(logits, "logits", indices, generator, check_nan, seed,
                                                                offset, LOGIT_DTYPES)
-    chunks = chunked_launch(logits.shape[1], rows) if rows else None
+    chunks = chunked_launch("logits", logits.shape[1], rows) if rows else None
     if chunks is not None:
         draw_by_chunks(logits, LOGITS, indices, None, seed_t, offset_t, per_row, out, valid, chunks)
     elif rows:
