@@ -1,9 +1,9 @@
 """Sampling with FlashInfer's contracts (issue 4, in progress).
 
 Done: sampling from probabilities with top-k, top-p, min-p and top-k/top-p filters (joint and
-top-k-first orders), from logits (Gumbel-max, and top-k/top-p), softmax with temperature (greedy
-rows at 0), top-k/top-p renormalisation, top-k logit masking, chain speculative sampling and the
-LogitsPipe. Still to come: speed (see docs/perf-notes.md)."""
+top-k-first orders), from logits (Gumbel-max or a chunked inverse CDF, and top-k/top-p), softmax with
+temperature (greedy rows at 0), top-k/top-p renormalisation, top-k logit masking, chain speculative
+sampling and the LogitsPipe. Still to come: speed at some shapes (see docs/perf-notes.md)."""
 
 from .api import (
     min_p_sampling_from_probs, sampling_from_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_logits,

@@ -213,10 +213,9 @@ def chunked_config(vocab: int, rows: int, arch: str, interpreted: bool = False, 
 
 
 def aot_specs():
-    vocab = 128256
-    cfg = chunked_config(vocab, 256, "gfx942")
-    shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
-    opts = {"num_warps": cfg["num_warps"]}
+    def launch(op):
+        cfg = chunked_config(128256, 256, "gfx942", op=op)
+        return {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}, {"num_warps": cfg["num_warps"]}
     ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
     for kind, name, dtypes in ((MAX, "max", ("fp32",)),
                                (MASS_ABOVE_MIN_P, "min_p", ("fp32",)), (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
@@ -224,7 +223,8 @@ def aot_specs():
             sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
                    "param_ptr": "*fp32", "param_value": "fp32", **ints}
             param = SCALAR if kind == MAX else PER_ROW
-            yield KernelSpec(f"chunk_stats[{name}-{dtype}-block{cfg['BLOCK']}]", chunk_stats_kernel, sig,
+            shape, opts = launch("logits" if kind == LOGITS else "min_p")
+            yield KernelSpec(f"chunk_stats[{name}-{dtype}-block{shape['BLOCK']}]", chunk_stats_kernel, sig,
                              {"KIND": kind, "PARAM": param, **shape}, opts, divisible_by_16=("x_ptr",))
     for kind, name, dtypes in ((MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
                                (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
@@ -232,14 +232,16 @@ def aot_specs():
             sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",
                    "stat_b": "*fp32", "min_p_ptr": "*fp32", "min_p_value": "fp32", "seed_ptr": "*i64",
                    "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+            shape, opts = launch("logits" if kind == LOGITS else "min_p")
             consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": PER_ROW, "SEED_PER_ROW": False, **shape}
-            yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{cfg['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,
+            yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{shape['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,
                              divisible_by_16=("x_ptr",))
+    shape, opts = launch("softmax")
     for dtype in ("fp32", "bf16", "fp16"):
         sig = {"logits": f"*{dtype}", "out": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
                "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64",
                "stride_out": "i64", "num_chunks": "i32"}
-        yield KernelSpec(f"softmax_chunk[{dtype}-block{cfg['BLOCK']}]", softmax_chunk_kernel, sig,
+        yield KernelSpec(f"softmax_chunk[{dtype}-block{shape['BLOCK']}]", softmax_chunk_kernel, sig,
                          {"TEMP": PER_ROW, **shape}, opts, divisible_by_16=("logits", "out"))
 
 
