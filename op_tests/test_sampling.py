@@ -76,28 +76,19 @@ def test_sampling_from_probs_frequencies(vocab, zero_fraction):
     check_distribution(draw(S.sampling_from_probs, probs), R.normalised(probs)[0], "sampling_from_probs")
 
 
-@pytest.mark.parametrize("vocab", VOCABS)
-@pytest.mark.parametrize("top_k", [1, 5, 10, 100000])
-def test_top_k_frequencies(vocab, top_k):
-    probs = random_probs(vocab, scale=2.0)
-    target = R.top_k_distribution(probs, top_k)[0]
-    check_distribution(draw(S.top_k_sampling_from_probs, probs, top_k), target, f"top_k={top_k}")
+# (sampler, reference, threshold): each threshold its own case; top_k 100000 is k >= vocab
+FILTER_CASES = [(S.top_k_sampling_from_probs, R.top_k_distribution, k) for k in (1, 5, 10, 100000)]
+FILTER_CASES += [(S.top_p_sampling_from_probs, R.top_p_distribution, p) for p in (0.1, 0.5, 0.9, 1.0)]
+FILTER_CASES += [(S.min_p_sampling_from_probs, R.min_p_distribution, m) for m in (0.0, 0.05, 0.2, 0.7, 1.0)]
 
 
 @pytest.mark.parametrize("vocab", VOCABS)
-@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 1.0])
-def test_top_p_frequencies(vocab, top_p):
+@pytest.mark.parametrize("sampler, reference, threshold", FILTER_CASES,
+                         ids=[f"{fn.__name__.split('_sampling')[0]}={t}" for fn, _, t in FILTER_CASES])
+def test_filtered_frequencies(vocab, sampler, reference, threshold):
     probs = random_probs(vocab, scale=2.0)
-    target = R.top_p_distribution(probs, top_p)[0]
-    check_distribution(draw(S.top_p_sampling_from_probs, probs, top_p), target, f"top_p={top_p}")
-
-
-@pytest.mark.parametrize("vocab", VOCABS)
-@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.2, 0.7, 1.0])
-def test_min_p_frequencies(vocab, min_p):
-    probs = random_probs(vocab, scale=2.0)
-    target = R.min_p_distribution(probs, min_p)[0]
-    check_distribution(draw(S.min_p_sampling_from_probs, probs, min_p), target, f"min_p={min_p}")
+    check_distribution(draw(sampler, probs, threshold), reference(probs, threshold)[0],
+                       f"{sampler.__name__}({threshold})")
 
 
 @pytest.mark.parametrize("vocab", VOCABS)

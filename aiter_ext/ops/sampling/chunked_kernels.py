@@ -26,7 +26,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import PER_ROW, SCALAR, _row_param, load_chunk, program_rows
+from .kernels import PER_ROW, SCALAR, _row_param, load_chunk, program_rows, tile_rows
 
 # What chunk_stats_kernel computes per chunk.
 MAX, MASS_ABOVE_MIN_P, LOGITS = 1, 2, 3
@@ -34,13 +34,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _tile_rows(num_rows, ROWS: tl.constexpr):
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    return r < num_rows, tl.minimum(r, num_rows - 1).to(tl.int64)
-
-
-@triton.jit
-def _logit_scale(temp_ptr, temp_value, rows, TEMP: tl.constexpr):
+def logit_scale(temp_ptr, temp_value, rows, TEMP: tl.constexpr):
     """Per row: the factor that turns logits into base-2 exponents of ``softmax(x / T)``, and whether
     the row is greedy (``T == 0``: its scale keeps the logits' order)."""
     t = _row_param(temp_ptr, temp_value, rows, TEMP)
@@ -87,13 +81,13 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
     stat_b = its mass at or above ``min_p * row max``. LOGITS (``param`` is the temperature):
     stat_a = the largest logit, stat_b = the sum of ``exp2((x - that logit) * scale)``, stat_arg =
     the first index of that logit."""
-    r_ok, rows = _tile_rows(num_rows, ROWS)
+    r_ok, rows = tile_rows(num_rows, ROWS)
     chunk = tl.program_id(1)
     row_ptr = x_ptr + rows * stride_row
     cols = tl.arange(0, BLOCK)
     slot = rows * num_chunks + chunk
     if KIND == 3:
-        scale, greedy = _logit_scale(param_ptr, param_value, rows, PARAM)
+        scale, greedy = logit_scale(param_ptr, param_value, rows, PARAM)
         x, idx = logits_chunk(row_ptr, chunk * BLOCK, cols, vocab)
         top = tl.max(x, axis=1)
         top_safe = tl.where(top == -float("inf"), 0.0, top)
@@ -167,9 +161,9 @@ def softmax_chunk_kernel(logits, out, stat_a, stat_b, stat_arg, temp_ptr, temp_v
     """Softmax's second pass (after chunk_stats_kernel with LOGITS): writes one chunk of
     ``softmax(x / T)``; a greedy row (``T == 0``) gets one-hot at its first maximum, a row with no
     finite logit gets zeros."""
-    r_ok, rows = _tile_rows(num_rows, ROWS)
+    r_ok, rows = tile_rows(num_rows, ROWS)
     chunk = tl.program_id(1)
-    scale, greedy = _logit_scale(temp_ptr, temp_value, rows, TEMP)
+    scale, greedy = logit_scale(temp_ptr, temp_value, rows, TEMP)
     top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, rows, num_chunks, scale, NCHUNKS)
     total = tl.sum(weight, axis=1)
     inv_total = tl.where(total > 0.0, 1.0 / tl.where(total > 0.0, total, 1.0), 0.0)

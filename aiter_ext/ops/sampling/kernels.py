@@ -58,6 +58,14 @@ def program_rows(indices, num_out, HAS_INDICES: tl.constexpr, ROWS: tl.constexpr
 
 
 @triton.jit
+def tile_rows(num_rows, ROWS: tl.constexpr):
+    """This program's ``ROWS`` rows: which are real, and each clamped into range (as int64 for
+    pointer arithmetic; stores are masked with the first)."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    return r < num_rows, tl.minimum(r, num_rows - 1).to(tl.int64)
+
+
+@triton.jit
 def _row_param(ptr, value, src, MODE: tl.constexpr):
     if MODE == 2:
         return tl.load(ptr + src).to(tl.float32)

@@ -12,11 +12,8 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .chunked_kernels import logits_chunk
-from .kernels import load_chunk, program_rows
-
-LOG2E = tl.constexpr(1.4426950408889634)
-
+from .chunked_kernels import logit_scale, logits_chunk
+from .kernels import load_chunk, program_rows, tile_rows
 
 @triton.jit
 def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in, stride_out,
@@ -24,18 +21,11 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
     """probs = softmax(logits / T) per row. A row with T == 0 is greedy: one-hot at its first
     maximum (AITER's mixed greedy/random batches, in the same launch). A row with no finite logit
     gives zeros, which the samplers report as invalid."""
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    r_ok = r < num_rows
-    r_safe = tl.minimum(r, num_rows - 1).to(tl.int64)
+    r_ok, r_safe = tile_rows(num_rows, ROWS)
     in_ptr = logits + r_safe * stride_in
     cols = tl.arange(0, BLOCK)
-    if TEMP == 2:
-        t = tl.load(temp_ptr + r_safe)
-    else:
-        t = tl.zeros([ROWS], tl.float32) + temp_value
-    greedy = t == 0.0
     # base-2 exponents (x - max) * scale (see chunked_kernels.logits_chunk); greedy rows keep the order
-    scale = LOG2E / tl.where(greedy, 1.0, t)
+    scale, greedy = logit_scale(temp_ptr, temp_value, r_safe, TEMP)
 
     m = tl.full([ROWS], float("-inf"), tl.float32)
     total = tl.zeros([ROWS], tl.float32)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import load_chunk
+from .kernels import load_chunk, tile_rows
 
 TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
 BIG = tl.constexpr(3.0e38)
@@ -29,9 +29,7 @@ BIG = tl.constexpr(3.0e38)
 @triton.jit
 def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, stride_in, stride_out,
                   MODE: tl.constexpr, PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    r_ok = r < num_rows
-    r_safe = tl.minimum(r, num_rows - 1).to(tl.int64)
+    r_ok, r_safe = tile_rows(num_rows, ROWS)
     row_ptr = x_ptr + r_safe * stride_in
     cols = tl.arange(0, BLOCK)
     if PER_ROW:
@@ -80,7 +78,7 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
         k = param
         lo_k = lo
         ub = hi
-        done = r < 0
+        done = r_safe < 0  # all False
         while tl.min(done.to(tl.int32), axis=0) == 0:
             mid = lo_k + (ub - lo_k) * 0.5
             mid = tl.where(mid <= lo_k, ub, mid)
