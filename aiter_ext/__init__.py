@@ -25,8 +25,15 @@ from .ops.attention import (
     single_decode_with_kv_cache, single_prefill_with_kv_cache,
 )
 from .ops.merge_state import merge_state, merge_state_in_place, merge_states, variable_length_merge_states
+from .ops.norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, rmsnorm
+from .ops.norm_fp4 import add_rmsnorm_fp4quant, fp4_quantize, mxfp4_quantize, rmsnorm_fp4quant, rmsnorm_mxfp4_quant
 from .ops.paged_kv import (
     append_paged_kv_cache, block_table_to_csr, get_batch_indices_positions, get_seq_lens,
+)
+from .ops.rope import (
+    apply_llama31_rope, apply_llama31_rope_inplace, apply_llama31_rope_pos_ids, apply_llama31_rope_pos_ids_inplace,
+    apply_rope, apply_rope_inplace, apply_rope_pos_ids, apply_rope_pos_ids_inplace, apply_rope_with_cos_sin_cache,
+    apply_rope_with_cos_sin_cache_inplace,
 )
 from .ops.sampling import (
     LogitsPipe, chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
@@ -35,15 +42,19 @@ from .ops.sampling import (
 )
 
 __all__ = [
-    "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
-    "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
-    "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "LogitsPipe", "MultiLevelCascadeAttentionWrapper",
-    "append_paged_kv_cache",
-    "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "get_batch_indices_positions",
-    "get_seq_lens", "merge_state", "merge_state_in_place", "merge_states", "min_p_sampling_from_probs",
-    "sampling_from_logits", "sampling_from_probs", "single_decode_with_kv_cache", "single_prefill_with_kv_cache",
-    "softmax", "top_k_mask_logits", "top_k_renorm_probs", "top_k_sampling_from_probs",
-    "top_k_top_p_sampling_from_logits", "top_k_top_p_sampling_from_probs", "top_p_renorm_probs",
-    "top_p_sampling_from_probs",
+    "add_rmsnorm_fp4quant", "append_paged_kv_cache", "apply_llama31_rope", "apply_llama31_rope_inplace",
+    "apply_llama31_rope_pos_ids", "apply_llama31_rope_pos_ids_inplace", "apply_rope", "apply_rope_inplace",
+    "apply_rope_pos_ids", "apply_rope_pos_ids_inplace", "apply_rope_with_cos_sin_cache",
+    "apply_rope_with_cos_sin_cache_inplace", "BatchDecodeWithPagedKVCacheWrapper",
+    "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
+    "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
+    "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "fp4_quantize",
+    "fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "get_batch_indices_positions",
+    "get_seq_lens", "LogitsPipe", "merge_state", "merge_state_in_place", "merge_states",
+    "min_p_sampling_from_probs", "MultiLevelCascadeAttentionWrapper", "mxfp4_quantize", "rmsnorm",
+    "rmsnorm_fp4quant", "rmsnorm_mxfp4_quant", "sampling_from_logits", "sampling_from_probs",
+    "single_decode_with_kv_cache", "single_prefill_with_kv_cache", "softmax", "top_k_mask_logits",
+    "top_k_renorm_probs", "top_k_sampling_from_probs", "top_k_top_p_sampling_from_logits",
+    "top_k_top_p_sampling_from_probs", "top_p_renorm_probs", "top_p_sampling_from_probs",
     "variable_length_merge_states",
 ]

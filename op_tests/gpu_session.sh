@@ -3,7 +3,8 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-quick sampling-host sampling-sweep gap
+#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-quick sampling-host
+#             sampling-sweep layer-tests layer-bench layer-quick gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -42,6 +43,14 @@ for section in $sections; do
       python3 op_tests/test_sampling.py --host 2>&1 | tee "$OUT/host-sampling.log" ;;
     sampling-sweep)
       python3 op_tests/test_sampling.py --sweep 2>&1 | tee "$OUT/sweep-sampling.log" ;;
+    layer-tests)  # issue 5: the norms, RoPE and RMSNorm + FP4 quantization, on FlashInfer's full grids
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_norm.py op_tests/test_rope.py op_tests/test_norm_fp4.py \
+        2>&1 | tee "$OUT/pytest-layer.log" | tail -n 15 ;;
+    layer-bench|layer-quick)
+      quick=$([ "$section" = layer-quick ] && echo --quick)
+      for op in norm rope norm_fp4; do
+        python3 op_tests/test_$op.py $quick 2>&1 | tee "$OUT/bench-$op.log"
+      done ;;
     gap)
       python3 -m aiter_ext gap 2>&1 | tail -n 3 ;;
     *) echo "unknown section $section"; exit 2 ;;

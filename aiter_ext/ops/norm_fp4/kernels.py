@@ -1,0 +1,293 @@
+"""Triton kernel for RMSNorm fused with FP4 quantization. Private: called only through ``backends.py``.
+
+One kernel, flags as constexprs: ``NORM`` (RMSNorm first, or a plain quantizer), ``HAS_RESIDUAL``
+(normalise ``x + residual`` and write that sum), ``SCALE_RULE`` (NVFP4 e4m3, FlashInfer's ue8m0, or
+AITER's e8m0 rule, which also picks the E2M1 rounding) and ``LAYOUT`` (linear, FlashInfer's 128x4
+swizzle, AITER's e8m0 shuffle). One program owns ``ROWS`` whole rows (the RMS needs the full row), so
+x is read once and every output is written once. The scale layouts that pad rows get extra programs
+that only write pad bytes, so every byte of a padded scale buffer is defined.
+
+Rounding is done on integers and comparisons, never with float casts the backends lower differently
+(gfx942 has no OCP e4m3): E2M1 codes come from the boundaries between code points (strict or not
+depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+SCALE_E4M3, SCALE_UE8M0, SCALE_AITER = 0, 1, 2
+LAYOUT_LINEAR, LAYOUT_SWIZZLED, LAYOUT_SHUFFLED = 0, 1, 2
+SCALE_RULE_CODES = {"e4m3": SCALE_E4M3, "ue8m0": SCALE_UE8M0, "aiter": SCALE_AITER}
+LAYOUT_CODES = {"linear": LAYOUT_LINEAR, "swizzled": LAYOUT_SWIZZLED, "shuffled": LAYOUT_SHUFFLED}
+#: fp32(1/6): the scale is ``amax * (1/6)`` as FlashInfer computes it (a multiply, not a divide).
+RCP6 = tl.constexpr(float(np.float32(1.0 / 6.0)))
+#: Elements one program handles on a GPU; 16x more under the interpreter, where cost is per program.
+TILE_ELEMENTS = 4096
+INTERPRETED_TILE_ELEMENTS = 65536
+#: Largest hidden size the Triton backend takes (one row per program must fit in registers).
+MAX_HIDDEN = 16384
+
+
+@triton.jit
+def _rms_normalize(x, w, n_cols, eps):
+    """RMSNorm of fp32 rows ``x [R, BN]`` (zeros past ``n_cols``): ``(x * rsqrt(mean(x^2) + eps)) * w``,
+    all in fp32 (the same order as AITER's fused kernel)."""
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    return (x * rstd[:, None]) * w[None, :]
+
+
+@triton.jit
+def _to_dtype_rne(x, dtype: tl.constexpr):
+    """``x`` in ``dtype``, rounded to nearest-even. For bf16 the rounding is done on the fp32 bits
+    first: the Triton interpreter truncates fp32 -> bf16 casts (GPUs round to nearest-even)."""
+    if dtype == tl.bfloat16:
+        b = x.to(tl.int32, bitcast=True)
+        x = ((b + 0x7FFF + ((b >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _pow2(e):
+    """2^e in fp32 for int32 ``e`` in [-127, 127], exactly (2^-127 is half of 2^-126)."""
+    normal = ((tl.maximum(e, -126) + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(e < -126, normal * 0.5, normal)
+
+
+@triton.jit
+def _e4m3_byte(v):
+    """The e4m3 byte nearest to ``v`` in [0, 448], ties to even (normal: keep 3 mantissa bits of the
+    fp32; subnormal: multiples of 2^-9)."""
+    b = v.to(tl.int32, bitcast=True)
+    e = b >> 23
+    r = b + 0x7FFFF + ((b >> 20) & 1)
+    normal = (((r >> 23) - 120) << 3) | ((r >> 20) & 7)
+    shift = tl.minimum(141 - e, 31)  # >= 21 where it is used (e < 121)
+    mant = (b & 0x7FFFFF) | 0x800000
+    q = mant >> shift
+    rem = mant - (q << shift)
+    half = 1 << tl.maximum(shift - 1, 0)
+    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    sub = tl.where(b == 0, 0, q + up.to(tl.int32))
+    return tl.where(e >= 121, normal, sub)
+
+
+@triton.jit
+def _e4m3_value(byte):
+    exp = byte >> 3
+    man = byte & 7
+    normal = (((exp + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
+    return tl.where(exp > 0, normal, man.to(tl.float32) * 0.001953125)
+
+
+@triton.jit
+def _at_least(a, bound, STRICT: tl.constexpr):
+    if STRICT:
+        return (a > bound).to(tl.int32)
+    else:
+        return (a >= bound).to(tl.int32)
+
+
+@triton.jit
+def _e2m1_codes(q, TIES_AWAY: tl.constexpr):
+    """E2M1 nibbles of fp32 ``q``: magnitude from the midpoints between code points (a tie on a
+    midpoint goes up with TIES_AWAY, else to the even code), saturating at 6; the sign in bit 3."""
+    a = tl.abs(q)
+    even: tl.constexpr = not TIES_AWAY
+    mag = (_at_least(a, 0.25, even) + _at_least(a, 0.75, False) + _at_least(a, 1.25, even)
+           + _at_least(a, 1.75, False) + _at_least(a, 2.5, even) + _at_least(a, 3.5, False)
+           + _at_least(a, 5.0, even))
+    sign = (q.to(tl.int32, bitcast=True) >> 31) & 1
+    return mag | (sign << 3)
+
+
+@triton.jit
+def _block_scales(amax, gs_ptr, SCALE_RULE: tl.constexpr):
+    """Per block: (stored scale byte, fp32 factor that maps y onto the E2M1 grid)."""
+    if SCALE_RULE == 0:  # NVFP4: e4m3(min(gs * amax / 6, 448)); factor 1 / (sf * (1 / gs))
+        gs = tl.load(gs_ptr)
+        byte = _e4m3_byte(tl.minimum(gs * (amax * RCP6), 448.0))
+        sf = _e4m3_value(byte)
+        safe = tl.where(sf == 0.0, 1.0, sf)
+        factor = tl.where(sf == 0.0, 0.0, tl.math.div_rn(tl.full(sf.shape, 1.0, tl.float32),
+                                                         safe * tl.math.div_rn(1.0, gs)))
+    elif SCALE_RULE == 1:  # FlashInfer MXFP4: 2^ceil(log2(amax / 6)) from the bits, at most 2^127
+        b = (amax * RCP6).to(tl.int32, bitcast=True)
+        byte = tl.minimum(((b + 0x7FFFFF) & 0x7F800000) >> 23, 254)
+        factor = _pow2(127 - byte)
+    else:  # AITER MXFP4: amax rounded up at its 3rd mantissa bit, floor(log2) - 2, clamped
+        b = amax.to(tl.int32, bitcast=True)
+        e = tl.minimum(tl.maximum((((b + 0x200000) & 0x7F800000) >> 23) - 129, -127), 127)
+        byte = e + 127
+        factor = _pow2(-e)
+    return byte, factor
+
+
+@triton.jit
+def _store_scales(sf_ptr, rows, blocks, byte, n_rows, n_blocks, stride_sf, pad_rows, pad_blocks,
+                  LAYOUT: tl.constexpr):
+    """Store scale bytes ``[R, NB]`` of rows ``rows`` in the layout; pad positions get the pad byte."""
+    r = rows[:, None]
+    k = blocks[None, :]
+    valid = (r < n_rows) & (k < n_blocks)
+    if LAYOUT == 0:
+        tl.store(sf_ptr + r.to(tl.int64) * stride_sf + k, byte.to(tl.uint8), mask=valid)
+    elif LAYOUT == 1:  # FlashInfer 128x4 tiles: [m_tile][k_tile][row % 32][(row % 128) // 32][k % 4]
+        off = ((r // 128).to(tl.int64) * (pad_blocks * 128) + (k // 4) * 512 + (r % 32) * 16
+               + ((r % 128) // 32) * 4 + k % 4)
+        tl.store(sf_ptr + off, tl.where(valid, byte, 0).to(tl.uint8), mask=(r < pad_rows) & (k < pad_blocks))
+    else:  # AITER e8m0_shuffle: view(sm//32, 2, 16, sn//8, 2, 4).permute(0, 3, 5, 2, 4, 1)
+        off = ((r // 32).to(tl.int64) * (32 * pad_blocks) + (k // 8) * 256 + (k % 4) * 64 + (r % 16) * 4
+               + ((k % 8) // 4) * 2 + (r % 32) // 16)
+        tl.store(sf_ptr + off, tl.where(valid, byte, 127).to(tl.uint8), mask=(r < pad_rows) & (k < pad_blocks))
+
+
+@triton.jit
+def norm_fp4_quant_kernel(
+    x_ptr, res_ptr, w_ptr, gs_ptr, q_ptr, sf_ptr, res_out_ptr,
+    n_rows, n_cols, stride_x, stride_res, stride_q, stride_sf, stride_res_out,
+    pad_rows, pad_blocks, eps,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SCALE_RULE: tl.constexpr, LAYOUT: tl.constexpr,
+    QBLOCK: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """codes/scales of FP4(RMSNorm(x [+ res]) or x); with HAS_RESIDUAL also res_out = x + res."""
+    NB: tl.constexpr = BLOCK_N // QBLOCK
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    blocks = tl.arange(0, NB)
+    n_blocks = n_cols // QBLOCK
+    if tl.program_id(0) * ROWS >= n_rows:  # only pad rows of a padded scale layout here
+        _store_scales(sf_ptr, rows, blocks, tl.zeros([ROWS, NB], tl.int32), n_rows, n_blocks, stride_sf,
+                      pad_rows, pad_blocks, LAYOUT)
+        return
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    ok = row_ok[:, None] & (cols < n_cols)[None, :]
+    rows64 = rows.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows64 * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(res_ptr + rows64 * stride_res + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        tl.store(res_out_ptr + rows64 * stride_res_out + cols[None, :], _to_dtype_rne(x, res_out_ptr.dtype.element_ty),
+                 mask=ok)
+    if NORM:
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        y = _rms_normalize(x, w, n_cols, eps)
+    else:
+        y = x
+
+    yb = tl.reshape(y, [ROWS, NB, QBLOCK])
+    byte, factor = _block_scales(tl.max(tl.abs(yb), axis=2), gs_ptr, SCALE_RULE)
+    codes = _e2m1_codes(yb * factor[:, :, None], SCALE_RULE == 2)
+    lo, hi = tl.split(tl.reshape(codes, [ROWS, BLOCK_N // 2, 2]))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    half_cols = tl.arange(0, BLOCK_N // 2)
+    tl.store(q_ptr + rows64 * stride_q + half_cols[None, :], packed,
+             mask=row_ok[:, None] & (half_cols < n_cols // 2)[None, :])
+    _store_scales(sf_ptr, rows, blocks, byte, n_rows, n_blocks, stride_sf, pad_rows, pad_blocks, LAYOUT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch.
+
+
+def block_n(hidden: int, block_size: int, pad_blocks: int) -> int:
+    """Columns per tile: the hidden size, and enough scale blocks to cover the padded scale columns."""
+    return max(triton.next_power_of_2(hidden), block_size * triton.next_power_of_2(pad_blocks), 2 * block_size)
+
+
+def launch_config(hidden: int, block_size: int, pad_blocks: int, pad_rows: int, interpreted: bool) -> dict:
+    bn = block_n(hidden, block_size, pad_blocks)
+    elements = INTERPRETED_TILE_ELEMENTS if interpreted else TILE_ELEMENTS
+    rows = max(1, elements // bn)
+    if interpreted:  # fewer, fuller programs; on a GPU the tile stays fixed, so aot_specs() lists them all
+        rows = min(rows, triton.next_power_of_2(max(pad_rows, 1)))
+    tile = rows * bn
+    warps = 4 if tile <= 2048 else (8 if tile <= 8192 else 16)
+    return {"ROWS": rows, "BLOCK_N": bn, "num_warps": warps}
+
+
+def scale_padding(n_rows: int, n_blocks: int, layout: str) -> tuple[int, int]:
+    """(rows, scale columns) of the scale buffer in ``layout``."""
+    if layout == "swizzled":
+        return -(-n_rows // 128) * 128, -(-n_blocks // 4) * 4
+    if layout == "shuffled":
+        return -(-n_rows // 256) * 256, -(-n_blocks // 8) * 8
+    return n_rows, n_blocks
+
+
+def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: bool, block_size: int,
+           scale_rule: str, layout: str, config: dict | None = None) -> None:
+    """``x [M, N]`` (inner dim packed); ``q`` uint8 ``[M, N/2]``; ``sf`` uint8 (layout's shape);
+    ``res_out`` ``[M, N]`` or None. ``global_scale`` fp32 ``[1]`` (read only for e4m3)."""
+    import os
+
+    n_rows, n_cols = x.shape
+    pad_rows, pad_blocks = scale_padding(n_rows, n_cols // block_size, layout)
+    if pad_rows == 0:
+        return
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    cfg = {**launch_config(n_cols, block_size, pad_blocks, pad_rows, interpreted), **(config or {})}
+    grid = (triton.cdiv(pad_rows, cfg["ROWS"]),)
+    has_res = residual is not None
+    norm_fp4_quant_kernel[grid](
+        x, residual if has_res else x, weight if norm else x, global_scale if global_scale is not None else x,
+        q, sf, res_out if has_res else x,
+        n_rows, n_cols, x.stride(0), residual.stride(0) if has_res else 0, q.stride(0),
+        sf.stride(0) if layout == "linear" else 0, res_out.stride(0) if has_res else 0,
+        pad_rows, pad_blocks, eps,
+        NORM=norm, HAS_RESIDUAL=has_res, SCALE_RULE=SCALE_RULE_CODES[scale_rule], LAYOUT=LAYOUT_CODES[layout],
+        QBLOCK=block_size, ROWS=cfg["ROWS"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# What `aiter-ext aot --check` compiles for gfx942/gfx950: the launcher's tile for every hidden size
+# bucket it can pick, for each format x layout x input dtype, fused with and without a residual; the
+# standalone quantizer at the smallest and largest tiles.
+
+AOT_HIDDEN = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+AOT_FORMATS = (("e4m3", 16, "linear"), ("e4m3", 16, "swizzled"), ("ue8m0", 32, "linear"),
+               ("ue8m0", 32, "swizzled"), ("aiter", 32, "linear"), ("aiter", 32, "shuffled"))
+
+
+def _aot_dtypes(rule: str) -> tuple[str, ...]:
+    """Input dtypes the public functions accept for a rule: fp16/bf16, and fp32 for AITER's functions."""
+    return ("bf16", "fp16", "fp32") if rule == "aiter" else ("bf16", "fp16")
+
+
+def aot_specs():
+    seen = set()
+    for hidden in AOT_HIDDEN:
+        for rule, qb, layout in AOT_FORMATS:
+            pad_blocks = scale_padding(1, hidden // qb, layout)[1]
+            cfg = launch_config(hidden, qb, pad_blocks, 1 << 20, interpreted=False)
+            for dtype in _aot_dtypes(rule):
+                for norm, res in ((True, True), (True, False), (False, False)):
+                    if not norm and hidden not in (64, MAX_HIDDEN):
+                        continue
+                    key = (rule, qb, layout, dtype, norm, res, cfg["ROWS"], cfg["BLOCK_N"], cfg["num_warps"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    yield _spec(rule, qb, layout, dtype, norm, res, hidden, cfg)
+
+
+def _spec(rule, qb, layout, dtype, norm, res, hidden, cfg) -> KernelSpec:
+    sig = {"x_ptr": f"*{dtype}", "res_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gs_ptr": "*fp32", "q_ptr": "*u8",
+           "sf_ptr": "*u8", "res_out_ptr": f"*{dtype}", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32",
+           "stride_res": "i32", "stride_q": "i32", "stride_sf": "i32", "stride_res_out": "i32",
+           "pad_rows": "i32", "pad_blocks": "i32", "eps": "fp32"}
+    flags = ("norm" if norm else "quant") + ("+res" if res else "")
+    tag = f"{rule}-{layout}-{dtype}-{flags}-h{hidden}-r{cfg['ROWS']}b{cfg['BLOCK_N']}w{cfg['num_warps']}"
+    return KernelSpec(f"norm_fp4_quant[{tag}]", norm_fp4_quant_kernel, sig,
+                      {"NORM": norm, "HAS_RESIDUAL": res, "SCALE_RULE": SCALE_RULE_CODES[rule],
+                       "LAYOUT": LAYOUT_CODES[layout], "QBLOCK": qb, "ROWS": cfg["ROWS"], "BLOCK_N": cfg["BLOCK_N"]},
+                      {"num_warps": cfg["num_warps"]},
+                      divisible_by_16=("x_ptr", "res_ptr", "w_ptr", "q_ptr", "sf_ptr", "res_out_ptr", "n_cols",
+                                       "stride_x", "stride_res", "stride_q", "stride_res_out"))
+
+
+register_aot_specs("norm_fp4", aot_specs)
