@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 
 #: Widest row kept whole in registers (elements of the padded row). 16384 fp32 values over 16 warps is
 #: 32 per lane on NVIDIA, 16 on AMD (64-lane waves); wider rows take the chunked path.
@@ -67,7 +68,7 @@ def launch_config(rows: int, hidden: int, arch: str) -> dict:
     than ``MIN_PROGRAMS`` programs remain. Warps scale with the tile; an AMD wave has 64 lanes, so it
     needs half the waves for the same values per lane.
     """
-    padded = max(16, triton.next_power_of_2(hidden))
+    padded = max(16, next_pow2(hidden))
     if padded <= MAX_RESIDENT_BLOCK:
         block_h = padded
         block_r = min(max(1, ROW_TILE_ELEMENTS // block_h), _prev_pow2(rows // MIN_PROGRAMS))
@@ -191,7 +192,7 @@ def launch(input, residual, weight, out, eps: float, gemma: bool, config: dict, 
     block_r, block_h = cfg["BLOCK_R"], cfg["BLOCK_H"]
     fused = residual is not None
     res = residual if fused else input  # an unused pointer when not fused
-    rmsnorm_kernel[(triton.cdiv(num_rows, block_r),)](
+    rmsnorm_kernel[(cdiv(num_rows, block_r),)](
         input, res, weight, out, num_rows, num_heads, hidden,
         *_row_strides(input), *_row_strides(res), *_row_strides(out), eps,
         GEMMA=gemma, FUSED_ADD=fused, CHUNKED=block_h < hidden,

@@ -14,11 +14,14 @@ depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 
 SCALE_E4M3, SCALE_UE8M0, SCALE_AITER = 0, 1, 2
 LAYOUT_LINEAR, LAYOUT_SWIZZLED, LAYOUT_SHUFFLED = 0, 1, 2
@@ -195,15 +198,16 @@ def norm_fp4_quant_kernel(
 
 def block_n(hidden: int, block_size: int, pad_blocks: int) -> int:
     """Columns per tile: the hidden size, and enough scale blocks to cover the padded scale columns."""
-    return max(triton.next_power_of_2(hidden), block_size * triton.next_power_of_2(pad_blocks), 2 * block_size)
+    return max(next_pow2(hidden), block_size * next_pow2(pad_blocks), 2 * block_size)
 
 
+@functools.lru_cache(maxsize=4096)  # a dictionary lookup on the hot path
 def launch_config(hidden: int, block_size: int, pad_blocks: int, pad_rows: int, interpreted: bool) -> dict:
     bn = block_n(hidden, block_size, pad_blocks)
     elements = INTERPRETED_TILE_ELEMENTS if interpreted else TILE_ELEMENTS
     rows = max(1, elements // bn)
     if interpreted:  # fewer, fuller programs; on a GPU the tile stays fixed, so aot_specs() lists them all
-        rows = min(rows, triton.next_power_of_2(max(pad_rows, 1)))
+        rows = min(rows, next_pow2(max(pad_rows, 1)))
     tile = rows * bn
     warps = 4 if tile <= 2048 else (8 if tile <= 8192 else 16)
     return {"ROWS": rows, "BLOCK_N": bn, "num_warps": warps}
@@ -230,7 +234,7 @@ def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: 
         return
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     cfg = {**launch_config(n_cols, block_size, pad_blocks, pad_rows, interpreted), **(config or {})}
-    grid = (triton.cdiv(pad_rows, cfg["ROWS"]),)
+    grid = (cdiv(pad_rows, cfg["ROWS"]),)
     has_res = residual is not None
     norm_fp4_quant_kernel[grid](
         x, residual if has_res else x, weight if norm else x, global_scale if global_scale is not None else x,

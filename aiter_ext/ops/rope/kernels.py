@@ -23,12 +23,15 @@ registers, no shared memory; gfx942/gfx950: at most 66 VGPRs, no LDS, no scratch
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 
 
 @triton.jit
@@ -180,10 +183,13 @@ GPU_MAX_TILE_PAIRS = 2048
 #: Under the CPU interpreter the cost is per program and per numpy op, not per element: larger tiles.
 INTERPRETER_TILE_PAIRS = 16384
 MAX_BLOCK_H = 8
+#: Below this many tokens a program takes one head (see launch_config).
+SMALL_CALL_TOKENS = 1024
 
 
+@functools.lru_cache(maxsize=4096)  # a dictionary lookup on the hot path
 def launch_config(num_tokens: int, num_q_heads: int, num_k_heads: int, rotary_dim: int,
-                  interpreted: bool = False) -> dict:
+                  interpreted: bool = False, head_dim: int | None = None) -> dict:
     """Tile for one call: ``BLOCK_H`` heads x ``BLOCK_T`` tokens per program, and warps.
 
     Why this shape: RoPE is a pure stream (every byte read once, written once), so a program should
@@ -191,19 +197,32 @@ def launch_config(num_tokens: int, num_q_heads: int, num_k_heads: int, rotary_di
     heads as possible. Heads come first: up to 8, a power of two no larger than the smaller head count,
     so that blocks of both q (e.g. 32) and k (e.g. 8) heads are full and none straddles q and k. Tokens
     then give each head's tile ``GPU_TILE_PAIRS`` pairs (more when there are fewer heads, up to
-    ``GPU_MAX_TILE_PAIRS``). The token block does not shrink for small calls: a decode step (1-64
-    tokens) is launch-bound, masked rows cost nothing there, and one tile per model shape means no
-    recompilation between decode and prefill. The same rule holds on AMD (the compile check covers the
+    ``GPU_MAX_TILE_PAIRS``), counting the pass-through span of a partial rotary too (with rotary_dim 2 of
+    head_dim 80 the copied span, not the one rotated pair, sets the tile: sized by the pair alone, a
+    2048 x 128 copy tile took the GPU compiler minutes).
+
+    Small calls (fewer than ``SMALL_CALL_TOKENS`` tokens, decode) take one head per program instead.
+    The head loop is unrolled, but a head's loads are not hoisted above the previous head's stores (q
+    may alias q_out), so a program of 8 heads waits for 8 memory round trips in a row: on the H200 at
+    1 token that was 4.3 us against FlashInfer's 2.0 (graph replays, wip-issue5). With one head per
+    program the round trips overlap across programs. Large calls have enough programs in flight to
+    hide them (1.06x FlashInfer at 8192 tokens with 8 heads per program). Two tiles per model shape:
+    one compile for decode, one for prefill. The same rule holds on AMD (the compile check covers the
     tiles it picks at the head dims ``aot_specs`` lists); no per-arch tile is measured yet.
     """
-    block_half = triton.next_power_of_2(max(rotary_dim // 2, 1))
-    block_h = min(MAX_BLOCK_H, triton.next_power_of_2(max(1, min(num_q_heads, num_k_heads))))
+    block_half = next_pow2(max(rotary_dim // 2, 1))
+    block_pass = next_pow2(max((head_dim or rotary_dim) - rotary_dim, 1))
+    widest = max(block_half, block_pass)  # widest 2-D tile a head's loop body holds, in pairs / elements
+    block_h = min(MAX_BLOCK_H, next_pow2(max(1, min(num_q_heads, num_k_heads))))
     if interpreted:  # the interpreter pays for masked rows too
-        block_t = max(1, INTERPRETER_TILE_PAIRS // block_half)
-        block_t = min(block_t, triton.next_power_of_2(max(num_tokens, 1)))
+        block_t = max(1, INTERPRETER_TILE_PAIRS // widest)
+        block_t = min(block_t, next_pow2(max(num_tokens, 1)))
     else:
-        pairs = min(GPU_MAX_TILE_PAIRS, max(GPU_TILE_PAIRS, GPU_PROGRAM_PAIRS // block_h))
-        block_t = max(1, pairs // block_half)
+        if num_tokens < SMALL_CALL_TOKENS:
+            block_h = 1
+        pairs = GPU_TILE_PAIRS if block_h == 1 and num_tokens < SMALL_CALL_TOKENS else \
+            min(GPU_MAX_TILE_PAIRS, max(GPU_TILE_PAIRS, GPU_PROGRAM_PAIRS // block_h))
+        block_t = max(1, pairs // widest)
     return {"BLOCK_T": block_t, "BLOCK_H": block_h, "num_warps": 4}
 
 
@@ -230,9 +249,10 @@ def launch_rope(q, k, q_out, k_out, *, pos_ids, indptr, offsets, cos_sin_cache, 
     if num_tokens == 0:
         return
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    cfg = {**launch_config(num_tokens, num_q_heads, num_k_heads, rotary_dim, interpreted), **config}
+    cfg = {**launch_config(num_tokens, num_q_heads, num_k_heads, rotary_dim, interpreted, head_dim),
+           **config}
     block_h = cfg["BLOCK_H"]
-    grid = (triton.cdiv(num_tokens, cfg["BLOCK_T"]), triton.cdiv(num_q_heads, block_h) + triton.cdiv(num_k_heads, block_h))
+    grid = (cdiv(num_tokens, cfg["BLOCK_T"]), cdiv(num_q_heads, block_h) + cdiv(num_k_heads, block_h))
     freq_exponent, rcp_scale, smooth_a, smooth_b = (0.0, 1.0, 0.0, 0.0) if cos_sin_cache is not None else \
         rope_scalars(rotary_dim, rope_scale, rope_theta, llama31)
     from_indptr = indptr is not None
@@ -251,8 +271,8 @@ def launch_rope(q, k, q_out, k_out, *, pos_ids, indptr, offsets, cos_sin_cache, 
         freq_exponent, rcp_scale, smooth_a, smooth_b,
         HEAD_DIM=head_dim, ROTARY_DIM=rotary_dim, INTERLEAVE=interleave, LLAMA31=llama31 is not None,
         COS_SIN_CACHE=cos_sin_cache is not None, POS_FROM_INDPTR=from_indptr, COPY_PASS=copy_pass,
-        BLOCK_T=cfg["BLOCK_T"], BLOCK_H=block_h, BLOCK_HALF=triton.next_power_of_2(rotary_dim // 2),
-        BLOCK_PASS=triton.next_power_of_2(max(head_dim - rotary_dim, 1)),
+        BLOCK_T=cfg["BLOCK_T"], BLOCK_H=block_h, BLOCK_HALF=next_pow2(rotary_dim // 2),
+        BLOCK_PASS=next_pow2(max(head_dim - rotary_dim, 1)),
         num_warps=cfg["num_warps"],
     )
 
@@ -260,8 +280,8 @@ def launch_rope(q, k, q_out, k_out, *, pos_ids, indptr, offsets, cos_sin_cache, 
 # --------------------------------------------------------------------------------------------------
 # What `aiter-ext aot --check` compiles for gfx942/gfx950: the tile ``launch_config`` picks, at the
 # head dims we serve, for every flag combination in bf16; fp16 once per head dim (same code, 2-byte
-# loads); every head block size (1, 2, 4, 8: MQA to GQA) at head_dim 128; and partial rotary with the
-# pass-through copy.
+# loads); every head block size (1, 2, 4, 8: MQA to GQA) at head_dim 128; partial rotary with the
+# pass-through copy; and the decode tile (one head per program) of each.
 
 AOT_HEAD_DIMS = (64, 128, 256)
 #: (name, LLAMA31, COS_SIN_CACHE, POS_FROM_INDPTR)
@@ -271,9 +291,10 @@ AOT_VARIANTS = (
 )
 
 
-def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h):
+def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h, num_tokens=8192):
     name, llama31, cache, from_indptr = variant
-    cfg = launch_config(8192, 32 if block_h == 8 else block_h, block_h, rotary_dim)
+    heads = (32, 8) if block_h == 8 or num_tokens < SMALL_CALL_TOKENS else (block_h, block_h)
+    cfg = launch_config(num_tokens, *heads, rotary_dim, head_dim=head_dim)
     assert cfg["BLOCK_H"] == block_h
     ptr = f"*{dtype}"
     sig = {"q": ptr, "k": ptr, "q_out": ptr, "k_out": ptr, "pos_ids": ptr if from_indptr else "*i64",
@@ -285,8 +306,8 @@ def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h):
     sig.update({n: "fp32" for n in ("freq_exponent", "rcp_scale", "smooth_a", "smooth_b")})
     consts = {"HEAD_DIM": head_dim, "ROTARY_DIM": rotary_dim, "INTERLEAVE": interleave, "LLAMA31": llama31,
               "COS_SIN_CACHE": cache, "POS_FROM_INDPTR": from_indptr, "COPY_PASS": copy_pass,
-              "BLOCK_T": cfg["BLOCK_T"], "BLOCK_H": block_h, "BLOCK_HALF": triton.next_power_of_2(rotary_dim // 2),
-              "BLOCK_PASS": triton.next_power_of_2(max(head_dim - rotary_dim, 1))}
+              "BLOCK_T": cfg["BLOCK_T"], "BLOCK_H": block_h, "BLOCK_HALF": next_pow2(rotary_dim // 2),
+              "BLOCK_PASS": next_pow2(max(head_dim - rotary_dim, 1))}
     aligned = tuple(n for n, t in sig.items() if t.startswith("*") or n.startswith("stride"))
     tag = (f"{name}{'-interleave' if interleave else ''}{'-pass' if copy_pass else ''}-{dtype}-d{head_dim}"
            f"-r{rotary_dim}-t{cfg['BLOCK_T']}h{block_h}w{cfg['num_warps']}")
@@ -299,6 +320,7 @@ def aot_specs():
         for variant in AOT_VARIANTS:
             for interleave in (False, True):
                 yield _spec("bf16", head_dim, head_dim, variant, interleave, False, 8)
+                yield _spec("bf16", head_dim, head_dim, variant, interleave, False, 1, num_tokens=1)  # decode
         yield _spec("fp16", head_dim, head_dim, AOT_VARIANTS[2], False, False, 8)
     for block_h in (1, 2, 4):
         for interleave in (False, True):
@@ -306,6 +328,7 @@ def aot_specs():
     for variant in (AOT_VARIANTS[2], AOT_VARIANTS[4]):
         for interleave in (False, True):
             yield _spec("bf16", 128, 64, variant, interleave, True, 8)
+            yield _spec("bf16", 128, 64, variant, interleave, True, 1, num_tokens=1)
 
 
 register_aot_specs("rope", aot_specs)
