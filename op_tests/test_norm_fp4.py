@@ -22,7 +22,7 @@ from conftest import DEVICE, grid  # noqa: E402
 
 from aiter_ext.ops.norm_fp4 import api, reference as ref  # noqa: E402
 from aiter_ext.ops.norm_fp4.backends import NORM_FP4  # noqa: E402
-from aiter_ext.ops.norm_fp4.kernels import scale_padding  # noqa: E402
+from aiter_ext.ops.norm_fp4.layout import scale_padding  # noqa: E402
 
 HALF = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 #: (scale rule, block size, layouts it has)

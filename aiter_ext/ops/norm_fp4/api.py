@@ -17,7 +17,7 @@ import torch
 from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
 
 from .backends import NORM_FP4
-from .kernels import scale_padding
+from .layout import scale_padding
 
 HALF = (torch.float16, torch.bfloat16)
 FP4_DTYPE = getattr(torch, "float4_e2m1fn_x2", torch.uint8)

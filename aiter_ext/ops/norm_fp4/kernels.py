@@ -15,20 +15,22 @@ depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
 from __future__ import annotations
 
 import functools
+import struct
 
-import numpy as np
 import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.launch import cdiv, next_pow2
 
+from .layout import scale_padding
+
 SCALE_E4M3, SCALE_UE8M0, SCALE_AITER = 0, 1, 2
 LAYOUT_LINEAR, LAYOUT_SWIZZLED, LAYOUT_SHUFFLED = 0, 1, 2
 SCALE_RULE_CODES = {"e4m3": SCALE_E4M3, "ue8m0": SCALE_UE8M0, "aiter": SCALE_AITER}
 LAYOUT_CODES = {"linear": LAYOUT_LINEAR, "swizzled": LAYOUT_SWIZZLED, "shuffled": LAYOUT_SHUFFLED}
 #: fp32(1/6): the scale is ``amax * (1/6)`` as FlashInfer computes it (a multiply, not a divide).
-RCP6 = tl.constexpr(float(np.float32(1.0 / 6.0)))
+RCP6 = tl.constexpr(struct.unpack("f", struct.pack("f", 1.0 / 6.0))[0])
 #: Elements one program handles on a GPU; 16x more under the interpreter, where cost is per program.
 TILE_ELEMENTS = 4096
 INTERPRETED_TILE_ELEMENTS = 65536
@@ -211,15 +213,6 @@ def launch_config(hidden: int, block_size: int, pad_blocks: int, pad_rows: int, 
     tile = rows * bn
     warps = 4 if tile <= 2048 else (8 if tile <= 8192 else 16)
     return {"ROWS": rows, "BLOCK_N": bn, "num_warps": warps}
-
-
-def scale_padding(n_rows: int, n_blocks: int, layout: str) -> tuple[int, int]:
-    """(rows, scale columns) of the scale buffer in ``layout``."""
-    if layout == "swizzled":
-        return -(-n_rows // 128) * 128, -(-n_blocks // 4) * 4
-    if layout == "shuffled":
-        return -(-n_rows // 256) * 256, -(-n_blocks // 8) * 8
-    return n_rows, n_blocks
 
 
 def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: bool, block_size: int,

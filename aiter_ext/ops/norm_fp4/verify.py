@@ -8,7 +8,7 @@ from aiter_ext.core.checks import dtype_name
 
 from . import api, reference
 from .backends import NORM_FP4
-from .kernels import scale_padding
+from .layout import scale_padding
 
 #: (scale rule, block size, layout) per public format
 CASES = (("e4m3", 16, "linear"), ("e4m3", 16, "swizzled"), ("ue8m0", 32, "linear"), ("aiter", 32, "shuffled"))
@@ -16,7 +16,9 @@ CASES = (("e4m3", 16, "linear"), ("e4m3", 16, "swizzled"), ("ue8m0", 32, "linear
 
 def small_cases() -> list[tuple[str, str, bool, str]]:
     """``(case, backend, passed, detail)``: fused norm + quantization with a residual, codes and scales
-    compared byte for byte with the reference (a code may differ only by one step on a rounding tie)."""
+    compared with the reference: scales and the written residual exactly, codes with at most 1 byte in
+    1000 different (the fp32 norm may round differently in the last bit; op_tests/test_norm_fp4.py holds
+    each such difference to a rounding boundary, which this smoke check does not)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     results = []
