@@ -99,13 +99,23 @@ def _at_least(a, bound, STRICT: tl.constexpr):
 
 @triton.jit
 def _e2m1_codes(q, TIES_AWAY: tl.constexpr):
-    """E2M1 nibbles of fp32 ``q``: magnitude from the midpoints between code points (a tie on a
-    midpoint goes up with TIES_AWAY, else to the even code), saturating at 6; the sign in bit 3."""
+    """E2M1 nibbles of fp32 ``q``: the magnitude rounded onto {0, .5, 1, 1.5, 2, 3, 4, 6} (a tie goes to
+    the even code, or away from zero with TIES_AWAY), saturating at 6; the sign in bit 3.
+
+    From 1 up the grid is fp32 with one mantissa bit, so rounding is one integer add on the bits (half
+    the dropped range, plus the kept bit for ties-to-even) and the code is exponent and bit minus 252
+    (1.0 = exponent 127, bit 0 -> code 2). Below 1 the grid is multiples of 0.5: two comparisons. The
+    kernel is ALU-bound without a residual, and this is ~12 operations an element where seven
+    midpoint comparisons took ~21 (sm_90 PTX). NaN compares false everywhere: code 0, as before."""
     a = tl.abs(q)
-    even: tl.constexpr = not TIES_AWAY
-    mag = (_at_least(a, 0.25, even) + _at_least(a, 0.75, False) + _at_least(a, 1.25, even)
-           + _at_least(a, 1.75, False) + _at_least(a, 2.5, even) + _at_least(a, 3.5, False)
-           + _at_least(a, 5.0, even))
+    bits = tl.minimum(a, 6.0).to(tl.int32, bitcast=True)
+    if TIES_AWAY:
+        rounded = bits + 0x200000
+    else:
+        rounded = bits + 0x1FFFFF + ((bits >> 22) & 1)
+    normal = (rounded >> 22) - 252
+    small = _at_least(a, 0.25, not TIES_AWAY) + (a >= 0.75).to(tl.int32)
+    mag = tl.where(a >= 1.0, normal, small)
     sign = (q.to(tl.int32, bitcast=True) >> 31) & 1
     return mag | (sign << 3)
 
