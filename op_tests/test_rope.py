@@ -324,6 +324,34 @@ def test_odd_shapes(head_dim, rotary_dim, num_q_heads, num_k_heads, interleave, 
     assert_close(k_out, meta_rotate(k, cis, rotary_dim, interleave), name="k_rope")
 
 
+@pytest.mark.parametrize("interleave", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("num_tokens,num_q_heads,num_k_heads,head_dim,rotary_dim", [
+    (1, 32, 8, 128, 128), (5, 4, 2, 64, 64), (64, 8, 8, 256, 128), (3, 3, 5, 80, 2), (700, 4, 4, 128, 64)],
+    ids=lambda v: str(v))
+def test_gpu_tiles(num_tokens, num_q_heads, num_k_heads, head_dim, rotary_dim, interleave):
+    """The tiles launch_config picks on a GPU (decode, small, partial rotary), forced here so that the CPU
+    interpreter, which otherwise runs its own larger tiles, checks them too. Llama 3.1 scaling,
+    positions below 1000 (fp32 angles stay within fp16's tolerance)."""
+    from aiter_ext.core.backend import backend_status
+    from aiter_ext.ops.rope.kernels import launch_config, launch_rope
+
+    if not backend_status("triton")[0]:
+        pytest.skip(f"triton cannot run here: {backend_status('triton')[1]}")
+    cfg = launch_config(num_tokens, num_q_heads, num_k_heads, rotary_dim, False, head_dim)
+    q = torch.randn(num_tokens, num_q_heads, head_dim, device=DEVICE).half()
+    k = torch.randn(num_tokens, num_k_heads, head_dim, device=DEVICE).half()
+    pos = torch.randint(0, 1000, (num_tokens,), device=DEVICE)
+    q_out, k_out = poisoned_like(q), poisoned_like(k)
+    llama31 = (1.0, 4.0, 8192.0)
+    launch_rope(q, k, q_out, k_out, pos_ids=pos, indptr=None, offsets=None, cos_sin_cache=None,
+                rotary_dim=rotary_dim, interleave=interleave, rope_scale=8.0, rope_theta=5e5, llama31=llama31,
+                config=cfg)
+    q_ref, k_ref = rope.apply_llama31_rope_pos_ids(q, k, pos, rotary_dim=rotary_dim, interleave=interleave,
+                                                   backend="torch")
+    assert_close(q_out, q_ref, name=f"q with tile {cfg}")
+    assert_close(k_out, k_ref, name=f"k with tile {cfg}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_and_single_token(backend):
     _, q, k = packed_qk(0, 4, 2, 64, torch.float16)

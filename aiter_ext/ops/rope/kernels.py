@@ -185,6 +185,13 @@ INTERPRETER_TILE_PAIRS = 16384
 MAX_BLOCK_H = 8
 #: Below this many tokens a program takes one head (see launch_config).
 SMALL_CALL_TOKENS = 1024
+#: Pairs of the one-head decode tile: 4 tokens at head_dim 128. cos/sin are computed for every row of
+#: the tile, masked or not (sm_90 PTX: ~300 lines an angle, libdevice's precise sin and cos), so a
+#: 16-token tile made each thread of a 1-token call compute 8 angles for 1 real token.
+GPU_DECODE_TILE_PAIRS = 256
+#: Calls of at most this many tokens take the decode tile; up to SMALL_CALL_TOKENS, one head per
+#: program with GPU_TILE_PAIRS (16-byte accesses: a 4-token tile over 4 warps gives each thread 4 bytes).
+DECODE_TOKENS = 64
 
 
 @functools.lru_cache(maxsize=4096)  # a dictionary lookup on the hot path
@@ -205,9 +212,11 @@ def launch_config(num_tokens: int, num_q_heads: int, num_k_heads: int, rotary_di
     The head loop is unrolled, but a head's loads are not hoisted above the previous head's stores (q
     may alias q_out), so a program of 8 heads waits for 8 memory round trips in a row: on the H200 at
     1 token that was 4.3 us against FlashInfer's 2.0 (graph replays, wip-issue5). With one head per
-    program the round trips overlap across programs. Large calls have enough programs in flight to
-    hide them (1.06x FlashInfer at 8192 tokens with 8 heads per program). Two tiles per model shape:
-    one compile for decode, one for prefill. The same rule holds on AMD (the compile check covers the
+    program the round trips overlap across programs (4.3 -> 2.4 us). Up to ``DECODE_TOKENS`` its tile
+    is 4 tokens rather than 16 at head_dim 128 (``GPU_DECODE_TILE_PAIRS``: cos/sin are computed for
+    masked rows too; this step is not yet timed). Large calls have enough programs in flight to
+    hide them (1.06x FlashInfer at 8192 tokens with 8 heads per program). Three tiles per model shape,
+    one compile per size class (decode, small, large). The same rule holds on AMD (the compile check covers the
     tiles it picks at the head dims ``aot_specs`` lists); no per-arch tile is measured yet.
     """
     block_half = next_pow2(max(rotary_dim // 2, 1))
@@ -220,8 +229,12 @@ def launch_config(num_tokens: int, num_q_heads: int, num_k_heads: int, rotary_di
     else:
         if num_tokens < SMALL_CALL_TOKENS:
             block_h = 1
-        pairs = GPU_TILE_PAIRS if block_h == 1 and num_tokens < SMALL_CALL_TOKENS else \
-            min(GPU_MAX_TILE_PAIRS, max(GPU_TILE_PAIRS, GPU_PROGRAM_PAIRS // block_h))
+        if num_tokens <= DECODE_TOKENS:
+            pairs = GPU_DECODE_TILE_PAIRS
+        elif num_tokens < SMALL_CALL_TOKENS:
+            pairs = GPU_TILE_PAIRS
+        else:
+            pairs = min(GPU_MAX_TILE_PAIRS, max(GPU_TILE_PAIRS, GPU_PROGRAM_PAIRS // block_h))
         block_t = max(1, pairs // widest)
     return {"BLOCK_T": block_t, "BLOCK_H": block_h, "num_warps": 4}
 
@@ -321,6 +334,7 @@ def aot_specs():
             for interleave in (False, True):
                 yield _spec("bf16", head_dim, head_dim, variant, interleave, False, 8)
                 yield _spec("bf16", head_dim, head_dim, variant, interleave, False, 1, num_tokens=1)  # decode
+                yield _spec("bf16", head_dim, head_dim, variant, interleave, False, 1, num_tokens=512)
         yield _spec("fp16", head_dim, head_dim, AOT_VARIANTS[2], False, False, 8)
     for block_h in (1, 2, 4):
         for interleave in (False, True):
@@ -329,6 +343,7 @@ def aot_specs():
         for interleave in (False, True):
             yield _spec("bf16", 128, 64, variant, interleave, True, 8)
             yield _spec("bf16", 128, 64, variant, interleave, True, 1, num_tokens=1)
+            yield _spec("bf16", 128, 64, variant, interleave, True, 1, num_tokens=512)
 
 
 register_aot_specs("rope", aot_specs)
