@@ -16,6 +16,7 @@ from aiter_ext.core.checks import (
     check_indptr_values, check_inner_contiguous, check_same_device, check_same_dtype, check_shape, check_tensor,
     dtype_name,
 )
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .backends import MERGE_STATE, MERGE_STATES
 
@@ -64,22 +65,11 @@ def _merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tenso
 
 # The same functions as torch custom ops, so torch.compile(fullgraph=True) traces through them. They
 # only write into their mutated arguments, so the fake implementations do nothing.
-_CUSTOM_OPS = {
-    _merge_state_out: torch.library.custom_op("aiter_ext::merge_state_out", _merge_state_out,
-                                              mutates_args=("v_out", "s_out")),
-    _merge_state_in_place: torch.library.custom_op("aiter_ext::merge_state_in_place", _merge_state_in_place,
-                                                   mutates_args=("v", "s")),
-    _merge_many_out: torch.library.custom_op("aiter_ext::merge_states_out", _merge_many_out,
-                                             mutates_args=("v_out", "s_out")),
-}
-for _op in _CUSTOM_OPS.values():
-    _op.register_fake(lambda *args, **kwargs: None)
-
-
-def _call(fn, *args) -> None:
-    """Run ``fn`` through its custom op while torch.compile traces; eager calls skip that layer, which
-    only adds Python overhead there."""
-    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
+_call = mutating_ops({
+    _merge_state_out: ("merge_state_out", ("v_out", "s_out")),
+    _merge_state_in_place: ("merge_state_in_place", ("v", "s")),
+    _merge_many_out: ("merge_states_out", ("v_out", "s_out")),
+})
 
 
 # --------------------------------------------------------------------------------------------------

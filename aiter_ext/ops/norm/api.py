@@ -16,6 +16,7 @@ import torch
 from aiter_ext.core.checks import (
     check_inner_contiguous, check_same_device, check_same_dtype, check_shape, check_tensor, dtype_name,
 )
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .backends import RMSNORM
 
@@ -47,18 +48,10 @@ def _fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor, weight: torc
 
 # Registered as torch custom ops so that torch.compile(fullgraph=True) traces through them. They only
 # write into their mutated arguments, so the fake implementations do nothing.
-_CUSTOM_OPS = {
-    _rmsnorm_out: torch.library.custom_op("aiter_ext::rmsnorm_out", _rmsnorm_out, mutates_args=("out",)),
-    _fused_add_rmsnorm: torch.library.custom_op("aiter_ext::fused_add_rmsnorm", _fused_add_rmsnorm,
-                                                mutates_args=("input", "residual")),
-}
-for _op in _CUSTOM_OPS.values():
-    _op.register_fake(lambda *args, **kwargs: None)
-
-
-def _call(fn, *args) -> None:
-    """Run ``fn`` through its custom op while torch.compile traces; eager calls skip that layer."""
-    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
+_call = mutating_ops({
+    _rmsnorm_out: ("rmsnorm_out", ("out",)),
+    _fused_add_rmsnorm: ("fused_add_rmsnorm", ("input", "residual")),
+})
 
 
 # --------------------------------------------------------------------------------------------------

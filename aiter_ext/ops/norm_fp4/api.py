@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .backends import NORM_FP4
 from .layout import scale_padding
@@ -49,18 +50,10 @@ def _quant_add_in_place(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     _dispatch(x, residual, weight, global_scale, q, sf, residual, eps, True, block_size, scale_rule, layout, backend)
 
 
-_CUSTOM_OPS = {
-    _quant_out: torch.library.custom_op("aiter_ext::norm_fp4_quant_out", _quant_out,
-                                        mutates_args=("q", "sf", "res_out")),
-    _quant_add_in_place: torch.library.custom_op("aiter_ext::add_norm_fp4_quant_in_place", _quant_add_in_place,
-                                                 mutates_args=("residual", "q", "sf")),
-}
-for _op in _CUSTOM_OPS.values():
-    _op.register_fake(lambda *args, **kwargs: None)
-
-
-def _call(fn, *args) -> None:
-    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
+_call = mutating_ops({
+    _quant_out: ("norm_fp4_quant_out", ("q", "sf", "res_out")),
+    _quant_add_in_place: ("add_norm_fp4_quant_in_place", ("residual", "q", "sf")),
+})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,8 +137,13 @@ def _check_flashinfer(input, weight, global_scale, block_size, scale_format, min
     return rule
 
 
-def _global_scale(global_scale, device):
-    return global_scale if global_scale is not None else torch.ones(1, dtype=torch.float32, device=device)
+def _global_scale(global_scale, rule: str, device):
+    """What the kernel gets as the global scale: only NVFP4 (e4m3) reads one, so the MXFP4 rules pass
+    None rather than a fresh tensor (an allocation and a fill launch per call); NVFP4 without one uses
+    FlashInfer's default, 1.0."""
+    if global_scale is not None or rule != "e4m3":
+        return global_scale
+    return torch.ones(1, dtype=torch.float32, device=device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +202,7 @@ def rmsnorm_fp4quant(input: torch.Tensor, weight: torch.Tensor, y_fp4: Optional[
     rule = _check_flashinfer(input, weight, global_scale, block_size, scale_format)
     y_fp4, block_scale, q, sf = _flashinfer_outputs(input, y_fp4, block_scale, block_size, rule,
                                                     is_sf_swizzled_layout)
-    gs = _global_scale(global_scale, input.device)
+    gs = _global_scale(global_scale, rule, input.device)
     _call(_quant_out, _rows("input", input), None, weight, gs, q, sf, None, float(eps), True, block_size, rule,
           "swizzled" if is_sf_swizzled_layout else "linear", backend)
     return y_fp4, block_scale
@@ -252,7 +250,7 @@ def add_rmsnorm_fp4quant(input: torch.Tensor, residual: torch.Tensor, weight: to
         raise ValueError("residual is written in place and must be contiguous")
     y_fp4, block_scale, q, sf = _flashinfer_outputs(input, y_fp4, block_scale, block_size, rule,
                                                     is_sf_swizzled_layout)
-    gs = _global_scale(global_scale, input.device)
+    gs = _global_scale(global_scale, rule, input.device)
     _call(_quant_add_in_place, _rows("input", input), residual.view(-1, residual.shape[-1]), weight, gs, q, sf,
           float(eps), block_size, rule, "swizzled" if is_sf_swizzled_layout else "linear", backend)
     return y_fp4, block_scale
@@ -311,8 +309,9 @@ def fp4_quantize(input: torch.Tensor, global_scale: Optional[torch.Tensor] = Non
     q = torch.empty((m, k // 2), dtype=torch.uint8, device=input.device)
     sf = torch.empty((pad_rows * pad_blocks,) if is_sf_swizzled_layout else (m, k // sf_vec_size),
                      dtype=torch.uint8, device=input.device)
-    _call(_quant_out, _rows("input", input), None, None, _global_scale(global_scale, input.device), q, sf, None,
-          0.0, False, sf_vec_size, rule, layout, backend)
+    gs = _global_scale(global_scale, rule, input.device)
+    _call(_quant_out, _rows("input", input), None, None, gs, q, sf, None, 0.0, False, sf_vec_size, rule, layout,
+          backend)
     return q, sf
 
 

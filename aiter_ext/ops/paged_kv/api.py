@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .backends import BATCH_INDICES_POSITIONS, PAGED_KV_APPEND
 
@@ -392,20 +393,10 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
 
 # The out-writing functions as torch custom ops, so torch.compile(fullgraph=True) traces through them.
 # They only write into their mutated arguments, so the fake implementations do nothing.
-_CUSTOM_OPS = {
-    _append_out: torch.library.custom_op("aiter_ext::append_paged_kv_cache", _append_out,
-                                         mutates_args=("k_cache", "v_cache")),
-    _batch_indices_positions_out: torch.library.custom_op(
-        "aiter_ext::get_batch_indices_positions_out", _batch_indices_positions_out,
-        mutates_args=("batch_indices", "positions")),
-}
-for _op in _CUSTOM_OPS.values():
-    _op.register_fake(lambda *args, **kwargs: None)
-
-
-def _call(fn, *args) -> None:
-    """Run ``fn`` through its custom op while torch.compile traces; eager calls skip that layer."""
-    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
+_call = mutating_ops({
+    _append_out: ("append_paged_kv_cache", ("k_cache", "v_cache")),
+    _batch_indices_positions_out: ("get_batch_indices_positions_out", ("batch_indices", "positions")),
+})
 
 
 # --------------------------------------------------------------------------------------------------

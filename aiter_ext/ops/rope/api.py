@@ -26,6 +26,7 @@ from aiter_ext.core.checks import (
     check_tensor,
     dtype_name,
 )
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .backends import ROPE, RopeArgs
 
@@ -69,17 +70,10 @@ def _rope_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids: _OPTIONAL, indptr: 
 
 # As torch custom ops, so torch.compile(fullgraph=True) traces through them; they only write into
 # their mutated arguments, so the fake implementations do nothing.
-_CUSTOM_OPS = {
-    _rope_out: torch.library.custom_op("aiter_ext::rope_out", _rope_out, mutates_args=("q_out", "k_out")),
-    _rope_inplace: torch.library.custom_op("aiter_ext::rope_inplace", _rope_inplace, mutates_args=("q", "k")),
-}
-for _op in _CUSTOM_OPS.values():
-    _op.register_fake(lambda *args, **kwargs: None)
-
-
-def _call(fn, *args) -> None:
-    """Through the custom op while torch.compile traces; eager calls skip that layer (Python overhead)."""
-    (_CUSTOM_OPS[fn] if torch.compiler.is_compiling() else fn)(*args)
+_call = mutating_ops({
+    _rope_out: ("rope_out", ("q_out", "k_out")),
+    _rope_inplace: ("rope_inplace", ("q", "k")),
+})
 
 
 # --------------------------------------------------------------------------------------------------

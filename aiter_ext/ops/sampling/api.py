@@ -24,6 +24,7 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.launch import cdiv
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 Threshold = Union[int, float, torch.Tensor, None]
@@ -145,10 +146,6 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
             probs.stride(0), HAS_INDICES=indices is not None, TOP_K=k_mode, TOP_P=p_mode, MIN_P=m_mode,
             SEED_PER_ROW=per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
     return (out, valid.bool()) if return_valid else out
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 _TAIL_DOC = """

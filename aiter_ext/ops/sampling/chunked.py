@@ -14,8 +14,7 @@ from typing import Optional
 import torch
 
 from aiter_ext.core.arch import device_info
-
-from .api import cdiv
+from aiter_ext.core.launch import cdiv
 
 
 def chunked_launch(op: str, vocab: int, rows: int, config: Optional[dict] = None) -> Optional[dict]:

@@ -20,8 +20,9 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.launch import cdiv
 
-from .api import cdiv, prepare_draw
+from .api import prepare_draw
 from .chunked import chunked_launch, draw_by_chunks, softmax_by_chunks
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

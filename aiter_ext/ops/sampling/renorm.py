@@ -10,8 +10,9 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.launch import cdiv
 
-from .api import _threshold, cdiv
+from .api import _threshold
 
 VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
