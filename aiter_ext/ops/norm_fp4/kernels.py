@@ -7,6 +7,12 @@ swizzle, AITER's e8m0 shuffle). One program owns ``ROWS`` whole rows (the RMS ne
 x is read once and every output is written once. The scale layouts that pad rows get extra programs
 that only write pad bytes, so every byte of a padded scale buffer is defined.
 
+The kernel works on pairs of elements, the two that share an output byte: ``WORDS`` loads each pair
+as one 32-bit word (64-bit for fp32) and splits it with shifts, so the even and odd elements arrive
+in the same registers layout as their packed byte leaves, with no reshape, no layout conversion and
+half the bf16 unpacking work. Without a residual the kernel is ALU-bound: every operation per
+element counts (see ``_e2m1_codes``).
+
 Rounding is done on integers and comparisons, never with float casts the backends lower differently
 (gfx942 has no OCP e4m3): E2M1 codes come from the boundaries between code points (strict or not
 depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
@@ -36,14 +42,6 @@ TILE_ELEMENTS = 4096
 INTERPRETED_TILE_ELEMENTS = 65536
 #: Largest hidden size the Triton backend takes (one row per program must fit in registers).
 MAX_HIDDEN = 16384
-
-
-@triton.jit
-def _rms_normalize(x, w, n_cols, eps):
-    """RMSNorm of fp32 rows ``x [R, BN]`` (zeros past ``n_cols``): ``(x * rsqrt(mean(x^2) + eps)) * w``,
-    all in fp32 (the same order as AITER's fused kernel)."""
-    rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
-    return (x * rstd[:, None]) * w[None, :]
 
 
 @triton.jit
@@ -90,34 +88,72 @@ def _e4m3_value(byte):
 
 
 @triton.jit
-def _at_least(a, bound, STRICT: tl.constexpr):
-    if STRICT:
-        return (a > bound).to(tl.int32)
-    else:
-        return (a >= bound).to(tl.int32)
-
-
-@triton.jit
 def _e2m1_codes(q, TIES_AWAY: tl.constexpr):
     """E2M1 nibbles of fp32 ``q``: the magnitude rounded onto {0, .5, 1, 1.5, 2, 3, 4, 6} (a tie goes to
     the even code, or away from zero with TIES_AWAY), saturating at 6; the sign in bit 3.
 
     From 1 up the grid is fp32 with one mantissa bit, so rounding is one integer add on the bits (half
     the dropped range, plus the kept bit for ties-to-even) and the code is exponent and bit minus 252
-    (1.0 = exponent 127, bit 0 -> code 2). Below 1 the grid is multiples of 0.5: two comparisons. The
-    kernel is ALU-bound without a residual, and this is ~12 operations an element where seven
-    midpoint comparisons took ~21 (sm_90 PTX). NaN compares false everywhere: code 0, as before."""
-    a = tl.abs(q)
-    bits = tl.minimum(a, 6.0).to(tl.int32, bitcast=True)
+    (1.0 = exponent 127, bit 0 -> code 2). Below 1 the grid is the multiples of 0.5 and the code is
+    round(2m): adding 1.5 * 2^23 rounds 2m to an integer in the fp32 adder, ties to even, and leaves
+    it in the low mantissa bits (2m is exact, so this is the only rounding). Ties away from zero differ
+    from that only at m = 0.25. Checked against the comparison form on every non-negative fp32 for
+    both tie rules. About 8-10 operations an element; the kernel is ALU-bound without a residual.
+    NaN is unspecified (GPUs' min() takes the 6)."""
+    m = tl.minimum(tl.abs(q), 6.0)
+    bits = m.to(tl.int32, bitcast=True)
     if TIES_AWAY:
         rounded = bits + 0x200000
     else:
         rounded = bits + 0x1FFFFF + ((bits >> 22) & 1)
-    normal = (rounded >> 22) - 252
-    small = _at_least(a, 0.25, not TIES_AWAY) + (a >= 0.75).to(tl.int32)
-    mag = tl.where(a >= 1.0, normal, small)
-    sign = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    return mag | (sign << 3)
+    big = (rounded >> 22) - 252
+    small = (m * 2.0 + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+    if TIES_AWAY:
+        small += (m == 0.25).to(tl.int32)
+    sign = (q.to(tl.int32, bitcast=True) >> 28) & 8
+    return tl.where(m >= 1.0, big, small) | sign
+
+
+@triton.jit
+def _load_pairs(ptr, rows, stride, pairs, mask, WORDS: tl.constexpr):
+    """Elements ``2p`` and ``2p + 1`` of rows ``rows [R, 1]`` (int64; ``stride`` elements apart), pairs
+    ``pairs [1, P]``, as fp32 ``(even, odd)``. WORDS: one load per pair (the launcher checked that the
+    pointer and stride allow it); otherwise one per element."""
+    dtype: tl.constexpr = ptr.dtype.element_ty
+    if not WORDS:
+        offs = rows * stride + 2 * pairs
+        even = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        return even, tl.load(ptr + offs + 1, mask=mask, other=0.0).to(tl.float32)
+    offs = rows * (stride // 2) + pairs
+    if dtype == tl.float32:
+        w = tl.load(ptr.to(tl.pointer_type(tl.int64)) + offs, mask=mask, other=0)
+        return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    w = tl.load(ptr.to(tl.pointer_type(tl.int32)) + offs, mask=mask, other=0)
+    if dtype == tl.bfloat16:  # a bf16 is the top half of its fp32
+        return (w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True)
+    even = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return even, (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _store_pairs(ptr, rows, stride, pairs, mask, even, odd, WORDS: tl.constexpr):
+    """Store fp32 ``even``/``odd`` as elements ``2p``/``2p + 1`` (addressed as in ``_load_pairs``) in
+    ``ptr``'s dtype, rounded to nearest-even."""
+    dtype: tl.constexpr = ptr.dtype.element_ty
+    even = _to_dtype_rne(even, dtype)
+    odd = _to_dtype_rne(odd, dtype)
+    offs = rows * (stride // 2) + pairs
+    if not WORDS:
+        tl.store(ptr + rows * stride + 2 * pairs, even, mask=mask)
+        tl.store(ptr + rows * stride + 2 * pairs + 1, odd, mask=mask)
+    elif dtype == tl.float32:
+        lo = even.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        hi = odd.to(tl.int32, bitcast=True).to(tl.int64) << 32
+        tl.store(ptr.to(tl.pointer_type(tl.int64)) + offs, lo | hi, mask=mask)
+    else:
+        lo = even.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hi = odd.to(tl.int16, bitcast=True).to(tl.int32) << 16
+        tl.store(ptr.to(tl.pointer_type(tl.int32)) + offs, lo | hi, mask=mask)
 
 
 @triton.jit
@@ -167,10 +203,12 @@ def norm_fp4_quant_kernel(
     n_rows, n_cols, stride_x, stride_res, stride_q, stride_sf, stride_res_out,
     pad_rows, pad_blocks, eps,
     NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SCALE_RULE: tl.constexpr, LAYOUT: tl.constexpr,
-    QBLOCK: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    QBLOCK: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
 ):
-    """codes/scales of FP4(RMSNorm(x [+ res]) or x); with HAS_RESIDUAL also res_out = x + res."""
+    """codes/scales of FP4(RMSNorm(x [+ res]) or x); with HAS_RESIDUAL also res_out = x + res.
+    Row strides are in elements (even where WORDS)."""
     NB: tl.constexpr = BLOCK_N // QBLOCK
+    PAIRS: tl.constexpr = BLOCK_N // 2
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     blocks = tl.arange(0, NB)
     n_blocks = n_cols // QBLOCK
@@ -178,29 +216,32 @@ def norm_fp4_quant_kernel(
         _store_scales(sf_ptr, rows, blocks, tl.zeros([ROWS, NB], tl.int32), n_rows, n_blocks, stride_sf,
                       pad_rows, pad_blocks, LAYOUT)
         return
-    cols = tl.arange(0, BLOCK_N)
+    pairs = tl.arange(0, PAIRS)
     row_ok = rows < n_rows
-    ok = row_ok[:, None] & (cols < n_cols)[None, :]
+    col_ok = (pairs < n_cols // 2)[None, :]
+    ok = row_ok[:, None] & col_ok
     rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows64 * stride_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    even, odd = _load_pairs(x_ptr, rows64, stride_x, pairs[None, :], ok, WORDS)
     if HAS_RESIDUAL:
-        x += tl.load(res_ptr + rows64 * stride_res + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        tl.store(res_out_ptr + rows64 * stride_res_out + cols[None, :], _to_dtype_rne(x, res_out_ptr.dtype.element_ty),
-                 mask=ok)
-    if NORM:
-        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
-        y = _rms_normalize(x, w, n_cols, eps)
-    else:
-        y = x
+        r_even, r_odd = _load_pairs(res_ptr, rows64, stride_res, pairs[None, :], ok, WORDS)
+        even += r_even
+        odd += r_odd
+        _store_pairs(res_out_ptr, rows64, stride_res_out, pairs[None, :], ok, even, odd, WORDS)
+    if NORM:  # (x * rsqrt(mean(x^2) + eps)) * w in fp32, the order of AITER's fused kernel
+        rstd = tl.math.rsqrt(tl.sum(even * even + odd * odd, axis=1) / n_cols + eps)[:, None]
+        w_even, w_odd = _load_pairs(w_ptr, 0, 0, pairs[None, :], col_ok, WORDS)
+        even = (even * rstd) * w_even
+        odd = (odd * rstd) * w_odd
 
-    yb = tl.reshape(y, [ROWS, NB, QBLOCK])
-    byte, factor = _block_scales(tl.max(tl.abs(yb), axis=2), gs_ptr, SCALE_RULE)
-    codes = _e2m1_codes(yb * factor[:, :, None], SCALE_RULE == 2)
-    lo, hi = tl.split(tl.reshape(codes, [ROWS, BLOCK_N // 2, 2]))
-    packed = (lo | (hi << 4)).to(tl.uint8)
-    half_cols = tl.arange(0, BLOCK_N // 2)
-    tl.store(q_ptr + rows64 * stride_q + half_cols[None, :], packed,
-             mask=row_ok[:, None] & (half_cols < n_cols // 2)[None, :])
+    # Blocks of QBLOCK elements are QBLOCK / 2 consecutive pairs.
+    even = tl.reshape(even, [ROWS, NB, QBLOCK // 2])
+    odd = tl.reshape(odd, [ROWS, NB, QBLOCK // 2])
+    amax = tl.max(tl.maximum(tl.abs(even), tl.abs(odd)), axis=2)
+    byte, factor = _block_scales(amax, gs_ptr, SCALE_RULE)
+    ties_away: tl.constexpr = SCALE_RULE == 2
+    codes = (_e2m1_codes(even * factor[:, :, None], ties_away)
+             | (_e2m1_codes(odd * factor[:, :, None], ties_away) << 4))
+    tl.store(q_ptr + rows64 * stride_q + pairs[None, :], tl.reshape(codes, [ROWS, PAIRS]).to(tl.uint8), mask=ok)
     _store_scales(sf_ptr, rows, blocks, byte, n_rows, n_blocks, stride_sf, pad_rows, pad_blocks, LAYOUT)
 
 
@@ -239,6 +280,9 @@ def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: 
     cfg = {**launch_config(n_cols, block_size, pad_blocks, pad_rows, interpreted), **(config or {})}
     grid = (cdiv(pad_rows, cfg["ROWS"]),)
     has_res = residual is not None
+    pair_bytes = 2 * x.element_size()
+    words = all(t is None or (t.data_ptr() % pair_bytes == 0 and (t.dim() == 1 or t.stride(0) % 2 == 0))
+                for t in (x, residual, res_out, weight if norm else None))
     norm_fp4_quant_kernel[grid](
         x, residual if has_res else x, weight if norm else x, global_scale if global_scale is not None else x,
         q, sf, res_out if has_res else x,
@@ -246,7 +290,8 @@ def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: 
         sf.stride(0) if layout == "linear" else 0, res_out.stride(0) if has_res else 0,
         pad_rows, pad_blocks, eps,
         NORM=norm, HAS_RESIDUAL=has_res, SCALE_RULE=SCALE_RULE_CODES[scale_rule], LAYOUT=LAYOUT_CODES[layout],
-        QBLOCK=block_size, ROWS=cfg["ROWS"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+        QBLOCK=block_size, ROWS=cfg["ROWS"], BLOCK_N=cfg["BLOCK_N"], WORDS=words,
+        num_warps=cfg["num_warps"],
     )
 
 
@@ -280,21 +325,27 @@ def aot_specs():
                         continue
                     seen.add(key)
                     yield _spec(rule, qb, layout, dtype, norm, res, hidden, cfg)
+    # Element-wise loads for odd row strides or misaligned pointers (rare): one tile per format.
+    for rule, qb, layout in AOT_FORMATS[::2]:
+        cfg = launch_config(4096, qb, 4096 // qb, 1 << 20, interpreted=False)
+        yield _spec(rule, qb, layout, "bf16", True, True, 4096, cfg, words=False)
 
 
-def _spec(rule, qb, layout, dtype, norm, res, hidden, cfg) -> KernelSpec:
+def _spec(rule, qb, layout, dtype, norm, res, hidden, cfg, words=True) -> KernelSpec:
     sig = {"x_ptr": f"*{dtype}", "res_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gs_ptr": "*fp32", "q_ptr": "*u8",
            "sf_ptr": "*u8", "res_out_ptr": f"*{dtype}", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32",
            "stride_res": "i32", "stride_q": "i32", "stride_sf": "i32", "stride_res_out": "i32",
            "pad_rows": "i32", "pad_blocks": "i32", "eps": "fp32"}
     flags = ("norm" if norm else "quant") + ("+res" if res else "")
+    flags += "" if words else "+elementwise"
     tag = f"{rule}-{layout}-{dtype}-{flags}-h{hidden}-r{cfg['ROWS']}b{cfg['BLOCK_N']}w{cfg['num_warps']}"
     return KernelSpec(f"norm_fp4_quant[{tag}]", norm_fp4_quant_kernel, sig,
                       {"NORM": norm, "HAS_RESIDUAL": res, "SCALE_RULE": SCALE_RULE_CODES[rule],
-                       "LAYOUT": LAYOUT_CODES[layout], "QBLOCK": qb, "ROWS": cfg["ROWS"], "BLOCK_N": cfg["BLOCK_N"]},
+                       "LAYOUT": LAYOUT_CODES[layout], "QBLOCK": qb, "ROWS": cfg["ROWS"], "BLOCK_N": cfg["BLOCK_N"],
+                       "WORDS": words},
                       {"num_warps": cfg["num_warps"]},
                       divisible_by_16=("x_ptr", "res_ptr", "w_ptr", "q_ptr", "sf_ptr", "res_out_ptr", "n_cols",
-                                       "stride_x", "stride_res", "stride_q", "stride_res_out"))
+                                       "stride_q") + (("stride_x", "stride_res", "stride_res_out") if words else ()))
 
 
 register_aot_specs("norm_fp4", aot_specs)
