@@ -419,6 +419,9 @@ def test_bad_input(case, exc, match, inplace):
     elif case == "offsets len":
         offsets = offsets[:1]
     elif case == "indptr end":
+        if DEVICE.type != "cpu":
+            pytest.skip("indptr's values are checked for CPU tensors only: reading a device indptr would "
+                        "synchronize the host (the API never does)")
         indptr = torch.tensor([0, 2, 4], dtype=torch.int32, device=DEVICE)
     elif case == "indptr empty":
         indptr, offsets = indptr[:1], offsets[:0]
