@@ -477,11 +477,9 @@ def host_profile() -> int:
     wall time per call is the host's. The pieces: ours through the public call, through the launcher
     alone (config + Triton's ``kernel[grid]``), through the compiled handle (Triton's binder and cache
     lookup skipped: what a direct launcher would cost), and FlashInfer's public call."""
-    import time
-
     import aiter_ext.ops.rope as rope_api
     from aiter_ext.core.arch import get_arch
-    from aiter_ext.core.bench import benchmark_setup, markdown_table, warm_up_gpu
+    from aiter_ext.core.bench import benchmark_setup, host_time_us, markdown_table, warm_up_gpu
 
     ok, fi = benchmark_setup(False)
     if not ok:
@@ -511,15 +509,7 @@ def host_profile() -> int:
     rows = []
     for name, fn in pieces.items():
         try:
-            for _ in range(50):
-                fn()
-            torch.cuda.synchronize()
-            n = 2000
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            host_us = (time.perf_counter() - t0) / n * 1e6
-            torch.cuda.synchronize()
+            host_us = host_time_us(fn, calls=2000)
         except Exception as e:  # an experiment: a piece this Triton does not support says so
             host_us = f"failed: {type(e).__name__}: {e}"[:120]
         rows.append({"piece": name, "host us per call": host_us})

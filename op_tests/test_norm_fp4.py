@@ -513,10 +513,11 @@ def benchmark(quick: bool) -> None:
     print(markdown_table(table))
 
 
-def sweep() -> None:
+def sweep(small: bool = False) -> None:
     """Graph-replay time of other tiles (rows per program x warps) beside the default, at the large shapes
-    without a residual (where the default reached only 30-40% of the copy bandwidth on the H200). Every
-    tile's bytes must equal the default tile's (same arithmetic), or the sweep stops."""
+    without a residual (where the default reached only 30-40% of the copy bandwidth on the H200), or with
+    ``small`` the warp counts at 1 to 1024 rows. Every tile's bytes must equal the default tile's (same
+    arithmetic, up to the order of the sum of squares), or the sweep stops."""
     from aiter_ext.core.bench import benchmark_setup, copy_bandwidth_gbs, git_commit, markdown_table, time_us
     from aiter_ext.ops.norm_fp4 import kernels
 
@@ -525,7 +526,10 @@ def sweep() -> None:
     copy_bw = copy_bandwidth_gbs()
     print(f"# norm_fp4 tile sweep on {torch.cuda.get_device_name()} at {git_commit()}; copy bandwidth {copy_bw:.0f} GB/s")
     rows = []
-    for m, h in ((8192, 4096), (8192, 7168)):
+    shapes = [(m, 4096) for m in (1, 16, 64, 256, 1024)] if small else [(8192, 4096), (8192, 7168)]
+    tiles = ([{"num_warps": nw} for nw in (2, 4, 8, 16)] if small
+             else [{"ROWS": r, "num_warps": nw} for r in (1, 2, 4) for nw in (2, 4, 8, 16)])
+    for m, h in shapes:
         x = torch.randn(m, h, device="cuda").to(torch.bfloat16)
         w = (torch.rand(h, device="cuda") + 0.5).to(torch.bfloat16)
         gs = torch.tensor([100.0], device="cuda")
@@ -534,7 +538,7 @@ def sweep() -> None:
             sf = torch.empty(m, h // qb, dtype=torch.uint8, device="cuda")
             nbytes = 2 * m * h + m * h // 2 + m * h // qb + 2 * h
             expected = None
-            for cfg in [None] + [{"ROWS": r, "num_warps": nw} for r in (1, 2, 4) for nw in (2, 4, 8, 16)]:
+            for cfg in [None] + tiles:
                 def run(cfg=cfg):
                     kernels.launch(x, None, w, gs, q, sf, None, 1e-6, True, qb, rule, "linear", cfg)
                 run()
@@ -556,5 +560,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and formats")
     parser.add_argument("--sweep", action="store_true", help="time other tiles beside the default (no FlashInfer)")
+    parser.add_argument("--small", action="store_true", help="with --sweep: warp counts at 1 to 1024 rows")
     args = parser.parse_args()
-    sweep() if args.sweep else benchmark(args.quick)
+    sweep(args.small) if args.sweep else benchmark(args.quick)

@@ -487,9 +487,7 @@ def _host_profile() -> int:
     """Where an eager call's host time goes (an experiment): the wall time per call of each piece,
     issued back to back without synchronizing, so a piece faster on the GPU than on the host shows
     its host cost."""
-    import time
-
-    from aiter_ext.core.bench import benchmark_setup, markdown_table, warm_up_gpu
+    from aiter_ext.core.bench import benchmark_setup, host_time_us, markdown_table, warm_up_gpu
     from aiter_ext.ops.sampling.chunked import _stats, _workspace, chunked_launch
     from aiter_ext.ops.sampling.chunked_kernels import MAX, SCALAR
 
@@ -509,18 +507,7 @@ def _host_profile() -> int:
     }
     if fi is not None:
         pieces["FlashInfer sampling_from_probs"] = lambda: fi.sampling.sampling_from_probs(probs)
-    rows = []
-    for name, fn in pieces.items():
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        n = 500
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        host_us = (time.perf_counter() - t0) / n * 1e6
-        torch.cuda.synchronize()
-        rows.append({"piece": name, "host us per call": host_us})
+    rows = [{"piece": name, "host us per call": host_time_us(fn)} for name, fn in pieces.items()]
     print(markdown_table(rows))
     return 0
 

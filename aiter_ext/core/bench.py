@@ -39,6 +39,20 @@ def time_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 
     return statistics.median(samples)
 
 
+def host_time_us(fn: Callable[[], object], calls: int = 500, warmup: int = 50) -> float:
+    """Wall time per call of ``fn()`` issued back to back with no synchronization in between: for a call
+    far faster on the GPU than on the host, the host's cost of one eager call."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host_us = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return host_us
+
+
 def copy_time_us(nbytes_moved: int) -> float:
     """Time of a device-to-device copy that moves ``nbytes_moved`` bytes (half read, half written)."""
     src = torch.empty(max(1, nbytes_moved // 4), dtype=torch.bfloat16, device="cuda").uniform_()

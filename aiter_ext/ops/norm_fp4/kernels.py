@@ -21,6 +21,7 @@ depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 
 import triton
@@ -42,6 +43,8 @@ TILE_ELEMENTS = 4096
 INTERPRETED_TILE_ELEMENTS = 65536
 #: Largest hidden size the Triton backend takes (one row per program must fit in registers).
 MAX_HIDDEN = 16384
+#: From this many (padded) rows a call takes the tile with more elements per thread.
+LARGE_CALL_ROWS = 4096
 
 
 @triton.jit
@@ -262,7 +265,12 @@ def launch_config(hidden: int, block_size: int, pad_blocks: int, pad_rows: int, 
     if interpreted:  # fewer, fuller programs; on a GPU the tile stays fixed, so aot_specs() lists them all
         rows = min(rows, next_pow2(max(pad_rows, 1)))
     tile = rows * bn
-    warps = max(1, min(16, tile // 1024))  # 32 elements a thread: fewest operations per element (sweep, H200)
+    # Elements a thread: 32 at large calls (the per-thread fixed work spread over more elements: fewest
+    # operations per element, and the kernel is ALU-bound); 16 below LARGE_CALL_ROWS, where more threads
+    # a row shorten the latency chain. H200 sweeps (op_tests/test_norm_fp4.py --sweep [--small]): 8192 x
+    # 4096 AITER MXFP4 33.1 us with 4 warps against 37.2 with 8; 1 to 1024 rows 2-17% faster with 8.
+    per_thread = 32 if pad_rows >= LARGE_CALL_ROWS else 16
+    warps = max(1, min(16, tile // (32 * per_thread)))
     return {"ROWS": rows, "BLOCK_N": bn, "num_warps": warps}
 
 
@@ -315,8 +323,8 @@ def aot_specs():
     for hidden in AOT_HIDDEN:
         for rule, qb, layout in AOT_FORMATS:
             pad_blocks = scale_padding(1, hidden // qb, layout)[1]
-            cfg = launch_config(hidden, qb, pad_blocks, 1 << 20, interpreted=False)
-            for dtype in _aot_dtypes(rule):
+            for pad_rows, dtype in itertools.product((1, LARGE_CALL_ROWS), _aot_dtypes(rule)):
+                cfg = launch_config(hidden, qb, pad_blocks, pad_rows, interpreted=False)
                 for norm, res in ((True, True), (True, False), (False, False)):
                     if not norm and hidden not in (64, MAX_HIDDEN):
                         continue
@@ -327,7 +335,7 @@ def aot_specs():
                     yield _spec(rule, qb, layout, dtype, norm, res, hidden, cfg)
     # Element-wise loads for odd row strides or misaligned pointers (rare): one tile per format.
     for rule, qb, layout in AOT_FORMATS[::2]:
-        cfg = launch_config(4096, qb, 4096 // qb, 1 << 20, interpreted=False)
+        cfg = launch_config(4096, qb, 4096 // qb, LARGE_CALL_ROWS, interpreted=False)
         yield _spec(rule, qb, layout, "bf16", True, True, 4096, cfg, words=False)
 
 
