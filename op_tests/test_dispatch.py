@@ -207,3 +207,19 @@ def test_tensor_device_decides_which_backends_can_run(gpu_like, monkeypatch, tmp
     assert op.select({**CALL, "device": "cpu"}, "triton").impl.backend == "triton"
     with pytest.raises(BackendUnavailableError, match="CPU tensors \\(the interpreter\\)"):
         op.select({**CALL, "device": "cuda"}, "triton")
+
+
+def test_env_reads_follow_os_environ(monkeypatch):
+    """core.env.env, the per-call environment read, answers as os.environ.get through every way a test or
+    a user changes the environment."""
+    from aiter_ext.core.env import env
+
+    name = "AITER_EXT_TEST_ENV_PROBE"
+    monkeypatch.delenv(name, raising=False)
+    assert env(name) is None
+    monkeypatch.setenv(name, "tr\u00edton")
+    assert env(name) == os.environ.get(name) == "tr\u00edton"
+    os.environ[name] = "x"
+    assert env(name) == "x"
+    del os.environ[name]
+    assert env(name) is None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .env import env
+
 #: Where the repository's data folders (csrc/, configs/, hsa/, gap_matrix.yaml) live. The package is
 #: installed editable from its checkout, so they sit beside it; AITER_EXT_ROOT points elsewhere.
 REPO_ROOT = Path(os.environ.get("AITER_EXT_ROOT", Path(__file__).resolve().parents[2]))
@@ -76,8 +78,8 @@ def _probe_cached() -> DeviceInfo:
 def device_info() -> DeviceInfo:
     """The current device, with ``AITER_EXT_ARCH``/``AITER_EXT_CU_NUM`` overrides applied."""
     info = _probe_cached()
-    arch = os.environ.get("AITER_EXT_ARCH")
-    cu = os.environ.get("AITER_EXT_CU_NUM")
+    arch = env("AITER_EXT_ARCH")
+    cu = env("AITER_EXT_CU_NUM")
     if arch or cu:
         info = DeviceInfo(arch or info.arch, int(cu) if cu else info.cu_num, info.platform, info.name)
     return info

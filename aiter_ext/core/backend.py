@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .arch import device_info
+from .env import env, interpreted
 from .log import log_once
 
 #: Values of ``backend=`` that FlashInfer users pass and that mean "choose for me".
@@ -94,7 +95,7 @@ def backend_status(name: str) -> tuple[bool, str]:
     """``(available, reason)`` for backend ``name`` on this machine (cached)."""
     if name not in _STATUS_PROBES:
         return False, f"unknown backend {name!r}; known: {', '.join(BACKEND_NAMES)}"
-    return _cached_status(name, os.environ.get("TRITON_INTERPRET"))
+    return _cached_status(name, env("TRITON_INTERPRET"))
 
 
 def _device_ok(backend: str, device: str | None) -> tuple[bool, str]:
@@ -102,7 +103,7 @@ def _device_ok(backend: str, device: str | None) -> tuple[bool, str]:
     interpreter runs on CPU tensors instead; the torch reference runs on anything."""
     if device is None or backend == "torch":
         return True, ""
-    want = "cpu" if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    want = "cpu" if backend == "triton" and interpreted() else "cuda"
     if device != want:
         where = "CPU tensors (the interpreter)" if want == "cpu" else "GPU tensors"
         return False, f"the {backend} backend runs on {where} here; these tensors are on {device}"
@@ -162,7 +163,7 @@ class Op:
     def env_request(self) -> tuple[str | None, str]:
         var = f"AITER_EXT_BACKEND_{self.name.upper()}"
         for name in (var, "AITER_EXT_BACKEND"):
-            value = os.environ.get(name)
+            value = env(name)
             if value:
                 return value.strip().lower(), f"{name}="
         return None, ""
@@ -185,7 +186,8 @@ class Op:
         requested, where = (backend.lower(), "backend=") if backend not in AUTOMATIC else self.env_request()
         if requested == "auto":
             requested = None
-        key = (self.bucket(call), tuple(sorted((k, v) for k, v in call.items() if k not in self.shape_keys)))
+        # The other keys in the caller's order (each op builds its call one way): no sort per call.
+        key = (self.bucket(call), tuple((k, v) for k, v in call.items() if k not in self.shape_keys))
         choice = self._cache.get((requested, where, key))
         if choice is None:
             if requested is None:

@@ -7,6 +7,9 @@ calls of one RoPE launch were half of its Python time). Inside ``@triton.jit`` c
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for ints, ``b > 0``."""
@@ -16,3 +19,11 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """The smallest power of two ``>= n`` (1 for ``n <= 1``), as ``triton.next_power_of_2`` gives for n >= 1."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.cache
+def kernels_module(package: str):
+    """``<package>.kernels``, imported on the first call and a dictionary lookup after. Backends import
+    their Triton kernels late, since ``import aiter_ext`` must not import Triton; an ``import`` statement
+    in the per-call function costs about 1 us on every call (CI machine)."""
+    return importlib.import_module(".kernels", package)

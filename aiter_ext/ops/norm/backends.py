@@ -13,6 +13,7 @@ from typing import Mapping
 
 from aiter_ext.core.arch import get_arch
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.launch import kernels_module
 
 from . import reference
 
@@ -35,9 +36,7 @@ def _torch(config, input, residual, weight, out, eps, gemma):
 
 
 def _triton(config, input, residual, weight, out, eps, gemma):
-    from .kernels import launch
-
-    launch(input, residual, weight, out, eps, gemma, config, get_arch())
+    kernels_module(__package__).launch(input, residual, weight, out, eps, gemma, config, get_arch())
 
 
 RMSNORM.register("torch", _torch)

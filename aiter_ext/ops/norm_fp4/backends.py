@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.launch import kernels_module
 
 from . import reference
 
@@ -45,9 +46,8 @@ def _triton_supports(call: Mapping) -> tuple[bool, str]:
 
 def _triton_impl(config, x, residual, weight, global_scale, q, sf, res_out, eps, norm, block_size, scale_rule,
                  layout):
-    from .kernels import launch
-
-    launch(x, residual, weight, global_scale, q, sf, res_out, eps, norm, block_size, scale_rule, layout, config)
+    kernels_module(__package__).launch(x, residual, weight, global_scale, q, sf, res_out, eps, norm, block_size,
+                                       scale_rule, layout, config)
 
 
 NORM_FP4.register("torch", _torch_impl)

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.env import interpreted as env_interpreted
 from aiter_ext.core.launch import cdiv, next_pow2
 
 from .layout import scale_padding
@@ -278,13 +279,11 @@ def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: 
            scale_rule: str, layout: str, config: dict | None = None) -> None:
     """``x [M, N]`` (inner dim packed); ``q`` uint8 ``[M, N/2]``; ``sf`` uint8 (layout's shape);
     ``res_out`` ``[M, N]`` or None. ``global_scale`` fp32 ``[1]`` (read only for e4m3)."""
-    import os
-
     n_rows, n_cols = x.shape
     pad_rows, pad_blocks = scale_padding(n_rows, n_cols // block_size, layout)
     if pad_rows == 0:
         return
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = env_interpreted()
     cfg = {**launch_config(n_cols, block_size, pad_blocks, pad_rows, interpreted), **(config or {})}
     grid = (cdiv(pad_rows, cfg["ROWS"]),)
     has_res = residual is not None

@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.launch import kernels_module
 
 from . import reference
 
@@ -73,11 +74,10 @@ def _torch_rope(config, q, k, q_out, k_out, args: RopeArgs) -> None:
 
 
 def _triton_rope(config, q, k, q_out, k_out, args: RopeArgs) -> None:
-    from .kernels import launch_rope
-
-    launch_rope(q, k, q_out, k_out, pos_ids=args.pos_ids, indptr=args.indptr, offsets=args.offsets,
-                cos_sin_cache=args.cos_sin_cache, rotary_dim=args.rotary_dim, interleave=args.interleave,
-                rope_scale=args.rope_scale, rope_theta=args.rope_theta, llama31=args.llama31, config=config)
+    kernels_module(__package__).launch_rope(
+        q, k, q_out, k_out, pos_ids=args.pos_ids, indptr=args.indptr, offsets=args.offsets,
+        cos_sin_cache=args.cos_sin_cache, rotary_dim=args.rotary_dim, interleave=args.interleave,
+        rope_scale=args.rope_scale, rope_theta=args.rope_theta, llama31=args.llama31, config=config)
 
 
 ROPE.register("torch", _torch_rope)
