@@ -9,13 +9,13 @@ that only write pad bytes, so every byte of a padded scale buffer is defined.
 
 The kernel works on pairs of elements, the two that share an output byte: ``WORDS`` loads each pair
 as one 32-bit word (64-bit for fp32) and splits it with shifts, so the even and odd elements arrive
-in the same registers layout as their packed byte leaves, with no reshape, no layout conversion and
-half the bf16 unpacking work. Without a residual the kernel is ALU-bound: every operation per
+in the register layout their packed byte leaves from, with no reshape, no layout conversion and half
+the bf16 unpacking work. Without a residual the kernel is ALU-bound: every operation per
 element counts (see ``_e2m1_codes``).
 
-Rounding is done on integers and comparisons, never with float casts the backends lower differently
-(gfx942 has no OCP e4m3): E2M1 codes come from the boundaries between code points (strict or not
-depending on the tie rule), e4m3 scales from the fp32 bits with round-half-even.
+Rounding is done on the fp32 bits and in the fp32 adder, never with float casts the backends lower
+differently (gfx942 has no OCP e4m3): E2M1 codes as ``_e2m1_codes`` says, e4m3 scales from the fp32 bits
+with round-half-even.
 """
 
 from __future__ import annotations
@@ -146,11 +146,12 @@ def _store_pairs(ptr, rows, stride, pairs, mask, even, odd, WORDS: tl.constexpr)
     dtype: tl.constexpr = ptr.dtype.element_ty
     even = _to_dtype_rne(even, dtype)
     odd = _to_dtype_rne(odd, dtype)
-    offs = rows * (stride // 2) + pairs
     if not WORDS:
         tl.store(ptr + rows * stride + 2 * pairs, even, mask=mask)
         tl.store(ptr + rows * stride + 2 * pairs + 1, odd, mask=mask)
-    elif dtype == tl.float32:
+        return
+    offs = rows * (stride // 2) + pairs
+    if dtype == tl.float32:
         lo = even.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
         hi = odd.to(tl.int32, bitcast=True).to(tl.int64) << 32
         tl.store(ptr.to(tl.pointer_type(tl.int64)) + offs, lo | hi, mask=mask)
