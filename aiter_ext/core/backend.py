@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -46,7 +45,7 @@ def _triton_status() -> tuple[bool, str]:
         return False, "the triton package is not installed"
     if device_info().is_gpu:
         return True, f"compiled for {device_info().arch}"
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         return True, "no GPU: kernels run on the CPU through the Triton interpreter (TRITON_INTERPRET=1)"
     return False, "no GPU here, and TRITON_INTERPRET=1 is not set (the interpreter runs Triton on the CPU)"
 

@@ -8,13 +8,13 @@ checks only tensor metadata and launches: no host synchronization, no data-depen
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
 from aiter_ext.core.backend import define_op
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
@@ -209,7 +209,7 @@ def _triton_supports(call) -> tuple[bool, str]:
     if call.get("kv_dtype") == "float8_e4m3fnuz":
         # gfx942's fp8; other targets (and FlashInfer) use e4m3fn. The CPU interpreter converts either.
         arch = device_info().arch
-        if arch != "gfx942" and not (call["device"] == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        if arch != "gfx942" and not (call["device"] == "cpu" and interpreted()):
             return False, f"float8_e4m3fnuz KV is gfx942's fp8 format; on {arch} use float8_e4m3fn"
     return True, ""
 

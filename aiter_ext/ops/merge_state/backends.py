@@ -17,6 +17,7 @@ from typing import Mapping
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.launch import kernels_module
 from aiter_ext.core.tuned import load_rows
 
 from . import reference
@@ -71,15 +72,11 @@ def _torch_many(config, v, s, indptr, v_out, s_out):
 
 
 def _triton_pair(config, v_a, s_a, v_b, s_b, v_out, s_out, mask):
-    from .kernels import launch_pair
-
-    launch_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, config)
+    kernels_module(__package__).launch_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, config)
 
 
 def _triton_many(config, v, s, indptr, v_out, s_out):
-    from .kernels import launch_many
-
-    launch_many(v, s, indptr, v_out, s_out, config)
+    kernels_module(__package__).launch_many(v, s, indptr, v_out, s_out, config)
 
 
 # -- ck: the vectorized C++ kernel ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.launch import kernels_module
 
 from . import reference
 
@@ -43,11 +44,10 @@ def _torch_append(config, append_key, append_value, batch_indices, positions, k_
 
 def _triton_append(config, append_key, append_value, batch_indices, positions, k_cache, v_cache,
                    kv_indices, kv_indptr, kv_last_page_len, layout) -> None:
-    from .kernels import launch_append
-
     # kv_last_page_len bounds nothing a write needs (see the kernel), so it is not passed.
-    launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices,
-                  kv_indptr, layout.page_size, (*layout.k_strides, *layout.v_strides), config)
+    kernels_module(__package__).launch_append(append_key, append_value, batch_indices, positions, k_cache, v_cache,
+                                              kv_indices, kv_indptr, layout.page_size,
+                                              (*layout.k_strides, *layout.v_strides), config)
 
 
 PAGED_KV_APPEND.register("torch", _torch_append)
@@ -64,9 +64,7 @@ def _torch_indices(config, append_indptr, seq_lens, batch_indices, positions) ->
 
 
 def _triton_indices(config, append_indptr, seq_lens, batch_indices, positions) -> None:
-    from .kernels import launch_batch_indices_positions
-
-    launch_batch_indices_positions(append_indptr, seq_lens, batch_indices, positions)
+    kernels_module(__package__).launch_batch_indices_positions(append_indptr, seq_lens, batch_indices, positions)
 
 
 BATCH_INDICES_POSITIONS.register("torch", _torch_indices)

@@ -17,12 +17,12 @@ entry is False.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Union
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
 from aiter_ext.core.checks import check_tensor
 from aiter_ext.core.launch import cdiv
 
@@ -136,7 +136,7 @@ def _sample(probs, indices, top_k, top_p, min_p, generator, check_nan, seed, off
                            valid, chunks)
             return (out, valid.bool()) if return_valid else out
     if rows:
-        cfg = {**launch_config(probs.shape[1], rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1"),
+        cfg = {**launch_config(probs.shape[1], rows, device_info().arch, interpreted()),
                **{k: v for k, v in (config or {}).items() if k != "chunked"}}
         any_ptr = probs  # stands in for absent tensors (never read)
         filtered_sampling_kernel[(cdiv(rows, cfg["ROWS"]),)](

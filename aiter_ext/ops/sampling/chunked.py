@@ -8,12 +8,12 @@ shape only, so the path can be graph-captured.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
 from aiter_ext.core.launch import cdiv
 
 
@@ -24,10 +24,9 @@ def chunked_launch(op: str, vocab: int, rows: int, config: Optional[dict] = None
     config = config or {}
     if not config.get("chunked", True):
         return None
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if config.get("chunked"):
         op = "softmax"  # forced: the only op the policy never sends to the row kernel
-    return _cached_config(vocab, rows, device_info().arch, interpreted, op, config.get("BLOCK", 0),
+    return _cached_config(vocab, rows, device_info().arch, interpreted(), op, config.get("BLOCK", 0),
                           config.get("num_warps", 4))
 
 

@@ -13,12 +13,12 @@ differ from ``sampling_from_probs(softmax(x))``, as in FlashInfer. NaN logits co
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Union
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
 from aiter_ext.core.checks import check_tensor
 from aiter_ext.core.launch import cdiv
 
@@ -28,8 +28,6 @@ from .chunked import chunked_launch, draw_by_chunks, softmax_by_chunks
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _checked_logits(logits: torch.Tensor) -> None:
@@ -65,7 +63,7 @@ def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] 
     if chunks is not None:
         softmax_by_chunks(logits, out, mode, temp_t, temp_v, chunks)
     elif rows:
-        cfg = launch_config(vocab, rows, device_info().arch, _interpreted())
+        cfg = launch_config(vocab, rows, device_info().arch, interpreted())
         softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, temp_t if temp_t is not None else out, temp_v, rows, vocab, logits.stride(0), out.stride(0),
             TEMP=mode, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
@@ -88,7 +86,7 @@ def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] =
     if chunks is not None:
         draw_by_chunks(logits, LOGITS, indices, None, seed_t, offset_t, per_row, out, valid, chunks)
     elif rows:
-        cfg = launch_config(logits.shape[1], rows, device_info().arch, _interpreted())
+        cfg = launch_config(logits.shape[1], rows, device_info().arch, interpreted())
         gumbel_max_kernel[(cdiv(rows, cfg["ROWS"]),)](
             logits, out, valid, indices if indices is not None else out, seed_t, offset_t, rows, logits.shape[1],
             logits.stride(0), HAS_INDICES=indices is not None, SEED_PER_ROW=per_row, ROWS=cfg["ROWS"],

@@ -3,12 +3,12 @@ thresholds found by a snapping bisection (renorm_kernels.py); dtypes fp32/fp16/b
 
 from __future__ import annotations
 
-import os
 from typing import Union
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
 from aiter_ext.core.checks import check_tensor
 from aiter_ext.core.launch import cdiv
 
@@ -29,7 +29,7 @@ def _run(x: torch.Tensor, name: str, param, mode: int, integer: bool) -> torch.T
     out = torch.empty_like(x)
     rows, vocab = x.shape
     if rows:
-        cfg = launch_config(vocab, rows, device_info().arch, os.environ.get("TRITON_INTERPRET") == "1")
+        cfg = launch_config(vocab, rows, device_info().arch, interpreted())
         renorm_kernel[(cdiv(rows, cfg["ROWS"]),)](
             x, out, tensor if tensor is not None else x, value, rows, vocab, x.stride(0), out.stride(0),
             MODE=mode, PER_ROW=tensor is not None, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
