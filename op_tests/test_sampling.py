@@ -174,7 +174,7 @@ def test_edges_one_hot_ties_nan_and_empty_rows(vocab):
 def test_bad_arguments_are_named():
     probs = random_probs(32, rows=2)
     with pytest.raises(TypeError, match="probs"):
-        S.sampling_from_probs(probs.half())
+        S.sampling_from_probs(probs.to(torch.int32))
     with pytest.raises(ValueError, match="top_k"):
         S.top_k_sampling_from_probs(probs, 0)
     with pytest.raises(ValueError, match="top_p"):
@@ -187,6 +187,178 @@ def test_bad_arguments_are_named():
         S.top_k_top_p_sampling_from_probs(probs, 3, 0.5, filter_apply_order="sideways")
     with pytest.raises(TypeError, match="indices"):
         S.sampling_from_probs(probs, indices=torch.zeros(2, device=DEVICE))
+
+
+# --------------------------------------------------------------------------------------------------
+# FlashInfer's call forms, and inputs that only the device can judge
+
+ALL_SAMPLERS = {  # name -> call(probs, threshold-or-None, **keywords)
+    "sampling_from_probs": lambda p, t, **kw: S.sampling_from_probs(p, **kw),
+    "top_k": lambda p, t, **kw: S.top_k_sampling_from_probs(p, t, **kw),
+    "top_p": lambda p, t, **kw: S.top_p_sampling_from_probs(p, t, **kw),
+    "min_p": lambda p, t, **kw: S.min_p_sampling_from_probs(p, t, **kw),
+    # the two-filter forms at top_k 5, top_p 0.9 (``t`` is not used)
+    "joint": lambda p, t, **kw: S.top_k_top_p_sampling_from_probs(p, 5, 0.9, filter_apply_order="joint", **kw),
+    "top_k_first": lambda p, t, **kw: S.top_k_top_p_sampling_from_probs(p, 5, 0.9, **kw),
+}
+
+
+def test_thresholds_of_any_real_dtype_are_taken_per_row():
+    """FlashInfer takes ``torch.full((batch,), 1)`` (int64) for top_k, top_p and min_p alike."""
+    probs = random_probs(64, rows=3, scale=2.0)
+    ones = torch.full((3,), 1, device=DEVICE)  # int64
+    assert ones.dtype == torch.int64
+    indices = torch.tensor([0, 1, 2] * 200, dtype=torch.int32, device=DEVICE)
+    argmax = probs.argmax(-1).cpu()[indices.cpu().long()]
+    # k = 1 and min_p = 1 keep only the maximum; top_p = 1 keeps every token
+    assert torch.equal(S.top_k_sampling_from_probs(probs, ones, indices=indices).cpu().long(), argmax)
+    assert torch.equal(S.min_p_sampling_from_probs(probs, ones, indices=indices).cpu().long(), argmax)
+    tokens = S.top_p_sampling_from_probs(probs, ones, indices=indices).cpu()
+    assert len(set(tokens.tolist())) > 10
+    for dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.uint8):
+        k = torch.full((3,), 1, dtype=dtype, device=DEVICE)
+        assert torch.equal(S.top_k_sampling_from_probs(probs, k, indices=indices).cpu().long(), argmax), dtype
+    # a float top_k is truncated (FlashInfer's .int()): 1.9 keeps one token
+    k = torch.full((3,), 1.9, device=DEVICE)
+    assert torch.equal(S.top_k_sampling_from_probs(probs, k, indices=indices).cpu().long(), argmax)
+
+
+def test_out_of_range_thresholds_in_tensors_have_a_meaning():
+    """Per-row values are only read on the device: documented meanings, never an invalid row."""
+    vocab = 64
+    probs = random_probs(vocab, rows=4, scale=2.0)
+    probs[:, :8] = 0.0  # zeros that "keep everything" must still never return
+    probs = probs / probs.sum(-1, keepdim=True)
+    indices = torch.tensor([0, 1, 2, 3] * 300, dtype=torch.int32, device=DEVICE)
+    src = indices.cpu().long()
+    argmax = probs.argmax(-1).cpu()[src]
+    cases = {  # threshold tensor -> (sampler, is each row "keep all" (True) or "the maximum only" (False))
+        "top_k <= 0: no filter": ("top_k", torch.tensor([0, -1, -(2**40), vocab * 2]), [True] * 4),
+        "top_p >= 1 or NaN: no filter; <= 0: the maximum": ("top_p", torch.tensor([1.5, float("nan"), 0.0, -3.0]),
+                                                             [True, True, False, False]),
+        "min_p clamped: > 1 the maximum, < 0 or NaN no filter": ("min_p", torch.tensor([7.0, -1.0, float("nan"), 1.0]),
+                                                                  [False, True, True, False]),
+    }
+    for what, (name, values, keep_all) in cases.items():
+        tokens, valid = ALL_SAMPLERS[name](probs, values.to(DEVICE), indices=indices, seed=5, offset=0,
+                                           return_valid=True)
+        tokens = tokens.cpu().long()
+        assert valid.all(), what
+        assert (probs.cpu()[src, tokens] > 0).all(), f"{what}: a zero-probability token"
+        for row, all_kept in enumerate(keep_all):
+            mine = tokens[src == row]
+            if all_kept:
+                assert len(set(mine.tolist())) > 5, f"{what}: row {row} should keep every token"
+            else:
+                assert (mine == argmax[src == row]).all(), f"{what}: row {row} should keep the maximum only"
+
+
+@pytest.mark.parametrize("name", list(ALL_SAMPLERS))
+def test_indices_outside_the_rows_are_never_read(name):
+    """An ``indices`` entry outside [0, B) gives token 0, invalid, and reads nothing past ``probs``:
+    the rows are a view inside a larger buffer whose neighbours hold one-hot guard rows."""
+    vocab, rows = 40, 4
+    buffer = torch.zeros(rows + 4, vocab, device=DEVICE)
+    buffer[:, vocab - 1] = 1.0  # guard rows: a read past the view would return token vocab - 1
+    probs = buffer[2:2 + rows]
+    probs.copy_(random_probs(vocab, rows=rows))
+    probs[:, vocab - 1] = 0.0
+    probs /= probs.sum(-1, keepdim=True).clone()
+    indices = torch.tensor([0, 7, -1, 3, rows, -(2**31)], dtype=torch.int32, device=DEVICE)
+    threshold = {"top_k": 5, "top_p": 0.9, "min_p": 0.1}.get(name)
+    tokens, valid = ALL_SAMPLERS[name](probs, threshold, indices=indices, seed=3, offset=1, return_valid=True)
+    assert valid.cpu().tolist() == [True, False, False, True, False, False]
+    assert (tokens.cpu()[[1, 2, 4, 5]] == 0).all()
+    assert (tokens.cpu()[[0, 3]] != vocab - 1).all()
+
+
+@pytest.mark.parametrize("vocab", [64, CHUNKED_VOCAB])
+def test_indices_outside_the_rows_from_logits_and_chunked_min_p(vocab):
+    logits = torch.randn(3, vocab, device=DEVICE)
+    indices = torch.tensor([2, 3, -5, 0], dtype=torch.int64, device=DEVICE)
+    for tokens, valid in (S.sampling_from_logits(logits, indices=indices, seed=1, offset=0, return_valid=True),
+                          S.min_p_sampling_from_probs(torch.softmax(logits, -1), 0.05, indices=indices, seed=1,
+                                                      offset=0, return_valid=True)):
+        assert valid.cpu().tolist() == [True, False, False, True] and tokens.dtype == torch.int64
+        assert (tokens.cpu()[[1, 2]] == 0).all()
+
+
+def test_flashinfer_keywords_and_messages():
+    probs = random_probs(32, rows=3)
+    kw = dict(seed=1, offset=0)
+    for name, fn in ALL_SAMPLERS.items():  # deterministic= on every sampler
+        t = {"top_k": 3, "top_p": 0.5, "min_p": 0.1}.get(name)
+        a = fn(probs, t, deterministic=False, **kw)
+        assert torch.equal(a, fn(probs, t, deterministic=True, **kw)), name
+    S.sampling_from_logits(probs.log(), deterministic=False, **kw)
+    S.top_k_top_p_sampling_from_logits(probs.log(), 3, 0.5, deterministic=False, **kw)
+    S.chain_speculative_sampling(probs[:, None], probs.argmax(-1, keepdim=True).int(),
+                                 torch.stack([probs, probs], 1), deterministic=False, **kw)
+    for fn in (S.top_p_renorm_probs, S.top_k_renorm_probs):  # FlashInfer's legacy keyword name
+        fn(probs, 2 if fn is S.top_k_renorm_probs else 0.5, is_deterministic=True)
+    S.softmax(probs.log(), 1.0, enable_pdl=False)
+    # FlashInfer's messages, prefixed with the argument's name
+    with pytest.raises(ValueError, match=r"top_p: Expected a 1D tensor or scalar .* but got a 2D tensor"):
+        S.top_p_sampling_from_probs(probs, torch.full((3, 1), 0.5, device=DEVICE))
+    with pytest.raises(ValueError, match=r"min_p: Expected a 1D tensor of shape \(batch_size,\) or scalar"):
+        S.min_p_sampling_from_probs(probs, torch.tensor(0.5, device=DEVICE))
+    with pytest.raises(ValueError, match="top_k: Sampling parameter tensor batch size mismatch: expected length 3"):
+        S.top_k_sampling_from_probs(probs, torch.ones(4, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(TypeError, match="top_k"):
+        S.top_k_sampling_from_probs(probs, torch.ones(3, dtype=torch.bool, device=DEVICE))
+    # uint64 seeds (FlashInfer's other seed dtype) and one seed with per-row offsets
+    if hasattr(torch, "uint64"):
+        seed64 = torch.full((1,), 7, dtype=torch.int64, device=DEVICE)
+        seedu = torch.full((1,), 7, dtype=torch.uint64, device=DEVICE)
+        zero = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+        assert torch.equal(S.sampling_from_probs(probs, seed=seed64, offset=zero),
+                           S.sampling_from_probs(probs, seed=seedu, offset=zero))
+    per_row_offset = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    assert torch.equal(S.sampling_from_probs(probs, seed=7, offset=per_row_offset),
+                       S.sampling_from_probs(probs, seed=7, offset=0))
+    # half-precision probabilities are read as fp32, as FlashInfer's .float() does
+    assert torch.equal(S.top_k_sampling_from_probs(probs.half(), 1, **kw).cpu().long(), probs.half().argmax(-1).cpu())
+
+
+def test_chain_speculative_out_of_range_draft_ids_are_rejected_and_never_read():
+    """A draft id outside [0, V) is rejected (an unchecked read would land in a neighbouring row or
+    past the tensor and accept it now and then: ``emitted`` would show it); its position's token is
+    drawn from the target there."""
+    batch, n, vocab = 400, 2, 16
+    q = random_probs(vocab, rows=n, scale=1.5).cpu()
+    p = random_probs(vocab, rows=n + 1, scale=1.5).cpu()
+    draft = q.expand(batch, n, vocab).contiguous()
+    target = p.expand(batch, n + 1, vocab).contiguous()
+    ids = torch.multinomial(q[0], batch, replacement=True)[:, None].repeat(1, n).int()
+    ids[: batch // 2, 0] = vocab + 3  # past the vocabulary
+    ids[batch // 2:, 0] = -2
+    out, accepted, emitted = S.chain_speculative_sampling(draft.to(DEVICE), ids.to(DEVICE), target.to(DEVICE),
+                                                          seed=4, offset=0)
+    out = out.cpu()
+    assert (emitted == 0).all() and (out[:, 1:] == -1).all()
+    assert (accepted.cpu() <= 1).all()  # only the second (valid) draft may count
+    check_distribution(out[:, 0], p[0].double(), "the token at a rejected out-of-range draft")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backend_selection_and_the_torch_reference_backend(backend, monkeypatch):
+    """``backend=`` and AITER_EXT_BACKEND pick the implementation; the torch backend (the fp64
+    reference) draws from the same distributions."""
+    from aiter_ext.ops.sampling.backends import SAMPLING
+
+    monkeypatch.setenv("AITER_EXT_BACKEND", backend)
+    SAMPLING.clear_cache()
+    try:
+        probs = random_probs(48, scale=2.0)
+        indices = torch.zeros(4000, dtype=torch.int32, device=DEVICE)
+        tokens = S.min_p_sampling_from_probs(probs, 0.1, indices=indices, seed=2, offset=0)
+        choice = SAMPLING.select({"rows": 4000, "vocab": 48, "dtype": "fp32", "device": DEVICE.type})
+        assert choice.impl.backend == backend
+        check_distribution(tokens, R.min_p_distribution(probs, 0.1)[0], f"min_p on {backend}")
+    finally:
+        SAMPLING.clear_cache()
+    torch_tokens = S.top_k_sampling_from_probs(probs, 3, indices=indices, seed=2, offset=0, backend="torch")
+    check_distribution(torch_tokens, R.top_k_distribution(probs, 3)[0], "top_k, backend='torch'")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +384,8 @@ def test_top_k_and_top_p_renorm_match_the_sort_reference(dtype, vocab):
                              R.top_p_distribution(probs.float(), top_p.cpu())),
                             ("top_p_renorm_probs p=0.9", S.top_p_renorm_probs(probs, 0.9),
                              R.top_p_distribution(probs.float(), 0.9))):
-        assert ours.dtype == dtype, name
+        # FlashInfer 0.7.2: top-k keeps the dtype, top-p renormalises in fp32 (its .float())
+        assert ours.dtype == (dtype if name.startswith("top_k") else torch.float32), name
         # The same kept set. Top-k counts entries, so its set is exact. Top-p compares a running mass
         # with p: the kernel sums in fp32 over up to 2e5 entries (error ~1e-6 here), so an entry whose
         # fp64 strictly-larger mass lies within TOP_P_BOUNDARY of p may fall either way; no other may.
@@ -354,6 +527,19 @@ def test_logits_pipe_distribution(compiled):
     check_distribution(tokens, R.min_p_distribution(torch.softmax(logits, -1), 0.2)[0], f"LogitsPipe ({min_p_pipe})")
 
 
+def test_logits_pipe_takes_flashinfer_constructor_keywords():
+    logits = torch.randn(3, 40, device=DEVICE)
+    indices = torch.tensor([2, 2, 0, 1], dtype=torch.int32, device=DEVICE)
+    for compiled in (True, False):
+        pipe = LogitsPipe([Temperature(temperature=0.5), Softmax(enable_pdl=False), TopK(top_k=1),
+                           TopP(top_p=0.9, is_deterministic=True), Sample(deterministic=True, indices=indices)],
+                          compile=compiled)
+        tokens = pipe(logits)
+        assert tokens.shape == (4,) and torch.equal(tokens.long().cpu(), logits.argmax(-1).cpu()[indices.long().cpu()])
+    with pytest.raises(TypeError, match="topk"):
+        TopK(topk=5)
+
+
 def test_logits_pipe_fuses_and_types():
     assert "softmax(temperature)" in repr(LogitsPipe([Temperature(), Softmax(), Sample()]))
     assert "top_k_top_p_sampling_from_probs(joint)" in repr(
@@ -381,8 +567,9 @@ def test_logits_pipe_keywords_and_greedy_rows():
         assert (top5 == tokens[:, None].long()).any(-1).all()
         with pytest.raises(ValueError, match="temperature="):
             pipe(logits)
-        with pytest.raises(TypeError, match="no processor used"):
-            pipe(logits, temperature=1.0, min_p=0.1)
+        with pytest.raises(TypeError, match="no processor takes"):
+            pipe(logits, temperature=1.0, min_pp=0.1)  # a misspelling
+        pipe(logits, temperature=1.0, min_p=0.1, top_p=0.5, is_deterministic=True)  # unused: ignored, as in FlashInfer
     # the first TopK takes the runtime top_k; the second keeps its constructor value
     probs = torch.softmax(logits, -1)
     two = LogitsPipe([TopK(top_k=40), TopK(top_k=3)], input_type=TensorType.PROBS, compile=False)
@@ -625,6 +812,7 @@ def _sweep() -> int:
 
     from aiter_ext.core.bench import markdown_table, time_us, warm_up_gpu
     from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
     from aiter_ext.ops.sampling.kernels import launch_config
 
     warm_up_gpu()
@@ -641,9 +829,11 @@ def _sweep() -> int:
                 configs += [{"chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
                             for b, w in itertools.product((4096, 8192), (4, 8))]
             results = []
+            k_t, p_t = threshold("top_k", k, batch, probs.device, "top_k"), threshold("top_p", p, batch, probs.device, "unit")
+            m_t = threshold("min_p", m, batch, probs.device, "unit")
             for cfg in configs:
                 try:
-                    us = time_us(lambda: _sample(probs, None, k, p, m, None, False, 1, 0, False, cfg))
+                    us = time_us(lambda: _sample(probs, None, k_t, p_t, m_t, None, False, 1, 0, False, None, cfg))
                 except Exception as exc:  # a config that does not compile
                     results.append((float("inf"), f"{cfg}: {type(exc).__name__}"))
                     continue

@@ -57,33 +57,34 @@ def _stats(x, kind, param_t, param_v, param_mode, stats, cfg):
                              BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])
 
 
-def draw_by_chunks(x: torch.Tensor, kind: int, indices, min_p, seed_t, offset_t, per_row: bool, out, valid,
-                   cfg: dict) -> None:
-    """One token per output row into ``out``/``valid``. ``kind``: MASS_ABOVE_MIN_P (``min_p`` is the
-    ``(mode, tensor, value)`` of api._threshold) or LOGITS (sampling from logits). The per-chunk
-    numbers are taken per source row."""
+def draw_by_chunks(x: torch.Tensor, kind: int, indices, min_p, draw, cfg: dict) -> None:
+    """One token per output row into ``draw.out``/``draw.valid`` (an inputs.Draw). ``kind``:
+    MASS_ABOVE_MIN_P (``min_p`` is an inputs.Threshold) or LOGITS (sampling from logits). The
+    per-chunk numbers are taken per source row."""
     from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P, MAX, SCALAR, chunk_draw_kernel
 
     stats = _workspace(x.shape[0], cfg, x.device, with_arg=kind == LOGITS)
-    m_mode, m_t, m_v = min_p if min_p is not None else (SCALAR, None, 0.0)
+    m_mode, m_t, m_v = (int(min_p.mode), min_p.tensor, min_p.value) if min_p is not None else (SCALAR, None, 0.0)
     if kind == MASS_ABOVE_MIN_P:
         _stats(x, MAX, None, 0.0, SCALAR, stats, cfg)
         _stats(x, MASS_ABOVE_MIN_P, m_t, m_v, m_mode, stats, cfg)
     else:
         _stats(x, kind, None, 1.0, SCALAR, stats, cfg)  # LOGITS at temperature 1
-    num_out = out.shape[0]
+    num_out = draw.out.shape[0]
     chunk_draw_kernel[(cdiv(num_out, cfg["ROWS"]),)](
-        x, out, valid, indices if indices is not None else out, stats[0], stats[1],
-        m_t if m_t is not None else stats[0], m_v, seed_t, offset_t, num_out, x.shape[1], x.stride(0),
-        cfg["num_chunks"], HAS_INDICES=indices is not None, KIND=kind, MIN_P=m_mode, SEED_PER_ROW=per_row,
-        ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])
+        x, draw.out, draw.valid, indices if indices is not None else draw.out, stats[0], stats[1],
+        m_t if m_t is not None else stats[0], m_v, draw.seed, draw.offset, num_out, x.shape[0], x.shape[1],
+        x.stride(0), cfg["num_chunks"], HAS_INDICES=indices is not None, KIND=kind, MIN_P=m_mode,
+        SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"],
+        num_warps=cfg["num_warps"])
 
 
-def softmax_by_chunks(logits: torch.Tensor, out: torch.Tensor, temp_mode: int, temp_t, temp_v: float,
-                      cfg: dict) -> None:
+def softmax_by_chunks(logits: torch.Tensor, out: torch.Tensor, temperature, cfg: dict) -> None:
+    """Softmax with ``temperature`` (an inputs.Threshold) by chunks."""
     from .chunked_kernels import LOGITS, softmax_chunk_kernel
 
     rows, vocab = logits.shape
+    temp_mode, temp_t, temp_v = int(temperature.mode), temperature.tensor, temperature.value
     stats = _workspace(rows, cfg, logits.device, with_arg=True)
     _stats(logits, LOGITS, temp_t, temp_v, temp_mode, stats, cfg)
     grid = (cdiv(rows, cfg["ROWS"]), cfg["num_chunks"])

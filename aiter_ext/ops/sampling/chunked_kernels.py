@@ -26,7 +26,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import PER_ROW, SCALAR, _row_param, load_chunk, program_rows, tile_rows
+from .kernels import PER_ROW, SCALAR, _row_param, inverse_cdf_pick, load_chunk, min_p_of, program_rows, tile_rows
 
 # What chunk_stats_kernel computes per chunk.
 MAX, MASS_ABOVE_MIN_P, LOGITS = 1, 2, 3
@@ -102,19 +102,24 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
             tl.store(stat_a + slot, tl.max(x, axis=1), mask=r_ok)
         else:
             chunk_max, ch = _row_stats(stat_a, rows, num_chunks, 0.0, NCHUNKS)
-            threshold = _row_param(param_ptr, param_value, rows, PARAM) * tl.max(chunk_max, axis=1)
+            threshold = min_p_of(param_ptr, param_value, rows, PARAM) * tl.max(chunk_max, axis=1)
             tl.store(stat_b + slot, tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1), mask=r_ok)
 
 
 @triton.jit
 def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min_p_value, seed_ptr, offset_ptr,
-                      num_out, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr, KIND: tl.constexpr,
+                      num_out, num_src, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr, KIND: tl.constexpr,
                       MIN_P: tl.constexpr, SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
                       NCHUNKS: tl.constexpr):
     """Pass B: one token per output row, by inverse CDF, from the chunk numbers of its source row.
     The Philox counter of output row r is ``offset + r``. A row with nothing to draw (no positive
-    mass, no finite logit) gives token 0, invalid."""
-    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
+    mass, no finite logit, a source row outside the input) gives token 0, invalid.
+
+    Both steps pick only entries of positive weight (kernels.inverse_cdf_pick): a chunk with mass,
+    then a token with mass inside it. The two sums that meet here (the chunk weights of pass A and
+    this chunk's prefix sums) are rounded differently, so ``u_in`` may fall just outside the chunk's
+    prefix sums: below them the first token of mass is taken, above them the last."""
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     if KIND == 3:
         scale = tl.full([ROWS], LOG2E, tl.float32)  # temperature 1
         top, top_safe, chunk_max, weight, ch = _logit_totals(stat_a, stat_b, src, num_chunks, scale, NCHUNKS)
@@ -123,15 +128,13 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
         weight, ch = _row_stats(stat_b, src, num_chunks, 0.0, NCHUNKS)
         chunk_max, ch = _row_stats(stat_a, src, num_chunks, 0.0, NCHUNKS)
         # the same float as pass A computed, so the chunk masses and this scan keep the same tokens
-        lower = _row_param(min_p_ptr, min_p_value, src, MIN_P) * tl.max(chunk_max, axis=1)
+        lower = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * tl.max(chunk_max, axis=1)
     total = tl.sum(weight, axis=1)
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
     u = tl.rand(tl.load(seed_ptr + seed_index), tl.load(offset_ptr + seed_index) + r_safe) * total
 
-    # the chunk whose running mass passes u (rounding can leave u at the total: then the last chunk with mass)
-    chunk = tl.min(tl.where(tl.cumsum(weight, axis=1) > u[:, None], ch[None, :], NCHUNKS), axis=1)
-    last_chunk = tl.max(tl.where(weight > 0.0, ch[None, :], -1), axis=1)
-    chunk = tl.maximum(tl.where(chunk < num_chunks, chunk, last_chunk), 0)
+    chunk, last_chunk = inverse_cdf_pick(weight, ch[None, :], 0.0, u[:, None], NCHUNKS)
+    chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
     u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weight, 0.0), axis=1)
 
     idx = (chunk * BLOCK)[:, None] + tl.arange(0, BLOCK)[None, :]
@@ -146,10 +149,9 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
         u_in = u_in * tl.exp2((top_safe - this_max) * LOG2E)
     else:
         w = tl.where(in_vocab & (x >= lower[:, None]) & (x > 0.0), x, 0.0)
-    token = tl.min(tl.where(tl.cumsum(w, axis=1) > u_in[:, None], idx, vocab), axis=1)
-    last_token = tl.max(tl.where(w > 0.0, idx, -1), axis=1)
+    token, last_token = inverse_cdf_pick(w, idx, 0.0, u_in[:, None], vocab)
     token = tl.maximum(tl.where(token < vocab, token, last_token), 0)
-    ok = total > 0.0
+    ok = (total > 0.0) & src_ok
     tl.store(out + r, tl.where(ok, token, 0).to(out.dtype.element_ty), mask=r_ok)
     tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
 
@@ -225,7 +227,8 @@ def aot_specs():
         for dtype in dtypes:
             sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",
                    "stat_b": "*fp32", "min_p_ptr": "*fp32", "min_p_value": "fp32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64",
+                   "num_chunks": "i32"}
             shape, opts = launch("logits" if kind == LOGITS else "min_p")
             consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": PER_ROW, "SEED_PER_ROW": False, **shape}
             yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{shape['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,

@@ -39,22 +39,29 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-# How a threshold arrives: absent, one scalar for every row, or a tensor with one value per source row.
-NONE, SCALAR, PER_ROW = 0, 1, 2
+from .inputs import Mode
+
+# How a threshold arrives (inputs.Mode), as the plain ints the kernels' constexprs compare with.
+NONE, SCALAR, PER_ROW = int(Mode.NONE), int(Mode.SCALAR), int(Mode.PER_ROW)
 ROUND_BITS = tl.constexpr(20)  # the Philox counter is (offset + row) << ROUND_BITS | round
 
 
 @triton.jit
-def program_rows(indices, num_out, HAS_INDICES: tl.constexpr, ROWS: tl.constexpr):
+def program_rows(indices, num_out, num_src, HAS_INDICES: tl.constexpr, ROWS: tl.constexpr):
     """This program's output rows ``r``, which are real (``r_ok``), ``r`` clamped into range (rows past
-    the end redo the last row; nothing of theirs is stored), and the source row each one samples."""
+    the end redo the last row; nothing of theirs is stored), the source row each one samples, and
+    whether that source row exists (``src_ok``). An ``indices`` entry outside ``[0, num_src)`` is
+    only known here: it is clamped for the loads, and the caller stores token 0, invalid."""
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     r_safe = tl.minimum(r, num_out - 1)
     if HAS_INDICES:
         src = tl.load(indices + r_safe).to(tl.int64)
+        src_ok = (src >= 0) & (src < num_src)
+        src = tl.minimum(tl.maximum(src, 0), num_src - 1)
     else:
         src = r_safe.to(tl.int64)
-    return r, r < num_out, r_safe, src
+        src_ok = r_safe >= 0
+    return r, r < num_out, r_safe, src, src_ok
 
 
 @triton.jit
@@ -72,6 +79,54 @@ def _row_param(ptr, value, src, MODE: tl.constexpr):
     return tl.zeros(src.shape, tl.float32) + value
 
 
+# Per-row threshold tensors are read only here, so out-of-range values are given a meaning here (the
+# host checks scalars). Each is documented in api.py's module docstring.
+@triton.jit
+def top_k_of(ptr, value, src, MODE: tl.constexpr):
+    """k as fp32 (exact for any count of entries). A tensor of any dtype is truncated toward zero, as
+    FlashInfer's ``.int()``; ``k <= 0`` means no top-k filter (FlashInfer reads k unsigned, so its
+    negative k keep everything too)."""
+    if MODE == 2:
+        k = tl.load(ptr + src).to(tl.int64).to(tl.float32)
+    else:
+        k = tl.zeros(src.shape, tl.float32) + value
+    return tl.where(k > 0.0, k, float("inf"))
+
+
+@triton.jit
+def top_p_of(ptr, value, src, MODE: tl.constexpr):
+    """p as fp32: ``p >= 1`` keeps every token, ``p <= 0`` only the maximum and its ties; NaN means no
+    filter."""
+    p = _row_param(ptr, value, src, MODE)
+    return tl.where(p == p, p, float("inf"))
+
+
+@triton.jit
+def min_p_of(ptr, value, src, MODE: tl.constexpr):
+    """min-p clamped into [0, 1]: above 1 keeps the maximum and its ties (as 1 does), below 0 or NaN
+    keeps every token of positive mass (as 0 does)."""
+    m = _row_param(ptr, value, src, MODE)
+    return tl.where(m > 1.0, 1.0, tl.where(m >= 0.0, m, 0.0))
+
+
+@triton.jit
+def inverse_cdf_pick(w, idx, running, u, sentinel):
+    """Inverse CDF over one ``[ROWS, BLOCK]`` chunk of weights ``w`` (``running``, ``u``: ``[ROWS, 1]``;
+    ``idx``: the entries' indices): per row, the first index whose running mass passes ``u`` *among
+    entries of positive weight* (``sentinel`` if none), and the last index of positive weight (-1).
+
+    Why "of positive weight": a parallel prefix sum is not monotone bit for bit the way a sequential
+    one is (neighbouring prefixes are summed in different orders), and the chunk's sum need not equal
+    its last prefix. So ``cdf > u`` may first hold at an entry of weight 0, or never hold in the chunk
+    whose sum passed ``u``. Requiring ``w > 0`` makes an excluded entry impossible by construction;
+    the callers take the last positive entry when rounding leaves no hit."""
+    positive = w > 0.0
+    cdf = tl.cumsum(w, axis=1) + running
+    first = tl.min(tl.where((cdf > u) & positive, idx, sentinel), axis=1)
+    last = tl.max(tl.where(positive, idx, -1), axis=1)
+    return first, last
+
+
 @triton.jit
 def load_chunk(row_ptr, start, cols, vocab, fill):
     """One [ROWS, BLOCK] chunk of the rows as fp32, ``fill`` past the vocabulary. The load itself is
@@ -85,11 +140,11 @@ def load_chunk(row_ptr, start, cols, vocab, fill):
 @triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
-    top_k_value, top_p_value, min_p_value, num_out, vocab, stride_row,
+    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
 
@@ -101,18 +156,18 @@ def filtered_sampling_kernel(
         for start in range(0, vocab, BLOCK):
             x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             row_max = tl.maximum(row_max, tl.max(x, axis=1))
-        threshold = _row_param(min_p_ptr, min_p_value, src, MIN_P) * row_max
+        threshold = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * row_max
         mass = tl.zeros([ROWS], tl.float32)
         for start in range(0, vocab, BLOCK):
             x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
             mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
-    top_k = _row_param(top_k_ptr, top_k_value, src, TOP_K)  # absent filters read nothing
-    top_p = _row_param(top_p_ptr, top_p_value, src, TOP_P)
+    top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)  # absent filters read nothing
+    top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
 
-    done = r < 0
-    ok = r >= 0
+    done = ~src_ok  # a source row outside the probabilities: nothing is drawn (token 0, invalid)
+    ok = src_ok
     token = tl.zeros([ROWS], tl.int32)
-    # Candidates are the x >= lower: min-p's threshold, raised past each rejected token's value.
+    # Candidates are the x >= lower of positive mass: min-p's threshold, raised past each rejected token.
     lower = threshold
     high = tl.zeros([ROWS], tl.float32)  # an upper bound on the kept set's smallest value, from round 1
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
@@ -124,15 +179,15 @@ def filtered_sampling_kernel(
         found, last_candidate = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK)
         # No candidate with positive mass in the first round (a zero or NaN row, or min-p over one):
         # token 0, invalid. (Branch-free: on AMD every branch holds its lane mask in SGPRs.)
-        ok = tl.where(rnd == 0, (found >= 0) | (last_candidate >= 0), ok)
-        done = tl.where(rnd == 0, ~ok, done)
-        # rounding can leave u just above the scanned mass: then the last candidate is the draw
+        ok = tl.where(rnd == 0, ok & ((found >= 0) | (last_candidate >= 0)), ok)
+        done = tl.where(rnd == 0, done | ~ok, done)
+        # u past every prefix sum (rounding; the mass is taken as 1): the last candidate is the draw
         pick = tl.maximum(tl.where(found >= 0, found, last_candidate), 0)
         accept = ~done & ok
         if (TOP_K != 0) | (TOP_P != 0):
             # FlashInfer's rules, judged at the drawn token's value (pivot) and, from round 1, at the
             # midpoint between it and `high`: a failed midpoint moves every candidate above it.
-            pivot = tl.load(row_ptr + pick)
+            pivot = tl.load(row_ptr + pick).to(tl.float32)
             mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
             above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid)
             passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
@@ -186,15 +241,17 @@ def _count_above(row_ptr, cols, vocab, pivot, mid):
 
 @triton.jit
 def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
-    """Inverse CDF over the candidates (``x >= lower``): the first index whose running mass passes
-    ``u``, for the rows not ``done`` (-1 if rounding left u past the total), and the last index
-    holding candidate mass (the draw in that case). (Finding that index afterwards, by a load at a
-    per-row chunk start, ran the AMD build out of SGPRs.)
+    """Inverse CDF over the candidates (``x >= lower``, ``x > 0``): the first candidate whose running
+    mass passes ``u``, for the rows not ``done`` (-1 if rounding left u past the total), and the
+    last candidate of the rows (the draw in that case). (Finding that index afterwards, by a load at
+    a per-row chunk start, ran the AMD build out of SGPRs.)
 
     Most chunks need only their sum; the prefix sum runs on the chunk where a row's running mass
-    passes ``u``. The scan stops once every pending row has its token: half a row on average. A
-    ``while`` loop is not software-pipelined, yet on the H200 it beat a full-row, pipelined ``for``
-    scan by 5-10% (op_tests/test_sampling.py --sweep at 6ed973d)."""
+    passes ``u`` (inverse_cdf_pick: only a candidate can be picked there, and if the chunk's prefix
+    sums never pass ``u`` although its sum did, its last candidate is the draw). The scan stops once
+    every pending row has its token: half a row on average. A ``while`` loop is not software-
+    pipelined, yet on the H200 it beat a full-row, pipelined ``for`` scan by 5-10%
+    (op_tests/test_sampling.py --sweep at 6ed973d)."""
     found = tl.where(done, 0, -1)
     last_candidate = tl.full(u.shape, -1, tl.int32)
     running = tl.zeros(u.shape, tl.float32)
@@ -205,9 +262,8 @@ def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
         chunk_mass = tl.sum(xc, axis=1)
         crossing = (found < 0) & (running + chunk_mass > u)
         if tl.max(crossing.to(tl.int32), axis=0) > 0:
-            cdf = tl.cumsum(xc, axis=1) + running[:, None]
-            first = tl.min(tl.where(cdf > u[:, None], idx[None, :], vocab), axis=1)
-            found = tl.where(crossing & (first < vocab), first, found)
+            first, last_in_chunk = inverse_cdf_pick(xc, idx[None, :], running[:, None], u[:, None], vocab)
+            found = tl.where(crossing, tl.where(first < vocab, first, last_in_chunk), found)
         last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
         running += chunk_mass
         start += BLOCK
@@ -253,9 +309,9 @@ def aot_specs():
         cfg = launch_config(vocab, 256, "gfx942")
         for name, (top_k, top_p, min_p) in filters.items():
             sig = {p: "*fp32" for p in pointers}
-            sig.update(out="*i32", valid="*i8", indices="*i32", seed_ptr="*i64", offset_ptr="*i64",
-                       top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32", vocab="i32",
-                       stride_row="i64")
+            sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
+                       offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
+                       num_src="i32", vocab="i32", stride_row="i64")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
                       "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}
             yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",

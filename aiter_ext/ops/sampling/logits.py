@@ -1,14 +1,23 @@
-"""FlashInfer's ``softmax`` (with temperature) and ``sampling_from_logits`` (Gumbel-max).
+"""FlashInfer's ``softmax`` (with temperature), ``sampling_from_logits`` and
+``top_k_top_p_sampling_from_logits``.
 
-``softmax(logits, temperature)`` returns fp32 probabilities. ``temperature`` is None (1), a float, or
-a float32 tensor with one value per row. A row at temperature 0 is greedy: its output is one-hot at
-the first maximum, in the same launch as the other rows (AITER's mixed greedy/random batches), so any
-sampler then returns the argmax for it.
+``softmax(logits, temperature)`` returns fp32 probabilities. ``temperature`` is None (1), a number
+>= 0, or a 1-D tensor with one value per row. A row at temperature 0 is greedy: its output is one-hot
+at the first maximum, in the same launch as the other rows (AITER's mixed greedy/random batches), so
+any sampler then returns the argmax for it.
 
 ``sampling_from_logits`` draws from ``softmax(logits)`` without writing the probabilities: for small
 vocabularies the argmax of the logits plus Gumbel noise, in one pass; for larger ones an inverse CDF
 over ``exp(x - max)`` with each row spread over many programs (chunked.py). Under one seed its draws
 differ from ``sampling_from_probs(softmax(x))``, as in FlashInfer. NaN logits count as ``-inf``.
+
+>>> import torch, aiter_ext
+>>> logits = torch.tensor([[1.0, 3.0, float("-inf")], [0.5, 0.2, 0.1]])
+>>> probs = aiter_ext.softmax(logits, torch.tensor([0.0, 1.0]))   # row 0 greedy
+>>> probs[0].tolist()
+[0.0, 1.0, 0.0]
+>>> int(aiter_ext.sampling_from_logits(logits, seed=3, offset=0)[0]) in (0, 1)
+True
 """
 
 from __future__ import annotations
@@ -17,78 +26,55 @@ from typing import Optional, Union
 
 import torch
 
-from aiter_ext.core.arch import device_info
-from aiter_ext.core.env import interpreted
-from aiter_ext.core.checks import check_tensor
-from aiter_ext.core.launch import cdiv
-
-from .api import prepare_draw
-from .chunked import chunked_launch, draw_by_chunks, softmax_by_chunks
+from .api import _sample
+from .backends import SAMPLING_FROM_LOGITS, SOFTMAX, dispatch
+from .inputs import ABSENT, checked_rows, finish, prepare_draw, threshold
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-
-
-def _checked_logits(logits: torch.Tensor) -> None:
-    check_tensor("logits", logits, ndim=2, dtypes=LOGIT_DTYPES)
-    if logits.shape[1] == 0:
-        raise ValueError("logits must have a vocabulary of at least one token")
-    if logits.stride(1) != 1:
-        raise ValueError("logits must be contiguous in its last dimension")
-
-
 def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] = None,
-            enable_pdl: Optional[bool] = None) -> torch.Tensor:
+            enable_pdl: Optional[bool] = None, *, backend: Optional[str] = None) -> torch.Tensor:
     """``softmax(logits / temperature)`` per row, fp32 ``[B, V]``; temperature 0 gives the one-hot
-    argmax of the row. A row with no finite logit gives zeros (the samplers report it invalid)."""
-    from .logits_kernels import launch_config, softmax_kernel
-
-    _checked_logits(logits)
-    rows, vocab = logits.shape
-    if temperature is None:
-        temperature = 1.0
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        mode, temp_t, temp_v = 1, None, float(temperature)
-    else:
-        check_tensor("temperature", temperature, ndim=1, dtypes=(torch.float32,))
-        if temperature.shape[0] != rows or temperature.device != logits.device:
-            raise ValueError(f"a temperature tensor must hold one float32 value per row ({rows}) on {logits.device}, "
-                             f"got shape {tuple(temperature.shape)} on {temperature.device}")
-        mode, temp_t, temp_v = 2, temperature, 0.0
-    out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
-    chunks = chunked_launch("softmax", vocab, rows) if rows else None
-    if chunks is not None:
-        softmax_by_chunks(logits, out, mode, temp_t, temp_v, chunks)
-    elif rows:
-        cfg = launch_config(vocab, rows, device_info().arch, interpreted())
-        softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
-            logits, out, temp_t if temp_t is not None else out, temp_v, rows, vocab, logits.stride(0), out.stride(0),
-            TEMP=mode, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    argmax of the row. A row with no finite logit gives zeros (the samplers report it invalid).
+    ``enable_pdl`` (FlashInfer's programmatic dependent launch on Hopper) is accepted and ignored."""
+    rows = checked_rows(logits, None, "logits", LOGIT_DTYPES)
+    temp = threshold("temperature", 1.0 if temperature is None else temperature, rows, logits.device, "temperature")
+    out = torch.empty(rows, logits.shape[1], dtype=torch.float32, device=logits.device)
+    fn, config = dispatch(SOFTMAX, logits, rows, backend)
+    fn(config, logits, temp, out)
     return out
 
 
 def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
                          generator: Optional[torch.Generator] = None, check_nan: bool = False, seed=None,
-                         offset=None, return_valid: bool = False):
+                         offset=None, return_valid: bool = False, *, backend: Optional[str] = None):
     """One token per row drawn from ``softmax(logits)``: Gumbel-max in one pass, or for large
-    vocabularies an inverse CDF over ``exp(x - max)`` by chunks (chunked.py).
-    ``indices``, ``generator``, ``seed``/``offset``, ``check_nan`` and ``return_valid`` as for the
-    ``_from_probs`` samplers; a row with no finite logit gives token 0, invalid."""
-    from .chunked_kernels import LOGITS
-    from .logits_kernels import gumbel_max_kernel, launch_config
+    vocabularies an inverse CDF over ``exp(x - max)`` by chunks (chunked.py). ``indices``,
+    ``generator``, ``seed``/``offset``, ``check_nan`` and ``return_valid`` as for the ``_from_probs``
+    samplers (api.py); a row with no finite logit gives token 0, invalid. (FlashInfer 0.7.2 has no
+    ``return_valid`` here; it is ours.)"""
+    draw = prepare_draw(logits, "logits", indices, generator, check_nan, seed, offset, LOGIT_DTYPES)
+    fn, config = dispatch(SAMPLING_FROM_LOGITS, logits, draw.rows, backend)
+    fn(config, logits, indices, draw)
+    return finish(draw, return_valid)
 
-    rows, seed_t, offset_t, per_row, out, valid = prepare_draw(logits, "logits", indices, generator, check_nan, seed,
-                                                               offset, LOGIT_DTYPES)
-    chunks = chunked_launch("logits", logits.shape[1], rows) if rows else None
-    if chunks is not None:
-        draw_by_chunks(logits, LOGITS, indices, None, seed_t, offset_t, per_row, out, valid, chunks)
-    elif rows:
-        cfg = launch_config(logits.shape[1], rows, device_info().arch, interpreted())
-        gumbel_max_kernel[(cdiv(rows, cfg["ROWS"]),)](
-            logits, out, valid, indices if indices is not None else out, seed_t, offset_t, rows, logits.shape[1],
-            logits.stride(0), HAS_INDICES=indices is not None, SEED_PER_ROW=per_row, ROWS=cfg["ROWS"],
-            BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
-    return (out, valid.bool()) if return_valid else out
+
+def top_k_top_p_sampling_from_logits(logits, top_k, top_p, indices=None, filter_apply_order="top_k_first",
+                                     deterministic=True, generator=None, check_nan=False, seed=None, offset=None,
+                                     return_valid=False, *, backend: Optional[str] = None):
+    """Top-k and top-p from logits. ``"top_k_first"``: mask the logits below the k-th largest,
+    softmax, then top-p sampling. ``"joint"``: softmax, then both filters on that distribution.
+    Thresholds and the keyword tail as for the ``_from_probs`` samplers (api.py)."""
+    from .renorm import top_k_mask_logits
+
+    if filter_apply_order not in ("top_k_first", "joint"):
+        raise ValueError(f"filter_apply_order must be 'top_k_first' or 'joint', got {filter_apply_order!r}")
+    checked_rows(logits, indices, "logits", LOGIT_DTYPES)
+    k = threshold("top_k", top_k, logits.shape[0], logits.device, "top_k")
+    p = threshold("top_p", top_p, logits.shape[0], logits.device, "unit")
+    if filter_apply_order == "joint":
+        probs = softmax(logits, backend=backend)
+        return _sample(probs, indices, k, p, ABSENT, generator, check_nan, seed, offset, return_valid, backend)
+    probs = softmax(top_k_mask_logits(logits, top_k, backend=backend), backend=backend)
+    return _sample(probs, indices, ABSENT, p, ABSENT, generator, check_nan, seed, offset, return_valid, backend)

@@ -13,7 +13,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 from .chunked_kernels import logit_scale, logits_chunk
-from .kernels import load_chunk, program_rows, tile_rows
+from .kernels import program_rows, tile_rows
 
 @triton.jit
 def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in, stride_out,
@@ -52,13 +52,14 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
 
 
 @triton.jit
-def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out, vocab, stride_row,
+def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out, num_src, vocab, stride_row,
                       HAS_INDICES: tl.constexpr, SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK: tl.constexpr):
     """token = argmax(logits + Gumbel noise), a draw from softmax(logits) in one pass. The Philox
     counter of (output row r, token j) is ((offset + r) << 32) + j, so a seed and offset reproduce
-    the tokens. A row with no finite logit gives token 0, invalid."""
-    r, r_ok, r_safe, src = program_rows(indices, num_out, HAS_INDICES, ROWS)
+    the tokens. A row with no finite logit (NaN counts as -inf), or a source row outside the logits,
+    gives token 0, invalid."""
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = logits + src * stride_row
     cols = tl.arange(0, BLOCK)
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
@@ -68,7 +69,7 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
     best = tl.zeros([ROWS], tl.int32)
     found = r < 0
     for start in range(0, vocab, BLOCK):
-        x, idx = load_chunk(row_ptr, start, cols, vocab, -float("inf"))
+        x, idx = logits_chunk(row_ptr, start, cols, vocab)
         u = tl.rand(seed[:, None], counter[:, None] + idx[None, :])
         u = tl.maximum(u, 1e-20)  # tl.rand is in [0, 1): keep log(u) finite
         score = x - tl.log(-tl.log(u))
@@ -78,7 +79,8 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
         best = tl.where(take, chunk_arg, best)
         best_score = tl.where(take, chunk_best, best_score)
         found = found | take
-    tl.store(out + r, best.to(out.dtype.element_ty), mask=r_ok)
+    found = found & src_ok
+    tl.store(out + r, tl.where(found, best, 0).to(out.dtype.element_ty), mask=r_ok)
     tl.store(valid + r, found.to(tl.int8), mask=r_ok)
 
 
@@ -104,7 +106,7 @@ def aot_specs():
                                  {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, opts,
                                  divisible_by_16=("logits", "out", "temp_ptr"))
             sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "vocab": "i32", "stride_row": "i64"}
+                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64"}
             yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
                              {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
                              opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))

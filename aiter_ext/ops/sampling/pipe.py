@@ -13,7 +13,20 @@ Typing:
 
 Runtime keywords (``temperature``, ``top_k``, ``top_p``, ``min_p``) are taken by the first processor that
 uses them; later ones fall back to their constructor values. ``indices``, ``generator``, ``seed`` and
-``offset`` go to Sample.
+``offset`` go to Sample (or come from its constructor: ``Sample(indices=...)``, as FlashInfer allows).
+
+Against FlashInfer 0.7.2:
+- Processors take FlashInfer's constructor keywords (``TopK(top_k=50, joint_topk_topp=True)``,
+  ``Softmax(enable_pdl=...)``, ``Sample(deterministic=..., indices=..., generator=...)``); an unknown
+  keyword is a ``TypeError`` here (FlashInfer stores it unused).
+- A runtime keyword that some processor could take but none of this pipe's does (``top_k=`` to a pipe
+  without TopK, ``is_deterministic=``) is ignored, as in FlashInfer; a name no processor knows is a
+  ``TypeError`` (FlashInfer ignores it too, which hides misspellings).
+- ``Temperature`` accepts 0 (greedy rows, below); FlashInfer requires a positive float scalar.
+- ``seed``/``offset`` reach Sample here; FlashInfer's pipe draws from the generator only.
+- ``custom_fusion_rules`` / ``custom_validity_checks`` are not supported (a ``ValueError``).
+- Errors raised while running are the functions' own, not wrapped in FlashInfer's "Error executing
+  operator" ``ValueError``.
 
 ``compile=True`` fuses neighbours greedily, by priority:
 - Temperature+Softmax becomes one ``softmax(logits, temperature)``;
@@ -33,6 +46,7 @@ from typing import Optional
 import torch
 
 from . import api, logits, renorm
+from .inputs import threshold
 
 
 class TensorType(enum.Enum):
@@ -44,14 +58,26 @@ class TensorType(enum.Enum):
 L, P, I = TensorType.LOGITS, TensorType.PROBS, TensorType.INDICES
 
 
+#: Every runtime keyword some processor reads: the pipe ignores these when unused (as FlashInfer does).
+RUNTIME_KEYWORDS = frozenset({"temperature", "top_k", "top_p", "min_p", "indices", "generator", "seed", "offset",
+                              "is_deterministic"})
+
+
 class Processor:
-    """One step. ``param``: the runtime keyword it reads (None: none); ``default``: the constructor value."""
+    """One step. ``param``: the runtime keyword it reads (None: none); ``default``: the constructor value;
+    ``options``: the other constructor keywords it takes (FlashInfer's ``**params``), kept in ``params``."""
 
     param: Optional[str] = None
+    options: tuple = ()
     types: dict = {}  # accepted input type -> output type
 
-    def __init__(self, default=None):
+    def __init__(self, default=None, **params):
+        unknown = sorted(set(params) - set(self.options))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown keyword(s) {unknown}; it takes "
+                            f"{[k for k in (self.param, *self.options) if k]}")
         self.default = default
+        self.params = params
 
     def output_type(self, in_type: TensorType) -> TensorType:
         if in_type not in self.types:
@@ -74,8 +100,8 @@ class Processor:
 class Temperature(Processor):
     param, types = "temperature", {L: L}
 
-    def __init__(self, temperature=None):
-        super().__init__(temperature)
+    def __init__(self, temperature=None, **params):
+        super().__init__(temperature, **params)
 
     def run(self, x, in_type, kwargs):
         t = self.value(kwargs)
@@ -87,7 +113,10 @@ class Temperature(Processor):
 
 
 class Softmax(Processor):
-    types = {L: P}
+    options, types = ("enable_pdl",), {L: P}
+
+    def __init__(self, enable_pdl: Optional[bool] = None, **params):
+        super().__init__(None, enable_pdl=enable_pdl, **params)
 
     def run(self, x, in_type, kwargs):
         return logits.softmax(x)
@@ -96,8 +125,8 @@ class Softmax(Processor):
 class TopK(Processor):
     param, types = "top_k", {L: L, P: P}
 
-    def __init__(self, top_k=None, joint_topk_topp: bool = False):
-        super().__init__(top_k)
+    def __init__(self, top_k=None, joint_topk_topp: bool = False, **params):
+        super().__init__(top_k, **params)
         self.joint_topk_topp = joint_topk_topp
 
     def run(self, x, in_type, kwargs):
@@ -108,8 +137,10 @@ class TopK(Processor):
 class TopP(Processor):
     param, types = "top_p", {P: P}
 
-    def __init__(self, top_p=None):
-        super().__init__(top_p)
+    options = ("is_deterministic",)
+
+    def __init__(self, top_p=None, **params):
+        super().__init__(top_p, **params)
 
     def run(self, x, in_type, kwargs):
         return renorm.top_p_renorm_probs(x, self.value(kwargs))
@@ -118,29 +149,39 @@ class TopP(Processor):
 class MinP(Processor):
     param, types = "min_p", {P: P}
 
-    def __init__(self, min_p=None):
-        super().__init__(min_p)
+    def __init__(self, min_p=None, **params):
+        super().__init__(min_p, **params)
 
     def run(self, x, in_type, kwargs):
-        m = torch.as_tensor(self.value(kwargs), dtype=torch.float32, device=x.device).reshape(-1, 1)
-        kept = torch.where(x >= m * x.max(-1, keepdim=True).values, x, torch.zeros_like(x))
-        return kept / kept.sum(-1, keepdim=True)
+        """min-p renormalisation in torch (FlashInfer's pipe does the same); a tensor's values are
+        clamped as the fused kernel clamps them (kernels.min_p_of)."""
+        value = self.value(kwargs)
+        threshold("min_p", value, x.shape[0], x.device, "unit")  # the samplers' checks and messages
+        m = torch.as_tensor(value, device=x.device).float().nan_to_num(0.0).clamp(0.0, 1.0).reshape(-1, 1)
+        kept = torch.where((x >= m * x.max(-1, keepdim=True).values) & (x > 0), x, torch.zeros_like(x))
+        total = kept.sum(-1, keepdim=True)
+        return kept / torch.where(total > 0, total, torch.ones_like(total))
+
+
+SAMPLE_KEYWORDS = ("indices", "generator", "seed", "offset")
 
 
 class Sample(Processor):
-    types = {L: I, P: I}
+    options, types = SAMPLE_KEYWORDS, {L: I, P: I}
 
-    def __init__(self, deterministic: bool = True):
-        super().__init__(None)
+    def __init__(self, deterministic: bool = True, **params):
+        super().__init__(None, **params)
         self.deterministic = deterministic
 
     def run(self, x, in_type, kwargs):
         fn = logits.sampling_from_logits if in_type is L else api.sampling_from_probs
-        return fn(x, **_sample_kwargs(kwargs))
+        return fn(x, **_sample_kwargs(kwargs, self))
 
 
-def _sample_kwargs(kwargs: dict) -> dict:
-    return {k: kwargs.pop(k) for k in ("indices", "generator", "seed", "offset") if k in kwargs}
+def _sample_kwargs(kwargs: dict, sample: "Sample") -> dict:
+    """Sample's keywords: the runtime ones, else its constructor's (FlashInfer's ``Sample(indices=...)``)."""
+    found = {k: kwargs.pop(k) for k in SAMPLE_KEYWORDS if k in kwargs}
+    return {**{k: v for k, v in sample.params.items() if v is not None}, **found}
 
 
 class _Fused:
@@ -159,8 +200,8 @@ def _fusions(ops: list, types: list):
     def temp_softmax(t_op):
         return lambda x, kw: logits.softmax(x, t_op.value(kw))
 
-    def sampler(filter_op, fn):
-        return lambda x, kw: fn(x, filter_op.value(kw), **_sample_kwargs(kw))
+    def sampler(filter_op, sample_op, fn):
+        return lambda x, kw: fn(x, filter_op.value(kw), **_sample_kwargs(kw, sample_op))
 
     stages, i = [], 0
     while i < len(ops):
@@ -172,15 +213,15 @@ def _fusions(ops: list, types: list):
             i += 2
         elif (in_type is P and isinstance(op, TopK) and op.joint_topk_topp and isinstance(nxt, TopP)
               and isinstance(nxt2, Sample)):
-            k_op, p_op = op, nxt
-            fn = lambda x, kw, k_op=k_op, p_op=p_op: api.top_k_top_p_sampling_from_probs(  # noqa: E731
-                x, k_op.value(kw), p_op.value(kw), filter_apply_order="joint", **_sample_kwargs(kw))
+            k_op, p_op, s_op = op, nxt, nxt2
+            fn = lambda x, kw, k_op=k_op, p_op=p_op, s_op=s_op: api.top_k_top_p_sampling_from_probs(  # noqa: E731
+                x, k_op.value(kw), p_op.value(kw), filter_apply_order="joint", **_sample_kwargs(kw, s_op))
             stages.append((_Fused("top_k_top_p_sampling_from_probs(joint)", [op, nxt, nxt2], fn), in_type))
             i += 3
         elif in_type is P and isinstance(nxt, Sample) and isinstance(op, (TopK, TopP, MinP)):
             fn = {TopK: api.top_k_sampling_from_probs, TopP: api.top_p_sampling_from_probs,
                   MinP: api.min_p_sampling_from_probs}[type(op)]
-            stages.append((_Fused(fn.__name__, [op, nxt], sampler(op, fn)), in_type))
+            stages.append((_Fused(fn.__name__, [op, nxt], sampler(op, nxt, fn)), in_type))
             i += 2
         else:
             stages.append((op, in_type))
@@ -219,9 +260,10 @@ class LogitsPipe:
         kwargs = dict(kwargs)
         for stage, in_type in self.stages:
             x = stage.run(x, in_type, kwargs)
-        kwargs.pop("is_deterministic", None)
-        if kwargs:
-            raise TypeError(f"LogitsPipe got keywords no processor used: {sorted(kwargs)}")
+        unknown = sorted(set(kwargs) - RUNTIME_KEYWORDS)
+        if unknown:  # known keywords this pipe has no processor for are ignored, as in FlashInfer
+            raise TypeError(f"LogitsPipe got keywords no processor takes: {unknown}; runtime keywords are "
+                            f"{sorted(RUNTIME_KEYWORDS)}")
         return x
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import load_chunk, tile_rows
+from .kernels import PER_ROW, load_chunk, tile_rows, top_k_of, top_p_of
 
 TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
 BIG = tl.constexpr(3.0e38)
@@ -28,14 +28,15 @@ BIG = tl.constexpr(3.0e38)
 
 @triton.jit
 def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, stride_in, stride_out,
-                  MODE: tl.constexpr, PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                  MODE: tl.constexpr, PARAM: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     r_ok, r_safe = tile_rows(num_rows, ROWS)
     row_ptr = x_ptr + r_safe * stride_in
     cols = tl.arange(0, BLOCK)
-    if PER_ROW:
-        param = tl.load(param_ptr + r_safe).to(tl.float32)
+    # per-row values out of range are read as the samplers read them (k <= 0 or NaN p: no filter)
+    if MODE == 1:
+        param = top_p_of(param_ptr, param_value, r_safe, PARAM)
     else:
-        param = tl.zeros([ROWS], tl.float32) + param_value
+        param = top_k_of(param_ptr, param_value, r_safe, PARAM)
 
     # the row's smallest finite entry and its largest entry (entries past the vocabulary never count)
     lo = tl.full([ROWS], BIG, tl.float32)
@@ -129,7 +130,7 @@ def aot_specs():
                        "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32", "param_value": "fp32",
                        "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
                 yield KernelSpec(f"renorm[{name}-{dtype}-block{cfg['BLOCK']}]", renorm_kernel, sig,
-                                 {"MODE": mode, "PER_ROW": True, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                                 {"MODE": mode, "PARAM": PER_ROW, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
                                  {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
 
 

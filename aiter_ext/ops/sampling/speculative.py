@@ -22,23 +22,37 @@ import torch
 
 from aiter_ext.core.checks import check_shape, check_tensor
 
-from .api import seed_and_offset
+from .backends import CHAIN_SPECULATIVE, dispatch
+from .inputs import seed_and_offset
 
 def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch.Tensor, target_probs: torch.Tensor,
                                maybe_output_accepted_token_num: Optional[torch.Tensor] = None,
                                maybe_output_emitted_draft_token_num: Optional[torch.Tensor] = None,
                                deterministic: bool = True, generator: Optional[torch.Generator] = None,
-                               seed=None, offset=None):
+                               seed=None, offset=None, *, backend: Optional[str] = None):
     """FlashInfer's chain speculative sampling. ``draft_probs`` ``[B, n, V]`` and ``target_probs``
     ``[B, n + 1, V]`` fp32 (contiguous), ``draft_token_ids`` ``[B, n]`` int32/int64. Returns
     ``(output_token_ids [B, n + 1] int32, accepted [B], emitted [B])``; the two counters are the
-    caller's int32 tensors when given, *added to* (``+=``), else new zeros plus this call's counts."""
+    caller's int32 tensors when given, *added to* (``+=``), else new zeros plus this call's counts.
+
+    A draft id outside ``[0, V)`` (only the device sees it) is never read past the rows: it is
+    rejected, and the token at its position is drawn from the target distribution there (nothing
+    was drawn from the draft). FlashInfer reads such an id unchecked.
+
+    >>> import torch, aiter_ext
+    >>> q = torch.softmax(torch.randn(2, 3, 10), -1); p = torch.softmax(torch.randn(2, 4, 10), -1)
+    >>> ids = torch.multinomial(q.view(-1, 10), 1).view(2, 3).int()
+    >>> out, accepted, emitted = aiter_ext.chain_speculative_sampling(q, ids, p, seed=0, offset=0)
+    >>> bool(((out >= 0).sum(1) == emitted + 1).all())
+    True"""
     check_tensor("draft_probs", draft_probs, ndim=3, dtypes=(torch.float32,))
     check_tensor("target_probs", target_probs, ndim=3, dtypes=(torch.float32,))
     check_tensor("draft_token_ids", draft_token_ids, ndim=2, dtypes=(torch.int32, torch.int64))
     batch, n, vocab = draft_probs.shape
     if n < 1:
         raise ValueError("draft_probs must hold at least one draft token per request")
+    if vocab < 1:
+        raise ValueError("draft_probs must have a vocabulary of at least one token")
     check_shape("target_probs", target_probs, (batch, n + 1, vocab), "[batch, num_draft + 1, vocab] of draft_probs")
     check_shape("draft_token_ids", draft_token_ids, (batch, n), "[batch, num_draft] of draft_probs")
     for name, t in (("draft_probs", draft_probs), ("target_probs", target_probs),
@@ -62,11 +76,6 @@ def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch
     accepted, emitted = counters
     seed_t, offset_t, per_row = seed_and_offset(generator, seed, offset, batch, draft_probs.device)
     out = torch.empty(batch, n + 1, dtype=torch.int32, device=draft_probs.device)
-    if batch:
-        from .speculative_kernels import chain_speculative_kernel
-
-        block = min(4096, max(16, 1 << (vocab - 1).bit_length()))
-        chain_speculative_kernel[(batch,)](draft_probs, draft_token_ids, target_probs, out, accepted, emitted, seed_t,
-                                           offset_t, n, vocab, SEED_PER_ROW=per_row, BLOCK=block,
-                                           num_warps=8 if block >= 4096 else 4)
+    fn, config = dispatch(CHAIN_SPECULATIVE, draft_probs, batch, backend)
+    fn(config, draft_probs, draft_token_ids, target_probs, out, accepted, emitted, seed_t, offset_t, per_row)
     return out, accepted, emitted

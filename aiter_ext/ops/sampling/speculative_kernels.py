@@ -7,7 +7,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import ROUND_BITS
+from .kernels import ROUND_BITS, inverse_cdf_pick
 
 
 
@@ -24,48 +24,57 @@ def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted
     out_row = out + b.to(tl.int64) * (num_draft + 1)
 
     # Walk the drafts: pos = first rejected position (num_draft if none); later drafts are still
-    # tested, with their own uniforms, for the accepted counter.
+    # tested, with their own uniforms, for the accepted counter. A draft id outside [0, vocab) is
+    # only known here: it is read at a clamped index and always rejected.
     pos = num_draft
     passed_after = 0
+    pos_draft_ok = num_draft > 0  # (true) whether the draft at pos is a real token (then the resample is from relu(p - q))
     for i in range(0, num_draft):
         d = tl.load(ids + i).to(tl.int64)
-        q = tl.load(q_row + i * vocab + d)
-        p = tl.load(p_row + i * vocab + d)
+        d_ok = (d >= 0) & (d < vocab)
+        d_safe = tl.minimum(tl.maximum(d, 0), vocab - 1)
+        q = tl.load(q_row + i * vocab + d_safe)
+        p = tl.load(p_row + i * vocab + d_safe)
         u = tl.rand(seed, counter + i)
-        ok = u * q < p
+        ok = (u * q < p) & d_ok
         passed_after += tl.where(ok & (i > pos), 1, 0)
-        pos = tl.where((~ok) & (pos == num_draft), i, pos)
+        first_reject = (~ok) & (pos == num_draft)
+        pos_draft_ok = tl.where(first_reject, d_ok, pos_draft_ok)
+        pos = tl.where(first_reject, i, pos)
         tl.store(out_row + i, tl.where(i < pos, d, -1).to(tl.int32))
 
-    # The drawn token: from relu(p - q) at pos, or from p at pos == num_draft (the bonus token).
-    cols = tl.arange(0, BLOCK)
+    # The drawn token: from relu(p - q) at pos, or from p at pos == num_draft (the bonus token) and
+    # where the draft at pos was no token at all (then nothing was drawn from q there).
+    cols = tl.arange(0, BLOCK)[None, :]
     p_pos = p_row + pos.to(tl.int64) * vocab
     q_pos = q_row + tl.minimum(pos, num_draft - 1).to(tl.int64) * vocab
-    use_q = pos < num_draft
-    mass = tl.zeros([BLOCK], tl.float32)
+    use_q = (pos < num_draft) & pos_draft_ok
+    mass = tl.zeros([1, BLOCK], tl.float32)
     for start in range(0, vocab, BLOCK):
-        w = _residual(p_pos, q_pos, start + cols, vocab, use_q)
-        mass += w
-    total = tl.sum(mass, axis=0)
+        mass += _residual(p_pos, q_pos, start + cols, vocab, use_q)
+    total = tl.sum(mass, axis=1)
     # relu(p - q) can sum to ~0 only through rounding (a rejection means p < q somewhere, hence
-    # p > q elsewhere); then the target itself is drawn from.
-    use_q = use_q & (total > 0.0)
-    total = tl.where(use_q | (pos == num_draft), total, 1.0)
-    u = tl.rand(seed, counter + num_draft) * total
-    found = -1
-    last = -1
-    running = 0.0
+    # p > q elsewhere); then the target itself is drawn from (its rows sum to 1).
+    fallback = use_q & (total <= 0.0)
+    use_q = use_q & ~fallback
+    u = tl.rand(seed, counter + num_draft) * tl.where(fallback, 1.0, total)
+    found = tl.full([1], -1, tl.int32)
+    last = tl.full([1], -1, tl.int32)
+    running = tl.zeros([1], tl.float32)
     start = 0
-    while (start < vocab) & (found < 0):
+    while (start < vocab) & (tl.max(found, axis=0) < 0):
         w = _residual(p_pos, q_pos, start + cols, vocab, use_q)
-        cdf = tl.cumsum(w, axis=0) + running
-        first = tl.min(tl.where(cdf > u, start + cols, vocab), axis=0)
-        found = tl.where(first < vocab, first, -1)
-        last = tl.maximum(last, tl.max(tl.where(w > 0.0, start + cols, -1), axis=0))
-        running += tl.sum(w, axis=0)
+        w_mass = tl.sum(w, axis=1)
+        # only an entry of positive weight can be drawn (kernels.inverse_cdf_pick); where this
+        # chunk's sum passes u but its prefix sums do not (rounding), its last such entry is
+        first, last_here = inverse_cdf_pick(w, start + cols, running[:, None], u[:, None], vocab)
+        crossing = running + w_mass > u
+        found = tl.where(crossing, tl.where(first < vocab, first, last_here), found)
+        last = tl.maximum(last, last_here)
+        running += w_mass
         start += BLOCK
     token = tl.maximum(tl.where(found >= 0, found, last), 0)
-    tl.store(out_row + pos, token.to(tl.int32))
+    tl.store(out_row + pos + tl.arange(0, 1), token.to(tl.int32))
     if pos < num_draft:  # the last position, which the draft loop above does not cover
         tl.store(out_row + num_draft, -1)
     tl.atomic_add(emitted + b, pos)  # one program per row: the adds never race; atomics keep them simple

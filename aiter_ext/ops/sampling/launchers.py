@@ -1,0 +1,89 @@
+"""Host side of the Triton backend: tiles, grids and launches of every sampling kernel.
+
+Imported late (by backends.py, on the first Triton call), since ``import aiter_ext`` must not import
+Triton. Each function writes into tensors it is given; the checks were done by the public functions.
+"""
+
+from __future__ import annotations
+
+from aiter_ext.core.arch import device_info
+from aiter_ext.core.env import interpreted
+from aiter_ext.core.launch import cdiv
+
+from . import chunked, kernels, logits_kernels, renorm_kernels, speculative_kernels
+from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P
+from .inputs import Draw, Mode, Threshold
+
+
+def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold,
+                  draw: Draw) -> None:
+    """Plain, top-k, top-p, min-p and joint sampling from probabilities. ``config`` overrides the
+    launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), or the row kernel's
+    (ROWS, BLOCK, num_warps) with ``"chunked": False``."""
+    if not draw.rows:
+        return
+    if min_p.mode != Mode.NONE and top_k.mode == Mode.NONE and top_p.mode == Mode.NONE:
+        # min-p alone needs no rejection rounds: at large batch, each row spread over many programs
+        chunks = chunked.chunked_launch("min_p", probs.shape[1], draw.rows, config)
+        if chunks is not None:
+            chunked.draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, min_p, draw, chunks)
+            return
+    cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted()),
+           **{k: v for k, v in (config or {}).items() if k != "chunked"}}
+    kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
+        probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
+        top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
+        draw.rows, probs.shape[0], probs.shape[1], probs.stride(0), HAS_INDICES=indices is not None,
+        TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode), SEED_PER_ROW=draw.seed_per_row,
+        ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+
+
+def logits_draw(config: dict, logits, indices, draw: Draw) -> None:
+    """Sampling from ``softmax(logits)``: Gumbel-max in one pass, or by chunks for large vocabularies."""
+    if not draw.rows:
+        return
+    chunks = chunked.chunked_launch("logits", logits.shape[1], draw.rows, config)
+    if chunks is not None:
+        chunked.draw_by_chunks(logits, LOGITS, indices, None, draw, chunks)
+        return
+    cfg = logits_kernels.launch_config(logits.shape[1], draw.rows, device_info().arch, interpreted())
+    logits_kernels.gumbel_max_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
+        logits, draw.out, draw.valid, indices if indices is not None else draw.out, draw.seed, draw.offset, draw.rows,
+        logits.shape[0], logits.shape[1], logits.stride(0), HAS_INDICES=indices is not None,
+        SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+
+
+def softmax(config: dict, logits, temperature: Threshold, out) -> None:
+    rows, vocab = logits.shape
+    if not rows:
+        return
+    chunks = chunked.chunked_launch("softmax", vocab, rows, config)
+    if chunks is not None:
+        chunked.softmax_by_chunks(logits, out, temperature, chunks)
+        return
+    cfg = logits_kernels.launch_config(vocab, rows, device_info().arch, interpreted())
+    logits_kernels.softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
+        logits, out, temperature.pointer(out), temperature.value, rows, vocab, logits.stride(0), out.stride(0),
+        TEMP=int(temperature.mode), ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+
+
+def renorm(config: dict, x, mode: int, param: Threshold, out) -> None:
+    """renorm_kernels.TOP_K_RENORM / TOP_P_RENORM / TOP_K_MASK of ``x`` into ``out``."""
+    rows, vocab = x.shape
+    if not rows:
+        return
+    cfg = logits_kernels.launch_config(vocab, rows, device_info().arch, interpreted())
+    renorm_kernels.renorm_kernel[(cdiv(rows, cfg["ROWS"]),)](
+        x, out, param.pointer(x), param.value, rows, vocab, x.stride(0), out.stride(0), MODE=mode,
+        PARAM=int(param.mode), ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+
+
+def chain_speculative(config: dict, draft_probs, draft_ids, target_probs, out, accepted, emitted, seed, offset,
+                      per_row: bool) -> None:
+    batch, _, vocab = draft_probs.shape
+    if not batch:
+        return
+    block = min(4096, max(16, 1 << (vocab - 1).bit_length()))
+    speculative_kernels.chain_speculative_kernel[(batch,)](
+        draft_probs, draft_ids, target_probs, out, accepted, emitted, seed, offset, draft_probs.shape[1], vocab,
+        SEED_PER_ROW=per_row, BLOCK=block, num_warps=8 if block >= 4096 else 4)
