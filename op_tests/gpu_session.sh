@@ -3,8 +3,8 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-bench sampling-quick sampling-host
-#             sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
+#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-exclusion sampling-bench
+#             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
@@ -35,6 +35,10 @@ for section in $sections; do
       python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
     sampling-tests)
       python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12 ;;
+    sampling-exclusion)  # issue 12: 5M draws per case, no excluded token (vocabulary 128256 cases are the slow ones:
+      # every draw of the row kernel scans half a row; AITER_EXT_EXCLUSION_DRAWS lowers the count for a first look)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling_exclusion.py 2>&1 \
+        | tee "$OUT/pytest-sampling-exclusion.log" | tail -n 12 ;;
     sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
     sampling-quick)  # the samplers, softmax and sampling_from_logits only

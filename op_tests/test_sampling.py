@@ -361,6 +361,34 @@ def test_backend_selection_and_the_torch_reference_backend(backend, monkeypatch)
     check_distribution(torch_tokens, R.top_k_distribution(probs, 3)[0], "top_k, backend='torch'")
 
 
+def row_kernel_stats(probs, top_k=None, top_p=None, min_p=None):
+    """(tokens, rounds, passes over the row) per row of one row-kernel draw: the benchmark's profile."""
+    from aiter_ext.ops.sampling import launchers
+    from aiter_ext.ops.sampling.inputs import prepare_draw, threshold
+
+    rows, vocab = probs.shape
+    draw = prepare_draw(probs, "probs", None, None, False, 11, 0)
+    stats = torch.empty(rows, 2, dtype=torch.int32, device=probs.device)
+    cfg = launchers.filtered_draw({"chunked": False}, probs, None, threshold("top_k", top_k, rows, probs.device, "top_k"),
+                                  threshold("top_p", top_p, rows, probs.device, "unit"),
+                                  threshold("min_p", min_p, rows, probs.device, "unit"), draw, stats)
+    chunks_per_row = -(-vocab // cfg["BLOCK"])
+    return draw.out, stats[:, 0], stats[:, 1].double() / chunks_per_row
+
+
+def test_row_kernel_profile_counts_rounds_and_passes():
+    vocab = 3000
+    probs = random_probs(vocab, rows=8, scale=3.0)
+    tokens, rounds, passes = row_kernel_stats(probs)
+    assert (rounds == 1).all() and (passes > 0).all() and (passes <= 1.0).all()  # plain: one early-exit scan
+    _, rounds, passes = row_kernel_stats(probs, min_p=0.1)
+    assert (rounds == 1).all() and (passes >= 2).all()  # the maximum and the kept mass, then the draw
+    _, rounds, passes = row_kernel_stats(probs, top_k=5)
+    assert (rounds >= 1).all() and (passes >= rounds.double()).all()  # each round counts with one full pass
+    # the tokens are those of the public call with the same seed
+    assert torch.equal(row_kernel_stats(probs, top_k=5)[0], S.top_k_sampling_from_probs(probs, 5, seed=11, offset=0))
+
+
 # --------------------------------------------------------------------------------------------------
 # Renormalisation and masking (exact thresholds)
 
@@ -742,12 +770,21 @@ def bench_main(argv=None) -> int:
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= extra[0] * probs.max(-1).values).all(), name
                 us = time_us(lambda: ours(probs, *extra, **kw))
                 graph_us = _timed(lambda: ours(probs, *extra, **kw), graph=True)
+                # the row kernel's profile (issue 12): rejection rounds, and passes over the row (chunks
+                # read / chunks in a row), so that bytes moved = passes x row bytes
+                filters = {"top_k_sampling_from_probs": (extra[:1] + (None, None)),
+                           "top_p_sampling_from_probs": (None,) + extra[:1] + (None,),
+                           "min_p_sampling_from_probs": (None, None) + extra[:1]}.get(name, (None, None, None))
+                _, rounds, passes = row_kernel_stats(probs, *filters)
                 fi_us = fi_graph_us = None
                 if fi is not None:
                     fi_fn = getattr(fi.sampling, name)
                     fi_us = time_us(lambda: fi_fn(probs, *extra, **kw))
                     fi_graph_us = _timed(lambda: fi_fn(probs, *extra, **kw), graph=True)
+                moved_gbs = float(passes.mean()) * batch * vocab * 4 / (graph_us or us) / 1e3
                 rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "graph_us": graph_us,
+                             "rounds (row kernel)": float(rounds.double().mean()),
+                             "passes/row": float(passes.mean()), "GB/s at passes": moved_gbs,
                              "floor_us": floor_us, "%floor": 100 * floor_us / us, "fi_us": fi_us,
                              "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None,
                              "multinomial_us": mult_us})

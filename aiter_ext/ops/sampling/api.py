@@ -69,6 +69,7 @@ def _thresholds(probs, top_k=None, top_p=None, min_p=None):
 
 
 _TAIL_DOC = """
+
     ``indices``, ``generator``, ``check_nan`` (a host-synchronizing NaN check, off by default), ``seed``,
     ``offset`` and ``return_valid`` as described in this module's docstring."""
 

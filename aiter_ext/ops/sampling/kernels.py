@@ -140,10 +140,11 @@ def load_chunk(row_ptr, start, cols, vocab, fill):
 @triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
-    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row,
+    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
-    SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, STATS: tl.constexpr = False,
 ):
+    """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32."""
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
@@ -174,9 +175,13 @@ def filtered_sampling_kernel(
     seed = tl.load(seed_ptr + seed_index)
     counter = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS
     rnd = 0
+    chunks_read = vocab * 0
+    if MIN_P != 0:
+        chunks_read = 2 * tl.cdiv(vocab, BLOCK)
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
-        found, last_candidate = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK)
+        found, last_candidate, scanned = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK)
+        chunks_read += scanned
         # No candidate with positive mass in the first round (a zero or NaN row, or min-p over one):
         # token 0, invalid. (Branch-free: on AMD every branch holds its lane mask in SGPRs.)
         ok = tl.where(rnd == 0, ok & ((found >= 0) | (last_candidate >= 0)), ok)
@@ -190,6 +195,7 @@ def filtered_sampling_kernel(
             pivot = tl.load(row_ptr + pick).to(tl.float32)
             mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
             above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid)
+            chunks_read += tl.cdiv(vocab, BLOCK)
             passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
             mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
             accept = accept & passes
@@ -204,6 +210,9 @@ def filtered_sampling_kernel(
         rnd += 1
     tl.store(out + r, token.to(out.dtype.element_ty), mask=r_ok)
     tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
+    if STATS:
+        tl.store(stats + 2 * r, tl.zeros([ROWS], tl.int32) + rnd, mask=r_ok)
+        tl.store(stats + 2 * r + 1, tl.zeros([ROWS], tl.int32) + chunks_read, mask=r_ok)
 
 
 @triton.jit
@@ -242,8 +251,8 @@ def _count_above(row_ptr, cols, vocab, pivot, mid):
 @triton.jit
 def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
     """Inverse CDF over the candidates (``x >= lower``, ``x > 0``): the first candidate whose running
-    mass passes ``u``, for the rows not ``done`` (-1 if rounding left u past the total), and the
-    last candidate of the rows (the draw in that case). (Finding that index afterwards, by a load at
+    mass passes ``u``, for the rows not ``done`` (-1 if rounding left u past the total), the last
+    candidate of the rows (the draw in that case), and the number of chunks read. (Finding that index afterwards, by a load at
     a per-row chunk start, ran the AMD build out of SGPRs.)
 
     Most chunks need only their sum; the prefix sum runs on the chunk where a row's running mass
@@ -267,7 +276,7 @@ def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
         last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
         running += chunk_mass
         start += BLOCK
-    return found, last_candidate
+    return found, last_candidate, start // BLOCK
 
 
 @triton.jit
@@ -311,8 +320,8 @@ def aot_specs():
             sig = {p: "*fp32" for p in pointers}
             sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
                        offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
-                       num_src="i32", vocab="i32", stride_row="i64")
-            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
+                       num_src="i32", vocab="i32", stride_row="i64", stats="*i32")
+            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False, "STATS": False,
                       "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}
             yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},

@@ -16,13 +16,14 @@ from .inputs import Draw, Mode, Threshold
 
 
 def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold,
-                  draw: Draw) -> None:
+                  draw: Draw, stats=None) -> None:
     """Plain, top-k, top-p, min-p and joint sampling from probabilities. ``config`` overrides the
     launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), or the row kernel's
-    (ROWS, BLOCK, num_warps) with ``"chunked": False``."""
+    (ROWS, BLOCK, num_warps) with ``"chunked": False``. ``stats`` (benchmarks): an int32
+    ``[rows, 2]`` tensor that receives each row's rejection rounds and chunks read (row kernel only)."""
     if not draw.rows:
         return
-    if min_p.mode != Mode.NONE and top_k.mode == Mode.NONE and top_p.mode == Mode.NONE:
+    if min_p.mode != Mode.NONE and top_k.mode == Mode.NONE and top_p.mode == Mode.NONE and stats is None:
         # min-p alone needs no rejection rounds: at large batch, each row spread over many programs
         chunks = chunked.chunked_launch("min_p", probs.shape[1], draw.rows, config)
         if chunks is not None:
@@ -33,9 +34,11 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
     kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
         top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
-        draw.rows, probs.shape[0], probs.shape[1], probs.stride(0), HAS_INDICES=indices is not None,
-        TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode), SEED_PER_ROW=draw.seed_per_row,
-        ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+        draw.rows, probs.shape[0], probs.shape[1], probs.stride(0), stats if stats is not None else draw.out,
+        HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
+        SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], STATS=stats is not None,
+        num_warps=cfg["num_warps"])
+    return cfg
 
 
 def logits_draw(config: dict, logits, indices, draw: Draw) -> None:
