@@ -10,10 +10,13 @@ import sys
 
 
 def _use_interpreter_without_gpu() -> bool:
-    """With no GPU, run Triton kernels through the interpreter. Must happen before kernels are imported."""
+    """With no GPU, run Triton kernels through the interpreter when Triton is installed (else the ops
+    run their torch backends). Must happen before kernels are imported."""
+    import importlib.util
+
     import torch
 
-    if torch.cuda.is_available() or "TRITON_INTERPRET" in os.environ:
+    if torch.cuda.is_available() or "TRITON_INTERPRET" in os.environ or importlib.util.find_spec("triton") is None:
         return False
     os.environ["TRITON_INTERPRET"] = "1"
     return True
@@ -38,9 +41,17 @@ def cmd_info(args) -> int:
     for name in BACKEND_NAMES:
         ok, reason = backend_status(name)
         print(f"  {name:7s} {'usable' if ok else 'not usable'}: {reason}")
-    print("ops:")
+    from aiter_ext.core.arch import REPO_ROOT
+    from aiter_ext.core.data import describe
+
+    print(f"data (tuned tables, C++ sources, gap matrix, benchmarks): {describe(REPO_ROOT)}")
+    print("ops (backends -> what an automatic call runs on here, before tuned tables and per-call limits):")
     for name, op in OPS.items():
-        print(f"  {name}: {', '.join(op.impls)}")
+        here = next((b for b in BACKEND_NAMES if b in op.impls and b != "torch" and backend_status(b)[0]), "torch")
+        print(f"  {name}: {', '.join(op.impls)} -> {here}")
+    if not info.is_gpu:
+        print("no GPU: ops marked 'torch' run their fp32 reference (correct, not fast); install triton and set "
+              "TRITON_INTERPRET=1 to run the Triton kernels through the interpreter instead")
     return 0
 
 
@@ -48,9 +59,13 @@ def cmd_gap(args) -> int:
     import yaml
 
     from aiter_ext.core.arch import REPO_ROOT, device_info
+    from aiter_ext.core.data import data_path
 
-    interpreted = _use_interpreter_without_gpu() or os.environ.get("TRITON_INTERPRET") == "1"
-    with open(REPO_ROOT / "gap_matrix.yaml") as f:
+    _use_interpreter_without_gpu()
+    from aiter_ext.core.backend import backend_status
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1" and backend_status("triton")[0]
+    with open(data_path(REPO_ROOT, "gap_matrix.yaml", what="feature matrix (gap_matrix.yaml)")) as f:
         features = yaml.safe_load(f)["features"]
     info = device_info()
     where = f"{info.arch} ({info.name})" + (", Triton through the interpreter" if interpreted else "")
@@ -85,7 +100,9 @@ def cmd_gap(args) -> int:
 def cmd_bench(args) -> int:
     from aiter_ext.core.arch import REPO_ROOT
 
-    script = REPO_ROOT / "op_tests" / f"test_{args.op}.py"
+    from aiter_ext.core.data import data_path
+
+    script = data_path(REPO_ROOT, "op_tests", f"test_{args.op}.py", what=f"benchmark of {args.op!r} (op_tests/)")
     if not script.exists():
         print(f"no benchmark for {args.op!r}: {script} does not exist", file=sys.stderr)
         return 2

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .data import find_data_root
 from .env import env
 
-#: Where the repository's data folders (csrc/, configs/, hsa/, gap_matrix.yaml) live. The package is
-#: installed editable from its checkout, so they sit beside it; AITER_EXT_ROOT points elsewhere.
-REPO_ROOT = Path(os.environ.get("AITER_EXT_ROOT", Path(__file__).resolve().parents[2]))
+#: Where the data folders (csrc/, configs/, hsa/, op_tests/, gap_matrix.yaml) live: AITER_EXT_ROOT, the
+#: copy shipped in the package, or the checkout (core/data.py says in which order, and why).
+REPO_ROOT = find_data_root()
 
 
 @dataclass(frozen=True)

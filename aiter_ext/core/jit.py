@@ -91,8 +91,8 @@ def _load_spec(name: str) -> ModuleSpec:
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:
-        raise JitBuildError(f"{path} not found: C++ modules build from a repository checkout "
-                            "(set AITER_EXT_ROOT to one)") from None
+        raise JitBuildError(f"aiter_ext's C++ sources are missing: {path} does not exist. The wheel ships them "
+                            "under aiter_ext/_data/csrc; reinstall aiter-ext or set AITER_EXT_ROOT to a checkout") from None
     if name not in table:
         raise JitBuildError(f"unknown module {name!r}: {path} defines {', '.join(sorted(table))}")
     entry = table[name]

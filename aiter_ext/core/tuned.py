@@ -81,6 +81,10 @@ def _load(path: str, mtime: float) -> tuple[dict, ...]:
 def load_rows(op: str) -> tuple[dict, ...]:
     path = tuned_csv_path(op)
     if not path.exists():
+        if not TUNED_DIR.is_dir():  # not an op without a table: the tables themselves are missing
+            log_once(("no tuned dir",), f"aiter_ext's tuned tables are missing: {TUNED_DIR} does not exist, so "
+                     "every op falls back to its default heuristics. The wheel ships them under aiter_ext/_data/; "
+                     "reinstall aiter-ext or set AITER_EXT_ROOT to a checkout.", level=30)
         return ()
     return _load(str(path), path.stat().st_mtime)
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 
 from . import api, reference
+from .backends import CHAIN_SPECULATIVE, SAMPLING
 from .speculative import chain_speculative_sampling
+
+
+def _backend(op, x: torch.Tensor, rows: int) -> str:
+    """The backend an automatic call of ``op`` takes here (what the cases below ran on)."""
+    return op.select({"rows": rows, "vocab": x.shape[-1], "dtype": "fp32", "device": x.device.type}).impl.backend
 
 
 def small_cases() -> list[tuple[str, str, bool, str]]:
@@ -24,12 +30,12 @@ def small_cases() -> list[tuple[str, str, bool, str]]:
         inside = bool((target[tokens] > 0).all())
         tv = 0.5 * float((freq - target).abs().sum())
         # 4096 draws over <= 64 tokens: a correct sampler's TV distance is ~0.05; 0.15 flags a wrong one
-        results.append((f"{name}, 4096 draws of one row", "triton", inside and tv < 0.15,
+        results.append((f"{name}, 4096 draws of one row", _backend(SAMPLING, probs, 4096), inside and tv < 0.15,
                         f"all inside the kept set: {inside}; TV distance {tv:.3f}"))
     q = torch.softmax(torch.randn(8, 2, 32, generator=gen), -1).to(device)
     p = torch.softmax(torch.randn(8, 3, 32, generator=gen), -1).to(device)
     ids = torch.multinomial(q.view(-1, 32).cpu(), 1).view(8, 2).to(torch.int32).to(device)
     out, acc, emi = chain_speculative_sampling(q, ids, p, seed=2, offset=0)
     ok = bool((((out >= 0).sum(1)) == emi + 1).all() and (acc >= emi).all())
-    results.append(("chain speculative, 8 x 2 drafts", "triton", ok, f"emitted {emi.tolist()}"))
+    results.append(("chain speculative, 8 x 2 drafts", _backend(CHAIN_SPECULATIVE, q, 8), ok, f"emitted {emi.tolist()}"))
     return results
