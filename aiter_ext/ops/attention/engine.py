@@ -75,6 +75,7 @@ class AttentionPlan:
     kv_indices: Optional[torch.Tensor]
     kv_last_page_len: Optional[torch.Tensor]
     total_q: int
+    total_kv: int  # ragged: kv_indptr[-1], the K/V rows run() must be given (checked there)
     max_page: int  # largest page id in the table (-1: none), checked against the cache in run()
     meta: torch.Tensor  # int32 qo_indptr | kv_indptr | kv_last_page_len: the kernel's request table
     work: WorkPlan
@@ -105,7 +106,7 @@ class AttentionPlan:
 
             # plan() never sees the cache, so ids are checked against the cache's page count in run()
             # (metadata only); here: the table's shape, order, last_page_len and no negative ids.
-            check_paged_kv_indices(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages=2**62)
+            check_paged_kv_indices(kv_indptr, kv_indices, kv_last_page_len, page_size, num_pages=None)
             max_page = int(kv_indices.max()) if kv_indices.numel() else -1
             last = kv_last_page_len.tolist()
             kv_lens = [(kv[b + 1] - kv[b] - 1) * page_size + last[b] if kv[b + 1] > kv[b] else 0
@@ -134,7 +135,7 @@ class AttentionPlan:
                    1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
                    logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),
                    as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
-                   qo[-1], max_page, torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
+                   qo[-1], kv[-1] if not paged else 0, max_page, torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
                    choice.impl.backend, extra)
 
     # -- run --------------------------------------------------------------------------------------

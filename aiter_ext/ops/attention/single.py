@@ -30,15 +30,22 @@ def _as_nhd(name: str, t: torch.Tensor, kv_layout: str) -> torch.Tensor:
     return t.transpose(0, 1) if _check_layout(kv_layout) == "HND" else t  # [Hkv, L, D] -> a [L, Hkv, D] view
 
 
-def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, custom_mask=None,
+def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q=None, scale_k=None,
+                                 scale_v=None, o_dtype: Optional[torch.dtype] = None, custom_mask=None,
                                  packed_custom_mask=None, causal: bool = False, kv_layout: str = "NHD",
                                  pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
                                  sm_scale: Optional[float] = None, window_left: int = -1,
                                  logits_soft_cap: Optional[float] = None, rope_scale=None, rope_theta=None,
-                                 return_lse: bool = False, backend: str = "auto", **unused):
+                                 backend: str = "auto", return_lse: bool = False, kv_cache_sf=None,
+                                 k_scale: Optional[float] = None, v_scale: Optional[float] = None):
     """Attention of one request: ``q [qo_len, Hq, D]`` against ``k, v [kv_len, Hkv, D]`` (NHD) or
     ``[Hkv, kv_len, D]`` (HND). Causal masking is aligned bottom-right. Returns ``out [qo_len, Hq, D]``,
     and with ``return_lse`` also the base-2 ``lse [qo_len, Hq]``.
+
+    FlashInfer 0.7.2's signature, keyword for keyword (a misspelt keyword is a ``TypeError``).
+    ``k_scale``/``v_scale`` (floats) scale the scores and the output, as FlashInfer's fp8 path does;
+    ``o_dtype`` other than q's dtype converts the output. Not supported, and refused unless left at
+    None: the per-head fp8 scale tensors ``scale_q``/``scale_k``/``scale_v`` and ``kv_cache_sf``.
 
     Examples
     --------
@@ -48,15 +55,30 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     >>> out = aiter_ext.single_prefill_with_kv_cache(q, k, v, causal=True)
     >>> torch.testing.assert_close(out, single_attention_ref(q, k, v, causal=True)[0], atol=2e-3, rtol=1e-2)
     """
+    for name, value in (("scale_q", scale_q), ("scale_k", scale_k), ("scale_v", scale_v),
+                        ("kv_cache_sf", kv_cache_sf)):
+        if value is not None:
+            raise ValueError(f"{name} is not supported yet (per-head fp8 scales); pass k_scale/v_scale floats")
     check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
                       rope_theta)
     check_tensor("q", q, ndim=3)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
+    _check_same_tokens(k, v)
     w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
            q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
            logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype)
-    return w.run(q, k, v, return_lse=return_lse)
+    result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)
+    if o_dtype is None or o_dtype == q.dtype:
+        return result
+    return (result[0].to(o_dtype), result[1]) if return_lse else result.to(o_dtype)
+
+
+def _check_same_tokens(k: torch.Tensor, v: torch.Tensor) -> None:
+    """One request's K and V hold the same tokens and heads (a shorter v would be read past its end)."""
+    if v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"k and v must hold the same tokens and heads: k is {tuple(k.shape)} and v is "
+                         f"{tuple(v.shape)} (as [kv_len, num_kv_heads, head_dim])")
 
 
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
@@ -80,6 +102,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
     check_tensor("q", q, ndim=2)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
+    _check_same_tokens(k, v)
     w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
     w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
            k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,

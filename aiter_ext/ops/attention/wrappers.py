@@ -18,9 +18,47 @@ import torch
 
 from aiter_ext.core.checks import check_tensor
 
-from .engine import KV_DTYPES, AttentionPlan, check_unsupported
+from .engine import KV_DTYPES, AttentionPlan, as_dtype, check_unsupported
 
 LAYOUTS = ("NHD", "HND")
+
+#: FlashInfer 0.7.2 ``plan()`` keywords that only steer its own scheduling or other backends' inputs:
+#: accepted, with no effect here (this engine reads the lengths from the CSR tables itself).
+SCHEDULING_HINTS = frozenset({"fixed_split_size", "disable_split_kv", "seq_lens", "seq_lens_q", "block_tables",
+                              "max_token_per_sequence", "max_sequence_kv", "uniform_q_len"})
+#: FlashInfer 0.7.2 ``plan()`` keywords of features not implemented here, with the value that means
+#: "off": anything else is refused rather than ignored.
+FEATURES_OFF = {"prefix_len_ptr": None, "token_pos_in_items_ptr": None, "token_pos_in_items_len": 0,
+                "max_item_len_ptr": None, "v_indptr": None, "o_indptr": None}
+
+
+def check_plan_extras(method: str, extras: dict, allowed: frozenset, q_data_type) -> None:
+    """``plan()``'s keywords beyond those it names: FlashInfer's are accepted (hints) or refused unless
+    off (features); any other is a misspelling, a ``TypeError`` as Python gives for a named parameter."""
+    for name, value in extras.items():
+        if name not in allowed:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+        if name == "o_data_type":
+            if value is not None and as_dtype(value, "o_data_type") != as_dtype(q_data_type, "q_data_type"):
+                raise ValueError(f"{method}(o_data_type={value}) differs from q_data_type: the output is written "
+                                 "in q's dtype here")
+        elif name in FEATURES_OFF and not (value is None or value is FEATURES_OFF[name] or
+                                            (FEATURES_OFF[name] == 0 and value == 0)):
+            raise ValueError(f"{method}({name}=...) is not supported by aiter_ext yet; refusing rather than "
+                             "ignoring it")
+
+
+PAGED_PLAN_EXTRAS = SCHEDULING_HINTS | {"o_data_type", "prefix_len_ptr", "token_pos_in_items_ptr",
+                                        "token_pos_in_items_len", "max_item_len_ptr"}
+RAGGED_PLAN_EXTRAS = PAGED_PLAN_EXTRAS | {"v_indptr", "o_indptr"}
+
+
+def as_workspace(name: str, buffer: torch.Tensor) -> torch.Tensor:
+    """A workspace of any dtype (FlashInfer's users pass uint8 or int8), as the bytes it holds."""
+    check_tensor(name, buffer, ndim=1)
+    if not buffer.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return buffer.view(torch.uint8)
 
 
 def _check_layout(kv_layout: str) -> str:
@@ -55,8 +93,7 @@ def _shared_strides(name: str, k, v, dims) -> tuple[int, int, int]:
 class _Wrapper:
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  backend: str = "auto"):
-        check_tensor("float_workspace_buffer", float_workspace_buffer, ndim=1, dtypes=(torch.uint8,))
-        self._workspace = float_workspace_buffer
+        self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
         self._kv_layout = _check_layout(kv_layout)
         self._use_cuda_graph = use_cuda_graph
         self._backend = backend
@@ -69,8 +106,7 @@ class _Wrapper:
         return self._plan
 
     def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
-        check_tensor("float_workspace_buffer", float_workspace_buffer, ndim=1, dtypes=(torch.uint8,))
-        self._workspace = float_workspace_buffer
+        self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
         self._plan = None
 
 
@@ -116,7 +152,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
              num_kv_heads, head_dim_qk, page_size, head_dim_vo=None, custom_mask=None, packed_custom_mask=None,
              causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False, sm_scale=None, window_left=-1,
              logits_soft_cap=None, rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None,
-             non_blocking=True, **unused) -> None:
+             non_blocking=True, **flashinfer_extras) -> None:
+        check_plan_extras("plan", flashinfer_extras, PAGED_PLAN_EXTRAS, q_data_type)
         check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
                           rope_theta)
         if head_dim_vo not in (None, head_dim_qk):
@@ -198,7 +235,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
     def plan(self, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo=None,
              custom_mask=None, packed_custom_mask=None, causal=False, pos_encoding_mode="NONE",
              use_fp16_qk_reduction=False, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
-             rope_theta=None, q_data_type="float16", kv_data_type=None, non_blocking=True, **unused) -> None:
+             rope_theta=None, q_data_type="float16", kv_data_type=None, non_blocking=True,
+             **flashinfer_extras) -> None:
+        check_plan_extras("plan", flashinfer_extras, RAGGED_PLAN_EXTRAS, q_data_type)
         check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
                           rope_theta)
         if head_dim_vo not in (None, head_dim_qk):
@@ -218,9 +257,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             raise ValueError("sinks= is not supported by this wrapper yet; refusing rather than ignoring it")
         for name, t in (("k", k), ("v", v)):
             check_tensor(name, t, ndim=3, dtypes=KV_DTYPES)
-            if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim):
-                raise ValueError(f"{name} must be [kv_indptr[-1], {plan.num_kv_heads}, {plan.head_dim}], "
-                                 f"got shape {tuple(t.shape)}")
+            if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim) or t.shape[0] < plan.total_kv:
+                raise ValueError(f"{name} must be [kv_indptr[-1] = {plan.total_kv}, {plan.num_kv_heads}, "
+                                 f"{plan.head_dim}] as planned, got shape {tuple(t.shape)}")
         token, head = _shared_strides("k/v", k, v, (0, 1))[:2]
         strides = (token, 0, head)
         mult = (q_scale or 1.0) * (k_scale or 1.0)

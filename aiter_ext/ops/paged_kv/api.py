@@ -339,7 +339,8 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
     graph-capturable. Index values are not checked here (that would synchronize; see
     :func:`check_paged_kv_indices`); instead a token is skipped, never written out of bounds, when its
     batch index is negative (padding) or past the batch, its position is negative or past its
-    request's pages, or its page id is outside the cache. FlashInfer writes such tokens anyway (into
+    request's pages, its page-table entry lies past the end of ``kv_indices`` (``kv_indptr`` values
+    beyond ``len(kv_indices)``), or its page id is outside the cache. FlashInfer writes such tokens anyway (into
     the next request's pages, or out of bounds). As in FlashInfer, ``kv_last_page_len`` is validated
     but not read: a position past it, inside the request's last page, is written.
 
@@ -469,12 +470,13 @@ def block_table_to_csr(block_table: torch.Tensor, seq_lens: torch.Tensor, page_s
 
 
 def check_paged_kv_indices(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
-                           page_size: int, num_pages: int) -> None:
+                           page_size: int, num_pages: Optional[int]) -> None:
     r"""Validate a CSR page table; raise ``ValueError``/``TypeError`` naming the argument and the first
     offending position.
 
     Checks: ``kv_indptr`` is 1-D int32 (int64 accepted), starts at 0, is nondecreasing and ends at
-    ``len(kv_indices)``; every page id is in ``[0, num_pages)``; ``kv_last_page_len`` is in
+    ``len(kv_indices)``; every page id is in ``[0, num_pages)`` (``>= 0`` when ``num_pages`` is None: a
+    ``plan()`` that does not see the cache checks the upper bound in ``run()``); ``kv_last_page_len`` is in
     ``[1, page_size]`` for a request with pages and 0 for a request without (vLLM's zero-length
     request). An empty batch (``kv_indptr = [0]``) is valid here; an op that cannot serve one says so.
 
@@ -488,8 +490,8 @@ def check_paged_kv_indices(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv
         ``[batch_size]`` int32/int64.
     page_size : int
         Tokens per page.
-    num_pages : int
-        Pages in the cache (``PagedKVLayout.num_pages``).
+    num_pages : int or None
+        Pages in the cache (``PagedKVLayout.num_pages``), or None when the cache is not known yet.
 
     Note
     ----
@@ -510,12 +512,16 @@ def check_paged_kv_indices(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv
     check_tensor("kv_indices", kv_indices, ndim=1, dtypes=INDEX_DTYPES)
     _check_per_request("kv_last_page_len", kv_last_page_len, batch_size, "kv_indptr")
     _check_int("page_size", page_size, 1)
-    _check_int("num_pages", num_pages, 0)
+    if num_pages is not None:
+        _check_int("num_pages", num_pages, 0)
     check_same_device([("kv_indptr", kv_indptr), ("kv_indices", kv_indices), ("kv_last_page_len", kv_last_page_len)])
     indptr, indices, last = (t.to("cpu", torch.int64) for t in (kv_indptr, kv_indices, kv_last_page_len))
     check_indptr_values("kv_indptr", indptr, indices.shape[0], "len(kv_indices)")
-    _raise_at("kv_indices", (indices < 0) | (indices >= num_pages), indices,
-              f"is out of range [0, num_pages={num_pages})")
+    if num_pages is None:
+        _raise_at("kv_indices", indices < 0, indices, "is negative: page ids must be >= 0")
+    else:
+        _raise_at("kv_indices", (indices < 0) | (indices >= num_pages), indices,
+                  f"is out of range [0, num_pages={num_pages})")
     has_pages = indptr[1:] > indptr[:-1]
     _raise_at("kv_last_page_len", has_pages & ((last < 1) | (last > page_size)), last,
               f"must be in [1, page_size={page_size}] for a request with pages")

@@ -42,7 +42,7 @@ _BITS_VIEW = {1: "int8", 2: "int16", 4: "int32"}
 def append_paged_kv_kernel(
     append_key, append_value, batch_indices, positions,
     k_cache, v_cache, kv_indices, kv_indptr,
-    num_rows, num_kv_heads, head_dim, page_size, num_pages, batch_size,
+    num_rows, num_kv_heads, head_dim, page_size, num_pages, batch_size, num_indices,
     stride_ak_tok, stride_ak_head, stride_av_tok, stride_av_head,  # in elements
     stride_k_page, stride_k_slot, stride_k_head,
     stride_v_page, stride_v_slot, stride_v_head,
@@ -51,7 +51,8 @@ def append_paged_kv_kernel(
     """Copy rows of append_key/append_value into ``cache[page, slot, head, :]``.
 
     A row is not written when its token's batch index is negative (padding) or not a request, its
-    position is negative or past the request's pages, or its page id is outside the cache: a
+    position is negative or past the request's pages, its page-table entry ``kv_indptr[b] + pos //
+    page_size`` is outside ``kv_indices`` (``num_indices`` entries), or its page id is outside the cache: a
     malformed table then drops tokens instead of writing out of bounds or into another request's
     pages. ``kv_last_page_len`` is not read (as in FlashInfer): a position past it but inside the
     request's last page is written.
@@ -69,8 +70,9 @@ def append_paged_kv_kernel(
     first = tl.load(kv_indptr + b, mask=ok, other=0).to(tl.int32)
     end = tl.load(kv_indptr + b + 1, mask=ok, other=0).to(tl.int32)
     page_in_req = pos // page_size
-    ok = ok & (page_in_req < end - first)
-    page = tl.load(kv_indices + first + page_in_req, mask=ok, other=0)
+    entry = first + page_in_req  # kv_indptr's values are only known here: bound the entry by kv_indices
+    ok = ok & (page_in_req < end - first) & (entry >= 0) & (entry < num_indices)
+    page = tl.load(kv_indices + entry, mask=ok, other=0)
     ok = ok & (page >= 0) & (page < num_pages)
     page = page.to(tl.int64)
     slot = (pos % page_size).to(tl.int64)
@@ -148,7 +150,7 @@ def launch_append(append_key, append_value, batch_indices, positions, k_cache, v
         _bits(append_key), _bits(append_value), batch_indices.contiguous(), positions.contiguous(),
         _bits(k_cache), _bits(v_cache), kv_indices.contiguous(), kv_indptr.contiguous(),
         num_rows, num_kv_heads, head_dim, page_size, k_cache.shape[0],
-        kv_indptr.shape[0] - 1,
+        kv_indptr.shape[0] - 1, kv_indices.shape[0],
         append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
         *strides,
         BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim), num_warps=cfg["num_warps"],
@@ -180,6 +182,7 @@ AOT_ELEMENTS = (("fp16/bf16", "i16", 2), ("fp8", "i8", 1))
 
 def aot_specs():
     ints = {n: "i32" for n in ("num_rows", "num_kv_heads", "head_dim", "page_size", "num_pages", "batch_size",
+                               "num_indices",
                                "stride_ak_tok", "stride_ak_head", "stride_av_tok", "stride_av_head",
                                "stride_k_page", "stride_k_slot", "stride_k_head",
                                "stride_v_page", "stride_v_slot", "stride_v_head")}

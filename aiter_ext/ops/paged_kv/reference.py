@@ -63,7 +63,8 @@ def append_paged_kv_cache_ref(append_key, append_value, batch_indices, positions
     """Write each appended token's K and V rows into its page and slot (in place, a plain copy).
 
     A token is skipped, as the kernel skips it, when its batch index is negative or not a request,
-    or its position is negative or past its request's pages, or its page id is outside the cache.
+    or its position is negative or past its request's pages, or its page-table entry lies outside
+    ``kv_indices``, or its page id is outside the cache.
     ``kv_last_page_len`` is not read (FlashInfer's kernel does not read it either): the page table
     bounds a write, the length within the last page does not.
     """
@@ -74,7 +75,10 @@ def append_paged_kv_cache_ref(append_key, append_value, batch_indices, positions
     for i, (b, pos) in enumerate(zip(batch_indices.tolist(), positions.tolist())):
         if not 0 <= b < batch_size or pos < 0 or pos // page_size >= indptr[b + 1] - indptr[b]:
             continue
-        page = indices[indptr[b] + pos // page_size]
+        entry = indptr[b] + pos // page_size
+        if not 0 <= entry < len(indices):
+            continue
+        page = indices[entry]
         if not 0 <= page < num_pages:
             continue
         k_cache[page, pos % page_size] = append_key[i]
