@@ -98,13 +98,18 @@ def cmd_gap(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from aiter_ext.core.arch import REPO_ROOT
+    import importlib.util
 
+    from aiter_ext.core.arch import REPO_ROOT
     from aiter_ext.core.data import data_path
 
-    script = data_path(REPO_ROOT, "op_tests", f"test_{args.op}.py", what=f"benchmark of {args.op!r} (op_tests/)")
+    script = data_path(REPO_ROOT, "op_tests", what="benchmarks (op_tests/)") / f"test_{args.op}.py"
     if not script.exists():
         print(f"no benchmark for {args.op!r}: {script} does not exist", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("pytest") is None:  # the benchmarks live in the test files
+        print("aiter-ext bench needs pytest (the benchmarks are op_tests/ scripts): pip install 'aiter-ext[test]'",
+              file=sys.stderr)
         return 2
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")

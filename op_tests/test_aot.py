@@ -218,7 +218,8 @@ def test_parse_amdgcn_synthetic_spills():
                    "vgpr_spills": 496, "sgpr_spills": 12, "mfma_count": 2}
     r = KernelReport("k", "cfg", "gfx942", compiled=True, lds_limit=65536, lds_bytes=1024, **got)
     reasons = aot.verdict_reasons(r)
-    assert reasons == ["496 VGPRs spilled", "12 SGPRs spilled", "260 B scratch per lane"]
+    assert reasons[:3] == ["496 VGPRs spilled", "12 SGPRs spilled", "260 B scratch per lane"]
+    assert len(reasons) == 4 and reasons[3].startswith("1 wave(s)/SIMD (< 2)")  # and one wave per SIMD
     # SGPR spills with no scratch went to VGPR lanes; they fail all the same, saying so.
     r = KernelReport("k", "cfg", "gfx942", compiled=True, lds_limit=65536, lds_bytes=0, scratch_bytes=0,
                      vgpr_spills=0, sgpr_spills=42)
@@ -300,6 +301,22 @@ def test_table_format():
     assert lines[0] == "== gfx942 (LDS limit 65536 B)"
     assert lines[3].split() == ["k", "cfg", "508", "106", "131072", "(200%)", "260", "496/?", "0", "128", "FAIL"]
     assert lines[4] == "  FAIL k [cfg]: LDS 131072 B > gfx942 limit 65536 B; 496 VGPRs spilled; 260 B scratch per lane"
+
+
+def test_low_occupancy_fails_unless_a_reason_is_given():
+    """Under 2 waves/SIMD a config fails, unless its spec says why; then it passes, flagged LOW."""
+    r = KernelReport("k", "cfg", "gfx942", compiled=True, vgprs=274, sgprs=42, lds_bytes=0, lds_limit=65536,
+                     scratch_bytes=0, vgpr_spills=0, sgpr_spills=0, occupancy=1, mfma_count=0)
+    r.reasons = aot.verdict_reasons(r)
+    assert not r.ok and "1 wave(s)/SIMD" in r.reasons[0]
+    r = replace(r, low_occupancy_reason="a tuner candidate")
+    r.reasons = aot.verdict_reasons(r)
+    assert r.ok
+    table = aot.format_table([r], "gfx942").splitlines()
+    assert table[3].split()[-4:-2] == ["1", "LOW"]
+    assert table[4] == "  LOW  k [cfg]: 1 wave(s)/SIMD, accepted: a tuner candidate"
+    two = replace(r, occupancy=2, low_occupancy_reason="")
+    assert aot.verdict_reasons(two) == []
 
 
 def test_registered_specs_rejects_non_specs(registry):

@@ -294,6 +294,9 @@ def test_flashinfer_keywords_and_messages():
     S.top_k_top_p_sampling_from_logits(probs.log(), 3, 0.5, deterministic=False, **kw)
     S.chain_speculative_sampling(probs[:, None], probs.argmax(-1, keepdim=True).int(),
                                  torch.stack([probs, probs], 1), deterministic=False, **kw)
+    out, _, emitted = S.chain_speculative_sampling(probs[:, None].half(), probs.argmax(-1, keepdim=True).int(),
+                                                   torch.stack([probs, probs], 1).bfloat16(), **kw)  # .float()'d
+    assert ((out >= 0).sum(1) == emitted + 1).all()
     for fn in (S.top_p_renorm_probs, S.top_k_renorm_probs):  # FlashInfer's legacy keyword name
         fn(probs, 2 if fn is S.top_k_renorm_probs else 0.5, is_deterministic=True)
     S.softmax(probs.log(), 1.0, enable_pdl=False)

@@ -60,6 +60,13 @@ class KernelSpec:
     #: that are multiples of 16). Triton derives this at every launch and vectorizes memory accesses
     #: with it, so a spec without it compiles slower code than the one that will run.
     divisible_by_16: tuple[str, ...] = ()
+    #: Why this config may run under MIN_WAVES_PER_SIMD waves per SIMD (say so in the kernel's comments
+    #: too); without a reason, such a config fails the check.
+    low_occupancy_reason: str = ""
+
+
+#: Below this many waves per SIMD a CU has little to switch to while one wave waits on memory.
+MIN_WAVES_PER_SIMD = 2
 
 
 @dataclass
@@ -83,6 +90,7 @@ class KernelReport:
     mfma_count: int | None = None
     num_warps: int | None = None
     reasons: list[str] = field(default_factory=list)
+    low_occupancy_reason: str = ""  # from the spec: why an occupancy under MIN_WAVES_PER_SIMD is accepted
 
     @property
     def ok(self) -> bool:
@@ -126,15 +134,23 @@ def _import_op_packages() -> None:
             raise RuntimeError(f"cannot import {mod.name} to collect its AOT specs: {e!r}") from e
 
 
-def registered_specs() -> Iterable[KernelSpec]:
-    """Every spec of every registered op (importing the op packages first)."""
+def registered_specs_by_op() -> dict[str, list[KernelSpec]]:
+    """Every spec of every registered op, by op name (importing the op packages first)."""
     _import_op_packages()
+    by_op: dict[str, list[KernelSpec]] = {}
     for op_name, providers in list(_REGISTRY.items()):
         for provider in providers:
             for spec in provider():
                 if not isinstance(spec, KernelSpec):
                     raise TypeError(f"AOT provider of {op_name!r} yielded {type(spec).__name__}, not KernelSpec")
-                yield spec
+                by_op.setdefault(op_name, []).append(spec)
+    return by_op
+
+
+def registered_specs() -> Iterable[KernelSpec]:
+    """Every spec of every registered op (importing the op packages first)."""
+    for specs in registered_specs_by_op().values():
+        yield from specs
 
 
 # --- reading the AMDGCN text --------------------------------------------------------------------
@@ -221,6 +237,9 @@ def verdict_reasons(r: KernelReport) -> list[str]:
         reasons.append(f"{r.scratch_bytes} B scratch per lane")
     if r.scratch_bytes is None and r.vgpr_spills is None and r.sgpr_spills is None:
         reasons.append("no scratch or spill figures in the AMDGCN text")
+    if _low(r) and not r.low_occupancy_reason:  # (0 waves: LDS over the limit, reported above)
+        reasons.append(f"{r.occupancy} wave(s)/SIMD (< {MIN_WAVES_PER_SIMD}): raise the occupancy, or give the "
+                       "spec a low_occupancy_reason (and say why in the kernel's comments)")
     return reasons
 
 
@@ -238,7 +257,8 @@ def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
 
 
 def _compile(spec: KernelSpec, arch: str) -> KernelReport:
-    report = KernelReport(spec.name, spec.config_label, arch, compiled=False)
+    report = KernelReport(spec.name, spec.config_label, arch, compiled=False,
+                          low_occupancy_reason=spec.low_occupancy_reason)
     target = ARCH_TABLE.get(arch)
     if target is None:
         return _failed(report, f"unknown arch {arch!r} (known: {', '.join(ARCH_TABLE)})")
@@ -337,13 +357,26 @@ def _child_main(src: str, dst: str) -> None:
         pickle.dump(reports, f)
 
 
-def check(archs: Iterable[str] = DEFAULT_ARCHS, name_filter: str | None = None) -> tuple[list[KernelReport], bool]:
-    """Compile every registered spec (whose name contains ``name_filter``) for each arch.
+def check(archs: Iterable[str] = DEFAULT_ARCHS, name_filter: str | None = None,
+          progress: Callable[[str, list[KernelReport], float], None] | None = None) -> tuple[list[KernelReport], bool]:
+    """Compile every registered spec (whose name contains ``name_filter``) for each arch, one op at a
+    time; ``progress(op, its reports, seconds)`` is called after each op.
 
     Returns the reports and whether all passed; ``ok`` is False when no spec was checked at all.
     """
-    specs = [s for s in registered_specs() if not name_filter or name_filter in s.name]
-    reports = compile_reports((spec, arch) for arch in archs for spec in specs)
+    import time
+
+    archs = tuple(archs)
+    reports: list[KernelReport] = []
+    for op_name, specs in registered_specs_by_op().items():
+        specs = [s for s in specs if not name_filter or name_filter in s.name]
+        if not specs:
+            continue
+        start = time.monotonic()
+        done = compile_reports((spec, arch) for arch in archs for spec in specs)
+        reports += done
+        if progress is not None:
+            progress(op_name, done, time.monotonic() - start)
     return reports, bool(reports) and all(r.ok for r in reports)
 
 
@@ -365,7 +398,7 @@ def format_table(reports: list[KernelReport], arch: str) -> str:
         if r.lds_bytes is not None and limit:
             lds += f" ({100 * r.lds_bytes / limit:.0f}%)"
         rows.append((r.kernel, r.config_label, _fmt(r.vgprs), _fmt(r.sgprs), lds, _fmt(r.scratch_bytes),
-                     f"{_fmt(r.vgpr_spills)}/{_fmt(r.sgpr_spills)}", _fmt(r.occupancy),
+                     f"{_fmt(r.vgpr_spills)}/{_fmt(r.sgpr_spills)}", _occupancy(r),
                      _fmt(r.mfma_count), r.verdict))
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
@@ -375,7 +408,21 @@ def format_table(reports: list[KernelReport], arch: str) -> str:
     for r in reports:
         if not r.ok:
             out.append(f"  FAIL {r.kernel} [{r.config_label}]: " + "; ".join(r.reasons))
+    for r in reports:
+        if r.ok and _low(r):
+            out.append(f"  LOW  {r.kernel} [{r.config_label}]: {r.occupancy} wave(s)/SIMD, accepted: "
+                       f"{r.low_occupancy_reason}")
     return "\n".join(out)
+
+
+def _low(r: KernelReport) -> bool:
+    """Runs, but under MIN_WAVES_PER_SIMD waves per SIMD (0 means it cannot run: LDS over the limit)."""
+    return r.occupancy is not None and 0 < r.occupancy < MIN_WAVES_PER_SIMD
+
+
+def _occupancy(r: KernelReport) -> str:
+    """Waves per SIMD, flagged when under MIN_WAVES_PER_SIMD."""
+    return _fmt(r.occupancy) + (" LOW" if _low(r) else "")
 
 
 def _dump_json(path: str, reports: list[KernelReport]) -> None:
@@ -404,8 +451,17 @@ def cli(argv: list[str] | None = None) -> int:
               "comes in a later issue.", file=sys.stderr)
         return 2
     archs = tuple(dict.fromkeys(args.arch or DEFAULT_ARCHS))
+
+    def progress(op_name: str, done: list[KernelReport], seconds: float) -> None:
+        failed = sum(not r.ok for r in done)
+        low = sum(r.ok and _low(r) for r in done)
+        print(f"  {op_name}: {len(done)} compiles ({', '.join(archs)}), {len(done) - failed} passed, {failed} failed"
+              + (f", {low} under {MIN_WAVES_PER_SIMD} waves/SIMD (justified)" if low else "") + f" [{seconds:.0f} s]",
+              flush=True)
+
+    print(f"compiling every registered kernel config for {', '.join(archs)}, one op at a time", flush=True)
     try:
-        reports, ok = check(archs, args.kernel)
+        reports, ok = check(archs, args.kernel, progress)
     except Exception as e:  # a broken op package or provider
         print(f"aiter-ext aot: {e}", file=sys.stderr)
         return 1
@@ -416,8 +472,10 @@ def cli(argv: list[str] | None = None) -> int:
     for arch in archs:
         print(format_table([r for r in reports if r.arch == arch], arch) + "\n")
     failed = sum(not r.ok for r in reports)
+    low = sum(r.ok and _low(r) for r in reports)
     print(f"{len(reports) // len(archs)} kernel configs x {len(archs)} archs: "
-          f"{len(reports) - failed} passed, {failed} failed")
+          f"{len(reports) - failed} passed, {failed} failed"
+          + (f"; {low} pass under {MIN_WAVES_PER_SIMD} waves/SIMD with a stated reason" if low else ""))
     if args.json:
         _dump_json(args.json, reports)
     return 0 if ok else 1

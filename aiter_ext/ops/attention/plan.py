@@ -69,6 +69,11 @@ def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None)
     else:
         block_m = min(64, max(16, triton_next_pow2(max_packed_rows)))
         cfg = {"BLOCK_M": block_m, "BLOCK_N": 64 if block_m <= 16 else 32, "num_warps": 4}
+        if head_dim > 128 and block_m >= 64:
+            # gfx942 compile check: the 64 x 256 fp32 accumulator over 4 warps took 268-279 VGPRs, one wave
+            # per SIMD; over 8 warps 208-210, two waves (LDS allows two), no spills. A 32-row tile reached
+            # two waves too (228-230 VGPRs) at half the reuse of K/V. Not timed on an AMD GPU.
+            cfg["num_warps"] = 8
     if head_dim > 128:
         cfg["BLOCK_N"] = 32
     return cfg

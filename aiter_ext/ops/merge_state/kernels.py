@@ -232,6 +232,13 @@ def _aot_configs(dtype: str, head_dim: int) -> list[tuple[str, dict]]:
     return unique
 
 
+#: Why a tuner candidate may compile to one wave per SIMD on gfx942/gfx950 (the unrolled 8-state body of
+#: merge_many with 32-64 rows of d128-d256 over 4 warps: ~274 VGPRs): the tuner times every candidate on
+#: the GPU it tunes for and writes a row only for the fastest, so a slow tile is never chosen, and the
+#: default tiles stay at 2+ waves. No tuned row exists for an AMD arch (none can be measured here).
+CANDIDATE_REASON = "a tuner candidate: chosen only where measured fastest on that GPU; the default tile is not low"
+
+
 def _aligned(signature: dict) -> tuple[str, ...]:
     """What the launcher sees for torch-allocated tensors and the head dims we serve: aligned
     pointers, and strides and head_dim that are multiples of 16 elements."""
@@ -265,7 +272,8 @@ def aot_specs():
                                      {"VARLEN": varlen, "UNROLLED_STATES": unrolled,
                                       "BLOCK_R": many_block_r(cfg["BLOCK_R"], block_d),
                                       "BLOCK_D": block_d},
-                                     opts, config_label=label, divisible_by_16=_aligned(sig))
+                                     opts, config_label=label, divisible_by_16=_aligned(sig),
+                                     low_occupancy_reason=CANDIDATE_REASON if label != "default" else "")
 
 
 register_aot_specs("merge_state", aot_specs)

@@ -272,6 +272,9 @@ def launch_config(hidden: int, block_size: int, pad_blocks: int, pad_rows: int, 
     # a row shorten the latency chain. H200 sweeps (op_tests/test_norm_fp4.py --sweep [--small]): 8192 x
     # 4096 AITER MXFP4 33.1 us with 4 warps against 37.2 with 8; 1 to 1024 rows 2-17% faster with 8.
     per_thread = 32 if pad_rows >= LARGE_CALL_ROWS else 16
+    # At hidden 16384 in fp32 (16 warps, one row a program) the gfx942 compile check reports 64 KiB of
+    # LDS, the whole of a CU's: one workgroup per CU. Its 16 waves are still 4 per SIMD (59-60 VGPRs),
+    # the same occupancy the smaller tiles reach, so the row is kept whole rather than split.
     warps = max(1, min(16, tile // (32 * per_thread)))
     return {"ROWS": rows, "BLOCK_N": bn, "num_warps": warps}
 

@@ -23,7 +23,7 @@ import torch
 from aiter_ext.core.checks import check_shape, check_tensor
 
 from .backends import CHAIN_SPECULATIVE, dispatch
-from .inputs import seed_and_offset
+from .inputs import PROB_DTYPES, seed_and_offset
 
 def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch.Tensor, target_probs: torch.Tensor,
                                maybe_output_accepted_token_num: Optional[torch.Tensor] = None,
@@ -31,7 +31,7 @@ def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch
                                deterministic: bool = True, generator: Optional[torch.Generator] = None,
                                seed=None, offset=None, *, backend: Optional[str] = None):
     """FlashInfer's chain speculative sampling. ``draft_probs`` ``[B, n, V]`` and ``target_probs``
-    ``[B, n + 1, V]`` fp32 (contiguous), ``draft_token_ids`` ``[B, n]`` int32/int64. Returns
+    ``[B, n + 1, V]`` fp32 (contiguous; fp16/bf16 are converted, as FlashInfer does), ``draft_token_ids`` ``[B, n]`` int32/int64. Returns
     ``(output_token_ids [B, n + 1] int32, accepted [B], emitted [B])``; the two counters are the
     caller's int32 tensors when given, *added to* (``+=``), else new zeros plus this call's counts.
 
@@ -45,8 +45,10 @@ def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch
     >>> out, accepted, emitted = aiter_ext.chain_speculative_sampling(q, ids, p, seed=0, offset=0)
     >>> bool(((out >= 0).sum(1) == emitted + 1).all())
     True"""
-    check_tensor("draft_probs", draft_probs, ndim=3, dtypes=(torch.float32,))
-    check_tensor("target_probs", target_probs, ndim=3, dtypes=(torch.float32,))
+    check_tensor("draft_probs", draft_probs, ndim=3, dtypes=PROB_DTYPES)
+    check_tensor("target_probs", target_probs, ndim=3, dtypes=PROB_DTYPES)
+    # FlashInfer converts with .float(): fp16/bf16 probabilities are taken, as an fp32 copy (fixed shape)
+    draft_probs, target_probs = draft_probs.float(), target_probs.float()
     check_tensor("draft_token_ids", draft_token_ids, ndim=2, dtypes=(torch.int32, torch.int64))
     batch, n, vocab = draft_probs.shape
     if n < 1:
