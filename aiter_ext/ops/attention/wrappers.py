@@ -12,6 +12,7 @@ Not implemented yet, and refused with a clear error rather than ignored: in-kern
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -51,6 +52,60 @@ def check_plan_extras(method: str, extras: dict, allowed: frozenset, q_data_type
 PAGED_PLAN_EXTRAS = SCHEDULING_HINTS | {"o_data_type", "prefix_len_ptr", "token_pos_in_items_ptr",
                                         "token_pos_in_items_len", "max_item_len_ptr"}
 RAGGED_PLAN_EXTRAS = PAGED_PLAN_EXTRAS | {"v_indptr", "o_indptr"}
+
+
+LSE_BASES = ("log2", "ln")
+LSE_LAYOUTS = ("NH", "HN")
+LN2 = 0.6931471805599453
+
+
+def _lse_request(q, lse, lse_base: str, lse_layout: str, return_lse: bool):
+    """FlashInfer 0.7.2's ``lse_base`` / ``lse_layout``: check them, and split the caller's ``lse`` into
+    what the engine writes (``[tokens, heads]``, base 2) and where the result goes. Returns
+    ``(lse_for_engine, lse_out)``; ``lse_out`` is None when the engine's tensor is the result."""
+    if lse_base not in LSE_BASES:
+        raise ValueError(f"lse_base must be one of {LSE_BASES}, got {lse_base!r}")
+    if lse_layout not in LSE_LAYOUTS:
+        raise ValueError(f"lse_layout must be one of {LSE_LAYOUTS}, got {lse_layout!r}")
+    if not return_lse or lse_layout == "NH" or lse is None:
+        return lse, None
+    check_tensor("lse", lse, ndim=2, dtypes=(torch.float32,))
+    if tuple(lse.shape) != (q.shape[1], q.shape[0]) or not lse.is_contiguous():
+        raise ValueError(f'lse for lse_layout="HN" must be a contiguous [{q.shape[1]}, {q.shape[0]}] tensor, '
+                         f"got shape {tuple(lse.shape)}")
+    return None, lse
+
+
+def _lse_finish(result, return_lse: bool, lse_base: str, lse_layout: str, lse_out):
+    """The engine's ``(out, lse)`` in the requested base and layout (one pass over the LSE at most)."""
+    if not return_lse:
+        return result
+    out, lse = result
+    if lse_layout == "HN":
+        target = lse_out if lse_out is not None else torch.empty(lse.shape[::-1], dtype=lse.dtype, device=lse.device)
+        if lse_base == "ln":
+            torch.mul(lse.t(), LN2, out=target)
+        else:
+            target.copy_(lse.t())
+        return out, target
+    if lse_base == "ln":
+        lse.mul_(LN2)
+    return out, lse
+
+
+def _forward_overrides(wrapper, causal=None, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
+                       window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+    """FlashInfer's legacy ``forward``: its arguments replace the planned causal flag, window, soft cap
+    and scale (``None`` scale: 1/sqrt(head_dim)), and stay for later ``run`` calls, as in FlashInfer."""
+    from dataclasses import replace
+
+    plan = wrapper._require_plan()
+    check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
+    changes = {"window_left": window_left, "logits_soft_cap": logits_soft_cap or None,
+               "sm_scale": plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)}
+    if causal is not None:
+        changes["causal"] = bool(causal)
+    wrapper._plan = replace(plan, **changes)
 
 
 def as_workspace(name: str, buffer: torch.Tensor) -> torch.Tensor:
@@ -110,14 +165,17 @@ class _Wrapper:
         self._plan = None
 
 
-def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks):
+def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks,
+               lse_base="log2", lse_layout="NH"):
     plan = wrapper._require_plan()
     if sinks is not None:
         raise ValueError("sinks= is not supported by this wrapper yet (attention sinks come with their own "
                          "wrapper); refusing rather than ignoring it")
     k, v, strides = checked_paged_views(wrapper, paged_kv_cache)
+    lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
     mult = (q_scale or 1.0) * (k_scale or 1.0)
-    return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+    return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
 def checked_paged_views(wrapper: _Wrapper, paged_kv_cache):
@@ -170,14 +228,29 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
     begin_forward = plan
 
     def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
-            return_lse=False, enable_pdl=None, window_left=None, sinks=None):
+            return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, window_left=None, sinks=None):
         if window_left not in (None, self._require_plan().window_left):
             raise ValueError(f"run(window_left={window_left}) differs from plan()'s "
                              f"{self._plan.window_left}; set it in plan()")
-        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks)
+        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks,
+                          lse_base, lse_layout)
 
-    def forward(self, q, paged_kv_cache, causal=False, **kwargs):
-        return self.run(q, paged_kv_cache, **kwargs)
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, paged_kv_cache, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
+                k_scale=None, v_scale=None, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
+                rope_theta=None):
+        """FlashInfer's legacy form: ``causal`` and the rest replace plan()'s values (and stay)."""
+        _forward_overrides(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                           sm_scale, rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale)
+
+    def forward_return_lse(self, q, paged_kv_cache, causal=False, pos_encoding_mode="NONE",
+                           use_fp16_qk_reduction=False, k_scale=None, v_scale=None, window_left=-1,
+                           logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+        _forward_overrides(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                           sm_scale, rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale, return_lse=True)
 
 
 class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
@@ -195,32 +268,81 @@ class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
 
     def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
              pos_encoding_mode="NONE", window_left=-1, logits_soft_cap=None, q_data_type="float16",
-             kv_data_type=None, data_type=None, sm_scale=None, rope_scale=None, rope_theta=None,
-             non_blocking=True, **unused) -> None:
+             kv_data_type=None, o_data_type=None, data_type=None, sm_scale=None, rope_scale=None, rope_theta=None,
+             non_blocking=True, block_tables=None, seq_lens=None, fixed_split_size=None, disable_split_kv=False,
+             q_len_per_req=1, *, window_right=0, is_causal=None) -> None:
+        """FlashInfer 0.7.2's ``plan`` (its deprecated positional order after ``page_size`` included).
+
+        ``q_len_per_req = n`` plans ``n`` query tokens per request (speculative verification, MTP):
+        ``run`` then takes ``q [batch * n, Hq, D]``, request ``b`` owning rows ``[b * n, (b + 1) * n)``,
+        causal within the request's new tokens, aligned bottom-right; a request whose KV is shorter than
+        ``n`` is a ``ValueError`` here. ``block_tables``, ``seq_lens``, ``fixed_split_size`` and
+        ``disable_split_kv`` steer FlashInfer's other backends or its scheduler: accepted, no effect."""
         check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
-        if data_type is not None and kv_data_type is None:  # FlashInfer's deprecated alias
-            kv_data_type = data_type
+        if data_type is not None:  # FlashInfer's deprecated alias, resolved as FlashInfer resolves it
+            q_data_type = data_type if q_data_type is None else q_data_type
+            kv_data_type = data_type if kv_data_type is None else kv_data_type
+        if window_right != 0:
+            raise ValueError(f"window_right={window_right} is not supported (FlashInfer serves it on cute-dsl only)")
+        check_plan_extras("plan", {"o_data_type": o_data_type}, frozenset({"o_data_type"}), q_data_type)
         if page_size <= 0:
             raise ValueError(f"page_size must be positive, got {page_size}")
+        if not isinstance(q_len_per_req, int) or q_len_per_req < 1:
+            raise ValueError(f"q_len_per_req must be a positive int, got {q_len_per_req!r}")
+        if is_causal not in (None, q_len_per_req > 1):
+            raise ValueError(f"is_causal={is_causal} with q_len_per_req={q_len_per_req} is not supported: the mask "
+                             "is causal exactly when a request has several query tokens")
         check_tensor("indptr", indptr, ndim=1, dtypes=(torch.int32, torch.int64))
+        check_tensor("last_page_len", last_page_len, ndim=1, dtypes=(torch.int32, torch.int64))
         batch = indptr.shape[0] - 1
-        qo_indptr = torch.arange(batch + 1, dtype=torch.int32)
+        if q_len_per_req > 1:
+            pages = indptr.cpu().long()
+            last = last_page_len.cpu().long()
+            if last.shape[0] == batch:
+                count = pages[1:] - pages[:-1]
+                kv_lens = torch.where(count > 0, (count - 1) * page_size + last, torch.zeros_like(count))
+                short = torch.nonzero(kv_lens < q_len_per_req).flatten()
+                if short.numel():
+                    b = int(short[0])
+                    raise ValueError(f"request {b} has {int(kv_lens[b])} KV tokens, fewer than q_len_per_req="
+                                     f"{q_len_per_req} (its new tokens are part of its KV)")
+        qo_indptr = torch.arange(batch + 1, dtype=torch.int32) * q_len_per_req
         self._plan = AttentionPlan.build(
             paged=True, qo_indptr=qo_indptr, kv_indptr=indptr, kv_indices=indices, kv_last_page_len=last_page_len,
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
-            causal=False, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-            q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config)
+            causal=q_len_per_req > 1, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
+            q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend,
+            config=self._config)
 
     begin_forward = plan
 
     def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
-            return_lse=False, enable_pdl=None, window_left=None, sinks=None):
-        if window_left not in (None, self._require_plan().window_left):
-            raise ValueError(f"run(window_left={window_left}) differs from plan()'s {self._plan.window_left}")
-        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks)
+            return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, window_left=None, sinks=None,
+            q_len_per_req=None):
+        plan = self._require_plan()
+        if window_left not in (None, plan.window_left):
+            raise ValueError(f"run(window_left={window_left}) differs from plan()'s {plan.window_left}")
+        planned = plan.total_q // max(1, plan.qo_indptr.shape[0] - 1)
+        if q_len_per_req not in (None, planned):
+            raise ValueError(f"run(q_len_per_req={q_len_per_req}) differs from plan()'s {planned}")
+        return _run_paged(self, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks,
+                          lse_base, lse_layout)
 
-    def forward(self, q, paged_kv_cache, **kwargs):
-        return self.run(q, paged_kv_cache, **kwargs)
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, paged_kv_cache, pos_encoding_mode="NONE", q_scale=None, k_scale=None, v_scale=None,
+                window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+        """FlashInfer's legacy form: its window, soft cap and scale replace plan()'s (and stay)."""
+        _forward_overrides(self, None, pos_encoding_mode, False, window_left, logits_soft_cap, sm_scale,
+                           rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+
+    def forward_return_lse(self, q, paged_kv_cache, pos_encoding_mode="NONE", q_scale=None, k_scale=None,
+                           v_scale=None, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
+                           rope_theta=None):
+        _forward_overrides(self, None, pos_encoding_mode, False, window_left, logits_soft_cap, sm_scale,
+                           rope_scale, rope_theta)
+        return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=True)
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
@@ -250,9 +372,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
 
     begin_forward = plan
 
-    def run(self, q, k, v, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
-            return_lse=False, enable_pdl=None, sinks=None):
+    def run(self, q, k, v, *args, q_scale=None, k_scale=None, v_scale=None, o_scale=None, out=None, lse=None,
+            return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, kv_cache_sf=None, sinks=None):
         plan = self._require_plan()
+        if o_scale is not None or kv_cache_sf is not None:
+            raise ValueError("o_scale / kv_cache_sf (fp8 output and NVFP4 KV scales) are not supported yet")
         if sinks is not None:
             raise ValueError("sinks= is not supported by this wrapper yet; refusing rather than ignoring it")
         for name, t in (("k", k), ("v", v)):
@@ -262,9 +386,23 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
                                  f"{plan.head_dim}] as planned, got shape {tuple(t.shape)}")
         token, head = _shared_strides("k/v", k, v, (0, 1))[:2]
         strides = (token, 0, head)
+        lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
         mult = (q_scale or 1.0) * (k_scale or 1.0)
-        return plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                        v_scale=v_scale)
+        result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
+                          v_scale=v_scale)
+        return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
-    def forward(self, q, k, v, causal=False, **kwargs):
-        return self.run(q, k, v, **kwargs)
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, k, v, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False, window_left=-1,
+                logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+        """FlashInfer's legacy form: ``causal`` and the rest replace plan()'s values (and stay)."""
+        _forward_overrides(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                           sm_scale, rope_scale, rope_theta)
+        return self.run(q, k, v)
+
+    def forward_return_lse(self, q, k, v, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
+                           window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+        _forward_overrides(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
+                           sm_scale, rope_scale, rope_theta)
+        return self.run(q, k, v, return_lse=True)

@@ -1,0 +1,148 @@
+"""FlashInfer 0.7.2's wrapper contract beyond plan/run (issue 14, part 1): the legacy method names,
+``lse_base`` / ``lse_layout``, multi-token decode (``q_len_per_req``) and the decode plan's keywords,
+each against the fp32 reference (fp16 under the interpreter, which has no bf16 dot)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_utils import i32, indptr_of, random_paged_kv  # noqa: E402
+from conftest import DEVICE  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import poisoned_like  # noqa: E402
+from aiter_ext.ops.attention.reference import batch_attention_ref, gather_paged_kv  # noqa: E402
+
+DTYPE = torch.float16 if DEVICE.type == "cpu" else torch.bfloat16
+TOL = 2e-3 if DTYPE == torch.float16 else 2e-2
+HQ, HKV, D, PAGE = 4, 2, 64, 4
+
+
+def _workspace():
+    return torch.empty(32 << 20, dtype=torch.uint8, device=DEVICE)
+
+
+def _paged_case(qo_lens, kv_lens):
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, HKV, D, PAGE, DTYPE)
+    qo_indptr = indptr_of(qo_lens)
+    q = torch.randn(int(qo_indptr[-1]), HQ, D, device=DEVICE).to(DTYPE)
+    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), kv_indices.to(DEVICE), last.to(DEVICE))
+    return cache, (qo_indptr, kv_indptr, kv_indices, last), q, kv
+
+
+def _ref(q, qo_indptr, kv, causal, sm_scale=None):
+    out, lse = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, causal, sm_scale=sm_scale)
+    return out.float(), lse.float()
+
+
+def _close(a, b, what):
+    err = (a.float() - b.float()).abs().max().item()
+    assert err <= TOL, f"{what}: max error {err:.3g}"
+
+
+def test_legacy_names_forward_overrides_and_return_lse():
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([5, 3], [9, 14])
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    w.begin_forward(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=True, q_data_type=DTYPE)
+    ref_causal, lse_causal = _ref(q, qo, kv, True)
+    _close(w.run(q, cache), ref_causal, "run after begin_forward")
+    out, lse = w.run_return_lse(q, cache)
+    _close(out, ref_causal, "run_return_lse out")
+    _close(lse, lse_causal, "run_return_lse lse")
+    # forward's causal replaces the planned one and stays (FlashInfer keeps it on the wrapper)
+    ref_full, lse_full = _ref(q, qo, kv, False)
+    _close(w.forward(q, cache, causal=False), ref_full, "forward(causal=False)")
+    _close(w.run(q, cache), ref_full, "run after forward(causal=False)")
+    out, lse = w.forward_return_lse(q, cache, causal=True, sm_scale=0.05)
+    ref, ref_lse = _ref(q, qo, kv, True, sm_scale=0.05)
+    _close(out, ref, "forward_return_lse(sm_scale=0.05)")
+    _close(lse, ref_lse, "forward_return_lse lse")
+    with pytest.raises(ValueError, match="pos_encoding_mode"):
+        w.forward(q, cache, pos_encoding_mode="ALIBI")
+
+
+def test_ragged_legacy_names():
+    qo, kvl = i32([0, 4, 6]), i32([0, 7, 12])
+    q = torch.randn(6, HQ, D, device=DEVICE).to(DTYPE)
+    k, v = torch.randn(12, HKV, D, device=DEVICE).to(DTYPE), torch.randn(12, HKV, D, device=DEVICE).to(DTYPE)
+    kv = [(k[0:7], v[0:7]), (k[7:12], v[7:12])]
+    w = aiter_ext.BatchPrefillWithRaggedKVCacheWrapper(_workspace())
+    w.begin_forward(qo, kvl, HQ, HKV, D, q_data_type=DTYPE)
+    _close(w.forward(q, k, v, causal=True), _ref(q, qo, kv, True)[0], "ragged forward(causal=True)")
+    out, lse = w.forward_return_lse(q, k, v)
+    ref, ref_lse = _ref(q, qo, kv, False)
+    _close(out, ref, "ragged forward_return_lse")
+    _close(w.run_return_lse(q, k, v)[1], ref_lse, "ragged run_return_lse")
+
+
+@pytest.mark.parametrize("layout", ["NH", "HN"])
+@pytest.mark.parametrize("base", ["log2", "ln"])
+def test_lse_base_and_layout(base, layout):
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([3, 2], [6, 11])
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=True, q_data_type=DTYPE)
+    _, ref_lse = _ref(q, qo, kv, True)
+    expected = ref_lse * (math.log(2) if base == "ln" else 1.0)
+    expected = expected.t() if layout == "HN" else expected
+    out, lse = w.run(q, cache, return_lse=True, lse_base=base, lse_layout=layout)
+    assert lse.shape == expected.shape and lse.is_contiguous()
+    _close(lse, expected, f"lse {base} {layout}")
+    given = poisoned_like(expected.contiguous())  # the caller's buffer, in the requested layout
+    out, lse = w.run(q, cache, return_lse=True, lse=given, lse_base=base, lse_layout=layout)
+    assert lse.data_ptr() == given.data_ptr() or layout == "NH" and lse is given
+    _close(given, expected, f"caller's lse {base} {layout}")
+
+
+def test_lse_options_are_checked():
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([2], [5])
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    with pytest.raises(ValueError, match="lse_base"):
+        w.run(q, cache, return_lse=True, lse_base="e")
+    with pytest.raises(ValueError, match="lse_layout"):
+        w.run(q, cache, return_lse=True, lse_layout="TN")
+    with pytest.raises(ValueError, match='lse_layout="HN"'):
+        w.run(q, cache, return_lse=True, lse_layout="HN", lse=torch.empty(2, HQ, device=DEVICE))
+
+
+@pytest.mark.parametrize("q_len", [1, 2, 4])
+def test_decode_q_len_per_req(q_len):
+    """n query tokens per request: causal among the new tokens, aligned bottom-right."""
+    kv_lens = [q_len + 3, 17, q_len]
+    cache, (_, kvp, kvi, last), _, kv = _paged_case([1, 1, 1], kv_lens)
+    q = torch.randn(3 * q_len, HQ, D, device=DEVICE).to(DTYPE)
+    w = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace())
+    w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, q_data_type=DTYPE, q_len_per_req=q_len)
+    out = w.run(q, cache)
+    ref, _ = _ref(q, i32([0, q_len, 2 * q_len, 3 * q_len]), kv, q_len > 1)
+    _close(out, ref, f"q_len_per_req={q_len}")
+    with pytest.raises(ValueError, match=r"q must have shape"):
+        w.run(q[:-1], cache)  # rows not matching the plan
+    if q_len > 1:
+        with pytest.raises(ValueError, match=f"fewer than q_len_per_req={q_len + 1}"):
+            w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, q_len_per_req=q_len + 1, q_data_type=DTYPE)
+
+
+def test_decode_plan_keywords():
+    cache, (_, kvp, kvi, last), _, kv = _paged_case([1, 1], [6, 9])
+    w = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace())
+    with pytest.raises(TypeError, match="window_lef"):
+        w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, window_lef=4)
+    with pytest.raises(ValueError, match="window_right"):
+        w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, window_right=2)
+    with pytest.raises(ValueError, match="is_causal"):
+        w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, is_causal=True)
+    # FlashInfer's deprecated positional order after page_size: ..., kv_data_type, o_data_type, data_type, ...
+    w.plan(kvp, kvi, last, HQ, HKV, D, PAGE, "NONE", -1, None, DTYPE, DTYPE, DTYPE, None, None)
+    q = torch.randn(2, HQ, D, device=DEVICE).to(DTYPE)
+    _close(w.run(q, cache), _ref(q, i32([0, 1, 2]), kv, False)[0], "decode after a positional plan")
+    out, lse = w.forward_return_lse(q, cache, sm_scale=0.1)
+    ref, ref_lse = _ref(q, i32([0, 1, 2]), kv, False, sm_scale=0.1)
+    _close(out, ref, "decode forward_return_lse(sm_scale=0.1)")
+    _close(lse, ref_lse, "decode forward_return_lse lse")
