@@ -19,7 +19,7 @@ from conftest import DEVICE, backend_params, grid  # noqa: E402
 
 import aiter_ext  # noqa: E402
 from aiter_ext.core.testing import assert_close, poison_  # noqa: E402
-from aiter_ext.ops.attention.engine import ATTENTION  # noqa: E402
+from aiter_ext.ops.attention.backends import ATTENTION  # noqa: E402
 from aiter_ext.ops.attention.reference import batch_attention_ref, gather_paged_kv  # noqa: E402
 
 DTYPES = grid([torch.float16], [torch.float16, torch.bfloat16])

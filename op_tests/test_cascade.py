@@ -21,7 +21,7 @@ from conftest import DEVICE, backend_params, grid  # noqa: E402
 
 import aiter_ext  # noqa: E402
 from aiter_ext.core.testing import assert_close  # noqa: E402
-from aiter_ext.ops.attention.engine import ATTENTION  # noqa: E402
+from aiter_ext.ops.attention.backends import ATTENTION  # noqa: E402
 from aiter_ext.ops.attention.reference import single_attention_ref  # noqa: E402
 
 BACKENDS = backend_params(ATTENTION, ("triton", "torch"))

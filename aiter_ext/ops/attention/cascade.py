@@ -12,14 +12,13 @@ combined with ``merge_state_in_place``.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
 
 from aiter_ext.ops.merge_state import merge_state_in_place
 
-from .engine import _carve
+from .engine import plan_level_merge, run_levels
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
 )
@@ -86,59 +85,21 @@ class MultiLevelCascadeAttentionWrapper:
                        sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
                        rope_scale=rope_scale, rope_theta=rope_theta, q_data_type=q_data_type,
                        kv_data_type=kv_data_type)
-        totals = {level._plan.total_q for level in self._levels}
+        plans = [level.attention_plan for level in self._levels]
+        totals = {p.total_q for p in plans}
         if len(totals) != 1:
             raise ValueError(f"every level's qo_indptr must end at the same number of queries, got {sorted(totals)}")
-        self._single_merge = self._plan_single_merge()
+        # one merge for all levels where every level's backend can write partial states (engine.py)
+        self._merge = plan_level_merge(plans, self._levels[0].workspace)
 
     begin_forward = plan
 
-    def _plan_single_merge(self):
-        """When every level runs on Triton: give each level its own workspace rows per token, so that all
-        levels write partial states and ONE merge launch combines them (instead of a merge per split
-        level plus a merge_state_in_place per extra level: fewer launches and host checks)."""
-        plans = [level._plan for level in self._levels]
-        if any(p.backend != "triton" for p in plans):
-            return None
-        counts = [[b - a for a, b in zip(ind[:-1], ind[1:])] for ind in (p.work.merge_indptr.tolist() for p in plans)]
-        starts, indptr = [[] for _ in plans], [0]
-        for t in range(plans[0].total_q):
-            row = indptr[-1]
-            for level, per_token in enumerate(counts):
-                starts[level].append(row)
-                row += per_token[t]
-            indptr.append(row)
-        device, first = plans[0].qo_indptr.device, plans[0]
-        works = [replace(p.work, split=True, merge_indptr=torch.tensor(st + [indptr[-1]], dtype=torch.int32,
-                                                                        device=device))
-                 for p, st in zip(plans, starts)]
-        partial_o, partial_lse = _carve(self._levels[0]._workspace, indptr[-1], first.num_qo_heads, first.head_dim)
-        return works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse
-
     def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False):
-        if getattr(self, "_single_merge", None) is None:
-            out, lse = self._levels[-1].run(q, paged_kv_cache, return_lse=True)
-            for level in self._levels[:-1]:
-                o_level, lse_level = level.run(q, paged_kv_cache, return_lse=True)
-                merge_state_in_place(out, lse, o_level, lse_level)
-            return (out, lse) if return_lse else out
-        from aiter_ext.ops.merge_state.api import _merge_many_out
-
-        from .kernels import launch_attention
-
-        works, indptr, partial_o, partial_lse = self._single_merge
-        k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)  # the cache is unpacked once
-        for level in self._levels[1:]:  # each level's page ids against it (same page size: one plan() call)
-            if level._plan.max_page >= k.shape[0]:
-                checked_paged_views(level, paged_kv_cache)  # raises, naming the page and the cache size
-        out, lse = self._levels[0]._plan.checked_outputs(q, k, None, None)
-        for level, work in zip(self._levels, works):
-            p = level._plan
-            launch_attention(work, q, k, v, p.kv_indices, p.meta, p.qo_indptr.shape[0] - 1, out, lse, partial_o,
-                             partial_lse, paged=True, page_size=p.page_size, kv_strides=strides, sm_scale=p.sm_scale,
-                             causal=p.causal, window_left=p.window_left, logits_soft_cap=p.logits_soft_cap,
-                             merge=None)
-        _merge_many_out(partial_o, partial_lse, indptr, out, lse, None)
+        plans = [level.attention_plan for level in self._levels]
+        k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
+        for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
+            checked_paged_views(level, paged_kv_cache)
+        out, lse = run_levels(plans, self._merge, q, k, v, strides)
         return (out, lse) if return_lse else out
 
     forward = run

@@ -13,12 +13,9 @@ from typing import Optional
 
 import torch
 
-from aiter_ext.core.arch import device_info
-from aiter_ext.core.env import interpreted
-from aiter_ext.core.backend import define_op
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
-from . import aiter_backend, reference
+from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
 from .plan import WorkPlan, make_plan
 
 
@@ -175,51 +172,6 @@ class AttentionPlan:
         return out, lse
 
 
-def _run_torch(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
-    """The fp32 reference, per request (reads lengths on the host: not graph-capturable). Paged K/V
-    arrive as ``[pages, page_size, Hkv, D]`` views whatever the cache's layout."""
-    if plan.paged:
-        kv = reference.gather_paged_kv(k, v, plan.kv_indptr, plan.kv_indices, plan.kv_last_page_len)
-    else:
-        bounds = plan.kv_indptr.tolist()
-        kv = [(k[bounds[b]:bounds[b + 1]], v[bounds[b]:bounds[b + 1]]) for b in range(len(bounds) - 1)]
-    o, s = reference.batch_attention_ref(q, plan.qo_indptr, kv, plan.causal, sm_scale, plan.window_left,
-                                         plan.logits_soft_cap)
-    out.copy_(o)
-    lse.copy_(s)
-
-
-def _run_triton(plan: AttentionPlan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
-    from aiter_ext.ops.merge_state.api import _merge_many_out
-
-    from .kernels import launch_attention
-
-    launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
-                     out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
-                     kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap,
-                     merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
-
-
-ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
-                      lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
-ATTENTION.register("torch", _run_torch)
-def _triton_supports(call) -> tuple[bool, str]:
-    if call["head_dim"] not in (64, 128, 256):
-        return False, "head_dim must be 64, 128 or 256"
-    if call.get("kv_dtype") == "float8_e4m3fnuz":
-        # gfx942's fp8; other targets (and FlashInfer) use e4m3fn. The CPU interpreter converts either.
-        arch = device_info().arch
-        if arch != "gfx942" and not (call["device"] == "cpu" and interpreted()):
-            return False, f"float8_e4m3fnuz KV is gfx942's fp8 format; on {arch} use float8_e4m3fn"
-    return True, ""
-
-
-ATTENTION.register("triton", _run_triton, supports=_triton_supports)
-ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
-                   supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
-
-
 def _carve(workspace: torch.Tensor, rows: int, heads: int, head_dim: int):
     """fp32 partial outputs and LSEs as views of the caller's float workspace (fixed memory, so a
     captured graph stays valid), or a clear error when it is too small."""
@@ -233,3 +185,62 @@ def _carve(workspace: torch.Tensor, rows: int, heads: int, head_dim: int):
     o = floats[: rows * heads * head_dim].view(rows, heads, head_dim)
     s = floats[rows * heads * head_dim:].view(rows, heads)
     return o, s
+
+
+# --------------------------------------------------------------------------------------------------
+# Several plans over the same queries (cascade levels), merged into one output.
+
+
+@dataclass(frozen=True)
+class LevelMerge:
+    """One merge for all levels: each level's work list writes its partial states into its own rows
+    of one workspace (``works``), and one merge over ``indptr`` combines every level of a token."""
+
+    works: list
+    indptr: torch.Tensor
+    partial_o: torch.Tensor
+    partial_lse: torch.Tensor
+
+
+def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerge]:
+    """The one-merge layout for ``plans`` (same queries, host side), or None when a level's backend
+    cannot write partial states into given rows (backends.PARTIAL_STATE_RUNNERS); ``run_levels`` then
+    merges level by level."""
+    from dataclasses import replace
+
+    if any(p.backend not in PARTIAL_STATE_RUNNERS for p in plans):
+        return None
+    counts = [[b - a for a, b in zip(ind[:-1], ind[1:])] for ind in (p.work.merge_indptr.tolist() for p in plans)]
+    starts, indptr = [[] for _ in plans], [0]
+    for t in range(plans[0].total_q):
+        row = indptr[-1]
+        for level, per_token in enumerate(counts):
+            starts[level].append(row)
+            row += per_token[t]
+        indptr.append(row)
+    device, first = plans[0].qo_indptr.device, plans[0]
+    works = [replace(p.work, split=True, merge_indptr=torch.tensor(st + [indptr[-1]], dtype=torch.int32,
+                                                                    device=device))
+             for p, st in zip(plans, starts)]
+    partial_o, partial_lse = _carve(workspace, indptr[-1], first.num_qo_heads, first.head_dim)
+    return LevelMerge(works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse)
+
+
+def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv_strides) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
+    ``plan_level_merge``), every level writes partial states and one merge launch combines them;
+    without, each level runs whole and is merged into the result in turn."""
+    from aiter_ext.ops.merge_state.api import _merge_many_out, merge_state_in_place
+
+    if merge is None:
+        out, lse = plans[-1].run(q, k, v, kv_strides, return_lse=True)
+        for plan in plans[:-1]:
+            o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True)
+            merge_state_in_place(out, lse, o_level, lse_level)
+        return out, lse
+    out, lse = plans[0].checked_outputs(q, k, None, None)
+    for plan, work in zip(plans, merge.works):
+        PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse)
+    _merge_many_out(merge.partial_o, merge.partial_lse, merge.indptr, out, lse, None)
+    return out, lse

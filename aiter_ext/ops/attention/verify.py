@@ -7,7 +7,7 @@ import torch
 from aiter_ext.core.testing import max_error
 
 from .cascade import MultiLevelCascadeAttentionWrapper
-from .engine import ATTENTION
+from .backends import ATTENTION
 from .reference import single_attention_ref
 
 

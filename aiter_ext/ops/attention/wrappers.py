@@ -160,6 +160,16 @@ class _Wrapper:
             raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
         return self._plan
 
+    @property
+    def attention_plan(self) -> AttentionPlan:
+        """What ``plan()`` built (read-only use: cascade runs several of them as one)."""
+        return self._require_plan()
+
+    @property
+    def workspace(self) -> torch.Tensor:
+        """The float workspace, as bytes."""
+        return self._workspace
+
     def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
         self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
         self._plan = None

@@ -1,4 +1,9 @@
-"""FlashInfer's single-request functions: ``single_prefill_with_kv_cache`` and ``single_decode_with_kv_cache``.
+"""The public attention API: FlashInfer's wrappers (wrappers.py, cascade.py) and its single-request
+functions ``single_prefill_with_kv_cache`` and ``single_decode_with_kv_cache`` (here).
+
+Layout of the op, as the others: ``api`` (this surface), ``engine`` (the plan every wrapper builds,
+and ``run_levels`` for several plans over the same queries), ``plan`` (tiles and the work list),
+``backends`` (registrations: triton, torch, aiter), ``kernels`` (Triton), ``reference`` (fp32 torch).
 
 One request with contiguous K/V is a ragged batch of size one; the plan comes from shapes alone, so no
 device data is read on the host. Each call plans (a few host-side microseconds plus small copies to
@@ -13,8 +18,20 @@ import torch
 
 from aiter_ext.core.checks import check_tensor
 
+from .cascade import (
+    BatchDecodeWithSharedPrefixPagedKVCacheWrapper, BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
+    MultiLevelCascadeAttentionWrapper, cascade_attention,
+)
 from .engine import check_unsupported
-from .wrappers import BatchPrefillWithRaggedKVCacheWrapper, _check_layout
+from .wrappers import (
+    BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
+    _check_layout,
+)
+
+__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
+           "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
+           "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
+           "cascade_attention", "single_decode_with_kv_cache", "single_prefill_with_kv_cache"]
 
 _WORKSPACES: dict = {}
 

@@ -1,0 +1,74 @@
+"""Backend registrations for the attention engine (the ``attention`` op): ``triton`` (kernels.py),
+``torch`` (the fp32 reference, per request; reads lengths on the host, so not graph-capturable) and
+``aiter`` (AITER's CK batch prefill on ROCm, aiter_backend.py).
+
+Each implementation is ``fn(plan, q, k, v, kv_strides, out, lse, sm_scale)`` and writes ``out``/``lse``.
+``PARTIAL_STATE_RUNNERS`` lists the backends that can also write a work list's partial states into
+given workspace rows (``fn(plan, work, q, k, v, kv_strides, partial_o, partial_lse)``), which lets
+several plans over the same queries share one merge (engine.run_levels).
+"""
+
+from __future__ import annotations
+
+from aiter_ext.core.arch import device_info
+from aiter_ext.core.backend import define_op
+from aiter_ext.core.env import interpreted
+
+from . import aiter_backend, reference
+
+
+def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+    """The fp32 reference, per request. Paged K/V arrive as ``[pages, page_size, Hkv, D]`` views
+    whatever the cache's layout."""
+    if plan.paged:
+        kv = reference.gather_paged_kv(k, v, plan.kv_indptr, plan.kv_indices, plan.kv_last_page_len)
+    else:
+        bounds = plan.kv_indptr.tolist()
+        kv = [(k[bounds[b]:bounds[b + 1]], v[bounds[b]:bounds[b + 1]]) for b in range(len(bounds) - 1)]
+    o, s = reference.batch_attention_ref(q, plan.qo_indptr, kv, plan.causal, sm_scale, plan.window_left,
+                                         plan.logits_soft_cap)
+    out.copy_(o)
+    lse.copy_(s)
+
+
+def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+    from aiter_ext.ops.merge_state.api import _merge_many_out
+    from .kernels import launch_attention
+
+    launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
+                     out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
+                     kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
+                     logits_soft_cap=plan.logits_soft_cap,
+                     merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
+
+
+def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse) -> None:
+    """``work`` (a split work list) writes its partial states into ``partial_o``/``partial_lse``."""
+    from .kernels import launch_attention
+
+    launch_attention(work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1, None, None,
+                     partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
+                     sm_scale=plan.sm_scale, causal=plan.causal, window_left=plan.window_left,
+                     logits_soft_cap=plan.logits_soft_cap, merge=None)
+
+
+def _triton_supports(call) -> tuple[bool, str]:
+    if call["head_dim"] not in (64, 128, 256):
+        return False, "head_dim must be 64, 128 or 256"
+    if call.get("kv_dtype") == "float8_e4m3fnuz":
+        # gfx942's fp8; other targets (and FlashInfer) use e4m3fn. The CPU interpreter converts either.
+        arch = device_info().arch
+        if arch != "gfx942" and not (call["device"] == "cpu" and interpreted()):
+            return False, f"float8_e4m3fnuz KV is gfx942's fp8 format; on {arch} use float8_e4m3fn"
+    return True, ""
+
+
+ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
+                      lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
+ATTENTION.register("torch", _run_torch)
+ATTENTION.register("triton", _run_triton, supports=_triton_supports)
+ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
+                   supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
+
+#: Backends whose work lists can write partial states into given rows (see the module docstring).
+PARTIAL_STATE_RUNNERS = {"triton": _triton_partial}
