@@ -19,7 +19,7 @@ if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRI
         _os.environ["TRITON_INTERPRET"] = "1"
 
 from .ops.attention import (
-    BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
+    BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
     single_decode_with_kv_cache, single_prefill_with_kv_cache,
@@ -45,7 +45,8 @@ __all__ = [
     "add_rmsnorm_fp4quant", "append_paged_kv_cache", "apply_llama31_rope", "apply_llama31_rope_inplace",
     "apply_llama31_rope_pos_ids", "apply_llama31_rope_pos_ids_inplace", "apply_rope", "apply_rope_inplace",
     "apply_rope_pos_ids", "apply_rope_pos_ids_inplace", "apply_rope_with_cos_sin_cache",
-    "apply_rope_with_cos_sin_cache_inplace", "BatchDecodeWithPagedKVCacheWrapper",
+    "apply_rope_with_cos_sin_cache_inplace", "BatchAttentionWithAttentionSinkWrapper",
+    "BatchDecodeWithPagedKVCacheWrapper",
     "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
     "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "fp4_quantize",

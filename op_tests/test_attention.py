@@ -156,7 +156,7 @@ def test_plan_rejects_bad_input(case, match):
     ("page out of range", ValueError, "uses page .* but paged_kv_cache has"),
     ("q shape", ValueError, "q must have shape"),
     ("q dtype", TypeError, "q must be fp16"),
-    ("sinks", ValueError, "sinks= is not supported"),
+    ("sinks shape", ValueError, "sinks must have shape"),
     ("before plan", RuntimeError, "before plan"),
 ])
 def test_run_rejects_bad_input_before_launch(case, exc, match):
@@ -172,8 +172,8 @@ def test_run_rejects_bad_input_before_launch(case, exc, match):
         q = q[:4]
     elif case == "q dtype":
         q = q.float()
-    elif case == "sinks":
-        kwargs["sinks"] = torch.zeros(4)
+    elif case == "sinks shape":
+        kwargs["sinks"] = torch.zeros(3, device=DEVICE)  # one per query head (4) is the contract
     with pytest.raises(exc, match=match):
         w.run(q, cache, **kwargs)
 

@@ -2,7 +2,7 @@
 cascade, POD, block-sparse and sink attention build on. The public names live in ``api``."""
 
 from .api import (
-    BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
+    BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, __all__, cascade_attention,
     single_decode_with_kv_cache, single_prefill_with_kv_cache,

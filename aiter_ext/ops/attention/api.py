@@ -24,11 +24,11 @@ from .cascade import (
 )
 from .engine import check_unsupported
 from .wrappers import (
-    BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
-    _check_layout,
+    BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper,
+    BatchPrefillWithRaggedKVCacheWrapper, _check_layout,
 )
 
-__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
+__all__ = ["BatchAttentionWithAttentionSinkWrapper", "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
            "cascade_attention", "single_decode_with_kv_cache", "single_prefill_with_kv_cache"]
@@ -54,15 +54,16 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  sm_scale: Optional[float] = None, window_left: int = -1,
                                  logits_soft_cap: Optional[float] = None, rope_scale=None, rope_theta=None,
                                  backend: str = "auto", return_lse: bool = False, kv_cache_sf=None,
-                                 k_scale: Optional[float] = None, v_scale: Optional[float] = None):
+                                 k_scale: Optional[float] = None, v_scale: Optional[float] = None, *, sinks=None):
     """Attention of one request: ``q [qo_len, Hq, D]`` against ``k, v [kv_len, Hkv, D]`` (NHD) or
     ``[Hkv, kv_len, D]`` (HND). Causal masking is aligned bottom-right. Returns ``out [qo_len, Hq, D]``,
     and with ``return_lse`` also the base-2 ``lse [qo_len, Hq]``.
 
     FlashInfer 0.7.2's signature, keyword for keyword (a misspelt keyword is a ``TypeError``).
     ``k_scale``/``v_scale`` (floats) scale the scores and the output, as FlashInfer's fp8 path does;
-    ``o_dtype`` other than q's dtype converts the output. Not supported, and refused unless left at
-    None: the per-head fp8 scale tensors ``scale_q``/``scale_k``/``scale_v`` and ``kv_cache_sf``.
+    ``o_dtype`` other than q's dtype converts the output. ``sinks`` (ours; keyword only): attention-sink
+    logits ``[Hq]``, as the wrappers take them. Not supported, and refused unless left at None: the
+    per-head fp8 scale tensors ``scale_q``/``scale_k``/``scale_v`` and ``kv_cache_sf``.
 
     Examples
     --------
@@ -85,7 +86,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
            q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
            logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype)
-    result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)
+    result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, sinks=sinks)
     if o_dtype is None or o_dtype == q.dtype:
         return result
     return (result[0].to(o_dtype), result[1]) if return_lse else result.to(o_dtype)
@@ -103,7 +104,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 q_scale: Optional[float] = None, k_scale: Optional[float] = None,
                                 v_scale: Optional[float] = None, window_left: int = -1,
                                 logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
-                                rope_scale=None, rope_theta=None, return_lse: bool = False, backend: str = "auto"):
+                                rope_scale=None, rope_theta=None, return_lse: bool = False, backend: str = "auto", *,
+                                sinks=None):
     """Decode one token: ``q [Hq, D]`` against ``k, v [kv_len, Hkv, D]`` (NHD) or ``[Hkv, kv_len, D]`` (HND).
     Returns ``out [Hq, D]`` (and the base-2 ``lse [Hq]`` with ``return_lse``). A long ``kv_len`` is split
     across programs and merged, so one request still fills the GPU.
@@ -124,5 +126,6 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
            k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
            q_data_type=q.dtype, kv_data_type=k.dtype)
-    result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)
+    result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
+                   sinks=sinks)
     return (result[0][0], result[1][0]) if return_lse else result[0]

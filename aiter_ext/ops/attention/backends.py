@@ -2,7 +2,8 @@
 ``torch`` (the fp32 reference, per request; reads lengths on the host, so not graph-capturable) and
 ``aiter`` (AITER's CK batch prefill on ROCm, aiter_backend.py).
 
-Each implementation is ``fn(plan, q, k, v, kv_strides, out, lse, sm_scale)`` and writes ``out``/``lse``.
+Each implementation is ``fn(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks)`` and writes
+``out``/``lse``; ``sinks`` is None or the fp32 ``[Hq]`` attention-sink logits.
 ``PARTIAL_STATE_RUNNERS`` lists the backends that can also write a work list's partial states into
 given workspace rows (``fn(plan, work, q, k, v, kv_strides, partial_o, partial_lse)``), which lets
 several plans over the same queries share one merge (engine.run_levels).
@@ -17,7 +18,7 @@ from aiter_ext.core.env import interpreted
 from . import aiter_backend, reference
 
 
-def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
     """The fp32 reference, per request. Paged K/V arrive as ``[pages, page_size, Hkv, D]`` views
     whatever the cache's layout."""
     if plan.paged:
@@ -26,30 +27,30 @@ def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
         bounds = plan.kv_indptr.tolist()
         kv = [(k[bounds[b]:bounds[b + 1]], v[bounds[b]:bounds[b + 1]]) for b in range(len(bounds) - 1)]
     o, s = reference.batch_attention_ref(q, plan.qo_indptr, kv, plan.causal, sm_scale, plan.window_left,
-                                         plan.logits_soft_cap)
+                                         plan.logits_soft_cap, sinks)
     out.copy_(o)
     lse.copy_(s)
 
 
-def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale) -> None:
+def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
     from aiter_ext.ops.merge_state.api import _merge_many_out
     from .kernels import launch_attention
 
     launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
                      out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
                      kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap,
+                     logits_soft_cap=plan.logits_soft_cap, sinks=sinks,
                      merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
 
 
-def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse) -> None:
+def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sinks=None) -> None:
     """``work`` (a split work list) writes its partial states into ``partial_o``/``partial_lse``."""
     from .kernels import launch_attention
 
     launch_attention(work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1, None, None,
                      partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
                      sm_scale=plan.sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap, merge=None)
+                     logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks)
 
 
 def _triton_supports(call) -> tuple[bool, str]:
@@ -67,7 +68,14 @@ ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", 
                       lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
 ATTENTION.register("torch", _run_torch)
 ATTENTION.register("triton", _run_triton, supports=_triton_supports)
-ATTENTION.register("aiter", aiter_backend.run, prepare=aiter_backend.prepare,
+def _run_aiter(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
+    if sinks is not None:  # never ignored: AITER's batch prefill takes no sink term
+        raise ValueError("sinks= is not served by the aiter backend (AITER's batch prefill has no sink term); "
+                         "plan with backend='triton'")
+    aiter_backend.run(plan, q, k, v, kv_strides, out, lse, sm_scale)
+
+
+ATTENTION.register("aiter", _run_aiter, prepare=aiter_backend.prepare,
                    supports=lambda c: (c["head_dim"] in (64, 128, 256), "head_dim must be 64, 128 or 256"))
 
 #: Backends whose work lists can write partial states into given rows (see the module docstring).

@@ -94,12 +94,14 @@ class MultiLevelCascadeAttentionWrapper:
 
     begin_forward = plan
 
-    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False):
+    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False, *, sinks=None):
+        """``sinks`` (ours; FlashInfer's cascade has none): attention-sink logits ``[Hq]``, counted once
+        in the softmax over all levels."""
         plans = [level.attention_plan for level in self._levels]
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
             checked_paged_views(level, paged_kv_cache)
-        out, lse = run_levels(plans, self._merge, q, k, v, strides)
+        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks)
         return (out, lse) if return_lse else out
 
     forward = run

@@ -138,12 +138,23 @@ class AttentionPlan:
     # -- run --------------------------------------------------------------------------------------
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides, *, out=None, lse=None,
-            return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None):
+            return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None, sinks=None):
         out, lse = self.checked_outputs(q, k, out, lse)
-        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult)
+        sinks = self.checked_sinks(sinks, q)
+        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult, sinks)
         if v_scale is not None and v_scale != 1.0:
             out.mul_(v_scale)
         return (out, lse) if return_lse else out
+
+    def checked_sinks(self, sinks, q: torch.Tensor):
+        """Attention-sink logits: None, or ``[num_qo_heads]`` of a float dtype on q's device (fp16/bf16
+        are taken as an fp32 copy, a fixed-size allocation)."""
+        if sinks is None:
+            return None
+        check_tensor("sinks", sinks, ndim=1, dtypes=(torch.float32, torch.float16, torch.bfloat16))
+        check_shape("sinks", sinks, (self.num_qo_heads,), "[num_qo_heads], one logit per query head")
+        check_same_device([("q", q), ("sinks", sinks)])
+        return sinks.float().contiguous()
 
     def checked_outputs(self, q, k, out, lse):
         """Check ``q`` and the cache against the plan (metadata only), and ``out``/``lse`` or allocate them."""
@@ -227,20 +238,23 @@ def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerg
 
 
 def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_strides) -> tuple[torch.Tensor, torch.Tensor]:
+               kv_strides, sinks=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
     ``plan_level_merge``), every level writes partial states and one merge launch combines them;
-    without, each level runs whole and is merged into the result in turn."""
+    without, each level runs whole and is merged into the result in turn. ``sinks`` enter the first
+    level only: one sink term per row in the merged softmax."""
     from aiter_ext.ops.merge_state.api import _merge_many_out, merge_state_in_place
 
     if merge is None:
-        out, lse = plans[-1].run(q, k, v, kv_strides, return_lse=True)
-        for plan in plans[:-1]:
+        out, lse = plans[0].run(q, k, v, kv_strides, return_lse=True, sinks=sinks)
+        for plan in plans[1:]:
             o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True)
             merge_state_in_place(out, lse, o_level, lse_level)
         return out, lse
     out, lse = plans[0].checked_outputs(q, k, None, None)
-    for plan, work in zip(plans, merge.works):
-        PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse)
+    sinks = plans[0].checked_sinks(sinks, q)
+    for level, (plan, work) in enumerate(zip(plans, merge.works)):
+        PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse,
+                                            sinks if level == 0 else None)
     _merge_many_out(merge.partial_o, merge.partial_lse, merge.indptr, out, lse, None)
     return out, lse

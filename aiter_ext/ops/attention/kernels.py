@@ -21,6 +21,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 LOG2E = 1.4426950408889634
+LOG2E_JIT = tl.constexpr(LOG2E)  # the same constant where a kernel reads it (compiled Triton needs a constexpr)
 
 
 @triton.jit
@@ -79,13 +80,17 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
 
 @triton.jit
 def attention_kernel(
-    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr,
+    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks,
     batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
+    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
 ):
+    """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
+    logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
+    value 0. Only the work item of a request's first KV chunk (split index 0) adds it, so split
+    chunks and cascade levels merge to one sink term per row."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -166,6 +171,16 @@ def attention_kernel(
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, True, CAUSAL, HAS_WINDOW, SOFT_CAP)
 
+    if SINK:
+        # the sink as one more key: rescale to the new maximum, add its weight to the denominator
+        first_chunk = tl.load(work + 4 * num_work + w) == 0
+        sink = tl.where(first_chunk, tl.load(sinks + head, mask=row_ok, other=0.0) * LOG2E_JIT, float("-inf"))
+        m_sink = tl.maximum(m, sink)
+        m_sink_safe = tl.where(m_sink == float("-inf"), 0.0, m_sink)
+        alpha = tl.exp2(m - m_sink_safe)
+        l = l * alpha + tl.exp2(sink - m_sink_safe)
+        acc = acc * alpha[:, None]
+        m = m_sink
     empty = l == 0.0
     out = acc / tl.where(empty, 1.0, l)[:, None]
     row_lse = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
@@ -181,7 +196,7 @@ def attention_kernel(
 
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
-                     logits_soft_cap: float | None, merge) -> None:
+                     logits_soft_cap: float | None, merge, sinks=None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
@@ -197,11 +212,11 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         launch_opts["num_stages"] = plan.num_stages
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
-        batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
+        sinks if sinks is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
-        SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages,
+        SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
         **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
@@ -214,7 +229,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 # each feature flag and KV format the engine launches (no causal, window, soft cap, fp8 KV, page 1,
 # page-id prefetch).
 
-POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr")
+POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr", "sinks")
 STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
 
 
@@ -229,13 +244,13 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     cfg = default_config(packed_rows, head_dim, arch=arch)
     kv_dtype = kv_dtype or dtype
     sig = {n: "*i32" for n in POINTER_ARGS}
-    sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32",
+    sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
                o="*fp32" if split else f"*{dtype}")
     sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
-              "SOFT_CAP": False, "SPLIT": split,
+              "SOFT_CAP": False, "SPLIT": split, "SINK": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -258,6 +273,10 @@ def aot_specs():
         yield kernel_spec("bf16", 128, rows, group, True, True, page_size=1, label="-page1")
         # AMD defaults leave the page prefetch off (unmeasured there); a tuned row may turn it on.
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-prefetch", PREFETCH_PAGES=True)
+        # attention sinks (gpt-oss: with and without its 128-token sliding window)
+        yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink", SINK=True)
+        yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
+        yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
 
 
 # History, for the next engineer: the first version of this kernel spilled SGPRs into VGPR lanes on

@@ -6,8 +6,10 @@ list; ``run()`` checks tensor metadata and launches, with no host synchronizatio
 capture works for a given plan). FlashInfer's ``backend`` values (``"auto"``, ``"fa2"``, ``"fa3"``)
 mean automatic selection; ``"triton"`` and ``"torch"`` force one.
 
-Not implemented yet, and refused with a clear error rather than ignored: in-kernel RoPE
-(``pos_encoding_mode`` other than ``"NONE"``), custom masks, attention sinks (``sinks=``), fp8 KV.
+Attention sinks: ``run(..., sinks=)`` on every wrapper (fp32 ``[Hq]`` logits in natural-log units,
+not scaled by ``sm_scale``, in the softmax denominator only, the LSE included), and
+``BatchAttentionWithAttentionSinkWrapper``. Not implemented yet, and refused with a clear error
+rather than ignored: in-kernel RoPE/ALiBi (``pos_encoding_mode`` other than ``"NONE"``), custom masks.
 """
 
 from __future__ import annotations
@@ -178,13 +180,11 @@ class _Wrapper:
 def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks,
                lse_base="log2", lse_layout="NH"):
     plan = wrapper._require_plan()
-    if sinks is not None:
-        raise ValueError("sinks= is not supported by this wrapper yet (attention sinks come with their own "
-                         "wrapper); refusing rather than ignoring it")
     k, v, strides = checked_paged_views(wrapper, paged_kv_cache)
     lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
     mult = (q_scale or 1.0) * (k_scale or 1.0)
-    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale)
+    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale,
+                      sinks=sinks)
     return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
@@ -261,6 +261,47 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
         _forward_overrides(self, causal, pos_encoding_mode, use_fp16_qk_reduction, window_left, logits_soft_cap,
                            sm_scale, rope_scale, rope_theta)
         return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale, return_lse=True)
+
+
+class BatchAttentionWithAttentionSinkWrapper(BatchPrefillWithPagedKVCacheWrapper):
+    """FlashInfer 0.7.2's paged prefill/decode with attention sinks (gpt-oss):
+    ``run(q, paged_kv_cache, sink, sm_scale)``, the sink logits ``[Hq]`` and the scale positional, and
+    that run-time scale is the one used. The constructor takes FlashInfer's keywords; where FlashInfer
+    allows only bf16 and head dim 128, this serves fp16 and bf16 at every head dim the engine has, and
+    ``window_left`` (gpt-oss's 128-token sliding layers) as plan() takes it."""
+
+    def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, qo_indptr_buf=None,
+                 paged_kv_indptr_buf=None, paged_kv_indices_buf=None, paged_kv_last_page_len_buf=None,
+                 custom_mask_buf=None, mask_indptr_buf=None, backend="auto", pos_encoding_mode="NONE",
+                 use_fp16_qk_reduction=False, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
+                 head_dim_qk=128, head_dim_vo=128, window_left=-1):
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask=custom_mask_buf)
+        if head_dim_vo != head_dim_qk:
+            raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend=backend)
+        self._defaults = {"q_data_type": q_data_type, "kv_data_type": kv_data_type, "window_left": window_left}
+
+    def plan(self, *args, **kwargs) -> None:
+        """As BatchPrefillWithPagedKVCacheWrapper.plan; the constructor's dtypes and window are the defaults."""
+        super().plan(*args, **{**self._defaults, **kwargs})
+
+    begin_forward = plan
+
+    def run(self, q, paged_kv_cache, sink=None, sm_scale=None, *, k_scale=None, v_scale=None, out=None, lse=None,
+            return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, sinks=None):
+        if sink is not None and sinks is not None:
+            raise TypeError("pass the sink logits once: run(q, cache, sink, sm_scale) or sinks=")
+        sinks = sink if sink is not None else sinks
+        if sinks is None:
+            raise TypeError("BatchAttentionWithAttentionSinkWrapper.run() needs the sink logits: "
+                            "run(q, paged_kv_cache, sink, sm_scale)")
+        plan = self._require_plan()
+        # the run-time scale replaces plan()'s: passed on as a factor on it (the q_scale slot)
+        factor = 1.0 if sm_scale is None else float(sm_scale) / plan.sm_scale
+        return _run_paged(self, q, paged_kv_cache, factor, k_scale, v_scale, out, lse, return_lse, sinks, lse_base,
+                          lse_layout)
+
+    run_return_lse = functools.partialmethod(run, return_lse=True)
 
 
 class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
@@ -387,8 +428,6 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
         plan = self._require_plan()
         if o_scale is not None or kv_cache_sf is not None:
             raise ValueError("o_scale / kv_cache_sf (fp8 output and NVFP4 KV scales) are not supported yet")
-        if sinks is not None:
-            raise ValueError("sinks= is not supported by this wrapper yet; refusing rather than ignoring it")
         for name, t in (("k", k), ("v", v)):
             check_tensor(name, t, ndim=3, dtypes=KV_DTYPES)
             if tuple(t.shape[1:]) != (plan.num_kv_heads, plan.head_dim) or t.shape[0] < plan.total_kv:
@@ -399,7 +438,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
         lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
         mult = (q_scale or 1.0) * (k_scale or 1.0)
         result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                          v_scale=v_scale)
+                          v_scale=v_scale, sinks=sinks)
         return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
