@@ -22,7 +22,7 @@ from .ops.attention import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
-    single_decode_with_kv_cache, single_prefill_with_kv_cache,
+    packbits, segment_packbits, single_decode_with_kv_cache, single_prefill_with_kv_cache,
 )
 from .ops.merge_state import merge_state, merge_state_in_place, merge_states, variable_length_merge_states
 from .ops.norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, rmsnorm
@@ -45,7 +45,8 @@ __all__ = [
     "add_rmsnorm_fp4quant", "append_paged_kv_cache", "apply_llama31_rope", "apply_llama31_rope_inplace",
     "apply_llama31_rope_pos_ids", "apply_llama31_rope_pos_ids_inplace", "apply_rope", "apply_rope_inplace",
     "apply_rope_pos_ids", "apply_rope_pos_ids_inplace", "apply_rope_with_cos_sin_cache",
-    "apply_rope_with_cos_sin_cache_inplace", "BatchAttentionWithAttentionSinkWrapper",
+    "apply_rope_with_cos_sin_cache_inplace", "BatchAttentionWithAttentionSinkWrapper", "packbits",
+    "segment_packbits",
     "BatchDecodeWithPagedKVCacheWrapper",
     "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
     "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",

@@ -27,7 +27,9 @@ for section in $sections; do
       cp configs/tuned_csv/merge_state_tuned.csv "$OUT/" 2>/dev/null ;;
     attention-tests)
       python3 -m pytest -q -p no:cacheprovider op_tests/test_paged_kv.py op_tests/test_attention.py \
-        op_tests/test_cascade.py op_tests/test_aiter_backend.py 2>&1 | tee "$OUT/pytest-attention.log" | tail -n 12 ;;
+        op_tests/test_cascade.py op_tests/test_aiter_backend.py op_tests/test_attention_contract.py \
+        op_tests/test_attention_sinks.py op_tests/test_attention_masks.py op_tests/test_bounds.py 2>&1 \
+        | tee "$OUT/pytest-attention.log" | tail -n 12 ;;
     attention-bench)  # the AMD compile tables come from CPU runs (--amd-table only), not device time
       python3 op_tests/test_cascade.py --amd-table no 2>&1 | tee "$OUT/bench-cascade.log"
       python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;

@@ -5,5 +5,5 @@ from .api import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, __all__, cascade_attention,
-    single_decode_with_kv_cache, single_prefill_with_kv_cache,
+    packbits, segment_packbits, single_decode_with_kv_cache, single_prefill_with_kv_cache,
 )

@@ -23,6 +23,7 @@ from .cascade import (
     MultiLevelCascadeAttentionWrapper, cascade_attention,
 )
 from .engine import check_unsupported
+from .masks import packbits, segment_packbits
 from .wrappers import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper,
     BatchPrefillWithRaggedKVCacheWrapper, _check_layout,
@@ -31,7 +32,8 @@ from .wrappers import (
 __all__ = ["BatchAttentionWithAttentionSinkWrapper", "BatchDecodeWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
-           "cascade_attention", "single_decode_with_kv_cache", "single_prefill_with_kv_cache"]
+           "cascade_attention", "packbits", "segment_packbits", "single_decode_with_kv_cache",
+           "single_prefill_with_kv_cache"]
 
 _WORKSPACES: dict = {}
 
@@ -61,7 +63,9 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
     FlashInfer 0.7.2's signature, keyword for keyword (a misspelt keyword is a ``TypeError``).
     ``k_scale``/``v_scale`` (floats) scale the scores and the output, as FlashInfer's fp8 path does;
-    ``o_dtype`` other than q's dtype converts the output. ``sinks`` (ours; keyword only): attention-sink
+    ``o_dtype`` other than q's dtype converts the output. ``custom_mask`` (bool ``[qo_len, kv_len]``,
+    True = visible) or ``packed_custom_mask`` (``packbits`` of it flattened, little bit order)
+    replaces the causal mask, as in FlashInfer. ``sinks`` (ours; keyword only): attention-sink
     logits ``[Hq]``, as the wrappers take them. Not supported, and refused unless left at None: the
     per-head fp8 scale tensors ``scale_q``/``scale_k``/``scale_v`` and ``kv_cache_sf``.
 
@@ -77,15 +81,21 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                         ("kv_cache_sf", kv_cache_sf)):
         if value is not None:
             raise ValueError(f"{name} is not supported yet (per-head fp8 scales); pass k_scale/v_scale floats")
-    check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
-                      rope_theta)
+    check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
     check_tensor("q", q, ndim=3)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
     _check_same_tokens(k, v)
+    if custom_mask is not None and packed_custom_mask is None:  # [qo_len, kv_len], True = visible
+        check_tensor("custom_mask", custom_mask, ndim=2)
+        if tuple(custom_mask.shape) != (q.shape[0], k.shape[0]):
+            raise ValueError(f"custom_mask must be [qo_len, kv_len] = [{q.shape[0]}, {k.shape[0]}], got "
+                             f"{tuple(custom_mask.shape)}")
+        custom_mask = custom_mask.reshape(-1)
     w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
            q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
-           logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype)
+           logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype, custom_mask=custom_mask,
+           packed_custom_mask=packed_custom_mask)
     result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, sinks=sinks)
     if o_dtype is None or o_dtype == q.dtype:
         return result

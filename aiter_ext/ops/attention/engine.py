@@ -13,11 +13,15 @@ from typing import Optional
 
 import torch
 
+from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
 from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
 from .plan import WorkPlan, make_plan
 
+
+#: Warps of the custom-mask launches off NVIDIA (see AttentionPlan.build).
+MASK_WARPS_AMD = 8
 
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -34,14 +38,38 @@ def as_dtype(value, name: str) -> torch.dtype:
     raise TypeError(f"{name} must be a torch dtype or one of {sorted(DTYPE_BY_NAME)}, got {value!r}")
 
 
+def _packed_mask(custom_mask, packed_custom_mask, qo_lens, kv_lens, device):
+    """``(packed uint8 on device, byte offsets int32 [batch + 1])`` of FlashInfer's custom masks, or
+    None. Sizes are checked against the lengths plan() read, so the kernel never reads past the mask."""
+    from .masks import segment_packbits
+
+    if custom_mask is None and packed_custom_mask is None:
+        return None
+    sizes = [q * k for q, k in zip(qo_lens, kv_lens)]
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + (n + 7) // 8)
+    if packed_custom_mask is None:  # FlashInfer: the packed form wins when both are given
+        check_tensor("custom_mask", custom_mask, ndim=1, dtypes=(torch.bool, torch.uint8, torch.int8))
+        if custom_mask.shape[0] != sum(sizes):
+            raise ValueError(f"custom_mask must hold sum(qo_len * kv_len) = {sum(sizes)} elements (each request's "
+                             f"[qo_len, kv_len] mask flattened), got {custom_mask.shape[0]}")
+        qk_indptr = torch.tensor([0] + sizes, dtype=torch.int64).cumsum(0)
+        packed_custom_mask, _ = segment_packbits(custom_mask, qk_indptr, bitorder="little")
+    check_tensor("packed_custom_mask", packed_custom_mask, ndim=1, dtypes=(torch.uint8,))
+    if packed_custom_mask.shape[0] != offsets[-1]:
+        raise ValueError(f"packed_custom_mask must hold sum(ceil(qo_len * kv_len / 8)) = {offsets[-1]} bytes "
+                         f"(segment_packbits(..., bitorder='little')), got {packed_custom_mask.shape[0]}")
+    return packed_custom_mask.to(device).contiguous(), torch.tensor(offsets, dtype=torch.int32)
+
+
 def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
                       custom_mask=None, packed_custom_mask=None, rope_scale=None, rope_theta=None) -> None:
-    """FlashInfer options this engine does not implement yet: refused, never silently ignored."""
+    """FlashInfer options this engine does not implement yet: refused, never silently ignored. (Custom
+    masks are served, by AttentionPlan.build; their two arguments are accepted here unchecked.)"""
     if pos_encoding_mode != "NONE":
         raise ValueError(f"pos_encoding_mode={pos_encoding_mode!r} is not supported: apply RoPE to q and k "
                          "before attention (aiter_ext's RoPE ops), and pass pos_encoding_mode='NONE'")
-    if custom_mask is not None or packed_custom_mask is not None:
-        raise ValueError("custom_mask / packed_custom_mask are not supported yet")
     if rope_scale is not None or rope_theta is not None:
         raise ValueError("rope_scale / rope_theta only apply with in-kernel RoPE, which is not supported")
     del use_fp16_qk_reduction  # a precision hint: the engine always accumulates in fp32
@@ -80,11 +108,21 @@ class AttentionPlan:
     partial_lse: Optional[torch.Tensor]
     backend: str
     extra: dict  # what the chosen backend's prepare() built for its run()
+    #: custom masks (masks.py): packed bits, little order, each request's on its own bytes; their byte
+    #: offsets follow the request tables in ``meta``. None: no custom mask.
+    custom_mask: Optional[torch.Tensor] = None
+    qo_lens: tuple = ()  # host copies, for the reference backend and checks
+    kv_lens: tuple = ()
+    mask_offsets: tuple = ()  # each request's first byte in custom_mask (host copy)
 
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
               head_dim, page_size, causal, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-              workspace: torch.Tensor, backend: Optional[str], config: Optional[dict] = None) -> "AttentionPlan":
+              workspace: torch.Tensor, backend: Optional[str], config: Optional[dict] = None,
+              custom_mask=None, packed_custom_mask=None) -> "AttentionPlan":
+        """``custom_mask`` (bool, every request's ``[qo_len, kv_len]`` flattened and concatenated) or
+        ``packed_custom_mask`` (uint8, as masks.segment_packbits(..., bitorder="little") packs it):
+        FlashInfer's custom masks; with one, ``causal`` is ignored, as in FlashInfer."""
         if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
             raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads "
                              f"({num_kv_heads})")
@@ -118,7 +156,13 @@ class AttentionPlan:
                 "dtype": dtype_name(q_dtype), "device": device.type, "kv_dtype": dtype_name(kv_dtype)}
         choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
-        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=config or choice.config)
+        config = config or choice.config
+        if (custom_mask is not None or packed_custom_mask is not None) and not device_info().arch.startswith("sm_"):
+            # gfx942 compile check: the mask's byte gathers took the 4-warp tiles to one wave per SIMD
+            # (16-row tile: 36 KiB LDS, one workgroup per CU; 64-row: 256-274 VGPRs on gfx950); 8 warps
+            # give two or more, no spills (kernels.aot_specs lists these). Not timed on an AMD GPU.
+            config = {**(config or {}), "num_warps": MASK_WARPS_AMD}
+        work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=config)
         extra = {}
         if choice.impl.prepare is not None:
             extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
@@ -128,12 +172,17 @@ class AttentionPlan:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
         as_i32 = lambda t: t.to(device=device, dtype=torch.int32)  # noqa: E731
         tables = [qo_indptr, kv_indptr] + ([kv_last_page_len] if paged else [])
+        mask = _packed_mask(custom_mask, packed_custom_mask, qo_lens, kv_lens, device)
+        if mask is not None:
+            tables.append(mask[1])
+            causal = False  # FlashInfer: causal applies only without a custom mask
         return cls(paged, page_size, num_qo_heads, num_kv_heads, head_dim, q_dtype, kv_dtype, causal,
                    1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
                    logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),
                    as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
-                   qo[-1], kv[-1] if not paged else 0, max_page, torch.cat([as_i32(t) for t in tables]), work, partial_o, partial_lse,
-                   choice.impl.backend, extra)
+                   qo[-1], kv[-1] if not paged else 0, max_page, torch.cat([as_i32(t) for t in tables]), work,
+                   partial_o, partial_lse, choice.impl.backend, extra, mask[0] if mask is not None else None,
+                   tuple(qo_lens), tuple(kv_lens), tuple(mask[1].tolist()) if mask is not None else ())
 
     # -- run --------------------------------------------------------------------------------------
 

@@ -43,8 +43,9 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 
 @triton.jit
 def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
-                  sm_scale_log2, cap_pre, cap_post, window_left,
-                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr):
+                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
+                  CUSTOM_MASK: tl.constexpr):
     """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
     ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
     and inside every row's window: they skip all per-element masks (each mask costs compares, and on
@@ -63,7 +64,14 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
             room = tl.minimum(room, diag[:, None] - keys[None, :])
         if HAS_WINDOW:
             room = tl.minimum(room, keys[None, :] - diag[:, None] + window_left)
-        s = tl.where(room >= 0, s, float("-inf"))
+        visible = room >= 0
+        if CUSTOM_MASK:
+            # bit (query, key) of the request's row-major mask, little bit order; clamped into the
+            # request's bits (padding rows and keys past the chunk are masked above anyway)
+            bit = tl.minimum(qpos[:, None].to(tl.int64) * kv_len + keys[None, :], mask_last)
+            byte = tl.load(mask_bytes + bit // 8)
+            visible = visible & (((byte >> (bit % 8).to(tl.uint8)) & 1) != 0)
+        s = tl.where(visible, s, float("-inf"))
 
     m_new = tl.maximum(m, tl.max(s, axis=1))
     if MASKED:
@@ -80,17 +88,22 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
 
 @triton.jit
 def attention_kernel(
-    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks,
+    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
     batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
+    CUSTOM_MASK: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
     value 0. Only the work item of a request's first KV chunk (split index 0) adds it, so split
-    chunks and cascade levels merge to one sink term per row."""
+    chunks and cascade levels merge to one sink term per row.
+
+    ``CUSTOM_MASK``: FlashInfer's custom mask, packed (masks.py); each request's byte offset follows
+    the request tables in ``meta``. Every block is then masked (no unmasked fast path), and causal is
+    off (the plan drops it, as FlashInfer does)."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -138,8 +151,17 @@ def attention_kernel(
     if CAUSAL:
         first_diag = row0 // GROUP + (kv_len - qo_len)
         unmasked_hi = tl.minimum(unmasked_hi, kv_lo + tl.maximum(first_diag + 1 - kv_lo, 0) // BLOCK_N * BLOCK_N)
-    if HAS_WINDOW:
+    if HAS_WINDOW or CUSTOM_MASK:
         unmasked_hi = kv_lo
+    mask_bytes = custom_mask
+    mask_last = kv_len * 0
+    if CUSTOM_MASK:  # the request's byte offset sits after qo_indptr | kv_indptr (| kv_last_page_len)
+        if PAGED:
+            mask_begin = tl.load(meta + 3 * batch + 2 + req)
+        else:
+            mask_begin = tl.load(meta + 2 * batch + 2 + req)
+        mask_bytes = custom_mask + mask_begin.to(tl.int64)
+        mask_last = tl.maximum(qo_len * kv_len - 1, 0).to(tl.int64)
 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
@@ -160,7 +182,8 @@ def attention_kernel(
             kv_off = _row_offsets(kv_indices, kv_begin, start + blk, h_kv, stride_kv_page, stride_kv_slot,
                                   stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
-                                  sm_scale_log2, cap_pre, cap_post, window_left, False, CAUSAL, HAS_WINDOW, SOFT_CAP)
+                                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
+                                  False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
@@ -169,7 +192,8 @@ def attention_kernel(
         kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + blk, kv_hi - 1), h_kv, stride_kv_page,
                               stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
-                                  sm_scale_log2, cap_pre, cap_post, window_left, True, CAUSAL, HAS_WINDOW, SOFT_CAP)
+                                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
+                                  True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -196,7 +220,7 @@ def attention_kernel(
 
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
-                     logits_soft_cap: float | None, merge, sinks=None) -> None:
+                     logits_soft_cap: float | None, merge, sinks=None, custom_mask=None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
@@ -212,12 +236,12 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         launch_opts["num_stages"] = plan.num_stages
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
-        sinks if sinks is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
+        sinks if sinks is not None else meta, custom_mask if custom_mask is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
-        **launch_opts,
+        CUSTOM_MASK=custom_mask is not None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -229,7 +253,8 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 # each feature flag and KV format the engine launches (no causal, window, soft cap, fp8 KV, page 1,
 # page-id prefetch).
 
-POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr", "sinks")
+POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr", "sinks",
+                "custom_mask")
 STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
 
 
@@ -245,12 +270,13 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     kv_dtype = kv_dtype or dtype
     sig = {n: "*i32" for n in POINTER_ARGS}
     sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
+               custom_mask="*u8",
                o="*fp32" if split else f"*{dtype}")
     sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
-              "SOFT_CAP": False, "SPLIT": split, "SINK": False,
+              "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -277,6 +303,16 @@ def aot_specs():
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink", SINK=True)
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
+        # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
+        # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
+        from dataclasses import replace
+
+        from .engine import MASK_WARPS_AMD
+
+        for paged, split in ((True, True), (False, False)):
+            spec = kernel_spec("bf16", 128, rows, group, paged, split, label="-custom-mask", CUSTOM_MASK=True,
+                               CAUSAL=False)
+            yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
 
 
 # History, for the next engineer: the first version of this kernel spilled SGPRs into VGPR lanes on

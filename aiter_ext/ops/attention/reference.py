@@ -35,11 +35,13 @@ def attention_mask(qo_len: int, kv_len: int, causal: bool, window_left: int, dev
 
 
 def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None, window_left: int = -1,
-                         logits_soft_cap: float | None = None, sinks=None):
+                         logits_soft_cap: float | None = None, sinks=None, custom_mask=None):
     """One request: ``q [qo_len, Hq, D]``, ``k [kv_len, Hkv, D]``, ``v [kv_len, Hkv, Dv]``.
 
     ``sinks`` (``[Hq]``, natural-log units, not scaled by ``sm_scale``): one more logit per head in
     the softmax denominator, a key of value 0 that every query sees (gpt-oss's attention sinks).
+    ``custom_mask`` (bool ``[qo_len, kv_len]``, True = visible) replaces the causal mask (FlashInfer's
+    rule) and combines with the window.
     Returns ``o [qo_len, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [qo_len, Hq]`` (base 2).
     """
     qo_len, num_qo_heads, head_dim = q.shape
@@ -52,7 +54,9 @@ def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None =
     logits = torch.einsum("qhd,khd->hqk", qf, kf) * sm_scale
     if logits_soft_cap:
         logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
-    visible = attention_mask(qo_len, kv_len, causal, window_left, q.device)
+    visible = attention_mask(qo_len, kv_len, causal and custom_mask is None, window_left, q.device)
+    if custom_mask is not None:
+        visible = visible & custom_mask.to(q.device).bool()[None]
     logits = logits.masked_fill(~visible, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)  # natural log; -inf for rows that see nothing
     if sinks is not None:
@@ -85,7 +89,7 @@ def gather_paged_kv(k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, k
 
 
 def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_scale: float | None = None,
-                        window_left: int = -1, logits_soft_cap: float | None = None, sinks=None):
+                        window_left: int = -1, logits_soft_cap: float | None = None, sinks=None, custom_masks=None):
     """A ragged batch: request ``b`` owns ``q[qo_indptr[b]:qo_indptr[b+1]]`` and ``kv_per_request[b] = (k, v)``.
 
     Returns ``o [total_q, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [total_q, Hq]``.
@@ -94,7 +98,7 @@ def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_s
     outs, lses = [], []
     for b, (k, v) in enumerate(kv_per_request):
         o, lse = single_attention_ref(q[bounds[b]:bounds[b + 1]], k, v, causal, sm_scale, window_left,
-                                      logits_soft_cap, sinks)
+                                      logits_soft_cap, sinks, None if custom_masks is None else custom_masks[b])
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)

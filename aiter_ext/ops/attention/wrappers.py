@@ -9,7 +9,12 @@ mean automatic selection; ``"triton"`` and ``"torch"`` force one.
 Attention sinks: ``run(..., sinks=)`` on every wrapper (fp32 ``[Hq]`` logits in natural-log units,
 not scaled by ``sm_scale``, in the softmax denominator only, the LSE included), and
 ``BatchAttentionWithAttentionSinkWrapper``. Not implemented yet, and refused with a clear error
-rather than ignored: in-kernel RoPE/ALiBi (``pos_encoding_mode`` other than ``"NONE"``), custom masks.
+rather than ignored: in-kernel RoPE/ALiBi (``pos_encoding_mode`` other than ``"NONE"``).
+
+Custom masks: ``plan(custom_mask=...)`` (bool, every request's ``[qo_len, kv_len]`` row-major,
+concatenated) or ``plan(packed_custom_mask=...)`` (``segment_packbits(..., bitorder="little")`` of
+it, each request on its own bytes), on the paged and ragged prefill wrappers; with one, ``causal``
+is ignored (FlashInfer's rule) and ``window_left`` still applies.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ def _forward_overrides(wrapper, causal=None, pos_encoding_mode="NONE", use_fp16_
     check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
     changes = {"window_left": window_left, "logits_soft_cap": logits_soft_cap or None,
                "sm_scale": plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)}
-    if causal is not None:
+    if causal is not None and plan.custom_mask is None:  # with a custom mask causal stays off (FlashInfer)
         changes["causal"] = bool(causal)
     wrapper._plan = replace(plan, **changes)
 
@@ -233,7 +238,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
             kv_last_page_len=paged_kv_last_page_len, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim_qk, page_size=page_size, causal=causal, sm_scale=sm_scale, window_left=window_left,
             logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
-            workspace=self._workspace, backend=self._backend, config=self._config)
+            workspace=self._workspace, backend=self._backend, config=self._config, custom_mask=custom_mask,
+            packed_custom_mask=packed_custom_mask)
 
     begin_forward = plan
 
@@ -419,7 +425,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             paged=False, qo_indptr=qo_indptr, kv_indptr=kv_indptr, kv_indices=None, kv_last_page_len=None,
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk, page_size=1, causal=causal,
             sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
-            kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config)
+            kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config,
+            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask)
 
     begin_forward = plan
 
