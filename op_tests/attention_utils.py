@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import DEVICE
+
+from aiter_ext.ops.attention import plan as plan_module
+
+
+@pytest.fixture(params=[False, True], ids=["whole", "split"])
+def split_kv(request, monkeypatch):
+    """Split every request's KV into 32-key chunks (the merge path), or not."""
+    if request.param:
+        monkeypatch.setattr(plan_module, "choose_splits", lambda programs, cu_num, max_splits: max_splits)
+        monkeypatch.setattr(plan_module, "MIN_CHUNK", 32)
+    return request.param
 
 
 def i32(values) -> torch.Tensor:

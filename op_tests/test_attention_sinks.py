@@ -13,11 +13,10 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from attention_utils import i32, indptr_of, random_paged_kv  # noqa: E402
+from attention_utils import i32, indptr_of, random_paged_kv, split_kv  # noqa: E402,F401
 from conftest import DEVICE, backend_params  # noqa: E402
 
 import aiter_ext  # noqa: E402
-from aiter_ext.ops.attention import plan as plan_module  # noqa: E402
 from aiter_ext.ops.attention.backends import ATTENTION  # noqa: E402
 from aiter_ext.ops.attention.reference import batch_attention_ref, gather_paged_kv, single_attention_ref  # noqa: E402
 
@@ -38,15 +37,6 @@ def _sinks():
 def _close(a, b, what):
     err = (a.float() - b.float()).abs().max().item()
     assert err <= TOL, f"{what}: max error {err:.3g}"
-
-
-@pytest.fixture(params=[False, True], ids=["whole", "split"])
-def split_kv(request, monkeypatch):
-    """Split every request's KV into 32-key chunks (the merge path), or not."""
-    if request.param:
-        monkeypatch.setattr(plan_module, "choose_splits", lambda programs, cu_num, max_splits: max_splits)
-        monkeypatch.setattr(plan_module, "MIN_CHUNK", 32)
-    return request.param
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
