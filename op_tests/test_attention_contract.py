@@ -64,7 +64,7 @@ def test_legacy_names_forward_overrides_and_return_lse():
     _close(out, ref, "forward_return_lse(sm_scale=0.05)")
     _close(lse, ref_lse, "forward_return_lse lse")
     with pytest.raises(ValueError, match="pos_encoding_mode"):
-        w.forward(q, cache, pos_encoding_mode="ALIBI")
+        w.forward(q, cache, pos_encoding_mode="ROPE_LLAMA")  # in-kernel RoPE: not yet (issue 14 part 4)
 
 
 def test_ragged_legacy_names():
@@ -146,3 +146,49 @@ def test_decode_plan_keywords():
     ref, ref_lse = _ref(q, i32([0, 1, 2]), kv, False, sm_scale=0.1)
     _close(out, ref, "decode forward_return_lse(sm_scale=0.1)")
     _close(lse, ref_lse, "decode forward_return_lse lse")
+
+
+# --------------------------------------------------------------------------------------------------
+# In-kernel position encodings: ALiBi (FlashInfer's bias and slopes); ROPE_LLAMA is still refused
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_prefill_decode_and_single(backend, causal):
+    from aiter_ext.ops.attention.reference import alibi_slopes, single_attention_ref
+
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([5, 2], [40, 7])
+    slopes = alibi_slopes(HQ).to(DEVICE)
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=causal, pos_encoding_mode="ALIBI", q_data_type=DTYPE)
+    out, lse = w.run(q, cache, return_lse=True)
+    ref, ref_lse = batch_attention_ref(q, qo.to(DEVICE), kv, causal, None, -1, None, None, None, slopes)
+    _close(out, ref, "paged prefill with ALiBi")
+    _close(lse, ref_lse, "its LSE")
+    plain, _ = _ref(q, qo, kv, causal)
+    assert (out.float() - plain).abs().max() > 10 * TOL, "ALiBi changed nothing"
+    d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ALIBI", q_data_type=DTYPE)
+    qd = q[:2].contiguous()
+    _close(d.run(qd, cache), batch_attention_ref(qd, i32([0, 1, 2]).to(DEVICE), kv, False, None, -1, None, None,
+                                                 None, slopes)[0], "decode with ALiBi")
+    k, v = kv[0]
+    _close(aiter_ext.single_prefill_with_kv_cache(q[:5], k, v, causal=causal, pos_encoding_mode="ALIBI",
+                                                  backend=backend),
+           single_attention_ref(q[:5], k, v, causal=causal, alibi=slopes)[0], "single prefill with ALiBi")
+
+
+def test_alibi_limits():
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([2], [9])
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
+    with pytest.raises(ValueError, match="ALiBi with logits_soft_cap"):
+        w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ALIBI", logits_soft_cap=30.0)
+    with pytest.raises(ValueError, match="ROPE_LLAMA"):
+        w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA")
+    w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    from aiter_ext.ops.attention.reference import alibi_slopes
+
+    # forward's pos_encoding_mode turns ALiBi on for this and later runs, as FlashInfer's forward does
+    out = w.forward(q, cache, causal=False, pos_encoding_mode="ALIBI")
+    ref = batch_attention_ref(q, qo.to(DEVICE), kv, False, None, -1, None, None, None, alibi_slopes(HQ).to(DEVICE))[0]
+    _close(out, ref, "forward(pos_encoding_mode='ALIBI')")

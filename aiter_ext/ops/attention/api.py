@@ -95,7 +95,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
            q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
            logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype, custom_mask=custom_mask,
-           packed_custom_mask=packed_custom_mask)
+           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
     result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, sinks=sinks)
     if o_dtype is None or o_dtype == q.dtype:
         return result
@@ -135,7 +135,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
     w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
            k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-           q_data_type=q.dtype, kv_data_type=k.dtype)
+           q_data_type=q.dtype, kv_data_type=k.dtype, pos_encoding_mode=pos_encoding_mode)
     result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
                    sinks=sinks)
     return (result[0][0], result[1][0]) if return_lse else result[0]

@@ -17,6 +17,7 @@ from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
 from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
+from .reference import alibi_slopes
 from .plan import WorkPlan, make_plan
 
 
@@ -67,9 +68,9 @@ def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bo
                       custom_mask=None, packed_custom_mask=None, rope_scale=None, rope_theta=None) -> None:
     """FlashInfer options this engine does not implement yet: refused, never silently ignored. (Custom
     masks are served, by AttentionPlan.build; their two arguments are accepted here unchecked.)"""
-    if pos_encoding_mode != "NONE":
-        raise ValueError(f"pos_encoding_mode={pos_encoding_mode!r} is not supported: apply RoPE to q and k "
-                         "before attention (aiter_ext's RoPE ops), and pass pos_encoding_mode='NONE'")
+    if pos_encoding_mode not in ("NONE", "ALIBI"):
+        raise ValueError(f"pos_encoding_mode={pos_encoding_mode!r} is not supported ('NONE' and 'ALIBI' are): apply "
+                         "RoPE to q and k before attention (aiter_ext's RoPE ops), and pass pos_encoding_mode='NONE'")
     if rope_scale is not None or rope_theta is not None:
         raise ValueError("rope_scale / rope_theta only apply with in-kernel RoPE, which is not supported")
     del use_fp16_qk_reduction  # a precision hint: the engine always accumulates in fp32
@@ -114,15 +115,21 @@ class AttentionPlan:
     qo_lens: tuple = ()  # host copies, for the reference backend and checks
     kv_lens: tuple = ()
     mask_offsets: tuple = ()  # each request's first byte in custom_mask (host copy)
+    #: ALiBi slopes, fp32 [Hq] on the device (pos_encoding_mode="ALIBI"), else None
+    alibi: Optional[torch.Tensor] = None
 
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
               head_dim, page_size, causal, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
               workspace: torch.Tensor, backend: Optional[str], config: Optional[dict] = None,
-              custom_mask=None, packed_custom_mask=None) -> "AttentionPlan":
+              custom_mask=None, packed_custom_mask=None, pos_encoding_mode: str = "NONE") -> "AttentionPlan":
         """``custom_mask`` (bool, every request's ``[qo_len, kv_len]`` flattened and concatenated) or
         ``packed_custom_mask`` (uint8, as masks.segment_packbits(..., bitorder="little") packs it):
-        FlashInfer's custom masks; with one, ``causal`` is ignored, as in FlashInfer."""
+        FlashInfer's custom masks; with one, ``causal`` is ignored, as in FlashInfer. ``pos_encoding_mode``
+        "ALIBI" adds FlashInfer's ALiBi bias (reference.alibi_slopes by head)."""
+        check_unsupported(pos_encoding_mode)
+        if pos_encoding_mode == "ALIBI" and logits_soft_cap:
+            raise ValueError("ALiBi with logits_soft_cap is not supported (FlashInfer scales such scores twice)")
         if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
             raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads "
                              f"({num_kv_heads})")
@@ -182,7 +189,8 @@ class AttentionPlan:
                    as_i32(kv_indices) if paged else None, as_i32(kv_last_page_len) if paged else None,
                    qo[-1], kv[-1] if not paged else 0, max_page, torch.cat([as_i32(t) for t in tables]), work,
                    partial_o, partial_lse, choice.impl.backend, extra, mask[0] if mask is not None else None,
-                   tuple(qo_lens), tuple(kv_lens), tuple(mask[1].tolist()) if mask is not None else ())
+                   tuple(qo_lens), tuple(kv_lens), tuple(mask[1].tolist()) if mask is not None else (),
+                   alibi_slopes(num_qo_heads).to(device) if pos_encoding_mode == "ALIBI" else None)
 
     # -- run --------------------------------------------------------------------------------------
 

@@ -43,9 +43,9 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 
 @triton.jit
 def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
-                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
+                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last, alibi_log2,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
-                  CUSTOM_MASK: tl.constexpr):
+                  CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr):
     """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
     ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
     and inside every row's window: they skip all per-element masks (each mask costs compares, and on
@@ -56,6 +56,8 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
         s = cap_post * _tanh(qk * cap_pre)
     else:
         s = qk * sm_scale_log2
+    if ALIBI:  # FlashInfer's bias, slope * (key - query index in the request), in base 2
+        s += alibi_log2[:, None] * (keys[None, :] - qpos[:, None]).to(tl.float32)
     if MASKED:
         # One integer "room" per score, visible iff >= 0: a single compare (one lane mask) per
         # element instead of one per condition. Padding rows need no mask: they are never stored.
@@ -88,13 +90,13 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
 
 @triton.jit
 def attention_kernel(
-    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
+    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes,
     batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
-    CUSTOM_MASK: tl.constexpr = False,
+    CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
@@ -103,7 +105,9 @@ def attention_kernel(
 
     ``CUSTOM_MASK``: FlashInfer's custom mask, packed (masks.py); each request's byte offset follows
     the request tables in ``meta``. Every block is then masked (no unmasked fast path), and causal is
-    off (the plan drops it, as FlashInfer does)."""
+    off (the plan drops it, as FlashInfer does).
+
+    ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -155,6 +159,9 @@ def attention_kernel(
         unmasked_hi = kv_lo
     mask_bytes = custom_mask
     mask_last = kv_len * 0
+    alibi_log2 = tl.zeros([BLOCK_M], tl.float32)
+    if ALIBI:
+        alibi_log2 = tl.load(alibi_slopes + head, mask=row_ok, other=0.0) * LOG2E_JIT
     if CUSTOM_MASK:  # the request's byte offset sits after qo_indptr | kv_indptr (| kv_last_page_len)
         if PAGED:
             mask_begin = tl.load(meta + 3 * batch + 2 + req)
@@ -183,7 +190,7 @@ def attention_kernel(
                                   stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK)
+                                  alibi_log2, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
@@ -193,7 +200,7 @@ def attention_kernel(
                               stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK)
+                                  alibi_log2, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -220,7 +227,7 @@ def attention_kernel(
 
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
-                     logits_soft_cap: float | None, merge, sinks=None, custom_mask=None) -> None:
+                     logits_soft_cap: float | None, merge, sinks=None, custom_mask=None, alibi=None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
@@ -236,12 +243,13 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         launch_opts["num_stages"] = plan.num_stages
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
-        sinks if sinks is not None else meta, custom_mask if custom_mask is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
+        sinks if sinks is not None else meta, custom_mask if custom_mask is not None else meta,
+        alibi if alibi is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
-        CUSTOM_MASK=custom_mask is not None, **launch_opts,
+        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -254,7 +262,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 # page-id prefetch).
 
 POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr", "sinks",
-                "custom_mask")
+                "custom_mask", "alibi_slopes")
 STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
 
 
@@ -270,13 +278,13 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     kv_dtype = kv_dtype or dtype
     sig = {n: "*i32" for n in POINTER_ARGS}
     sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
-               custom_mask="*u8",
+               custom_mask="*u8", alibi_slopes="*fp32",
                o="*fp32" if split else f"*{dtype}")
     sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
-              "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False,
+              "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -303,6 +311,7 @@ def aot_specs():
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink", SINK=True)
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
+        yield kernel_spec("bf16", 128, rows, group, True, True, label="-alibi", ALIBI=True)
         # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
         # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
         from dataclasses import replace

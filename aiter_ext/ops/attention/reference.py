@@ -34,14 +34,25 @@ def attention_mask(qo_len: int, kv_len: int, causal: bool, window_left: int, dev
     return visible
 
 
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's head slopes (Press et al., 2022): for n heads, a power of two, head h (from 0) gets
+    2^(-8 (h + 1) / n). For other counts, the slopes of the largest power of two p below come first,
+    then the odd-numbered slopes of 2p heads (2^(-4 (2m + 1) / p), m = 0, 1, ...) until there are n."""
+    p = 1 << (num_heads.bit_length() - 1)
+    slopes = [2.0 ** (-8.0 * (h + 1) / p) for h in range(p)]
+    slopes += [2.0 ** (-4.0 * (2 * m + 1) / p) for m in range(num_heads - p)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
 def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None, window_left: int = -1,
-                         logits_soft_cap: float | None = None, sinks=None, custom_mask=None):
+                         logits_soft_cap: float | None = None, sinks=None, custom_mask=None, alibi=None):
     """One request: ``q [qo_len, Hq, D]``, ``k [kv_len, Hkv, D]``, ``v [kv_len, Hkv, Dv]``.
 
     ``sinks`` (``[Hq]``, natural-log units, not scaled by ``sm_scale``): one more logit per head in
     the softmax denominator, a key of value 0 that every query sees (gpt-oss's attention sinks).
     ``custom_mask`` (bool ``[qo_len, kv_len]``, True = visible) replaces the causal mask (FlashInfer's
-    rule) and combines with the window.
+    rule) and combines with the window. ``alibi`` (``[Hq]`` slopes) adds ``slope * (j - i)`` to the
+    scaled score of query ``i`` (its index in the request, as FlashInfer counts it) and key ``j``.
     Returns ``o [qo_len, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [qo_len, Hq]`` (base 2).
     """
     qo_len, num_qo_heads, head_dim = q.shape
@@ -52,6 +63,9 @@ def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None =
     kf = k.float().repeat_interleave(group, dim=1)  # [kv_len, Hq, D]
     vf = v.float().repeat_interleave(group, dim=1)
     logits = torch.einsum("qhd,khd->hqk", qf, kf) * sm_scale
+    if alibi is not None:
+        distance = (torch.arange(kv_len, device=q.device)[None, :] - torch.arange(qo_len, device=q.device)[:, None])
+        logits = logits + alibi.float().to(q.device)[:, None, None] * distance[None].float()
     if logits_soft_cap:
         logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
     visible = attention_mask(qo_len, kv_len, causal and custom_mask is None, window_left, q.device)
@@ -89,7 +103,8 @@ def gather_paged_kv(k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, k
 
 
 def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_scale: float | None = None,
-                        window_left: int = -1, logits_soft_cap: float | None = None, sinks=None, custom_masks=None):
+                        window_left: int = -1, logits_soft_cap: float | None = None, sinks=None, custom_masks=None,
+                        alibi=None):
     """A ragged batch: request ``b`` owns ``q[qo_indptr[b]:qo_indptr[b+1]]`` and ``kv_per_request[b] = (k, v)``.
 
     Returns ``o [total_q, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [total_q, Hq]``.
@@ -98,7 +113,7 @@ def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_s
     outs, lses = [], []
     for b, (k, v) in enumerate(kv_per_request):
         o, lse = single_attention_ref(q[bounds[b]:bounds[b + 1]], k, v, causal, sm_scale, window_left,
-                                      logits_soft_cap, sinks, None if custom_masks is None else custom_masks[b])
+                                      logits_soft_cap, sinks, None if custom_masks is None else custom_masks[b], alibi)
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)

@@ -9,7 +9,8 @@ mean automatic selection; ``"triton"`` and ``"torch"`` force one.
 Attention sinks: ``run(..., sinks=)`` on every wrapper (fp32 ``[Hq]`` logits in natural-log units,
 not scaled by ``sm_scale``, in the softmax denominator only, the LSE included), and
 ``BatchAttentionWithAttentionSinkWrapper``. Not implemented yet, and refused with a clear error
-rather than ignored: in-kernel RoPE/ALiBi (``pos_encoding_mode`` other than ``"NONE"``).
+rather than ignored: in-kernel RoPE (``pos_encoding_mode="ROPE_LLAMA"``). ``"ALIBI"`` is served:
+FlashInfer's bias, slope * (key - query index in the request), with its slopes by head count.
 
 Custom masks: ``plan(custom_mask=...)`` (bool, every request's ``[qo_len, kv_len]`` row-major,
 concatenated) or ``plan(packed_custom_mask=...)`` (``segment_packbits(..., bitorder="little")`` of
@@ -112,6 +113,13 @@ def _forward_overrides(wrapper, causal=None, pos_encoding_mode="NONE", use_fp16_
                "sm_scale": plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)}
     if causal is not None and plan.custom_mask is None:  # with a custom mask causal stays off (FlashInfer)
         changes["causal"] = bool(causal)
+    if (pos_encoding_mode == "ALIBI") != (plan.alibi is not None):
+        from .reference import alibi_slopes
+
+        if pos_encoding_mode == "ALIBI" and logits_soft_cap:
+            raise ValueError("ALiBi with logits_soft_cap is not supported (FlashInfer scales such scores twice)")
+        changes["alibi"] = alibi_slopes(plan.num_qo_heads).to(plan.meta.device) if pos_encoding_mode == "ALIBI" \
+            else None
     wrapper._plan = replace(plan, **changes)
 
 
@@ -239,7 +247,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
             head_dim=head_dim_qk, page_size=page_size, causal=causal, sm_scale=sm_scale, window_left=window_left,
             logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
             workspace=self._workspace, backend=self._backend, config=self._config, custom_mask=custom_mask,
-            packed_custom_mask=packed_custom_mask)
+            packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
 
     begin_forward = plan
 
@@ -285,7 +293,8 @@ class BatchAttentionWithAttentionSinkWrapper(BatchPrefillWithPagedKVCacheWrapper
         if head_dim_vo != head_dim_qk:
             raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend=backend)
-        self._defaults = {"q_data_type": q_data_type, "kv_data_type": kv_data_type, "window_left": window_left}
+        self._defaults = {"q_data_type": q_data_type, "kv_data_type": kv_data_type, "window_left": window_left,
+                          "pos_encoding_mode": pos_encoding_mode}
 
     def plan(self, *args, **kwargs) -> None:
         """As BatchPrefillWithPagedKVCacheWrapper.plan; the constructor's dtypes and window are the defaults."""
@@ -369,7 +378,7 @@ class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
             causal=q_len_per_req > 1, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
             q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend,
-            config=self._config)
+            config=self._config, pos_encoding_mode=pos_encoding_mode)
 
     begin_forward = plan
 
@@ -426,7 +435,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk, page_size=1, causal=causal,
             sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
             kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config,
-            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask)
+            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
 
     begin_forward = plan
 
