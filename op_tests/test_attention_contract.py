@@ -192,3 +192,10 @@ def test_alibi_limits():
     out = w.forward(q, cache, causal=False, pos_encoding_mode="ALIBI")
     ref = batch_attention_ref(q, qo.to(DEVICE), kv, False, None, -1, None, None, None, alibi_slopes(HQ).to(DEVICE))[0]
     _close(out, ref, "forward(pos_encoding_mode='ALIBI')")
+
+
+def test_alibi_is_refused_by_cascade():
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace())
+    with pytest.raises(ValueError, match="ALIBI.*cascade"):
+        w.plan([i32([0, 1])] * 2, [i32([0, 1])] * 2, [i32([0]), i32([1])], [i32([1])] * 2, HQ, HKV, D, PAGE,
+               pos_encoding_mode="ALIBI")

@@ -73,6 +73,9 @@ class MultiLevelCascadeAttentionWrapper:
              window_left: int = -1, logits_soft_cap: Optional[float] = None, rope_scale=None, rope_theta=None,
              q_data_type="float16", kv_data_type=None) -> None:
         n = len(self._levels)
+        if pos_encoding_mode == "ALIBI":  # each level counts its keys from 0: the bias would be wrong
+            raise ValueError("pos_encoding_mode='ALIBI' is not supported in cascade attention: each level's keys are "
+                             "numbered from 0, so the bias slope * (key - query) would not see absolute positions")
         for name, arr in (("qo_indptr_arr", qo_indptr_arr), ("paged_kv_indptr_arr", paged_kv_indptr_arr),
                           ("paged_kv_indices_arr", paged_kv_indices_arr),
                           ("paged_kv_last_page_len", paged_kv_last_page_len)):
