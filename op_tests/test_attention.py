@@ -128,7 +128,7 @@ def _plan_args():
     ("last_page_len 0", "kv_last_page_len\\[0\\] = 0"),
     ("last_page_len > page_size", "kv_last_page_len\\[1\\] = 17"),
     ("heads", "positive multiple of num_kv_heads"),
-    ("rope", "pos_encoding_mode='ROPE_LLAMA' is not supported"),
+    ("unknown encoding", "pos_encoding_mode must be one of"),
     ("custom mask", "custom_mask"),
 ])
 def test_plan_rejects_bad_input(case, match):
@@ -143,8 +143,8 @@ def test_plan_rejects_bad_input(case, match):
         args[3] = i32([4, 17])
     elif case == "heads":
         args[4] = 3
-    elif case == "rope":
-        kwargs["pos_encoding_mode"] = "ROPE_LLAMA"
+    elif case == "unknown encoding":
+        kwargs["pos_encoding_mode"] = "XPOS"
     elif case == "custom mask":
         kwargs["custom_mask"] = torch.ones(10, dtype=torch.bool)
     w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from attention_utils import i32, indptr_of, random_paged_kv  # noqa: E402
+from attention_utils import i32, indptr_of, random_paged_kv, split_kv  # noqa: E402,F401
 from conftest import DEVICE  # noqa: E402
 
 import aiter_ext  # noqa: E402
@@ -64,7 +64,7 @@ def test_legacy_names_forward_overrides_and_return_lse():
     _close(out, ref, "forward_return_lse(sm_scale=0.05)")
     _close(lse, ref_lse, "forward_return_lse lse")
     with pytest.raises(ValueError, match="pos_encoding_mode"):
-        w.forward(q, cache, pos_encoding_mode="ROPE_LLAMA")  # in-kernel RoPE: not yet (issue 14 part 4)
+        w.forward(q, cache, pos_encoding_mode="XPOS")  # not one of FlashInfer's modes
 
 
 def test_ragged_legacy_names():
@@ -149,7 +149,7 @@ def test_decode_plan_keywords():
 
 
 # --------------------------------------------------------------------------------------------------
-# In-kernel position encodings: ALiBi (FlashInfer's bias and slopes); ROPE_LLAMA is still refused
+# In-kernel position encodings: ALiBi (FlashInfer's bias and slopes) and ROPE_LLAMA
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -183,8 +183,8 @@ def test_alibi_limits():
     w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace())
     with pytest.raises(ValueError, match="ALiBi with logits_soft_cap"):
         w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ALIBI", logits_soft_cap=30.0)
-    with pytest.raises(ValueError, match="ROPE_LLAMA"):
-        w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA")
+    with pytest.raises(ValueError, match="pos_encoding_mode must be one of"):
+        w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE")
     w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, q_data_type=DTYPE)
     from aiter_ext.ops.attention.reference import alibi_slopes
 
@@ -199,3 +199,34 @@ def test_alibi_is_refused_by_cascade():
     with pytest.raises(ValueError, match="ALIBI.*cascade"):
         w.plan([i32([0, 1])] * 2, [i32([0, 1])] * 2, [i32([0]), i32([1])], [i32([1])] * 2, HQ, HKV, D, PAGE,
                pos_encoding_mode="ALIBI")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_rope_llama_in_the_kernel(backend, causal, split_kv):
+    """FlashInfer's ROPE_LLAMA: q (query i at kv_len - qo_len + i) and k (key j at j) rotated inside
+    attention; the same as rotating them first with the fp32 reference and attending plainly."""
+    from aiter_ext.ops.attention.reference import single_attention_ref
+
+    rope = (2.0, 5e5)
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([5, 2], [70, 7])
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=causal, pos_encoding_mode="ROPE_LLAMA", rope_scale=rope[0],
+           rope_theta=rope[1], q_data_type=DTYPE)
+    out, lse = w.run(q, cache, return_lse=True)
+    ref, ref_lse = batch_attention_ref(q, qo.to(DEVICE), kv, causal, None, -1, None, None, None, None, rope)
+    _close(out, ref, "paged prefill with ROPE_LLAMA")
+    _close(lse, ref_lse, "its LSE")
+    plain, _ = _ref(q, qo, kv, causal)
+    assert (out.float() - plain).abs().max() > 10 * TOL, "RoPE changed nothing"
+    d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA", q_data_type=DTYPE)  # defaults 1, 1e4
+    qd = q[:2].contiguous()
+    _close(d.run(qd, cache), batch_attention_ref(qd, i32([0, 1, 2]).to(DEVICE), kv, False, None, -1, None, None,
+                                                 None, None, (1.0, 1e4))[0], "decode with ROPE_LLAMA")
+    k, v = kv[0]
+    _close(aiter_ext.single_prefill_with_kv_cache(q[:5], k, v, causal=causal, pos_encoding_mode="ROPE_LLAMA",
+                                                  rope_theta=rope[1], backend=backend),
+           single_attention_ref(q[:5], k, v, causal=causal, rope=(1.0, rope[1]))[0], "single prefill ROPE_LLAMA")
+    with pytest.raises(ValueError, match="rope_scale / rope_theta apply only"):
+        d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, rope_theta=1e6)

@@ -22,7 +22,6 @@ from .cascade import (
     BatchDecodeWithSharedPrefixPagedKVCacheWrapper, BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
     MultiLevelCascadeAttentionWrapper, cascade_attention,
 )
-from .engine import check_unsupported
 from .masks import packbits, segment_packbits
 from .wrappers import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper,
@@ -81,7 +80,6 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                         ("kv_cache_sf", kv_cache_sf)):
         if value is not None:
             raise ValueError(f"{name} is not supported yet (per-head fp8 scales); pass k_scale/v_scale floats")
-    check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
     check_tensor("q", q, ndim=3)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
     _check_same_tokens(k, v)
@@ -95,7 +93,8 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
            q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
            logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype, custom_mask=custom_mask,
-           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
+           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+           rope_theta=rope_theta)
     result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, sinks=sinks)
     if o_dtype is None or o_dtype == q.dtype:
         return result
@@ -128,14 +127,14 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     >>> out = aiter_ext.single_decode_with_kv_cache(q, k, v)
     >>> torch.testing.assert_close(out, single_attention_ref(q[None], k, v)[0][0], atol=2e-3, rtol=1e-2)
     """
-    check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
     check_tensor("q", q, ndim=2)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
     _check_same_tokens(k, v)
     w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
     w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
            k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-           q_data_type=q.dtype, kv_data_type=k.dtype, pos_encoding_mode=pos_encoding_mode)
+           q_data_type=q.dtype, kv_data_type=k.dtype, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+           rope_theta=rope_theta)
     result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
                    sinks=sinks)
     return (result[0][0], result[1][0]) if return_lse else result[0]

@@ -32,7 +32,7 @@ def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> Non
 
         masks = unpack_request_masks(plan.custom_mask, plan.mask_offsets, plan.qo_lens, plan.kv_lens)
     o, s = reference.batch_attention_ref(q, plan.qo_indptr, kv, plan.causal, sm_scale, plan.window_left,
-                                         plan.logits_soft_cap, sinks, masks, plan.alibi)
+                                         plan.logits_soft_cap, sinks, masks, plan.alibi, plan.rope)
     out.copy_(o)
     lse.copy_(s)
 
@@ -45,6 +45,7 @@ def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> No
                      out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
                      kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
                      logits_soft_cap=plan.logits_soft_cap, sinks=sinks, custom_mask=plan.custom_mask, alibi=plan.alibi,
+                     rope=plan.rope,
                      merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
 
 
@@ -56,7 +57,7 @@ def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sin
                      partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
                      sm_scale=plan.sm_scale, causal=plan.causal, window_left=plan.window_left,
                      logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, custom_mask=plan.custom_mask,
-                     alibi=plan.alibi)
+                     alibi=plan.alibi, rope=plan.rope)
 
 
 def _triton_supports(call) -> tuple[bool, str]:
@@ -75,9 +76,9 @@ ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", 
 ATTENTION.register("torch", _run_torch)
 ATTENTION.register("triton", _run_triton, supports=_triton_supports)
 def _run_aiter(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
-    if sinks is not None or plan.custom_mask is not None or plan.alibi is not None:  # never ignored
-        raise ValueError("sinks=, custom masks and ALiBi are not served by the aiter backend (AITER's batch prefill "
-                         "takes none of them); plan with backend='triton'")
+    if sinks is not None or plan.custom_mask is not None or plan.alibi is not None or plan.rope is not None:
+        raise ValueError("sinks=, custom masks, ALiBi and in-kernel RoPE are not served by the aiter backend "
+                         "(AITER's batch prefill takes none of them); plan with backend='triton'")
     aiter_backend.run(plan, q, k, v, kv_strides, out, lse, sm_scale)
 
 

@@ -21,6 +21,9 @@ from .reference import alibi_slopes
 from .plan import WorkPlan, make_plan
 
 
+#: FlashInfer's in-kernel position encodings.
+POS_ENCODINGS = ("NONE", "ROPE_LLAMA", "ALIBI")
+
 #: Warps of the custom-mask launches off NVIDIA (see AttentionPlan.build).
 MASK_WARPS_AMD = 8
 
@@ -68,11 +71,10 @@ def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bo
                       custom_mask=None, packed_custom_mask=None, rope_scale=None, rope_theta=None) -> None:
     """FlashInfer options this engine does not implement yet: refused, never silently ignored. (Custom
     masks are served, by AttentionPlan.build; their two arguments are accepted here unchecked.)"""
-    if pos_encoding_mode not in ("NONE", "ALIBI"):
-        raise ValueError(f"pos_encoding_mode={pos_encoding_mode!r} is not supported ('NONE' and 'ALIBI' are): apply "
-                         "RoPE to q and k before attention (aiter_ext's RoPE ops), and pass pos_encoding_mode='NONE'")
-    if rope_scale is not None or rope_theta is not None:
-        raise ValueError("rope_scale / rope_theta only apply with in-kernel RoPE, which is not supported")
+    if pos_encoding_mode not in POS_ENCODINGS:
+        raise ValueError(f"pos_encoding_mode must be one of {POS_ENCODINGS}, got {pos_encoding_mode!r}")
+    if pos_encoding_mode != "ROPE_LLAMA" and (rope_scale is not None or rope_theta is not None):
+        raise ValueError("rope_scale / rope_theta apply only with pos_encoding_mode='ROPE_LLAMA'")
     del use_fp16_qk_reduction  # a precision hint: the engine always accumulates in fp32
 
 
@@ -117,17 +119,22 @@ class AttentionPlan:
     mask_offsets: tuple = ()  # each request's first byte in custom_mask (host copy)
     #: ALiBi slopes, fp32 [Hq] on the device (pos_encoding_mode="ALIBI"), else None
     alibi: Optional[torch.Tensor] = None
+    #: in-kernel Llama RoPE (pos_encoding_mode="ROPE_LLAMA"): (rope_scale, rope_theta), else None
+    rope: Optional[tuple] = None
 
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
               head_dim, page_size, causal, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
               workspace: torch.Tensor, backend: Optional[str], config: Optional[dict] = None,
-              custom_mask=None, packed_custom_mask=None, pos_encoding_mode: str = "NONE") -> "AttentionPlan":
+              custom_mask=None, packed_custom_mask=None, pos_encoding_mode: str = "NONE", rope_scale=None,
+              rope_theta=None) -> "AttentionPlan":
         """``custom_mask`` (bool, every request's ``[qo_len, kv_len]`` flattened and concatenated) or
         ``packed_custom_mask`` (uint8, as masks.segment_packbits(..., bitorder="little") packs it):
         FlashInfer's custom masks; with one, ``causal`` is ignored, as in FlashInfer. ``pos_encoding_mode``
-        "ALIBI" adds FlashInfer's ALiBi bias (reference.alibi_slopes by head)."""
-        check_unsupported(pos_encoding_mode)
+        "ALIBI" adds FlashInfer's ALiBi bias (reference.alibi_slopes by head); "ROPE_LLAMA" rotates q and
+        k in the kernel (rotate-half, ``rope_scale`` default 1, ``rope_theta`` default 1e4; query i of a
+        request at position kv_len - qo_len + i, key j at j), as FlashInfer does."""
+        check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
         if pos_encoding_mode == "ALIBI" and logits_soft_cap:
             raise ValueError("ALiBi with logits_soft_cap is not supported (FlashInfer scales such scores twice)")
         if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
@@ -190,7 +197,8 @@ class AttentionPlan:
                    qo[-1], kv[-1] if not paged else 0, max_page, torch.cat([as_i32(t) for t in tables]), work,
                    partial_o, partial_lse, choice.impl.backend, extra, mask[0] if mask is not None else None,
                    tuple(qo_lens), tuple(kv_lens), tuple(mask[1].tolist()) if mask is not None else (),
-                   alibi_slopes(num_qo_heads).to(device) if pos_encoding_mode == "ALIBI" else None)
+                   alibi_slopes(num_qo_heads).to(device) if pos_encoding_mode == "ALIBI" else None,
+                   (float(rope_scale or 1.0), float(rope_theta or 1e4)) if pos_encoding_mode == "ROPE_LLAMA" else None)
 
     # -- run --------------------------------------------------------------------------------------
 

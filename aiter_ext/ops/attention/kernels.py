@@ -15,6 +15,8 @@ output and LSE directly.
 
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
 
@@ -31,6 +33,16 @@ def _tanh(x):
 
 
 @triton.jit
+def _rotate_halves(lo, hi, pos, freq):
+    """Llama's rotate-half RoPE of rows given as their two halves (fp32 ``[R, D/2]`` each) at
+    positions ``pos [R]``; ``freq [D/2]``. Each pair (c, c + D/2) turns by ``pos * freq[c]``."""
+    angle = pos.to(tl.float32)[:, None] * freq[None, :]
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    return lo * cos - hi * sin, hi * cos + lo * sin
+
+
+@triton.jit
 def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head,
                  PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr):
     """Element offsets of the K/V rows of ``keys`` (positions in the request's KV) for KV head ``h_kv``."""
@@ -44,14 +56,25 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 @triton.jit
 def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last, alibi_log2,
+                  q_lo, q_hi, rope_freq,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
-                  CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr):
+                  CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr, ROPE: tl.constexpr):
     """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
     ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
     and inside every row's window: they skip all per-element masks (each mask costs compares, and on
     AMD 64-bit lane masks held in SGPRs)."""
-    k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :])
-    qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
+    if ROPE:
+        # The keys rotated at their positions, as two half-width tiles, and the score as two
+        # half-width dots with the rotated query halves: no re-shuffle of columns, and the angles of
+        # a pair are computed once ([BLOCK_N, D/2], not [BLOCK_N, D]).
+        half = tl.arange(0, rope_freq.shape[0])
+        k_lo = tl.load(k_cache + kv_off[:, None] + half[None, :]).to(tl.float32)
+        k_hi = tl.load(k_cache + kv_off[:, None] + (half + rope_freq.shape[0])[None, :]).to(tl.float32)
+        k_lo, k_hi = _rotate_halves(k_lo, k_hi, keys, rope_freq)
+        qk = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype))) + tl.dot(q_hi, tl.trans(k_hi.to(q_hi.dtype)))
+    else:
+        k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :])
+        qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
     if SOFT_CAP:
         s = cap_post * _tanh(qk * cap_pre)
     else:
@@ -91,12 +114,12 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
 @triton.jit
 def attention_kernel(
     q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes,
-    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
+    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left, rope_rcp_scale, rope_log2_rcp_theta,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
-    CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False,
+    CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False, ROPE: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
@@ -107,7 +130,11 @@ def attention_kernel(
     the request tables in ``meta``. Every block is then masked (no unmasked fast path), and causal is
     off (the plan drops it, as FlashInfer does).
 
-    ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score."""
+    ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score.
+
+    ``ROPE``: Llama's RoPE in the kernel (FlashInfer's ``ROPE_LLAMA``): q rotated once at position
+    ``kv_len - qo_len + i``, each K block at its keys' positions; frequency of pair c:
+    ``rope_rcp_scale * 2^(rope_log2_rcp_theta * 2c / D)``."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -139,6 +166,18 @@ def attention_kernel(
     q_tok = (qo_begin + qpos).to(tl.int64)
     q_tile = tl.load(q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head + cols[None, :],
                      mask=row_ok[:, None], other=0.0)
+    q_lo = q_tile  # with ROPE: the rotated halves of the query rows (else unused)
+    q_hi = q_tile
+    rope_freq = tl.zeros([HEAD_DIM // 2], tl.float32)
+    if ROPE:
+        half = tl.arange(0, HEAD_DIM // 2)
+        rope_freq = rope_rcp_scale * tl.exp2(rope_log2_rcp_theta * (half * 2).to(tl.float32) / HEAD_DIM)
+        q_row = q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head
+        lo = tl.load(q_row + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        hi = tl.load(q_row + (half + HEAD_DIM // 2)[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        lo, hi = _rotate_halves(lo, hi, qpos + (kv_len - qo_len), rope_freq)
+        q_lo = lo.to(q_tile.dtype)
+        q_hi = hi.to(q_tile.dtype)
 
     # Keys this tile can see at all: causal ends at the last row's diagonal, the window starts at
     # the first row's. Aligned bottom-right: query i sees key j iff j <= i + kv_len - qo_len.
@@ -190,7 +229,8 @@ def attention_kernel(
                                   stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  alibi_log2, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI)
+                                  alibi_log2, q_lo, q_hi, rope_freq, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK,
+                                  ALIBI, ROPE)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
@@ -200,7 +240,8 @@ def attention_kernel(
                               stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  alibi_log2, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI)
+                                  alibi_log2, q_lo, q_hi, rope_freq, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK,
+                                  ALIBI, ROPE)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -227,7 +268,8 @@ def attention_kernel(
 
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
-                     logits_soft_cap: float | None, merge, sinks=None, custom_mask=None, alibi=None) -> None:
+                     logits_soft_cap: float | None, merge, sinks=None, custom_mask=None, alibi=None,
+                     rope=None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
@@ -245,11 +287,12 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
         sinks if sinks is not None else meta, custom_mask if custom_mask is not None else meta,
         alibi if alibi is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
+        1.0 / rope[0] if rope else 1.0, -math.log2(rope[1]) if rope else 0.0,
         q.stride(0), q.stride(1), *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
-        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, **launch_opts,
+        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -280,11 +323,11 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
                custom_mask="*u8", alibi_slopes="*fp32",
                o="*fp32" if split else f"*{dtype}")
-    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
+    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post", "rope_rcp_scale", "rope_log2_rcp_theta")})
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
-              "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False,
+              "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False, "ROPE": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -312,6 +355,7 @@ def aot_specs():
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-alibi", ALIBI=True)
+        yield kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)
         # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
         # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
         from dataclasses import replace

@@ -44,8 +44,20 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def llama_rope_ref(x: torch.Tensor, positions: torch.Tensor, rope_scale: float, rope_theta: float) -> torch.Tensor:
+    """Rotate-half RoPE of ``x [n, heads, D]`` (fp32 out) at ``positions [n]``: the pair (c, c + D/2)
+    turns by ``position / rope_scale * rope_theta^(-2c / D)``."""
+    dim = x.shape[-1]
+    half = dim // 2
+    freq = rope_theta ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / dim) / rope_scale
+    angle = positions.double()[:, None] * freq[None, :]
+    cos, sin = torch.cos(angle).float()[:, None, :], torch.sin(angle).float()[:, None, :]
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None, window_left: int = -1,
-                         logits_soft_cap: float | None = None, sinks=None, custom_mask=None, alibi=None):
+                         logits_soft_cap: float | None = None, sinks=None, custom_mask=None, alibi=None, rope=None):
     """One request: ``q [qo_len, Hq, D]``, ``k [kv_len, Hkv, D]``, ``v [kv_len, Hkv, Dv]``.
 
     ``sinks`` (``[Hq]``, natural-log units, not scaled by ``sm_scale``): one more logit per head in
@@ -53,14 +65,19 @@ def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None =
     ``custom_mask`` (bool ``[qo_len, kv_len]``, True = visible) replaces the causal mask (FlashInfer's
     rule) and combines with the window. ``alibi`` (``[Hq]`` slopes) adds ``slope * (j - i)`` to the
     scaled score of query ``i`` (its index in the request, as FlashInfer counts it) and key ``j``.
+    ``rope`` (``(rope_scale, rope_theta)``): Llama's RoPE applied to q (query i at position
+    kv_len - qo_len + i) and k (key j at j) first, as FlashInfer's ``ROPE_LLAMA``.
     Returns ``o [qo_len, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [qo_len, Hq]`` (base 2).
     """
     qo_len, num_qo_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[:2]
     group = num_qo_heads // num_kv_heads
     sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
-    qf = q.float()
-    kf = k.float().repeat_interleave(group, dim=1)  # [kv_len, Hq, D]
+    qf, kf = q.float(), k.float()
+    if rope is not None:
+        qf = llama_rope_ref(qf, torch.arange(qo_len, device=q.device) + (kv_len - qo_len), *rope)
+        kf = llama_rope_ref(kf, torch.arange(kv_len, device=q.device), *rope)
+    kf = kf.repeat_interleave(group, dim=1)  # [kv_len, Hq, D]
     vf = v.float().repeat_interleave(group, dim=1)
     logits = torch.einsum("qhd,khd->hqk", qf, kf) * sm_scale
     if alibi is not None:
@@ -104,7 +121,7 @@ def gather_paged_kv(k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, k
 
 def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_scale: float | None = None,
                         window_left: int = -1, logits_soft_cap: float | None = None, sinks=None, custom_masks=None,
-                        alibi=None):
+                        alibi=None, rope=None):
     """A ragged batch: request ``b`` owns ``q[qo_indptr[b]:qo_indptr[b+1]]`` and ``kv_per_request[b] = (k, v)``.
 
     Returns ``o [total_q, Hq, Dv]`` in ``q.dtype`` and fp32 ``lse [total_q, Hq]``.
@@ -113,7 +130,8 @@ def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_s
     outs, lses = [], []
     for b, (k, v) in enumerate(kv_per_request):
         o, lse = single_attention_ref(q[bounds[b]:bounds[b + 1]], k, v, causal, sm_scale, window_left,
-                                      logits_soft_cap, sinks, None if custom_masks is None else custom_masks[b], alibi)
+                                      logits_soft_cap, sinks, None if custom_masks is None else custom_masks[b], alibi,
+                                      rope)
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)

@@ -9,8 +9,9 @@ mean automatic selection; ``"triton"`` and ``"torch"`` force one.
 Attention sinks: ``run(..., sinks=)`` on every wrapper (fp32 ``[Hq]`` logits in natural-log units,
 not scaled by ``sm_scale``, in the softmax denominator only, the LSE included), and
 ``BatchAttentionWithAttentionSinkWrapper``. Not implemented yet, and refused with a clear error
-rather than ignored: in-kernel RoPE (``pos_encoding_mode="ROPE_LLAMA"``). ``"ALIBI"`` is served:
-FlashInfer's bias, slope * (key - query index in the request), with its slopes by head count.
+nothing else. Position encodings in the kernel: ``"ALIBI"`` (FlashInfer's bias, slope * (key - query
+index in the request), its slopes by head count) and ``"ROPE_LLAMA"`` (rotate-half RoPE of q at
+kv_len - qo_len + i and k at j, ``rope_scale``/``rope_theta``).
 
 Custom masks: ``plan(custom_mask=...)`` (bool, every request's ``[qo_len, kv_len]`` row-major,
 concatenated) or ``plan(packed_custom_mask=...)`` (``segment_packbits(..., bitorder="little")`` of
@@ -113,6 +114,9 @@ def _forward_overrides(wrapper, causal=None, pos_encoding_mode="NONE", use_fp16_
                "sm_scale": plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)}
     if causal is not None and plan.custom_mask is None:  # with a custom mask causal stays off (FlashInfer)
         changes["causal"] = bool(causal)
+    if (pos_encoding_mode == "ROPE_LLAMA") or plan.rope is not None:
+        changes["rope"] = (float(rope_scale or 1.0), float(rope_theta or 1e4)) if pos_encoding_mode == "ROPE_LLAMA" \
+            else None
     if (pos_encoding_mode == "ALIBI") != (plan.alibi is not None):
         from .reference import alibi_slopes
 
@@ -247,7 +251,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
             head_dim=head_dim_qk, page_size=page_size, causal=causal, sm_scale=sm_scale, window_left=window_left,
             logits_soft_cap=logits_soft_cap, q_data_type=q_data_type, kv_data_type=kv_data_type,
             workspace=self._workspace, backend=self._backend, config=self._config, custom_mask=custom_mask,
-            packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
+            packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+            rope_theta=rope_theta)
 
     begin_forward = plan
 
@@ -378,7 +383,7 @@ class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
             causal=q_len_per_req > 1, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
             q_data_type=q_data_type, kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend,
-            config=self._config, pos_encoding_mode=pos_encoding_mode)
+            config=self._config, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
 
     begin_forward = plan
 
@@ -435,7 +440,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
             num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim_qk, page_size=1, causal=causal,
             sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
             kv_data_type=kv_data_type, workspace=self._workspace, backend=self._backend, config=self._config,
-            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode)
+            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
+            rope_scale=rope_scale, rope_theta=rope_theta)
 
     begin_forward = plan
 
