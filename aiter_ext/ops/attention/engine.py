@@ -67,10 +67,10 @@ def _packed_mask(custom_mask, packed_custom_mask, qo_lens, kv_lens, device):
     return packed_custom_mask.to(device).contiguous(), torch.tensor(offsets, dtype=torch.int32)
 
 
-def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
-                      custom_mask=None, packed_custom_mask=None, rope_scale=None, rope_theta=None) -> None:
-    """FlashInfer options this engine does not implement yet: refused, never silently ignored. (Custom
-    masks are served, by AttentionPlan.build; their two arguments are accepted here unchecked.)"""
+def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, rope_scale=None,
+                      rope_theta=None) -> None:
+    """FlashInfer's position-encoding options, checked: a mode this engine lacks, or RoPE parameters
+    without in-kernel RoPE, is refused, never silently ignored."""
     if pos_encoding_mode not in POS_ENCODINGS:
         raise ValueError(f"pos_encoding_mode must be one of {POS_ENCODINGS}, got {pos_encoding_mode!r}")
     if pos_encoding_mode != "ROPE_LLAMA" and (rope_scale is not None or rope_theta is not None):

@@ -1,6 +1,6 @@
 """Custom attention masks in FlashInfer's packed form: ``packbits`` and ``segment_packbits``
-(``flashinfer.packbits`` / ``flashinfer.quantization``), and the per-request byte offsets the
-attention kernel reads them at.
+(``flashinfer.packbits`` / ``flashinfer.quantization``), and the references' unpacking of a batch
+(engine._packed_mask checks and packs a plan's masks; the kernel reads them by byte offset).
 
 A request's mask is its ``[qo_len, kv_len]`` boolean matrix, flattened row-major; a batch's masks
 are concatenated (``qk_indptr[i] = sum_j<i qo_len_j * kv_len_j``). Packed, each request's bits start

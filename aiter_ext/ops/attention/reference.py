@@ -45,15 +45,13 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 
 def llama_rope_ref(x: torch.Tensor, positions: torch.Tensor, rope_scale: float, rope_theta: float) -> torch.Tensor:
-    """Rotate-half RoPE of ``x [n, heads, D]`` (fp32 out) at ``positions [n]``: the pair (c, c + D/2)
-    turns by ``position / rope_scale * rope_theta^(-2c / D)``."""
+    """Rotate-half (NeoX) RoPE of ``x [n, heads, D]`` (fp32 out) at ``positions [n]``, through the RoPE
+    op's own references: the pair (c, c + D/2) turns by ``position / rope_scale * rope_theta^(-2c / D)``."""
+    from aiter_ext.ops.rope.reference import cis_ref, rope_frequencies_ref, rotate_ref
+
     dim = x.shape[-1]
-    half = dim // 2
-    freq = rope_theta ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / dim) / rope_scale
-    angle = positions.double()[:, None] * freq[None, :]
-    cos, sin = torch.cos(angle).float()[:, None, :], torch.sin(angle).float()[:, None, :]
-    x1, x2 = x.float()[..., :half], x.float()[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    cis = cis_ref(positions, rope_frequencies_ref(dim, rope_scale, rope_theta, device=x.device))
+    return rotate_ref(x.float(), cis, dim, interleave=False)
 
 
 def single_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None, window_left: int = -1,

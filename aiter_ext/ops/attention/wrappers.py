@@ -239,8 +239,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_Wrapper):
              logits_soft_cap=None, rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None,
              non_blocking=True, **flashinfer_extras) -> None:
         check_plan_extras("plan", flashinfer_extras, PAGED_PLAN_EXTRAS, q_data_type)
-        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
-                          rope_theta)
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale, rope_theta)
         if head_dim_vo not in (None, head_dim_qk):
             raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
         if page_size <= 0:
@@ -294,7 +293,7 @@ class BatchAttentionWithAttentionSinkWrapper(BatchPrefillWithPagedKVCacheWrapper
                  custom_mask_buf=None, mask_indptr_buf=None, backend="auto", pos_encoding_mode="NONE",
                  use_fp16_qk_reduction=False, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
                  head_dim_qk=128, head_dim_vo=128, window_left=-1):
-        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask=custom_mask_buf)
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction)
         if head_dim_vo != head_dim_qk:
             raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend=backend)
@@ -431,8 +430,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
              rope_theta=None, q_data_type="float16", kv_data_type=None, non_blocking=True,
              **flashinfer_extras) -> None:
         check_plan_extras("plan", flashinfer_extras, RAGGED_PLAN_EXTRAS, q_data_type)
-        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, custom_mask, packed_custom_mask, rope_scale,
-                          rope_theta)
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale, rope_theta)
         if head_dim_vo not in (None, head_dim_qk):
             raise ValueError(f"head_dim_vo ({head_dim_vo}) different from head_dim_qk ({head_dim_qk}) is not supported")
         self._plan = AttentionPlan.build(
