@@ -9,9 +9,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/aiter_ext_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AITER_EXT_JIT_DIR=/tmp/aiter_ext_jit
-if [ -f .bench/flashinfer-bundle.tar.xz ]; then
-  mkdir -p /tmp/fi && tar xJf .bench/flashinfer-bundle.tar.xz -C /tmp/fi && export PYTHONPATH=$PYTHONPATH:/tmp/fi/site
+# unpacked once per machine, so that sections may run as parallel invocations after a first one
+if [ -f .bench/flashinfer-bundle.tar.xz ] && [ ! -d /tmp/fi/site ]; then
+  mkdir -p /tmp/fi && tar xJf .bench/flashinfer-bundle.tar.xz -C /tmp/fi
 fi
+[ -d /tmp/fi/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/fi/site
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || echo "FlashInfer unavailable"
@@ -39,7 +41,7 @@ for section in $sections; do
       python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12 ;;
     sampling-exclusion)  # issue 12: 5M draws per case, no excluded token (vocabulary 128256 cases are the slow ones:
       # every draw of the row kernel scans half a row; AITER_EXT_EXCLUSION_DRAWS lowers the count for a first look)
-      python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling_exclusion.py 2>&1 \
+      python3 -m pytest -v -p no:cacheprovider --durations=12 op_tests/test_sampling_exclusion.py 2>&1 \
         | tee "$OUT/pytest-sampling-exclusion.log" | tail -n 12 ;;
     sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;

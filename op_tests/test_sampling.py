@@ -755,7 +755,8 @@ def bench_main(argv=None) -> int:
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
           f"from softmax(N(0, 1) logits); floor = one read of the probabilities at the copy bandwidth")
     cases = [("sampling_from_probs", (), {}), ("top_k_sampling_from_probs", (50,), {}),
-             ("top_p_sampling_from_probs", (0.9,), {}), ("min_p_sampling_from_probs", (0.1,), {})]
+             ("top_p_sampling_from_probs", (0.9,), {}), ("min_p_sampling_from_probs", (0.1,), {}),
+             ("top_k_top_p_sampling_from_probs", (50, 0.9), {"filter_apply_order": "joint"})]
     rows = []
     for vocab in (32000, 128256, 201088):
         for batch in (1, 32, 256):
@@ -766,7 +767,7 @@ def bench_main(argv=None) -> int:
                 ours = getattr(S, name)
                 # a check before timing: every token inside its row's kept set
                 tokens = ours(probs, *extra, **kw).long()
-                if name == "top_k_sampling_from_probs":
+                if name.startswith("top_k"):
                     kth = probs.topk(extra[0], dim=-1).values[:, -1]
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= kth).all(), name
                 if name == "min_p_sampling_from_probs":
@@ -777,7 +778,8 @@ def bench_main(argv=None) -> int:
                 # read / chunks in a row), so that bytes moved = passes x row bytes
                 filters = {"top_k_sampling_from_probs": (extra[:1] + (None, None)),
                            "top_p_sampling_from_probs": (None,) + extra[:1] + (None,),
-                           "min_p_sampling_from_probs": (None, None) + extra[:1]}.get(name, (None, None, None))
+                           "min_p_sampling_from_probs": (None, None) + extra[:1],
+                           "top_k_top_p_sampling_from_probs": extra[:2] + (None,)}.get(name, (None, None, None))
                 _, rounds, passes = row_kernel_stats(probs, *filters)
                 fi_us = fi_graph_us = None
                 if fi is not None:
