@@ -3,7 +3,8 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep sampling-tests sampling-exclusion sampling-bench
+#   sections: merge attention-tests attention-bench sweep attention-variants fi-warm sampling-tests
+#             sampling-exclusion sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
 set -uo pipefail
@@ -37,6 +38,10 @@ for section in $sections; do
       python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;
     sweep)
       python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
+    attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer
+      python3 op_tests/bench_attention_variants.py 2>&1 | tee "$OUT/bench-attention-variants.log" ;;
+    fi-warm)  # FlashInfer's JIT builds for the benchmarks (run it in the background beside the tests)
+      python3 op_tests/flashinfer_warm.py sampling attention 2>&1 | tee "$OUT/fi-warm.log" ;;
     sampling-tests)
       python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 | tee "$OUT/pytest-sampling.log" | tail -n 12 ;;
     sampling-exclusion)  # issue 12: 5M draws per case, no excluded token (vocabulary 128256 cases are the slow ones:

@@ -866,10 +866,10 @@ def _sweep() -> int:
             configs = [{"chunked": False, **launch_config(vocab, batch, "sm_90")}]
             if m is not None:  # min-p can take the chunked path
                 configs += [{"chunked": True, "BLOCK": b, "num_warps": w}
-                            for b, w in itertools.product((2048, 4096, 8192), (4, 8))]
-            else:
-                configs += [{"chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
-                            for b, w in itertools.product((4096, 8192), (4, 8))]
+                            for b, w in itertools.product((2048, 4096), (4, 8))]
+            # the row kernel's tiles, with and without loading a chunk ahead (kernels.load_ahead)
+            configs += [{"chunked": False, "ROWS": 1, "BLOCK": 8192, "num_warps": w, "PREFETCH": f}
+                        for w, f in itertools.product((4, 8, 16), (True, False))]
             results = []
             k_t, p_t = threshold("top_k", k, batch, probs.device, "top_k"), threshold("top_p", p, batch, probs.device, "unit")
             m_t = threshold("min_p", m, batch, probs.device, "unit")
@@ -882,8 +882,21 @@ def _sweep() -> int:
                 results.append((us, str(cfg)))
             default_us = results[0][0]
             results.sort()
-            for us, cfg in results[:3]:
+            for us, cfg in results:  # all of them: PREFETCH on against off at each tile
                 rows.append({"case": f"{name} {batch}x{vocab}", "config": cfg, "us": us, "row-kernel default us": default_us})
+    print(markdown_table(rows))
+    # sampling from logits at a small vocabulary: Gumbel-max in one program per row against the chunked
+    # inverse CDF (which wins from vocabulary 65536 up)
+    from aiter_ext.ops.sampling.inputs import prepare_draw
+    from aiter_ext.ops.sampling.launchers import logits_draw
+
+    rows = []
+    for batch, vocab in ((1, 32000), (32, 32000), (256, 32000), (1, 16384), (256, 16384)):
+        logits = torch.randn(batch, vocab, device="cuda")
+        draw = prepare_draw(logits, "logits", None, None, False, 1, 0)
+        for cfg in [{"chunked": False}] + [{"chunked": True, "BLOCK": b, "num_warps": 4} for b in (1024, 2048, 4096)]:
+            rows.append({"case": f"sampling_from_logits {batch}x{vocab}", "config": str(cfg),
+                         "us": time_us(lambda: logits_draw(cfg, logits, None, draw))})
     print(markdown_table(rows))
     return 0
 

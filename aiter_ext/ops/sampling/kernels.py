@@ -138,13 +138,33 @@ def load_chunk(row_ptr, start, cols, vocab, fill):
 
 
 @triton.jit
+def load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH: tl.constexpr):
+    """The chunk at ``start`` of a pass (values and indices), and (``PREFETCH``) the loads of the chunk
+    after it, issued now. The caller loads the first chunk before its loop and carries ``x_next``.
+
+    Why: a loop over a row with reductions in it is not software-pipelined, so without this each
+    chunk's loads wait for the previous chunk's reductions and then stall a full memory latency. Issued
+    a chunk ahead, they are in flight while the current chunk is reduced. The load past the last chunk
+    reads the row's last entry (load_chunk clamps), so nothing outside the row is touched."""
+    if PREFETCH:
+        x = x_next
+        x_next, _ = load_chunk(row_ptr, start + cols.shape[0], cols, vocab, 0.0)
+    else:
+        x, _ = load_chunk(row_ptr, start, cols, vocab, 0.0)
+    return x, start + cols, x_next
+
+
+@triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
     top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, STATS: tl.constexpr = False,
+    PREFETCH: tl.constexpr = True,
 ):
-    """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32."""
+    """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32.
+    ``PREFETCH``: every pass over a row loads its next chunk before reducing the current one (see
+    load_ahead)."""
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
@@ -154,13 +174,15 @@ def filtered_sampling_kernel(
     if MIN_P != 0:
         # min-p is relative to the row maximum: one pass for the maximum, one for the kept mass
         row_max = tl.zeros([ROWS], tl.float32)
+        x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
         for start in range(0, vocab, BLOCK):
-            x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
+            x, idx, x_next = load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH)
             row_max = tl.maximum(row_max, tl.max(x, axis=1))
         threshold = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * row_max
         mass = tl.zeros([ROWS], tl.float32)
+        x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
         for start in range(0, vocab, BLOCK):
-            x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
+            x, idx, x_next = load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH)
             mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
     top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)  # absent filters read nothing
     top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
@@ -180,7 +202,7 @@ def filtered_sampling_kernel(
         chunks_read = 2 * tl.cdiv(vocab, BLOCK)
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
-        found, last_candidate, scanned = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK)
+        found, last_candidate, scanned = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK, PREFETCH)
         chunks_read += scanned
         # No candidate with positive mass in the first round (a zero or NaN row, or min-p over one):
         # token 0, invalid. (Branch-free: on AMD every branch holds its lane mask in SGPRs.)
@@ -194,7 +216,8 @@ def filtered_sampling_kernel(
             # midpoint between it and `high`: a failed midpoint moves every candidate above it.
             pivot = tl.load(row_ptr + pick).to(tl.float32)
             mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
-            above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid)
+            above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid,
+                                                                                        PREFETCH)
             chunks_read += tl.cdiv(vocab, BLOCK)
             passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
             mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
@@ -228,16 +251,18 @@ def _kept(above, above_mass, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.conste
 
 
 @triton.jit
-def _count_above(row_ptr, cols, vocab, pivot, mid):
+def _count_above(row_ptr, cols, vocab, pivot, mid, PREFETCH: tl.constexpr):
     """One pass over the rows: the count and mass of the entries strictly above ``pivot`` and above
-    ``mid``, and the row maximum."""
+    ``mid``, and the row maximum. (One tl.reduce of the five with a combine function took the CPU
+    interpreter from 0.1 to 9 s a call, as it combines element by element in Python.)"""
     above = tl.zeros(pivot.shape, tl.int32)
     above_mass = tl.zeros(pivot.shape, tl.float32)
     above_mid = tl.zeros(pivot.shape, tl.int32)
     above_mid_mass = tl.zeros(pivot.shape, tl.float32)
     row_max = tl.zeros(pivot.shape, tl.float32)
+    x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
     for s in range(0, vocab, cols.shape[0]):
-        x, idx = load_chunk(row_ptr, s, cols, vocab, 0.0)
+        x, idx, x_next = load_ahead(row_ptr, s, cols, vocab, x_next, PREFETCH)
         x_above = tl.where(x > pivot[:, None], x, 0.0)
         x_above_mid = tl.where(x > mid[:, None], x, 0.0)
         above += tl.sum((x_above > 0.0).to(tl.int32), axis=1)
@@ -249,7 +274,7 @@ def _count_above(row_ptr, cols, vocab, pivot, mid):
 
 
 @triton.jit
-def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
+def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr, PREFETCH: tl.constexpr):
     """Inverse CDF over the candidates (``x >= lower``, ``x > 0``): the first candidate whose running
     mass passes ``u``, for the rows not ``done`` (-1 if rounding left u past the total), the last
     candidate of the rows (the draw in that case), and the number of chunks read. (Finding that index afterwards, by a load at
@@ -259,24 +284,26 @@ def _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK: tl.constexpr):
     passes ``u`` (inverse_cdf_pick: only a candidate can be picked there, and if the chunk's prefix
     sums never pass ``u`` although its sum did, its last candidate is the draw). The scan stops once
     every pending row has its token: half a row on average. A ``while`` loop is not software-
-    pipelined, yet on the H200 it beat a full-row, pipelined ``for`` scan by 5-10%
-    (op_tests/test_sampling.py --sweep at 6ed973d)."""
+    pipelined (load_ahead issues the next chunk's loads by hand), yet on the H200 it beat a full-row,
+    pipelined ``for`` scan by 5-10% (op_tests/test_sampling.py --sweep at 6ed973d)."""
     found = tl.where(done, 0, -1)
-    last_candidate = tl.full(u.shape, -1, tl.int32)
+    # the last candidate per lane, reduced once after the loop (one reduction per chunk fewer)
+    last_candidate = tl.full([u.shape[0], BLOCK], -1, tl.int32)
     running = tl.zeros(u.shape, tl.float32)
     start = 0
+    x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
     while (start < vocab) & (tl.min(found, axis=0) < 0):
-        x, idx = load_chunk(row_ptr, start, cols, vocab, 0.0)
+        x, idx, x_next = load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH)
         xc = tl.where(x >= lower[:, None], x, 0.0)
         chunk_mass = tl.sum(xc, axis=1)
         crossing = (found < 0) & (running + chunk_mass > u)
         if tl.max(crossing.to(tl.int32), axis=0) > 0:
             first, last_in_chunk = inverse_cdf_pick(xc, idx[None, :], running[:, None], u[:, None], vocab)
             found = tl.where(crossing, tl.where(first < vocab, first, last_in_chunk), found)
-        last_candidate = tl.maximum(last_candidate, tl.max(tl.where(xc > 0.0, idx[None, :], -1), axis=1))
+        last_candidate = tl.maximum(last_candidate, tl.where(xc > 0.0, idx[None, :], -1))
         running += chunk_mass
         start += BLOCK
-    return found, last_candidate, start // BLOCK
+    return found, tl.max(last_candidate, axis=1), start // BLOCK
 
 
 @triton.jit
@@ -301,13 +328,15 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
     if arch.startswith("gfx") and not interpreted:
         # AMD (compile check, Triton 3.9): 2-D tiles, and 8192-wide chunks (16 values per lane), spilled
         # SGPRs in the filtered variants; one row of 4096-wide chunks over 8 waves compiles clean.
+        # Without load_ahead's prefetch: with it, top-k/top-p took 163 VGPRs (3 waves/SIMD) and spilled
+        # 8-9 SGPRs on gfx942; without, 96-109 VGPRs, 4-5 waves, no spills.
         block = min(block, 4096)
-        return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4}
+        return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False}
     if rows * block < 4096:
         warps = 4
     else:
         warps = 8 if num_out < 128 else 4
-    return {"ROWS": rows, "BLOCK": block, "num_warps": warps}
+    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": True}
 
 
 def aot_specs():
@@ -322,7 +351,7 @@ def aot_specs():
                        offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
                        num_src="i32", vocab="i32", stride_row="i64", stats="*i32")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False, "STATS": False,
-                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}
+                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"]}
             yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
                              divisible_by_16=pointers)
