@@ -7,13 +7,16 @@ checks only tensor metadata and launches: no host synchronization, no data-depen
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 
 from aiter_ext.core.arch import device_info
+from aiter_ext.core.custom_ops import mutating_ops
 from aiter_ext.core.checks import check_indptr_values, check_same_device, check_shape, check_tensor, dtype_name
 
 from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
@@ -121,6 +124,8 @@ class AttentionPlan:
     alibi: Optional[torch.Tensor] = None
     #: in-kernel Llama RoPE (pos_encoding_mode="ROPE_LLAMA"): (rope_scale, rope_theta), else None
     rope: Optional[tuple] = None
+    #: the wrapper slot this plan is bound to (bind_plan), by which a torch.compile'd run finds it; -1: none
+    slot: int = -1
 
     @classmethod
     def build(cls, *, paged, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads, num_kv_heads,
@@ -206,7 +211,13 @@ class AttentionPlan:
             return_lse=False, sm_scale_mult: float = 1.0, v_scale: Optional[float] = None, sinks=None):
         out, lse = self.checked_outputs(q, k, out, lse)
         sinks = self.checked_sinks(sinks, q)
-        ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult, sinks)
+        if torch.compiler.is_compiling():
+            if self.slot < 0:
+                raise RuntimeError("this attention plan is not bound to a wrapper, so torch.compile cannot run it")
+            _compiled_launch(_launch_bound_plan, self.slot, q, k, v, list(kv_strides), out, lse,
+                             self.sm_scale * sm_scale_mult, sinks)
+        else:
+            ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult, sinks)
         if v_scale is not None and v_scale != 1.0:
             out.mul_(v_scale)
         return (out, lse) if return_lse else out
@@ -246,6 +257,40 @@ class AttentionPlan:
             if not t.is_contiguous():
                 raise ValueError(f"{name} must be contiguous")
         return out, lse
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.compile: a run is one custom op that names its plan by an int (a plan is no operator argument)
+
+_BOUND_PLANS: dict[int, AttentionPlan] = {}
+_SLOTS = itertools.count()
+
+
+def new_plan_slot(owner) -> int:
+    """A slot for ``owner``'s plans (a wrapper; it re-plans into the same slot, so a compiled graph,
+    which holds the slot number, runs the latest plan, as an eager run would). Freed with the owner."""
+    slot = next(_SLOTS)
+    weakref.finalize(owner, _BOUND_PLANS.pop, slot, None)
+    return slot
+
+
+def bind_plan(slot: int, plan: Optional[AttentionPlan]) -> Optional[AttentionPlan]:
+    """``plan`` as the one in ``slot`` (None clears it)."""
+    if plan is None:
+        _BOUND_PLANS.pop(slot, None)
+        return None
+    plan = replace(plan, slot=slot) if plan.slot != slot else plan
+    _BOUND_PLANS[slot] = plan
+    return plan
+
+
+def _launch_bound_plan(slot: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides: list[int],
+                       out: torch.Tensor, lse: torch.Tensor, sm_scale: float, sinks: Optional[torch.Tensor]) -> None:
+    plan = _BOUND_PLANS[slot]
+    ATTENTION.impls[plan.backend].fn(plan, q, k, v, tuple(kv_strides), out, lse, sm_scale, sinks)
+
+
+_compiled_launch = mutating_ops({_launch_bound_plan: ("attention_run", ("out", "lse"))})
 
 
 def _carve(workspace: torch.Tensor, rows: int, heads: int, head_dim: int):

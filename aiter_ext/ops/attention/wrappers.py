@@ -28,7 +28,7 @@ import torch
 
 from aiter_ext.core.checks import check_tensor
 
-from .engine import KV_DTYPES, AttentionPlan, as_dtype, check_unsupported
+from .engine import KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, new_plan_slot
 
 LAYOUTS = ("NHD", "HND")
 
@@ -172,7 +172,17 @@ class _Wrapper:
         self._use_cuda_graph = use_cuda_graph
         self._backend = backend
         self._config: Optional[dict] = None  # kernel config override (experiments; tuned rows come via the op)
-        self._plan: Optional[AttentionPlan] = None
+        self._slot = new_plan_slot(self)
+        self._plan = None
+
+    @property
+    def _plan(self) -> Optional[AttentionPlan]:
+        return self._bound_plan
+
+    @_plan.setter
+    def _plan(self, plan: Optional[AttentionPlan]) -> None:
+        # every plan() and override goes through here, so a torch.compile'd run (engine.bind_plan) sees it
+        self._bound_plan = bind_plan(self._slot, plan)
 
     def _require_plan(self) -> AttentionPlan:
         if self._plan is None:
