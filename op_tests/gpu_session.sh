@@ -31,13 +31,17 @@ for section in $sections; do
     attention-tests)
       python3 -m pytest -q -p no:cacheprovider op_tests/test_paged_kv.py op_tests/test_attention.py \
         op_tests/test_cascade.py op_tests/test_aiter_backend.py op_tests/test_attention_contract.py \
-        op_tests/test_attention_sinks.py op_tests/test_attention_masks.py op_tests/test_bounds.py 2>&1 \
+        op_tests/test_attention_sinks.py op_tests/test_attention_masks.py op_tests/test_bounds.py \
+        op_tests/test_attention_compile.py 2>&1 \
         | tee "$OUT/pytest-attention.log" | tail -n 12 ;;
     attention-bench)  # the AMD compile tables come from CPU runs (--amd-table only), not device time
       python3 op_tests/test_cascade.py --amd-table no 2>&1 | tee "$OUT/bench-cascade.log"
       python3 op_tests/test_attention.py --amd-table no 2>&1 | tee "$OUT/bench-attention.log" ;;
     sweep)
       python3 op_tests/sweep_attention.py 2>&1 | tee "$OUT/sweep.log" ;;
+    attention-compile)  # issue 14: torch.compile of every public attention call, CUDA graphs included
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_compile.py 2>&1 \
+        | tee "$OUT/pytest-attention-compile.log" | tail -n 12 ;;
     attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer
       python3 op_tests/bench_attention_variants.py 2>&1 | tee "$OUT/bench-attention-variants.log" ;;
     fi-warm)  # FlashInfer's JIT builds for the benchmarks (run it in the background beside the tests)

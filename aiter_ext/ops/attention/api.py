@@ -6,17 +6,22 @@ and ``run_levels`` for several plans over the same queries), ``plan`` (tiles and
 ``backends`` (registrations: triton, torch, aiter), ``kernels`` (Triton), ``reference`` (fp32 torch).
 
 One request with contiguous K/V is a ragged batch of size one; the plan comes from shapes alone, so no
-device data is read on the host. Each call plans (a few host-side microseconds plus small copies to
-the device); for CUDA/HIP graphs use a wrapper planned outside the graph.
+device data is read on the host. Plans are cached by shape and options (not with a custom mask, whose
+contents are part of the plan), so a repeated call launches at once, and a call inside a CUDA graph
+(torch.compile's "reduce-overhead") finds its plan built by the warm-up run. Cached plans are built on a
+side stream, whose allocations stay out of a graph's private memory pool. Each function is one custom
+op under torch.compile.
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Optional
 
 import torch
 
 from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.custom_ops import mutating_ops
 
 from .cascade import (
     BatchDecodeWithSharedPrefixPagedKVCacheWrapper, BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
@@ -35,12 +40,83 @@ __all__ = ["BatchAttentionWithAttentionSinkWrapper", "BatchDecodeWithPagedKVCach
            "single_prefill_with_kv_cache"]
 
 _WORKSPACES: dict = {}
+_SIDE_STREAMS: dict = {}
+_SINGLE_PLANS: "collections.OrderedDict[tuple, BatchPrefillWithRaggedKVCacheWrapper]" = collections.OrderedDict()
+SINGLE_PLAN_CACHE_SIZE = 64
+
+
+def _off_pool(device: torch.device, build):
+    """``build()``, on a side stream when on a GPU: what it allocates then comes from the ordinary
+    allocator, not from a CUDA graph's private pool (a cached tensor left in that pool fails graph
+    capture: "All live allocations must be tracked"). The caller's stream waits for it."""
+    if device.type != "cuda":
+        return build()
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    side, current = _SIDE_STREAMS[device], torch.cuda.current_stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        result = build()
+    current.wait_stream(side)
+    return result
 
 
 def _workspace(device: torch.device) -> torch.Tensor:
     if device not in _WORKSPACES:
-        _WORKSPACES[device] = torch.empty(128 << 20, dtype=torch.uint8, device=device)
+        _WORKSPACES[device] = _off_pool(device, lambda: torch.empty(128 << 20, dtype=torch.uint8, device=device))
     return _WORKSPACES[device]
+
+
+def _single_wrapper(q, k, backend, plan_kw: dict) -> BatchPrefillWithRaggedKVCacheWrapper:
+    """A planned one-request wrapper for these shapes and options: from the cache, or built (and cached
+    unless a custom mask is part of the plan)."""
+    masked = plan_kw.get("custom_mask") is not None or plan_kw.get("packed_custom_mask") is not None
+    key = None if masked else (q.device, q.shape, k.shape, q.dtype, k.dtype, backend, tuple(sorted(plan_kw.items())))
+    if key is not None and key in _SINGLE_PLANS:
+        _SINGLE_PLANS.move_to_end(key)
+        return _SINGLE_PLANS[key]
+
+    def build():
+        w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
+        w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
+               q.shape[1], k.shape[1], q.shape[2], q_data_type=q.dtype, kv_data_type=k.dtype, **plan_kw)
+        return w
+
+    if key is None:
+        return build()
+    _SINGLE_PLANS[key] = w = _off_pool(q.device, build)
+    if len(_SINGLE_PLANS) > SINGLE_PLAN_CACHE_SIZE:
+        _SINGLE_PLANS.popitem(last=False)
+    return w
+
+
+def _single_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                      causal: bool, sm_scale: Optional[float], window_left: int, logits_soft_cap: Optional[float],
+                      pos_encoding_mode: str, rope_scale: Optional[float], rope_theta: Optional[float],
+                      custom_mask: Optional[torch.Tensor], packed_custom_mask: Optional[torch.Tensor],
+                      q_scale: Optional[float], k_scale: Optional[float], v_scale: Optional[float],
+                      sinks: Optional[torch.Tensor], backend: str) -> None:
+    """One request's attention into ``out``/``lse`` (the custom op of both single functions)."""
+    plan_kw = dict(causal=causal, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
+                   pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta,
+                   custom_mask=custom_mask, packed_custom_mask=packed_custom_mask)
+    w = _single_wrapper(q, k, backend, plan_kw)
+    w.run(q, k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, out=out, lse=lse, return_lse=True, sinks=sinks)
+
+
+_call = mutating_ops({_single_attention: ("single_attention", ("out", "lse"))})
+
+
+def _run_single(q, k, v, return_lse, *, causal=False, sm_scale=None, window_left=-1, logits_soft_cap=None,
+                pos_encoding_mode="NONE", rope_scale=None, rope_theta=None, custom_mask=None, packed_custom_mask=None,
+                q_scale=None, k_scale=None, v_scale=None, sinks=None, backend="auto"):
+    as_float = lambda x: None if x is None else float(x)  # noqa: E731
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    _call(_single_attention, q, k, v, out, lse, bool(causal), as_float(sm_scale), int(window_left),
+          as_float(logits_soft_cap), pos_encoding_mode, as_float(rope_scale), as_float(rope_theta), custom_mask,
+          packed_custom_mask, as_float(q_scale), as_float(k_scale), as_float(v_scale), sinks, backend)
+    return (out, lse) if return_lse else out
 
 
 def _as_nhd(name: str, t: torch.Tensor, kv_layout: str) -> torch.Tensor:
@@ -89,13 +165,10 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
             raise ValueError(f"custom_mask must be [qo_len, kv_len] = [{q.shape[0]}, {k.shape[0]}], got "
                              f"{tuple(custom_mask.shape)}")
         custom_mask = custom_mask.reshape(-1)
-    w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
-    w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32),
-           q.shape[1], k.shape[1], q.shape[2], causal=causal, sm_scale=sm_scale, window_left=window_left,
-           logits_soft_cap=logits_soft_cap, q_data_type=q.dtype, kv_data_type=k.dtype, custom_mask=custom_mask,
-           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
-           rope_theta=rope_theta)
-    result = w.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, sinks=sinks)
+    result = _run_single(q, k, v, return_lse, causal=causal, sm_scale=sm_scale, window_left=window_left,
+                         logits_soft_cap=logits_soft_cap, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+                         rope_theta=rope_theta, custom_mask=custom_mask, packed_custom_mask=packed_custom_mask,
+                         k_scale=k_scale, v_scale=v_scale, sinks=sinks, backend=backend)
     if o_dtype is None or o_dtype == q.dtype:
         return result
     return (result[0].to(o_dtype), result[1]) if return_lse else result.to(o_dtype)
@@ -130,11 +203,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     check_tensor("q", q, ndim=2)
     k, v = _as_nhd("k", k, kv_layout), _as_nhd("v", v, kv_layout)
     _check_same_tokens(k, v)
-    w = BatchPrefillWithRaggedKVCacheWrapper(_workspace(q.device), backend=backend)
-    w.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0, k.shape[0]], dtype=torch.int32), q.shape[0],
-           k.shape[1], q.shape[1], sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-           q_data_type=q.dtype, kv_data_type=k.dtype, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
-           rope_theta=rope_theta)
-    result = w.run(q[None], k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
-                   sinks=sinks)
+    result = _run_single(q[None], k, v, return_lse, sm_scale=sm_scale, window_left=window_left,
+                         logits_soft_cap=logits_soft_cap, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+                         rope_theta=rope_theta, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks,
+                         backend=backend)
     return (result[0][0], result[1][0]) if return_lse else result[0]

@@ -18,7 +18,7 @@ import torch
 
 from aiter_ext.ops.merge_state import merge_state_in_place
 
-from .engine import plan_level_merge, run_levels
+from .engine import bind_levels, new_plan_slot, plan_level_merge, run_levels
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
 )
@@ -61,6 +61,7 @@ class MultiLevelCascadeAttentionWrapper:
         self._levels = [BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, _check_layout(kv_layout),
                                                             use_cuda_graph, backend=backend)
                         for _ in range(num_levels)]
+        self._slot = new_plan_slot(self)  # where a torch.compile'd run finds the levels (engine.bind_levels)
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffers=None) -> None:
         for level in self._levels:
@@ -94,6 +95,7 @@ class MultiLevelCascadeAttentionWrapper:
             raise ValueError(f"every level's qo_indptr must end at the same number of queries, got {sorted(totals)}")
         # one merge for all levels where every level's backend can write partial states (engine.py)
         self._merge = plan_level_merge(plans, self._levels[0].workspace)
+        bind_levels(self._slot, plans, self._merge)
 
     begin_forward = plan
 
@@ -104,7 +106,7 @@ class MultiLevelCascadeAttentionWrapper:
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
             checked_paged_views(level, paged_kv_cache)
-        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks)
+        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot)
         return (out, lse) if return_lse else out
 
     forward = run

@@ -270,8 +270,13 @@ def new_plan_slot(owner) -> int:
     """A slot for ``owner``'s plans (a wrapper; it re-plans into the same slot, so a compiled graph,
     which holds the slot number, runs the latest plan, as an eager run would). Freed with the owner."""
     slot = next(_SLOTS)
-    weakref.finalize(owner, _BOUND_PLANS.pop, slot, None)
+    weakref.finalize(owner, _free_slot, slot)
     return slot
+
+
+def _free_slot(slot: int) -> None:
+    _BOUND_PLANS.pop(slot, None)
+    _BOUND_LEVELS.pop(slot, None)
 
 
 def bind_plan(slot: int, plan: Optional[AttentionPlan]) -> Optional[AttentionPlan]:
@@ -347,13 +352,40 @@ def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerg
     return LevelMerge(works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse)
 
 
+_BOUND_LEVELS: dict[int, tuple] = {}
+
+
+def bind_levels(slot: int, plans: list, merge: Optional[LevelMerge]) -> None:
+    """A multi-level run's plans and merge layout, found by ``slot`` (new_plan_slot) under torch.compile."""
+    _BOUND_LEVELS[slot] = (plans, merge)
+
+
+def _launch_bound_levels(slot: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides: list[int],
+                         out: torch.Tensor, lse: torch.Tensor, sinks: Optional[torch.Tensor]) -> None:
+    plans, merge = _BOUND_LEVELS[slot]
+    _launch_levels(plans, merge, q, k, v, tuple(kv_strides), out, lse, sinks)
+
+
+_compiled_levels = mutating_ops({_launch_bound_levels: ("attention_run_levels", ("out", "lse"))})
+
+
+def _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks) -> None:
+    from aiter_ext.ops.merge_state.api import _merge_many_out
+
+    for level, (plan, work) in enumerate(zip(plans, merge.works)):
+        PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse,
+                                            sinks if level == 0 else None)
+    _merge_many_out(merge.partial_o, merge.partial_lse, merge.indptr, out, lse, None)
+
+
 def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_strides, sinks=None) -> tuple[torch.Tensor, torch.Tensor]:
+               kv_strides, sinks=None, slot: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
     ``plan_level_merge``), every level writes partial states and one merge launch combines them;
     without, each level runs whole and is merged into the result in turn. ``sinks`` enter the first
-    level only: one sink term per row in the merged softmax."""
-    from aiter_ext.ops.merge_state.api import _merge_many_out, merge_state_in_place
+    level only: one sink term per row in the merged softmax. ``slot``: where bind_levels put these
+    plans (needed under torch.compile, where the merged run is one custom op)."""
+    from aiter_ext.ops.merge_state.api import merge_state_in_place
 
     if merge is None:
         out, lse = plans[0].run(q, k, v, kv_strides, return_lse=True, sinks=sinks)
@@ -363,8 +395,10 @@ def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: tor
         return out, lse
     out, lse = plans[0].checked_outputs(q, k, None, None)
     sinks = plans[0].checked_sinks(sinks, q)
-    for level, (plan, work) in enumerate(zip(plans, merge.works)):
-        PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse,
-                                            sinks if level == 0 else None)
-    _merge_many_out(merge.partial_o, merge.partial_lse, merge.indptr, out, lse, None)
+    if torch.compiler.is_compiling():
+        if slot not in _BOUND_LEVELS:
+            raise RuntimeError("these cascade levels are not bound (bind_levels), so torch.compile cannot run them")
+        _compiled_levels(_launch_bound_levels, slot, q, k, v, list(kv_strides), out, lse, sinks)
+    else:
+        _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks)
     return out, lse
