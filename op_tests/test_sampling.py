@@ -608,6 +608,25 @@ def test_logits_pipe_keywords_and_greedy_rows():
     assert ((out > 0).sum(-1) == 3).all()
 
 
+@pytest.mark.parametrize("filters", [(None, None, None), (5, None, None), (None, 0.8, None), (None, None, 0.1),
+                                     (7, 0.9, None)], ids=["plain", "top_k", "top_p", "min_p", "joint"])
+def test_row_kernel_prefetch_draws_the_same_tokens(filters):
+    """kernels.load_ahead's PREFETCH (off by default until timed) only reorders loads: the same seed
+    gives the same tokens with it on, through every pass (min-p's two, the scan, the count)."""
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
+
+    probs = random_probs(3000, rows=6, scale=3.0)
+    k, p, m = filters
+    rows = probs.shape[0]
+    args = (threshold("top_k", k, rows, probs.device, "top_k"), threshold("top_p", p, rows, probs.device, "unit"),
+            threshold("min_p", m, rows, probs.device, "unit"))
+    draws = [_sample(probs, None, *args, None, False, 5, 0, False, None,
+                     {"chunked": False, "ROWS": 1, "BLOCK": 1024, "num_warps": 4, "PREFETCH": prefetch})
+             for prefetch in (False, True)]
+    assert torch.equal(draws[0], draws[1])
+
+
 # --------------------------------------------------------------------------------------------------
 # Chain speculative sampling
 

@@ -160,7 +160,7 @@ def filtered_sampling_kernel(
     top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, STATS: tl.constexpr = False,
-    PREFETCH: tl.constexpr = True,
+    PREFETCH: tl.constexpr = False,
 ):
     """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32.
     ``PREFETCH``: every pass over a row loads its next chunk before reducing the current one (see
@@ -336,7 +336,8 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
         warps = 4
     else:
         warps = 8 if num_out < 128 else 4
-    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": True}
+    # PREFETCH (load_ahead) stays off until timed: op_tests/test_sampling.py --sweep compares it
+    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": False}
 
 
 def aot_specs():
