@@ -1,0 +1,28 @@
+"""The serving frameworks' contract tests (issue 15): run in the environment .ci/serving_env.sh builds
+(vLLM 0.33.0, SGLang 0.5.23, torch 2.14.1, CPU only), skipped elsewhere.
+
+A CPU host is made to look like one MI300X: ``stubs/amdsmi.py`` answers vLLM's platform probe (so
+``current_platform`` is ROCm, as vLLM itself decides), and ``torch.cuda.get_device_properties`` returns a
+gfx942 device (vLLM's ROCm modules read ``gcnArchName`` at import).
+"""
+
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+if importlib.util.find_spec("vllm") is not None:  # only in the serving environment: elsewhere, touch nothing
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "stubs"))
+    _GFX942 = types.SimpleNamespace(gcnArchName="gfx942:sramecc+:xnack-", major=9, minor=4,
+                                    name="AMD Instinct MI300X", total_memory=192 << 30, multi_processor_count=304)
+    torch.cuda.get_device_properties = lambda *args, **kwargs: _GFX942
+
+
+@pytest.fixture(scope="session")
+def vllm():
+    vllm = pytest.importorskip("vllm", reason="the serving contract environment (.ci/serving_env.sh) has vLLM")
+    assert vllm.__version__ == "0.33.0", f"the contract is written against vLLM 0.33.0, found {vllm.__version__}"
+    return vllm
