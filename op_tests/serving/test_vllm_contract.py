@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
+from serving_setup import vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
 
 from aiter_ext.integrations.vllm import BACKEND_PATH
 

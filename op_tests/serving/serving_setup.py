@@ -1,5 +1,6 @@
-"""The serving frameworks' contract tests (issue 15): run in the environment .ci/serving_env.sh builds
-(vLLM 0.33.0, SGLang 0.5.23, torch 2.14.1, CPU only), skipped elsewhere.
+"""Set-up of the serving frameworks' contract tests (issue 15), imported first by each test module (not
+a conftest.py: op_tests' modules import their own ``conftest`` by name). The tests run in the environment
+.ci/serving_env.sh builds (vLLM 0.33.0, SGLang 0.5.23, torch 2.14.1, CPU only) and skip elsewhere.
 
 A CPU host is made to look like one MI300X: ``stubs/amdsmi.py`` answers vLLM's platform probe (so
 ``current_platform`` is ROCm, as vLLM itself decides), and ``torch.cuda.get_device_properties`` returns a
