@@ -19,3 +19,7 @@ try:
     import vllm  # noqa: F401
 except ImportError:
     collect_ignore.append("aiter_ext/integrations/vllm/backend.py")
+try:
+    import sglang  # noqa: F401
+except ImportError:
+    collect_ignore.append("aiter_ext/integrations/sglang/backend.py")

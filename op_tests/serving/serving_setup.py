@@ -27,3 +27,10 @@ def vllm():
     vllm = pytest.importorskip("vllm", reason="the serving contract environment (.ci/serving_env.sh) has vLLM")
     assert vllm.__version__ == "0.33.0", f"the contract is written against vLLM 0.33.0, found {vllm.__version__}"
     return vllm
+
+
+@pytest.fixture(scope="session")
+def sglang():
+    sglang = pytest.importorskip("sglang", reason="the serving contract environment (.ci/serving_env.sh) has SGLang")
+    assert sglang.__version__ == "0.5.23", f"the contract is written against SGLang 0.5.23, found {sglang.__version__}"
+    return sglang

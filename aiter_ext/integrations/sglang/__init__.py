@@ -1,0 +1,48 @@
+"""aiter_ext's SGLang plugin (issue 15; serving-integration.md, section 5).
+
+The entry point (group ``sglang.srt.plugins``) is :func:`register`. It registers the attention backend
+``aiter_ext`` (``--attention-backend aiter_ext``), whatever torch was built for: the backend checks its
+device when the model runner constructs it, as SGLang's own backends do. SGLang 0.5.23 has no helper to
+extend the CLI's choices, so the name is appended to its choice lists in place (argparse is built after
+plugins load).
+
+Nothing from SGLang is imported at ``import aiter_ext``, nor here until ``register()`` runs.
+``AITER_EXT_ATTN=0`` turns the backend off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SGLANG = "0.5."
+BACKEND_NAME = "aiter_ext"
+
+
+def _create_backend(runner):
+    from .backend import AiterExtAttnBackend
+
+    return AiterExtAttnBackend(runner)
+
+
+def register() -> None:
+    """SGLang's general-plugin hook: idempotent, no device calls."""
+    try:
+        import sglang
+        from sglang.srt.arg_groups import choices
+        from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+    except ImportError as exc:
+        logger.warning("aiter_ext: SGLang is not importable (%s); the aiter_ext SGLang plugin is off", exc)
+        return
+    if not sglang.__version__.startswith(SUPPORTED_SGLANG):
+        logger.warning("aiter_ext: the SGLang plugin supports SGLang %sx, found %s; it is off", SUPPORTED_SGLANG,
+                       sglang.__version__)
+        return
+    if os.environ.get("AITER_EXT_ATTN", "1") == "0":
+        return
+    if BACKEND_NAME not in ATTENTION_BACKENDS:
+        register_attention_backend(BACKEND_NAME)(_create_backend)
+    if BACKEND_NAME not in choices.ATTENTION_BACKEND_CHOICES:
+        choices.ATTENTION_BACKEND_CHOICES.append(BACKEND_NAME)
