@@ -27,6 +27,13 @@ MODES = [pytest.param({}, id="default"), pytest.param({"fullgraph": True}, id="f
                       marks=pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU"))]
 
 
+def _qkv(qo_len, kv_len):
+    """Makers of fresh q [qo_len, Hq, D], k and v [kv_len, Hkv, D] for _check."""
+    return (lambda: torch.randn(qo_len, HQ, D, device=DEVICE).to(DTYPE),
+            lambda: torch.randn(kv_len, HKV, D, device=DEVICE).to(DTYPE),
+            lambda: torch.randn(kv_len, HKV, D, device=DEVICE).to(DTYPE))
+
+
 def _compiled(fn, mode_kw):
     torch._dynamo.reset()
     return torch.compile(fn, **mode_kw)
@@ -89,9 +96,7 @@ def test_ragged_wrapper_with_sinks(mode_kw):
     def call(q, k, v):
         return w.run(q, k, v, sinks=sinks)
 
-    _check(_compiled(call, mode_kw), call, lambda: torch.randn(7, HQ, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(50, HKV, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(50, HKV, D, device=DEVICE).to(DTYPE))
+    _check(_compiled(call, mode_kw), call, *_qkv(7, 50))
 
 
 @pytest.mark.parametrize("mode_kw", MODES)
@@ -100,9 +105,7 @@ def test_single_prefill_and_decode(mode_kw):
         out, lse = aiter_ext.single_prefill_with_kv_cache(q, k, v, causal=True, return_lse=True)
         return out, lse, aiter_ext.single_decode_with_kv_cache(q[0], k, v, window_left=16)
 
-    _check(_compiled(call, mode_kw), call, lambda: torch.randn(6, HQ, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(300, HKV, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(300, HKV, D, device=DEVICE).to(DTYPE))
+    _check(_compiled(call, mode_kw), call, *_qkv(6, 300))
 
 
 @pytest.mark.parametrize("mode_kw", MODES[:2])
@@ -115,9 +118,7 @@ def test_single_prefill_with_a_custom_mask(mode_kw):
     def call(q, k, v):
         return aiter_ext.single_prefill_with_kv_cache(q, k, v, custom_mask=mask)
 
-    _check(_compiled(call, mode_kw), call, lambda: torch.randn(6, HQ, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(40, HKV, D, device=DEVICE).to(DTYPE),
-           lambda: torch.randn(40, HKV, D, device=DEVICE).to(DTYPE))
+    _check(_compiled(call, mode_kw), call, *_qkv(6, 40))
 
 
 @pytest.mark.parametrize("mode_kw", MODES)
@@ -136,3 +137,17 @@ def test_multi_level_cascade(mode_kw):
         return w.run(q, cache, return_lse=True)
 
     _check(_compiled(call, mode_kw), call, lambda: torch.randn(sum(qo_lens), HQ, D, device=DEVICE).to(DTYPE))
+
+
+def test_single_plan_cache_follows_the_backend_environment(monkeypatch):
+    """Cached one-request plans are keyed on AITER_EXT_BACKEND too: after it changes, an automatic call
+    runs the backend it now names, not the one cached before."""
+    from aiter_ext.ops.attention import api
+
+    q, k, v = (m() for m in _qkv(1, 30))
+    expected = aiter_ext.single_decode_with_kv_cache(q[0], k, v)
+    monkeypatch.setenv("AITER_EXT_BACKEND", "torch")
+    got = aiter_ext.single_decode_with_kv_cache(q[0], k, v)
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-2)
+    backends = {w.attention_plan.backend for key, w in api._SINGLE_PLANS.items() if key[2] == k.shape}
+    assert "torch" in backends and len(backends) == 2, backends

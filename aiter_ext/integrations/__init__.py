@@ -1,6 +1,22 @@
 """vLLM and SGLang plugins (shared/reference/serving-integration.md; issue 15).
 
-So far only the framework-free part: ``prefix`` (shared-prefix detection and the cascade decision that
-the metadata builders will call). The entry points (``vllm.general_plugins``, ``sglang.srt.plugins``) are
-declared in pyproject.toml together with the backends they register, not before.
+- ``prefix``: shared-prefix detection and the cascade decision (framework-free);
+- ``vllm``, ``sglang``: the plugins their entry points (pyproject.toml) name; each imports its framework
+  only when its ``register()`` runs;
+- ``framework_ready`` (here): the release and ``AITER_EXT_ATTN`` checks both plugins make.
 """
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def framework_ready(module, supported_prefix: str) -> bool:
+    """What both plugins check before registering: the framework's release is the one they are written
+    for (else one warning, nothing registered), and ``AITER_EXT_ATTN`` is not "0"."""
+    if not module.__version__.startswith(supported_prefix):
+        logger.warning("aiter_ext: the %s plugin supports %s %sx, found %s; it is off", module.__name__,
+                       module.__name__, supported_prefix, module.__version__)
+        return False
+    return os.environ.get("AITER_EXT_ATTN", "1") != "0"

@@ -13,7 +13,8 @@ Nothing from SGLang is imported at ``import aiter_ext``, nor here until ``regist
 from __future__ import annotations
 
 import logging
-import os
+
+from aiter_ext.integrations import framework_ready
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,7 @@ def register() -> None:
     except ImportError as exc:
         logger.warning("aiter_ext: SGLang is not importable (%s); the aiter_ext SGLang plugin is off", exc)
         return
-    if not sglang.__version__.startswith(SUPPORTED_SGLANG):
-        logger.warning("aiter_ext: the SGLang plugin supports SGLang %sx, found %s; it is off", SUPPORTED_SGLANG,
-                       sglang.__version__)
-        return
-    if os.environ.get("AITER_EXT_ATTN", "1") == "0":
+    if not framework_ready(sglang, SUPPORTED_SGLANG):
         return
     if BACKEND_NAME not in ATTENTION_BACKENDS:
         register_attention_backend(BACKEND_NAME)(_create_backend)

@@ -13,7 +13,8 @@ without vLLM 0.33, it logs why and registers nothing. ``AITER_EXT_ATTN=0`` turns
 from __future__ import annotations
 
 import logging
-import os
+
+from aiter_ext.integrations import framework_ready
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,6 @@ def register() -> None:
     except ImportError as exc:
         logger.warning("aiter_ext: vLLM is not importable (%s); the aiter_ext vLLM plugin is off", exc)
         return
-    if not vllm.__version__.startswith(SUPPORTED_VLLM):
-        logger.warning("aiter_ext: the vLLM plugin supports vLLM %sx, found %s; it is off", SUPPORTED_VLLM,
-                       vllm.__version__)
-        return
-    if not current_platform.is_rocm():
-        return
-    if os.environ.get("AITER_EXT_ATTN", "1") != "0":
+    if current_platform.is_rocm() and framework_ready(vllm, SUPPORTED_VLLM):
         register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
         logger.info("aiter_ext: attention backend registered as CUSTOM (--attention-backend CUSTOM)")

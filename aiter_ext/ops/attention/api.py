@@ -23,6 +23,7 @@ import torch
 from aiter_ext.core.checks import check_tensor
 from aiter_ext.core.custom_ops import mutating_ops
 
+from .backends import ATTENTION
 from .cascade import (
     BatchDecodeWithSharedPrefixPagedKVCacheWrapper, BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
     MultiLevelCascadeAttentionWrapper, cascade_attention,
@@ -71,7 +72,10 @@ def _single_wrapper(q, k, backend, plan_kw: dict) -> BatchPrefillWithRaggedKVCac
     """A planned one-request wrapper for these shapes and options: from the cache, or built (and cached
     unless a custom mask is part of the plan)."""
     masked = plan_kw.get("custom_mask") is not None or plan_kw.get("packed_custom_mask") is not None
-    key = None if masked else (q.device, q.shape, k.shape, q.dtype, k.dtype, backend, tuple(sorted(plan_kw.items())))
+    # an automatic backend follows AITER_EXT_BACKEND(_ATTENTION): a cached plan must not outlive a change of it
+    env_backend = ATTENTION.env_request()[0] if backend in (None, "auto") else None
+    key = None if masked else (q.device, q.shape, k.shape, q.dtype, k.dtype, backend, env_backend,
+                               tuple(sorted(plan_kw.items())))
     if key is not None and key in _SINGLE_PLANS:
         _SINGLE_PLANS.move_to_end(key)
         return _SINGLE_PLANS[key]
