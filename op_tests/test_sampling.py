@@ -610,9 +610,11 @@ def test_logits_pipe_keywords_and_greedy_rows():
 
 @pytest.mark.parametrize("filters", [(None, None, None), (5, None, None), (None, 0.8, None), (None, None, 0.1),
                                      (7, 0.9, None)], ids=["plain", "top_k", "top_p", "min_p", "joint"])
-def test_row_kernel_prefetch_draws_the_same_tokens(filters):
-    """kernels.load_ahead's PREFETCH (off by default until timed) only reorders loads: the same seed
-    gives the same tokens with it on, through every pass (min-p's two, the scan, the count)."""
+def test_row_kernel_prefetch_and_lane_sums_draw_the_same_tokens(filters):
+    """kernels.load_ahead's PREFETCH only reorders loads, and LANE_SUMS (kernels.lane_zeros) only the
+    order of the full passes' sums: the same seed gives the same tokens with either on, through every
+    pass (min-p's two, the scan, the count). (A sum in another order may differ in its last bit, and a
+    draw within an ulp of a boundary could then move: not at this fixed seed and input.)"""
     from aiter_ext.ops.sampling.api import _sample
     from aiter_ext.ops.sampling.inputs import threshold
 
@@ -622,9 +624,11 @@ def test_row_kernel_prefetch_draws_the_same_tokens(filters):
     args = (threshold("top_k", k, rows, probs.device, "top_k"), threshold("top_p", p, rows, probs.device, "unit"),
             threshold("min_p", m, rows, probs.device, "unit"))
     draws = [_sample(probs, None, *args, None, False, 5, 0, False, None,
-                     {"chunked": False, "ROWS": 1, "BLOCK": 1024, "num_warps": 4, "PREFETCH": prefetch})
-             for prefetch in (False, True)]
-    assert torch.equal(draws[0], draws[1])
+                     {"chunked": False, "ROWS": 1, "BLOCK": 1024, "num_warps": 4, "PREFETCH": prefetch,
+                      "LANE_SUMS": lane_sums})
+             for prefetch, lane_sums in ((False, False), (True, False), (False, True), (True, True))]
+    for other in draws[1:]:
+        assert torch.equal(draws[0], other)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -877,33 +881,36 @@ def _sweep() -> int:
     from aiter_ext.ops.sampling.kernels import launch_config
 
     warm_up_gpu()
-    rows = []
-    for batch, vocab in ((1, 128256), (32, 32000), (256, 128256)):
+    for batch, vocab in ((256, 128256), (1, 128256), (32, 32000)):
         probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
-        for name, k, p, m in (("plain", None, None, None), ("min_p 0.1", None, None, 0.1),
-                              ("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None)):
+        for name, k, p, m in (("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None),
+                              ("min_p 0.1", None, None, 0.1), ("plain", None, None, None)):
             configs = [{"chunked": False, **launch_config(vocab, batch, "sm_90")}]
             if m is not None:  # min-p can take the chunked path
                 configs += [{"chunked": True, "BLOCK": b, "num_warps": w}
                             for b, w in itertools.product((2048, 4096), (4, 8))]
-            # the row kernel's tiles, with and without loading a chunk ahead (kernels.load_ahead)
-            configs += [{"chunked": False, "ROWS": 1, "BLOCK": 8192, "num_warps": w, "PREFETCH": f}
-                        for w, f in itertools.product((4, 8, 16), (True, False))]
+            # the row kernel's tiles, with and without loading a chunk ahead (kernels.load_ahead) and
+            # per-lane sums (kernels.lane_zeros)
+            configs += [{"chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w, "PREFETCH": f, "LANE_SUMS": lane}
+                        for b, w, f, lane in itertools.product((4096, 8192), (4, 8, 16), (True, False), (True, False))
+                        if not (lane and b // (32 * w) > 32)]  # at most 32 values a thread per sum
             results = []
             k_t, p_t = threshold("top_k", k, batch, probs.device, "top_k"), threshold("top_p", p, batch, probs.device, "unit")
             m_t = threshold("min_p", m, batch, probs.device, "unit")
             for cfg in configs:
                 try:
-                    us = time_us(lambda: _sample(probs, None, k_t, p_t, m_t, None, False, 1, 0, False, None, cfg))
+                    us = time_us(lambda: _sample(probs, None, k_t, p_t, m_t, None, False, 1, 0, False, None, cfg),
+                                 graph=True)
                 except Exception as exc:  # a config that does not compile
                     results.append((float("inf"), f"{cfg}: {type(exc).__name__}"))
                     continue
                 results.append((us, str(cfg)))
             default_us = results[0][0]
             results.sort()
-            for us, cfg in results:  # all of them: PREFETCH on against off at each tile
-                rows.append({"case": f"{name} {batch}x{vocab}", "config": cfg, "us": us, "row-kernel default us": default_us})
-    print(markdown_table(rows))
+            # all of them (PREFETCH and LANE_SUMS on against off at each tile), printed per case so that
+            # a call cut short keeps what it measured
+            print(markdown_table([{"case": f"{name} {batch}x{vocab}", "config": cfg, "graph us": us,
+                                   "row-kernel default graph us": default_us} for us, cfg in results]), flush=True)
     # sampling from logits at a small vocabulary: Gumbel-max in one program per row against the chunked
     # inverse CDF (which wins from vocabulary 65536 up)
     from aiter_ext.ops.sampling.inputs import prepare_draw
@@ -915,7 +922,7 @@ def _sweep() -> int:
         draw = prepare_draw(logits, "logits", None, None, False, 1, 0)
         for cfg in [{"chunked": False}] + [{"chunked": True, "BLOCK": b, "num_warps": 4} for b in (1024, 2048, 4096)]:
             rows.append({"case": f"sampling_from_logits {batch}x{vocab}", "config": str(cfg),
-                         "us": time_us(lambda: logits_draw(cfg, logits, None, draw))})
+                         "graph us": time_us(lambda: logits_draw(cfg, logits, None, draw), graph=True)})
     print(markdown_table(rows))
     return 0
 

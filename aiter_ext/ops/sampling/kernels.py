@@ -155,16 +155,64 @@ def load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH: tl.constexpr):
 
 
 @triton.jit
+def lane_zeros(ROWS: tl.constexpr, BLOCK: tl.constexpr, LANE_SUMS: tl.constexpr):
+    """An accumulator for a pass over rows: one per lane (``[ROWS, BLOCK]``) with ``LANE_SUMS``, else
+    one per row. Per-lane sums leave the pass with no cross-lane reduction (shared memory and a
+    barrier on every chunk) until after its loop; they cost a register per lane and accumulator."""
+    if LANE_SUMS:
+        acc = tl.zeros([ROWS, BLOCK], tl.float32)
+    else:
+        acc = tl.zeros([ROWS], tl.float32)
+    return acc
+
+
+@triton.jit
+def lane_add(acc, x, LANE_SUMS: tl.constexpr):
+    """``acc`` (lane_zeros) plus the ``[ROWS, BLOCK]`` chunk ``x``."""
+    if LANE_SUMS:
+        acc = acc + x
+    else:
+        acc = acc + tl.sum(x, axis=1)
+    return acc
+
+
+@triton.jit
+def lane_max(acc, x, LANE_SUMS: tl.constexpr):
+    if LANE_SUMS:
+        acc = tl.maximum(acc, x)
+    else:
+        acc = tl.maximum(acc, tl.max(x, axis=1))
+    return acc
+
+
+@triton.jit
+def lane_total(acc, LANE_SUMS: tl.constexpr):
+    """Per row, the sum of ``acc``'s lanes."""
+    if LANE_SUMS:
+        acc = tl.sum(acc, axis=1)
+    return acc
+
+
+@triton.jit
+def lane_top(acc, LANE_SUMS: tl.constexpr):
+    """Per row, the maximum of ``acc``'s lanes."""
+    if LANE_SUMS:
+        acc = tl.max(acc, axis=1)
+    return acc
+
+
+@triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
     top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, STATS: tl.constexpr = False,
-    PREFETCH: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, LANE_SUMS: tl.constexpr = False,
 ):
     """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32.
     ``PREFETCH``: every pass over a row loads its next chunk before reducing the current one (see
-    load_ahead)."""
+    load_ahead). ``LANE_SUMS``: the full passes (min-p's two, the rule checks) keep per-lane sums and
+    reduce them once after their loop (lane_zeros)."""
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
@@ -173,17 +221,18 @@ def filtered_sampling_kernel(
     mass = tl.full([ROWS], 1.0, tl.float32)  # rows sum to 1 (FlashInfer's contract): no pass to sum them
     if MIN_P != 0:
         # min-p is relative to the row maximum: one pass for the maximum, one for the kept mass
-        row_max = tl.zeros([ROWS], tl.float32)
+        row_max = lane_zeros(ROWS, BLOCK, LANE_SUMS)
         x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
         for start in range(0, vocab, BLOCK):
             x, idx, x_next = load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH)
-            row_max = tl.maximum(row_max, tl.max(x, axis=1))
-        threshold = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * row_max
-        mass = tl.zeros([ROWS], tl.float32)
+            row_max = lane_max(row_max, x, LANE_SUMS)
+        threshold = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * lane_top(row_max, LANE_SUMS)
+        kept_mass = lane_zeros(ROWS, BLOCK, LANE_SUMS)
         x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
         for start in range(0, vocab, BLOCK):
             x, idx, x_next = load_ahead(row_ptr, start, cols, vocab, x_next, PREFETCH)
-            mass += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
+            kept_mass = lane_add(kept_mass, tl.where(x >= threshold[:, None], x, 0.0), LANE_SUMS)
+        mass = lane_total(kept_mass, LANE_SUMS)
     top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)  # absent filters read nothing
     top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
 
@@ -217,7 +266,7 @@ def filtered_sampling_kernel(
             pivot = tl.load(row_ptr + pick).to(tl.float32)
             mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
             above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid,
-                                                                                        PREFETCH)
+                                                                                        PREFETCH, LANE_SUMS)
             chunks_read += tl.cdiv(vocab, BLOCK)
             passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
             mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
@@ -251,26 +300,31 @@ def _kept(above, above_mass, top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.conste
 
 
 @triton.jit
-def _count_above(row_ptr, cols, vocab, pivot, mid, PREFETCH: tl.constexpr):
+def _count_above(row_ptr, cols, vocab, pivot, mid, PREFETCH: tl.constexpr, LANE_SUMS: tl.constexpr):
     """One pass over the rows: the count and mass of the entries strictly above ``pivot`` and above
-    ``mid``, and the row maximum. (One tl.reduce of the five with a combine function took the CPU
-    interpreter from 0.1 to 9 s a call, as it combines element by element in Python.)"""
-    above = tl.zeros(pivot.shape, tl.int32)
-    above_mass = tl.zeros(pivot.shape, tl.float32)
-    above_mid = tl.zeros(pivot.shape, tl.int32)
-    above_mid_mass = tl.zeros(pivot.shape, tl.float32)
-    row_max = tl.zeros(pivot.shape, tl.float32)
+    ``mid``, and the row maximum. Counts are summed as fp32 (exact below 2^24 entries). (One
+    tl.reduce of the five with a combine function took the CPU interpreter from 0.1 to 9 s a call,
+    as it combines element by element in Python.)"""
+    ROWS: tl.constexpr = pivot.shape[0]
+    BLOCK: tl.constexpr = cols.shape[0]
+    above = lane_zeros(ROWS, BLOCK, LANE_SUMS)
+    above_mass = lane_zeros(ROWS, BLOCK, LANE_SUMS)
+    above_mid = lane_zeros(ROWS, BLOCK, LANE_SUMS)
+    above_mid_mass = lane_zeros(ROWS, BLOCK, LANE_SUMS)
+    row_max = lane_zeros(ROWS, BLOCK, LANE_SUMS)
     x_next, _ = load_chunk(row_ptr, 0, cols, vocab, 0.0)
-    for s in range(0, vocab, cols.shape[0]):
+    for s in range(0, vocab, BLOCK):
         x, idx, x_next = load_ahead(row_ptr, s, cols, vocab, x_next, PREFETCH)
         x_above = tl.where(x > pivot[:, None], x, 0.0)
         x_above_mid = tl.where(x > mid[:, None], x, 0.0)
-        above += tl.sum((x_above > 0.0).to(tl.int32), axis=1)
-        above_mass += tl.sum(x_above, axis=1)
-        above_mid += tl.sum((x_above_mid > 0.0).to(tl.int32), axis=1)
-        above_mid_mass += tl.sum(x_above_mid, axis=1)
-        row_max = tl.maximum(row_max, tl.max(x, axis=1))
-    return above, above_mass, above_mid, above_mid_mass, row_max
+        above = lane_add(above, (x_above > 0.0).to(tl.float32), LANE_SUMS)
+        above_mass = lane_add(above_mass, x_above, LANE_SUMS)
+        above_mid = lane_add(above_mid, (x_above_mid > 0.0).to(tl.float32), LANE_SUMS)
+        above_mid_mass = lane_add(above_mid_mass, x_above_mid, LANE_SUMS)
+        row_max = lane_max(row_max, x, LANE_SUMS)
+    return (lane_total(above, LANE_SUMS).to(tl.int32), lane_total(above_mass, LANE_SUMS),
+            lane_total(above_mid, LANE_SUMS).to(tl.int32), lane_total(above_mid_mass, LANE_SUMS),
+            lane_top(row_max, LANE_SUMS))
 
 
 @triton.jit
@@ -331,13 +385,15 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
         # Without load_ahead's prefetch: with it, top-k/top-p took 163 VGPRs (3 waves/SIMD) and spilled
         # 8-9 SGPRs on gfx942; without, 96-109 VGPRs, 4-5 waves, no spills.
         block = min(block, 4096)
-        return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False}
+        return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False,
+                "LANE_SUMS": False}
     if rows * block < 4096:
         warps = 4
     else:
         warps = 8 if num_out < 128 else 4
-    # PREFETCH (load_ahead) stays off until timed: op_tests/test_sampling.py --sweep compares it
-    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": False}
+    # PREFETCH (load_ahead) and LANE_SUMS (lane_zeros) stay off until timed: op_tests/test_sampling.py
+    # --sweep compares them
+    return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": False, "LANE_SUMS": False}
 
 
 def aot_specs():
@@ -352,7 +408,8 @@ def aot_specs():
                        offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
                        num_src="i32", vocab="i32", stride_row="i64", stats="*i32")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False, "STATS": False,
-                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"]}
+                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"],
+                      "LANE_SUMS": cfg["LANE_SUMS"]}
             yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
                              divisible_by_16=pointers)

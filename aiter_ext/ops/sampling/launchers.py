@@ -37,7 +37,7 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         draw.rows, probs.shape[0], probs.shape[1], probs.stride(0), stats if stats is not None else draw.out,
         HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
         SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], STATS=stats is not None,
-        PREFETCH=cfg["PREFETCH"], num_warps=cfg["num_warps"])
+        PREFETCH=cfg["PREFETCH"], LANE_SUMS=cfg["LANE_SUMS"], num_warps=cfg["num_warps"])
     return cfg
 
 
