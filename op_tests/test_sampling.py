@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import DEVICE, grid  # noqa: E402
 
+from aiter_ext.core.testing import chi_square_p_value  # noqa: E402
 from aiter_ext.ops import sampling as S  # noqa: E402
 from aiter_ext.ops.sampling import reference as R  # noqa: E402
 
@@ -30,22 +31,6 @@ VOCABS = grid([16, 256], [16, 256, 1024])
 # (chunked_kernels.py): on the interpreter above one 256-wide chunk, on a GPU from vocabulary 65536
 # (min-p also from batch 128). These vocabularies take that path.
 CHUNKED_VOCAB = grid(1000, 70000)
-
-
-def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
-    """Pearson's chi-square test of ``counts`` against ``expected_probs`` (bins of expected count < 5 pooled)."""
-    n = counts.sum().double()
-    expected = expected_probs.double() * n
-    keep = expected >= 5
-    obs = torch.cat([counts.double()[keep], counts.double()[~keep].sum().reshape(1)])
-    exp = torch.cat([expected[keep], expected[~keep].sum().reshape(1)])
-    if exp[-1] < 5:  # the pooled bin is itself too small: fold it into the largest bin
-        obs[:-1][exp[:-1].argmax()] += obs[-1]
-        exp[:-1][exp[:-1].argmax()] += exp[-1]
-        obs, exp = obs[:-1], exp[:-1]
-    df = max(1, obs.numel() - 1)
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))
 
 
 def random_probs(vocab: int, rows: int = 1, zero_fraction: float = 0.0, scale: float = 1.0) -> torch.Tensor:

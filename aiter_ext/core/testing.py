@@ -49,3 +49,19 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None
     rtol = d_rtol if rtol is None else rtol
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol, equal_nan=False,
                                msg=lambda m: f"{name}: {m}")
+
+
+def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """Pearson's chi-square test of ``counts`` against ``expected_probs`` (bins of expected count < 5 pooled)."""
+    n = counts.sum().double()
+    expected = expected_probs.double() * n
+    keep = expected >= 5
+    obs = torch.cat([counts.double()[keep], counts.double()[~keep].sum().reshape(1)])
+    exp = torch.cat([expected[keep], expected[~keep].sum().reshape(1)])
+    if exp[-1] < 5:  # the pooled bin is itself too small: fold it into the largest bin
+        obs[:-1][exp[:-1].argmax()] += obs[-1]
+        exp[:-1][exp[:-1].argmax()] += exp[-1]
+        obs, exp = obs[:-1], exp[:-1]
+    df = max(1, obs.numel() - 1)
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))

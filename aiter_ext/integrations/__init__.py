@@ -3,7 +3,8 @@
 - ``prefix``: shared-prefix detection and the cascade decision (framework-free);
 - ``vllm``, ``sglang``: the plugins their entry points (pyproject.toml) name; each imports its framework
   only when its ``register()`` runs;
-- ``framework_ready`` (here): the release and ``AITER_EXT_ATTN`` checks both plugins make.
+- ``framework_supported`` and ``attention_enabled`` (here): the release and ``AITER_EXT_ATTN`` checks both
+  plugins make.
 """
 
 import logging
@@ -12,11 +13,16 @@ import os
 logger = logging.getLogger(__name__)
 
 
-def framework_ready(module, supported_prefix: str) -> bool:
-    """What both plugins check before registering: the framework's release is the one they are written
-    for (else one warning, nothing registered), and ``AITER_EXT_ATTN`` is not "0"."""
+def framework_supported(module, supported_prefix: str) -> bool:
+    """Whether the framework's release is the one the plugin is written for (else one warning: the
+    plugin registers nothing)."""
     if not module.__version__.startswith(supported_prefix):
         logger.warning("aiter_ext: the %s plugin supports %s %sx, found %s; it is off", module.__name__,
                        module.__name__, supported_prefix, module.__version__)
         return False
+    return True
+
+
+def attention_enabled() -> bool:
+    """``AITER_EXT_ATTN=0`` turns both plugins' attention backends off."""
     return os.environ.get("AITER_EXT_ATTN", "1") != "0"

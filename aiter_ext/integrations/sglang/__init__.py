@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from aiter_ext.integrations import framework_ready
+from aiter_ext.integrations import attention_enabled, framework_supported
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def register() -> None:
     except ImportError as exc:
         logger.warning("aiter_ext: SGLang is not importable (%s); the aiter_ext SGLang plugin is off", exc)
         return
-    if not framework_ready(sglang, SUPPORTED_SGLANG):
+    if not (framework_supported(sglang, SUPPORTED_SGLANG) and attention_enabled()):
         return
     if BACKEND_NAME not in ATTENTION_BACKENDS:
         register_attention_backend(BACKEND_NAME)(_create_backend)

@@ -7,14 +7,15 @@ of vLLM's enum in every process, so a pickled config that names it unpickles bef
 member created at run time would not).
 
 Nothing from vLLM is imported at ``import aiter_ext``, nor here until ``register()`` runs. Off ROCm, or
-without vLLM 0.33, it logs why and registers nothing. ``AITER_EXT_ATTN=0`` turns the backend off.
+without vLLM 0.33, it logs why and registers nothing. ``AITER_EXT_ATTN=0`` turns the backend off;
+``AITER_EXT_SAMPLER=1`` also sends vLLM's top-k/top-p sampling through aiter_ext (:mod:`.sampler`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from aiter_ext.integrations import framework_ready
+from aiter_ext.integrations import attention_enabled, framework_supported
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,14 @@ def register() -> None:
     except ImportError as exc:
         logger.warning("aiter_ext: vLLM is not importable (%s); the aiter_ext vLLM plugin is off", exc)
         return
-    if current_platform.is_rocm() and framework_ready(vllm, SUPPORTED_VLLM):
+    if not (current_platform.is_rocm() and framework_supported(vllm, SUPPORTED_VLLM)):
+        return
+    if attention_enabled():
         register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
         logger.info("aiter_ext: attention backend registered as CUSTOM (--attention-backend CUSTOM)")
+    from . import sampler
+
+    if sampler.enabled():
+        from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
+
+        sampler.install(TopKTopPSampler)
