@@ -4,10 +4,11 @@ The entry point (group ``sglang.srt.plugins``) is :func:`register`. It registers
 ``aiter_ext`` (``--attention-backend aiter_ext``), whatever torch was built for: the backend checks its
 device when the model runner constructs it, as SGLang's own backends do. SGLang 0.5.23 has no helper to
 extend the CLI's choices, so the name is appended to its choice lists in place (argparse is built after
-plugins load).
+plugins load). It also registers the sampling backend ``aiter_ext`` (``--sampling-backend aiter_ext``;
+:mod:`.sampler`).
 
 Nothing from SGLang is imported at ``import aiter_ext``, nor here until ``register()`` runs.
-``AITER_EXT_ATTN=0`` turns the backend off.
+``AITER_EXT_ATTN=0`` turns the attention backend off (the sampler stays).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def _create_backend(runner):
     return AiterExtAttnBackend(runner)
 
 
+def _create_sampler():
+    from .sampler import AiterExtSampler
+
+    return AiterExtSampler()
+
+
 def register() -> None:
     """SGLang's general-plugin hook: idempotent, no device calls."""
     try:
@@ -37,7 +44,14 @@ def register() -> None:
     except ImportError as exc:
         logger.warning("aiter_ext: SGLang is not importable (%s); the aiter_ext SGLang plugin is off", exc)
         return
-    if not (framework_supported(sglang, SUPPORTED_SGLANG) and attention_enabled()):
+    if not framework_supported(sglang, SUPPORTED_SGLANG):
+        return
+    from sglang.srt.layers.sampler import register_sampler_backend
+    from sglang.srt.server_args import SAMPLING_BACKEND_CHOICES
+
+    if BACKEND_NAME not in SAMPLING_BACKEND_CHOICES:  # register_sampler_backend warns on a second call
+        register_sampler_backend(BACKEND_NAME, _create_sampler)
+    if not attention_enabled():
         return
     if BACKEND_NAME not in ATTENTION_BACKENDS:
         register_attention_backend(BACKEND_NAME)(_create_backend)
