@@ -3,7 +3,7 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep attention-variants fi-warm sampling-tests
+#   sections: merge attention-tests attention-bench sweep attention-variants cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -42,6 +42,8 @@ for section in $sections; do
     attention-compile)  # issue 14: torch.compile of every public attention call, CUDA graphs included
       python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_compile.py 2>&1 \
         | tee "$OUT/pytest-attention-compile.log" | tail -n 12 ;;
+    cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)
+      python3 op_tests/test_cascade.py --amd-table no --decision 2>&1 | tee "$OUT/bench-cascade-decision.log" ;;
     attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer
       python3 op_tests/bench_attention_variants.py 2>&1 | tee "$OUT/bench-attention-variants.log" ;;
     fi-warm)  # FlashInfer's JIT builds for the benchmarks (run it in the background beside the tests)

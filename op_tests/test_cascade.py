@@ -231,7 +231,8 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
     us = time_us(lambda: ours.run(q, data.cache))
     graph_us = time_us(lambda: ours.run(q, data.cache), graph=True)
     plain_us = time_us(lambda: plain.run(q, data.cache))
-    fi_us = fi_plain_us = fi_graph_us = None
+    plain_graph_us = time_us(lambda: plain.run(q, data.cache), graph=True)
+    fi_us = fi_plain_us = fi_graph_us = fi_plain_graph_us = None
     if fi is not None:
         fw = fi.MultiLevelCascadeAttentionWrapper(2, torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE), "NHD")
         fw.plan(*tables, num_qo_heads, num_kv_heads, head_dim, page_size, q_data_type=dtype)
@@ -243,18 +244,31 @@ def _bench_case(batch, shared, unique, num_qo_heads, num_kv_heads, head_dim, pag
         fd.plan(dec_indptr, dec_indices, dec_last, num_qo_heads, num_kv_heads, head_dim, page_size,
                 q_data_type=dtype, kv_data_type=dtype)
         fi_plain_us = time_us(lambda: fd.run(q, data.cache))
+        fi_plain_graph_us = time_us(lambda: fd.run(q, data.cache), graph=True)
     flops = 4 * batch * num_qo_heads * (shared + unique) * head_dim
     nbytes = 2 * (shared + batch * unique) * num_kv_heads * head_dim * 2 + 2 * q.numel() * 2
     floor_us = max(flops / (peak_tflops * 1e6), nbytes / (copy_gbs * 1e3))
     return {"batch": batch, "shared": shared, "unique": unique, "heads": f"{num_qo_heads}/{num_kv_heads}",
-            "cascade_us": us, "graph_us": graph_us, "fi_graph_us": fi_graph_us, "floor_us": floor_us, "%floor": 100 * floor_us / us, "plain_decode_us": plain_us,
-            "fi_cascade_us": fi_us, "fi_plain_us": fi_plain_us, "vs_fi": (fi_us / us) if fi_us else None}
+            "cascade_us": us, "graph_us": graph_us, "fi_graph_us": fi_graph_us, "floor_us": floor_us,
+            "%floor": 100 * floor_us / us, "plain_decode_us": plain_us, "plain_graph_us": plain_graph_us,
+            "cascade wins (graph)": graph_us < plain_graph_us, "fi_cascade_us": fi_us, "fi_plain_us": fi_plain_us,
+            "fi_plain_graph_us": fi_plain_graph_us, "vs_fi": (fi_us / us) if fi_us else None}
+
+
+#: ``--decision``: the serving plugins' cascade-or-plain choice (issue 15) at vLLM-like decode batches,
+#: from the smallest shared prefix the thresholds allow (integrations/prefix.py) up
+DECISION_GRID = tuple((b, s, 256) for s in (256, 1024, 8192) for b in (32, 64, 128, 256))
 
 
 def bench_main(argv=None) -> int:
     from attention_utils import attention_bench_setup
 
     from aiter_ext.core.bench import git_commit, markdown_table
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    decision = "--decision" in argv
+    if decision:
+        argv.remove("--decision")
 
     # An AMD launch of these shapes: the shared level packs 128 (or 64) queries x group 4 as rows of one
     # prefill; the unique level is a decode (4 packed rows); neither is causal in a decode step.
@@ -265,8 +279,11 @@ def bench_main(argv=None) -> int:
     args, fi, copy_gbs = ctx
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, "
           f"peak bf16 {args.peak_tflops} TFLOP/s; bf16, head_dim 128, page 16, decode (1 query per request)")
-    rows = [_bench_case(b, s, u, 32, 8, 128, 16, fi, args.peak_tflops, copy_gbs)
-            for b, s, u in ((128, 32768, 256), (64, 4096, 256))]
+    shapes = DECISION_GRID if decision else ((128, 32768, 256), (64, 4096, 256))
+    rows = []
+    for b, s, u in shapes:
+        rows.append(_bench_case(b, s, u, 32, 8, 128, 16, fi, args.peak_tflops, copy_gbs))
+        print(markdown_table(rows[-1:]), flush=True)  # a call cut short keeps what it measured
     print(markdown_table(rows))
     return 0
 
