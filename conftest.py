@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The serving plugins' backend modules import their framework at module level: they are collected (for
+# The serving plugins' backend (and SGLang sampler) modules import their framework at module level: they are collected (for
 # their docstrings) only where that framework is installed, i.e. in the serving contract stage
 # (.ci/serving_env.sh; op_tests/serving/).
 collect_ignore = []
@@ -22,4 +22,4 @@ except ImportError:
 try:
     import sglang  # noqa: F401
 except ImportError:
-    collect_ignore.append("aiter_ext/integrations/sglang/backend.py")
+    collect_ignore += ["aiter_ext/integrations/sglang/backend.py", "aiter_ext/integrations/sglang/sampler.py"]
