@@ -33,7 +33,7 @@ def installed(vllm, monkeypatch):
 
 def test_register_installs_the_sampler_only_when_asked(vllm):
     """In a fresh process each, as vLLM's workers load plugins: AITER_EXT_SAMPLER=1 wraps the sampler, 0 does not."""
-    code = ("import serving_setup, os; from aiter_ext.integrations import vllm as plugin; plugin.register(); "
+    code = ("import serving_setup; from aiter_ext.integrations import vllm as plugin; plugin.register(); "
             "from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler as T; "
             "from aiter_ext.integrations.vllm.sampler import forward_aiter_ext as f; "
             "print(getattr(T().forward, '__func__', None) is f)")

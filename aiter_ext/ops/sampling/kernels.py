@@ -178,6 +178,7 @@ def lane_add(acc, x, LANE_SUMS: tl.constexpr):
 
 @triton.jit
 def lane_max(acc, x, LANE_SUMS: tl.constexpr):
+    """``acc`` (lane_zeros) raised to the ``[ROWS, BLOCK]`` chunk ``x``'s maximum."""
     if LANE_SUMS:
         acc = tl.maximum(acc, x)
     else:
