@@ -1,18 +1,27 @@
 """Shared-prefix detection for the serving plugins (aiter_ext.integrations.prefix; issue 15), against a
-brute-force Python reference on random block tables. No serving framework is needed.
+brute-force Python reference on random block tables, and the two-level cascade decode planned from a
+block table (aiter_ext.integrations.cascade) against fp32 attention over each request's whole sequence.
+No serving framework is needed.
 
     python op_tests/test_serving_prefix.py   # host time of one detection at batch 256 (CPU tensors)
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
 import pytest
 import torch
 
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE, grid  # noqa: E402
+
+from aiter_ext.core.testing import assert_close
+from aiter_ext.integrations.cascade import CascadeDecode, level_tables
 from aiter_ext.integrations.prefix import should_use_cascade, shared_prefix_blocks
+from aiter_ext.ops.attention.reference import single_attention_ref
 
 
 def _reference(table: list, seq_lens: list, block_size: int) -> int:
@@ -79,6 +88,61 @@ def test_cascade_decision_thresholds():
     assert not should_use_cascade(4096, 64, 2)  # not decode only
     assert not should_use_cascade(4096, 64, 1, sliding_window=True)
     assert not should_use_cascade(4096, 64, 1, alibi=True)
+
+
+def _vllm_like_cache(num_blocks, block_size, num_kv_heads, head_dim, dtype):
+    """K and V as vLLM 0.33's ROCm AITER backend hands them to attention: one ``[blocks, kv_heads, block_size,
+    2 * head_dim]`` allocation (its LBHNC layout), split into two ``[blocks, block_size, kv_heads, head_dim]``
+    strided views (rocm_aiter_fa's _split_kv_cache)."""
+    cache = torch.randn(num_blocks, num_kv_heads, block_size, 2 * head_dim, device=DEVICE).to(dtype)
+    return cache.transpose(1, 2).split(head_dim, dim=-1)
+
+
+# bf16 on the GPU only: Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (a 16x16 bf16 dot
+# came out off by 2e10; fp16 is exact), which is also why op_tests/test_attention.py's CPU grid is fp16
+@pytest.mark.parametrize("dtype", grid([torch.float16], [torch.float16, torch.bfloat16]))
+@pytest.mark.parametrize("shared_blocks, block_size", [(1, 16), (3, 16), (2, 32)])
+def test_cascade_decode_from_a_block_table_matches_full_attention(dtype, shared_blocks, block_size):
+    """Random block ids (shared ones first, then each request's own, the unused tail filled with ids the
+    cascade must not read), random lengths past the prefix, GQA 8/2 heads, a soft cap and a scale."""
+    torch.manual_seed(shared_blocks * 100 + block_size)
+    num_reqs, hq, hkv, dim, num_blocks = 9, 8, 2, 64, 64
+    lens = torch.randint(1, 3 * block_size, (num_reqs,)) + shared_blocks * block_size
+    used = (lens + block_size - 1) // block_size
+    ids = torch.randperm(num_blocks)
+    table = torch.full((num_reqs + 2, int(used.max()) + 2), int(ids[-1]), dtype=torch.int32)  # padding rows too
+    table[:, :shared_blocks] = ids[:shared_blocks]
+    nxt = shared_blocks
+    for b in range(num_reqs):
+        table[b, shared_blocks:used[b]] = ids[nxt:nxt + used[b] - shared_blocks]
+        nxt += int(used[b]) - shared_blocks
+    assert int(shared_prefix_blocks(table, lens, num_reqs, block_size)) == shared_blocks
+    k_cache, v_cache = _vllm_like_cache(num_blocks, block_size, hkv, dim, dtype)
+    q = torch.randn(num_reqs, hq, dim, device=DEVICE).to(dtype)
+    cascade = CascadeDecode(torch.device(DEVICE), workspace_bytes=16 << 20)
+    cascade.plan(table, lens, shared_blocks, block_size, hq, hkv, dim, sm_scale=0.11, logits_soft_cap=30.0,
+                 q_data_type=dtype)
+    out = cascade.run(q, k_cache, v_cache)
+    for b in range(num_reqs):
+        pages = table[b, :used[b]].long().to(DEVICE)
+        k = k_cache[pages].reshape(-1, hkv, dim)[:lens[b]]
+        v = v_cache[pages].reshape(-1, hkv, dim)[:lens[b]]
+        ref = single_attention_ref(q[b:b + 1], k, v, sm_scale=0.11, logits_soft_cap=30.0)[0]
+        assert_close(out[b:b + 1], ref, dtype, name=f"request {b}")
+
+
+def test_level_tables_checks_its_inputs():
+    table, lens = torch.arange(12, dtype=torch.int32).reshape(3, 4), torch.tensor([40, 20, 33])
+    t = level_tables(table, lens, 1, 16)
+    assert t.kv_indptr[0].tolist() == [0, 1] and t.kv_indices[0].tolist() == [0]
+    assert t.kv_indptr[1].tolist() == [0, 2, 3, 5] and t.kv_indices[1].tolist() == [1, 2, 5, 9, 10]
+    assert t.last_page_len[1].tolist() == [8, 4, 1]
+    with pytest.raises(ValueError, match="tokens past"):
+        level_tables(table, torch.tensor([40, 16, 33]), 1, 16)
+    with pytest.raises(ValueError, match="columns"):
+        level_tables(table, torch.tensor([40, 20, 80]), 1, 16)
+    with pytest.raises(ValueError, match="host"):
+        level_tables(table.to("meta"), lens, 1, 16)
 
 
 def main() -> int:

@@ -1,0 +1,77 @@
+"""A two-level cascade decode planned from a serving engine's block table (issue 15): framework-free.
+
+Level 0 is every request's query against the shared leading blocks (read once for the whole batch);
+level 1 is each request's query against its own blocks after them. :class:`CascadeDecode` plans both
+from a host copy of the block table and the sequence lengths, and runs them on K/V caches laid out as
+``[blocks, block_size, kv_heads, head_dim]`` views of any strides (vLLM's split of its paged cache).
+
+Planning is host work (as FlashInfer's ``plan``): the block table must be on the host. The serving
+plugins say where that copy comes from and what it costs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class LevelTables(NamedTuple):
+    """One list per argument of ``MultiLevelCascadeAttentionWrapper.plan``, two levels each (host int32)."""
+
+    qo_indptr: list
+    kv_indptr: list
+    kv_indices: list
+    last_page_len: list
+
+
+def level_tables(block_table: torch.Tensor, seq_lens: torch.Tensor, shared_blocks: int, block_size: int) -> LevelTables:
+    """The two levels' page tables of a decode batch (one query per request) whose requests share their
+    first ``shared_blocks`` blocks. ``block_table``: host ``[requests, >= blocks used]`` block ids;
+    ``seq_lens``: host ``[requests]`` tokens each, every one above ``shared_blocks * block_size`` (each
+    request keeps a token of its own, as integrations.prefix.shared_prefix_blocks guarantees)."""
+    if block_table.device.type != "cpu" or seq_lens.device.type != "cpu":
+        raise ValueError("block_table and seq_lens must be host tensors (planning reads them)")
+    num_reqs = seq_lens.shape[0]
+    if num_reqs < 1 or block_table.dim() != 2 or block_table.shape[0] < num_reqs:
+        raise ValueError(f"block_table must be [requests >= {max(num_reqs, 1)}, blocks], got {tuple(block_table.shape)}")
+    lens = seq_lens.to(torch.int64)
+    blocks = (lens + block_size - 1) // block_size
+    if shared_blocks < 1 or bool((lens <= shared_blocks * block_size).any()):
+        raise ValueError(f"every request needs tokens past the {shared_blocks} shared blocks")
+    if int(blocks.max()) > block_table.shape[1]:
+        raise ValueError(f"block_table has {block_table.shape[1]} columns, a request uses {int(blocks.max())}")
+    i32 = torch.int32
+    own = blocks - shared_blocks
+    cols = torch.arange(block_table.shape[1])
+    own_mask = (cols[None, :] >= shared_blocks) & (cols[None, :] < blocks[:, None])
+    return LevelTables(
+        qo_indptr=[torch.tensor([0, num_reqs], dtype=i32), torch.arange(num_reqs + 1, dtype=i32)],
+        kv_indptr=[torch.tensor([0, shared_blocks], dtype=i32),
+                   torch.cat([torch.zeros(1, dtype=torch.int64), own.cumsum(0)]).to(i32)],
+        kv_indices=[block_table[0, :shared_blocks].to(i32), block_table[:num_reqs][own_mask].to(i32)],
+        last_page_len=[torch.tensor([block_size], dtype=i32), (lens - (blocks - 1) * block_size).to(i32)])
+
+
+class CascadeDecode:
+    """A planned two-level cascade decode, reused by every layer of a step (the plan holds no layer state)."""
+
+    def __init__(self, device: torch.device, workspace_bytes: int = 128 << 20):
+        from aiter_ext import MultiLevelCascadeAttentionWrapper
+
+        self._wrapper = MultiLevelCascadeAttentionWrapper(
+            2, torch.empty(workspace_bytes, dtype=torch.uint8, device=device))
+        self.shared_blocks = 0
+
+    def plan(self, block_table: torch.Tensor, seq_lens: torch.Tensor, shared_blocks: int, block_size: int,
+             num_qo_heads: int, num_kv_heads: int, head_dim: int, *, sm_scale: Optional[float] = None,
+             logits_soft_cap: Optional[float] = None, q_data_type=torch.bfloat16, kv_data_type=None) -> None:
+        tables = level_tables(block_table, seq_lens, shared_blocks, block_size)
+        self._wrapper.plan(*tables, num_qo_heads, num_kv_heads, head_dim, block_size, causal=False,
+                           sm_scale=sm_scale, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
+                           kv_data_type=kv_data_type)
+        self.shared_blocks = shared_blocks
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """``q``: ``[requests, Hq, D]``; the caches: ``[blocks, block_size, Hkv, D]`` (NHD) views."""
+        return self._wrapper.run(q, (k_cache, v_cache))
