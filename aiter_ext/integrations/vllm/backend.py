@@ -7,41 +7,133 @@ attention states on its extend path, and its module imports on a CPU host withou
 which the contract tests rely on. Its builder asserts that every layer's impl is its impl class, so the
 impl and the builder are subclassed together.
 
-State of this module (work in progress, issue 15):
-- registration, naming (``get_name() == "CUSTOM"``) and the builder's shared-prefix detection
-  (integrations/prefix.py) are in place;
-- attention itself still runs vLLM's AITER path (``super().forward``): the cascade, sink and
-  merge-state routing through aiter_ext are not written yet.
+Cascade (``AITER_EXT_CASCADE=1``, off by default; vLLM 0.33 removed its own):
+- The builder, on a decode-only batch, reads the batch's block table and sequence lengths back to the
+  host (one device-to-host sync per step, inside vLLM's ``gpu_sync_allowed``, as vLLM's own AITER
+  builder does for prefill batches), finds the shared leading blocks (integrations.prefix) and, when
+  ``should_use_cascade`` says so, plans aiter_ext's two-level cascade (integrations.cascade) once for
+  every layer of the step.
+- The impl runs that plan for the layers it fits (no sinks, ALiBi, sliding window or fp8 KV, and the
+  planned scale and soft cap); everything else takes vLLM's AITER path (``super().forward``).
+- With cascade on, the builder reports no full-CUDA-graph support, so attention runs between vLLM's
+  piecewise graphs every step (a captured full graph would replay the plain path and never the cascade).
+- docs/serving.md says what this sync costs and the designs that would avoid it.
+
+Sinks and merge-state routing through aiter_ext are not written yet: those layers run vLLM's path.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple, Optional
 
+import torch
+from vllm.config import get_layers_from_vllm_config
+from vllm.model_executor.layers.attention import Attention
+from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+from vllm.v1.attention.backend import AttentionCGSupport
 from vllm.v1.attention.backends.rocm_aiter_fa import (
     AiterFlashAttentionBackend, AiterFlashAttentionImpl, AiterFlashAttentionMetadataBuilder,
 )
+from vllm.v1.kv_cache_interface import is_quantized_kv_cache
 
-from aiter_ext.integrations.prefix import shared_prefix_blocks
+from aiter_ext.integrations.prefix import MIN_REQUESTS, shared_prefix_blocks, should_use_cascade
+
+CASCADE_ENV = "AITER_EXT_CASCADE"
+
+
+def cascade_enabled() -> bool:
+    return os.environ.get(CASCADE_ENV, "0") == "1"
+
+
+class CascadeParams(NamedTuple):
+    """What a cascade plan bakes in, shared by every layer it serves."""
+
+    sm_scale: float
+    logits_soft_cap: Optional[float]
+
+
+def cascade_params(impls) -> Optional[CascadeParams]:
+    """The layers' common scale and soft cap, or None when some layer cannot take the cascade (sinks,
+    ALiBi, a sliding window, a quantized KV cache) or the layers disagree."""
+    params = set()
+    for impl in impls:
+        if (impl.sinks is not None or impl.alibi_slopes is not None or impl.sliding_window[0] != -1
+                or is_quantized_kv_cache(impl.kv_cache_dtype)):
+            return None
+        params.add(CascadeParams(impl.scale, impl.logits_soft_cap or None))
+    return params.pop() if len(params) == 1 else None
 
 
 class AiterExtImpl(AiterFlashAttentionImpl):
-    """vLLM's AITER impl; aiter_ext's cascade routing will hook in here."""
+    """vLLM's AITER impl, with the cascade of a decode-only step when the builder planned one."""
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
+                output_block_scale=None):
+        cascade = getattr(attn_metadata, "aiter_ext_cascade", None)
+        if (cascade is None or output_scale is not None or output_block_scale is not None
+                or cascade_params([self]) != cascade.params):
+            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
+                                   output_block_scale)
+        key_cache, value_cache = self._split_kv_cache(kv_cache)
+        n = attn_metadata.num_actual_tokens
+        output[:n].copy_(cascade.decode.run(query[:n], key_cache, value_cache).view_as(output[:n]))
+        return output
+
+
+class PlannedCascade(NamedTuple):
+    decode: object  # integrations.cascade.CascadeDecode
+    params: CascadeParams
 
 
 class AiterExtMetadataBuilder(AiterFlashAttentionMetadataBuilder):
-    """vLLM's AITER builder, plus (with ``AITER_EXT_CASCADE=1``) the shared-prefix length of each batch,
-    as a device tensor: no host read yet, since nothing consumes it before the cascade path exists, and
-    off by default so that a step pays nothing for it until then."""
+    """vLLM's AITER builder, plus (``AITER_EXT_CASCADE=1``) the cascade plan of decode-only steps whose
+    requests share a prefix: ``metadata.aiter_ext_cascade`` (a PlannedCascade, or None)."""
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        if cascade_enabled():
+            return AttentionCGSupport.NEVER  # attention runs outside full graphs, so the cascade can run
+        return super().get_cudagraph_support(vllm_config, kv_cache_spec)
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self._cascade = None
+        self._cascade_params = None
+        if cascade_enabled() and vllm_config.speculative_config is None:
+            layers = get_layers_from_vllm_config(vllm_config, Attention)
+            self._cascade_params = cascade_params(layers[name].impl for name in layer_names if name in layers)
 
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
         metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
-        cam = common_attn_metadata
-        metadata.aiter_ext_shared_blocks = None
-        if os.environ.get("AITER_EXT_CASCADE") == "1" and cam.num_reqs >= 1:
-            metadata.aiter_ext_shared_blocks = shared_prefix_blocks(cam.block_table_tensor, cam.seq_lens,
-                                                                    cam.num_reqs, self.block_size)
+        metadata.aiter_ext_cascade = None
+        if self._cascade_params is not None and metadata.num_prefills == 0 and metadata.num_extends == 0:
+            metadata.aiter_ext_cascade = self._plan_cascade(common_attn_metadata)
         return metadata
+
+    def _plan_cascade(self, cam) -> Optional[PlannedCascade]:
+        """The step's cascade, or None when its requests share too little (should_use_cascade)."""
+        num_reqs = cam.num_reqs
+        if cam.max_query_len != 1 or num_reqs < MIN_REQUESTS or cam.seq_lens_cpu_upper_bound is None:
+            return None
+        bound = int(cam.seq_lens_cpu_upper_bound[:num_reqs].max())
+        columns = -(-bound // self.block_size)
+        with gpu_sync_allowed():  # the one read back per step (this module's docstring)
+            table = cam.block_table_tensor[:num_reqs, :columns].cpu()
+            seq_lens = cam.seq_lens[:num_reqs].cpu()
+        shared = int(shared_prefix_blocks(table, seq_lens, num_reqs, self.block_size))
+        if not should_use_cascade(shared * self.block_size, num_reqs, 1):
+            return None
+        if self._cascade is None:
+            from aiter_ext.integrations.cascade import CascadeDecode
+
+            self._cascade = CascadeDecode(self.device)
+        spec = self.kv_cache_spec
+        self._cascade.plan(table, seq_lens, shared, self.block_size, self.num_heads_q, spec.num_kv_heads,
+                           spec.head_size, sm_scale=self._cascade_params.sm_scale,
+                           logits_soft_cap=self._cascade_params.logits_soft_cap,
+                           q_data_type=self.model_config.dtype, kv_data_type=spec.dtype)
+        return PlannedCascade(self._cascade, self._cascade_params)
 
 
 class AiterExtBackend(AiterFlashAttentionBackend):
