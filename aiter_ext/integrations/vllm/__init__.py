@@ -8,7 +8,8 @@ member created at run time would not).
 
 Nothing from vLLM is imported at ``import aiter_ext``, nor here until ``register()`` runs. Off ROCm, or
 without vLLM 0.33, it logs why and registers nothing. ``AITER_EXT_ATTN=0`` turns the backend off;
-``AITER_EXT_SAMPLER=1`` also sends vLLM's top-k/top-p sampling through aiter_ext (:mod:`.sampler`).
+``AITER_EXT_SAMPLER=1`` also sends vLLM's top-k/top-p sampling through aiter_ext (:mod:`.sampler`), and
+``AITER_EXT_CASCADE=1`` gives shared-prefix decode steps aiter_ext's cascade (:mod:`.backend`).
 """
 
 from __future__ import annotations
