@@ -870,7 +870,8 @@ def _sweep() -> int:
         probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
         for name, k, p, m in (("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None),
                               ("min_p 0.1", None, None, 0.1), ("plain", None, None, None)):
-            configs = [{"chunked": False, **launch_config(vocab, batch, "sm_90")}]
+            default = launch_config(vocab, batch, "sm_90", top_p_only=name.startswith("top_p"))
+            configs = [{"chunked": False, **default}]
             if m is not None:  # min-p can take the chunked path
                 configs += [{"chunked": True, "BLOCK": b, "num_warps": w}
                             for b, w in itertools.product((2048, 4096), (4, 8))]

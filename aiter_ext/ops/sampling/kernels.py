@@ -367,13 +367,14 @@ def _next_float_up(x):
     return (x.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)
 
 
-def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False) -> dict:
+def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False, top_p_only: bool = False) -> dict:
     """Tile: one row per program once a row fills a wide chunk; several rows per program for small
     vocabularies, except on AMD (below).
 
     From a sweep on an H200 (op_tests/test_sampling.py --sweep, V 128256, batches 1/32/256):
     8192-wide chunks and the early-exit scan were best for every filter; 8 warps at batch 1 and 32,
-    and 4 at batch 256.
+    and 4 at batch 256. ``top_p_only`` (top-p without top-k or min-p) takes the tile a later H100 sweep
+    chose for it (below).
 
     Under the CPU interpreter the cost is per program, not per element, so tiles are 16x larger there.
     It is the same kernel with fewer programs, which lets the statistical tests draw ~10^5 tokens."""
@@ -388,12 +389,16 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
         block = min(block, 4096)
         return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False,
                 "LANE_SUMS": False}
+    if top_p_only and rows == 1 and block >= 4096:
+        # H100, op_tests/test_sampling.py --sweep (graph replays, V 128256): top-p alone went from 43.6 to
+        # 26.0 us at batch 1 (4096-wide chunks, 8 warps, LANE_SUMS) and from 172 to 134 us at batch 256
+        # (16 warps, PREFETCH too). Top-k (4-5 rounds) was slower with either flag: it keeps the tile below.
+        big = num_out >= 128
+        return {"ROWS": 1, "BLOCK": 4096, "num_warps": 16 if big else 8, "PREFETCH": big, "LANE_SUMS": True}
     if rows * block < 4096:
         warps = 4
     else:
         warps = 8 if num_out < 128 else 4
-    # PREFETCH (load_ahead) and LANE_SUMS (lane_zeros) stay off until timed: op_tests/test_sampling.py
-    # --sweep compares them
     return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": False, "LANE_SUMS": False}
 
 

@@ -29,7 +29,8 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         if chunks is not None:
             chunked.draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, min_p, draw, chunks)
             return
-    cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted()),
+    top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
+    cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted(), top_p_only),
            **{k: v for k, v in (config or {}).items() if k != "chunked"}}
     kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
