@@ -778,6 +778,9 @@ def bench_main(argv=None) -> int:
                 if name.startswith("top_k"):
                     kth = probs.topk(extra[0], dim=-1).values[:, -1]
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= kth).all(), name
+                if name == "top_p_sampling_from_probs":  # FlashInfer's rule: the mass strictly above < p
+                    picked = probs.gather(1, tokens[:, None])
+                    assert ((probs * (probs > picked)).sum(-1) < extra[0]).all(), name
                 if name == "min_p_sampling_from_probs":
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= extra[0] * probs.max(-1).values).all(), name
                 us = time_us(lambda: ours(probs, *extra, **kw))
