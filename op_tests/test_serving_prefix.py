@@ -82,9 +82,13 @@ def test_bad_arguments_name_themselves():
 
 
 def test_cascade_decision_thresholds():
-    assert should_use_cascade(256, 8, 1)
-    assert not should_use_cascade(255, 8, 1)
+    assert should_use_cascade(4096, 8, 1)
+    assert not should_use_cascade(255, 200, 1)
     assert not should_use_cascade(4096, 7, 1)
+    # the measured rule (prefix.py): plain decode won at 32 and 64 requests x 256 shared tokens, the
+    # cascade from 32 x 1024 and 128 x 256 up
+    assert not should_use_cascade(256, 32, 1) and not should_use_cascade(256, 64, 1)
+    assert should_use_cascade(256, 128, 1) and should_use_cascade(1024, 32, 1)
     assert not should_use_cascade(4096, 64, 2)  # not decode only
     assert not should_use_cascade(4096, 64, 1, sliding_window=True)
     assert not should_use_cascade(4096, 64, 1, alibi=True)

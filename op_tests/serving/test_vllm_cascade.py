@@ -16,6 +16,7 @@ from aiter_ext.core.testing import assert_close
 from aiter_ext.ops.attention.reference import single_attention_ref
 
 HQ, HKV, DIM, BLOCK, SCALE = 8, 2, 64, 16, 0.125
+SHARED = 192  # blocks: the smallest prefix the measured cascade rule takes at 9 requests
 DTYPE = torch.float16  # the interpreter's bf16 dot is wrong (op_tests/test_serving_prefix.py)
 
 
@@ -83,12 +84,13 @@ def builder(vllm, monkeypatch):
 
 
 def test_the_builder_plans_cascade_only_for_a_shared_prefix_worth_it(builder):
-    cam, _ = _batch(9, shared_blocks=17)  # 272 shared tokens, 9 requests: vLLM's former thresholds pass
+    # integrations.prefix.should_use_cascade: 192 blocks x 16 = 3072 shared tokens saved 8 times = 24576
+    cam, _ = _batch(9, shared_blocks=SHARED)
     planned = builder.build(0, cam).aiter_ext_cascade
-    assert planned is not None and planned.decode.shared_blocks == 17
+    assert planned is not None and planned.decode.shared_blocks == SHARED
     assert builder.build(0, _batch(9, shared_blocks=0)[0]).aiter_ext_cascade is None  # nothing shared
-    assert builder.build(0, _batch(9, shared_blocks=15)[0]).aiter_ext_cascade is None  # 240 tokens: too few
-    assert builder.build(0, _batch(7, shared_blocks=17)[0]).aiter_ext_cascade is None  # too few requests
+    assert builder.build(0, _batch(9, shared_blocks=SHARED - 2)[0]).aiter_ext_cascade is None  # saves too little
+    assert builder.build(0, _batch(7, shared_blocks=4 * SHARED)[0]).aiter_ext_cascade is None  # too few requests
     builder.test_prefills = 1
     assert builder.build(0, cam).aiter_ext_cascade is None  # not decode only
     builder.test_prefills = 0
@@ -99,7 +101,7 @@ def test_the_builder_plans_cascade_only_for_a_shared_prefix_worth_it(builder):
 def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkeypatch):
     from vllm.v1.attention.backends.rocm_aiter_fa import AiterFlashAttentionImpl
 
-    cam, num_blocks = _batch(9, shared_blocks=17, seed=1)
+    cam, num_blocks = _batch(9, shared_blocks=SHARED, seed=1)
     metadata = builder.build(0, cam)
     assert metadata.aiter_ext_cascade is not None
     impl = _impl()
@@ -123,7 +125,7 @@ def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkey
 def test_layers_the_plan_does_not_fit_take_vllms_path(builder, monkeypatch):
     from vllm.v1.attention.backends.rocm_aiter_fa import AiterFlashAttentionImpl
 
-    cam, num_blocks = _batch(9, shared_blocks=17, seed=2)
+    cam, num_blocks = _batch(9, shared_blocks=SHARED, seed=2)
     metadata = builder.build(0, cam)
     calls = []
     monkeypatch.setattr(AiterFlashAttentionImpl, "forward", lambda self, *a: calls.append(self))
