@@ -803,7 +803,9 @@ def bench_main(argv=None) -> int:
                              "passes/row": float(passes.mean()), "GB/s at passes": moved_gbs,
                              "floor_us": floor_us, "%floor": 100 * floor_us / us, "fi_us": fi_us,
                              "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None,
+                             "fi/ours graph": fi_graph_us / graph_us if fi_graph_us and graph_us else None,
                              "multinomial_us": mult_us})
+            print(markdown_table(rows[-len(cases):]), flush=True)  # a call cut short keeps what it measured
     print(markdown_table(rows))
     rows = []
     for vocab in (32000, 128256, 201088):
