@@ -766,7 +766,7 @@ def bench_main(argv=None) -> int:
              ("top_p_sampling_from_probs", (0.9,), {}), ("min_p_sampling_from_probs", (0.1,), {}),
              ("top_k_top_p_sampling_from_probs", (50, 0.9), {"filter_apply_order": "joint"})]
     rows = []
-    for vocab in (32000, 128256, 201088):
+    for vocab in (128256, 201088, 32000):  # the shapes first
         for batch in (1, 32, 256):
             probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
             floor_us = batch * vocab * 4 / (copy_gbs * 1e3)
