@@ -7,6 +7,7 @@ and no token outside the kept set may appear."""
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -53,11 +54,24 @@ def test_processed_logprobs_modes_keep_vllms_forward(installed):
     assert getattr(installed(logprobs_mode="processed_logprobs").forward, "__func__", None) is not forward_aiter_ext
 
 
+def _v2_fused_draw(logits, k, p):
+    """The V2 runner's fused draw (Sampler._sample_random with use_fused_sampler), on a Sampler made without
+    its constructor (which wants the runner's states): the branch reads only use_flashinfer."""
+    import vllm.v1.worker.gpu.sample.sampler as v2
+
+    sampler = object.__new__(v2.Sampler)
+    sampler.use_flashinfer, sampler.use_xpu_sampler = True, False
+    tokens, _ = sampler._sample_random(logits, None, None, None, k, p, False, True)
+    assert tokens.dtype == torch.int64
+    return tokens
+
+
+@pytest.mark.parametrize("runner", ["v1", "v2"])
 @pytest.mark.parametrize("k, p", [(10, None), (None, 0.8), (10, 0.8)], ids=["top_k", "top_p", "top_k_top_p"])
-def test_filtered_rows_follow_vllms_distribution(installed, k, p):
+def test_filtered_rows_follow_vllms_distribution(installed, runner, k, p):
     """vLLM applies top-k, then top-p on what top-k kept (apply_top_k_top_p), then samples: the frequencies
     of aiter_ext's draws must be that distribution, with the thresholds as vLLM passes them (int64 k and
-    fp32 p tensors, one per request)."""
+    fp32 p tensors, one per request), through V1's TopKTopPSampler and V2's fused draw."""
     torch.manual_seed(0)
     logits = torch.randn(VOCAB, dtype=torch.float64) * 2.0
     probs = torch.softmax(logits, -1)[None].float()
@@ -69,10 +83,14 @@ def test_filtered_rows_follow_vllms_distribution(installed, k, p):
     k_t = torch.full((ROWS,), k, dtype=torch.int64) if k is not None else None
     p_t = torch.full((ROWS,), p, dtype=torch.float32) if p is not None else None
     batch = logits.float().expand(ROWS, VOCAB).contiguous()
-    sampler = installed()
-    sampler.forward_native = lambda *args: pytest.fail("filtered rows without generators must not fall back")
-    tokens, returned_logits = sampler.forward(batch, {}, k_t, p_t)
-    assert returned_logits is None and tokens.shape == (ROWS,)
+    if runner == "v1":
+        sampler = installed()
+        sampler.forward_native = lambda *args: pytest.fail("filtered rows without generators must not fall back")
+        tokens, returned_logits = sampler.forward(batch, {}, k_t, p_t)
+        assert returned_logits is None
+    else:
+        tokens = _v2_fused_draw(batch, k_t, p_t)
+    assert tokens.shape == (ROWS,)
     counts = torch.bincount(tokens.long(), minlength=VOCAB)
     outside = (counts > 0) & (target[0] == 0)
     assert not outside.any(), f"tokens outside the kept set: {outside.nonzero().flatten().tolist()}"
@@ -96,3 +114,20 @@ def test_seeded_and_unfiltered_rows_are_vllms_own(installed):
         torch.manual_seed(7)
         theirs, _ = sampler.forward_native(logits.clone(), generators(), k_t, None)
         assert torch.equal(ours, theirs)
+
+
+def test_v2_install_points_the_fused_draw_at_aiter_ext(installed):
+    import vllm.v1.worker.gpu.sample.sampler as v2
+
+    from aiter_ext.integrations.vllm.sampler import install_v2, sample
+
+    assert v2.flashinfer_sample is sample
+
+    class Runner:  # the part of V2's Sampler that install_v2 touches
+        def __init__(self, return_sampling_mask=False):
+            self.return_sampling_mask, self.use_flashinfer = return_sampling_mask, False
+
+    module = types.SimpleNamespace(Sampler=Runner, flashinfer_sample=None)
+    assert install_v2(module) and not install_v2(module)
+    assert module.flashinfer_sample is sample
+    assert Runner().use_flashinfer and not Runner(return_sampling_mask=True).use_flashinfer

@@ -42,6 +42,8 @@ def register() -> None:
     from . import sampler
 
     if sampler.enabled():
+        import vllm.v1.worker.gpu.sample.sampler as v2_sampler
         from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
 
         sampler.install(TopKTopPSampler)
+        sampler.install_v2(v2_sampler)

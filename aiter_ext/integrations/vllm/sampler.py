@@ -1,5 +1,5 @@
-"""aiter_ext's samplers inside vLLM 0.33's V1 ``TopKTopPSampler`` (issue 15), opt in with
-``AITER_EXT_SAMPLER=1`` on ROCm.
+"""aiter_ext's samplers inside vLLM 0.33's samplers (issue 15), opt in with ``AITER_EXT_SAMPLER=1`` on ROCm:
+the V1 ``TopKTopPSampler`` (:func:`install`) and the V2 model runner's ``Sampler`` (:func:`install_v2`).
 
 vLLM builds its ``TopKTopPSampler`` inside its ``Sampler`` and picks ``forward`` in the constructor (on
 ROCm, ``forward_hip`` when ``VLLM_ROCM_USE_AITER`` is set, else ``forward_native``). :func:`install` wraps
@@ -14,6 +14,13 @@ What changes and what does not:
   ``generators`` (seeded requests: vLLM draws those rows from each request's own generator), fp64
   Gumbel noise. Greedy rows never reach this module (vLLM's ``Sampler`` takes their argmax first).
 - Processed-logprobs modes keep vLLM's own choice of ``forward``: the fused samplers return no logits.
+
+V2 (``vllm.v1.worker.gpu.sample.sampler``): its ``Sampler`` already decides per batch when a fused sampler
+may draw (top-k or top-p present; no greedy rows, explicit seeds or processed logprobs) and then calls
+that module's ``flashinfer_sample(logits, top_k, top_p)`` if ``use_flashinfer``. On ROCm FlashInfer is
+absent, so that flag is always off. :func:`install_v2` points the module's ``flashinfer_sample`` at
+:func:`sample` and sets the flag wherever no sampling mask is asked for (vLLM's own condition for it).
+Every other batch keeps vLLM's Gumbel path.
 """
 
 from __future__ import annotations
@@ -77,4 +84,25 @@ def install(sampler_cls) -> bool:
     sampler_cls.__init__ = __init__
     setattr(sampler_cls, _MARK, True)
     logger.info("aiter_ext: vLLM's top-k/top-p sampler draws through aiter_ext (%s=1)", ENV)
+    return True
+
+
+def install_v2(sampler_module) -> bool:
+    """Route the V2 runner's fused draws (``sampler_module``: vllm.v1.worker.gpu.sample.sampler) through
+    :func:`sample`; True if installed now."""
+    cls = sampler_module.Sampler
+    if _MARK in vars(cls):
+        return False
+    original_init = cls.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if not self.return_sampling_mask:
+            self.use_flashinfer = True  # the fused draw: sampler_module.flashinfer_sample is sample() now
+
+    cls.__init__ = __init__
+    sampler_module.flashinfer_sample = sample
+    setattr(cls, _MARK, True)
+    logger.info("aiter_ext: vLLM's V2 fused top-k/top-p draws go through aiter_ext (%s=1)", ENV)
     return True
