@@ -230,3 +230,29 @@ def test_rope_llama_in_the_kernel(backend, causal, split_kv):
            single_attention_ref(q[:5], k, v, causal=causal, rope=(1.0, rope[1]))[0], "single prefill ROPE_LLAMA")
     with pytest.raises(ValueError, match="rope_scale / rope_theta apply only"):
         d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, rope_theta=1e6)
+
+
+def test_rope_llama_at_long_positions_matches_fp64_angles():
+    """Keys up to position 6000 (angles up to 6000 rad at the first frequency), many blocks far from position
+    0: the kernel turns each block's keys by angle addition from the block's first key
+    (kernels._block_turns). Checked against q and k rotated with angles computed in fp64. (The former
+    direct fp32 angles pass this too: at these sizes both errors are far below fp16's.)"""
+    from aiter_ext.ops.attention.reference import single_attention_ref
+
+    kv_len = 6000
+    cache, (qo, kvp, kvi, last), q, kv = _paged_case([1], [kv_len])
+    k, v = kv[0]
+    d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace())
+    d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA", q_data_type=DTYPE)  # theta 1e4
+
+    def rotate64(x, positions):
+        half = D // 2
+        freq = 1e4 ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / D)
+        angle = positions.to(torch.float64)[:, None] * freq[None, :]
+        cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
+        lo, hi = x.double()[..., :half], x.double()[..., half:]
+        return torch.cat([lo * cos - hi * sin, hi * cos + lo * sin], -1)
+
+    positions = torch.arange(kv_len, device=q.device)
+    ref = single_attention_ref(rotate64(q, positions[-1:]).float(), rotate64(k, positions).float(), v.float())[0]
+    _close(d.run(q, cache), ref, "decode with ROPE_LLAMA at 6000 keys")
