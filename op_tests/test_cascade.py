@@ -201,6 +201,27 @@ def test_plan_checks_level_arrays():
         w.plan([i32([0, 2]), i32([0, 1])], [i32([0, 1])] * 2, [i32([0]), i32([1])], [i32([1])] * 2, 4, 4, 64, 16)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_writes_into_a_given_out(backend):
+    """``out=`` (ours: a serving engine's output buffer): the result lands in it, poisoned first, as without
+    it; a wrong shape or dtype is refused by name before anything is written."""
+    from aiter_ext.core.testing import poison_
+
+    dtype, heads, dim, page = torch.float16, 4, 64, 16
+    data = Batch(5, 40, [9] * 5, heads, dim, page, dtype)
+    q = torch.randn(5, heads, dim, device=DEVICE).to(dtype)
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace(), backend=backend)
+    w.plan(*data.tables([1] * 5), heads, heads, dim, page, q_data_type=dtype)
+    out = poison_(torch.empty_like(q))
+    assert w.run(q, data.cache, out=out) is out
+    assert_close(out, data.reference(q, [1] * 5, False), dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+    for bad in (torch.empty(4, heads, dim, dtype=dtype, device=DEVICE), torch.empty_like(q, dtype=torch.float32)):
+        poison_(bad)
+        with pytest.raises((ValueError, TypeError), match="out"):
+            w.run(q, data.cache, out=bad)
+        assert bad.isnan().all(), "a refused call wrote into out"
+
+
 # --------------------------------------------------------------------------------------------------
 # Benchmark CLI: python op_tests/test_cascade.py  (GPU; beside FlashInfer when it is installed)
 

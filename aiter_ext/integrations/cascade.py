@@ -72,6 +72,8 @@ class CascadeDecode:
                            kv_data_type=kv_data_type)
         self.shared_blocks = shared_blocks
 
-    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        """``q``: ``[requests, Hq, D]``; the caches: ``[blocks, block_size, Hkv, D]`` (NHD) views."""
-        return self._wrapper.run(q, (k_cache, v_cache))
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``q``: ``[requests, Hq, D]``; the caches: ``[blocks, block_size, Hkv, D]`` (NHD) views; ``out``:
+        where the result goes (contiguous, q's shape and dtype), else a new tensor."""
+        return self._wrapper.run(q, (k_cache, v_cache), out=out)

@@ -77,7 +77,7 @@ class AiterExtImpl(AiterFlashAttentionImpl):
                                    output_block_scale)
         key_cache, value_cache = self._split_kv_cache(kv_cache)
         n = attn_metadata.num_actual_tokens
-        output[:n].copy_(cascade.decode.run(query[:n], key_cache, value_cache).view_as(output[:n]))
+        cascade.decode.run(query[:n], key_cache, value_cache, out=output[:n].view(n, self.num_heads, self.head_size))
         return output
 
 

@@ -99,14 +99,15 @@ class MultiLevelCascadeAttentionWrapper:
 
     begin_forward = plan
 
-    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False, *, sinks=None):
+    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False, *, sinks=None, out=None):
         """``sinks`` (ours; FlashInfer's cascade has none): attention-sink logits ``[Hq]``, counted once
-        in the softmax over all levels."""
+        in the softmax over all levels. ``out`` (ours): a contiguous ``q``-shaped tensor of q's dtype
+        that receives the result (a serving engine's output buffer), else a new one."""
         plans = [level.attention_plan for level in self._levels]
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
             checked_paged_views(level, paged_kv_cache)
-        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot)
+        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out)
         return (out, lse) if return_lse else out
 
     forward = run

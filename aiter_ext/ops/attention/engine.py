@@ -379,21 +379,23 @@ def _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks) -> None:
 
 
 def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_strides, sinks=None, slot: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+               kv_strides, sinks=None, slot: int = -1, out: Optional[torch.Tensor] = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
     ``plan_level_merge``), every level writes partial states and one merge launch combines them;
     without, each level runs whole and is merged into the result in turn. ``sinks`` enter the first
     level only: one sink term per row in the merged softmax. ``slot``: where bind_levels put these
-    plans (needed under torch.compile, where the merged run is one custom op)."""
+    plans (needed under torch.compile, where the merged run is one custom op). ``out``: where the
+    result goes (checked as the plans check it), else a new tensor."""
     from aiter_ext.ops.merge_state.api import merge_state_in_place
 
     if merge is None:
-        out, lse = plans[0].run(q, k, v, kv_strides, return_lse=True, sinks=sinks)
+        out, lse = plans[0].run(q, k, v, kv_strides, out=out, return_lse=True, sinks=sinks)
         for plan in plans[1:]:
             o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True)
             merge_state_in_place(out, lse, o_level, lse_level)
         return out, lse
-    out, lse = plans[0].checked_outputs(q, k, None, None)
+    out, lse = plans[0].checked_outputs(q, k, out, None)
     sinks = plans[0].checked_sinks(sinks, q)
     if torch.compiler.is_compiling():
         if slot not in _BOUND_LEVELS:
