@@ -24,6 +24,7 @@ Sinks and merge-state routing through aiter_ext are not written yet: those layer
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple, Optional
 
@@ -68,11 +69,16 @@ def cascade_params(impls) -> Optional[CascadeParams]:
 class AiterExtImpl(AiterFlashAttentionImpl):
     """vLLM's AITER impl, with the cascade of a decode-only step when the builder planned one."""
 
+    @functools.cached_property
+    def cascade_params(self) -> Optional[CascadeParams]:
+        """This layer's part of a cascade plan (fixed at construction; cached off the per-step path)."""
+        return cascade_params([self])
+
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
                 output_block_scale=None):
         cascade = getattr(attn_metadata, "aiter_ext_cascade", None)
         if (cascade is None or output_scale is not None or output_block_scale is not None
-                or cascade_params([self]) != cascade.params):
+                or self.cascade_params != cascade.params):
             return super().forward(layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
                                    output_block_scale)
         key_cache, value_cache = self._split_kv_cache(kv_cache)
