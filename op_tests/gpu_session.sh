@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants cascade-decision fi-warm sampling-tests
-#             sampling-exclusion sampling-bench
+#             sampling-exclusion sampling-split sampling-split-sweep sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
 set -uo pipefail
@@ -54,6 +54,14 @@ for section in $sections; do
       # every draw of the row kernel scans half a row; AITER_EXT_EXCLUSION_DRAWS lowers the count for a first look)
       python3 -m pytest -v -p no:cacheprovider --durations=12 op_tests/test_sampling_exclusion.py 2>&1 \
         | tee "$OUT/pytest-sampling-exclusion.log" | tail -n 12 ;;
+    sampling-split)  # the split kernel (small batch): frequencies, agreement with the row kernel, edges, 5M-draw
+      # exclusion. A barrier that never opens would hang: each pytest is bounded.
+      timeout 300 python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling.py -k split 2>&1 \
+        | tee "$OUT/pytest-sampling-split.log" | tail -n 14
+      timeout 420 python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling_exclusion.py \
+        -k split_kernel 2>&1 | tee "$OUT/pytest-sampling-split-exclusion.log" | tail -n 14 ;;
+    sampling-split-sweep)
+      timeout 300 python3 op_tests/test_sampling.py --sweep-split 2>&1 | tee "$OUT/sweep-sampling-split.log" ;;
     sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
     sampling-quick)  # the samplers, softmax and sampling_from_logits only

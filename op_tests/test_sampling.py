@@ -20,6 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import DEVICE, grid  # noqa: E402
 
+ON_GPU = DEVICE.type == "cuda"
+
 from aiter_ext.core.testing import chi_square_p_value  # noqa: E402
 from aiter_ext.ops import sampling as S  # noqa: E402
 from aiter_ext.ops.sampling import reference as R  # noqa: E402
@@ -617,6 +619,172 @@ def test_row_kernel_prefetch_and_lane_sums_draw_the_same_tokens(filters):
 
 
 # --------------------------------------------------------------------------------------------------
+# The split kernel (split_kernels.py): small batches, each row over several programs
+
+def split_config_for(vocab: int, rows: int, resident: bool) -> dict:
+    """A forced launch of the split kernel for ``rows`` output rows: under the interpreter one program
+    per row (every span in it): 256-wide chunks (``resident``: spans of one chunk at vocabulary 1000) or
+    64-wide chunks in 128-wide spans; on a GPU within the SM count (every program resident at once, or a
+    barrier never opens). ``resident`` None: either layout."""
+    from aiter_ext.core.arch import device_info
+    from aiter_ext.ops.sampling.launchers import _split_launch
+
+    if ON_GPU:
+        config = {"split": True}
+    else:
+        config = {"split": True, "programs": 8 * rows, "BLOCK": 64 if resident is False else 256}
+    cfg = _split_launch(vocab, rows, config)
+    assert cfg is not None and cfg["num_spans"] >= 2, f"no split launch for {rows} x {vocab}"
+    if ON_GPU:
+        assert rows * cfg["programs"] <= device_info().cu_num
+    assert resident is None or cfg["RESIDENT"] == resident, cfg
+    return config
+
+
+def split_rows(vocab: int, resident: bool) -> int:
+    """Output rows per call: on a GPU as many as leave the wanted span layout (resident spans of one
+    4096-wide chunk need cdiv(vocab, 4096) programs per row)."""
+    if not ON_GPU:
+        return DRAWS
+    from aiter_ext.core.arch import device_info
+
+    cus = device_info().cu_num
+    return max(1, cus // -(-vocab // 4096)) if resident else cus // 2
+
+
+def split_draw_counts(probs, filters, n: int, resident: bool) -> torch.Tensor:
+    """Counts per token of ``n`` draws of row 0 by the split kernel. On a GPU: CUDA-graph replays of
+    one small call (seeds drawn from the generator inside the graph, so every replay draws anew)."""
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
+
+    vocab = probs.shape[1]
+    rows = split_rows(vocab, resident)
+    k, p, m = filters
+    args = (threshold("top_k", k, 1, probs.device, "top_k"), threshold("top_p", p, 1, probs.device, "unit"),
+            threshold("min_p", m, 1, probs.device, "unit"))
+    config = split_config_for(vocab, rows, resident)
+    indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+    if not ON_GPU:
+        tokens = _sample(probs, indices, *args, None, False, int(torch.randint(0, 2**31, (1,))), 0, False, None,
+                         config)
+        return torch.bincount(tokens.long(), minlength=vocab)
+    counts = torch.zeros(vocab, dtype=torch.int64, device=DEVICE)
+    ones = torch.ones(rows, dtype=torch.int64, device=DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(int(torch.randint(0, 2**31, (1,))))
+
+    def step():
+        tokens = _sample(probs, indices, *args, gen, False, None, None, False, None, config)
+        counts.index_add_(0, tokens.long(), ones)
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    counts.zero_()
+    for _ in range(-(-n // rows)):
+        graph.replay()
+    torch.cuda.synchronize()
+    return counts.cpu()
+
+
+SPLIT_FILTERS = {"plain": (None, None, None), "top_k 5": (5, None, None), "top_p 0.5": (None, 0.5, None),
+                 "top_p 0.9": (None, 0.9, None), "min_p 0.2": (None, None, 0.2), "joint 10/0.8": (10, 0.8, None)}
+
+
+@pytest.mark.skipif(not ON_GPU, reason="400k draws of one-row programs are hours on the interpreter; on the CPU "
+                                       "test_split_kernel_draws_the_row_kernels_tokens ties this kernel to the row "
+                                       "kernel draw by draw")
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "spans"])
+@pytest.mark.parametrize("name", list(SPLIT_FILTERS))
+@pytest.mark.parametrize("vocab", [32000, 128256])
+def test_split_kernel_frequencies(vocab, name, resident):
+    k, p, m = SPLIT_FILTERS[name]
+    probs = random_probs(vocab, zero_fraction=0.3, scale=2.0)
+    target = R.filtered_distribution(probs.cpu().double(), k, p, m)[0]
+    counts = split_draw_counts(probs, (k, p, m), DRAWS, resident)
+    outside = (counts > 0) & (target == 0)
+    assert not outside.any(), f"split {name}: drew tokens outside the kept set {outside.nonzero().flatten()[:10]}"
+    p_value = chi_square_p_value(counts, target)
+    assert p_value > ALPHA, f"split {name}: chi-square p-value {p_value:.3g} over {int(counts.sum())} draws"
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "spans"])
+@pytest.mark.parametrize("name", list(SPLIT_FILTERS))
+def test_split_kernel_draws_the_row_kernels_tokens(name, resident):
+    """The split kernel runs the row kernel's algorithm (the same uniforms per round, pivots and rules);
+    only its sums are taken in another order. So at one seed both give the same token for every output
+    row, but where a uniform lands within rounding of a boundary between two tokens: at most one such
+    row of the 48 here, and it must still be inside the kept set. With the row kernel's frequencies
+    checked above, this carries them over to the split kernel on the interpreter."""
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
+
+    k, p, m = SPLIT_FILTERS[name]
+    vocab, draws = (32000, 4096) if ON_GPU else (1000, 48)
+    probs = random_probs(vocab, rows=2, zero_fraction=0.3, scale=2.0)
+    indices = torch.arange(draws, device=DEVICE, dtype=torch.int32) % 2
+    args = (threshold("top_k", k, 2, probs.device, "top_k"), threshold("top_p", p, 2, probs.device, "unit"),
+            threshold("min_p", m, 2, probs.device, "unit"))
+    seed = int(torch.randint(0, 2**31, (1,)))
+    row = _sample(probs, indices, *args, None, False, seed, 0, False, None, {"split": False, "chunked": False})
+    if ON_GPU:  # calls within the SM count, each with its slice of the counters (offset = first row)
+        rows = split_rows(vocab, resident)
+        config = split_config_for(vocab, rows, resident)
+        split = torch.cat([_sample(probs, indices[i:i + rows], *args, None, False, seed, i, False, None, config)
+                           for i in range(0, draws, rows)])
+    else:
+        split = _sample(probs, indices, *args, None, False, seed, 0, False, None,
+                        split_config_for(vocab, draws, resident))
+    differ = (split != row).nonzero().flatten()
+    assert differ.numel() <= max(1, draws // 1000), f"split {name}: {differ.numel()} of {draws} draws differ"
+    kept = R.filtered_distribution(probs.cpu().double(), k, p, m) > 0
+    assert kept[indices.cpu().long(), split.cpu().long()].all(), f"split {name}: a token outside the kept set"
+
+
+def test_split_kernel_is_the_small_batch_route():
+    """Small batches take the split kernel by default (on the interpreter: up to 4 rows above one
+    chunk), large ones the row kernel; a row-kernel tile in the config forces the row kernel."""
+    from aiter_ext.ops.sampling.launchers import _split_launch
+
+    vocab = 128256 if ON_GPU else 1000
+    assert _split_launch(vocab, 1, None) is not None
+    assert _split_launch(vocab, 4096, None) is None
+    assert _split_launch(vocab, 1, {"chunked": False, "ROWS": 1, "BLOCK": 1024}) is None
+    assert _split_launch(vocab, 1, {"split": False}) is None
+
+
+def test_split_kernel_edges_and_indices_outside_the_rows():
+    """Zero, NaN and out-of-range rows through the split kernel: token 0, invalid, nothing read past
+    ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
+
+    vocab, rows = (32000 if ON_GPU else 1000), 4
+    buffer = torch.zeros(rows + 4, vocab, device=DEVICE)
+    buffer[:, vocab - 1] = 1.0
+    probs = buffer[2:2 + rows]
+    probs.copy_(random_probs(vocab, rows=rows, scale=3.0))
+    probs[:, vocab - 1] = 0.0
+    probs /= probs.sum(-1, keepdim=True).clone()
+    probs[1] = 0.0
+    probs[2] = float("nan")
+    indices = torch.tensor([0, 1, 2, 3, 7, -1], dtype=torch.int32, device=DEVICE)
+    config = split_config_for(vocab, indices.numel(), resident=None)
+    top_k = torch.tensor([1, 5, 5, 3], device=DEVICE)  # int64, as torch.full makes it
+    for k, p, m in ((None, None, None), (top_k, None, None), (None, 0.9, None), (None, None, 0.5), (top_k, 0.9, None)):
+        args = (threshold("top_k", k, rows, probs.device, "top_k"), threshold("top_p", p, rows, probs.device, "unit"),
+                threshold("min_p", m, rows, probs.device, "unit"))
+        tokens, valid = _sample(probs, indices, *args, None, False, 11, 0, True, None, config)
+        assert valid.cpu().tolist() == [True, False, False, True, False, False], (k, p, m)
+        assert (tokens.cpu()[[1, 2, 4, 5]] == 0).all()
+        kept = R.filtered_distribution(probs[[0, 3]].cpu().double(), None if k is None else top_k[[0, 3]].cpu(),
+                                       p, m) > 0
+        assert kept[0, tokens[0]] and kept[1, tokens[3]], (k, p, m, tokens)
+
+
+# --------------------------------------------------------------------------------------------------
 # Chain speculative sampling
 
 SPEC_DRAWS = grid(1_500, 200_000)  # the interpreter runs one program per request: ~30 ms each
@@ -738,6 +906,17 @@ def _host_profile() -> int:
     return 0
 
 
+def _bench_thresholds(name: str, extra: tuple, rows: int, device):
+    """The benchmark's sampler ``name`` and arguments as the (top_k, top_p, min_p) Thresholds of _sample."""
+    from aiter_ext.ops.sampling.inputs import threshold
+
+    k = extra[0] if name.startswith("top_k") else None
+    p = extra[-1] if name.startswith("top_p") or name.startswith("top_k_top_p") else None
+    m = extra[0] if name.startswith("min_p") else None
+    return (threshold("top_k", k, rows, device, "top_k"), threshold("top_p", p, rows, device, "unit"),
+            threshold("min_p", m, rows, device, "unit"))
+
+
 def bench_main(argv=None) -> int:
     import argparse
 
@@ -748,9 +927,16 @@ def bench_main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="sampling from probabilities, beside FlashInfer")
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time launch configs instead (an experiment)")
+    parser.add_argument("--sweep-split", action="store_true", help="only the split kernel's part of --sweep")
     parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
     parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
     args = parser.parse_args(argv)
+    if args.sweep_split:
+        from aiter_ext.core.bench import warm_up_gpu
+
+        warm_up_gpu()
+        _sweep_split()
+        return 0
     if args.sweep:
         return _sweep()
     if args.host:
@@ -758,6 +944,9 @@ def bench_main(argv=None) -> int:
     ok, fi = benchmark_setup(args.no_flashinfer)
     if not ok:
         return 2
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.launchers import _split_launch
+
     warm_up_gpu()
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
@@ -785,6 +974,13 @@ def bench_main(argv=None) -> int:
                     assert (probs.gather(1, tokens[:, None])[:, 0] >= extra[0] * probs.max(-1).values).all(), name
                 us = time_us(lambda: ours(probs, *extra, **kw))
                 graph_us = _timed(lambda: ours(probs, *extra, **kw), graph=True)
+                # at small batch the split kernel is the route: the row kernel's time beside it
+                route = "split" if _split_launch(vocab, batch, None) is not None else "row/chunked"
+                row_graph_us = None
+                if route == "split":
+                    thresholds = _bench_thresholds(name, extra, batch, probs.device)
+                    row_graph_us = _timed(lambda: _sample(probs, None, *thresholds, None, False, None, None, False,
+                                                          None, {"split": False}), graph=True)
                 # the row kernel's profile (issue 12): rejection rounds, and passes over the row (chunks
                 # read / chunks in a row), so that bytes moved = passes x row bytes
                 filters = {"top_k_sampling_from_probs": (extra[:1] + (None, None)),
@@ -798,7 +994,8 @@ def bench_main(argv=None) -> int:
                     fi_us = time_us(lambda: fi_fn(probs, *extra, **kw))
                     fi_graph_us = _timed(lambda: fi_fn(probs, *extra, **kw), graph=True)
                 moved_gbs = float(passes.mean()) * batch * vocab * 4 / (graph_us or us) / 1e3
-                rows.append({"op": name, "batch": batch, "vocab": vocab, "us": us, "graph_us": graph_us,
+                rows.append({"op": name, "batch": batch, "vocab": vocab, "route": route, "us": us,
+                             "graph_us": graph_us, "row kernel graph_us": row_graph_us,
                              "rounds (row kernel)": float(rounds.double().mean()),
                              "passes/row": float(passes.mean()), "GB/s at passes": moved_gbs,
                              "floor_us": floor_us, "%floor": 100 * floor_us / us, "fi_us": fi_us,
@@ -859,6 +1056,37 @@ def bench_main(argv=None) -> int:
     return 0
 
 
+def _sweep_split() -> None:
+    """The split kernel's chunk width and warps against the row kernel at small batches (graph replays,
+    seeds from the generator), to place the crossover between the two."""
+    import itertools
+
+    from aiter_ext.core.bench import markdown_table, time_us
+    from aiter_ext.ops.sampling.api import _sample
+    from aiter_ext.ops.sampling.inputs import threshold
+    from aiter_ext.ops.sampling.launchers import _split_launch
+
+    for vocab, batch in itertools.product((128256, 201088), (1, 4, 16, 32, 64)):
+        probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+        rows = []
+        for name, k, p, m in (("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None),
+                              ("min_p 0.1", None, None, 0.1), ("plain", None, None, None)):
+            args = (threshold("top_k", k, batch, probs.device, "top_k"), threshold("top_p", p, batch, probs.device, "unit"),
+                    threshold("min_p", m, batch, probs.device, "unit"))
+            configs = [{"split": False}] + [{"split": True, "BLOCK": b, "num_warps": w}
+                                             for b, w in itertools.product((2048, 4096, 8192), (4, 8, 16))]
+            for cfg in configs:
+                if cfg["split"] and _split_launch(vocab, batch, cfg) is None:
+                    continue  # no split launch at this shape (it would time the row kernel)
+                try:
+                    us = time_us(lambda: _sample(probs, None, *args, None, False, None, None, False, None, cfg),
+                                 graph=True)
+                except Exception as exc:  # a config with no split launch at this shape, or that does not compile
+                    us = f"{type(exc).__name__}: {str(exc)[:60]}"
+                rows.append({"case": f"{name} {batch}x{vocab}", "config": str(cfg), "graph us": us})
+        print(markdown_table(rows), flush=True)
+
+
 def _sweep() -> int:
     """Launch configs against each other (an experiment): the chunked path's chunk widths and warps
     against one program per row, for the filters that can take either, and the row kernel's tiles
@@ -871,6 +1099,7 @@ def _sweep() -> int:
     from aiter_ext.ops.sampling.kernels import launch_config
 
     warm_up_gpu()
+    _sweep_split()
     for batch, vocab in ((256, 128256), (1, 128256), (32, 32000)):
         probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
         for name, k, p, m in (("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None),

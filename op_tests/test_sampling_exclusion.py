@@ -141,6 +141,44 @@ def test_forced_uniforms_never_pick_an_excluded_token(name, call, allowed):
     assert valid.all()
 
 
+SPLIT_PROBS_CASES = [c for c in PROBS_CASES if "logits" not in c[0]]  # the samplers from probabilities
+
+
+@pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
+@pytest.mark.parametrize("block", [2048, 256], ids=["resident", "spans"])
+@pytest.mark.parametrize("name, call, allowed", SPLIT_PROBS_CASES, ids=[c[0] for c in SPLIT_PROBS_CASES])
+def test_forced_uniforms_split_kernel(name, call, allowed, block, monkeypatch):
+    """The same traps through the split kernel (split_kernels.py): 8 spans of 2048, held as one chunk
+    each (resident) or walked in 256-wide chunks. The stalled prefix sums now sit inside span 0, and the
+    spans' sums meet the scan's prefix sums at the span boundaries. One program per row runs there
+    (0.1 s each), so every fifth uniform of the sweep is drawn, the gap's and those below 1 included."""
+    from aiter_ext.ops.sampling import launchers
+    from aiter_ext.ops.sampling.split_kernels import split_config
+
+    forced = {}
+
+    def split_launch(vocab, rows, config):
+        forced["cfg"] = split_config(vocab, rows, "cpu", 8 * rows, True, block)
+        return forced["cfg"]
+
+    monkeypatch.setattr(launchers, "_split_launch", split_launch)
+    real_chunked = launchers.chunked.chunked_launch  # min-p alone takes the chunked path there: not here
+    monkeypatch.setattr(launchers.chunked, "chunked_launch",
+                        lambda op, *a, **kw: None if op == "min_p" else real_chunked(op, *a, **kw))
+    probs = trap_row()
+    u = swept_uniforms()[::5]
+    seed, offset = seeds_for(u)
+    indices = torch.zeros(u.numel(), dtype=torch.int32, device=DEVICE)
+    with forced_uniforms():
+        tokens, valid = call(probs, indices=indices, seed=seed, offset=offset, return_valid=True)
+    assert forced["cfg"]["num_spans"] == 8 and forced["cfg"]["RESIDENT"] == (block == 2048)
+    kept = allowed(probs.cpu())[0]
+    bad = ~kept[tokens.long().cpu()]
+    assert not bad.any(), (f"{name}: excluded tokens {tokens.cpu()[bad].unique().tolist()[:8]} for u = "
+                           f"{u[bad][:4].tolist()}")
+    assert valid.all()
+
+
 @pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
 def test_forced_uniforms_chain_speculative_resample():
     """Every draft is rejected (its target probability is 0), so each row's token is drawn from
@@ -229,3 +267,52 @@ def test_no_excluded_token_in_5m_draws(vocab, zero_ratio, dist, sampler):
     tokens = call(probs, logits, indices=indices, seed=int(torch.randint(0, 2**31, (1,))), offset=0)
     bad = ~kept[tokens.long()]
     assert not bool(bad.any()), f"{int(bad.sum())} excluded draws, tokens {tokens[bad].unique().tolist()[:8]}"
+
+
+# The split kernel (split_kernels.py) at scale: small calls, as a decode step makes them, replayed from a
+# CUDA graph (seeds drawn from the generator inside it) until 5M draws; the tokens are counted in the
+# graph. "spans": half the SMs' worth of rows, two spans each; "resident": as many rows as leave one
+# 4096-wide span per program (4 rows at vocabulary 128256 on an H100, so that case takes 1.25M replays:
+# only zero ratio 0.9 there).
+SPLIT_GPU_SAMPLERS = ["plain", "top_k 50", "top_p 0.9", "min_p 0.2", "joint 50/0.9"]
+SPLIT_GPU_CASES = [(layout, vocab, zero_ratio) for layout in ("spans", "resident") for vocab in (32000, 128256)
+                   for zero_ratio in (0.5, 0.9) if not (layout == "resident" and vocab == 128256 and zero_ratio == 0.5)]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="5M draws per case need a GPU; test_forced_uniforms_split_kernel covers the CPU")
+@pytest.mark.parametrize("sampler", SPLIT_GPU_SAMPLERS)
+@pytest.mark.parametrize("layout, vocab, zero_ratio", SPLIT_GPU_CASES, ids=[f"{a}-{b}-{c}" for a, b, c in SPLIT_GPU_CASES])
+def test_split_kernel_no_excluded_token_in_5m_draws(layout, vocab, zero_ratio, sampler):
+    from test_sampling import split_rows
+
+    from aiter_ext.ops.sampling.launchers import _split_launch
+
+    call, allowed = GPU_SAMPLERS[sampler]
+    logits = _logits(vocab, "normal_5", zero_ratio)
+    probs = torch.softmax(logits, -1).float()
+    kept = allowed(probs)[0]
+    probs, logits = probs.to(DEVICE), logits.float().to(DEVICE)
+    rows = split_rows(vocab, layout == "resident")
+    cfg = _split_launch(vocab, rows, None)
+    assert cfg is not None and cfg["RESIDENT"] == (layout == "resident"), cfg  # the default route at this batch
+    indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+    counts = torch.zeros(vocab, dtype=torch.int64, device=DEVICE)
+    ones = torch.ones(rows, dtype=torch.int64, device=DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(int(torch.randint(0, 2**31, (1,))))
+
+    def step():
+        counts.index_add_(0, call(probs, logits, indices=indices, generator=gen).long(), ones)
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    counts.zero_()
+    replays = -(-EXCLUSION_DRAWS // rows)
+    for _ in range(replays):
+        graph.replay()
+    counts = counts.cpu()
+    assert int(counts.sum()) == replays * rows
+    bad = (counts > 0) & ~kept
+    assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"

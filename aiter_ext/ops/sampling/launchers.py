@@ -6,11 +6,15 @@ Triton. Each function writes into tensors it is given; the checks were done by t
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.env import interpreted
 from aiter_ext.core.launch import cdiv
 
-from . import chunked, kernels, logits_kernels, renorm_kernels, speculative_kernels
+from . import chunked, kernels, logits_kernels, renorm_kernels, speculative_kernels, split_kernels
 from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P
 from .inputs import Draw, Mode, Threshold
 
@@ -18,20 +22,25 @@ from .inputs import Draw, Mode, Threshold
 def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold,
                   draw: Draw, stats=None) -> None:
     """Plain, top-k, top-p, min-p and joint sampling from probabilities. ``config`` overrides the
-    launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), or the row kernel's
-    (ROWS, BLOCK, num_warps) with ``"chunked": False``. ``stats`` (benchmarks): an int32
+    launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), _split_launch's (small batch),
+    or the row kernel's (ROWS, BLOCK, num_warps) with ``"chunked": False``. ``stats`` (benchmarks): an int32
     ``[rows, 2]`` tensor that receives each row's rejection rounds and chunks read (row kernel only)."""
     if not draw.rows:
         return
-    if min_p.mode != Mode.NONE and top_k.mode == Mode.NONE and top_p.mode == Mode.NONE and stats is None:
+    forced_split = (config or {}).get("split") is True
+    if min_p.mode != Mode.NONE and top_k.mode == Mode.NONE and top_p.mode == Mode.NONE and stats is None \
+            and not forced_split:
         # min-p alone needs no rejection rounds: at large batch, each row spread over many programs
         chunks = chunked.chunked_launch("min_p", probs.shape[1], draw.rows, config)
         if chunks is not None:
             chunked.draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, min_p, draw, chunks)
             return
+    split = _split_launch(probs.shape[1], draw.rows, config) if stats is None else None
+    if split is not None:
+        return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
     cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted(), top_p_only),
-           **{k: v for k, v in (config or {}).items() if k != "chunked"}}
+           **{k: v for k, v in (config or {}).items() if k not in ("chunked", "split")}}
     kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
         top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
@@ -39,6 +48,44 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
         SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], STATS=stats is not None,
         PREFETCH=cfg["PREFETCH"], LANE_SUMS=cfg["LANE_SUMS"], num_warps=cfg["num_warps"])
+    return cfg
+
+
+def _split_launch(vocab: int, rows: int, config):
+    """split_kernels.split_config at this shape, or None. ``config`` (sweeps): ``{"split": False}``
+    forces one program per row; ``{"split": True, "BLOCK": .., "num_warps": ..}`` forces this path
+    (``"programs"``: at most that many programs in all, in place of the CU count)."""
+    config = config or {}
+    if not config.get("split", True) or config.get("chunked") is True or "ROWS" in config:
+        return None  # another path forced, or the row kernel's tile given
+    info = device_info()
+    budget = split_kernels.INTERPRETER_PROGRAMS if interpreted() else info.cu_num
+    return _split_config(vocab, rows, info.arch, config.get("programs", budget), interpreted(),
+                         config.get("BLOCK", 0) if config.get("split") else 0,
+                         config.get("num_warps", 0) if config.get("split") else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _split_config(vocab, rows, arch, programs, interpreted, block, num_warps):
+    """Host time counts at small batch: cache the policy's answer."""
+    return split_kernels.split_config(vocab, rows, arch, programs, interpreted, block, num_warps)
+
+
+def split_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold, draw: Draw) -> dict:
+    """split_kernels.split_sampling_kernel: each row over ``cfg["programs"]`` programs. One zeroed int32
+    workspace holds the per-row barrier counters, the picked tokens and the per-span numbers (its size
+    follows the shape only, so the call can be graph-captured)."""
+    rows, spans = draw.rows, cfg["num_spans"]
+    workspace = torch.zeros(rows * (2 + split_kernels.FIELDS.value * spans), dtype=torch.int32, device=probs.device)
+    counters, picks = workspace[:rows], workspace[rows:2 * rows]
+    exchange = workspace[2 * rows:].view(torch.float32)
+    split_kernels.split_sampling_kernel[(rows, cfg["programs"])](
+        probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
+        top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
+        rows, probs.shape[0], probs.shape[1], probs.stride(0), cfg["span"], spans, exchange, picks, counters,
+        HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
+        SEED_PER_ROW=draw.seed_per_row, LOCAL=cfg["LOCAL"], NSPANS=cfg["NSPANS"], BLOCK=cfg["BLOCK"],
+        RESIDENT=cfg["RESIDENT"], num_warps=cfg["num_warps"])
     return cfg
 
 

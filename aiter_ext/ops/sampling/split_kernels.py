@@ -1,0 +1,297 @@
+"""Triton kernel for sampling from probabilities at small batch: each row split over several programs
+that meet at barriers.
+
+Why: at 1 to 32 rows, one program per row (kernels.py) leaves the GPU nearly idle. A pass over a
+128256-entry row moved 17-28 GB/s there on an H100 against a 3 TB/s copy: each program waits a memory
+latency per chunk. Here a row is cut into ``num_spans`` contiguous spans of ``span`` entries, one
+program each (grid: rows x programs), and the programs of a row combine their spans' numbers through
+global memory:
+
+- every full pass of the row kernel (min-p's maximum, the candidates' mass, the rule check) becomes a
+  pass over one span, a store of the span's sums into ``exchange``, and a barrier;
+- the draw: every program reads the spans' candidate masses, finds the span where the running mass
+  passes ``u`` (kernels.inverse_cdf_pick, so only a span with mass can be chosen), and the program that
+  holds it scans it for the token, which it leaves in ``picks``;
+- the rounds, rules and pivots are the row kernel's (kernels.py's docstring): the rule check also
+  leaves each span's mass above the pivot and above the midpoint, which are the next round's candidate
+  masses, so a round costs one span pass and two barriers.
+
+Every program reads the same exchanged numbers and combines them with the same code, in the same
+order, so all of a row's programs reach the same ``u``, span, token and decision without more
+messages, and pass the same number of barriers.
+
+``RESIDENT`` (a span is one chunk): the span is loaded once and kept in registers for every pass.
+
+A barrier is a per-row arrival counter (``counters``, zeroed by the launcher): release-add one, then
+spin on an acquire read until every program of the row has arrived. So every program of the grid must be
+on the GPU at once: the launcher keeps rows x programs at or below the number of SMs/CUs.
+
+Under the CPU interpreter programs run one after another, so a barrier that waits for another program
+would never open. There one program takes all of its row's spans, as the ``LOCAL`` rows of a
+``[LOCAL, BLOCK]`` tile, and the barrier is passed at once. The exchange through memory, the span
+choice and the rounds are the same code; only the concurrency is the GPU's alone.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+from .kernels import (
+    NONE, PER_ROW, ROUND_BITS, _kept, _next_float_up, inverse_cdf_pick, min_p_of, program_rows, top_k_of, top_p_of,
+)
+
+# The per-span numbers in ``exchange`` ([rows, FIELDS, num_spans] fp32).
+CAND, MAX, ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS = (tl.constexpr(i) for i in range(6))
+FIELDS = tl.constexpr(6)
+
+
+@triton.jit
+def _barrier(counter, arrivals, programs):
+    """Wait until all ``programs`` of this row have arrived here ``arrivals`` times; returns the next
+    count. The first ``debug_barrier`` makes every thread's stores precede the release; the acquire read
+    then makes the other programs' stores visible to this one."""
+    tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    while tl.atomic_add(counter, 0, sem="acquire", scope="gpu") < arrivals * programs:
+        pass
+    tl.debug_barrier()
+    return arrivals + 1
+
+
+@triton.jit
+def _span_chunk(row_ptr, span_start, c, cols, vocab, resident, RESIDENT: tl.constexpr):
+    """Chunk ``c`` (an offset into each span) of this program's spans, ``[LOCAL, BLOCK]``, with NaN,
+    negative entries and entries past the vocabulary as 0 (never candidates), and their indices."""
+    idx = span_start[:, None] + c + cols[None, :]
+    if RESIDENT:
+        x = resident
+    else:
+        x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)).to(tl.float32)
+        x = tl.where((idx < vocab) & (x > 0.0), x, 0.0)
+    return x, idx
+
+
+@triton.jit
+def _publish(ex_row, field, num_spans, span_id, span_ok, values):
+    tl.store(ex_row + field * num_spans + span_id, values, mask=span_ok)
+
+
+@triton.jit
+def _gather(ex_row, field, num_spans, NSPANS: tl.constexpr):
+    """Every span's number ``field`` (0 past the last span). Volatile: the values were written by
+    other programs since this one last read these addresses."""
+    s = tl.arange(0, NSPANS)
+    values = tl.load(ex_row + field * num_spans + tl.minimum(s, num_spans - 1), volatile=True)
+    return tl.where(s < num_spans, values, 0.0)
+
+
+@triton.jit
+def _scan_span(row_ptr, start, span, vocab, lower, u_in, x_local, RESIDENT: tl.constexpr, BLOCK: tl.constexpr):
+    """Inverse CDF inside one span from ``start`` (``x_local``: its values when RESIDENT): the first
+    candidate (``x >= lower``, positive) whose running mass passes ``u_in``, else the span's last
+    candidate (rounding: the spans' sums and this scan's prefix sums are summed in different orders)."""
+    cols = tl.arange(0, BLOCK)
+    found = tl.full([1], -1, tl.int32)
+    last = tl.full([1], -1, tl.int32)
+    running = tl.zeros([1], tl.float32)
+    for c in range(0, span, BLOCK):
+        idx = start + c + cols
+        if RESIDENT:
+            x = x_local
+        else:
+            x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32)
+            x = tl.where((idx < vocab)[None, :] & (x > 0.0), x, 0.0)
+        w = tl.where(x >= lower[:, None], x, 0.0)
+        first, last_in_chunk = inverse_cdf_pick(w, idx[None, :], running[:, None], u_in[:, None], vocab)
+        found = tl.where((found < 0) & (first < vocab), first, found)
+        last = tl.maximum(last, last_in_chunk)
+        running += tl.sum(w, axis=1)
+    return tl.where(found >= 0, found, last)
+
+
+@triton.jit
+def split_sampling_kernel(
+    probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
+    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row,
+    span, num_spans, exchange, picks, counters,
+    HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, LOCAL: tl.constexpr, NSPANS: tl.constexpr, BLOCK: tl.constexpr,
+    RESIDENT: tl.constexpr,
+):
+    """Grid ``(num_out, num_spans // LOCAL)``: output row, and which ``LOCAL`` spans of it. ``span`` is a
+    multiple of ``BLOCK``; ``NSPANS`` the power of two at or above ``num_spans``. Outputs as
+    kernels.filtered_sampling_kernel's (token 0 and invalid for a row with nothing to draw)."""
+    row = tl.program_id(0)
+    part = tl.program_id(1)
+    programs = tl.num_programs(1)
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
+    row_ptr = probs + src * stride_row
+    ex_row = exchange + row.to(tl.int64) * (FIELDS * num_spans)
+    counter = counters + row
+    pick_ptr = picks + row + tl.arange(0, 1)
+    cols = tl.arange(0, BLOCK)
+    span_id = part * LOCAL + tl.arange(0, LOCAL)
+    span_ok = span_id < num_spans
+    span_start = span_id * span
+    arrivals = 1
+    x_spans = tl.zeros([LOCAL, BLOCK], tl.float32)
+    if RESIDENT:
+        x_spans, _ = _span_chunk(row_ptr, span_start, 0, cols, vocab, x_spans, False)
+
+    threshold = tl.zeros([1], tl.float32)
+    if MIN_P != 0:
+        # min-p is relative to the row maximum: the spans' maxima first
+        span_max = tl.zeros([LOCAL], tl.float32)
+        for c in range(0, span, BLOCK):
+            x, idx = _span_chunk(row_ptr, span_start, c, cols, vocab, x_spans, RESIDENT)
+            span_max = tl.maximum(span_max, tl.max(x, axis=1))
+        _publish(ex_row, MAX, num_spans, span_id, span_ok, span_max)
+        arrivals = _barrier(counter, arrivals, programs)
+        threshold = min_p_of(min_p_ptr, min_p_value, src, MIN_P) * tl.max(_gather(ex_row, MAX, num_spans, NSPANS))
+    # round 0's candidates (x >= threshold, positive): their mass per span
+    cand = tl.zeros([LOCAL], tl.float32)
+    for c in range(0, span, BLOCK):
+        x, idx = _span_chunk(row_ptr, span_start, c, cols, vocab, x_spans, RESIDENT)
+        cand += tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1)
+    _publish(ex_row, CAND, num_spans, span_id, span_ok, cand)
+    arrivals = _barrier(counter, arrivals, programs)
+
+    # rows sum to 1 (FlashInfer's contract), so round 0 draws u in [0, 1) unless min-p removed mass
+    mass = tl.full([1], 1.0, tl.float32)
+    if MIN_P != 0:
+        mass = mass * tl.sum(_gather(ex_row, CAND, num_spans, NSPANS))
+    top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)
+    top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
+    field = row * 0 + CAND  # where this round's candidate masses per span are (a tensor: it changes in the loop)
+    lower = threshold
+    high = tl.zeros([1], tl.float32)
+    done = ~src_ok
+    ok = src_ok
+    token = tl.zeros([1], tl.int32)
+    seed_index = r_safe if SEED_PER_ROW else tl.zeros([1], tl.int32)
+    seed = tl.load(seed_ptr + seed_index)
+    philox = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS
+    s_all = tl.arange(0, NSPANS)
+    rnd = 0
+    while tl.max(done.to(tl.int32), axis=0) == 0:
+        weights = _gather(ex_row, field, num_spans, NSPANS)[None, :]
+        u = tl.rand(seed, philox + rnd) * mass
+        first, last = inverse_cdf_pick(weights, s_all[None, :], 0.0, u[:, None], NSPANS)
+        # round 0 with no span of positive mass (a zero or NaN row, min-p over one): token 0, invalid
+        ok = tl.where(rnd == 0, ok & (last >= 0), ok)
+        done = tl.where(rnd == 0, done | ~ok, done)
+        chosen = tl.maximum(tl.where(first < NSPANS, first, last), 0)
+        u_in = u - tl.sum(tl.where(s_all[None, :] < chosen[:, None], weights, 0.0), axis=1)
+        chosen_local = tl.sum(chosen) - part * LOCAL
+        if (chosen_local >= 0) & (chosen_local < LOCAL):
+            x_local = tl.zeros([BLOCK], tl.float32)
+            if RESIDENT:
+                x_local = tl.sum(tl.where((tl.arange(0, LOCAL) == chosen_local)[:, None], x_spans, 0.0), axis=0)
+            tl.store(pick_ptr, _scan_span(row_ptr, tl.sum(chosen) * span, span, vocab, lower, u_in,
+                                          x_local[None, :], RESIDENT, BLOCK))
+        arrivals = _barrier(counter, arrivals, programs)
+        pick = tl.maximum(tl.load(pick_ptr, volatile=True), 0)
+        accept = ~done & ok
+        if (TOP_K != 0) | (TOP_P != 0):
+            # the row kernel's rule check and second pivot (kernels.py), per span, then combined
+            pivot = tl.load(row_ptr + pick).to(tl.float32)
+            mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
+            above = tl.zeros([LOCAL], tl.float32)
+            above_mass = tl.zeros([LOCAL], tl.float32)
+            above_mid = tl.zeros([LOCAL], tl.float32)
+            above_mid_mass = tl.zeros([LOCAL], tl.float32)
+            span_max = tl.zeros([LOCAL], tl.float32)
+            for c in range(0, span, BLOCK):
+                x, idx = _span_chunk(row_ptr, span_start, c, cols, vocab, x_spans, RESIDENT)
+                x_above = tl.where(x > pivot[:, None], x, 0.0)
+                x_above_mid = tl.where(x > mid[:, None], x, 0.0)
+                above += tl.sum((x_above > 0.0).to(tl.float32), axis=1)
+                above_mass += tl.sum(x_above, axis=1)
+                above_mid += tl.sum((x_above_mid > 0.0).to(tl.float32), axis=1)
+                above_mid_mass += tl.sum(x_above_mid, axis=1)
+                span_max = tl.maximum(span_max, tl.max(x, axis=1))
+            _publish(ex_row, ABOVE, num_spans, span_id, span_ok, above)
+            _publish(ex_row, ABOVE_MASS, num_spans, span_id, span_ok, above_mass)
+            _publish(ex_row, ABOVE_MID, num_spans, span_id, span_ok, above_mid)
+            _publish(ex_row, ABOVE_MID_MASS, num_spans, span_id, span_ok, above_mid_mass)
+            _publish(ex_row, MAX, num_spans, span_id, span_ok, span_max)
+            arrivals = _barrier(counter, arrivals, programs)
+            n_above = tl.sum(_gather(ex_row, ABOVE, num_spans, NSPANS)).to(tl.int32)
+            m_above = tl.sum(_gather(ex_row, ABOVE_MASS, num_spans, NSPANS))
+            n_above_mid = tl.sum(_gather(ex_row, ABOVE_MID, num_spans, NSPANS)).to(tl.int32)
+            m_above_mid = tl.sum(_gather(ex_row, ABOVE_MID_MASS, num_spans, NSPANS))
+            row_max = tl.max(_gather(ex_row, MAX, num_spans, NSPANS))
+            passes = (n_above == 0) | _kept(n_above, m_above, top_k, top_p, TOP_K, TOP_P)
+            mid_passes = (n_above_mid == 0) | _kept(n_above_mid, m_above_mid, top_k, top_p, TOP_K, TOP_P)
+            accept = accept & passes
+            reject = (~done) & (~passes)
+            jump = reject & ~mid_passes
+            lower = tl.where(reject, tl.maximum(lower, _next_float_up(tl.where(jump, mid, pivot))), lower)
+            mass = tl.where(reject, tl.where(jump, m_above_mid, m_above), mass)
+            high = tl.where(rnd == 0, row_max, tl.where(reject & mid_passes, mid, high))
+            field = tl.sum(tl.where(jump, ABOVE_MID_MASS, ABOVE_MASS))
+        token = tl.where(accept, pick, token)
+        done = done | accept
+        rnd += 1
+    first_part = r_ok & (tl.zeros([1], tl.int32) + part == 0)  # one program writes the row's outputs
+    tl.store(out + r, token.to(out.dtype.element_ty), mask=first_part)
+    tl.store(valid + r, ok.to(tl.int8), mask=first_part)
+
+
+# Under the interpreter, rows x spans within this many "CUs": rows <= 4 take the split kernel in CI.
+INTERPRETER_PROGRAMS = 8
+# Chunk width on the GPU: a span of one 4096-wide chunk is 16 values a thread over 8 warps.
+GPU_BLOCK = 4096
+
+
+def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: bool = False, block: int = 0,
+                 num_warps: int = 0):
+    """The launch of the split kernel at this shape, or None for one program per row.
+
+    Programs per row: as many spans of ``block`` as the row has, within ``programs`` in all (the CU/SM
+    count: every program of the grid must be resident at once, see the module docstring), and at least
+    two.
+    Under the interpreter: one program per row holding every span (LOCAL), small chunks, and a budget of
+    INTERPRETER_PROGRAMS, so that CI runs the exchange and the span choice at small batch.
+    Not on AMD yet: no AMD GPU has run it, and a barrier that is wrong there hangs instead of being
+    slow; the compile check covers it (aot_specs)."""
+    block = block or (256 if interpreted else GPU_BLOCK)
+    if arch.startswith("gfx") and not interpreted:
+        return None
+    per_row = min(triton.cdiv(vocab, block), programs // max(rows, 1))
+    if rows < 1 or per_row < 2:
+        return None
+    span = triton.cdiv(triton.cdiv(vocab, per_row), block) * block
+    num_spans = triton.cdiv(vocab, span)
+    local = triton.next_power_of_2(num_spans) if interpreted else 1
+    return {"BLOCK": block, "span": span, "num_spans": num_spans, "NSPANS": triton.next_power_of_2(num_spans),
+            "LOCAL": local, "programs": triton.cdiv(num_spans, local), "RESIDENT": span == block,
+            "num_warps": num_warps or (8 if block >= 4096 else 4)}
+
+
+def aot_specs():
+    pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
+                "exchange", "picks", "counters")
+    filters = {"plain": (NONE, NONE, NONE), "top_k": (PER_ROW, NONE, NONE), "top_p": (NONE, PER_ROW, NONE),
+               "min_p": (NONE, NONE, PER_ROW), "joint": (PER_ROW, PER_ROW, NONE)}
+    # batch 1 (one resident chunk per span) and batch 32 (spans of several chunks) at vocabulary 128256
+    for rows in (1, 32):
+        cfg = split_config(128256, rows, "sm_90", 304)
+        for name, (top_k, top_p, min_p) in filters.items():
+            sig = {p: "*fp32" for p in pointers}
+            sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64", offset_ptr="*i64",
+                       picks="*i32", counters="*i32", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32",
+                       num_out="i32", num_src="i32", vocab="i32", stride_row="i64", span="i32", num_spans="i32")
+            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
+                      "LOCAL": cfg["LOCAL"], "NSPANS": cfg["NSPANS"], "BLOCK": cfg["BLOCK"],
+                      "RESIDENT": cfg["RESIDENT"]}
+            yield KernelSpec(f"split_sampling[{name}-spans{cfg['num_spans']}-block{cfg['BLOCK']}"
+                             f"{'-resident' if cfg['RESIDENT'] else ''}-w{cfg['num_warps']}]",
+                             split_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
+                             divisible_by_16=pointers)
+
+
+register_aot_specs("sampling.split", aot_specs)
