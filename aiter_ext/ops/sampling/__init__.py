@@ -5,7 +5,8 @@ masking, chain speculative sampling and the LogitsPipe.
 
 Layout, as the other ops: ``inputs`` (checks, thresholds, seeds; no Triton), ``api`` / ``logits`` /
 ``renorm`` / ``speculative`` / ``pipe`` (public functions), ``backends`` (the dispatcher's ops:
-``triton`` through ``launchers``, ``torch`` through ``reference``), the Triton kernels in ``kernels``,
+``triton`` through ``launchers``, ``torch`` through ``reference``), the Triton kernels in ``kernels``
+(one program per row), ``split_kernels`` (small batches: each row over several programs),
 ``chunked_kernels``, ``logits_kernels``, ``renorm_kernels`` and ``speculative_kernels``."""
 
 from .api import (

@@ -116,26 +116,31 @@ def _gather(ex_row, field, num_spans, NSPANS: tl.constexpr):
 
 
 @triton.jit
+def _scan_chunk(x, idx, vocab, lower, u_in, running, found, last):
+    """One chunk of _scan_span: its candidates' inverse CDF from ``running``."""
+    w = tl.where(x >= lower[:, None], x, 0.0)
+    first, last_in_chunk = inverse_cdf_pick(w, idx[None, :], running[:, None], u_in[:, None], vocab)
+    found = tl.where((found < 0) & (first < vocab), first, found)
+    return found, tl.maximum(last, last_in_chunk), running + tl.sum(w, axis=1)
+
+
+@triton.jit
 def _scan_span(row_ptr, start, span, vocab, lower, u_in, x_local, RESIDENT: tl.constexpr, BLOCK: tl.constexpr):
-    """Inverse CDF inside one span from ``start`` (``x_local``: its values when RESIDENT): the first
-    candidate (``x >= lower``, positive) whose running mass passes ``u_in``, else the span's last
+    """Inverse CDF inside one span from ``start`` (``x_local``: its values when RESIDENT, one chunk): the
+    first candidate (``x >= lower``, positive) whose running mass passes ``u_in``, else the span's last
     candidate (rounding: the spans' sums and this scan's prefix sums are summed in different orders)."""
     cols = tl.arange(0, BLOCK)
     found = tl.full([1], -1, tl.int32)
     last = tl.full([1], -1, tl.int32)
     running = tl.zeros([1], tl.float32)
-    for c in range(0, span, BLOCK):
-        idx = start + c + cols
-        if RESIDENT:
-            x = x_local
-        else:
+    if RESIDENT:  # no loop: on gfx942 a loop here took the top-k variant from 27 to 47 spilled SGPRs
+        found, last, running = _scan_chunk(x_local, start + cols, vocab, lower, u_in, running, found, last)
+    else:
+        for c in range(0, span, BLOCK):
+            idx = start + c + cols
             x = tl.load(row_ptr[:, None] + tl.minimum(idx, vocab - 1)[None, :]).to(tl.float32)
             x = tl.where((idx < vocab)[None, :] & (x > 0.0), x, 0.0)
-        w = tl.where(x >= lower[:, None], x, 0.0)
-        first, last_in_chunk = inverse_cdf_pick(w, idx[None, :], running[:, None], u_in[:, None], vocab)
-        found = tl.where((found < 0) & (first < vocab), first, found)
-        last = tl.maximum(last, last_in_chunk)
-        running += tl.sum(w, axis=1)
+            found, last, running = _scan_chunk(x, idx, vocab, lower, u_in, running, found, last)
     return tl.where(found >= 0, found, last)
 
 
@@ -213,7 +218,7 @@ def split_sampling_kernel(
         chosen = tl.maximum(tl.where(first < NSPANS, first, last), 0)
         u_in = u - tl.sum(tl.where(s_all[None, :] < chosen[:, None], weights, 0.0), axis=1)
         chosen_local = tl.sum(chosen) - part * LOCAL
-        if (chosen_local >= 0) & (chosen_local < LOCAL):
+        if (chosen_local >= 0) & (chosen_local < LOCAL):  # this program holds the chosen span
             x_local = tl.zeros([BLOCK], tl.float32)
             if RESIDENT:
                 x_local = tl.sum(tl.where((tl.arange(0, LOCAL) == chosen_local)[:, None], x_spans, 0.0), axis=0)
@@ -298,9 +303,11 @@ def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: b
 def aot_specs():
     pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
                 "exchange", "picks", "counters")
-    # Only the variants without rejection rounds: with top-k/top-p the kernel spilled 41-47 SGPRs (to VGPR
-    # lanes, no scratch) on gfx942 with Triton 3.9, at 121-150 VGPRs, packed exchange and branch-free scan
-    # tried. That, and no AMD GPU having run the barrier, is why split_config keeps AMD on the row kernel.
+    # Only the variants without rejection rounds: with top-k/top-p the kernel spills SGPRs (to VGPR lanes,
+    # no scratch) on gfx942 with Triton 3.9: 28 with resident spans, 43 with spans of several chunks, at
+    # 125 VGPRs (the scan of the chosen span inside the round loop; packing the exchange did not help, a
+    # branch-free scan made it worse). That, and no AMD GPU having run the barrier, is why split_config
+    # keeps AMD on the row kernel.
     filters = {"plain": (NONE, NONE, NONE), "min_p": (NONE, NONE, PER_ROW)}
     # batch 1 (one resident chunk per span) and batch 32 (spans of several chunks) at vocabulary 128256
     for rows in (1, 32):
