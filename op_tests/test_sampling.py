@@ -930,6 +930,7 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--sweep-split", action="store_true", help="only the split kernel's part of --sweep")
     parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
     parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
+    parser.add_argument("--spec", action="store_true", help="with --quick: chain speculative sampling too")
     args = parser.parse_args(argv)
     if args.sweep_split:
         from aiter_ext.core.bench import warm_up_gpu
@@ -1032,7 +1033,7 @@ def bench_main(argv=None) -> int:
                              "floor_us": moved / (copy_gbs * 1e3), "%floor": 100 * moved / (copy_gbs * 1e3) / us,
                              "fi_us": fi_us, "fi_graph_us": fi_graph_us, "fi/ours": fi_us / us if fi_us else None})
     print(markdown_table(rows))
-    if args.quick:
+    if args.quick and not args.spec:
         return 0
     rows = []
     for vocab in (32000, 128256, 201088):
