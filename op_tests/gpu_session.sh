@@ -56,16 +56,16 @@ for section in $sections; do
         | tee "$OUT/pytest-sampling-exclusion.log" | tail -n 12 ;;
     sampling-split)  # the split kernel (small batch): frequencies, agreement with the row kernel, edges, 5M-draw
       # exclusion. A barrier that never opens would hang: each pytest is bounded.
-      timeout 140 python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling.py -k split 2>&1 \
+      timeout ${T_SPLIT:-140} python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling.py -k split 2>&1 \
         | tee "$OUT/pytest-sampling-split.log" | tail -n 14
-      timeout 200 python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling_exclusion.py \
+      timeout ${T_EXCL:-200} python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling_exclusion.py \
         -k split_kernel 2>&1 | tee "$OUT/pytest-sampling-split-exclusion.log" | tail -n 14 ;;
     sampling-split-sweep)
       timeout 150 python3 op_tests/test_sampling.py --sweep-split 2>&1 | tee "$OUT/sweep-sampling-split.log" ;;
     sampling-bench)
       python3 op_tests/test_sampling.py 2>&1 | tee "$OUT/bench-sampling.log" ;;
     sampling-quick)  # the samplers, softmax, sampling_from_logits and chain speculative sampling
-      timeout 240 python3 op_tests/test_sampling.py --quick --spec 2>&1 | tee "$OUT/bench-sampling-quick.log" ;;
+      timeout ${T_BENCH:-240} python3 op_tests/test_sampling.py --quick --spec 2>&1 | tee "$OUT/bench-sampling-quick.log" ;;
     sampling-host)
       python3 op_tests/test_sampling.py --host 2>&1 | tee "$OUT/host-sampling.log" ;;
     sampling-sweep)
