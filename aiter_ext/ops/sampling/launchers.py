@@ -35,7 +35,8 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         if chunks is not None:
             chunked.draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, min_p, draw, chunks)
             return
-    split = _split_launch(probs.shape[1], draw.rows, config) if stats is None else None
+    full_passes = top_k.mode != Mode.NONE or min_p.mode != Mode.NONE
+    split = _split_launch(probs.shape[1], draw.rows, config, full_passes) if stats is None else None
     if split is not None:
         return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
@@ -51,10 +52,11 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
     return cfg
 
 
-def _split_launch(vocab: int, rows: int, config):
+def _split_launch(vocab: int, rows: int, config, full_passes: bool = True):
     """split_kernels.split_config at this shape, or None. ``config`` (sweeps): ``{"split": False}``
     forces one program per row; ``{"split": True, "BLOCK": .., "num_warps": ..}`` forces this path
-    (``"programs"``: at most that many programs in all, in place of the CU count)."""
+    (``"programs"``: at most that many programs in all, in place of the CU count: more than the GPU
+    holds at once would hang). ``full_passes``: see split_kernels.split_config."""
     config = config or {}
     if not config.get("split", True) or config.get("chunked") is True or "ROWS" in config:
         return None  # another path forced, or the row kernel's tile given
@@ -62,13 +64,14 @@ def _split_launch(vocab: int, rows: int, config):
     budget = split_kernels.INTERPRETER_PROGRAMS if interpreted() else info.cu_num
     return _split_config(vocab, rows, info.arch, config.get("programs", budget), interpreted(),
                          config.get("BLOCK", 0) if config.get("split") else 0,
-                         config.get("num_warps", 0) if config.get("split") else 0)
+                         config.get("num_warps", 0) if config.get("split") else 0,
+                         full_passes or config.get("split") is True)
 
 
 @functools.lru_cache(maxsize=256)
-def _split_config(vocab, rows, arch, programs, interpreted, block, num_warps):
+def _split_config(vocab, rows, arch, programs, interpreted, block, num_warps, full_passes):
     """Host time counts at small batch: cache the policy's answer."""
-    return split_kernels.split_config(vocab, rows, arch, programs, interpreted, block, num_warps)
+    return split_kernels.split_config(vocab, rows, arch, programs, interpreted, block, num_warps, full_passes)
 
 
 def split_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold, draw: Draw) -> dict:

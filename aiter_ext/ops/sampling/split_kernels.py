@@ -276,12 +276,16 @@ GPU_BLOCK = 4096
 
 
 def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: bool = False, block: int = 0,
-                 num_warps: int = 0):
+                 num_warps: int = 0, full_passes: bool = True):
     """The launch of the split kernel at this shape, or None for one program per row.
 
     Programs per row: as many spans of ``block`` as the row has, within ``programs`` in all (the CU/SM
     count: every program of the grid must be resident at once, see the module docstring), and at least
-    two.
+    two. ``full_passes``: the call makes several full passes per row in the row kernel (top-k's rounds,
+    min-p's maximum and mass); without them (plain, top-p alone: half a row and ~1.2 passes there),
+    spans of several chunks lost to the row kernel on an H100 (bc05602, graph replays, 32 rows: plain
+    31.6 against 26.1 us at vocabulary 128256, top-p 83.4 against 73.8), so only resident spans (one
+    chunk each) are taken: at 1 row they won every filter (top-p 14.0 against 36.5 us).
     Under the interpreter: one program per row holding every span (LOCAL), small chunks, and a budget of
     INTERPRETER_PROGRAMS, so that CI runs the exchange and the span choice at small batch.
     Not on AMD yet: no AMD GPU has run it, and a barrier that is wrong there hangs instead of being
@@ -293,6 +297,8 @@ def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: b
     if rows < 1 or per_row < 2:
         return None
     span = triton.cdiv(triton.cdiv(vocab, per_row), block) * block
+    if span > block and not full_passes and not interpreted:
+        return None
     num_spans = triton.cdiv(vocab, span)
     local = triton.next_power_of_2(num_spans) if interpreted else 1
     return {"BLOCK": block, "span": span, "num_spans": num_spans, "NSPANS": triton.next_power_of_2(num_spans),
