@@ -669,13 +669,19 @@ def split_draw_counts(probs, filters, n: int, resident: bool) -> torch.Tensor:
         tokens = _sample(probs, indices, *args, None, False, int(torch.randint(0, 2**31, (1,))), 0, False, None,
                          config)
         return torch.bincount(tokens.long(), minlength=vocab)
+    return graph_replay_counts(lambda: _sample(probs, indices, *args, None, False, None, None, False, None, config),
+                               vocab, rows, n)
+
+
+def graph_replay_counts(draw_tokens, vocab: int, rows: int, n: int) -> torch.Tensor:
+    """Counts per token of ``ceil(n / rows)`` CUDA-graph replays of ``draw_tokens()`` (``rows`` tokens a
+    call), counted inside the graph. Seeds come from the default generator, which a replay advances
+    (another generator would have to be registered with the graph)."""
     counts = torch.zeros(vocab, dtype=torch.int64, device=DEVICE)
     ones = torch.ones(rows, dtype=torch.int64, device=DEVICE)
-    # the default generator: a graph replay advances it (another generator must be registered with the graph)
 
     def step():
-        tokens = _sample(probs, indices, *args, None, False, None, None, False, None, config)
-        counts.index_add_(0, tokens.long(), ones)
+        counts.index_add_(0, draw_tokens().long(), ones)
 
     step()
     torch.cuda.synchronize()

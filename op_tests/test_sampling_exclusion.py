@@ -286,7 +286,7 @@ SPLIT_GPU_CASES = [(layout, vocab, zero_ratio, sampler) for layout in ("spans", 
 @pytest.mark.skipif(not ON_GPU, reason="5M draws per case need a GPU; test_forced_uniforms_split_kernel covers the CPU")
 @pytest.mark.parametrize("layout, vocab, zero_ratio, sampler", SPLIT_GPU_CASES, ids=["-".join(map(str, c)) for c in SPLIT_GPU_CASES])
 def test_split_kernel_no_excluded_token_in_5m_draws(layout, vocab, zero_ratio, sampler):
-    from test_sampling import split_rows
+    from test_sampling import graph_replay_counts, split_rows
 
     from aiter_ext.ops.sampling.launchers import _split_launch
 
@@ -299,23 +299,7 @@ def test_split_kernel_no_excluded_token_in_5m_draws(layout, vocab, zero_ratio, s
     cfg = _split_launch(vocab, rows, None, full_passes=sampler.split()[0] in ("top_k", "min_p", "joint"))
     assert cfg is not None and cfg["RESIDENT"] == (layout == "resident"), cfg  # the default route at this batch
     indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
-    counts = torch.zeros(vocab, dtype=torch.int64, device=DEVICE)
-    ones = torch.ones(rows, dtype=torch.int64, device=DEVICE)
-    # the default generator: a graph replay advances it (another generator must be registered with the graph)
-
-    def step():
-        counts.index_add_(0, call(probs, logits, indices=indices).long(), ones)
-
-    step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    counts.zero_()
-    replays = -(-EXCLUSION_DRAWS // rows)
-    for _ in range(replays):
-        graph.replay()
-    counts = counts.cpu()
-    assert int(counts.sum()) == replays * rows
+    counts = graph_replay_counts(lambda: call(probs, logits, indices=indices), vocab, rows, EXCLUSION_DRAWS)
+    assert int(counts.sum()) == -(-EXCLUSION_DRAWS // rows) * rows
     bad = (counts > 0) & ~kept
     assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"

@@ -269,15 +269,10 @@ def filtered_sampling_kernel(
             above, above_mass, above_mid, above_mid_mass, row_max = _count_above(row_ptr, cols, vocab, pivot, mid,
                                                                                         PREFETCH, LANE_SUMS)
             chunks_read += tl.cdiv(vocab, BLOCK)
-            passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
-            mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
+            passes, jump, lower, mass, high = judge_round(above, above_mass, above_mid, above_mid_mass, row_max, pivot,
+                                                          mid, done, lower, mass, high, rnd, top_k, top_p, TOP_K,
+                                                          TOP_P)
             accept = accept & passes
-            reject = (~done) & (~passes)
-            jump = reject & ~mid_passes
-            # next round: only tokens strictly more probable than the rejected value (the next float up)
-            lower = tl.where(reject, tl.maximum(lower, _next_float_up(tl.where(jump, mid, pivot))), lower)
-            mass = tl.where(reject, tl.where(jump, above_mid_mass, above_mass), mass)
-            high = tl.where(rnd == 0, row_max, tl.where(reject & mid_passes, mid, high))
         token = tl.where(accept, pick, token)
         done = done | accept
         rnd += 1
@@ -286,6 +281,24 @@ def filtered_sampling_kernel(
     if STATS:
         tl.store(stats + 2 * r, tl.zeros([ROWS], tl.int32) + rnd, mask=r_ok)
         tl.store(stats + 2 * r + 1, tl.zeros([ROWS], tl.int32) + chunks_read, mask=r_ok)
+
+
+@triton.jit
+def judge_round(above, above_mass, above_mid, above_mid_mass, row_max, pivot, mid, done, lower, mass, high, rnd,
+                top_k, top_p, TOP_K: tl.constexpr, TOP_P: tl.constexpr):
+    """A round's decision from the rule check's totals (counts and masses strictly above the drawn value
+    ``pivot`` and above ``mid``, the row maximum): whether the draw passes, whether the midpoint failed
+    too (``jump``), and the next round's candidate bound ``lower``, candidate ``mass`` and ``high``.
+    Shared by the row kernel and split_kernels.py."""
+    passes = (above == 0) | _kept(above, above_mass, top_k, top_p, TOP_K, TOP_P)  # the maximum is always kept
+    mid_passes = (above_mid == 0) | _kept(above_mid, above_mid_mass, top_k, top_p, TOP_K, TOP_P)
+    reject = (~done) & (~passes)
+    jump = reject & ~mid_passes
+    # next round: only tokens strictly more probable than the rejected value (the next float up)
+    lower = tl.where(reject, tl.maximum(lower, _next_float_up(tl.where(jump, mid, pivot))), lower)
+    mass = tl.where(reject, tl.where(jump, above_mid_mass, above_mass), mass)
+    high = tl.where(rnd == 0, row_max, tl.where(reject & mid_passes, mid, high))
+    return passes, jump, lower, mass, high
 
 
 @triton.jit

@@ -40,7 +40,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 from .kernels import (
-    NONE, PER_ROW, ROUND_BITS, _kept, _next_float_up, inverse_cdf_pick, min_p_of, program_rows, top_k_of, top_p_of,
+    NONE, PER_ROW, ROUND_BITS, inverse_cdf_pick, judge_round, min_p_of, program_rows, top_k_of, top_p_of,
 )
 
 # The per-span numbers in ``exchange`` ([rows, num_spans, FIELDS] fp32; two slots unused, so that a span's
@@ -252,14 +252,10 @@ def split_sampling_kernel(
             m_above = _field(totals, ABOVE_MASS)
             n_above_mid = _field(totals, ABOVE_MID).to(tl.int32)
             m_above_mid = _field(totals, ABOVE_MID_MASS)
-            passes = (n_above == 0) | _kept(n_above, m_above, top_k, top_p, TOP_K, TOP_P)
-            mid_passes = (n_above_mid == 0) | _kept(n_above_mid, m_above_mid, top_k, top_p, TOP_K, TOP_P)
+            passes, jump, lower, mass, high = judge_round(n_above, m_above, n_above_mid, m_above_mid, row_max, pivot,
+                                                          mid, done, lower, mass, high, rnd, top_k, top_p, TOP_K,
+                                                          TOP_P)
             accept = accept & passes
-            reject = (~done) & (~passes)
-            jump = reject & ~mid_passes
-            lower = tl.where(reject, tl.maximum(lower, _next_float_up(tl.where(jump, mid, pivot))), lower)
-            mass = tl.where(reject, tl.where(jump, m_above_mid, m_above), mass)
-            high = tl.where(rnd == 0, row_max, tl.where(reject & mid_passes, mid, high))
             field = tl.sum(tl.where(jump, ABOVE_MID_MASS, ABOVE_MASS))
         token = tl.where(accept, pick, token)
         done = done | accept
