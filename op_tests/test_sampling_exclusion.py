@@ -157,7 +157,7 @@ def test_forced_uniforms_split_kernel(name, call, allowed, block, monkeypatch):
 
     forced = {}
 
-    def split_launch(vocab, rows, config):
+    def split_launch(vocab, rows, config, full_passes=True):
         forced["cfg"] = split_config(vocab, rows, "cpu", 8 * rows, True, block)
         return forced["cfg"]
 
