@@ -25,6 +25,7 @@ ON_GPU = DEVICE.type == "cuda"
 from aiter_ext.core.testing import chi_square_p_value  # noqa: E402
 from aiter_ext.ops import sampling as S  # noqa: E402
 from aiter_ext.ops.sampling import reference as R  # noqa: E402
+from aiter_ext.ops.sampling.api import _thresholds  # noqa: E402
 
 ALPHA = 1e-4
 DRAWS = grid(20_000, 400_000)
@@ -603,13 +604,11 @@ def test_row_kernel_prefetch_and_lane_sums_draw_the_same_tokens(filters):
     pass (min-p's two, the scan, the count). (A sum in another order may differ in its last bit, and a
     draw within an ulp of a boundary could then move: not at this fixed seed and input.)"""
     from aiter_ext.ops.sampling.api import _sample
-    from aiter_ext.ops.sampling.inputs import threshold
 
     probs = random_probs(3000, rows=6, scale=3.0)
     k, p, m = filters
     rows = probs.shape[0]
-    args = (threshold("top_k", k, rows, probs.device, "top_k"), threshold("top_p", p, rows, probs.device, "unit"),
-            threshold("min_p", m, rows, probs.device, "unit"))
+    args = _thresholds(probs, k, p, m)
     draws = [_sample(probs, None, *args, None, False, 5, 0, False, None,
                      {"chunked": False, "ROWS": 1, "BLOCK": 1024, "num_warps": 4, "PREFETCH": prefetch,
                       "LANE_SUMS": lane_sums})
@@ -642,10 +641,8 @@ def split_config_for(vocab: int, rows: int, resident: bool) -> dict:
 
 
 def split_rows(vocab: int, resident: bool) -> int:
-    """Output rows per call: on a GPU as many as leave the wanted span layout (resident spans of one
+    """(GPU) Output rows per call: as many as leave the wanted span layout (resident spans of one
     4096-wide chunk need cdiv(vocab, 4096) programs per row)."""
-    if not ON_GPU:
-        return DRAWS
     from aiter_ext.core.arch import device_info
 
     cus = device_info().cu_num
@@ -653,22 +650,16 @@ def split_rows(vocab: int, resident: bool) -> int:
 
 
 def split_draw_counts(probs, filters, n: int, resident: bool) -> torch.Tensor:
-    """Counts per token of ``n`` draws of row 0 by the split kernel. On a GPU: CUDA-graph replays of
-    one small call (seeds drawn from the generator inside the graph, so every replay draws anew)."""
+    """(GPU) Counts per token of ``n`` draws of row 0 by the split kernel: CUDA-graph replays of one
+    small call (graph_replay_counts)."""
     from aiter_ext.ops.sampling.api import _sample
-    from aiter_ext.ops.sampling.inputs import threshold
 
     vocab = probs.shape[1]
     rows = split_rows(vocab, resident)
     k, p, m = filters
-    args = (threshold("top_k", k, 1, probs.device, "top_k"), threshold("top_p", p, 1, probs.device, "unit"),
-            threshold("min_p", m, 1, probs.device, "unit"))
+    args = _thresholds(probs, k, p, m)
     config = split_config_for(vocab, rows, resident)
     indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
-    if not ON_GPU:
-        tokens = _sample(probs, indices, *args, None, False, int(torch.randint(0, 2**31, (1,))), 0, False, None,
-                         config)
-        return torch.bincount(tokens.long(), minlength=vocab)
     return graph_replay_counts(lambda: _sample(probs, indices, *args, None, False, None, None, False, None, config),
                                vocab, rows, n)
 
@@ -729,14 +720,12 @@ def test_split_kernel_draws_the_row_kernels_tokens(name, resident):
     most draws. With the row kernel's frequencies checked above, this carries them over to the split
     kernel on the interpreter."""
     from aiter_ext.ops.sampling.api import _sample
-    from aiter_ext.ops.sampling.inputs import threshold
 
     k, p, m = SPLIT_FILTERS[name]
     vocab, draws = (32000, 4096) if ON_GPU else (1000, 48)
     probs = random_probs(vocab, rows=2, zero_fraction=0.3, scale=2.0)
     indices = torch.arange(draws, device=DEVICE, dtype=torch.int32) % 2
-    args = (threshold("top_k", k, 2, probs.device, "top_k"), threshold("top_p", p, 2, probs.device, "unit"),
-            threshold("min_p", m, 2, probs.device, "unit"))
+    args = _thresholds(probs, k, p, m)
     seed = int(torch.randint(0, 2**31, (1,)))
     row = _sample(probs, indices, *args, None, False, seed, 0, False, None, {"split": False, "chunked": False})
     if ON_GPU:  # calls within the SM count, each with its slice of the counters (offset = first row)
@@ -769,7 +758,6 @@ def test_split_kernel_edges_and_indices_outside_the_rows():
     """Zero, NaN and out-of-range rows through the split kernel: token 0, invalid, nothing read past
     ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
     from aiter_ext.ops.sampling.api import _sample
-    from aiter_ext.ops.sampling.inputs import threshold
 
     vocab, rows = (32000 if ON_GPU else 1000), 4
     buffer = torch.zeros(rows + 4, vocab, device=DEVICE)
@@ -784,8 +772,7 @@ def test_split_kernel_edges_and_indices_outside_the_rows():
     config = split_config_for(vocab, indices.numel(), resident=None)
     top_k = torch.tensor([1, 5, 5, 3], device=DEVICE)  # int64, as torch.full makes it
     for k, p, m in ((None, None, None), (top_k, None, None), (None, 0.9, None), (None, None, 0.5), (top_k, 0.9, None)):
-        args = (threshold("top_k", k, rows, probs.device, "top_k"), threshold("top_p", p, rows, probs.device, "unit"),
-                threshold("min_p", m, rows, probs.device, "unit"))
+        args = _thresholds(probs, k, p, m)
         tokens, valid = _sample(probs, indices, *args, None, False, 11, 0, True, None, config)
         assert valid.cpu().tolist() == [True, False, False, True, False, False], (k, p, m)
         assert (tokens.cpu()[[1, 2, 4, 5]] == 0).all()
@@ -916,15 +903,12 @@ def _host_profile() -> int:
     return 0
 
 
-def _bench_thresholds(name: str, extra: tuple, rows: int, device):
+def _bench_thresholds(name: str, extra: tuple, probs):
     """The benchmark's sampler ``name`` and arguments as the (top_k, top_p, min_p) Thresholds of _sample."""
-    from aiter_ext.ops.sampling.inputs import threshold
-
     k = extra[0] if name.startswith("top_k") else None
     p = extra[-1] if name.startswith("top_p") or name.startswith("top_k_top_p") else None
     m = extra[0] if name.startswith("min_p") else None
-    return (threshold("top_k", k, rows, device, "top_k"), threshold("top_p", p, rows, device, "unit"),
-            threshold("min_p", m, rows, device, "unit"))
+    return _thresholds(probs, k, p, m)
 
 
 def bench_main(argv=None) -> int:
@@ -989,7 +973,7 @@ def bench_main(argv=None) -> int:
                 route = "split" if _split_launch(vocab, batch, None) is not None else "row/chunked"
                 row_graph_us = None
                 if route == "split":
-                    thresholds = _bench_thresholds(name, extra, batch, probs.device)
+                    thresholds = _bench_thresholds(name, extra, probs)
                     row_graph_us = _timed(lambda: _sample(probs, None, *thresholds, None, False, None, None, False,
                                                           None, {"split": False}), graph=True)
                 # the row kernel's profile (issue 12): rejection rounds, and passes over the row (chunks
@@ -1074,7 +1058,6 @@ def _sweep_split() -> None:
 
     from aiter_ext.core.bench import markdown_table, time_us
     from aiter_ext.ops.sampling.api import _sample
-    from aiter_ext.ops.sampling.inputs import threshold
     from aiter_ext.ops.sampling.launchers import _split_launch
 
     for vocab, batch in itertools.product((128256, 201088), (1, 4, 16, 32, 64)):
@@ -1082,8 +1065,7 @@ def _sweep_split() -> None:
         rows = []
         for name, k, p, m in (("top_p 0.9", None, 0.9, None), ("top_k 50", 50, None, None),
                               ("min_p 0.1", None, None, 0.1), ("plain", None, None, None)):
-            args = (threshold("top_k", k, batch, probs.device, "top_k"), threshold("top_p", p, batch, probs.device, "unit"),
-                    threshold("min_p", m, batch, probs.device, "unit"))
+            args = _thresholds(probs, k, p, m)
             configs = [{"split": False}] + [{"split": True, "BLOCK": b, "num_warps": w}
                                              for b, w in itertools.product((2048, 4096, 8192), (4, 8, 16))]
             for cfg in configs:

@@ -284,8 +284,8 @@ def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: b
     chunk each) are taken: at 1 row they won every filter (top-p 14.0 against 36.5 us).
     Under the interpreter: one program per row holding every span (LOCAL), small chunks, and a budget of
     INTERPRETER_PROGRAMS, so that CI runs the exchange and the span choice at small batch.
-    Not on AMD yet: no AMD GPU has run it, and a barrier that is wrong there hangs instead of being
-    slow; the compile check covers it (aot_specs)."""
+    Not on AMD yet: no AMD GPU has run it, a barrier that is wrong there hangs instead of being slow,
+    and its top-k/top-p variants spill SGPRs on gfx942 (aot_specs, which compiles the others)."""
     block = block or (256 if interpreted else GPU_BLOCK)
     if arch.startswith("gfx") and not interpreted:
         return None
@@ -313,6 +313,7 @@ def aot_specs():
     filters = {"plain": (NONE, NONE, NONE), "min_p": (NONE, NONE, PER_ROW)}
     # batch 1 (one resident chunk per span) and batch 32 (spans of several chunks) at vocabulary 128256
     for rows in (1, 32):
+        # the launch an MI300X (304 CUs) would get, were AMD routed here (split_config returns None for gfx)
         cfg = split_config(128256, rows, "sm_90", 304)
         for name, (top_k, top_p, min_p) in filters.items():
             sig = {p: "*fp32" for p in pointers}
