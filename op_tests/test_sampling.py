@@ -800,16 +800,20 @@ def _speculative_case(batch, num_draft, vocab, one_hot_target=False):
     return draft_probs, drafts.to(torch.int32).to(DEVICE), target_probs, p
 
 
-def test_chain_speculative_is_lossless():
+def check_speculative_is_lossless(draws: int) -> None:
     """Position 0 is always emitted and must follow target[0]; position 1, when emitted, target[1]."""
-    draft_probs, drafts, target_probs, p = _speculative_case(SPEC_DRAWS, 2, 6)
+    draft_probs, drafts, target_probs, p = _speculative_case(draws, 2, 6)
     out, accepted, emitted = S.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=11, offset=0)
     out = out.cpu()
     assert (out[:, 0] >= 0).all()
     check_distribution(out[:, 0], p[0].double(), "speculative position 0")
     second = out[:, 1][out[:, 1] >= 0]
-    assert second.numel() > SPEC_DRAWS // 10
+    assert second.numel() > draws // 10
     check_distribution(second, p[1].double(), "speculative position 1")
+
+
+def test_chain_speculative_is_lossless():
+    check_speculative_is_lossless(SPEC_DRAWS)
 
 
 @pytest.mark.parametrize("num_draft", [1, 3, 5, 7])
@@ -846,6 +850,54 @@ def test_chain_speculative_rejects_zero_target_and_reproduces_one_hot_targets():
         # a draft is accepted iff it is the target's token (zero target probability is always rejected)
         match = (drafts.cpu()[b] == target_tokens[:n]).int()
         assert e == int(match.cumprod(0).sum())
+
+
+@pytest.fixture
+def speculative_block(monkeypatch):
+    """``force(block)``: the chain speculative launches that follow take ``block``-wide chunks (None: the
+    default, one chunk for every vocabulary of these tests under the interpreter)."""
+    from aiter_ext.ops.sampling import speculative_kernels as K
+
+    real = K.speculative_config
+
+    def force(block):
+        monkeypatch.setattr(K, "speculative_config", lambda vocab, interp=False, b=0, w=0: real(vocab, interp, block or b, w))
+    return force
+
+
+def test_chain_speculative_is_lossless_by_chunks(speculative_block):
+    """The same through the two-launch draw: 2 chunks of 4 at vocabulary 6 (the chunk sums pick the
+    chunk, its prefix sums the token; the second chunk runs past the vocabulary). Fewer draws on the
+    CPU, where each chunk is a program of ~15 ms; test_chain_speculative_chunked_draw_agrees_with_one_chunk
+    ties this path to the one-chunk draw token by token."""
+    speculative_block(4)
+    check_speculative_is_lossless(grid(500, 200_000))
+
+
+def test_chain_speculative_chunked_draw_agrees_with_one_chunk(speculative_block):
+    """At one seed the chunked draw gives the one-chunk draw's tokens: the same walk (the counters match
+    exactly) and the same uniform, placed by chunk sums then a chunk's prefix sums instead of one prefix
+    sum. Only rounding may move a draw across a CDF boundary (GPU: at most 1% of draws; CPU: 1)."""
+    batch, n, vocab = (32, 3, 512) if not ON_GPU else (4096, 3, 32000)
+    x = torch.randn(batch, n + 1, vocab, device=DEVICE) * 2
+    q = torch.softmax(x[:, :n] + 0.3 * torch.randn(batch, n, vocab, device=DEVICE), -1)
+    p = torch.softmax(x, -1)
+    ids = torch.multinomial(q.reshape(-1, vocab), 1).view(batch, n).int()
+    results = []
+    for block in (None, 64 if not ON_GPU else 2048):
+        speculative_block(block)
+        results.append(S.chain_speculative_sampling(q, ids, p, seed=21, offset=3))
+    (one, acc1, emi1), (chunks, acc2, emi2) = [[t.cpu() for t in r] for r in results]
+    assert torch.equal(acc1, acc2) and torch.equal(emi1, emi2)
+    assert 0 < int(emi1.sum()) < batch * n, "the case must mix accepted and rejected drafts"
+    differ = int((one != chunks).sum())
+    assert differ <= (batch // 100 if ON_GPU else 1), f"{differ} of {batch} drawn tokens differ"
+    drawn = chunks.gather(1, emi2.long()[:, None])[:, 0].long()
+    at = emi2.long()
+    weight = torch.where(at[:, None] < n, (p.cpu()[torch.arange(batch), at] - q.cpu()[torch.arange(batch),
+                                                                                     at.clamp(max=n - 1)]).clamp(min=0),
+                         p.cpu()[torch.arange(batch), at])
+    assert (weight[torch.arange(batch), drawn] > 0).all(), "a drawn token outside relu(p - q)'s support"
 
 
 def test_chain_speculative_bad_arguments():
@@ -1038,15 +1090,20 @@ def bench_main(argv=None) -> int:
             ids = torch.multinomial(draft.view(-1, vocab), 1).view(batch, n).to(torch.int32)
             out, acc, emi = S.chain_speculative_sampling(draft, ids, target)
             assert ((out >= 0).sum(1) == emi + 1).all()
-            us = time_us(lambda: S.chain_speculative_sampling(draft, ids, target))
-            fi_us = None
-            if fi is not None:
-                fi_us = time_us(lambda: fi.sampling.chain_speculative_sampling(draft, ids, target))
-            # bytes: the draft probabilities read at each rejection and the target rows; at most all of both
-            max_bytes = batch * (2 * n + 1) * vocab * 4
+            ours = lambda: S.chain_speculative_sampling(draft, ids, target)  # noqa: E731
+            theirs = (lambda: fi.sampling.chain_speculative_sampling(draft, ids, target)) if fi else None  # noqa: E731
+            us, graph_us = time_us(ours), _timed(ours, graph=True)
+            fi_us = time_us(theirs) if theirs else None
+            fi_graph_us = _timed(theirs, graph=True) if theirs else None
+            # Unrelated draft and target rows: nearly every request rejects its first draft and draws from
+            # relu(p - q) there, so one read of two rows per request is the floor.
+            moved = batch * 2 * vocab * 4
             rows.append({"op": "chain_speculative_sampling (4 drafts)", "batch": batch, "vocab": vocab, "us": us,
-                         "fi_us": fi_us, "fi/ours": fi_us / us if fi_us else None,
-                         "all-bytes floor_us": max_bytes / (copy_gbs * 1e3)})
+                         "graph_us": graph_us, "fi_us": fi_us, "fi_graph_us": fi_graph_us,
+                         "fi/ours": fi_us / us if fi_us else None,
+                         "fi/ours graph": fi_graph_us / graph_us if fi_graph_us and graph_us else None,
+                         "floor_us (2 rows)": moved / (copy_gbs * 1e3),
+                         "GB/s at 2 rows": moved / (graph_us or us) / 1e3})
     print(markdown_table(rows))
     return 0
 

@@ -180,9 +180,16 @@ def test_forced_uniforms_split_kernel(name, call, allowed, block, monkeypatch):
 
 
 @pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
-def test_forced_uniforms_chain_speculative_resample():
+@pytest.mark.parametrize("block", [None, 8192], ids=["one-chunk", "chunks"])
+def test_forced_uniforms_chain_speculative_resample(block, monkeypatch):
     """Every draft is rejected (its target probability is 0), so each row's token is drawn from
-    relu(p - q), which is the trap row itself; with forced uniforms no zero of it may come out."""
+    relu(p - q), which is the trap row itself; with forced uniforms no zero of it may come out. In one
+    chunk, or in two (speculative_kernels.py's two launches: the stalled prefix sums fill chunk 0, whose
+    sum passes them, and chunk 1 starts at the zero that taking "the next entry" would return)."""
+    from aiter_ext.ops.sampling import speculative_kernels as K
+
+    real = K.speculative_config
+    monkeypatch.setattr(K, "speculative_config", lambda vocab, interp=False, b=0, w=0: real(vocab, interp, block or b, w))
     batch_u = swept_uniforms()
     batch, vocab = batch_u.numel(), TRAP_VOCAB
     p = trap_row()[0].cpu()
@@ -301,5 +308,37 @@ def test_split_kernel_no_excluded_token_in_5m_draws(layout, vocab, zero_ratio, s
     indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
     counts = graph_replay_counts(lambda: call(probs, logits, indices=indices), vocab, rows, EXCLUSION_DRAWS)
     assert int(counts.sum()) == -(-EXCLUSION_DRAWS // rows) * rows
+    bad = (counts > 0) & ~kept
+    assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"
+
+
+# Chain speculative sampling's resample at scale: every draft is a token the target gives 0 (always
+# rejected), so every emitted token is drawn from relu(p - q); the excluded set is p <= q, exactly as the
+# fp32 subtraction decides it. 1024 requests a replay (the default two-launch draw), 5M draws.
+SPEC_GPU_CASES = [(vocab, zero_ratio, dist) for vocab in (111, 32000, 128256) for zero_ratio in (0.5, 0.9)
+                  for dist in ("normal_5", "gumbel")]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="5M draws per case need a GPU; test_forced_uniforms_chain_speculative_resample "
+                                       "covers the CPU")
+@pytest.mark.parametrize("vocab, zero_ratio, dist", SPEC_GPU_CASES, ids=["-".join(map(str, c)) for c in SPEC_GPU_CASES])
+def test_chain_speculative_resample_no_excluded_token_in_5m_draws(vocab, zero_ratio, dist):
+    from test_sampling import graph_replay_counts
+
+    requests = 1024
+    p = torch.softmax(_logits(vocab, dist, zero_ratio), -1).float()[0]
+    q = torch.softmax(_logits(vocab, dist, 0.0), -1).float()[0]
+    draft = int(torch.where(p == 0, q, -1.0).argmax())
+    assert p[draft] == 0 and q[draft] > 0
+    kept = p > q
+    assert kept.any() and not kept.all()
+    draft_probs = q.expand(requests, 1, vocab).contiguous().to(DEVICE)
+    target_probs = torch.stack([p, p]).expand(requests, 2, vocab).contiguous().to(DEVICE)
+    ids = torch.full((requests, 1), draft, dtype=torch.int32, device=DEVICE)
+    out, _, emitted = S.chain_speculative_sampling(draft_probs, ids, target_probs)
+    assert int(emitted.sum()) == 0 and bool((out[:, 1] == -1).all())
+    counts = graph_replay_counts(lambda: S.chain_speculative_sampling(draft_probs, ids, target_probs)[0][:, 0],
+                                 vocab, requests, EXCLUSION_DRAWS)
+    assert int(counts.sum()) == -(-EXCLUSION_DRAWS // requests) * requests
     bad = (counts > 0) & ~kept
     assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"

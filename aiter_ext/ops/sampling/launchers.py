@@ -133,11 +133,24 @@ def renorm(config: dict, x, mode: int, param: Threshold, out) -> None:
 
 
 def chain_speculative(config: dict, draft_probs, draft_ids, target_probs, out, accepted, emitted, seed, offset,
-                      per_row: bool) -> None:
-    batch, _, vocab = draft_probs.shape
+                      per_row: bool) -> dict:
+    """speculative_kernels.py: the chunk sums of the draw's weights (a ``[batch, chunks]`` workspace whose
+    size follows the shape only), then one program per request. ``config`` may force ``BLOCK`` and
+    ``num_warps`` (tests, sweeps)."""
+    batch, num_draft, vocab = draft_probs.shape
+    cfg = speculative_kernels.speculative_config(vocab, interpreted(), (config or {}).get("BLOCK", 0),
+                                                 (config or {}).get("num_warps", 0))
     if not batch:
-        return
-    block = min(4096, max(16, 1 << (vocab - 1).bit_length()))
+        return cfg
+    stat_w = stat_p = draft_probs  # never read with one chunk
+    common = dict(SEED_PER_ROW=per_row, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    if not cfg["ONE_CHUNK"]:
+        stats = torch.empty(2, batch, cfg["num_chunks"], dtype=torch.float32, device=draft_probs.device)
+        stat_w, stat_p = stats[0], stats[1]
+        speculative_kernels.speculative_chunk_stats_kernel[(batch, cfg["num_chunks"])](
+            draft_probs, draft_ids, target_probs, seed, offset, stat_w, stat_p, num_draft, vocab, cfg["num_chunks"],
+            **common)
     speculative_kernels.chain_speculative_kernel[(batch,)](
-        draft_probs, draft_ids, target_probs, out, accepted, emitted, seed, offset, draft_probs.shape[1], vocab,
-        SEED_PER_ROW=per_row, BLOCK=block, num_warps=8 if block >= 4096 else 4)
+        draft_probs, draft_ids, target_probs, out, accepted, emitted, seed, offset, stat_w, stat_p, num_draft, vocab,
+        cfg["num_chunks"], NCHUNKS=cfg["NCHUNKS"], ONE_CHUNK=cfg["ONE_CHUNK"], **common)
+    return cfg

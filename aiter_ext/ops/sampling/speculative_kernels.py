@@ -1,4 +1,18 @@
-"""Triton kernel of chain speculative sampling (the algorithm: speculative.py)."""
+"""Triton kernels of chain speculative sampling (the algorithm: speculative.py).
+
+The costly part is the draw at the first rejected position: its weights relu(p - q) span two rows of
+the vocabulary and must be summed before ``u`` can be placed. One program per request walking them
+(twice: the sum, then the scan) leaves the GPU idle at small batch and moved 1.35 TB/s at 256 x 128256.
+So, as in chunked_kernels.py, the draw takes two launches:
+
+- ``speculative_chunk_stats_kernel`` (grid: requests x chunks): each program repeats the request's
+  draft walk (a few scalar loads; the uniforms are the same Philox draws) to find the draw's
+  position, then sums its chunk's weights and, for the rare fallback below, the target's mass;
+- ``chain_speculative_kernel`` (grid: requests): the walk again, writing the accepted drafts and the
+  counters, then the chunk whose running weight passes ``u`` and the token inside it.
+
+A vocabulary of one chunk skips the first launch (``ONE_CHUNK``): the draw kernel sums the chunk itself.
+"""
 
 from __future__ import annotations
 
@@ -7,99 +21,166 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import ROUND_BITS, inverse_cdf_pick
-
+from .chunked_kernels import _row_stats
+from .kernels import ROUND_BITS, inverse_cdf_pick, load_chunk
 
 
 @triton.jit
-def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted, emitted, seed_ptr, offset_ptr,
-                             num_draft, vocab, SEED_PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
+def _request(draft_probs, draft_ids, target_probs, seed_ptr, offset_ptr, num_draft, vocab, b,
+             SEED_PER_ROW: tl.constexpr):
+    """Request ``b``'s Philox seed and counter base, and its draft rows, target rows and draft ids."""
     seed_index = b if SEED_PER_ROW else 0
     seed = tl.load(seed_ptr + seed_index)
     counter = (tl.load(offset_ptr + seed_index) + b).to(tl.int64) << ROUND_BITS
     q_row = draft_probs + b.to(tl.int64) * num_draft * vocab
     p_row = target_probs + b.to(tl.int64) * (num_draft + 1) * vocab
     ids = draft_ids + b.to(tl.int64) * num_draft
-    out_row = out + b.to(tl.int64) * (num_draft + 1)
+    return seed, counter, q_row, p_row, ids
 
-    # Walk the drafts: pos = first rejected position (num_draft if none); later drafts are still
-    # tested, with their own uniforms, for the accepted counter. A draft id outside [0, vocab) is
-    # only known here: it is read at a clamped index and always rejected.
+
+@triton.jit
+def _walk_drafts(q_row, p_row, ids, out_row, seed, counter, num_draft, vocab, WRITE: tl.constexpr):
+    """The drafts' accept tests. Returns ``pos`` (the first rejected position, ``num_draft`` if none),
+    ``use_q`` (whether the token at ``pos`` is drawn from relu(p - q): a real draft was rejected there;
+    else from p: the bonus token, or a draft that was no token) and the later drafts that pass on their
+    own (FlashInfer's accepted counter). ``WRITE``: store the accepted drafts, and -1 after them.
+
+    A draft id outside [0, vocab) is only known here: it is read at a clamped index and rejected."""
     pos = num_draft
     passed_after = 0
-    pos_draft_ok = num_draft > 0  # (true) whether the draft at pos is a real token (then the resample is from relu(p - q))
+    pos_draft_ok = num_draft > 0  # (true) replaced at the first rejection
     for i in range(0, num_draft):
         d = tl.load(ids + i).to(tl.int64)
         d_ok = (d >= 0) & (d < vocab)
         d_safe = tl.minimum(tl.maximum(d, 0), vocab - 1)
         q = tl.load(q_row + i * vocab + d_safe)
         p = tl.load(p_row + i * vocab + d_safe)
-        u = tl.rand(seed, counter + i)
-        ok = (u * q < p) & d_ok
+        ok = (tl.rand(seed, counter + i) * q < p) & d_ok
         passed_after += tl.where(ok & (i > pos), 1, 0)
         first_reject = (~ok) & (pos == num_draft)
         pos_draft_ok = tl.where(first_reject, d_ok, pos_draft_ok)
         pos = tl.where(first_reject, i, pos)
-        tl.store(out_row + i, tl.where(i < pos, d, -1).to(tl.int32))
-
-    # The drawn token: from relu(p - q) at pos, or from p at pos == num_draft (the bonus token) and
-    # where the draft at pos was no token at all (then nothing was drawn from q there).
-    cols = tl.arange(0, BLOCK)[None, :]
-    p_pos = p_row + pos.to(tl.int64) * vocab
-    q_pos = q_row + tl.minimum(pos, num_draft - 1).to(tl.int64) * vocab
-    use_q = (pos < num_draft) & pos_draft_ok
-    mass = tl.zeros([1, BLOCK], tl.float32)
-    for start in range(0, vocab, BLOCK):
-        mass += _residual(p_pos, q_pos, start + cols, vocab, use_q)
-    total = tl.sum(mass, axis=1)
-    # relu(p - q) can sum to ~0 only through rounding (a rejection means p < q somewhere, hence
-    # p > q elsewhere); then the target itself is drawn from (its rows sum to 1).
-    fallback = use_q & (total <= 0.0)
-    use_q = use_q & ~fallback
-    u = tl.rand(seed, counter + num_draft) * tl.where(fallback, 1.0, total)
-    found = tl.full([1], -1, tl.int32)
-    last = tl.full([1], -1, tl.int32)
-    running = tl.zeros([1], tl.float32)
-    start = 0
-    while (start < vocab) & (tl.max(found, axis=0) < 0):
-        w = _residual(p_pos, q_pos, start + cols, vocab, use_q)
-        w_mass = tl.sum(w, axis=1)
-        # only an entry of positive weight can be drawn (kernels.inverse_cdf_pick); where this
-        # chunk's sum passes u but its prefix sums do not (rounding), its last such entry is
-        first, last_here = inverse_cdf_pick(w, start + cols, running[:, None], u[:, None], vocab)
-        crossing = running + w_mass > u
-        found = tl.where(crossing, tl.where(first < vocab, first, last_here), found)
-        last = tl.maximum(last, last_here)
-        running += w_mass
-        start += BLOCK
-    token = tl.maximum(tl.where(found >= 0, found, last), 0)
-    tl.store(out_row + pos + tl.arange(0, 1), token.to(tl.int32))
-    if pos < num_draft:  # the last position, which the draft loop above does not cover
-        tl.store(out_row + num_draft, -1)
-    tl.atomic_add(emitted + b, pos)  # one program per row: the adds never race; atomics keep them simple
-    tl.atomic_add(accepted + b, pos + passed_after)
+        if WRITE:
+            tl.store(out_row + i, tl.where(i < pos, d, -1).to(tl.int32))
+    return pos, (pos < num_draft) & pos_draft_ok, passed_after
 
 
 @triton.jit
-def _residual(p_pos, q_pos, idx, vocab, use_q):
-    """The weights at ``idx``: relu(p - q) at a rejection, p for the bonus token; 0 past the vocabulary."""
-    safe = tl.minimum(idx, vocab - 1)
-    p = tl.load(p_pos + safe)
-    q = tl.load(q_pos + safe)
-    w = tl.where(use_q, tl.maximum(p - q, 0.0), p)
-    return tl.where(idx < vocab, w, 0.0)
+def _weights(p_pos, q_pos, start, cols, vocab, use_q):
+    """One ``[1, BLOCK]`` chunk at ``start``: the draw's weights (relu(p - q) with ``use_q``, else p) and
+    the target's p; 0 past the vocabulary."""
+    p, idx = load_chunk(p_pos, start, cols, vocab, 0.0)
+    if use_q:
+        q, _ = load_chunk(q_pos, start, cols, vocab, 0.0)
+        w = tl.maximum(p - q, 0.0)
+    else:
+        w = p
+    return w, p, idx
+
+
+@triton.jit
+def _draw_rows(pos, num_draft, vocab, q_row, p_row):
+    """``[1]``-shaped row pointers of the draw's target and draft rows (the draft row clamped; with no
+    rejection it is never read)."""
+    one = tl.zeros([1], tl.int64)
+    return p_row + (pos.to(tl.int64) * vocab + one), q_row + (tl.minimum(pos, num_draft - 1).to(tl.int64) * vocab + one)
+
+
+@triton.jit
+def speculative_chunk_stats_kernel(draft_probs, draft_ids, target_probs, seed_ptr, offset_ptr, stat_w, stat_p,
+                                   num_draft, vocab, num_chunks, SEED_PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    """Per request and chunk: ``stat_w`` = the chunk's draw weights, ``stat_p`` = its target mass at the
+    draw's position (``[requests, num_chunks]`` each)."""
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    seed, counter, q_row, p_row, ids = _request(draft_probs, draft_ids, target_probs, seed_ptr, offset_ptr,
+                                                num_draft, vocab, b, SEED_PER_ROW)
+    pos, use_q, _ = _walk_drafts(q_row, p_row, ids, ids, seed, counter, num_draft, vocab, False)
+    p_pos, q_pos = _draw_rows(pos, num_draft, vocab, q_row, p_row)
+    w, p, _ = _weights(p_pos, q_pos, chunk * BLOCK, tl.arange(0, BLOCK), vocab, use_q)
+    slot = b.to(tl.int64) * num_chunks + chunk + tl.arange(0, 1)
+    tl.store(stat_w + slot, tl.sum(w, axis=1))
+    tl.store(stat_p + slot, tl.sum(p, axis=1))
+
+
+@triton.jit
+def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted, emitted, seed_ptr, offset_ptr,
+                             stat_w, stat_p, num_draft, vocab, num_chunks, SEED_PER_ROW: tl.constexpr,
+                             BLOCK: tl.constexpr, NCHUNKS: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """One request: the accepted drafts, the drawn token at ``pos``, -1 after it, and the counters.
+    Without ``ONE_CHUNK`` the chunk weights come from speculative_chunk_stats_kernel."""
+    b = tl.program_id(0)
+    seed, counter, q_row, p_row, ids = _request(draft_probs, draft_ids, target_probs, seed_ptr, offset_ptr,
+                                                num_draft, vocab, b, SEED_PER_ROW)
+    out_row = out + b.to(tl.int64) * (num_draft + 1)
+    pos, use_q, passed_after = _walk_drafts(q_row, p_row, ids, out_row, seed, counter, num_draft, vocab, True)
+    p_pos, q_pos = _draw_rows(pos, num_draft, vocab, q_row, p_row)
+    cols = tl.arange(0, BLOCK)
+    if ONE_CHUNK:
+        w, p, idx = _weights(p_pos, q_pos, 0, cols, vocab, use_q)
+        chunk_w = tl.sum(w, axis=1)[:, None]
+        chunk_p = tl.sum(p, axis=1)[:, None]
+        ch = tl.arange(0, 1)
+    else:
+        row = tl.zeros([1], tl.int64) + b
+        chunk_w, ch = _row_stats(stat_w, row, num_chunks, 0.0, NCHUNKS)
+        chunk_p, ch = _row_stats(stat_p, row, num_chunks, 0.0, NCHUNKS)
+    # relu(p - q) sums to ~0 only through rounding (a rejection means p < q somewhere, hence p > q
+    # elsewhere); then the target itself is drawn from.
+    fallback = use_q & (tl.sum(chunk_w, axis=1) <= 0.0)
+    chunk_w = tl.where(fallback[:, None], chunk_p, chunk_w)
+    u = tl.rand(seed, counter + num_draft) * tl.sum(chunk_w, axis=1)
+    # Only weight > 0 can be picked, at both levels (kernels.inverse_cdf_pick): where the chunk sums and
+    # the chunk's prefix sums round apart, u_in may fall outside the latter; then the chunk's first or
+    # last entry of weight is taken.
+    chunk, last_chunk = inverse_cdf_pick(chunk_w, ch[None, :], 0.0, u[:, None], NCHUNKS)
+    chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
+    u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], chunk_w, 0.0), axis=1)
+    if not ONE_CHUNK:
+        w, p, idx = _weights(p_pos, q_pos, tl.max(chunk, axis=0) * BLOCK, cols, vocab, use_q)
+    w = tl.where(fallback[:, None], p, w)
+    token, last_token = inverse_cdf_pick(w, idx[None, :], 0.0, u_in[:, None], vocab)
+    token = tl.maximum(tl.where(token < vocab, token, last_token), 0)
+    tl.store(out_row + pos + tl.arange(0, 1), token.to(tl.int32))
+    if pos < num_draft:  # the last position, which the draft walk does not cover
+        tl.store(out_row + num_draft, -1)
+    tl.atomic_add(emitted + b, pos)  # one program per request: the adds never race; atomics keep them simple
+    tl.atomic_add(accepted + b, pos + passed_after)
+
+
+# Chunk width on a GPU: 2048 entries of each of p and q (16 KB per program, as the chunked path's
+# 4096-wide single rows), so 128256 is 63 chunks.
+GPU_BLOCK = 2048
+
+
+def speculative_config(vocab: int, interpreted: bool = False, block: int = 0, num_warps: int = 0) -> dict:
+    """The launch at vocabulary ``vocab``. Under the CPU interpreter the cost is per program, so one
+    chunk holds up to 16384 entries there (``block`` forces a width: tests, sweeps)."""
+    block = block or (16384 if interpreted else GPU_BLOCK)
+    block = min(block, max(16, triton.next_power_of_2(vocab)))
+    num_chunks = triton.cdiv(vocab, block)
+    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
+            "ONE_CHUNK": num_chunks == 1, "num_warps": num_warps or (8 if block >= 4096 else 4)}
 
 
 def aot_specs():
+    pointers = ("draft_probs", "draft_ids", "target_probs", "seed_ptr", "offset_ptr", "stat_w", "stat_p")
     for ids in ("i32", "i64"):  # draft_token_ids may be int32 or int64
-        sig = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "out": "*i32",
-               "accepted": "*i32", "emitted": "*i32", "seed_ptr": "*i64", "offset_ptr": "*i64", "num_draft": "i32",
-               "vocab": "i32"}
-        for block in (1024, 4096):
-            yield KernelSpec(f"chain_speculative[ids {ids}-block{block}]", chain_speculative_kernel, sig,
-                             {"SEED_PER_ROW": False, "BLOCK": block}, {"num_warps": 8 if block >= 4096 else 4},
-                             divisible_by_16=tuple(k for k, v in sig.items() if v.startswith("*")))
+        base = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "seed_ptr": "*i64",
+                "offset_ptr": "*i64", "stat_w": "*fp32", "stat_p": "*fp32", "num_draft": "i32", "vocab": "i32",
+                "num_chunks": "i32"}
+        cfg = speculative_config(128256)
+        yield KernelSpec(f"speculative_chunk_stats[ids {ids}-block{cfg['BLOCK']}]", speculative_chunk_stats_kernel,
+                         base, {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
+                         divisible_by_16=pointers)
+        sig = {**base, "out": "*i32", "accepted": "*i32", "emitted": "*i32"}
+        for vocab in (1024, 128256):
+            cfg = speculative_config(vocab)
+            consts = {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"],
+                      "ONE_CHUNK": cfg["ONE_CHUNK"]}
+            yield KernelSpec(f"chain_speculative[ids {ids}-block{cfg['BLOCK']}-chunks{cfg['NCHUNKS']}]",
+                             chain_speculative_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
+                             divisible_by_16=pointers + ("out", "accepted", "emitted"))
 
 
 register_aot_specs("sampling.speculative", aot_specs)
