@@ -1105,7 +1105,33 @@ def bench_main(argv=None) -> int:
                          "floor_us (2 rows)": moved / (copy_gbs * 1e3),
                          "GB/s at 2 rows": moved / (graph_us or us) / 1e3})
     print(markdown_table(rows))
+    _sweep_speculative()
     return 0
+
+
+def _sweep_speculative() -> None:
+    """Chain speculative sampling's chunk width and warps (graph replays of the launcher), 4 drafts."""
+    import itertools
+
+    from aiter_ext.core.bench import markdown_table
+    from aiter_ext.ops.sampling import launchers
+
+    rows = []
+    for vocab, batch in ((128256, 1), (128256, 32), (128256, 256), (32000, 256)):
+        n = 4
+        draft = torch.softmax(torch.randn(batch, n, vocab, device="cuda"), -1)
+        target = torch.softmax(torch.randn(batch, n + 1, vocab, device="cuda"), -1)
+        ids = torch.multinomial(draft.view(-1, vocab), 1).view(batch, n).to(torch.int32)
+        out = torch.empty(batch, n + 1, dtype=torch.int32, device="cuda")
+        acc, emi = (torch.zeros(batch, dtype=torch.int32, device="cuda") for _ in range(2))
+        seed, offset = (torch.ones(1, dtype=torch.int64, device="cuda") for _ in range(2))
+        for block, warps in itertools.product((1024, 2048, 4096, 8192), (4, 8)):
+            config = {"BLOCK": block, "num_warps": warps}
+            us = _timed(lambda: launchers.chain_speculative(config, draft, ids, target, out, acc, emi, seed, offset,
+                                                            False), graph=True)
+            rows.append({"batch": batch, "vocab": vocab, "BLOCK": block, "warps": warps, "graph_us": us,
+                         "GB/s at 2 rows": batch * 2 * vocab * 4 / us / 1e3 if us else None})
+    print(markdown_table(rows))
 
 
 def _sweep_split() -> None:
