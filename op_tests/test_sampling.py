@@ -861,7 +861,8 @@ def speculative_block(monkeypatch):
     real = K.speculative_config
 
     def force(block):
-        monkeypatch.setattr(K, "speculative_config", lambda vocab, interp=False, b=0, w=0: real(vocab, interp, block or b, w))
+        monkeypatch.setattr(K, "speculative_config",
+                            lambda vocab, batch, interp=False, b=0, w=0: real(vocab, batch, interp, block or b, w))
     return force
 
 
@@ -884,7 +885,7 @@ def test_chain_speculative_chunked_draw_agrees_with_one_chunk(speculative_block)
     p = torch.softmax(x, -1)
     ids = torch.multinomial(q.reshape(-1, vocab), 1).view(batch, n).int()
     results = []
-    for block in (None, 64 if not ON_GPU else 2048):
+    for block in (1 << 20, 64 if not ON_GPU else 2048):  # one chunk (the width is clamped to the vocabulary), chunks
         speculative_block(block)
         results.append(S.chain_speculative_sampling(q, ids, p, seed=21, offset=3))
     (one, acc1, emi1), (chunks, acc2, emi2) = [[t.cpu() for t in r] for r in results]

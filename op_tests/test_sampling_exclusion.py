@@ -189,7 +189,8 @@ def test_forced_uniforms_chain_speculative_resample(block, monkeypatch):
     from aiter_ext.ops.sampling import speculative_kernels as K
 
     real = K.speculative_config
-    monkeypatch.setattr(K, "speculative_config", lambda vocab, interp=False, b=0, w=0: real(vocab, interp, block or b, w))
+    monkeypatch.setattr(K, "speculative_config",
+                        lambda vocab, batch, interp=False, b=0, w=0: real(vocab, batch, interp, block or b, w))
     batch_u = swept_uniforms()
     batch, vocab = batch_u.numel(), TRAP_VOCAB
     p = trap_row()[0].cpu()

@@ -138,7 +138,7 @@ def chain_speculative(config: dict, draft_probs, draft_ids, target_probs, out, a
     size follows the shape only), then one program per request. ``config`` may force ``BLOCK`` and
     ``num_warps`` (tests, sweeps)."""
     batch, num_draft, vocab = draft_probs.shape
-    cfg = speculative_kernels.speculative_config(vocab, interpreted(), (config or {}).get("BLOCK", 0),
+    cfg = speculative_kernels.speculative_config(vocab, batch, interpreted(), (config or {}).get("BLOCK", 0),
                                                  (config or {}).get("num_warps", 0))
     if not batch:
         return cfg

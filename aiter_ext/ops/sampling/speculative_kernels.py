@@ -148,19 +148,21 @@ def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted
     tl.atomic_add(accepted + b, pos + passed_after)
 
 
-# Chunk width on a GPU: 2048 entries of each of p and q (16 KB per program, as the chunked path's
-# 4096-wide single rows), so 128256 is 63 chunks.
-GPU_BLOCK = 2048
+# Chunk widths on a GPU, from op_tests/test_sampling.py --spec's sweep (H100, graph replays of the launcher, 4
+# drafts, vocabulary 128256): 4 warps won every shape; 1024-wide chunks at batch 1 (8.4 us against 14.6 at
+# 2048), 2048 from batch 32 (23.8 against 24.4 us at 32; 104.7 against 133.5 at 256, and 42.1 against 46.9
+# at 256 x 32000). A chunk of 2048 entries of p and q is 16 KB per program.
+GPU_BLOCK, SMALL_BATCH_BLOCK, SMALL_BATCH = 2048, 1024, 32
 
 
-def speculative_config(vocab: int, interpreted: bool = False, block: int = 0, num_warps: int = 0) -> dict:
-    """The launch at vocabulary ``vocab``. Under the CPU interpreter the cost is per program, so one
-    chunk holds up to 16384 entries there (``block`` forces a width: tests, sweeps)."""
-    block = block or (16384 if interpreted else GPU_BLOCK)
+def speculative_config(vocab: int, batch: int, interpreted: bool = False, block: int = 0, num_warps: int = 0) -> dict:
+    """The launch at this shape. Under the CPU interpreter the cost is per program, so one chunk holds
+    up to 16384 entries there (``block`` forces a width: tests, sweeps)."""
+    block = block or (16384 if interpreted else SMALL_BATCH_BLOCK if batch < SMALL_BATCH else GPU_BLOCK)
     block = min(block, max(16, triton.next_power_of_2(vocab)))
     num_chunks = triton.cdiv(vocab, block)
     return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
-            "ONE_CHUNK": num_chunks == 1, "num_warps": num_warps or (8 if block >= 4096 else 4)}
+            "ONE_CHUNK": num_chunks == 1, "num_warps": num_warps or 4}
 
 
 def aot_specs():
@@ -169,13 +171,14 @@ def aot_specs():
         base = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "seed_ptr": "*i64",
                 "offset_ptr": "*i64", "stat_w": "*fp32", "stat_p": "*fp32", "num_draft": "i32", "vocab": "i32",
                 "num_chunks": "i32"}
-        cfg = speculative_config(128256)
-        yield KernelSpec(f"speculative_chunk_stats[ids {ids}-block{cfg['BLOCK']}]", speculative_chunk_stats_kernel,
-                         base, {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
-                         divisible_by_16=pointers)
+        for batch in (1, 256):
+            cfg = speculative_config(128256, batch)
+            yield KernelSpec(f"speculative_chunk_stats[ids {ids}-block{cfg['BLOCK']}]", speculative_chunk_stats_kernel,
+                             base, {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
+                             divisible_by_16=pointers)
         sig = {**base, "out": "*i32", "accepted": "*i32", "emitted": "*i32"}
-        for vocab in (1024, 128256):
-            cfg = speculative_config(vocab)
+        for vocab, batch in ((1024, 256), (128256, 1), (128256, 256)):
+            cfg = speculative_config(vocab, batch)
             consts = {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"],
                       "ONE_CHUNK": cfg["ONE_CHUNK"]}
             yield KernelSpec(f"chain_speculative[ids {ids}-block{cfg['BLOCK']}-chunks{cfg['NCHUNKS']}]",
