@@ -978,6 +978,7 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
     parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
     parser.add_argument("--spec", action="store_true", help="with --quick: chain speculative sampling too")
+    parser.add_argument("--issue", action="store_true", help="only issue 12's table: eager and graph, beside FlashInfer")
     args = parser.parse_args(argv)
     if args.sweep_split:
         from aiter_ext.core.bench import warm_up_gpu
@@ -996,6 +997,8 @@ def bench_main(argv=None) -> int:
     from aiter_ext.ops.sampling.launchers import _split_launch
 
     warm_up_gpu()
+    if args.issue:
+        return _issue_rows(fi)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
           f"from softmax(N(0, 1) logits); floor = one read of the probabilities at the copy bandwidth")
@@ -1107,6 +1110,46 @@ def bench_main(argv=None) -> int:
                          "GB/s at 2 rows": moved / (graph_us or us) / 1e3})
     print(markdown_table(rows))
     _sweep_speculative()
+    return 0
+
+
+def _issue_rows(fi) -> int:
+    """Issue 12's table: each row eager (GPU time of back-to-back calls, host launch cost included) and as
+    graph replays, ours and FlashInfer's, printed as it is measured."""
+    from aiter_ext.core.bench import git_commit, time_us
+
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}; fp32 probs from softmax(N(0, 1) logits)")
+    print("| op | shape | ours eager | ours graph | FI eager | FI graph | FI/ours eager | FI/ours graph |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = [("min_p_sampling_from_probs", (0.1,), 256, 128256), ("top_k_sampling_from_probs", (50,), 256, 128256),
+             ("top_p_sampling_from_probs", (0.9,), 256, 128256), ("top_k_top_p_sampling_from_probs", (50, 0.9), 256,
+                                                                   128256),
+             ("min_p_sampling_from_probs", (0.1,), 1, 128256), ("top_k_sampling_from_probs", (50,), 1, 128256),
+             ("top_p_sampling_from_probs", (0.9,), 1, 128256), ("min_p_sampling_from_probs", (0.1,), 32, 201088),
+             ("top_k_sampling_from_probs", (50,), 32, 201088), ("top_p_sampling_from_probs", (0.9,), 32, 201088),
+             ("chain_speculative_sampling", (), 256, 128256), ("softmax", (), 256, 128256)]
+    for name, extra, batch, vocab in cases:
+        if name == "chain_speculative_sampling":
+            n = 4
+            draft = torch.softmax(torch.randn(batch, n, vocab, device="cuda"), -1)
+            target = torch.softmax(torch.randn(batch, n + 1, vocab, device="cuda"), -1)
+            ids = torch.multinomial(draft.view(-1, vocab), 1).view(batch, n).to(torch.int32)
+            args, kw = (draft, ids, target), {}
+        elif name == "softmax":
+            logits = torch.randn(batch, vocab, device="cuda")
+            args, kw = (logits,), {"temperature": torch.full((batch,), 0.7, device="cuda")}
+        else:
+            args = (torch.softmax(torch.randn(batch, vocab, device="cuda"), -1),) + extra
+            kw = {"filter_apply_order": "joint"} if name.startswith("top_k_top_p") else {}
+        ours = getattr(S, name)
+        theirs = getattr(fi.sampling, name) if fi is not None else None
+        times = [time_us(lambda: ours(*args, **kw)), _timed(lambda: ours(*args, **kw), graph=True)]
+        if theirs is not None:
+            times += [time_us(lambda: theirs(*args, **kw)), _timed(lambda: theirs(*args, **kw), graph=True)]
+        cells = [f"{t:.1f}" if t else "-" for t in times] + ["-"] * (4 - len(times))
+        ratios = [f"{times[2] / times[0]:.2f}", f"{times[3] / times[1]:.2f}"] if theirs is not None and all(times) \
+            else ["-", "-"]
+        print(f"| {name} | {batch} x {vocab} | " + " | ".join(cells + ratios) + " |", flush=True)
     return 0
 
 
