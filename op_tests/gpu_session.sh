@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants cascade-decision fi-warm sampling-tests
-#             sampling-exclusion sampling-split sampling-split-sweep sampling-bench
+#             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
 set -uo pipefail
@@ -63,6 +63,13 @@ for section in $sections; do
         | tee "$OUT/pytest-sampling-split.log" | tail -n 14
       timeout ${T_EXCL:-200} python3 -m pytest -v -p no:cacheprovider --durations=8 op_tests/test_sampling_exclusion.py \
         -k split_kernel 2>&1 | tee "$OUT/pytest-sampling-split-exclusion.log" | tail -n 14 ;;
+    sampling-rounds)  # issue 12: the rounds path (rounds_kernels.py, taken only when asked): its tests, its 5M-draw
+      # exclusion, and the sweep beside the default route and FlashInfer that decides whether it becomes a route
+      timeout ${T_ROUNDS_TESTS:-200} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py -k rounds_by_chunks \
+        2>&1 | tee "$OUT/pytest-sampling-rounds.log" | tail -n 8
+      timeout ${T_ROUNDS_EXCL:-200} python3 -m pytest -q -p no:cacheprovider --durations=5 op_tests/test_sampling_exclusion.py \
+        -k rounds_by_chunks 2>&1 | tee "$OUT/pytest-sampling-rounds-exclusion.log" | tail -n 8
+      timeout ${T_ROUNDS_SWEEP:-240} python3 op_tests/test_sampling.py --sweep-rounds 2>&1 | tee "$OUT/sweep-sampling-rounds.log" ;;
     sampling-split-sweep)
       timeout 150 python3 op_tests/test_sampling.py --sweep-split 2>&1 | tee "$OUT/sweep-sampling-split.log" ;;
     sampling-bench)

@@ -754,12 +754,11 @@ def test_split_kernel_is_the_small_batch_route():
     assert _split_launch(vocab, 1, {"split": False}) is None
 
 
-def test_split_kernel_edges_and_indices_outside_the_rows():
-    """Zero, NaN and out-of-range rows through the split kernel: token 0, invalid, nothing read past
-    ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
-    from aiter_ext.ops.sampling.api import _sample
-
-    vocab, rows = (32000 if ON_GPU else 1000), 4
+def guarded_edge_rows(vocab: int):
+    """Four rows inside guard rows whose last entry holds all their mass (a read past ``probs`` would
+    give token vocab - 1): rows 0 and 3 random (their last entry 0), row 1 zeros, row 2 NaN; and indices
+    that take each row and two outside them (7, -1). Valid: [True, False, False, True, False, False]."""
+    rows = 4
     buffer = torch.zeros(rows + 4, vocab, device=DEVICE)
     buffer[:, vocab - 1] = 1.0
     probs = buffer[2:2 + rows]
@@ -768,7 +767,16 @@ def test_split_kernel_edges_and_indices_outside_the_rows():
     probs /= probs.sum(-1, keepdim=True).clone()
     probs[1] = 0.0
     probs[2] = float("nan")
-    indices = torch.tensor([0, 1, 2, 3, 7, -1], dtype=torch.int32, device=DEVICE)
+    return probs, torch.tensor([0, 1, 2, 3, 7, -1], dtype=torch.int32, device=DEVICE)
+
+
+def test_split_kernel_edges_and_indices_outside_the_rows():
+    """Zero, NaN and out-of-range rows through the split kernel: token 0, invalid, nothing read past
+    ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
+    from aiter_ext.ops.sampling.api import _sample
+
+    vocab = 32000 if ON_GPU else 1000
+    probs, indices = guarded_edge_rows(vocab)
     config = split_config_for(vocab, indices.numel(), resident=None)
     top_k = torch.tensor([1, 5, 5, 3], device=DEVICE)  # int64, as torch.full makes it
     for k, p, m in ((None, None, None), (top_k, None, None), (None, 0.9, None), (None, None, 0.5), (top_k, 0.9, None)):
@@ -779,6 +787,99 @@ def test_split_kernel_edges_and_indices_outside_the_rows():
         kept = R.filtered_distribution(probs[[0, 3]].cpu().double(), None if k is None else top_k[[0, 3]].cpu(),
                                        p, m) > 0
         assert kept[0, tokens[0]] and kept[1, tokens[3]], (k, p, m, tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rejection rounds by chunks (rounds_kernels.py): top-k, top-p and joint, every pass over many programs
+
+ROUNDS_FILTERS = {"top_k 5": (5, None, None), "top_k 50": (50, None, None), "top_p 0.5": (None, 0.5, None),
+                  "top_p 0.9": (None, 0.9, None), "joint 10/0.8": (10, 0.8, None)}
+
+
+def rounds_config(rounds_drawn: int) -> dict:
+    """A forced launch of the rounds path: 128-wide chunks on the interpreter (8 at vocabulary 1000), the
+    default width on a GPU; ``rounds_drawn`` rounds by chunks before the row kernel resumes."""
+    return {"rounds": True, "rounds_drawn": rounds_drawn, **({} if ON_GPU else {"BLOCK": 128})}
+
+
+@pytest.mark.parametrize("rounds_drawn", [1, 4])
+@pytest.mark.parametrize("name", list(ROUNDS_FILTERS))
+def test_rounds_by_chunks_draw_the_row_kernels_tokens(name, rounds_drawn):
+    """The rounds path runs the row kernel's algorithm (uniforms per round, pivots, rules); its sums are
+    per chunk, then over chunks. So at one seed it gives the row kernel's token for every output row, up
+    to rounding at a boundary (interpreter: at most one of 24 draws; GPU: 1% of 4096, as for the split
+    kernel). One round by chunks leaves most top-k rows to the resumed row kernel (top-k makes 3-5
+    rounds), four leave few, so both halves of the path are compared."""
+    from aiter_ext.ops.sampling.api import _sample
+
+    k, p, m = ROUNDS_FILTERS[name]
+    vocab, draws = (32000, 4096) if ON_GPU else (1000, 24)
+    # a row per draw, half of them nearly flat, where a rejected round's midpoint often fails too (a jump:
+    # the next candidates lie above the midpoint, and their per-chunk masses are the check's second set)
+    probs = torch.cat([random_probs(vocab, rows=draws // 2, zero_fraction=0.3, scale=2.0),
+                       random_probs(vocab, rows=draws - draws // 2, zero_fraction=0.3, scale=0.2)])
+    indices = torch.arange(draws, device=DEVICE, dtype=torch.int32)
+    args = _thresholds(probs, k, p, m)
+    seed = int(torch.randint(0, 2**31, (1,)))
+    row = _sample(probs, indices, *args, None, False, seed, 0, False, None, {"split": False, "chunked": False})
+    chunked = _sample(probs, indices, *args, None, False, seed, 0, False, None, rounds_config(rounds_drawn))
+    differ = (chunked != row).nonzero().flatten()
+    assert differ.numel() <= (draws // 100 if ON_GPU else 1), f"{name}: {differ.numel()} of {draws} draws differ"
+    kept = R.filtered_distribution(probs.cpu().double(), k, p, m) > 0
+    assert kept[indices.cpu().long(), chunked.cpu().long()].all(), f"{name}: a token outside the kept set"
+
+
+def test_rounds_by_chunks_edges_and_indices_outside_the_rows():
+    """Zero, NaN and out-of-range rows through the rounds path: token 0, invalid, nothing read past
+    ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
+    from aiter_ext.ops.sampling.api import _sample
+
+    vocab = 32000 if ON_GPU else 1000
+    probs, indices = guarded_edge_rows(vocab)
+    top_k = torch.tensor([1, 5, 5, 3], device=DEVICE)  # int64, as torch.full makes it
+    no_top_k = torch.tensor([0, 5, 5, -1], device=DEVICE)  # k <= 0 in a tensor: no top-k filter on that row
+    for k, p in ((top_k, None), (None, 0.9), (top_k, 0.9), (no_top_k, None), (None, 0.0)):
+        args = _thresholds(probs, k, p, None)
+        tokens, valid = _sample(probs, indices, *args, None, False, 11, 0, True, None, rounds_config(2))
+        assert valid.cpu().tolist() == [True, False, False, True, False, False], (k, p)
+        assert (tokens.cpu()[[1, 2, 4, 5]] == 0).all()
+        k_ref = top_k[[0, 3]].cpu() if k is top_k else None
+        kept = R.filtered_distribution(probs[[0, 3]].cpu().double(), k_ref, p, None) > 0
+        assert kept[0, tokens[0]] and kept[1, tokens[3]], (k, p, tokens)
+
+
+def test_rounds_by_chunks_is_taken_only_when_asked():
+    """Untimed on a GPU so far: no call takes the rounds path unless its config asks, and never with
+    min-p or without a top-k/top-p filter."""
+    from aiter_ext.ops.sampling.inputs import ABSENT
+    from aiter_ext.ops.sampling.launchers import _rounds_launch
+
+    probs = random_probs(1000, rows=2)
+    k, p, m = _thresholds(probs, 5, 0.9, 0.1)
+    assert _rounds_launch(1000, None, k, p, ABSENT) is None
+    assert _rounds_launch(1000, {"rounds": True}, k, p, ABSENT) is not None
+    assert _rounds_launch(1000, {"rounds": True}, k, ABSENT, m) is None
+    assert _rounds_launch(1000, {"rounds": True}, ABSENT, ABSENT, ABSENT) is None
+
+
+@pytest.mark.skipif(not ON_GPU, reason="400k draws; on the CPU test_rounds_by_chunks_draw_the_row_kernels_tokens ties "
+                                       "this path to the row kernel draw by draw")
+@pytest.mark.parametrize("name", list(ROUNDS_FILTERS))
+def test_rounds_by_chunks_frequencies(name):
+    from aiter_ext.ops.sampling.api import _sample
+
+    k, p, m = ROUNDS_FILTERS[name]
+    vocab, rows = 128256, 256
+    probs = random_probs(vocab, rows=1, zero_fraction=0.3, scale=3.0)
+    args = _thresholds(probs, k, p, m)
+    indices = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+    counts = graph_replay_counts(lambda: _sample(probs, indices, *args, None, False, None, None, False, None,
+                                                 rounds_config(2)), vocab, rows, 400_000)
+    target = R.filtered_distribution(probs.cpu().double(), k, p, m)[0]
+    outside = (counts > 0) & (target == 0)
+    assert not outside.any(), f"rounds {name}: drew tokens outside the kept set {outside.nonzero().flatten()[:10]}"
+    p_value = chi_square_p_value(counts, target)
+    assert p_value > ALPHA, f"rounds {name}: chi-square p-value {p_value:.3g} over {int(counts.sum())} draws"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -979,6 +1080,8 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
     parser.add_argument("--spec", action="store_true", help="with --quick: chain speculative sampling too")
     parser.add_argument("--issue", action="store_true", help="only issue 12's table: eager and graph, beside FlashInfer")
+    parser.add_argument("--sweep-rounds", action="store_true",
+                        help="the rounds path (rounds_kernels.py) against the default route and FlashInfer")
     args = parser.parse_args(argv)
     if args.sweep_split:
         from aiter_ext.core.bench import warm_up_gpu
@@ -999,6 +1102,8 @@ def bench_main(argv=None) -> int:
     warm_up_gpu()
     if args.issue:
         return _issue_rows(fi)
+    if args.sweep_rounds:
+        return _sweep_rounds(fi)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
           f"from softmax(N(0, 1) logits); floor = one read of the probabilities at the copy bandwidth")
@@ -1110,6 +1215,45 @@ def bench_main(argv=None) -> int:
                          "GB/s at 2 rows": moved / (graph_us or us) / 1e3})
     print(markdown_table(rows))
     _sweep_speculative()
+    return 0
+
+
+def _sweep_rounds(fi) -> int:
+    """Graph replays of top-k/top-p/joint by the rounds path (rounds drawn by chunks, chunk width) against
+    the default route and FlashInfer, printed row by row; the default route's rounds and passes beside."""
+    import itertools
+
+    from aiter_ext.core.bench import git_commit
+    from aiter_ext.ops.sampling.api import _sample
+
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}; graph replays, us")
+    print("| filter | shape | default | rounds (row kernel) | " +
+          " | ".join(f"R{r}/{b}" for r, b in itertools.product((1, 2, 3, 5), (2048, 4096))) + " | FlashInfer |")
+    print("|---" * 13 + "|")
+    for (batch, vocab), (name, k, p) in itertools.product(
+            ((32, 128256), (256, 128256), (256, 32000), (32, 201088), (256, 201088)),
+            (("top_p 0.9", None, 0.9), ("top_k 50", 50, None), ("joint 50/0.9", 50, 0.9))):
+        probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+        args = _thresholds(probs, k, p, None)
+
+        def run(config):
+            return _timed(lambda: _sample(probs, None, *args, None, False, None, None, False, None, config), graph=True)
+
+        cells = [run(None)]
+        _, rounds, _ = row_kernel_stats(probs, k, p, None)
+        cells.append(float(rounds.double().mean()))
+        for r, b in itertools.product((1, 2, 3, 5), (2048, 4096)):
+            cells.append(run({"rounds": True, "rounds_drawn": r, "BLOCK": b}))
+        fi_us = None
+        if fi is not None:
+            fn = {"top_p 0.9": lambda: fi.sampling.top_p_sampling_from_probs(probs, p),
+                  "top_k 50": lambda: fi.sampling.top_k_sampling_from_probs(probs, k),
+                  "joint 50/0.9": lambda: fi.sampling.top_k_top_p_sampling_from_probs(probs, k, p,
+                                                                                       filter_apply_order="joint")}
+            fi_us = _timed(fn[name], graph=True)
+        cells.append(fi_us)
+        print(f"| {name} | {batch} x {vocab} | " + " | ".join(f"{c:.1f}" if c else "-" for c in cells) + " |",
+              flush=True)
     return 0
 
 

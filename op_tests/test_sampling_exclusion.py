@@ -128,8 +128,14 @@ def test_forced_uniforms_hook_is_active():
 @pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
 @pytest.mark.parametrize("name, call, allowed", PROBS_CASES, ids=[c[0] for c in PROBS_CASES])
 def test_forced_uniforms_never_pick_an_excluded_token(name, call, allowed):
+    check_forced_uniforms(name, call, allowed, every=1)
+
+
+def check_forced_uniforms(name, call, allowed, every: int = 5):
+    """``call`` on the trap row at every ``every``-th uniform of the sweep (the gap's among them): every
+    token kept, every row valid. Every fifth for the paths whose programs are slow on the interpreter."""
     probs = trap_row()
-    u = swept_uniforms()
+    u = swept_uniforms()[::every]
     seed, offset = seeds_for(u)
     indices = torch.zeros(u.numel(), dtype=torch.int32, device=DEVICE)
     with forced_uniforms():
@@ -165,18 +171,33 @@ def test_forced_uniforms_split_kernel(name, call, allowed, block, monkeypatch):
     real_chunked = launchers.chunked.chunked_launch  # min-p alone takes the chunked path there: not here
     monkeypatch.setattr(launchers.chunked, "chunked_launch",
                         lambda op, *a, **kw: None if op == "min_p" else real_chunked(op, *a, **kw))
-    probs = trap_row()
-    u = swept_uniforms()[::5]
-    seed, offset = seeds_for(u)
-    indices = torch.zeros(u.numel(), dtype=torch.int32, device=DEVICE)
-    with forced_uniforms():
-        tokens, valid = call(probs, indices=indices, seed=seed, offset=offset, return_valid=True)
+    check_forced_uniforms(name, call, allowed)
     assert forced["cfg"]["num_spans"] == 8 and forced["cfg"]["RESIDENT"] == (block == 2048)
-    kept = allowed(probs.cpu())[0]
-    bad = ~kept[tokens.long().cpu()]
-    assert not bad.any(), (f"{name}: excluded tokens {tokens.cpu()[bad].unique().tolist()[:8]} for u = "
-                           f"{u[bad][:4].tolist()}")
-    assert valid.all()
+
+
+ROUNDS_PROBS_CASES = [c for c in SPLIT_PROBS_CASES if c[0].startswith(("top_k", "top_p", "joint"))]
+
+
+@pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
+@pytest.mark.parametrize("rounds_drawn", [1, 3])
+@pytest.mark.parametrize("name, call, allowed", ROUNDS_PROBS_CASES, ids=[c[0] for c in ROUNDS_PROBS_CASES])
+def test_forced_uniforms_rounds_by_chunks(name, call, allowed, rounds_drawn, monkeypatch):
+    """The same traps through the rounds path (rounds_kernels.py) in two 8192-wide chunks: the stalled
+    prefix sums fill chunk 0, whose sum passes them, and chunk 1 starts at the zero that taking "the next
+    entry" would return. One round by chunks, then the row kernel resumed; or three. Every fifth uniform
+    of the sweep, the gap's included."""
+    from aiter_ext.ops.sampling import launchers
+    from aiter_ext.ops.sampling.rounds_kernels import rounds_config
+
+    forced = {}
+
+    def rounds_launch(vocab, config, top_k, top_p, min_p):
+        forced["cfg"] = rounds_config(vocab, True, 8192, rounds_drawn)
+        return forced["cfg"]
+
+    monkeypatch.setattr(launchers, "_rounds_launch", rounds_launch)
+    check_forced_uniforms(name, call, allowed)
+    assert forced["cfg"]["num_chunks"] == 2
 
 
 @pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
@@ -343,3 +364,29 @@ def test_chain_speculative_resample_no_excluded_token_in_5m_draws(vocab, zero_ra
     assert int(counts.sum()) == -(-EXCLUSION_DRAWS // requests) * requests
     bad = (counts > 0) & ~kept
     assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"
+
+
+# The rounds path (rounds_kernels.py) at scale: 5M output rows in one call, forced (no call takes it by
+# default until it is timed), one round by chunks (so most top-k rows end in the resumed row kernel) or two.
+ROUNDS_GPU_CASES = [(vocab, zero_ratio, sampler, rounds) for vocab in (32000, 128256) for zero_ratio in (0.5, 0.9)
+                    for sampler in ("top_k 50", "top_p 0.9", "joint 50/0.9") for rounds in (1, 2)]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="5M draws per case need a GPU; test_forced_uniforms_rounds_by_chunks covers "
+                                       "the CPU")
+@pytest.mark.parametrize("vocab, zero_ratio, sampler, rounds", ROUNDS_GPU_CASES,
+                         ids=["-".join(map(str, c)) for c in ROUNDS_GPU_CASES])
+def test_rounds_by_chunks_no_excluded_token_in_5m_draws(vocab, zero_ratio, sampler, rounds):
+    from aiter_ext.ops.sampling.api import _sample, _thresholds
+
+    _, allowed = GPU_SAMPLERS[sampler]
+    k = 50 if sampler.startswith(("top_k", "joint")) else None
+    p = 0.9 if sampler.startswith(("top_p", "joint")) else None
+    probs = torch.softmax(_logits(vocab, "normal_5", zero_ratio), -1).float()
+    kept = allowed(probs)[0].to(DEVICE)
+    probs = probs.to(DEVICE)
+    indices = torch.zeros(EXCLUSION_DRAWS, dtype=torch.int32, device=DEVICE)
+    tokens = _sample(probs, indices, *_thresholds(probs, k, p, None), None, False,
+                     int(torch.randint(0, 2**31, (1,))), 0, False, None, {"rounds": True, "rounds_drawn": rounds})
+    bad = ~kept[tokens.long()]
+    assert not bool(bad.any()), f"{int(bad.sum())} excluded draws, tokens {tokens[bad].unique().tolist()[:8]}"

@@ -205,15 +205,17 @@ def lane_top(acc, LANE_SUMS: tl.constexpr):
 @triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,
-    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats,
+    top_k_value, top_p_value, min_p_value, num_out, num_src, vocab, stride_row, stats, istate, fstate,
     HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, MIN_P: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, STATS: tl.constexpr = False,
-    PREFETCH: tl.constexpr = False, LANE_SUMS: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, LANE_SUMS: tl.constexpr = False, RESUME: tl.constexpr = False,
 ):
     """``STATS`` (benchmarks only): ``stats[r] = (rounds, chunks read)`` per output row, int32.
     ``PREFETCH``: every pass over a row loads its next chunk before reducing the current one (see
     load_ahead). ``LANE_SUMS``: the full passes (min-p's two, the rule checks) keep per-lane sums and
-    reduce them once after their loop (lane_zeros)."""
+    reduce them once after their loop (lane_zeros). ``RESUME`` (one row per program, no min-p): each row
+    starts from the state that rounds_kernels.py left in ``istate``/``fstate`` after judging its last
+    round there: done rows only store their token, the others draw from the next round on."""
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, ROWS)
     row_ptr = probs + src * stride_row
     cols = tl.arange(0, BLOCK)
@@ -250,6 +252,17 @@ def filtered_sampling_kernel(
     chunks_read = vocab * 0
     if MIN_P != 0:
         chunks_read = 2 * tl.cdiv(vocab, BLOCK)
+    if RESUME:
+        # rounds_kernels.py's layout: istate [rows, 4] int32 (token, flags, round judged last, pick),
+        # fstate [rows, 8] fp32 (lower, mass, high, ...)
+        flags = tl.load(istate + r_safe * 4 + 1)
+        done = (flags & 1) != 0
+        ok = (flags & 2) != 0
+        token = tl.load(istate + r_safe * 4)
+        rnd = tl.sum(tl.load(istate + r_safe * 4 + 2), axis=0) + 1
+        lower = tl.load(fstate + r_safe * 8)
+        mass = tl.load(fstate + r_safe * 8 + 1)
+        high = tl.load(fstate + r_safe * 8 + 2)
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
         found, last_candidate, scanned = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK, PREFETCH)
@@ -418,20 +431,24 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
 
 
 def aot_specs():
-    pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr")
+    pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
+                "istate", "fstate")
     filters = {"plain": (NONE, NONE, NONE), "top_k": (PER_ROW, NONE, NONE), "top_p": (NONE, PER_ROW, NONE),
                "min_p": (NONE, NONE, PER_ROW), "joint": (PER_ROW, PER_ROW, NONE)}
-    for vocab in (16, 1024, 128256):
+    for vocab, resume in ((16, False), (1024, False), (128256, False), (128256, True)):
         cfg = launch_config(vocab, 256, "gfx942")
         for name, (top_k, top_p, min_p) in filters.items():
+            if resume and (min_p != NONE or (top_k == NONE and top_p == NONE)):
+                continue  # RESUME: the rounds path's filters (rounds_kernels.py)
             sig = {p: "*fp32" for p in pointers}
             sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
                        offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
-                       num_src="i32", vocab="i32", stride_row="i64", stats="*i32")
+                       num_src="i32", vocab="i32", stride_row="i64", stats="*i32", istate="*i32")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False, "STATS": False,
                       "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"],
-                      "LANE_SUMS": cfg["LANE_SUMS"]}
-            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}]",
+                      "LANE_SUMS": cfg["LANE_SUMS"], "RESUME": resume}
+            label = "-resume" if resume else ""
+            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}{label}]",
                              filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
                              divisible_by_16=pointers)
 

@@ -14,7 +14,7 @@ from aiter_ext.core.arch import device_info
 from aiter_ext.core.env import interpreted
 from aiter_ext.core.launch import cdiv
 
-from . import chunked, kernels, logits_kernels, renorm_kernels, speculative_kernels, split_kernels
+from . import chunked, kernels, logits_kernels, renorm_kernels, rounds_kernels, speculative_kernels, split_kernels
 from .chunked_kernels import LOGITS, MASS_ABOVE_MIN_P
 from .inputs import Draw, Mode, Threshold
 
@@ -35,20 +35,74 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         if chunks is not None:
             chunked.draw_by_chunks(probs, MASS_ABOVE_MIN_P, indices, min_p, draw, chunks)
             return
+    rounds = _rounds_launch(probs.shape[1], config, top_k, top_p, min_p) if stats is None else None
+    if rounds is not None:
+        return rounds_draw(rounds, probs, indices, top_k, top_p, draw)
     full_passes = top_k.mode != Mode.NONE or min_p.mode != Mode.NONE
     split = _split_launch(probs.shape[1], draw.rows, config, full_passes) if stats is None else None
     if split is not None:
         return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
     cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted(), top_p_only),
-           **{k: v for k, v in (config or {}).items() if k not in ("chunked", "split")}}
+           **{k: v for k, v in (config or {}).items() if k not in ("chunked", "split", "rounds", "rounds_drawn")}}
     kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
         top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
         draw.rows, probs.shape[0], probs.shape[1], probs.stride(0), stats if stats is not None else draw.out,
-        HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
+        draw.out, probs, HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=int(min_p.mode),
         SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], STATS=stats is not None,
         PREFETCH=cfg["PREFETCH"], LANE_SUMS=cfg["LANE_SUMS"], num_warps=cfg["num_warps"])
+    return cfg
+
+
+def _rounds_launch(vocab: int, config, top_k: Threshold, top_p: Threshold, min_p: Threshold):
+    """rounds_kernels.rounds_config, when ``config`` asks for it (``{"rounds": True}``, with optional
+    ``"BLOCK"``, ``"rounds"``, ``"num_warps"``) and the call is top-k, top-p or joint without min-p; else
+    None. No call takes this path by default until it has been timed on a GPU."""
+    config = config or {}
+    if not config.get("rounds") or min_p.mode != Mode.NONE or (top_k.mode == Mode.NONE and top_p.mode == Mode.NONE):
+        return None
+    return rounds_kernels.rounds_config(vocab, interpreted(), config.get("BLOCK", 0), config.get("rounds_drawn", 0),
+                                        config.get("num_warps", 0))
+
+
+def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, draw: Draw) -> dict:
+    """rounds_kernels.py: ``cfg["rounds"]`` rounds by chunks, then the row kernel resumes the rows not
+    done. One int32 workspace holds each row's state (istate [rows, 4], fstate [rows, 8] as fp32) and the
+    per-chunk numbers ([5, rows, chunks] as fp32); its size follows the shape only (graph capture)."""
+    rows, chunks = draw.rows, cfg["num_chunks"]
+    workspace = torch.empty(rows * (rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value) + 5 * rows * chunks,
+                            dtype=torch.int32, device=probs.device)
+    istate = workspace[:4 * rows]
+    fstate = workspace[4 * rows:12 * rows].view(torch.float32)
+    stats = workspace[12 * rows:].view(torch.float32)
+    src = (probs, indices if indices is not None else draw.out)
+    shape = (probs.shape[0], probs.shape[1], probs.stride(0), chunks)
+    common = dict(HAS_INDICES=indices is not None, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    pick = dict(TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), SEED_PER_ROW=draw.seed_per_row,
+                NCHUNKS=cfg["NCHUNKS"], **common)
+    filters = (top_k.pointer(probs), top_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value)
+
+    def check(first):
+        rounds_kernels.round_check_kernel[(rows, chunks)](*src, istate, fstate, stats, rows, *shape, FIRST=first,
+                                                          **common)
+
+    def judge(first, draw_next):
+        rounds_kernels.round_pick_kernel[(rows,)](*src, *filters, istate, fstate, stats, rows, *shape, FIRST=first,
+                                                  DRAW=draw_next, **pick)
+
+    check(True)
+    judge(True, True)
+    for drawn in range(1, cfg["rounds"] + 1):
+        check(False)
+        judge(False, drawn < cfg["rounds"])
+    # the rows still undecided go on in the row kernel, one program each, from their state
+    block = min(cfg["BLOCK"], 4096) if not interpreted() else cfg["BLOCK"]
+    kernels.filtered_sampling_kernel[(rows,)](
+        probs, draw.out, draw.valid, src[1], *filters[:2], top_k.pointer(probs), draw.seed, draw.offset, top_k.value,
+        top_p.value, 0.0, rows, *shape[:3], draw.out, istate, fstate, HAS_INDICES=indices is not None,
+        TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=0, SEED_PER_ROW=draw.seed_per_row, ROWS=1, BLOCK=block,
+        RESUME=True, num_warps=8 if block >= 4096 else 4)
     return cfg
 
 

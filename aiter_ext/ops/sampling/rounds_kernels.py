@@ -1,0 +1,192 @@
+"""Rejection rounds by chunks: top-k, top-p and joint sampling with every pass spread over many programs.
+
+Why: at batch 256 the row kernel (kernels.py, one program per row) moved 1.5-1.9 TB/s on an H100, where
+the chunked kernels (many small programs per row) moved 2.9 (docs/perf-notes.md): one program cannot keep
+enough loads in flight. Top-p made 1.6 passes a row there and took 0.84x FlashInfer's time; top-k makes
+4-5 rounds. Here the rounds, pivots, rules and uniforms are the row kernel's, but each pass is a launch:
+
+- ``round_check_kernel`` (grid: output rows x chunks) is the rule check of a round: per chunk, the count
+  and mass strictly above the pending token's value (``pivot``) and above ``mid``, and the maximum. The
+  first launch sums each chunk (the round-0 candidates' per-chunk masses).
+- ``round_pick_kernel`` (grid: output rows) judges the round from those numbers (kernels.judge_round) and,
+  with ``DRAW``, draws the next round's token: the chunk from the per-chunk candidate masses (above the
+  rejected pivot, or above ``mid`` after a jump: the check left both), then the token inside the chunk.
+
+A call makes a fixed number of rounds this way (the launches must not depend on the data: graph
+capture), rows already done leave each launch at once, and the last pick only judges. The row kernel then
+resumes every row that is not done from its state (kernels.filtered_sampling_kernel's ``RESUME``), so the
+draw is the row kernel's whatever the number of rounds. The state of a row lives in ``istate`` (int32
+[rows, 4]: token, flags, the pending round, the pending token) and ``fstate`` (fp32 [rows, 8]: lower,
+mass, high, pivot, mid); the per-chunk numbers in ``stats`` (fp32 [5, rows, chunks]).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+from .chunked_kernels import _row_stats
+from .kernels import PER_ROW, ROUND_BITS, inverse_cdf_pick, judge_round, load_chunk, program_rows, top_k_of, top_p_of
+
+# istate fields (int32) and fstate fields (fp32) of a row; flags: done, valid
+TOKEN, FLAGS, ROUND, PICK = (tl.constexpr(i) for i in range(4))
+LOWER, MASS, HIGH, PIVOT, MID = (tl.constexpr(i) for i in range(5))
+ISTATE, FSTATE = tl.constexpr(4), tl.constexpr(8)
+DONE, VALID = tl.constexpr(1), tl.constexpr(2)
+# stats planes
+ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS, CHUNK_MAX = (tl.constexpr(i) for i in range(5))
+
+
+@triton.jit
+def round_check_kernel(probs, indices, istate, fstate, stats, num_out, num_src, vocab, stride_row, num_chunks,
+                       HAS_INDICES: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """Per output row and chunk: the count and mass strictly above ``pivot`` and above ``mid``, and the
+    chunk's maximum. ``FIRST``: only the chunk's mass (round 0's candidate masses)."""
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
+    chunk = tl.program_id(1)
+    if FIRST:
+        pending = r_ok
+        pivot = tl.zeros([1], tl.float32)  # unused
+        mid = pivot
+    else:
+        pending = r_ok & ((tl.load(istate + r_safe * ISTATE + FLAGS) & DONE) == 0)
+        pivot = tl.load(fstate + r_safe * FSTATE + PIVOT)
+        mid = tl.load(fstate + r_safe * FSTATE + MID)
+    if tl.max(pending.to(tl.int32), axis=0) > 0:  # a row already done leaves at once
+        x, idx = load_chunk(probs + src * stride_row, chunk * BLOCK, tl.arange(0, BLOCK), vocab, 0.0)
+        x = tl.where(x > 0.0, x, 0.0)  # NaN and negative entries weigh nothing, as in the row kernel's draw
+        slot = r_safe.to(tl.int64) * num_chunks + chunk
+        plane = num_out.to(tl.int64) * num_chunks
+        if FIRST:  # round 0's draw reads only the chunk masses (each reduction costs a barrier)
+            tl.store(stats + ABOVE_MASS * plane + slot, tl.sum(x, axis=1), mask=r_ok)
+        else:
+            x_above = tl.where(x > pivot[:, None], x, 0.0)
+            x_above_mid = tl.where(x > mid[:, None], x, 0.0)
+            tl.store(stats + ABOVE * plane + slot, tl.sum((x_above > 0.0).to(tl.float32), axis=1), mask=r_ok)
+            tl.store(stats + ABOVE_MASS * plane + slot, tl.sum(x_above, axis=1), mask=r_ok)
+            tl.store(stats + ABOVE_MID * plane + slot, tl.sum((x_above_mid > 0.0).to(tl.float32), axis=1),
+                     mask=r_ok)
+            tl.store(stats + ABOVE_MID_MASS * plane + slot, tl.sum(x_above_mid, axis=1), mask=r_ok)
+            tl.store(stats + CHUNK_MAX * plane + slot, tl.max(x, axis=1), mask=r_ok)
+
+
+@triton.jit
+def round_pick_kernel(probs, indices, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value, top_p_value,
+                      istate, fstate, stats, num_out, num_src, vocab, stride_row, num_chunks,
+                      HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
+                      SEED_PER_ROW: tl.constexpr, FIRST: tl.constexpr, DRAW: tl.constexpr, BLOCK: tl.constexpr,
+                      NCHUNKS: tl.constexpr):
+    """Judge the pending round of each output row (not ``FIRST``) and, with ``DRAW``, draw the next one's
+    token. A row whose first round has no candidate of positive mass is done: token 0, invalid."""
+    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
+    plane = num_out.to(tl.int64) * num_chunks
+    mass_above, ch = _row_stats(stats + ABOVE_MASS * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+    ist = istate + r_safe * ISTATE
+    fst = fstate + r_safe * FSTATE
+    if FIRST:
+        token = tl.zeros([1], tl.int32)
+        done = ~src_ok  # a source row outside the probabilities: token 0, invalid
+        ok = src_ok
+        rnd = tl.full([1], -1, tl.int32)
+        pick = tl.zeros([1], tl.int32)
+        lower = tl.zeros([1], tl.float32)
+        mass = tl.full([1], 1.0, tl.float32)  # rows sum to 1, as in the row kernel's round 0
+        high = tl.zeros([1], tl.float32)
+        weights = mass_above
+    else:
+        token = tl.load(ist + TOKEN)
+        flags = tl.load(ist + FLAGS)
+        done = (flags & DONE) != 0
+        ok = (flags & VALID) != 0
+        rnd = tl.load(ist + ROUND)
+        pick = tl.load(ist + PICK)
+        lower = tl.load(fst + LOWER)
+        mass = tl.load(fst + MASS)
+        high = tl.load(fst + HIGH)
+        pivot = tl.load(fst + PIVOT)
+        mid = tl.load(fst + MID)
+        above, _ = _row_stats(stats + ABOVE * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        above_mid, _ = _row_stats(stats + ABOVE_MID * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        mass_above_mid, _ = _row_stats(stats + ABOVE_MID_MASS * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        chunk_max, _ = _row_stats(stats + CHUNK_MAX * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)
+        top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
+        passes, jump, lower, mass, high = judge_round(
+            tl.sum(above, axis=1).to(tl.int32), tl.sum(mass_above, axis=1), tl.sum(above_mid, axis=1).to(tl.int32),
+            tl.sum(mass_above_mid, axis=1), tl.max(chunk_max, axis=1), pivot, mid, done, lower, mass, high, rnd,
+            top_k, top_p, TOP_K, TOP_P)
+        accept = ~done & ok & passes
+        token = tl.where(accept, pick, token)
+        done = done | accept
+        # the next round's candidates lie above the rejected value, or above mid after a jump
+        weights = tl.where(jump[:, None], mass_above_mid, mass_above)
+    if DRAW:
+        rnd = rnd + 1
+        seed_index = r_safe if SEED_PER_ROW else tl.zeros([1], tl.int32)
+        counter = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS  # the row kernel's counters
+        u = tl.rand(tl.load(seed_ptr + seed_index), counter + rnd) * mass
+        # the chunk, then the token: only entries of positive weight can be picked at either level
+        # (kernels.inverse_cdf_pick); where u passes every prefix sum, the last candidate is the draw
+        chunk, last_chunk = inverse_cdf_pick(weights, ch[None, :], 0.0, u[:, None], NCHUNKS)
+        if FIRST:
+            ok = ok & (last_chunk >= 0)  # no candidate of positive mass: token 0, invalid
+            done = done | ~ok
+        chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
+        u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weights, 0.0), axis=1)
+        x, idx = load_chunk(probs + src * stride_row, tl.max(chunk, axis=0) * BLOCK, tl.arange(0, BLOCK), vocab, 0.0)
+        w = tl.where((x >= lower[:, None]) & (x > 0.0), x, 0.0)
+        first, last = inverse_cdf_pick(w, idx[None, :], 0.0, u_in[:, None], vocab)
+        pick = tl.where(done, pick, tl.maximum(tl.where(first < vocab, first, last), 0))
+        pivot = tl.load(probs + src * stride_row + pick).to(tl.float32)
+        mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
+        tl.store(fst + PIVOT, pivot, mask=r_ok)
+        tl.store(fst + MID, mid, mask=r_ok)
+    tl.store(ist + TOKEN, token, mask=r_ok)
+    tl.store(ist + FLAGS, tl.where(done, DONE, 0) | tl.where(ok, VALID, 0), mask=r_ok)
+    tl.store(ist + ROUND, rnd, mask=r_ok)
+    tl.store(ist + PICK, pick, mask=r_ok)
+    tl.store(fst + LOWER, lower, mask=r_ok)
+    tl.store(fst + MASS, mass, mask=r_ok)
+    tl.store(fst + HIGH, high, mask=r_ok)
+
+
+# Chunk width on a GPU: the chunked path's (chunked_kernels.GPU_BLOCK). Untimed here: the route is taken
+# only when a call's config asks for it (launchers._rounds_launch).
+GPU_BLOCK = 4096
+
+
+def rounds_config(vocab: int, interpreted: bool = False, block: int = 0, rounds: int = 0,
+                  num_warps: int = 0) -> dict:
+    """The launch: ``rounds`` drawn by chunks before the row kernel resumes (default 2: top-p makes 1.1
+    rounds on average; top-k 4-5)."""
+    block = block or (256 if interpreted else GPU_BLOCK)
+    block = min(block, max(16, triton.next_power_of_2(vocab)))
+    num_chunks = triton.cdiv(vocab, block)
+    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
+            "rounds": max(rounds or 2, 1), "num_warps": num_warps or 4}
+
+
+def aot_specs():
+    cfg = rounds_config(128256)
+    ints = {"num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+    for first in (True, False):
+        sig = {"probs": "*fp32", "indices": "*i32", "istate": "*i32", "fstate": "*fp32", "stats": "*fp32", **ints}
+        yield KernelSpec(f"round_check[{'first' if first else 'next'}-block{cfg['BLOCK']}]", round_check_kernel,
+                         sig, {"HAS_INDICES": False, "FIRST": first, "BLOCK": cfg["BLOCK"]},
+                         {"num_warps": cfg["num_warps"]}, divisible_by_16=("probs", "istate", "fstate", "stats"))
+    filters = {"top_k": (PER_ROW, 0), "top_p": (0, PER_ROW), "joint": (PER_ROW, PER_ROW)}
+    for name, (top_k, top_p) in filters.items():
+        for first, draw in ((True, True), (False, True), (False, False)):
+            sig = {"probs": "*fp32", "indices": "*i32", "top_k_ptr": "*i32", "top_p_ptr": "*fp32", "seed_ptr": "*i64",
+                   "offset_ptr": "*i64", "top_k_value": "fp32", "top_p_value": "fp32", "istate": "*i32",
+                   "fstate": "*fp32", "stats": "*fp32", **ints}
+            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "SEED_PER_ROW": False, "FIRST": first,
+                      "DRAW": draw, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+            step = "first" if first else "draw" if draw else "judge"
+            yield KernelSpec(f"round_pick[{name}-{step}-block{cfg['BLOCK']}]", round_pick_kernel, sig, consts,
+                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("probs", "istate", "fstate", "stats"))
+
+
+register_aot_specs("sampling.rounds", aot_specs)
