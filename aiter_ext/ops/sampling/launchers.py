@@ -71,7 +71,8 @@ def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, d
     done. One int32 workspace holds each row's state (istate [rows, 4], fstate [rows, 8] as fp32) and the
     per-chunk numbers ([5, rows, chunks] as fp32); its size follows the shape only (graph capture)."""
     rows, chunks = draw.rows, cfg["num_chunks"]
-    workspace = torch.empty(rows * (rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value) + 5 * rows * chunks,
+    # zeroed: a row done before a check keeps that check's numbers unwritten, and its judge still reads them
+    workspace = torch.zeros(rows * (rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value) + 5 * rows * chunks,
                             dtype=torch.int32, device=probs.device)
     istate = workspace[:4 * rows]
     fstate = workspace[4 * rows:12 * rows].view(torch.float32)
