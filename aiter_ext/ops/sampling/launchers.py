@@ -22,8 +22,9 @@ from .inputs import Draw, Mode, Threshold
 def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold,
                   draw: Draw, stats=None) -> None:
     """Plain, top-k, top-p, min-p and joint sampling from probabilities. ``config`` overrides the
-    launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), _split_launch's (small batch),
-    or the row kernel's (ROWS, BLOCK, num_warps) with ``"chunked": False``. ``stats`` (benchmarks): an int32
+    launch (sweeps, tuned rows): chunked.chunked_launch's keys (min-p), _rounds_launch's (rejection rounds
+    by chunks, only when asked), _split_launch's (small batch), or the row kernel's (ROWS, BLOCK,
+    num_warps) with ``"chunked": False``. ``stats`` (benchmarks): an int32
     ``[rows, 2]`` tensor that receives each row's rejection rounds and chunks read (row kernel only)."""
     if not draw.rows:
         return
