@@ -87,7 +87,7 @@ def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, d
 
     def check(first):
         rounds_kernels.round_check_kernel[(rows, chunks)](*src, istate, fstate, stats, rows, *shape, FIRST=first,
-                                                          **common)
+                                                          COUNTS=top_k.mode != Mode.NONE, **common)
 
     def judge(first, draw_next):
         rounds_kernels.round_pick_kernel[(rows,)](*src, *filters, istate, fstate, stats, rows, *shape, FIRST=first,

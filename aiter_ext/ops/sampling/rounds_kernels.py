@@ -41,35 +41,47 @@ ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS, CHUNK_MAX = (tl.constexpr(i) for i
 
 @triton.jit
 def round_check_kernel(probs, indices, istate, fstate, stats, num_out, num_src, vocab, stride_row, num_chunks,
-                       HAS_INDICES: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
-    """Per output row and chunk: the count and mass strictly above ``pivot`` and above ``mid``, and the
-    chunk's maximum. ``FIRST``: only the chunk's mass (round 0's candidate masses)."""
+                       HAS_INDICES: tl.constexpr, FIRST: tl.constexpr, COUNTS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per output row and chunk, the numbers the pending round's judge reads; each is a block reduction,
+    which costs a barrier, so only those it needs:
+    - ``FIRST``: the chunk's mass (round 0's candidate masses);
+    - the mass strictly above ``pivot`` and, from round 1 (before, ``mid`` is the pivot), above ``mid``;
+    - with ``COUNTS`` (top-k) the counts above both, and the chunk maximum in round 0 (the row maximum
+      starts the judge's ``high``); without (top-p alone) the maximum in every round, from which the
+      judge tells whether anything lies above (its only use of the counts there)."""
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
     chunk = tl.program_id(1)
-    if FIRST:
-        pending = r_ok
-        pivot = tl.zeros([1], tl.float32)  # unused
-        mid = pivot
-    else:
+    pending = r_ok
+    pivot = tl.zeros([1], tl.float32)
+    mid = pivot
+    round0 = True
+    if not FIRST:
         pending = r_ok & ((tl.load(istate + r_safe * ISTATE + FLAGS) & DONE) == 0)
         pivot = tl.load(fstate + r_safe * FSTATE + PIVOT)
         mid = tl.load(fstate + r_safe * FSTATE + MID)
+        round0 = tl.sum(tl.load(istate + r_safe * ISTATE + ROUND), axis=0) == 0
     if tl.max(pending.to(tl.int32), axis=0) > 0:  # a row already done leaves at once
         x, idx = load_chunk(probs + src * stride_row, chunk * BLOCK, tl.arange(0, BLOCK), vocab, 0.0)
         x = tl.where(x > 0.0, x, 0.0)  # NaN and negative entries weigh nothing, as in the row kernel's draw
         slot = r_safe.to(tl.int64) * num_chunks + chunk
         plane = num_out.to(tl.int64) * num_chunks
-        if FIRST:  # round 0's draw reads only the chunk masses (each reduction costs a barrier)
+        if FIRST:
             tl.store(stats + ABOVE_MASS * plane + slot, tl.sum(x, axis=1), mask=r_ok)
         else:
             x_above = tl.where(x > pivot[:, None], x, 0.0)
-            x_above_mid = tl.where(x > mid[:, None], x, 0.0)
-            tl.store(stats + ABOVE * plane + slot, tl.sum((x_above > 0.0).to(tl.float32), axis=1), mask=r_ok)
             tl.store(stats + ABOVE_MASS * plane + slot, tl.sum(x_above, axis=1), mask=r_ok)
-            tl.store(stats + ABOVE_MID * plane + slot, tl.sum((x_above_mid > 0.0).to(tl.float32), axis=1),
-                     mask=r_ok)
-            tl.store(stats + ABOVE_MID_MASS * plane + slot, tl.sum(x_above_mid, axis=1), mask=r_ok)
-            tl.store(stats + CHUNK_MAX * plane + slot, tl.max(x, axis=1), mask=r_ok)
+            if COUNTS:
+                tl.store(stats + ABOVE * plane + slot, tl.sum((x_above > 0.0).to(tl.float32), axis=1), mask=r_ok)
+            if round0:
+                tl.store(stats + CHUNK_MAX * plane + slot, tl.max(x, axis=1), mask=r_ok)
+            else:
+                if not COUNTS:
+                    tl.store(stats + CHUNK_MAX * plane + slot, tl.max(x, axis=1), mask=r_ok)
+                x_above_mid = tl.where(x > mid[:, None], x, 0.0)
+                tl.store(stats + ABOVE_MID_MASS * plane + slot, tl.sum(x_above_mid, axis=1), mask=r_ok)
+                if COUNTS:
+                    tl.store(stats + ABOVE_MID * plane + slot, tl.sum((x_above_mid > 0.0).to(tl.float32), axis=1),
+                             mask=r_ok)
 
 
 @triton.jit
@@ -107,16 +119,26 @@ def round_pick_kernel(probs, indices, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr
         high = tl.load(fst + HIGH)
         pivot = tl.load(fst + PIVOT)
         mid = tl.load(fst + MID)
-        above, _ = _row_stats(stats + ABOVE * plane, r_safe, num_chunks, 0.0, NCHUNKS)
-        above_mid, _ = _row_stats(stats + ABOVE_MID * plane, r_safe, num_chunks, 0.0, NCHUNKS)
-        mass_above_mid, _ = _row_stats(stats + ABOVE_MID_MASS * plane, r_safe, num_chunks, 0.0, NCHUNKS)
-        chunk_max, _ = _row_stats(stats + CHUNK_MAX * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        row_max = tl.max(_row_stats(stats + CHUNK_MAX * plane, r_safe, num_chunks, 0.0, NCHUNKS)[0], axis=1)
+        first_judged = tl.sum(rnd, axis=0) == 0
+        if first_judged:  # round 0's check took nothing above mid (mid is the pivot there)
+            mass_above_mid = mass_above
+        else:
+            mass_above_mid, _ = _row_stats(stats + ABOVE_MID_MASS * plane, r_safe, num_chunks, 0.0, NCHUNKS)
+        if TOP_K != 0:
+            above = tl.sum(_row_stats(stats + ABOVE * plane, r_safe, num_chunks, 0.0, NCHUNKS)[0], axis=1)
+            if first_judged:
+                above_mid = above
+            else:
+                above_mid = tl.sum(_row_stats(stats + ABOVE_MID * plane, r_safe, num_chunks, 0.0, NCHUNKS)[0], axis=1)
+        else:  # top-p alone reads a count only as "is anything above": the row maximum says it
+            above = (row_max > pivot).to(tl.float32)
+            above_mid = (row_max > mid).to(tl.float32)
         top_k = top_k_of(top_k_ptr, top_k_value, src, TOP_K)
         top_p = top_p_of(top_p_ptr, top_p_value, src, TOP_P)
         passes, jump, lower, mass, high = judge_round(
-            tl.sum(above, axis=1).to(tl.int32), tl.sum(mass_above, axis=1), tl.sum(above_mid, axis=1).to(tl.int32),
-            tl.sum(mass_above_mid, axis=1), tl.max(chunk_max, axis=1), pivot, mid, done, lower, mass, high, rnd,
-            top_k, top_p, TOP_K, TOP_P)
+            above.to(tl.int32), tl.sum(mass_above, axis=1), above_mid.to(tl.int32), tl.sum(mass_above_mid, axis=1),
+            row_max, pivot, mid, done, lower, mass, high, rnd, top_k, top_p, TOP_K, TOP_P)
         accept = ~done & ok & passes
         token = tl.where(accept, pick, token)
         done = done | accept
@@ -171,10 +193,11 @@ def rounds_config(vocab: int, interpreted: bool = False, block: int = 0, rounds:
 def aot_specs():
     cfg = rounds_config(128256)
     ints = {"num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    for first in (True, False):
+    for first, counts in ((True, False), (False, False), (False, True)):
         sig = {"probs": "*fp32", "indices": "*i32", "istate": "*i32", "fstate": "*fp32", "stats": "*fp32", **ints}
-        yield KernelSpec(f"round_check[{'first' if first else 'next'}-block{cfg['BLOCK']}]", round_check_kernel,
-                         sig, {"HAS_INDICES": False, "FIRST": first, "BLOCK": cfg["BLOCK"]},
+        step = "first" if first else "counts" if counts else "masses"
+        yield KernelSpec(f"round_check[{step}-block{cfg['BLOCK']}]", round_check_kernel, sig,
+                         {"HAS_INDICES": False, "FIRST": first, "COUNTS": counts, "BLOCK": cfg["BLOCK"]},
                          {"num_warps": cfg["num_warps"]}, divisible_by_16=("probs", "istate", "fstate", "stats"))
     filters = {"top_k": (PER_ROW, 0), "top_p": (0, PER_ROW), "joint": (PER_ROW, PER_ROW)}
     for name, (top_k, top_p) in filters.items():
