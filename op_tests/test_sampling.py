@@ -829,6 +829,21 @@ def test_rounds_by_chunks_draw_the_row_kernels_tokens(name, rounds_drawn):
     assert kept[indices.cpu().long(), chunked.cpu().long()].all(), f"{name}: a token outside the kept set"
 
 
+def test_rounds_by_chunks_take_per_row_seeds_as_the_row_kernel():
+    """Per-row seed and offset tensors (SEED_PER_ROW): the rounds path's uniforms are the row kernel's."""
+    from aiter_ext.ops.sampling.api import _sample
+
+    vocab, draws = (32000, 1024) if ON_GPU else (1000, 8)
+    probs = random_probs(vocab, rows=draws, zero_fraction=0.3, scale=0.2)
+    args = _thresholds(probs, 5, 0.9, None)
+    seeds = torch.randint(0, 2**31, (draws,), device=DEVICE)
+    offsets = torch.randint(0, 2**20, (draws,), device=DEVICE)
+    row = _sample(probs, None, *args, None, False, seeds, offsets, False, None, {"split": False, "chunked": False})
+    chunked = _sample(probs, None, *args, None, False, seeds, offsets, False, None, rounds_config(2))
+    differ = int((chunked != row).sum())
+    assert differ <= (draws // 100 if ON_GPU else 1), f"{differ} of {draws} draws differ"
+
+
 def test_rounds_by_chunks_edges_and_indices_outside_the_rows():
     """Zero, NaN and out-of-range rows through the rounds path: token 0, invalid, nothing read past
     ``probs`` (guard rows around the view would give token vocab - 1); thresholds per source row."""
