@@ -796,20 +796,22 @@ ROUNDS_FILTERS = {"top_k 5": (5, None, None), "top_k 50": (50, None, None), "top
                   "top_p 0.9": (None, 0.9, None), "joint 10/0.8": (10, 0.8, None)}
 
 
-def rounds_config(rounds_drawn: int) -> dict:
+def rounds_config(rounds_drawn: int, fused: bool = False) -> dict:
     """A forced launch of the rounds path: 128-wide chunks on the interpreter (8 at vocabulary 1000), the
-    default width on a GPU; ``rounds_drawn`` rounds by chunks before the row kernel resumes."""
-    return {"rounds": True, "rounds_drawn": rounds_drawn, **({} if ON_GPU else {"BLOCK": 128})}
+    default width on a GPU; ``rounds_drawn`` rounds by chunks before the row kernel resumes; ``fused``:
+    each round's check and judge in one launch."""
+    return {"rounds": True, "rounds_drawn": rounds_drawn, "fused": fused, **({} if ON_GPU else {"BLOCK": 128})}
 
 
-@pytest.mark.parametrize("rounds_drawn", [1, 4])
+@pytest.mark.parametrize("rounds_drawn, fused", [(1, False), (4, False), (4, True)])
 @pytest.mark.parametrize("name", list(ROUNDS_FILTERS))
-def test_rounds_by_chunks_draw_the_row_kernels_tokens(name, rounds_drawn):
+def test_rounds_by_chunks_draw_the_row_kernels_tokens(name, rounds_drawn, fused):
     """The rounds path runs the row kernel's algorithm (uniforms per round, pivots, rules); its sums are
     per chunk, then over chunks. So at one seed it gives the row kernel's token for every output row, up
     to rounding at a boundary (interpreter: at most one of 24 draws; GPU: 1% of 4096, as for the split
     kernel). One round by chunks leaves most top-k rows to the resumed row kernel (top-k makes 3-5
-    rounds), four leave few, so both halves of the path are compared."""
+    rounds), four leave few, so both halves of the path are compared; at four, also with each round's
+    check and judge fused in one launch (the last program of a row to arrive judges)."""
     from aiter_ext.ops.sampling.api import _sample
 
     k, p, m = ROUNDS_FILTERS[name]
@@ -822,7 +824,7 @@ def test_rounds_by_chunks_draw_the_row_kernels_tokens(name, rounds_drawn):
     args = _thresholds(probs, k, p, m)
     seed = int(torch.randint(0, 2**31, (1,)))
     row = _sample(probs, indices, *args, None, False, seed, 0, False, None, {"split": False, "chunked": False})
-    chunked = _sample(probs, indices, *args, None, False, seed, 0, False, None, rounds_config(rounds_drawn))
+    chunked = _sample(probs, indices, *args, None, False, seed, 0, False, None, rounds_config(rounds_drawn, fused))
     differ = (chunked != row).nonzero().flatten()
     assert differ.numel() <= (draws // 100 if ON_GPU else 1), f"{name}: {differ.numel()} of {draws} draws differ"
     kept = R.filtered_distribution(probs.cpu().double(), k, p, m) > 0
@@ -1234,17 +1236,19 @@ def bench_main(argv=None) -> int:
 
 
 def _sweep_rounds(fi) -> int:
-    """Graph replays of top-k/top-p/joint by the rounds path (rounds drawn by chunks, chunk width) against
-    the default route and FlashInfer, printed row by row; the default route's rounds and passes beside."""
+    """Graph replays of top-k/top-p/joint by the rounds path (rounds drawn by chunks, chunk width, fused or
+    not) against the default route and FlashInfer, printed row by row; the row kernel's rounds beside."""
     import itertools
 
     from aiter_ext.core.bench import git_commit
     from aiter_ext.ops.sampling.api import _sample
 
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}; graph replays, us")
+    configs = [(r, b, False) for r, b in itertools.product((1, 2, 3, 5), (2048, 4096))] + [(2, 2048, True),
+                                                                                         (5, 2048, True)]
     print("| filter | shape | default | rounds (row kernel) | " +
-          " | ".join(f"R{r}/{b}" for r, b in itertools.product((1, 2, 3, 5), (2048, 4096))) + " | FlashInfer |")
-    print("|---" * 13 + "|")
+          " | ".join(f"R{r}/{b}{' fused' if f else ''}" for r, b, f in configs) + " | FlashInfer |")
+    print("|---" * (len(configs) + 5) + "|")
     for (batch, vocab), (name, k, p) in itertools.product(
             ((32, 128256), (256, 128256), (256, 32000), (32, 201088), (256, 201088)),
             (("top_p 0.9", None, 0.9), ("top_k 50", 50, None), ("joint 50/0.9", 50, 0.9))):
@@ -1257,8 +1261,8 @@ def _sweep_rounds(fi) -> int:
         cells = [run(None)]
         _, rounds, _ = row_kernel_stats(probs, k, p, None)
         cells.append(float(rounds.double().mean()))
-        for r, b in itertools.product((1, 2, 3, 5), (2048, 4096)):
-            cells.append(run({"rounds": True, "rounds_drawn": r, "BLOCK": b}))
+        for r, b, fused in configs:
+            cells.append(run({"rounds": True, "rounds_drawn": r, "BLOCK": b, "fused": fused}))
         fi_us = None
         if fi is not None:
             fn = {"top_p 0.9": lambda: fi.sampling.top_p_sampling_from_probs(probs, p),

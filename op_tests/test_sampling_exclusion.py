@@ -179,20 +179,20 @@ ROUNDS_PROBS_CASES = [c for c in SPLIT_PROBS_CASES if c[0].startswith(("top_k", 
 
 
 @pytest.mark.skipif(ON_GPU, reason="forcing tl.rand works under the interpreter only")
-@pytest.mark.parametrize("rounds_drawn", [1, 3])
+@pytest.mark.parametrize("rounds_drawn, fused", [(1, False), (3, True)])
 @pytest.mark.parametrize("name, call, allowed", ROUNDS_PROBS_CASES, ids=[c[0] for c in ROUNDS_PROBS_CASES])
-def test_forced_uniforms_rounds_by_chunks(name, call, allowed, rounds_drawn, monkeypatch):
+def test_forced_uniforms_rounds_by_chunks(name, call, allowed, rounds_drawn, fused, monkeypatch):
     """The same traps through the rounds path (rounds_kernels.py) in two 8192-wide chunks: the stalled
     prefix sums fill chunk 0, whose sum passes them, and chunk 1 starts at the zero that taking "the next
-    entry" would return. One round by chunks, then the row kernel resumed; or three. Every fifth uniform
-    of the sweep, the gap's included."""
+    entry" would return. One round by chunks, then the row kernel resumed; or three, each round's check
+    and judge fused. Every fifth uniform of the sweep, the gap's included."""
     from aiter_ext.ops.sampling import launchers
     from aiter_ext.ops.sampling.rounds_kernels import rounds_config
 
     forced = {}
 
     def rounds_launch(vocab, config, top_k, top_p, min_p):
-        forced["cfg"] = rounds_config(vocab, True, 8192, rounds_drawn)
+        forced["cfg"] = rounds_config(vocab, True, 8192, rounds_drawn, fused=fused)
         return forced["cfg"]
 
     monkeypatch.setattr(launchers, "_rounds_launch", rounds_launch)

@@ -45,7 +45,8 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
         return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
     cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted(), top_p_only),
-           **{k: v for k, v in (config or {}).items() if k not in ("chunked", "split", "rounds", "rounds_drawn")}}
+           **{k: v for k, v in (config or {}).items()
+              if k not in ("chunked", "split", "rounds", "rounds_drawn", "fused")}}
     kernels.filtered_sampling_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         probs, draw.out, draw.valid, indices if indices is not None else draw.out, top_k.pointer(probs),
         top_p.pointer(probs), min_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value, min_p.value,
@@ -58,46 +59,41 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
 
 def _rounds_launch(vocab: int, config, top_k: Threshold, top_p: Threshold, min_p: Threshold):
     """rounds_kernels.rounds_config, when ``config`` asks for it (``{"rounds": True}``, with optional
-    ``"BLOCK"``, ``"rounds"``, ``"num_warps"``) and the call is top-k, top-p or joint without min-p; else
-    None. No call takes this path by default until it has been timed on a GPU."""
+    ``"BLOCK"``, ``"rounds_drawn"``, ``"num_warps"``, ``"fused"``) and the call is top-k, top-p or joint
+    without min-p; else None. No call takes this path by default until it has been timed on a GPU."""
     config = config or {}
     if not config.get("rounds") or min_p.mode != Mode.NONE or (top_k.mode == Mode.NONE and top_p.mode == Mode.NONE):
         return None
     return rounds_kernels.rounds_config(vocab, interpreted(), config.get("BLOCK", 0), config.get("rounds_drawn", 0),
-                                        config.get("num_warps", 0))
+                                        config.get("num_warps", 0), config.get("fused", False))
 
 
 def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, draw: Draw) -> dict:
-    """rounds_kernels.py: ``cfg["rounds"]`` rounds by chunks, then the row kernel resumes the rows not
-    done. One int32 workspace holds each row's state (istate [rows, 4], fstate [rows, 8] as fp32) and the
-    per-chunk numbers ([5, rows, chunks] as fp32); its size follows the shape only (graph capture)."""
+    """rounds_kernels.py: ``cfg["rounds"]`` rounds by chunks, a launch each when fused, else two (check,
+    then judge), plus the judge of the last; then the row kernel resumes the rows not done. One zeroed int32 workspace holds each row's
+    state (istate [rows, 4], fstate [rows, 8] as fp32), its arrival counter and the per-chunk numbers
+    ([5, rows, chunks] as fp32); its size follows the shape only (graph capture)."""
     rows, chunks = draw.rows, cfg["num_chunks"]
-    # zeroed: a row done before a check keeps that check's numbers unwritten, and its judge still reads them
-    workspace = torch.zeros(rows * (rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value) + 5 * rows * chunks,
-                            dtype=torch.int32, device=probs.device)
+    # zeroed: the counters start at 0, and a row done before a round leaves that round's numbers unwritten,
+    # which its judge still reads
+    state = rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value
+    workspace = torch.zeros(rows * (state + 1) + 5 * rows * chunks, dtype=torch.int32, device=probs.device)
     istate = workspace[:4 * rows]
-    fstate = workspace[4 * rows:12 * rows].view(torch.float32)
-    stats = workspace[12 * rows:].view(torch.float32)
+    fstate = workspace[4 * rows:state * rows].view(torch.float32)
+    arrivals = workspace[state * rows:(state + 1) * rows]
+    stats = workspace[(state + 1) * rows:].view(torch.float32)
     src = (probs, indices if indices is not None else draw.out)
     shape = (probs.shape[0], probs.shape[1], probs.stride(0), chunks)
-    common = dict(HAS_INDICES=indices is not None, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
-    pick = dict(TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), SEED_PER_ROW=draw.seed_per_row,
-                NCHUNKS=cfg["NCHUNKS"], **common)
     filters = (top_k.pointer(probs), top_p.pointer(probs), draw.seed, draw.offset, top_k.value, top_p.value)
-
-    def check(first):
-        rounds_kernels.round_check_kernel[(rows, chunks)](*src, istate, fstate, stats, rows, *shape, FIRST=first,
-                                                          COUNTS=top_k.mode != Mode.NONE, **common)
-
-    def judge(first, draw_next):
-        rounds_kernels.round_pick_kernel[(rows,)](*src, *filters, istate, fstate, stats, rows, *shape, FIRST=first,
-                                                  DRAW=draw_next, **pick)
-
-    check(True)
-    judge(True, True)
-    for drawn in range(1, cfg["rounds"] + 1):
-        check(False)
-        judge(False, drawn < cfg["rounds"])
+    flags = dict(HAS_INDICES=indices is not None, TOP_K=int(top_k.mode), TOP_P=int(top_p.mode),
+                 SEED_PER_ROW=draw.seed_per_row, BLOCK=cfg["BLOCK"], NCHUNKS=cfg["NCHUNKS"], num_warps=cfg["num_warps"])
+    # round 0's masses and draw, then each round's judge and next draw; fused, a launch each, else two
+    forms = ((chunks, True, True),) if cfg["fused"] else ((chunks, True, False), (1, False, True))
+    for drawn in range(cfg["rounds"] + 1):
+        for grid_chunks, check, judge in forms:
+            rounds_kernels.round_kernel[(rows, grid_chunks)](
+                *src, *filters, istate, fstate, stats, arrivals, rows, *shape, FIRST=drawn == 0,
+                DRAW=drawn < cfg["rounds"], CHECK=check, JUDGE=judge, **flags)
     # the rows still undecided go on in the row kernel, one program each, from their state
     block = min(cfg["BLOCK"], 4096) if not interpreted() else cfg["BLOCK"]
     kernels.filtered_sampling_kernel[(rows,)](

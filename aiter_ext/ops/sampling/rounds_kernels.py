@@ -5,22 +5,25 @@ the chunked kernels (many small programs per row) moved 2.9 (docs/perf-notes.md)
 enough loads in flight. Top-p made 1.6 passes a row there and took 0.84x FlashInfer's time; top-k makes
 4-5 rounds. Here the rounds, pivots, rules and uniforms are the row kernel's, but each pass is a launch:
 
-- ``round_check_kernel`` (grid: output rows x chunks) is the rule check of a round: per chunk, the count
-  and mass strictly above the pending token's value (``pivot``) and above ``mid``, and the maximum. The
-  first launch sums each chunk (the round-0 candidates' per-chunk masses).
-- ``round_pick_kernel`` (grid: output rows) judges the round from those numbers (kernels.judge_round) and,
-  with ``DRAW``, draws the next round's token: the chunk from the per-chunk candidate masses (above the
-  rejected pivot, or above ``mid`` after a jump: the check left both), then the token inside the chunk.
+- ``round_kernel`` (grid: output rows x chunks) is one round. Each program takes its chunk's part of the
+  rule check: the count and mass strictly above the pending token's value (``pivot``) and above ``mid``,
+  and the maximum (the first launch: each chunk's mass, round 0's candidates). The last of a row's
+  programs to arrive judges the round from those numbers (kernels.judge_round) and draws the next round's
+  token: the chunk from the per-chunk candidate masses (above the rejected pivot, or above ``mid`` after a
+  jump: the check left both), then the token inside the chunk.
 
 A call makes a fixed number of rounds this way (the launches must not depend on the data: graph
-capture), rows already done leave each launch at once, and the last pick only judges. The row kernel then
+capture), rows already done leave each launch at once, and the last launch only judges. The row kernel then
 resumes every row that is not done from its state (kernels.filtered_sampling_kernel's ``RESUME``), so the
 draw is the row kernel's whatever the number of rounds. The state of a row lives in ``istate`` (int32
 [rows, 4]: token, flags, the pending round, the pending token) and ``fstate`` (fp32 [rows, 8]: lower,
-mass, high, pivot, mid); the per-chunk numbers in ``stats`` (fp32 [5, rows, chunks]).
+mass, high, pivot, mid); the per-chunk numbers in ``stats`` (fp32 [5, rows, chunks]); the arrival counters
+in ``arrivals`` (int32 [rows], zeroed by the launcher, left at zero by each round).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import triton
 import triton.language as tl
@@ -40,15 +43,26 @@ ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS, CHUNK_MAX = (tl.constexpr(i) for i
 
 
 @triton.jit
-def round_check_kernel(probs, indices, istate, fstate, stats, num_out, num_src, vocab, stride_row, num_chunks,
-                       HAS_INDICES: tl.constexpr, FIRST: tl.constexpr, COUNTS: tl.constexpr, BLOCK: tl.constexpr):
-    """Per output row and chunk, the numbers the pending round's judge reads; each is a block reduction,
-    which costs a barrier, so only those it needs:
+def round_kernel(probs, indices, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value, top_p_value, istate, fstate,
+                 stats, arrivals, num_out, num_src, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr,
+                 TOP_K: tl.constexpr, TOP_P: tl.constexpr, SEED_PER_ROW: tl.constexpr, FIRST: tl.constexpr,
+                 DRAW: tl.constexpr, BLOCK: tl.constexpr, NCHUNKS: tl.constexpr, CHECK: tl.constexpr = True,
+                 JUDGE: tl.constexpr = True):
+    """One round, or half of one. ``CHECK`` (grid: output rows x chunks): each program leaves its chunk's
+    numbers for the judge of the pending round. ``JUDGE``: the round is judged from all of them and, with
+    ``DRAW``, the next round's token is drawn (_judge_and_draw): with ``CHECK``, by the last of a row's
+    programs to arrive (``arrivals``, a per-row counter it resets; no program waits for another, so the
+    grid need not be resident at once, unlike split_kernels.py); alone, by one program per row (grid:
+    output rows x 1). Fused, a round is one launch, but every check program holds the judge's registers
+    (gfx942: 82-97 VGPRs against 51); which is faster is for a GPU to say.
+
+    The numbers, each a block reduction (a barrier), only those the judge reads:
     - ``FIRST``: the chunk's mass (round 0's candidate masses);
     - the mass strictly above ``pivot`` and, from round 1 (before, ``mid`` is the pivot), above ``mid``;
-    - with ``COUNTS`` (top-k) the counts above both, and the chunk maximum in round 0 (the row maximum
-      starts the judge's ``high``); without (top-p alone) the maximum in every round, from which the
-      judge tells whether anything lies above (its only use of the counts there)."""
+    - with top-k, the counts above both, and the chunk maximum in round 0 (the row maximum starts the
+      judge's ``high``); with top-p alone, the maximum in every round, from which the judge tells whether
+      anything lies above (its only use of the counts there)."""
+    COUNTS: tl.constexpr = TOP_K != 0
     r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
     chunk = tl.program_id(1)
     pending = r_ok
@@ -60,7 +74,11 @@ def round_check_kernel(probs, indices, istate, fstate, stats, num_out, num_src, 
         pivot = tl.load(fstate + r_safe * FSTATE + PIVOT)
         mid = tl.load(fstate + r_safe * FSTATE + MID)
         round0 = tl.sum(tl.load(istate + r_safe * ISTATE + ROUND), axis=0) == 0
-    if tl.max(pending.to(tl.int32), axis=0) > 0:  # a row already done leaves at once
+    if not CHECK:
+        _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value,
+                        top_p_value, istate, fstate, stats, num_out, vocab, stride_row, num_chunks, TOP_K, TOP_P,
+                        SEED_PER_ROW, FIRST, DRAW, BLOCK, NCHUNKS)
+    elif tl.max(pending.to(tl.int32), axis=0) > 0:  # a row already done leaves at once
         x, idx = load_chunk(probs + src * stride_row, chunk * BLOCK, tl.arange(0, BLOCK), vocab, 0.0)
         x = tl.where(x > 0.0, x, 0.0)  # NaN and negative entries weigh nothing, as in the row kernel's draw
         slot = r_safe.to(tl.int64) * num_chunks + chunk
@@ -82,17 +100,27 @@ def round_check_kernel(probs, indices, istate, fstate, stats, num_out, num_src, 
                 if COUNTS:
                     tl.store(stats + ABOVE_MID * plane + slot, tl.sum((x_above_mid > 0.0).to(tl.float32), axis=1),
                              mask=r_ok)
+        if JUDGE:
+            # Every thread's stores precede the release; the last arrival's acquire (and the barrier after
+            # it, for its other threads) makes the row's other programs' numbers visible to it.
+            tl.debug_barrier()
+            row = tl.program_id(0)
+            arrived = tl.atomic_add(arrivals + row, 1, sem="acq_rel", scope="gpu")
+            tl.debug_barrier()
+            if arrived == num_chunks - 1:
+                tl.store(arrivals + row, 0)  # every program of the row has arrived: ready for the next round
+                _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr,
+                                top_k_value, top_p_value, istate, fstate, stats, num_out, vocab, stride_row,
+                                num_chunks, TOP_K, TOP_P, SEED_PER_ROW, FIRST, DRAW, BLOCK, NCHUNKS)
 
 
 @triton.jit
-def round_pick_kernel(probs, indices, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value, top_p_value,
-                      istate, fstate, stats, num_out, num_src, vocab, stride_row, num_chunks,
-                      HAS_INDICES: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr,
-                      SEED_PER_ROW: tl.constexpr, FIRST: tl.constexpr, DRAW: tl.constexpr, BLOCK: tl.constexpr,
-                      NCHUNKS: tl.constexpr):
-    """Judge the pending round of each output row (not ``FIRST``) and, with ``DRAW``, draw the next one's
+def _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value,
+                    top_p_value, istate, fstate, stats, num_out, vocab, stride_row, num_chunks, TOP_K: tl.constexpr,
+                    TOP_P: tl.constexpr, SEED_PER_ROW: tl.constexpr, FIRST: tl.constexpr, DRAW: tl.constexpr,
+                    BLOCK: tl.constexpr, NCHUNKS: tl.constexpr):
+    """Judge the pending round of one output row (not ``FIRST``) and, with ``DRAW``, draw the next one's
     token. A row whose first round has no candidate of positive mass is done: token 0, invalid."""
-    r, r_ok, r_safe, src, src_ok = program_rows(indices, num_out, num_src, HAS_INDICES, 1)
     plane = num_out.to(tl.int64) * num_chunks
     mass_above, ch = _row_stats(stats + ABOVE_MASS * plane, r_safe, num_chunks, 0.0, NCHUNKS)
     ist = istate + r_safe * ISTATE
@@ -180,36 +208,35 @@ GPU_BLOCK = 4096
 
 
 def rounds_config(vocab: int, interpreted: bool = False, block: int = 0, rounds: int = 0,
-                  num_warps: int = 0) -> dict:
+                  num_warps: int = 0, fused: bool = False) -> dict:
     """The launch: ``rounds`` drawn by chunks before the row kernel resumes (default 2: top-p makes 1.1
-    rounds on average; top-k 4-5)."""
+    rounds on average; top-k 4-5); ``fused``: check and judge in one launch (round_kernel)."""
     block = block or (256 if interpreted else GPU_BLOCK)
     block = min(block, max(16, triton.next_power_of_2(vocab)))
     num_chunks = triton.cdiv(vocab, block)
     return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
-            "rounds": max(rounds or 2, 1), "num_warps": num_warps or 4}
+            "rounds": max(rounds or 2, 1), "num_warps": num_warps or 4, "fused": fused}
 
 
 def aot_specs():
     cfg = rounds_config(128256)
     ints = {"num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    for first, counts in ((True, False), (False, False), (False, True)):
-        sig = {"probs": "*fp32", "indices": "*i32", "istate": "*i32", "fstate": "*fp32", "stats": "*fp32", **ints}
-        step = "first" if first else "counts" if counts else "masses"
-        yield KernelSpec(f"round_check[{step}-block{cfg['BLOCK']}]", round_check_kernel, sig,
-                         {"HAS_INDICES": False, "FIRST": first, "COUNTS": counts, "BLOCK": cfg["BLOCK"]},
-                         {"num_warps": cfg["num_warps"]}, divisible_by_16=("probs", "istate", "fstate", "stats"))
+    sig = {"probs": "*fp32", "indices": "*i32", "top_k_ptr": "*i32", "top_p_ptr": "*fp32", "seed_ptr": "*i64",
+           "offset_ptr": "*i64", "top_k_value": "fp32", "top_p_value": "fp32", "istate": "*i32", "fstate": "*fp32",
+           "stats": "*fp32", "arrivals": "*i32", **ints}
     filters = {"top_k": (PER_ROW, 0), "top_p": (0, PER_ROW), "joint": (PER_ROW, PER_ROW)}
     for name, (top_k, top_p) in filters.items():
-        for first, draw in ((True, True), (False, True), (False, False)):
-            sig = {"probs": "*fp32", "indices": "*i32", "top_k_ptr": "*i32", "top_p_ptr": "*fp32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "top_k_value": "fp32", "top_p_value": "fp32", "istate": "*i32",
-                   "fstate": "*fp32", "stats": "*fp32", **ints}
+        steps = itertools.product(((True, True), (False, True), (False, False)), ((True, True), (True, False),
+                                                                                 (False, True)))
+        # a check alone does not depend on DRAW: its two forms (first, next) once
+        for (first, draw), (check, judge) in [st for st in steps if judge or st[0][1]]:
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "SEED_PER_ROW": False, "FIRST": first,
-                      "DRAW": draw, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+                      "DRAW": draw, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"], "CHECK": check, "JUDGE": judge}
             step = "first" if first else "draw" if draw else "judge"
-            yield KernelSpec(f"round_pick[{name}-{step}-block{cfg['BLOCK']}]", round_pick_kernel, sig, consts,
-                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("probs", "istate", "fstate", "stats"))
+            form = "fused" if check and judge else "check" if check else "judge-only"
+            yield KernelSpec(f"round[{name}-{step}-{form}-block{cfg['BLOCK']}]", round_kernel, sig, consts,
+                             {"num_warps": cfg["num_warps"]},
+                             divisible_by_16=("probs", "istate", "fstate", "stats", "arrivals"))
 
 
 register_aot_specs("sampling.rounds", aot_specs)
