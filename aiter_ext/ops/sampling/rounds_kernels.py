@@ -229,7 +229,7 @@ def aot_specs():
         steps = itertools.product(((True, True), (False, True), (False, False)), ((True, True), (True, False),
                                                                                  (False, True)))
         # a check alone does not depend on DRAW: its two forms (first, next) once
-        for (first, draw), (check, judge) in [st for st in steps if judge or st[0][1]]:
+        for (first, draw), (check, judge) in [(fd, cj) for fd, cj in steps if cj[1] or fd[1]]:
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "SEED_PER_ROW": False, "FIRST": first,
                       "DRAW": draw, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"], "CHECK": check, "JUDGE": judge}
             step = "first" if first else "draw" if draw else "judge"
