@@ -26,7 +26,9 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
-from .kernels import PER_ROW, SCALAR, _row_param, inverse_cdf_pick, load_chunk, min_p_of, program_rows, tile_rows
+from .kernels import (
+    PER_ROW, SCALAR, _row_param, load_chunk, min_p_of, pick_chunk, pick_in_chunk, program_rows, tile_rows,
+)
 
 # What chunk_stats_kernel computes per chunk.
 MAX, MASS_ABOVE_MIN_P, LOGITS = 1, 2, 3
@@ -133,9 +135,7 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
     seed_index = r_safe if SEED_PER_ROW else tl.zeros([ROWS], tl.int32)
     u = tl.rand(tl.load(seed_ptr + seed_index), tl.load(offset_ptr + seed_index) + r_safe) * total
 
-    chunk, last_chunk = inverse_cdf_pick(weight, ch[None, :], 0.0, u[:, None], NCHUNKS)
-    chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
-    u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weight, 0.0), axis=1)
+    chunk, u_in, _ = pick_chunk(weight, ch, u, NCHUNKS)
 
     idx = (chunk * BLOCK)[:, None] + tl.arange(0, BLOCK)[None, :]
     row_ptr = x_ptr + src * stride_row
@@ -149,8 +149,7 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
         u_in = u_in * tl.exp2((top_safe - this_max) * LOG2E)
     else:
         w = tl.where(in_vocab & (x >= lower[:, None]) & (x > 0.0), x, 0.0)
-    token, last_token = inverse_cdf_pick(w, idx, 0.0, u_in[:, None], vocab)
-    token = tl.maximum(tl.where(token < vocab, token, last_token), 0)
+    token = pick_in_chunk(w, idx, u_in, vocab)
     ok = (total > 0.0) & src_ok
     tl.store(out + r, tl.where(ok, token, 0).to(out.dtype.element_ty), mask=r_ok)
     tl.store(valid + r, ok.to(tl.int8), mask=r_ok)

@@ -44,6 +44,13 @@ from .inputs import Mode
 # How a threshold arrives (inputs.Mode), as the plain ints the kernels' constexprs compare with.
 NONE, SCALAR, PER_ROW = int(Mode.NONE), int(Mode.SCALAR), int(Mode.PER_ROW)
 ROUND_BITS = tl.constexpr(20)  # the Philox counter is (offset + row) << ROUND_BITS | round
+# A row's state between launches of the rounds path (rounds_kernels.py), which the row kernel's RESUME
+# reads: ``istate`` int32 [rows, ISTATE] (token, flags, the round judged or drawn last, the pending
+# token) and ``fstate`` fp32 [rows, FSTATE] (lower, mass, high, pivot, mid); flags: done, valid.
+TOKEN, FLAGS, ROUND, PICK = (tl.constexpr(i) for i in range(4))
+LOWER, MASS, HIGH, PIVOT, MID = (tl.constexpr(i) for i in range(5))
+ISTATE, FSTATE = tl.constexpr(4), tl.constexpr(8)
+DONE, VALID = tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -125,6 +132,27 @@ def inverse_cdf_pick(w, idx, running, u, sentinel):
     first = tl.min(tl.where((cdf > u) & positive, idx, sentinel), axis=1)
     last = tl.max(tl.where(positive, idx, -1), axis=1)
     return first, last
+
+
+@triton.jit
+def pick_chunk(weights, ch, u, NCHUNKS: tl.constexpr):
+    """The first level of a draw by chunks: per row, the chunk (of ``[ROWS, NCHUNKS]`` ``weights``, indices
+    ``ch``) whose running weight passes ``u`` (``[ROWS]``), ``u`` taken into that chunk (``u_in``), and
+    whether the row has any weight (``last_chunk >= 0``). Only a chunk of positive weight is chosen
+    (inverse_cdf_pick); where ``u`` passes every prefix (rounding), the last such chunk."""
+    chunk, last_chunk = inverse_cdf_pick(weights, ch[None, :], 0.0, u[:, None], NCHUNKS)
+    chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
+    u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weights, 0.0), axis=1)
+    return chunk, u_in, last_chunk
+
+
+@triton.jit
+def pick_in_chunk(w, idx, u_in, vocab):
+    """The second level: the token of the chosen chunk's weights ``w`` (``[ROWS, BLOCK]`` at indices
+    ``idx``) where the running weight passes ``u_in``; the chunk sums and this chunk's prefix sums round
+    apart, so where ``u_in`` passes them all, its last entry of positive weight (0 if none)."""
+    token, last_token = inverse_cdf_pick(w, idx, 0.0, u_in[:, None], vocab)
+    return tl.maximum(tl.where(token < vocab, token, last_token), 0)
 
 
 @triton.jit
@@ -252,17 +280,15 @@ def filtered_sampling_kernel(
     chunks_read = vocab * 0
     if MIN_P != 0:
         chunks_read = 2 * tl.cdiv(vocab, BLOCK)
-    if RESUME:
-        # rounds_kernels.py's layout: istate [rows, 4] int32 (token, flags, round judged last, pick),
-        # fstate [rows, 8] fp32 (lower, mass, high, ...)
-        flags = tl.load(istate + r_safe * 4 + 1)
-        done = (flags & 1) != 0
-        ok = (flags & 2) != 0
-        token = tl.load(istate + r_safe * 4)
-        rnd = tl.sum(tl.load(istate + r_safe * 4 + 2), axis=0) + 1
-        lower = tl.load(fstate + r_safe * 8)
-        mass = tl.load(fstate + r_safe * 8 + 1)
-        high = tl.load(fstate + r_safe * 8 + 2)
+    if RESUME:  # the state rounds_kernels.py left after judging its last round (layout: TOKEN..., above)
+        flags = tl.load(istate + r_safe * ISTATE + FLAGS)
+        done = (flags & DONE) != 0
+        ok = (flags & VALID) != 0
+        token = tl.load(istate + r_safe * ISTATE + TOKEN)
+        rnd = tl.sum(tl.load(istate + r_safe * ISTATE + ROUND), axis=0) + 1
+        lower = tl.load(fstate + r_safe * FSTATE + LOWER)
+        mass = tl.load(fstate + r_safe * FSTATE + MASS)
+        high = tl.load(fstate + r_safe * FSTATE + HIGH)
     while tl.min(done.to(tl.int32), axis=0) == 0:
         u = tl.rand(seed, counter + rnd) * mass
         found, last_candidate, scanned = _draw_scan(row_ptr, cols, vocab, lower, u, done, BLOCK, PREFETCH)

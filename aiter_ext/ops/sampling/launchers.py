@@ -70,16 +70,16 @@ def _rounds_launch(vocab: int, config, top_k: Threshold, top_p: Threshold, min_p
 
 def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, draw: Draw) -> dict:
     """rounds_kernels.py: ``cfg["rounds"]`` rounds by chunks, a launch each when fused, else two (check,
-    then judge), plus the judge of the last; then the row kernel resumes the rows not done. One zeroed int32 workspace holds each row's
-    state (istate [rows, 4], fstate [rows, 8] as fp32), its arrival counter and the per-chunk numbers
+    then judge), plus the judge of the last; then the row kernel resumes the rows not done. One zeroed
+    int32 workspace holds each row's state (kernels.ISTATE/FSTATE), its arrival counter and the per-chunk numbers
     ([5, rows, chunks] as fp32); its size follows the shape only (graph capture)."""
     rows, chunks = draw.rows, cfg["num_chunks"]
     # zeroed: the counters start at 0, and a row done before a round leaves that round's numbers unwritten,
     # which its judge still reads
-    state = rounds_kernels.ISTATE.value + rounds_kernels.FSTATE.value
+    ints, state = kernels.ISTATE.value, kernels.ISTATE.value + kernels.FSTATE.value
     workspace = torch.zeros(rows * (state + 1) + 5 * rows * chunks, dtype=torch.int32, device=probs.device)
-    istate = workspace[:4 * rows]
-    fstate = workspace[4 * rows:state * rows].view(torch.float32)
+    istate = workspace[:ints * rows]
+    fstate = workspace[ints * rows:state * rows].view(torch.float32)
     arrivals = workspace[state * rows:(state + 1) * rows]
     stats = workspace[(state + 1) * rows:].view(torch.float32)
     src = (probs, indices if indices is not None else draw.out)

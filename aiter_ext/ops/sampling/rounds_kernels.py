@@ -31,13 +31,11 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 from .chunked_kernels import _row_stats
-from .kernels import PER_ROW, ROUND_BITS, inverse_cdf_pick, judge_round, load_chunk, program_rows, top_k_of, top_p_of
+from .kernels import (  # the row state's layout, shared with the row kernel's RESUME
+    DONE, FLAGS, FSTATE, HIGH, ISTATE, LOWER, MASS, MID, PER_ROW, PICK, PIVOT, ROUND, ROUND_BITS, TOKEN, VALID,
+    judge_round, load_chunk, pick_chunk, pick_in_chunk, program_rows, top_k_of, top_p_of,
+)
 
-# istate fields (int32) and fstate fields (fp32) of a row; flags: done, valid
-TOKEN, FLAGS, ROUND, PICK = (tl.constexpr(i) for i in range(4))
-LOWER, MASS, HIGH, PIVOT, MID = (tl.constexpr(i) for i in range(5))
-ISTATE, FSTATE = tl.constexpr(4), tl.constexpr(8)
-DONE, VALID = tl.constexpr(1), tl.constexpr(2)
 # stats planes
 ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS, CHUNK_MAX = (tl.constexpr(i) for i in range(5))
 
@@ -177,18 +175,14 @@ def _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed
         seed_index = r_safe if SEED_PER_ROW else tl.zeros([1], tl.int32)
         counter = (tl.load(offset_ptr + seed_index) + r_safe) << ROUND_BITS  # the row kernel's counters
         u = tl.rand(tl.load(seed_ptr + seed_index), counter + rnd) * mass
-        # the chunk, then the token: only entries of positive weight can be picked at either level
-        # (kernels.inverse_cdf_pick); where u passes every prefix sum, the last candidate is the draw
-        chunk, last_chunk = inverse_cdf_pick(weights, ch[None, :], 0.0, u[:, None], NCHUNKS)
+        # the chunk, then the token (only entries of positive weight can be picked at either level)
+        chunk, u_in, last_chunk = pick_chunk(weights, ch, u, NCHUNKS)
         if FIRST:
             ok = ok & (last_chunk >= 0)  # no candidate of positive mass: token 0, invalid
             done = done | ~ok
-        chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
-        u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], weights, 0.0), axis=1)
         x, idx = load_chunk(probs + src * stride_row, tl.max(chunk, axis=0) * BLOCK, tl.arange(0, BLOCK), vocab, 0.0)
         w = tl.where((x >= lower[:, None]) & (x > 0.0), x, 0.0)
-        first, last = inverse_cdf_pick(w, idx[None, :], 0.0, u_in[:, None], vocab)
-        pick = tl.where(done, pick, tl.maximum(tl.where(first < vocab, first, last), 0))
+        pick = tl.where(done, pick, pick_in_chunk(w, idx[None, :], u_in, vocab))
         pivot = tl.load(probs + src * stride_row + pick).to(tl.float32)
         mid = tl.where(rnd == 0, pivot, pivot + (high - pivot) * 0.5)
         tl.store(fst + PIVOT, pivot, mask=r_ok)

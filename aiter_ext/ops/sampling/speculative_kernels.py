@@ -22,7 +22,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 from .chunked_kernels import _row_stats
-from .kernels import ROUND_BITS, inverse_cdf_pick, load_chunk
+from .kernels import ROUND_BITS, load_chunk, pick_chunk, pick_in_chunk
 
 
 @triton.jit
@@ -130,17 +130,11 @@ def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted
     fallback = use_q & (tl.sum(chunk_w, axis=1) <= 0.0)
     chunk_w = tl.where(fallback[:, None], chunk_p, chunk_w)
     u = tl.rand(seed, counter + num_draft) * tl.sum(chunk_w, axis=1)
-    # Only weight > 0 can be picked, at both levels (kernels.inverse_cdf_pick): where the chunk sums and
-    # the chunk's prefix sums round apart, u_in may fall outside the latter; then the chunk's first or
-    # last entry of weight is taken.
-    chunk, last_chunk = inverse_cdf_pick(chunk_w, ch[None, :], 0.0, u[:, None], NCHUNKS)
-    chunk = tl.maximum(tl.where(chunk < NCHUNKS, chunk, last_chunk), 0)
-    u_in = u - tl.sum(tl.where(ch[None, :] < chunk[:, None], chunk_w, 0.0), axis=1)
+    # the chunk, then the token: only weight > 0 can be picked at either level (kernels.pick_chunk)
+    chunk, u_in, _ = pick_chunk(chunk_w, ch, u, NCHUNKS)
     if not ONE_CHUNK:
         w, p, idx = _weights(p_pos, q_pos, tl.max(chunk, axis=0) * BLOCK, cols, vocab, use_q)
-    w = tl.where(fallback[:, None], p, w)
-    token, last_token = inverse_cdf_pick(w, idx[None, :], 0.0, u_in[:, None], vocab)
-    token = tl.maximum(tl.where(token < vocab, token, last_token), 0)
+    token = pick_in_chunk(tl.where(fallback[:, None], p, w), idx[None, :], u_in, vocab)
     tl.store(out_row + pos + tl.arange(0, 1), token.to(tl.int32))
     if pos < num_draft:  # the last position, which the draft walk does not cover
         tl.store(out_row + num_draft, -1)
