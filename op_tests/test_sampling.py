@@ -1313,7 +1313,30 @@ def _issue_rows(fi) -> int:
         ratios = [f"{times[2] / times[0]:.2f}", f"{times[3] / times[1]:.2f}"] if theirs is not None and all(times) \
             else ["-", "-"]
         print(f"| {name} | {batch} x {vocab} | " + " | ".join(cells + ratios) + " |", flush=True)
+    _top_p_tail_profile()
     return 0
+
+
+def _top_p_tail_profile() -> None:
+    """Where top-p's time goes at 256 x 128256 (the issue's hardest target): the row kernel's rounds and
+    passes per row (mean and the slowest row), and graph times of the same draw at top_p 0.9 against
+    top_p 1.0 (every row accepted in its first round: a draw scan and one check pass) and plain sampling
+    (the draw scan alone). The copy-bandwidth time of the mean passes is the floor of a perfectly
+    balanced launch; a slowest row far above the mean is what one program per row cannot spread."""
+    from aiter_ext.core.bench import copy_bandwidth_gbs
+
+    batch, vocab = 256, 128256
+    probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+    _, rounds, passes = row_kernel_stats(probs, top_p=0.9)
+    copy_gbs = copy_bandwidth_gbs()
+    floor_us = float(passes.mean()) * batch * vocab * 4 / copy_gbs / 1e3
+    times = {label: _timed(fn, graph=True) for label, fn in (
+        ("top_p 0.9", lambda: S.top_p_sampling_from_probs(probs, 0.9)),
+        ("top_p 1.0", lambda: S.top_p_sampling_from_probs(probs, 1.0)),
+        ("plain", lambda: S.sampling_from_probs(probs)))}
+    print(f"top-p tail, {batch} x {vocab}: rounds mean {rounds.double().mean():.3f} max {int(rounds.max())}; "
+          f"passes mean {passes.mean():.2f} max {passes.max():.2f}; floor at {copy_gbs:.0f} GB/s {floor_us:.1f} us; "
+          + ", ".join(f"{k} {v:.1f} us" for k, v in times.items() if v), flush=True)
 
 
 def _sweep_speculative() -> None:
