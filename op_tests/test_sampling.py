@@ -865,11 +865,13 @@ def test_rounds_by_chunks_edges_and_indices_outside_the_rows():
         assert kept[0, tokens[0]] and kept[1, tokens[3]], (k, p, tokens)
 
 
-def test_rounds_by_chunks_is_taken_only_when_asked():
-    """Untimed on a GPU so far: no call takes the rounds path unless its config asks, and never with
-    min-p or without a top-k/top-p filter."""
+def test_rounds_by_chunks_routes(monkeypatch):
+    """When the rounds path is taken: asked for by a config (top-k, top-p or joint, never with min-p or
+    without a filter); by default only top-p alone at 2 to ROUNDS_MAX_ROWS rows of a large vocabulary
+    (launchers._rounds_route), unless a config names another path. A public call takes it there."""
+    from aiter_ext.ops.sampling import launchers, rounds_kernels
     from aiter_ext.ops.sampling.inputs import ABSENT
-    from aiter_ext.ops.sampling.launchers import _rounds_launch
+    from aiter_ext.ops.sampling.launchers import _rounds_launch, _rounds_route
 
     probs = random_probs(1000, rows=2)
     k, p, m = _thresholds(probs, 5, 0.9, 0.1)
@@ -877,6 +879,26 @@ def test_rounds_by_chunks_is_taken_only_when_asked():
     assert _rounds_launch(1000, {"rounds": True}, k, p, ABSENT) is not None
     assert _rounds_launch(1000, {"rounds": True}, k, ABSENT, m) is None
     assert _rounds_launch(1000, {"rounds": True}, ABSENT, ABSENT, ABSENT) is None
+    assert _rounds_route(128256, 32, False)["rounds"] == rounds_kernels.ROUNDS_DRAWN
+    for vocab, rows in ((128256, 1), (128256, rounds_kernels.ROUNDS_MAX_ROWS + 1), (32000, 32)):
+        assert _rounds_route(vocab, rows, False) is None, (vocab, rows)
+
+    taken = []
+    real = launchers.rounds_draw
+    monkeypatch.setattr(launchers, "rounds_draw", lambda cfg, *a: taken.append(cfg) or real(cfg, *a))
+    monkeypatch.setattr(rounds_kernels, "ROUNDS_MIN_VOCAB", 1000)
+    _rounds_route.cache_clear()
+    try:
+        probs = random_probs(1000, rows=8, scale=2.0)
+        tokens = S.top_p_sampling_from_probs(probs, 0.9, seed=5, offset=0)
+        assert len(taken) == 1 and taken[0]["rounds"] == rounds_kernels.ROUNDS_DRAWN
+        kept = R.filtered_distribution(probs.cpu().double(), None, 0.9, None) > 0
+        assert kept[torch.arange(8), tokens.long().cpu()].all()
+        S.top_k_sampling_from_probs(probs, 5)  # top-k keeps the row kernel
+        S.top_p_sampling_from_probs(probs[:1], 0.9)  # one row: the split kernel's batch
+        assert len(taken) == 1
+    finally:
+        _rounds_route.cache_clear()
 
 
 @pytest.mark.skipif(not ON_GPU, reason="400k draws; on the CPU test_rounds_by_chunks_draw_the_row_kernels_tokens ties "
@@ -1096,6 +1118,8 @@ def bench_main(argv=None) -> int:
     parser.add_argument("--host", action="store_true", help="profile the host time of an eager call instead")
     parser.add_argument("--quick", action="store_true", help="skip renorm/mask and chain speculative sampling")
     parser.add_argument("--spec", action="store_true", help="with --quick: chain speculative sampling too")
+    parser.add_argument("--rounds-route", action="store_true",
+                        help="top-p's default route at 8-128 rows against the row kernel, other rounds and FlashInfer")
     parser.add_argument("--issue", action="store_true", help="only issue 12's table: eager and graph, beside FlashInfer")
     parser.add_argument("--sweep-rounds", action="store_true",
                         help="the rounds path (rounds_kernels.py) against the default route and FlashInfer")
@@ -1121,6 +1145,8 @@ def bench_main(argv=None) -> int:
         return _issue_rows(fi)
     if args.sweep_rounds:
         return _sweep_rounds(fi)
+    if args.rounds_route:
+        return _rounds_route_table(fi)
     copy_gbs = copy_bandwidth_gbs()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s; fp32 probs "
           f"from softmax(N(0, 1) logits); floor = one read of the probabilities at the copy bandwidth")
@@ -1273,6 +1299,36 @@ def _sweep_rounds(fi) -> int:
         cells.append(fi_us)
         print(f"| {name} | {batch} x {vocab} | " + " | ".join(f"{c:.1f}" if c else "-" for c in cells) + " |",
               flush=True)
+    return 0
+
+
+def _rounds_route_table(fi) -> int:
+    """Top-p (0.9) at the batches around the rounds path's default route (rounds_kernels.ROUNDS_MAX_ROWS):
+    the public call (its route), the row kernel, two other rounds launches, and FlashInfer; eager and graph."""
+    import itertools
+
+    from aiter_ext.core.bench import git_commit, time_us
+    from aiter_ext.ops.sampling.api import _sample
+
+    print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}; top-p 0.9, us as eager / graph")
+    print("| shape | public call | row kernel | R2/2048 | R3/2048 fused | FlashInfer | FI/public graph |")
+    print("|---|---|---|---|---|---|---|")
+    for vocab, batch in itertools.product((128256, 201088), (8, 16, 32, 64, 96, 128)):
+        probs = torch.softmax(torch.randn(batch, vocab, device="cuda"), -1)
+        args = _thresholds(probs, None, 0.9, None)
+
+        def forced(config):
+            return lambda: _sample(probs, None, *args, None, False, None, None, False, None, config)
+
+        fns = [lambda: S.top_p_sampling_from_probs(probs, 0.9), forced({"split": False}),
+               forced({"rounds": True, "rounds_drawn": 2, "BLOCK": 2048}),
+               forced({"rounds": True, "rounds_drawn": 3, "BLOCK": 2048, "fused": True})]
+        if fi is not None:
+            fns.append(lambda: fi.sampling.top_p_sampling_from_probs(probs, 0.9))
+        cells = [(time_us(fn), _timed(fn, graph=True)) for fn in fns]
+        ratio = f"{cells[-1][1] / cells[0][1]:.2f}" if fi is not None and cells[-1][1] and cells[0][1] else "-"
+        print(f"| {batch} x {vocab} | " + " | ".join(f"{e:.1f} / {g:.1f}" if g else f"{e:.1f} / -" for e, g in cells)
+              + f" | {ratio} |", flush=True)
     return 0
 
 

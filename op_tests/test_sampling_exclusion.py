@@ -366,10 +366,11 @@ def test_chain_speculative_resample_no_excluded_token_in_5m_draws(vocab, zero_ra
     assert not bool(bad.any()), f"{int(counts[bad].sum())} excluded draws, tokens {bad.nonzero().flatten()[:8].tolist()}"
 
 
-# The rounds path (rounds_kernels.py) at scale: 5M output rows in one call, forced (no call takes it by
-# default until it is timed), one round by chunks (so most top-k rows end in the resumed row kernel) or two.
+# The rounds path (rounds_kernels.py) at scale: 5M output rows in one call, forced (by default only top-p at
+# 2-64 rows takes it), one round by chunks (so most top-k rows end in the resumed row kernel) or three (the
+# default route's count).
 ROUNDS_GPU_CASES = [(vocab, zero_ratio, sampler, rounds) for vocab in (32000, 128256) for zero_ratio in (0.5, 0.9)
-                    for sampler in ("top_k 50", "top_p 0.9", "joint 50/0.9") for rounds in (1, 2)]
+                    for sampler in ("top_k 50", "top_p 0.9", "joint 50/0.9") for rounds in (1, 3)]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="5M draws per case need a GPU; test_forced_uniforms_rounds_by_chunks covers "

@@ -44,6 +44,10 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
     if split is not None:
         return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
+    if top_p_only and stats is None and not _path_forced(config):
+        rounds = _rounds_route(probs.shape[1], draw.rows, interpreted())
+        if rounds is not None:
+            return rounds_draw(rounds, probs, indices, top_k, top_p, draw)
     cfg = {**kernels.launch_config(probs.shape[1], draw.rows, device_info().arch, interpreted(), top_p_only),
            **{k: v for k, v in (config or {}).items()
               if k not in ("chunked", "split", "rounds", "rounds_drawn", "fused")}}
@@ -66,6 +70,21 @@ def _rounds_launch(vocab: int, config, top_k: Threshold, top_p: Threshold, min_p
         return None
     return rounds_kernels.rounds_config(vocab, interpreted(), config.get("BLOCK", 0), config.get("rounds_drawn", 0),
                                         config.get("num_warps", 0), config.get("fused", False))
+
+
+def _path_forced(config) -> bool:
+    """Whether ``config`` (sweeps, tests) names a path or the row kernel's tile: then no default route."""
+    return any(key in (config or {}) for key in ("chunked", "split", "rounds", "ROWS"))
+
+
+@functools.lru_cache(maxsize=256)
+def _rounds_route(vocab: int, rows: int, interpreted: bool):
+    """Top-p alone between the split kernel's batches and ROUNDS_MAX_ROWS takes the rounds path by default:
+    there one program per row leaves most of the GPU idle while its slowest row runs its rounds one after
+    another. (Top-k and joint keep the row kernel: by chunks they were no faster at 32 x 128256.)"""
+    if not 1 < rows <= rounds_kernels.ROUNDS_MAX_ROWS or vocab < rounds_kernels.ROUNDS_MIN_VOCAB:
+        return None
+    return rounds_kernels.rounds_config(vocab, interpreted, rounds=rounds_kernels.ROUNDS_DRAWN)
 
 
 def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, draw: Draw) -> dict:
