@@ -899,6 +899,18 @@ def test_rounds_by_chunks_routes(monkeypatch):
         assert len(taken) == 1
     finally:
         _rounds_route.cache_clear()
+    if ON_GPU:  # a GPU takes it only in CUDA graphs: eagerly, its launches' host time would lose
+        probs = random_probs(128256, rows=32)
+        S.top_p_sampling_from_probs(probs, 0.9)
+        assert len(taken) == 1
+        graph = torch.cuda.CUDAGraph()
+        S.top_p_sampling_from_probs(probs, 0.9)  # warm, outside the capture
+        with torch.cuda.graph(graph):
+            tokens = S.top_p_sampling_from_probs(probs, 0.9)
+        graph.replay()
+        assert len(taken) == 2
+        kept = R.filtered_distribution(probs.cpu().double(), None, 0.9, None) > 0
+        assert kept[torch.arange(32), tokens.long().cpu()].all()
 
 
 @pytest.mark.skipif(not ON_GPU, reason="400k draws; on the CPU test_rounds_by_chunks_draw_the_row_kernels_tokens ties "

@@ -44,7 +44,7 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
     if split is not None:
         return split_draw(split, probs, indices, top_k, top_p, min_p, draw)
     top_p_only = top_p.mode != Mode.NONE and top_k.mode == Mode.NONE and min_p.mode == Mode.NONE
-    if top_p_only and stats is None and not _path_forced(config):
+    if top_p_only and stats is None and not _path_forced(config) and _graph_timed(probs):
         rounds = _rounds_route(probs.shape[1], draw.rows, interpreted())
         if rounds is not None:
             return rounds_draw(rounds, probs, indices, top_k, top_p, draw)
@@ -77,11 +77,21 @@ def _path_forced(config) -> bool:
     return any(key in (config or {}) for key in ("chunked", "split", "rounds", "ROWS"))
 
 
+def _graph_timed(probs) -> bool:
+    """Whether a launch's GPU time is what counts: while a CUDA graph is captured. Eagerly the host's
+    time per launch counts too, and the rounds path's 9 launches took 260-340 us of it at 8-64 rows on an
+    H100 (--rounds-route at c55ee23) against 74-104 us for the row kernel's one: an eager call keeps the
+    row kernel. (Under the interpreter, so that the CPU tests take the route too.)"""
+    return interpreted() or (probs.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 @functools.lru_cache(maxsize=256)
 def _rounds_route(vocab: int, rows: int, interpreted: bool):
-    """Top-p alone between the split kernel's batches and ROUNDS_MAX_ROWS takes the rounds path by default:
-    there one program per row leaves most of the GPU idle while its slowest row runs its rounds one after
-    another. (Top-k and joint keep the row kernel: by chunks they were no faster at 32 x 128256.)"""
+    """Top-p alone between the split kernel's batches and ROUNDS_MAX_ROWS takes the rounds path by default
+    in CUDA graphs (_graph_timed): there one program per row leaves most of the GPU idle while its slowest
+    row runs its rounds one after another. (Top-k and joint keep the row kernel: by chunks they were no
+    faster at 32 x 128256.) The two paths draw the same tokens for a seed up to rounding at a boundary
+    (test_rounds_by_chunks_draw_the_row_kernels_tokens: at most 1% of draws on a GPU)."""
     if not 1 < rows <= rounds_kernels.ROUNDS_MAX_ROWS or vocab < rounds_kernels.ROUNDS_MIN_VOCAB:
         return None
     return rounds_kernels.rounds_config(vocab, interpreted, rounds=rounds_kernels.ROUNDS_DRAWN)

@@ -196,14 +196,17 @@ def _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed
     tl.store(fst + HIGH, high, mask=r_ok)
 
 
-# The default route (launchers._rounds_route): top-p alone, from the batches the split kernel leaves (it
+# The default route in CUDA graphs (launchers._rounds_route): top-p alone, from the batches the split kernel leaves (it
 # takes 1-4 rows at vocabulary 128256) to ROUNDS_MAX_ROWS, vocabularies from ROUNDS_MIN_VOCAB, with
 # ROUNDS_DRAWN rounds by chunks of GPU_BLOCK entries. H100, op_tests/test_sampling.py --sweep-rounds at
 # 3717fd6 (graph replays, us; the row kernel, then 2 and 3 rounds of 2048-wide chunks, FlashInfer):
 #   top-p 0.9, 32 x 128256: 74.2, 47.5, 49.7, FI 57.1;  32 x 201088: 108.8, 54.3, 39.7, FI 85.5
 #   at 256 rows the row kernel won (143.7 against 172.0 at best; FI 121.3), and 4096-wide chunks lost at 32.
+# --rounds-route at c55ee23 (graph; the route, the row kernel, FI): 8 x 128256 42.3, 56.7, 43.5; 64 x 128256
+#   63.0, 81.0, 63.1; 64 x 201088 70.7, 141.5, 102.2; at 96 rows two rounds by chunks lost (102.6 against 94.2).
 # Top-k (4-5 rounds) and joint keep the row kernel by default: at 32 x 128256 five rounds by chunks took
-# 228.3 us against its 232.3. The same rule on AMD, where no GPU has timed either path.
+# 228.3 us against its 232.3. The same rule on AMD, where no GPU has timed either path. Eager calls keep the
+# row kernel: the 9 launches cost 260-340 us of host time (launchers._graph_timed).
 GPU_BLOCK = 2048
 ROUNDS_DRAWN = 3
 ROUNDS_MAX_ROWS = 64
