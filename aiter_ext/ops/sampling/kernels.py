@@ -456,13 +456,22 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
     return {"ROWS": rows, "BLOCK": block, "num_warps": warps, "PREFETCH": False, "LANE_SUMS": False}
 
 
+def resume_tile(block: int) -> dict:
+    """The row kernel's tile where it resumes the rows the rounds path left (``RESUME``): the rounds' chunk
+    width, at most 4096 (the AMD row kernel's widest that compiles clean)."""
+    block = min(block, 4096)
+    return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False, "LANE_SUMS": False}
+
+
 def aot_specs():
+    from .rounds_kernels import GPU_BLOCK  # late: rounds_kernels imports this module
+
     pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
                 "istate", "fstate")
     filters = {"plain": (NONE, NONE, NONE), "top_k": (PER_ROW, NONE, NONE), "top_p": (NONE, PER_ROW, NONE),
                "min_p": (NONE, NONE, PER_ROW), "joint": (PER_ROW, PER_ROW, NONE)}
     for vocab, resume in ((16, False), (1024, False), (128256, False), (128256, True)):
-        cfg = launch_config(vocab, 256, "gfx942")
+        cfg = resume_tile(GPU_BLOCK) if resume else launch_config(vocab, 256, "gfx942")
         for name, (top_k, top_p, min_p) in filters.items():
             if resume and (min_p != NONE or (top_k == NONE and top_p == NONE)):
                 continue  # RESUME: the rounds path's filters (rounds_kernels.py)

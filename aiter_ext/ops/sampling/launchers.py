@@ -124,12 +124,12 @@ def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, d
                 *src, *filters, istate, fstate, stats, arrivals, rows, *shape, FIRST=drawn == 0,
                 DRAW=drawn < cfg["rounds"], CHECK=check, JUDGE=judge, **flags)
     # the rows still undecided go on in the row kernel, one program each, from their state
-    block = min(cfg["BLOCK"], 4096) if not interpreted() else cfg["BLOCK"]
+    tile = kernels.resume_tile(cfg["BLOCK"]) if not interpreted() else {"BLOCK": cfg["BLOCK"], "num_warps": 4}
     kernels.filtered_sampling_kernel[(rows,)](
         probs, draw.out, draw.valid, src[1], *filters[:2], top_k.pointer(probs), draw.seed, draw.offset, top_k.value,
         top_p.value, 0.0, rows, *shape[:3], draw.out, istate, fstate, HAS_INDICES=indices is not None,
-        TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=0, SEED_PER_ROW=draw.seed_per_row, ROWS=1, BLOCK=block,
-        RESUME=True, num_warps=8 if block >= 4096 else 4)
+        TOP_K=int(top_k.mode), TOP_P=int(top_p.mode), MIN_P=0, SEED_PER_ROW=draw.seed_per_row, ROWS=1, BLOCK=tile["BLOCK"],
+        RESUME=True, num_warps=tile["num_warps"])
     return cfg
 
 
