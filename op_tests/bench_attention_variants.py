@@ -1,6 +1,6 @@
 """What the attention kernel's flags cost, and multi-token decode beside FlashInfer (issue 14; GPU only).
 
-    python op_tests/bench_attention_variants.py [--no-flashinfer]
+    python op_tests/bench_attention_variants.py [--no-flashinfer] [--flags-only] [--prefill-only]
 
 1. Each flag (sinks, custom mask, ALiBi, in-kernel RoPE) against the plain kernel on the same plan
    shape: decode 64 x 4096 and causal prefill 8 x 2048 (32 query / 8 KV heads, d128, page 16, bf16).
@@ -158,14 +158,17 @@ def multi_token_rows(fi, cases=MULTI_TOKEN):
 
 
 def main(argv=None) -> int:
-    ok, fi = benchmark_setup("--no-flashinfer" in (argv or sys.argv[1:]))
+    args = argv or sys.argv[1:]
+    ok, fi = benchmark_setup("--no-flashinfer" in args)
     if not ok:
         return 2
     warm_up_gpu()
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}; 32/8 heads, d128, page 16, bf16; "
           "medians of CUDA-graph replays and of eager calls")
-    print(markdown_table(flag_rows(fi)))
-    print(markdown_table(multi_token_rows(fi)))
+    shapes = [s for s in FLAG_SHAPES if s[0].startswith("prefill")] if "--prefill-only" in args else FLAG_SHAPES
+    print(markdown_table(flag_rows(fi, shapes)), flush=True)
+    if "--flags-only" not in args:
+        print(markdown_table(multi_token_rows(fi)))
     return 0
 
 

@@ -87,6 +87,66 @@ def test_paged_prefill_with_custom_masks(backend, packed, window, split_kv):
     assert (out.float() - causal_ref.float()).abs().max() > 10 * TOL, "the mask changed nothing"
 
 
+def _structured_masks():
+    """(qo_lens, kv_lens, masks) whose key blocks of the kernel's tiles (32 or 64 keys) are, for every
+    row of a request, all visible, all hidden or mixed (masks.CLASS_*), so that a plan skips blocks and
+    reads no bit in others: request 0 sees keys [0, 64) whole, none of [64, 128), random ones after;
+    request 1 is causal (bottom-right), and its first row sees nothing; request 2 sees every key."""
+    qo_lens, kv_lens = [6, 5, 3], [200, 70, 40]
+    first = torch.zeros(6, 200, dtype=torch.bool)
+    first[:, :64] = True
+    first[:, 128:] = torch.rand(6, 72) > 0.5
+    causal = torch.ones(5, 70, dtype=torch.bool).tril(70 - 5)
+    causal[0] = False
+    return qo_lens, kv_lens, [first, causal, torch.ones(3, 40, dtype=torch.bool)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("window", [-1, 50])
+def test_custom_masks_with_whole_blocks_visible_or_hidden(backend, window, split_kv):
+    """Blocks no row sees are skipped and blocks every row sees whole read no mask bit (the plan's
+    visibility classes): the output is still the reference's, with and without a window."""
+    qo_lens, kv_lens, masks = _structured_masks()
+    cache, kv_indptr, kv_indices, last = random_paged_kv(kv_lens, HKV, D, PAGE, DTYPE)
+    qo_indptr = indptr_of(qo_lens)
+    q = torch.randn(int(qo_indptr[-1]), HQ, D, device=DEVICE).to(DTYPE)
+    w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(32 << 20, dtype=torch.uint8, device=DEVICE),
+                                                      backend=backend)
+    w.plan(qo_indptr, kv_indptr, kv_indices, last, HQ, HKV, D, PAGE, window_left=window, q_data_type=DTYPE,
+           custom_mask=torch.cat([m.reshape(-1) for m in masks]).to(DEVICE))
+    out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
+    lse = torch.full(q.shape[:2], float("nan"), device=DEVICE)
+    w.run(q, cache, out=out, lse=lse)
+    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), kv_indices.to(DEVICE), last.to(DEVICE))
+    ref, ref_lse = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, False, None, window, None, None, masks)
+    _close(out, ref, "paged prefill, structured mask")
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite), "rows that see nothing must have LSE -inf"
+    _close(lse[finite], ref_lse[finite], "its LSE")
+
+
+def test_mask_classes_match_the_reference():
+    """The plan's visibility classes (kernels.mask_with_classes) against masks.reference_classes, for
+    key counts that end inside a group, and the mask's bytes kept in front of them."""
+    pytest.importorskip("triton")
+    from aiter_ext.ops.attention.kernels import mask_with_classes
+    from aiter_ext.ops.attention.masks import class_offsets, reference_classes
+
+    qo_lens, kv_lens, masks = _structured_masks()
+    qo_lens, kv_lens = qo_lens + [2, 0, 3], kv_lens + [17, 5, 1100]
+    masks = masks + [torch.rand(2, 17) > 0.5, torch.zeros(0, 5, dtype=torch.bool), torch.rand(3, 1100) > 0.01]
+    masks[-1][:, 16:48] = True
+    qk_indptr = torch.tensor([0] + [q * k for q, k in zip(qo_lens, kv_lens)]).cumsum(0)
+    packed, mask_indptr = aiter_ext.segment_packbits(torch.cat([m.reshape(-1) for m in masks]), qk_indptr, "little")
+    offsets = class_offsets(qo_lens, kv_lens, base=packed.numel())
+    buffer = mask_with_classes(packed.to(DEVICE), mask_indptr.tolist(), offsets, qo_lens, kv_lens).cpu()
+    assert torch.equal(buffer[:packed.numel()], packed)
+    for b, m in enumerate(masks):
+        got = buffer[offsets[b]:offsets[b + 1]].view(m.shape[0], -(-m.shape[1] // 16))
+        assert torch.equal(got, reference_classes(m)), f"request {b}"
+    assert set(torch.cat([reference_classes(m).flatten() for m in masks]).tolist()) == {0, 1, 2}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ragged_and_single_prefill_with_custom_masks(backend):
     qo_lens, kv_lens = [3, 6], [8, 6]

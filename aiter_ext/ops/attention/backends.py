@@ -37,6 +37,21 @@ def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> Non
     lse.copy_(s)
 
 
+def _prepare_triton(*, qo_lens, kv_lens, custom_mask=None, **_) -> dict:
+    """Plan time: a custom mask's bytes followed by its rows' visibility classes (kernels.mask_with_classes)."""
+    if custom_mask is None:
+        return {}
+    from .kernels import mask_with_classes
+
+    packed, mask_offsets, class_offsets = custom_mask
+    return {"mask": mask_with_classes(packed, mask_offsets, class_offsets, qo_lens, kv_lens)}
+
+
+def _kernel_mask(plan):
+    """What the kernel reads with CUSTOM_MASK (_prepare_triton), or None."""
+    return plan.extra["mask"] if plan.custom_mask is not None else None
+
+
 def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
     from aiter_ext.ops.merge_state.api import _merge_many_out
     from .kernels import launch_attention
@@ -44,7 +59,7 @@ def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> No
     launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
                      out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
                      kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap, sinks=sinks, custom_mask=plan.custom_mask, alibi=plan.alibi,
+                     logits_soft_cap=plan.logits_soft_cap, sinks=sinks, custom_mask=_kernel_mask(plan), alibi=plan.alibi,
                      rope=plan.rope,
                      merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
 
@@ -56,7 +71,7 @@ def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sin
     launch_attention(work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1, None, None,
                      partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
                      sm_scale=plan.sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, custom_mask=plan.custom_mask,
+                     logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, custom_mask=_kernel_mask(plan),
                      alibi=plan.alibi, rope=plan.rope)
 
 
@@ -74,7 +89,7 @@ def _triton_supports(call) -> tuple[bool, str]:
 ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
                       lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
 ATTENTION.register("torch", _run_torch)
-ATTENTION.register("triton", _run_triton, supports=_triton_supports)
+ATTENTION.register("triton", _run_triton, supports=_triton_supports, prepare=_prepare_triton)
 def _run_aiter(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
     if sinks is not None or plan.custom_mask is not None or plan.alibi is not None or plan.rope is not None:
         raise ValueError("sinks=, custom masks, ALiBi and in-kernel RoPE are not served by the aiter backend "

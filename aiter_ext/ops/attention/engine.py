@@ -182,19 +182,25 @@ class AttentionPlan:
             # give two or more, no spills (kernels.aot_specs lists these). Not timed on an AMD GPU.
             config = {**(config or {}), "num_warps": MASK_WARPS_AMD}
         work = make_plan(qo_lens, kv_lens, group, num_kv_heads, head_dim, device, config=config)
-        extra = {}
-        if choice.impl.prepare is not None:
-            extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
-                                        kv_indices=kv_indices, page_size=page_size, device=device)
-        partial_o = partial_lse = None
-        if work.split:
-            partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
         as_i32 = lambda t: t.to(device=device, dtype=torch.int32)  # noqa: E731
         tables = [qo_indptr, kv_indptr] + ([kv_last_page_len] if paged else [])
         mask = _packed_mask(custom_mask, packed_custom_mask, qo_lens, kv_lens, device)
+        mask_layout = None
         if mask is not None:
-            tables.append(mask[1])
+            from .masks import class_offsets
+
+            # the mask's byte offsets, then its visibility classes' (masks.CLASS_KEYS), after its bytes
+            mask_layout = (mask[1].tolist(), class_offsets(qo_lens, kv_lens, base=mask[0].numel()))
+            tables += [mask[1], torch.tensor(mask_layout[1], dtype=torch.int32)]
             causal = False  # FlashInfer: causal applies only without a custom mask
+        extra = {}
+        if choice.impl.prepare is not None:
+            extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
+                                        kv_indices=kv_indices, page_size=page_size, device=device,
+                                        custom_mask=(mask[0], *mask_layout) if mask is not None else None)
+        partial_o = partial_lse = None
+        if work.split:
+            partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
         return cls(paged, page_size, num_qo_heads, num_kv_heads, head_dim, q_dtype, kv_dtype, causal,
                    1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale), window_left,
                    logits_soft_cap or None, as_i32(qo_indptr), as_i32(kv_indptr),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import triton
 import triton.language as tl
 
@@ -24,6 +25,7 @@ from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 LOG2E = 1.4426950408889634
 LOG2E_JIT = tl.constexpr(LOG2E)  # the same constant where a kernel reads it (compiled Triton needs a constexpr)
+CLASS_KEYS = tl.constexpr(16)  # masks.CLASS_KEYS (masks.py imports no Triton)
 
 
 @triton.jit
@@ -59,6 +61,19 @@ def _block_turns(key0, freq, cos_blk, sin_blk):
 
 
 @triton.jit
+def _block_classes(class_rows, row_ok, start, num_groups, BLOCK_N: tl.constexpr):
+    """From the tile rows' classes of the key groups of the block at ``start`` (a multiple of
+    CLASS_KEYS): whether any row sees any key of it, and whether the mask's bits are needed (some
+    row sees only some keys). Padding rows count for neither; groups past the request's keys are
+    CLASS_NONE (they hold no key), which makes the block's last group need bits."""
+    g = start // CLASS_KEYS + tl.arange(0, BLOCK_N // CLASS_KEYS)
+    cls = tl.load(class_rows[:, None] + g[None, :], mask=row_ok[:, None] & (g < num_groups)[None, :], other=0)
+    seen_any = tl.max(tl.where(row_ok[:, None], cls, 0).to(tl.int32)) > 0
+    seen_all = tl.min(tl.where(row_ok[:, None], cls == 1, True).to(tl.int32)) > 0  # masks.CLASS_ALL
+    return seen_any, ~seen_all
+
+
+@triton.jit
 def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head,
                  PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr):
     """Element offsets of the K/V rows of ``keys`` (positions in the request's KV) for KV head ``h_kv``."""
@@ -72,13 +87,15 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 @triton.jit
 def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last, alibi_log2,
-                  q_lo, q_hi, rope_freq, key0, rope_cos_blk, rope_sin_blk,
+                  q_lo, q_hi, rope_freq, key0, rope_cos_blk, rope_sin_blk, need_bits,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
                   CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr, ROPE: tl.constexpr):
     """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
     ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
     and inside every row's window: they skip all per-element masks (each mask costs compares, and on
-    AMD 64-bit lane masks held in SGPRs)."""
+    AMD 64-bit lane masks held in SGPRs). ``need_bits`` (CUSTOM_MASK): whether some row sees only some
+    of the block's keys, so that the mask's bits must be read (else every key is visible to every row,
+    up to the other masks)."""
     if ROPE:
         # The keys rotated at their positions, as two half-width tiles, and the score as two
         # half-width dots with the rotated query halves: no re-shuffle of columns, and the angles of
@@ -108,11 +125,13 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
             room = tl.minimum(room, keys[None, :] - diag[:, None] + window_left)
         visible = room >= 0
         if CUSTOM_MASK:
-            # bit (query, key) of the request's row-major mask, little bit order; clamped into the
-            # request's bits (padding rows and keys past the chunk are masked above anyway)
-            bit = tl.minimum(qpos[:, None].to(tl.int64) * kv_len + keys[None, :], mask_last)
-            byte = tl.load(mask_bytes + bit // 8)
-            visible = visible & (((byte >> (bit % 8).to(tl.uint8)) & 1) != 0)
+            visible = visible & (qpos >= 0)[:, None]  # [BLOCK_M, BLOCK_N] before the branch (compiled Triton)
+            if need_bits:
+                # bit (query, key) of the request's row-major mask, little bit order; clamped into the
+                # request's bits (padding rows and keys past the chunk are masked above anyway)
+                bit = tl.minimum(qpos[:, None].to(tl.int64) * kv_len + keys[None, :], mask_last)
+                byte = tl.load(mask_bytes + bit // 8)
+                visible = visible & (((byte >> (bit % 8).to(tl.uint8)) & 1) != 0)
         s = tl.where(visible, s, float("-inf"))
 
     m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -143,9 +162,11 @@ def attention_kernel(
     value 0. Only the work item of a request's first KV chunk (split index 0) adds it, so split
     chunks and cascade levels merge to one sink term per row.
 
-    ``CUSTOM_MASK``: FlashInfer's custom mask, packed (masks.py); each request's byte offset follows
-    the request tables in ``meta``. Every block is then masked (no unmasked fast path), and causal is
-    off (the plan drops it, as FlashInfer does).
+    ``CUSTOM_MASK``: FlashInfer's custom mask, packed (masks.py), then each query row's visibility
+    classes per group of masks.CLASS_KEYS keys (mask_with_classes); each request's byte offsets of both
+    follow the request tables in ``meta``. A block no row of the tile sees is skipped, one every row sees
+    whole reads no mask bit, the rest gather a bit per score. Every block takes the masked path (a
+    compare per score), and causal is off (the plan drops it, as FlashInfer does).
 
     ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score.
 
@@ -211,6 +232,8 @@ def attention_kernel(
         kv_hi = tl.minimum(kv_hi, last_q + (kv_len - qo_len) + 1)
     if HAS_WINDOW:
         kv_lo = tl.maximum(kv_lo, row0 // GROUP + (kv_len - qo_len) - window_left)
+        if CUSTOM_MASK:  # blocks start on a class group (chunks do); keys before the window stay masked
+            kv_lo = kv_lo // CLASS_KEYS * CLASS_KEYS
     # Whole blocks that every row of the tile sees entirely need no masks: those that end inside the
     # chunk and, causally, at or before the first row's diagonal. Padding rows (past qo_len) score 0
     # against them and are never stored. With a window the lower edge differs per row: all masked.
@@ -225,13 +248,18 @@ def attention_kernel(
     alibi_log2 = tl.zeros([BLOCK_M], tl.float32)
     if ALIBI:
         alibi_log2 = tl.load(alibi_slopes + head, mask=row_ok, other=0.0) * LOG2E_JIT
-    if CUSTOM_MASK:  # the request's byte offset sits after qo_indptr | kv_indptr (| kv_last_page_len)
+    class_rows = custom_mask  # with CUSTOM_MASK: the tile's rows of the request's classes
+    num_groups = kv_len * 0
+    if CUSTOM_MASK:  # the request's offsets sit after qo_indptr | kv_indptr (| kv_last_page_len)
         if PAGED:
-            mask_begin = tl.load(meta + 3 * batch + 2 + req)
+            mask_table = meta + 3 * batch + 2
         else:
-            mask_begin = tl.load(meta + 2 * batch + 2 + req)
-        mask_bytes = custom_mask + mask_begin.to(tl.int64)
+            mask_table = meta + 2 * batch + 2
+        mask_bytes = custom_mask + tl.load(mask_table + req).to(tl.int64)
         mask_last = tl.maximum(qo_len * kv_len - 1, 0).to(tl.int64)
+        num_groups = tl.cdiv(kv_len, CLASS_KEYS)
+        class_rows = custom_mask + tl.load(mask_table + batch + 1 + req).to(tl.int64) + \
+            tl.where(row_ok, qpos, 0).to(tl.int64) * num_groups
 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
@@ -253,19 +281,24 @@ def attention_kernel(
                                   stride_kv_head, PAGE_SIZE, PAGED)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
                                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk, False, CAUSAL,
-                                  HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
+                                  alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk, False, False,
+                                  CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
         # Keys past the chunk's end read the chunk's last key instead of being masked: every load is
         # in bounds and unpredicated, and the score mask gives those keys zero weight.
-        kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + blk, kv_hi - 1), h_kv, stride_kv_page,
-                              stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
-        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
-                                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk, True, CAUSAL,
-                                  HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
+        seen_any = True
+        need_bits = True
+        if CUSTOM_MASK:
+            seen_any, need_bits = _block_classes(class_rows, row_ok, start, num_groups, BLOCK_N)
+        if seen_any:
+            kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + blk, kv_hi - 1), h_kv, stride_kv_page,
+                                  stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
+            acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
+                                      sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
+                                      mask_last, alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk,
+                                      need_bits, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -288,6 +321,56 @@ def attention_kernel(
     out_idx = out_row * num_qo_heads + head
     tl.store(o + out_idx[:, None] * HEAD_DIM + cols[None, :], out.to(o.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse + out_idx, row_lse, mask=row_ok)
+
+
+@triton.jit
+def mask_classes_kernel(mask_bytes, rows, classes, CLASS_KEYS: tl.constexpr, GROUPS: tl.constexpr):
+    """Each query row's visibility classes (masks.CLASS_*), one program per query row of the batch.
+    ``rows`` (int64 ``[total_q, 3]``): the row's first bit in ``mask_bytes`` (little bit order), its
+    request's kv_len, and its first class byte in ``classes``."""
+    t = tl.program_id(0).to(tl.int64)
+    bit0 = tl.load(rows + 3 * t)
+    kv_len = tl.load(rows + 3 * t + 1)
+    out0 = tl.load(rows + 3 * t + 2)
+    num_groups = tl.cdiv(kv_len, CLASS_KEYS)
+    lanes = tl.arange(0, CLASS_KEYS)
+    for g0 in range(0, num_groups, GROUPS):
+        g = g0 + tl.arange(0, GROUPS)
+        key = g[:, None] * CLASS_KEYS + lanes[None, :]
+        real = key < kv_len
+        bit = bit0 + key
+        byte = tl.load(mask_bytes + bit // 8, mask=real, other=0)
+        seen = real & (((byte >> (bit % 8).to(tl.uint8)) & 1) != 0)
+        count = tl.sum(seen.to(tl.int32), axis=1)
+        cls = tl.where(count == 0, 0, tl.where(count == CLASS_KEYS, 1, 2))  # masks.CLASS_NONE / ALL / SOME
+        tl.store(classes + out0 + g, cls.to(tl.uint8), mask=g < num_groups)
+
+
+def mask_with_classes(packed: torch.Tensor, mask_offsets: list, class_offsets: list, qo_lens: list,
+                      kv_lens: list) -> torch.Tensor:
+    """``packed`` (the plan's mask bytes) followed by every query row's classes at ``class_offsets``
+    (masks.class_offsets, from ``packed.numel()``): the one buffer the kernel reads with CUSTOM_MASK.
+    Plan time: one launch whatever the batch."""
+    from .masks import CLASS_KEYS as KEYS
+
+    assert KEYS == CLASS_KEYS.value, "masks.CLASS_KEYS and kernels.CLASS_KEYS must agree"
+    buffer = torch.empty(class_offsets[-1], dtype=torch.uint8, device=packed.device)
+    buffer[:packed.numel()] = packed
+    qo = torch.tensor(qo_lens, dtype=torch.int64)
+    kv = torch.tensor(kv_lens, dtype=torch.int64)
+    req = torch.repeat_interleave(torch.arange(len(qo_lens)), qo)
+    if req.numel() == 0:
+        return buffer
+    first = torch.cumsum(qo, 0) - qo
+    row = torch.arange(req.numel()) - first[req]  # the query row within its request
+    bit0 = 8 * torch.tensor(mask_offsets[:-1], dtype=torch.int64)[req] + row * kv[req]
+    out0 = torch.tensor(class_offsets[:-1], dtype=torch.int64)[req] + row * ((kv[req] + KEYS - 1) // KEYS)
+    rows = torch.stack([bit0, kv[req], out0], 1).to(packed.device)
+    mask_classes_kernel[(req.numel(),)](packed, rows, buffer, CLASS_KEYS=KEYS, GROUPS=CLASS_GROUPS)
+    return buffer
+
+
+CLASS_GROUPS = 64  # key groups a step of mask_classes_kernel (1024 keys)
 
 
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
@@ -390,6 +473,10 @@ def aot_specs():
             spec = kernel_spec("bf16", 128, rows, group, paged, split, label="-custom-mask", CUSTOM_MASK=True,
                                CAUSAL=False)
             yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
+    # the custom mask's visibility classes, at plan time
+    yield KernelSpec("mask_classes", mask_classes_kernel, {"mask_bytes": "*u8", "rows": "*i64", "classes": "*u8"},
+                     {"CLASS_KEYS": CLASS_KEYS.value, "GROUPS": CLASS_GROUPS}, {"num_warps": 4},
+                     divisible_by_16=("mask_bytes", "rows", "classes"))
 
 
 # History, for the next engineer: the first version of this kernel spilled SGPRs into VGPR lanes on

@@ -17,6 +17,33 @@ from aiter_ext.core.checks import check_tensor
 
 BITORDERS = ("big", "little")
 
+#: Keys per visibility class: a plan summarises each query row's mask over groups of this many keys,
+#: so that the kernel skips blocks no row sees and gathers mask bits only in blocks some row sees in
+#: part (kernels.attention_kernel). It divides every key block (BLOCK_N >= 16) and chunk start.
+CLASS_KEYS = 16
+#: The classes of a (query row, key group): no key visible, every key visible, some.
+CLASS_NONE, CLASS_ALL, CLASS_SOME = 0, 1, 2
+
+
+def class_offsets(qo_lens: list, kv_lens: list, base: int) -> list:
+    """Where each request's classes start (``[batch + 1]``, the first at ``base``): request ``b`` has
+    ``qo_len * ceil(kv_len / CLASS_KEYS)`` bytes, row-major by query row."""
+    offsets = [base]
+    for q, k in zip(qo_lens, kv_lens):
+        offsets.append(offsets[-1] + q * -(-k // CLASS_KEYS))
+    return offsets
+
+
+def reference_classes(mask: torch.Tensor) -> torch.Tensor:
+    """The classes of one request's ``[qo_len, kv_len]`` boolean mask (the tests' reference): uint8
+    ``[qo_len, ceil(kv_len / CLASS_KEYS)]``; a last group of fewer keys is never CLASS_ALL."""
+    q, k = mask.shape
+    groups = -(-k // CLASS_KEYS)
+    padded = torch.zeros(q, groups * CLASS_KEYS, dtype=torch.int32, device=mask.device)
+    padded[:, :k] = mask.to(torch.int32)
+    seen = padded.view(q, groups, CLASS_KEYS).sum(-1)
+    return torch.where(seen == 0, CLASS_NONE, torch.where(seen == CLASS_KEYS, CLASS_ALL, CLASS_SOME)).to(torch.uint8)
+
 
 def _bit_weights(bitorder: str, device) -> torch.Tensor:
     if bitorder not in BITORDERS:
