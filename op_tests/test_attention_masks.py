@@ -58,6 +58,17 @@ def _masks(qo_lens, kv_lens):
     return masks
 
 
+def _check_paged(out, lse, q, qo_indptr, cache, kv_indptr, kv_indices, last, window, masks, what):
+    """A paged prefill's output and LSE against the fp32 reference with ``masks``; the gathered K/V."""
+    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), kv_indices.to(DEVICE), last.to(DEVICE))
+    ref, ref_lse = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, False, None, window, None, None, masks)
+    _close(out, ref, what)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite), "rows that see nothing must have LSE -inf"
+    _close(lse[finite], ref_lse[finite], f"{what}: LSE")
+    return kv
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["custom_mask", "packed_custom_mask"])
 @pytest.mark.parametrize("window", [-1, 9])
@@ -77,12 +88,8 @@ def test_paged_prefill_with_custom_masks(backend, packed, window, split_kv):
     w.plan(qo_indptr, kv_indptr, kv_indices, last, HQ, HKV, D, PAGE, causal=True, window_left=window,
            q_data_type=DTYPE, **kwargs)  # causal is ignored with a mask (FlashInfer's rule)
     out, lse = w.run(q, cache, return_lse=True)
-    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), kv_indices.to(DEVICE), last.to(DEVICE))
-    ref, ref_lse = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, False, None, window, None, None, masks)
-    _close(out, ref, "paged prefill with a custom mask")
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), finite), "rows that see nothing must have LSE -inf"
-    _close(lse[finite], ref_lse[finite], "its LSE")
+    kv = _check_paged(out, lse, q, qo_indptr, cache, kv_indptr, kv_indices, last, window, masks,
+                      "paged prefill with a custom mask")
     causal_ref, _ = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, True, None, window)
     assert (out.float() - causal_ref.float()).abs().max() > 10 * TOL, "the mask changed nothing"
 
@@ -117,12 +124,8 @@ def test_custom_masks_with_whole_blocks_visible_or_hidden(backend, window, split
     out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
     lse = torch.full(q.shape[:2], float("nan"), device=DEVICE)
     w.run(q, cache, out=out, lse=lse)
-    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), kv_indices.to(DEVICE), last.to(DEVICE))
-    ref, ref_lse = batch_attention_ref(q, qo_indptr.to(DEVICE), kv, False, None, window, None, None, masks)
-    _close(out, ref, "paged prefill, structured mask")
-    finite = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), finite), "rows that see nothing must have LSE -inf"
-    _close(lse[finite], ref_lse[finite], "its LSE")
+    _check_paged(out, lse, q, qo_indptr, cache, kv_indptr, kv_indices, last, window, masks,
+                 "paged prefill, structured mask")
 
 
 def test_mask_classes_match_the_reference():
