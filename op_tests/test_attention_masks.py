@@ -98,14 +98,16 @@ def _structured_masks():
     """(qo_lens, kv_lens, masks) whose key blocks of the kernel's tiles (32 or 64 keys) are, for every
     row of a request, all visible, all hidden or mixed (masks.CLASS_*), so that a plan skips blocks and
     reads no bit in others: request 0 sees keys [0, 64) whole, none of [64, 128), random ones after;
-    request 1 is causal (bottom-right), and its first row sees nothing; request 2 sees every key."""
-    qo_lens, kv_lens = [6, 5, 3], [200, 70, 40]
+    request 1 is causal (bottom-right), and its first row sees nothing; request 2 sees every key;
+    request 3 is causal over 300 keys (its leading blocks unmasked, as in the plain causal kernel)."""
+    qo_lens, kv_lens = [6, 5, 3, 4], [200, 70, 40, 300]
     first = torch.zeros(6, 200, dtype=torch.bool)
     first[:, :64] = True
     first[:, 128:] = torch.rand(6, 72) > 0.5
     causal = torch.ones(5, 70, dtype=torch.bool).tril(70 - 5)
     causal[0] = False
-    return qo_lens, kv_lens, [first, causal, torch.ones(3, 40, dtype=torch.bool)]
+    return qo_lens, kv_lens, [first, causal, torch.ones(3, 40, dtype=torch.bool),
+                              torch.ones(4, 300, dtype=torch.bool).tril(300 - 4)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

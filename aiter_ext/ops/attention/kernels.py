@@ -61,6 +61,43 @@ def _block_turns(key0, freq, cos_blk, sin_blk):
 
 
 @triton.jit
+def _mask_range(class_rows, row_ok, kv_lo, kv_hi, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """The part of the chunk ``[kv_lo, kv_hi)`` (``kv_lo`` a multiple of CLASS_KEYS) that the tile's custom
+    mask leaves: from the block of the first key group any row sees to the end of the last such group,
+    and the end of the leading whole blocks every row sees entirely, which take the unmasked path (none
+    with a window). For a causal-like mask that is the plain causal kernel's loop: the blocks below the
+    diagonal unmasked, the diagonal's masked, the rest never visited. Two short scans of the tile's
+    classes (a byte per row and 16 keys)."""
+    SCAN: tl.constexpr = 64  # key groups a step
+    g_lo = kv_lo // CLASS_KEYS
+    g_hi = tl.cdiv(kv_hi, CLASS_KEYS)
+    first_seen = g_hi
+    last_seen = g_lo - 1
+    for g0 in range(g_lo, g_hi, SCAN):
+        g = g0 + tl.arange(0, SCAN)
+        cls = tl.load(class_rows[:, None] + g[None, :], mask=row_ok[:, None] & (g < g_hi)[None, :], other=0)
+        seen = tl.max(cls.to(tl.int32), axis=0) > 0  # padding rows load 0 (CLASS_NONE)
+        first_seen = tl.minimum(first_seen, tl.min(tl.where(seen, g, g_hi)))
+        last_seen = tl.maximum(last_seen, tl.max(tl.where(seen, g, g_lo - 1)))
+    new_lo = tl.minimum(kv_lo + tl.maximum(first_seen * CLASS_KEYS - kv_lo, 0) // BLOCK_N * BLOCK_N, kv_hi)
+    new_hi = tl.maximum(tl.minimum(kv_hi, (last_seen + 1) * CLASS_KEYS), new_lo)
+    # the first group from the first seen one that some row does not see whole (padding rows: whole)
+    first_part = g_hi
+    for g0 in range(g_lo, g_hi, SCAN):
+        g = g0 + tl.arange(0, SCAN)
+        cls = tl.load(class_rows[:, None] + g[None, :], mask=row_ok[:, None] & (g < g_hi)[None, :], other=1)
+        whole = tl.min((cls == 1).to(tl.int32), axis=0) > 0  # masks.CLASS_ALL
+        first_part = tl.minimum(first_part, tl.min(tl.where(~whole & (g >= first_seen) & (g < g_hi), g, g_hi)))
+    run_end = tl.minimum(first_part * CLASS_KEYS, new_hi)
+    # whole blocks from new_lo, if the run of whole groups starts there (groups before first_seen are unseen)
+    unmasked_hi = tl.where(new_lo == first_seen * CLASS_KEYS,
+                           new_lo + tl.maximum(run_end - new_lo, 0) // BLOCK_N * BLOCK_N, new_lo)
+    if HAS_WINDOW:
+        unmasked_hi = new_lo
+    return new_lo, unmasked_hi, new_hi
+
+
+@triton.jit
 def _block_classes(class_rows, row_ok, start, num_groups, BLOCK_N: tl.constexpr):
     """From the tile rows' classes of the key groups of the block at ``start`` (a multiple of
     CLASS_KEYS): whether any row sees any key of it, and whether the mask's bits are needed (some
@@ -164,9 +201,10 @@ def attention_kernel(
 
     ``CUSTOM_MASK``: FlashInfer's custom mask, packed (masks.py), then each query row's visibility
     classes per group of masks.CLASS_KEYS keys (mask_with_classes); each request's byte offsets of both
-    follow the request tables in ``meta``. A block no row of the tile sees is skipped, one every row sees
-    whole reads no mask bit, the rest gather a bit per score. Every block takes the masked path (a
-    compare per score), and causal is off (the plan drops it, as FlashInfer does).
+    follow the request tables in ``meta``. The tile's key range shrinks to the keys its rows see, and its
+    leading blocks that every row sees whole take the unmasked path (_mask_range); of the rest, a block
+    no row sees is skipped, one every row sees whole reads no mask bit, the others gather a bit per
+    score. Causal is off (the plan drops it, as FlashInfer does).
 
     ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score.
 
@@ -242,7 +280,7 @@ def attention_kernel(
         first_diag = row0 // GROUP + (kv_len - qo_len)
         unmasked_hi = tl.minimum(unmasked_hi, kv_lo + tl.maximum(first_diag + 1 - kv_lo, 0) // BLOCK_N * BLOCK_N)
     if HAS_WINDOW or CUSTOM_MASK:
-        unmasked_hi = kv_lo
+        unmasked_hi = kv_lo  # with CUSTOM_MASK, _mask_range below sets it
     mask_bytes = custom_mask
     mask_last = kv_len * 0
     alibi_log2 = tl.zeros([BLOCK_M], tl.float32)
@@ -260,6 +298,7 @@ def attention_kernel(
         num_groups = tl.cdiv(kv_len, CLASS_KEYS)
         class_rows = custom_mask + tl.load(mask_table + batch + 1 + req).to(tl.int64) + \
             tl.where(row_ok, qpos, 0).to(tl.int64) * num_groups
+        kv_lo, unmasked_hi, kv_hi = _mask_range(class_rows, row_ok, kv_lo, kv_hi, BLOCK_N, HAS_WINDOW)
 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
