@@ -285,3 +285,40 @@ def bench_main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(bench_main())
+
+
+@pytest.mark.parametrize("allow_split", [True, False])
+def test_work_plan_covers_every_tile_and_key_once(allow_split):
+    """plan.make_plan on random batches (empty queries and KV included): each request's query tiles x its
+    KV are covered by the work items exactly once, chunks on BLOCK_N boundaries, longest first; each query
+    token's workspace rows follow its request's splits. Also a batch of empty queries over a KV long enough
+    to ask for more splits than programs (it divided by zero once)."""
+    import random
+
+    from aiter_ext.ops.attention.plan import make_plan
+
+    rng = random.Random(3)
+    for _ in range(200):
+        qo = [rng.choice([0, 1, 2, 17, 300]) for _ in range(rng.randint(1, 12))]
+        kv = [rng.choice([0, 1, 15, 257, 4096, 70000]) for _ in qo]
+        group = rng.choice([1, 4, 8])
+        plan = make_plan(qo, kv, group, 8, 128, torch.device("cpu"), allow_split)
+        req, row0, lo, hi, split = plan.work.tolist() if plan.num_work else ([],) * 5
+        covered = {}
+        for b, r, a, z, s in zip(req, row0, lo, hi, split):
+            assert a % plan.block_n == 0 and a < z <= kv[b] or a == z == kv[b] == 0, (b, a, z)
+            covered.setdefault((b, r), []).append((a, z))
+        for b, q in enumerate(qo):
+            tiles = [covered.get((b, r)) for r in range(0, q * group, plan.block_m)]
+            assert all(sorted(t) == sorted(tiles[0]) for t in tiles), b  # every tile the same chunks
+            if tiles:
+                spans = sorted(tiles[0])
+                assert spans[0][0] == 0 and spans[-1][1] == kv[b] and all(
+                    x[1] == y[0] for x, y in zip(spans, spans[1:])), (b, spans)
+        lengths = [z - a for a, z in zip(lo, hi)]
+        assert lengths == sorted(lengths, reverse=True)
+        rows = plan.merge_indptr.tolist()
+        assert len(rows) == sum(qo) + 1 and rows[-1] == plan.num_partial_rows
+        assert allow_split or not plan.split
+    plan = make_plan([0, 0], [100_000, 70_000], 4, 8, 128, torch.device("cpu"), allow_split)
+    assert plan.num_work == 0

@@ -49,7 +49,9 @@ def level_tables(block_table: torch.Tensor, seq_lens: torch.Tensor, shared_block
         qo_indptr=[torch.tensor([0, num_reqs], dtype=i32), torch.arange(num_reqs + 1, dtype=i32)],
         kv_indptr=[torch.tensor([0, shared_blocks], dtype=i32),
                    torch.cat([torch.zeros(1, dtype=torch.int64), own.cumsum(0)]).to(i32)],
-        kv_indices=[block_table[0, :shared_blocks].to(i32), block_table[:num_reqs][own_mask].to(i32)],
+        # masked_select, not block_table[own_mask]: torch 2.13's CPU boolean indexing took 4.4 ms here at
+        # batch 256 x 107 blocks, masked_select 35 us (op_tests/test_serving_prefix.py main)
+        kv_indices=[block_table[0, :shared_blocks].to(i32), torch.masked_select(block_table[:num_reqs], own_mask).to(i32)],
         last_page_len=[torch.tensor([block_size], dtype=i32), (lens - (blocks - 1) * block_size).to(i32)])
 
 

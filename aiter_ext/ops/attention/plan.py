@@ -12,6 +12,7 @@ shared prefix in cascade attention, a long decode) then still fills the GPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -92,7 +93,9 @@ def choose_splits(programs: int, cu_num: int, max_splits: int) -> int:
     last wave is at least 90% full, searched up to 4x the minimum (seen on an H200: 288 programs on
     132 SMs ran 2.2 waves, the last a quarter full).
     """
-    want = max(1, math.ceil(TARGET_WAVES * cu_num / max(programs, 1)))
+    if programs <= 0:  # nothing to run (every query empty): no split
+        return 1
+    want = max(1, math.ceil(TARGET_WAVES * cu_num / programs))
     if want >= max_splits:
         return max(1, max_splits)
     best, best_eff = want, 0.0
@@ -114,30 +117,35 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
               device: torch.device, allow_split: bool = True, config: dict | None = None) -> WorkPlan:
     """``config`` (from a tuned-CSV row or an experiment) may set ``BLOCK_M``, ``BLOCK_N``,
     ``num_warps``, ``num_stages``, ``min_chunk`` and ``prefetch_pages``; the rest comes from the heuristics above."""
-    max_rows = max((q * group for q in qo_lens), default=1)
+    # Host time counts here (a serving engine plans every step: the cascade plan of a 256-request decode
+    # batch), so plain integer arithmetic and few passes over the batch.
+    max_rows = max(qo_lens, default=1) * group if qo_lens else 1
     config = {**default_config(max_rows, head_dim), **(config or {})}
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     min_chunk = config.get("min_chunk", MIN_CHUNK)
-    q_tiles = [max(1, math.ceil(q * group / block_m)) if q > 0 else 0 for q in qo_lens]
+    q_tiles = [-(-q * group // block_m) if q > 0 else 0 for q in qo_lens]
     programs = sum(q_tiles) * num_kv_heads
-    max_splits = max((kv // min_chunk for kv in kv_lens), default=1)
+    max_splits = max(kv_lens, default=0) // min_chunk if kv_lens else 1
     want = choose_splits(programs, device_info().cu_num, max_splits) if allow_split else 1
-    splits = [max(1, min(want, kv // min_chunk)) for kv in kv_lens]
+    splits = [min(want, kv // min_chunk) or 1 for kv in kv_lens]
 
     items = []
     for b, (tiles, kv, n) in enumerate(zip(q_tiles, kv_lens, splits)):
-        chunk = math.ceil(kv / n / block_n) * block_n if kv else 0
-        for t in range(tiles):
-            for s in range(n):
-                lo, hi = s * chunk, min(kv, (s + 1) * chunk)
-                items.append((b, t * block_m, lo, hi, s))
+        if tiles == 1 and n == 1:  # a decode-sized request, most of a serving batch: one item
+            items.append((b, 0, 0, kv, 0))
+        elif tiles:
+            chunk = -(-kv // (n * block_n)) * block_n
+            chunks = [(s * chunk, min(kv, (s + 1) * chunk), s) for s in range(n)]
+            items += [(b, t * block_m, lo, hi, s) for t in range(tiles) for lo, hi, s in chunks]
     items.sort(key=lambda it: it[3] - it[2], reverse=True)  # longest chunks first: better balance
-    split = any(n > 1 for n in splits)
+    split = max(splits, default=1) > 1
 
-    merge_rows = [0]
-    for q, n in zip(qo_lens, splits):
-        for _ in range(q):
-            merge_rows.append(merge_rows[-1] + (n if split else 1))
+    # each query token's first workspace row: a row per split of its request (one row each unsplit)
+    if split:
+        per_token = itertools.chain.from_iterable(itertools.repeat(n, q) for q, n in zip(qo_lens, splits))
+    else:
+        per_token = itertools.repeat(1, sum(qo_lens))
+    merge_rows = [0, *itertools.accumulate(per_token)]
     work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
     return WorkPlan(block_m, block_n, config["num_warps"], config.get("num_stages"), len(items), split,
                     merge_rows[-1], work.to(device),
