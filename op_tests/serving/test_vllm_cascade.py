@@ -35,7 +35,7 @@ def test_cascade_params_take_only_layers_the_cascade_serves(vllm):
     assert cascade_params([_impl(), _impl()]) == CascadeParams(SCALE, None)
     assert cascade_params([_impl(logits_soft_cap=30.0)]) == CascadeParams(SCALE, 30.0)
     assert cascade_params([_impl(), _impl(scale=0.2)]) is None  # layers disagree
-    assert cascade_params([_impl(), _impl(sinks=torch.zeros(HQ))]) is None
+    assert cascade_params([_impl(), _impl(sinks=torch.zeros(HQ))]) == CascadeParams(SCALE, None)  # sinks: at run
     assert cascade_params([_impl(sliding_window=128)]) is None
     assert cascade_params([_impl(alibi_slopes=[0.5] * HQ)]) is None
     assert cascade_params([_impl(kv_cache_dtype="fp8")]) is None
@@ -98,13 +98,17 @@ def test_the_builder_plans_cascade_only_for_a_shared_prefix_worth_it(builder):
     assert builder.build(0, cam).aiter_ext_cascade is None
 
 
-def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkeypatch):
+@pytest.mark.parametrize("with_sinks", [False, True], ids=["plain", "sinks"])
+def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkeypatch, with_sinks):
+    """Against fp32 attention over each request's whole sequence; with gpt-oss's attention sinks (a
+    layer's own [Hq] logits, bf16 as its parameter is), counted once across the two levels."""
     from vllm.v1.attention.backends.rocm_aiter_fa import AiterFlashAttentionImpl
 
     cam, num_blocks = _batch(9, shared_blocks=SHARED, seed=1)
     metadata = builder.build(0, cam)
     assert metadata.aiter_ext_cascade is not None
-    impl = _impl()
+    sinks = (torch.randn(HQ) * 3).to(torch.bfloat16) if with_sinks else None
+    impl = _impl(sinks=sinks)
     # vLLM's cache for this backend: [blocks, kv_heads, block_size, 2 * head_dim], K and V split as views
     kv_cache = torch.randn(num_blocks, HKV, BLOCK, 2 * DIM).to(DTYPE)
     query = torch.randn(12, HQ, DIM).to(DTYPE)  # 9 requests padded to 12 tokens, as vLLM pads
@@ -117,7 +121,8 @@ def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkey
         pages = table[b, :(int(lens[b]) + BLOCK - 1) // BLOCK].long()
         k = k_cache[pages].reshape(-1, HKV, DIM)[:lens[b]]
         v = v_cache[pages].reshape(-1, HKV, DIM)[:lens[b]]
-        ref = single_attention_ref(query[b:b + 1], k, v, sm_scale=SCALE)[0]
+        ref = single_attention_ref(query[b:b + 1], k, v, sm_scale=SCALE,
+                                   sinks=sinks.float() if with_sinks else None)[0]
         assert_close(output[b].view(1, HQ, DIM), ref, DTYPE, name=f"request {b}")
     assert output[9:].isnan().all(), "the padding rows are not ours to write"
 
@@ -129,7 +134,7 @@ def test_layers_the_plan_does_not_fit_take_vllms_path(builder, monkeypatch):
     metadata = builder.build(0, cam)
     calls = []
     monkeypatch.setattr(AiterFlashAttentionImpl, "forward", lambda self, *a: calls.append(self))
-    for impl in (_impl(scale=0.2), _impl(sinks=torch.zeros(HQ)), _impl(sliding_window=64)):
+    for impl in (_impl(scale=0.2), _impl(sliding_window=64), _impl(kv_cache_dtype="fp8")):
         impl.forward(None, torch.randn(9, HQ, DIM).to(DTYPE), None, None,
                      torch.randn(num_blocks, HKV, BLOCK, 2 * DIM).to(DTYPE), metadata,
                      torch.empty(9, HQ * DIM, dtype=DTYPE))

@@ -13,13 +13,16 @@ Cascade (``AITER_EXT_CASCADE=1``, off by default; vLLM 0.33 removed its own):
   builder does for prefill batches), finds the shared leading blocks (integrations.prefix) and, when
   ``should_use_cascade`` says so, plans aiter_ext's two-level cascade (integrations.cascade) once for
   every layer of the step.
-- The impl runs that plan for the layers it fits (no sinks, ALiBi, sliding window or fp8 KV, and the
-  planned scale and soft cap); everything else takes vLLM's AITER path (``super().forward``).
+- The impl runs that plan for the layers it fits (the planned scale and soft cap; no ALiBi, sliding
+  window or fp8 KV), each with its own attention sinks if it has them (gpt-oss's full-attention layers:
+  a sink is a run argument, not part of the plan); everything else takes vLLM's AITER path
+  (``super().forward``).
 - With cascade on, the builder reports no full-CUDA-graph support, so attention runs between vLLM's
   piecewise graphs every step (a captured full graph would replay the plain path and never the cascade).
 - docs/serving.md says what this sync costs and the designs that would avoid it.
 
-Sinks and merge-state routing through aiter_ext are not written yet: those layers run vLLM's path.
+Merge-state routing through aiter_ext is not written yet, nor the cascade for sliding-window layers (a
+window of 128 keys would see little of a shared prefix) or fp8 KV.
 """
 
 from __future__ import annotations
@@ -55,11 +58,11 @@ class CascadeParams(NamedTuple):
 
 
 def cascade_params(impls) -> Optional[CascadeParams]:
-    """The layers' common scale and soft cap, or None when some layer cannot take the cascade (sinks,
-    ALiBi, a sliding window, a quantized KV cache) or the layers disagree."""
+    """The layers' common scale and soft cap, or None when some layer cannot take the cascade (ALiBi, a
+    sliding window, a quantized KV cache) or the layers disagree. Sinks are per layer at run time."""
     params = set()
     for impl in impls:
-        if (impl.sinks is not None or impl.alibi_slopes is not None or impl.sliding_window[0] != -1
+        if (impl.alibi_slopes is not None or impl.sliding_window[0] != -1
                 or is_quantized_kv_cache(impl.kv_cache_dtype)):
             return None
         params.add(CascadeParams(impl.scale, impl.logits_soft_cap or None))
@@ -83,7 +86,8 @@ class AiterExtImpl(AiterFlashAttentionImpl):
                                    output_block_scale)
         key_cache, value_cache = self._split_kv_cache(kv_cache)
         n = attn_metadata.num_actual_tokens
-        cascade.decode.run(query[:n], key_cache, value_cache, out=output[:n].view(n, self.num_heads, self.head_size))
+        cascade.decode.run(query[:n], key_cache, value_cache, out=output[:n].view(n, self.num_heads, self.head_size),
+                           sinks=self.sinks)
         return output
 
 
