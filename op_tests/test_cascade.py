@@ -222,6 +222,28 @@ def test_run_writes_into_a_given_out(backend):
         assert bad.isnan().all(), "a refused call wrote into out"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_takes_fp8_kv_dequantization_scales(backend):
+    """``k_scale``/``v_scale`` (ours, as FlashInfer's decode run; a serving engine's fp8 KV cache): the
+    result is attention over K * k_scale and V * v_scale, on both the merged (triton) and the per-level
+    (torch) paths; a tensor scale is refused by name (reading it would be a sync)."""
+    dtype, heads, dim, page, k_scale, v_scale = torch.float16, 4, 64, 16, 0.05, 3.0
+    data = Batch(5, 40, [9] * 5, heads, dim, page, dtype)
+    fp8 = torch.float8_e4m3fn
+    cache8 = torch.stack([(data.cache[:, 0].float() / k_scale).to(fp8), (data.cache[:, 1].float() / v_scale).to(fp8)], 1)
+    q = torch.randn(5, heads, dim, device=DEVICE).to(dtype)
+    w = aiter_ext.MultiLevelCascadeAttentionWrapper(2, _workspace(), backend=backend)
+    w.plan(*data.tables([1] * 5), heads, heads, dim, page, q_data_type=dtype, kv_data_type=fp8)
+    out = w.run(q, cache8, k_scale=k_scale, v_scale=v_scale)
+    k_all = cache8[:, 0].reshape(-1, heads, dim).float() * k_scale
+    v_all = cache8[:, 1].reshape(-1, heads, dim).float() * v_scale
+    ref = torch.cat([single_attention_ref(q[b:b + 1].float(), k_all[data._token_idx[b]], v_all[data._token_idx[b]])[0]
+                     for b in range(5)])
+    assert_close(out, ref, dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+    with pytest.raises(TypeError, match="k_scale must be a Python number"):
+        w.run(q, cache8, k_scale=torch.tensor(k_scale))
+
+
 # --------------------------------------------------------------------------------------------------
 # Benchmark CLI: python op_tests/test_cascade.py  (GPU; beside FlashInfer when it is installed)
 

@@ -5,7 +5,8 @@
 Each implementation is ``fn(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks)`` and writes
 ``out``/``lse``; ``sinks`` is None or the fp32 ``[Hq]`` attention-sink logits.
 ``PARTIAL_STATE_RUNNERS`` lists the backends that can also write a work list's partial states into
-given workspace rows (``fn(plan, work, q, k, v, kv_strides, partial_o, partial_lse)``), which lets
+given workspace rows (``fn(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sinks, sm_scale_mult)``),
+which lets
 several plans over the same queries share one merge (engine.run_levels).
 """
 
@@ -64,13 +65,14 @@ def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> No
                      merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
 
 
-def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sinks=None) -> None:
-    """``work`` (a split work list) writes its partial states into ``partial_o``/``partial_lse``."""
+def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sinks=None, sm_scale_mult=1.0) -> None:
+    """``work`` (a split work list) writes its partial states into ``partial_o``/``partial_lse``, at the
+    plan's scale times ``sm_scale_mult``."""
     from .kernels import launch_attention
 
     launch_attention(work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1, None, None,
                      partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
-                     sm_scale=plan.sm_scale, causal=plan.causal, window_left=plan.window_left,
+                     sm_scale=plan.sm_scale * sm_scale_mult, causal=plan.causal, window_left=plan.window_left,
                      logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, custom_mask=_kernel_mask(plan),
                      alibi=plan.alibi, rope=plan.rope)
 

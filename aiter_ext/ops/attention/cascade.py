@@ -99,18 +99,36 @@ class MultiLevelCascadeAttentionWrapper:
 
     begin_forward = plan
 
-    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False, *, sinks=None, out=None):
+    def run(self, q: torch.Tensor, paged_kv_cache, return_lse: bool = False, *, sinks=None, out=None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None):
         """``sinks`` (ours; FlashInfer's cascade has none): attention-sink logits ``[Hq]``, counted once
         in the softmax over all levels. ``out`` (ours): a contiguous ``q``-shaped tensor of q's dtype
-        that receives the result (a serving engine's output buffer), else a new one."""
+        that receives the result (a serving engine's output buffer), else a new one. ``k_scale`` /
+        ``v_scale`` (ours, as FlashInfer's decode run takes them): an fp8 KV cache's dequantization
+        scales, Python numbers (a device tensor would need a sync): scores use ``sm_scale * k_scale``,
+        the output is multiplied by ``v_scale``."""
+        k_mult, v_mult = (_host_scale(name, value) for name, value in (("k_scale", k_scale), ("v_scale", v_scale)))
         plans = [level.attention_plan for level in self._levels]
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
             checked_paged_views(level, paged_kv_cache)
-        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out)
+        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out,
+                              sm_scale_mult=k_mult)
+        if v_mult != 1.0:
+            out.mul_(v_mult)  # the merged output is linear in V (the LSE does not involve it)
         return (out, lse) if return_lse else out
 
     forward = run
+
+
+def _host_scale(name: str, value) -> float:
+    """A dequantization scale as a float (1.0 for None); a tensor is refused, since reading it is a sync."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python number or None (a tensor would need a host sync), got "
+                        f"{type(value).__name__}")
+    return float(value)
 
 
 class _SharedPrefixWrapper:

@@ -367,38 +367,40 @@ def bind_levels(slot: int, plans: list, merge: Optional[LevelMerge]) -> None:
 
 
 def _launch_bound_levels(slot: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_strides: list[int],
-                         out: torch.Tensor, lse: torch.Tensor, sinks: Optional[torch.Tensor]) -> None:
+                         out: torch.Tensor, lse: torch.Tensor, sinks: Optional[torch.Tensor],
+                         sm_scale_mult: float) -> None:
     plans, merge = _BOUND_LEVELS[slot]
-    _launch_levels(plans, merge, q, k, v, tuple(kv_strides), out, lse, sinks)
+    _launch_levels(plans, merge, q, k, v, tuple(kv_strides), out, lse, sinks, sm_scale_mult)
 
 
 _compiled_levels = mutating_ops({_launch_bound_levels: ("attention_run_levels", ("out", "lse"))})
 
 
-def _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks) -> None:
+def _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks, sm_scale_mult: float = 1.0) -> None:
     from aiter_ext.ops.merge_state.api import _merge_many_out
 
     for level, (plan, work) in enumerate(zip(plans, merge.works)):
         PARTIAL_STATE_RUNNERS[plan.backend](plan, work, q, k, v, kv_strides, merge.partial_o, merge.partial_lse,
-                                            sinks if level == 0 else None)
+                                            sinks if level == 0 else None, sm_scale_mult)
     _merge_many_out(merge.partial_o, merge.partial_lse, merge.indptr, out, lse, None)
 
 
 def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_strides, sinks=None, slot: int = -1, out: Optional[torch.Tensor] = None
+               kv_strides, sinks=None, slot: int = -1, out: Optional[torch.Tensor] = None, sm_scale_mult: float = 1.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
     ``plan_level_merge``), every level writes partial states and one merge launch combines them;
     without, each level runs whole and is merged into the result in turn. ``sinks`` enter the first
     level only: one sink term per row in the merged softmax. ``slot``: where bind_levels put these
     plans (needed under torch.compile, where the merged run is one custom op). ``out``: where the
-    result goes (checked as the plans check it), else a new tensor."""
+    result goes (checked as the plans check it), else a new tensor. ``sm_scale_mult`` scales every
+    level's softmax scale (an fp8 KV cache's k_scale)."""
     from aiter_ext.ops.merge_state.api import merge_state_in_place
 
     if merge is None:
-        out, lse = plans[0].run(q, k, v, kv_strides, out=out, return_lse=True, sinks=sinks)
+        out, lse = plans[0].run(q, k, v, kv_strides, out=out, return_lse=True, sinks=sinks, sm_scale_mult=sm_scale_mult)
         for plan in plans[1:]:
-            o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True)
+            o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True, sm_scale_mult=sm_scale_mult)
             merge_state_in_place(out, lse, o_level, lse_level)
         return out, lse
     out, lse = plans[0].checked_outputs(q, k, out, None)
@@ -406,7 +408,7 @@ def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: tor
     if torch.compiler.is_compiling():
         if slot not in _BOUND_LEVELS:
             raise RuntimeError("these cascade levels are not bound (bind_levels), so torch.compile cannot run them")
-        _compiled_levels(_launch_bound_levels, slot, q, k, v, list(kv_strides), out, lse, sinks)
+        _compiled_levels(_launch_bound_levels, slot, q, k, v, list(kv_strides), out, lse, sinks, float(sm_scale_mult))
     else:
-        _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks)
+        _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks, sm_scale_mult)
     return out, lse
