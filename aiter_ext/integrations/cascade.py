@@ -75,8 +75,10 @@ class CascadeDecode:
         self.shared_blocks = shared_blocks
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            out: Optional[torch.Tensor] = None, sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
+            out: Optional[torch.Tensor] = None, sinks: Optional[torch.Tensor] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> torch.Tensor:
         """``q``: ``[requests, Hq, D]``; the caches: ``[blocks, block_size, Hkv, D]`` (NHD) views; ``out``:
         where the result goes (contiguous, q's shape and dtype), else a new tensor; ``sinks``: the layer's
-        attention-sink logits ``[Hq]`` (gpt-oss), counted once over both levels."""
-        return self._wrapper.run(q, (k_cache, v_cache), out=out, sinks=sinks)
+        attention-sink logits ``[Hq]`` (gpt-oss), counted once over both levels; ``k_scale``/``v_scale``:
+        an fp8 cache's dequantization scales (host numbers)."""
+        return self._wrapper.run(q, (k_cache, v_cache), out=out, sinks=sinks, k_scale=k_scale, v_scale=v_scale)

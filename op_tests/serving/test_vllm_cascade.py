@@ -38,7 +38,9 @@ def test_cascade_params_take_only_layers_the_cascade_serves(vllm):
     assert cascade_params([_impl(), _impl(sinks=torch.zeros(HQ))]) == CascadeParams(SCALE, None)  # sinks: at run
     assert cascade_params([_impl(sliding_window=128)]) is None
     assert cascade_params([_impl(alibi_slopes=[0.5] * HQ)]) is None
-    assert cascade_params([_impl(kv_cache_dtype="fp8")]) is None
+    assert cascade_params([_impl(kv_cache_dtype="fp8")]) == CascadeParams(SCALE, None, True)  # scales: at run
+    assert cascade_params([_impl(kv_cache_dtype="fp8_e5m2")]) is None  # the engine takes e4m3 only
+    assert cascade_params([_impl(), _impl(kv_cache_dtype="fp8")]) is None  # one plan, one cache format
 
 
 def _batch(num_reqs, shared_blocks, seed=0):
@@ -98,31 +100,58 @@ def test_the_builder_plans_cascade_only_for_a_shared_prefix_worth_it(builder):
     assert builder.build(0, cam).aiter_ext_cascade is None
 
 
-@pytest.mark.parametrize("with_sinks", [False, True], ids=["plain", "sinks"])
-def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkeypatch, with_sinks):
+def test_no_cascade_on_the_shuffled_cache_layout(builder, monkeypatch):
+    """VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT swizzles the cache for AITER's kernels: the cascade, which reads
+    the plain layout, must not be planned then (it would read wrong keys silently)."""
+    import vllm._aiter_ops as aiter_ops
+
+    cam, _ = _batch(9, shared_blocks=SHARED)
+    assert builder.build(0, cam).aiter_ext_cascade is not None
+    # as on an MI300X with AITER installed (here its query answers None, AITER being absent)
+    monkeypatch.setattr(aiter_ops, "is_aiter_found_and_supported", lambda: True)
+    assert builder.build(0, cam).aiter_ext_cascade is not None  # the flag is off by default
+    monkeypatch.setattr(aiter_ops.rocm_aiter_ops, "_SHUFFLE_KV_CACHE_ENABLED", True)
+    assert builder.build(0, cam).aiter_ext_cascade is None
+
+
+@pytest.mark.parametrize("variant", ["plain", "sinks", "fp8"])
+def test_the_impl_runs_the_planned_cascade_on_vllms_cache_layout(builder, monkeypatch, variant):
     """Against fp32 attention over each request's whole sequence; with gpt-oss's attention sinks (a
-    layer's own [Hq] logits, bf16 as its parameter is), counted once across the two levels."""
+    layer's own [Hq] logits, bf16 as its parameter is), counted once across the two levels; with an fp8
+    cache as vLLM keeps it (bytes of the platform's fp8 dtype, the layer's host k_scale/v_scale)."""
+    from vllm.platforms import current_platform
     from vllm.v1.attention.backends.rocm_aiter_fa import AiterFlashAttentionImpl
 
+    from aiter_ext.integrations.vllm.backend import CascadeParams
+
+    fp8 = variant == "fp8"
+    builder._cascade_params = CascadeParams(SCALE, None, fp8)
     cam, num_blocks = _batch(9, shared_blocks=SHARED, seed=1)
     metadata = builder.build(0, cam)
     assert metadata.aiter_ext_cascade is not None
-    sinks = (torch.randn(HQ) * 3).to(torch.bfloat16) if with_sinks else None
-    impl = _impl(sinks=sinks)
+    sinks = (torch.randn(HQ) * 3).to(torch.bfloat16) if variant == "sinks" else None
+    impl = _impl(sinks=sinks, kv_cache_dtype="fp8" if fp8 else "auto")
     # vLLM's cache for this backend: [blocks, kv_heads, block_size, 2 * head_dim], K and V split as views
     kv_cache = torch.randn(num_blocks, HKV, BLOCK, 2 * DIM).to(DTYPE)
+    layer = None
+    if fp8:  # the cache holds fp8 bytes; dequantized, K = value * k_scale and V = value * v_scale
+        kv_cache = kv_cache.to(current_platform.fp8_dtype()).view(torch.uint8)
+        layer = types.SimpleNamespace(_k_scale_float=0.3, _v_scale_float=2.0)
     query = torch.randn(12, HQ, DIM).to(DTYPE)  # 9 requests padded to 12 tokens, as vLLM pads
     output = torch.full((12, HQ * DIM), float("nan"), dtype=DTYPE)
     monkeypatch.setattr(AiterFlashAttentionImpl, "forward", lambda *a, **k: pytest.fail("fell back to vLLM's path"))
-    impl.forward(None, query, None, None, kv_cache, metadata, output)
+    impl.forward(layer, query, None, None, kv_cache, metadata, output)
     k_cache, v_cache = impl._split_kv_cache(kv_cache)
+    if fp8:
+        k_cache = k_cache.view(current_platform.fp8_dtype()).float() * layer._k_scale_float
+        v_cache = v_cache.view(current_platform.fp8_dtype()).float() * layer._v_scale_float
     lens, table = cam.seq_lens, cam.block_table_tensor
     for b in range(9):
         pages = table[b, :(int(lens[b]) + BLOCK - 1) // BLOCK].long()
         k = k_cache[pages].reshape(-1, HKV, DIM)[:lens[b]]
         v = v_cache[pages].reshape(-1, HKV, DIM)[:lens[b]]
         ref = single_attention_ref(query[b:b + 1], k, v, sm_scale=SCALE,
-                                   sinks=sinks.float() if with_sinks else None)[0]
+                                   sinks=sinks.float() if sinks is not None else None)[0]
         assert_close(output[b].view(1, HQ, DIM), ref, DTYPE, name=f"request {b}")
     assert output[9:].isnan().all(), "the padding rows are not ours to write"
 
@@ -134,7 +163,7 @@ def test_layers_the_plan_does_not_fit_take_vllms_path(builder, monkeypatch):
     metadata = builder.build(0, cam)
     calls = []
     monkeypatch.setattr(AiterFlashAttentionImpl, "forward", lambda self, *a: calls.append(self))
-    for impl in (_impl(scale=0.2), _impl(sliding_window=64), _impl(kv_cache_dtype="fp8")):
+    for impl in (_impl(scale=0.2), _impl(sliding_window=64), _impl(kv_cache_dtype="fp8")):  # fp8: not this plan
         impl.forward(None, torch.randn(9, HQ, DIM).to(DTYPE), None, None,
                      torch.randn(num_blocks, HKV, BLOCK, 2 * DIM).to(DTYPE), metadata,
                      torch.empty(9, HQ * DIM, dtype=DTYPE))

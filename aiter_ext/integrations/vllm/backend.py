@@ -13,16 +13,16 @@ Cascade (``AITER_EXT_CASCADE=1``, off by default; vLLM 0.33 removed its own):
   builder does for prefill batches), finds the shared leading blocks (integrations.prefix) and, when
   ``should_use_cascade`` says so, plans aiter_ext's two-level cascade (integrations.cascade) once for
   every layer of the step.
-- The impl runs that plan for the layers it fits (the planned scale and soft cap; no ALiBi, sliding
-  window or fp8 KV), each with its own attention sinks if it has them (gpt-oss's full-attention layers:
-  a sink is a run argument, not part of the plan); everything else takes vLLM's AITER path
-  (``super().forward``).
+- The impl runs that plan for the layers it fits (the planned scale, soft cap and cache format; no ALiBi
+  or sliding window), each with its own attention sinks if it has them (gpt-oss's full-attention layers)
+  and, with an fp8 e4m3 cache, its own k_scale/v_scale: both are run arguments, not part of the plan.
+  Everything else takes vLLM's AITER path (``super().forward``).
 - With cascade on, the builder reports no full-CUDA-graph support, so attention runs between vLLM's
   piecewise graphs every step (a captured full graph would replay the plain path and never the cascade).
 - docs/serving.md says what this sync costs and the designs that would avoid it.
 
 Merge-state routing through aiter_ext is not written yet, nor the cascade for sliding-window layers (a
-window of 128 keys would see little of a shared prefix) or fp8 KV.
+window of 128 keys would see little of a shared prefix) or fp8 e5m2 caches.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import os
 from typing import NamedTuple, Optional
 
 import torch
+from vllm._aiter_ops import rocm_aiter_ops
 from vllm.config import get_layers_from_vllm_config
 from vllm.model_executor.layers.attention import Attention
 from vllm.utils.gpu_sync_debug import gpu_sync_allowed
@@ -50,22 +51,30 @@ def cascade_enabled() -> bool:
     return os.environ.get(CASCADE_ENV, "0") == "1"
 
 
+#: vLLM's fp8 KV cache formats the cascade serves: e4m3, which the platform stores as its fp8 dtype
+#: (e4m3fnuz on gfx942, e4m3fn on gfx950). e5m2 keeps vLLM's path (aiter_ext's engine refuses it).
+FP8_E4M3_CACHES = ("fp8", "fp8_e4m3")
+
+
 class CascadeParams(NamedTuple):
     """What a cascade plan bakes in, shared by every layer it serves."""
 
     sm_scale: float
     logits_soft_cap: Optional[float]
+    fp8_kv: bool = False  # an fp8 (e4m3) cache: each layer's k_scale/v_scale apply at run time
 
 
 def cascade_params(impls) -> Optional[CascadeParams]:
-    """The layers' common scale and soft cap, or None when some layer cannot take the cascade (ALiBi, a
-    sliding window, a quantized KV cache) or the layers disagree. Sinks are per layer at run time."""
+    """The layers' common scale, soft cap and cache format, or None when some layer cannot take the cascade
+    (ALiBi, a sliding window, an fp8 format other than e4m3) or the layers disagree. Sinks and fp8 scales
+    are per layer at run time."""
     params = set()
     for impl in impls:
+        fp8 = is_quantized_kv_cache(impl.kv_cache_dtype)
         if (impl.alibi_slopes is not None or impl.sliding_window[0] != -1
-                or is_quantized_kv_cache(impl.kv_cache_dtype)):
+                or (fp8 and impl.kv_cache_dtype not in FP8_E4M3_CACHES)):
             return None
-        params.add(CascadeParams(impl.scale, impl.logits_soft_cap or None))
+        params.add(CascadeParams(impl.scale, impl.logits_soft_cap or None, fp8))
     return params.pop() if len(params) == 1 else None
 
 
@@ -85,9 +94,16 @@ class AiterExtImpl(AiterFlashAttentionImpl):
             return super().forward(layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
                                    output_block_scale)
         key_cache, value_cache = self._split_kv_cache(kv_cache)
+        scales = {}
+        if cascade.params.fp8_kv:  # vLLM keeps fp8 caches as bytes; dequantized K = fp8 value * k_scale
+            from vllm.platforms import current_platform
+
+            key_cache = key_cache.view(current_platform.fp8_dtype())
+            value_cache = value_cache.view(current_platform.fp8_dtype())
+            scales = {"k_scale": layer._k_scale_float, "v_scale": layer._v_scale_float}
         n = attn_metadata.num_actual_tokens
         cascade.decode.run(query[:n], key_cache, value_cache, out=output[:n].view(n, self.num_heads, self.head_size),
-                           sinks=self.sinks)
+                           sinks=self.sinks, **scales)
         return output
 
 
@@ -126,6 +142,8 @@ class AiterExtMetadataBuilder(AiterFlashAttentionMetadataBuilder):
         num_reqs = cam.num_reqs
         if cam.max_query_len != 1 or num_reqs < MIN_REQUESTS or cam.seq_lens_cpu_upper_bound is None:
             return None
+        if rocm_aiter_ops.is_shuffle_kv_cache_enabled():
+            return None  # VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT: a swizzled cache the cascade cannot read
         bound = int(cam.seq_lens_cpu_upper_bound[:num_reqs].max())
         columns = -(-bound // self.block_size)
         with gpu_sync_allowed():  # the one read back per step (this module's docstring)
@@ -139,10 +157,15 @@ class AiterExtMetadataBuilder(AiterFlashAttentionMetadataBuilder):
 
             self._cascade = CascadeDecode(self.device)
         spec = self.kv_cache_spec
+        kv_dtype = spec.dtype  # an fp8 cache's spec says uint8 (its bytes): the plan wants the fp8 dtype
+        if self._cascade_params.fp8_kv:
+            from vllm.platforms import current_platform
+
+            kv_dtype = current_platform.fp8_dtype()
         self._cascade.plan(table, seq_lens, shared, self.block_size, self.num_heads_q, spec.num_kv_heads,
                            spec.head_size, sm_scale=self._cascade_params.sm_scale,
                            logits_soft_cap=self._cascade_params.logits_soft_cap,
-                           q_data_type=self.model_config.dtype, kv_data_type=spec.dtype)
+                           q_data_type=self.model_config.dtype, kv_data_type=kv_dtype)
         return PlannedCascade(self._cascade, self._cascade_params)
 
 
