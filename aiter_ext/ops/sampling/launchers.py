@@ -79,9 +79,9 @@ def _path_forced(config) -> bool:
 
 def _graph_timed(probs) -> bool:
     """Whether a launch's GPU time is what counts: while a CUDA graph is captured. Eagerly the host's
-    time per launch counts too, and the rounds path's 9 launches took 260-340 us of it at 8-64 rows on an
-    H100 (--rounds-route at c55ee23) against 74-104 us for the row kernel's one: an eager call keeps the
-    row kernel. (Under the interpreter, so that the CPU tests take the route too.)"""
+    time per launch counts too: an eager call of the rounds path (9 launches) took 326-635 us at 8-64 rows on
+    an H100 (--rounds-route at c55ee23), against 74-158 us for the row kernel's one launch, so an eager call
+    keeps the row kernel. (Under the interpreter, so that the CPU tests take the route too.)"""
     return interpreted() or (probs.is_cuda and torch.cuda.is_current_stream_capturing())
 
 

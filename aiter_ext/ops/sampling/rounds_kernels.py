@@ -206,7 +206,7 @@ def _judge_and_draw(probs, src, src_ok, r_ok, r_safe, top_k_ptr, top_p_ptr, seed
 #   63.0, 81.0, 63.1; 64 x 201088 70.7, 141.5, 102.2; at 96 rows two rounds by chunks lost (102.6 against 94.2).
 # Top-k (4-5 rounds) and joint keep the row kernel by default: at 32 x 128256 five rounds by chunks took
 # 228.3 us against its 232.3. The same rule on AMD, where no GPU has timed either path. Eager calls keep the
-# row kernel: the 9 launches cost 260-340 us of host time (launchers._graph_timed).
+# row kernel: eagerly the 9 launches made a call take 326-635 us (launchers._graph_timed).
 GPU_BLOCK = 2048
 ROUNDS_DRAWN = 3
 ROUNDS_MAX_ROWS = 64
