@@ -150,8 +150,14 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
         s = cap_post * _tanh(qk * cap_pre)
     else:
         s = qk * sm_scale_log2
-    if ALIBI:  # FlashInfer's bias, slope * (key - query index in the request), in base 2
-        s += alibi_log2[:, None] * (keys[None, :] - qpos[:, None]).to(tl.float32)
+    if ALIBI:
+        # FlashInfer's bias, slope * (key - query index in the request), in base 2, written as
+        # slope * j + slope * (block start - query) for the block's key j: a multiply-add per score with a
+        # per-row bias, where an integer difference, its conversion and a multiply per score were
+        # (+8.1% over plain causal prefill on an H100 at 25f7ab2; this form is untimed)
+        row_bias = alibi_log2 * (key0 - qpos).to(tl.float32)
+        col = tl.arange(0, s.shape[1]).to(tl.float32)
+        s += alibi_log2[:, None] * col[None, :] + row_bias[:, None]
     if MASKED:
         # One integer "room" per score, visible iff >= 0: a single compare (one lane mask) per
         # element instead of one per condition. Padding rows need no mask: they are never stored.
