@@ -252,6 +252,11 @@ def test_fp8_kv_with_scales(backend, fp8, decode):
     _check(out, lse, ref_out.to(q_dtype), ref_lse, q_dtype)
     with pytest.raises(TypeError, match="plan\\(\\) was given kv_data_type"):
         w.run(q, cache8.to(torch.float16))
+    # a device-tensor scale would need a sync (and the kernels take a scalar): refused by name, out untouched
+    out, lse = _poisoned(q)
+    with pytest.raises(TypeError, match="v_scale must be a real number"):
+        w.run(q, cache8, k_scale=2.0, v_scale=torch.tensor(2.0, device=DEVICE), out=out, lse=lse)
+    assert out.isnan().all() and lse.isnan().all()
 
 
 # --------------------------------------------------------------------------------------------------

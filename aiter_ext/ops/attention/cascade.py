@@ -18,7 +18,7 @@ import torch
 
 from aiter_ext.ops.merge_state import merge_state_in_place
 
-from .engine import bind_levels, new_plan_slot, plan_level_merge, run_levels
+from .engine import bind_levels, host_scale, new_plan_slot, plan_level_merge, run_levels
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
 )
@@ -107,7 +107,7 @@ class MultiLevelCascadeAttentionWrapper:
         ``v_scale`` (ours, as FlashInfer's decode run takes them): an fp8 KV cache's dequantization
         scales, Python numbers (a device tensor would need a sync): scores use ``sm_scale * k_scale``,
         the output is multiplied by ``v_scale``."""
-        k_mult, v_mult = (_host_scale(name, value) for name, value in (("k_scale", k_scale), ("v_scale", v_scale)))
+        k_mult, v_mult = host_scale("k_scale", k_scale), host_scale("v_scale", v_scale)
         plans = [level.attention_plan for level in self._levels]
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
@@ -119,16 +119,6 @@ class MultiLevelCascadeAttentionWrapper:
         return (out, lse) if return_lse else out
 
     forward = run
-
-
-def _host_scale(name: str, value) -> float:
-    """A dequantization scale as a float (1.0 for None); a tensor is refused, since reading it is a sync."""
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a Python number or None (a tensor would need a host sync), got "
-                        f"{type(value).__name__}")
-    return float(value)
 
 
 class _SharedPrefixWrapper:

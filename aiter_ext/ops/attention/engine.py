@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -34,6 +35,17 @@ KV_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4
 DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
                  "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float8_e4m3fn": torch.float8_e4m3fn,
                  "float8_e4m3fnuz": torch.float8_e4m3fnuz}
+
+
+def host_scale(name: str, value) -> float:
+    """A run's q/k/v scale (FlashInfer's fp8 dequantization factors) as a float, 1.0 for None. A real
+    number only: a device tensor would need a host sync, and the kernels take the scale as a scalar."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None (a tensor would need a host sync), got "
+                        f"{type(value).__name__}")
+    return float(value)
 
 
 def as_dtype(value, name: str) -> torch.dtype:
@@ -187,7 +199,11 @@ class AttentionPlan:
         mask = _packed_mask(custom_mask, packed_custom_mask, qo_lens, kv_lens, device)
         mask_layout = None
         if mask is not None:
-            from .masks import class_offsets
+            from .masks import CLASS_KEYS, class_offsets
+
+            if work.block_n % CLASS_KEYS:  # the kernel reads a block's classes as whole groups
+                raise ValueError(f"a custom mask needs BLOCK_N to be a multiple of {CLASS_KEYS}; the config gave "
+                                 f"{work.block_n}")
 
             # the mask's byte offsets, then its visibility classes' (masks.CLASS_KEYS), after its bytes
             mask_layout = (mask[1].tolist(), class_offsets(qo_lens, kv_lens, base=mask[0].numel()))

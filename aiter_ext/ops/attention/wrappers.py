@@ -28,7 +28,7 @@ import torch
 
 from aiter_ext.core.checks import check_tensor
 
-from .engine import KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, new_plan_slot
+from .engine import KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, host_scale, new_plan_slot
 
 LAYOUTS = ("NHD", "HND")
 
@@ -209,9 +209,9 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
     plan = wrapper._require_plan()
     k, v, strides = checked_paged_views(wrapper, paged_kv_cache)
     lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
-    mult = (q_scale or 1.0) * (k_scale or 1.0)
-    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult, v_scale=v_scale,
-                      sinks=sinks)
+    mult = host_scale("q_scale", q_scale) * host_scale("k_scale", k_scale)
+    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
+                      v_scale=host_scale("v_scale", v_scale), sinks=sinks)
     return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
@@ -466,9 +466,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
         token, head = _shared_strides("k/v", k, v, (0, 1))[:2]
         strides = (token, 0, head)
         lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
-        mult = (q_scale or 1.0) * (k_scale or 1.0)
+        mult = host_scale("q_scale", q_scale) * host_scale("k_scale", k_scale)
         result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                          v_scale=v_scale, sinks=sinks)
+                          v_scale=host_scale("v_scale", v_scale), sinks=sinks)
         return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)

@@ -64,7 +64,7 @@ def filtered_draw(config: dict, probs, indices, top_k: Threshold, top_p: Thresho
 def _rounds_launch(vocab: int, config, top_k: Threshold, top_p: Threshold, min_p: Threshold):
     """rounds_kernels.rounds_config, when ``config`` asks for it (``{"rounds": True}``, with optional
     ``"BLOCK"``, ``"rounds_drawn"``, ``"num_warps"``, ``"fused"``) and the call is top-k, top-p or joint
-    without min-p; else None. No call takes this path by default until it has been timed on a GPU."""
+    without min-p; else None. (The default route into the same path is _rounds_route's.)"""
     config = config or {}
     if not config.get("rounds") or min_p.mode != Mode.NONE or (top_k.mode == Mode.NONE and top_p.mode == Mode.NONE):
         return None
