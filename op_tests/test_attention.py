@@ -252,11 +252,17 @@ def test_fp8_kv_with_scales(backend, fp8, decode):
     _check(out, lse, ref_out.to(q_dtype), ref_lse, q_dtype)
     with pytest.raises(TypeError, match="plan\\(\\) was given kv_data_type"):
         w.run(q, cache8.to(torch.float16))
-    # a device-tensor scale would need a sync (and the kernels take a scalar): refused by name, out untouched
-    out, lse = _poisoned(q)
-    with pytest.raises(TypeError, match="v_scale must be a real number"):
-        w.run(q, cache8, k_scale=2.0, v_scale=torch.tensor(2.0, device=DEVICE), out=out, lse=lse)
-    assert out.isnan().all() and lse.isnan().all()
+    # v_scale may be a one-element tensor (it multiplies the output: no sync); a tensor k_scale would need
+    # one (the kernel takes a scalar), and a v_scale of several elements is no scale: refused by name first
+    out, _ = _poisoned(q)
+    w.run(q, cache8, k_scale=2.0, v_scale=torch.tensor([2.0], device=DEVICE), out=out)
+    _check(out, lse, ref_out.to(q_dtype), ref_lse, q_dtype)
+    for kw, name in (({"k_scale": torch.tensor(2.0, device=DEVICE)}, "k_scale"),
+                     ({"v_scale": torch.full((2,), 2.0, device=DEVICE)}, "v_scale")):
+        out, lse = _poisoned(q)
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            w.run(q, cache8, **{"k_scale": 2.0, "v_scale": 2.0, **kw}, out=out, lse=lse)
+        assert out.isnan().all() and lse.isnan().all()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -240,6 +240,8 @@ def test_run_takes_fp8_kv_dequantization_scales(backend):
     ref = torch.cat([single_attention_ref(q[b:b + 1].float(), k_all[data._token_idx[b]], v_all[data._token_idx[b]])[0]
                      for b in range(5)])
     assert_close(out, ref, dtype, name="out", atol=ATOL[dtype], rtol=1e-2)
+    out = w.run(q, cache8, k_scale=k_scale, v_scale=torch.tensor(v_scale, device=DEVICE))  # no sync: mul_
+    assert_close(out, ref, dtype, name="out, v_scale a tensor", atol=ATOL[dtype], rtol=1e-2)
     with pytest.raises(TypeError, match="k_scale must be a real number"):
         w.run(q, cache8, k_scale=torch.tensor(k_scale))
 

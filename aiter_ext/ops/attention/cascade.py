@@ -105,16 +105,16 @@ class MultiLevelCascadeAttentionWrapper:
         in the softmax over all levels. ``out`` (ours): a contiguous ``q``-shaped tensor of q's dtype
         that receives the result (a serving engine's output buffer), else a new one. ``k_scale`` /
         ``v_scale`` (ours, as FlashInfer's decode run takes them): an fp8 KV cache's dequantization
-        scales, Python numbers (a device tensor would need a sync): scores use ``sm_scale * k_scale``,
-        the output is multiplied by ``v_scale``."""
-        k_mult, v_mult = host_scale("k_scale", k_scale), host_scale("v_scale", v_scale)
+        scales (engine.host_scale): scores use ``sm_scale * k_scale`` (a number), the output is multiplied
+        by ``v_scale`` (a number or a one-element tensor)."""
+        k_mult, v_mult = host_scale("k_scale", k_scale), host_scale("v_scale", v_scale, tensor_ok=True)
         plans = [level.attention_plan for level in self._levels]
         k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
         for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
             checked_paged_views(level, paged_kv_cache)
         out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out,
                               sm_scale_mult=k_mult)
-        if v_mult != 1.0:
+        if isinstance(v_mult, torch.Tensor) or v_mult != 1.0:  # a tensor is not compared (a sync)
             out.mul_(v_mult)  # the merged output is linear in V (the LSE does not involve it)
         return (out, lse) if return_lse else out
 

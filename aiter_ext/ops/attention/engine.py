@@ -37,14 +37,20 @@ DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.
                  "float8_e4m3fnuz": torch.float8_e4m3fnuz}
 
 
-def host_scale(name: str, value) -> float:
-    """A run's q/k/v scale (FlashInfer's fp8 dequantization factors) as a float, 1.0 for None. A real
-    number only: a device tensor would need a host sync, and the kernels take the scale as a scalar."""
+def host_scale(name: str, value, tensor_ok: bool = False):
+    """A run's q/k/v scale (FlashInfer's fp8 dequantization factors) as a float, 1.0 for None. q and k
+    scales must be real numbers: they scale the scores inside the kernel, which takes a scalar, and
+    reading a device tensor would be a host sync. ``tensor_ok`` (v_scale, which multiplies the output
+    after the kernel): a one-element float tensor is also taken, as is."""
     if value is None:
         return 1.0
+    if tensor_ok and isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number or None (a tensor would need a host sync), got "
-                        f"{type(value).__name__}")
+        what = "a real number, a one-element float tensor" if tensor_ok else "a real number"
+        raise TypeError(f"{name} must be {what} or None (a tensor score scale would need a host sync), got "
+                        f"{type(value).__name__}" + (f" of {value.numel()} elements" if isinstance(value, torch.Tensor)
+                                                     else ""))
     return float(value)
 
 
@@ -240,8 +246,8 @@ class AttentionPlan:
                              self.sm_scale * sm_scale_mult, sinks)
         else:
             ATTENTION.impls[self.backend].fn(self, q, k, v, kv_strides, out, lse, self.sm_scale * sm_scale_mult, sinks)
-        if v_scale is not None and v_scale != 1.0:
-            out.mul_(v_scale)
+        if isinstance(v_scale, torch.Tensor) or (v_scale is not None and v_scale != 1.0):
+            out.mul_(v_scale)  # a tensor is not compared: that would be a sync
         return (out, lse) if return_lse else out
 
     def checked_sinks(self, sinks, q: torch.Tensor):

@@ -211,7 +211,7 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
     lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
     mult = host_scale("q_scale", q_scale) * host_scale("k_scale", k_scale)
     result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                      v_scale=host_scale("v_scale", v_scale), sinks=sinks)
+                      v_scale=host_scale("v_scale", v_scale, tensor_ok=True), sinks=sinks)
     return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
@@ -468,7 +468,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
         lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
         mult = host_scale("q_scale", q_scale) * host_scale("k_scale", k_scale)
         result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                          v_scale=host_scale("v_scale", v_scale), sinks=sinks)
+                          v_scale=host_scale("v_scale", v_scale, tensor_ok=True), sinks=sinks)
         return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
