@@ -70,12 +70,14 @@ def flag_rows(fi, shapes=FLAG_SHAPES):
         q = torch.randn(int(qo_indptr[-1]), HQ, D, device=dev).to(DTYPE)
         sinks = torch.randn(HQ, device=dev)
 
-        def wrapper(**plan_kw):
+        def wrapper(config=None, **plan_kw):
             if decode:
                 w = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(ws)
+                w._config = config
                 w.plan(kv_indptr, kv_indices, last, HQ, HKV, D, PAGE, q_data_type=DTYPE, **plan_kw)
             else:
                 w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(ws)
+                w._config = config
                 causal = "custom_mask" not in plan_kw
                 w.plan(qo_indptr, kv_indptr, kv_indices, last, HQ, HKV, D, PAGE, causal=causal, q_data_type=DTYPE,
                        **plan_kw)
@@ -97,18 +99,29 @@ def flag_rows(fi, shapes=FLAG_SHAPES):
         plain_us, _ = _graph_and_eager_us(lambda: plain.run(q, cache))
         variants = [("plain", {}, {}, True), ("sinks", {}, {"sinks": sinks}, False),
                     ("ALIBI", {"pos_encoding_mode": "ALIBI"}, {}, False),
-                    ("ROPE_LLAMA", {"pos_encoding_mode": "ROPE_LLAMA"}, {}, False)]
+                    ("ROPE_LLAMA", {"pos_encoding_mode": "ROPE_LLAMA"}, {}, False),
+                    # both RoPE paths, whichever plan.rotate_keys_ahead picks above
+                    ("ROPE_LLAMA, keys turned in the tiles", {"pos_encoding_mode": "ROPE_LLAMA",
+                                                              "config": {"rope_keys_ahead": False}}, {}, False),
+                    ("ROPE_LLAMA, keys rotated ahead", {"pos_encoding_mode": "ROPE_LLAMA",
+                                                        "config": {"rope_keys_ahead": True}}, {}, False)]
         if not decode:  # FlashInfer's custom masks are a prefill feature
             variants.append(("custom mask (causal, as a mask)", {"custom_mask": _causal_mask(qo_lens, kv_lens, dev)},
                              {}, True))
+        rope_out = None  # the RoPE paths must agree with each other
         for name, plan_kw, run_kw, same_result in variants:
             try:
                 w = wrapper(**plan_kw)
                 out = w.run(q, cache, **run_kw)
                 note = ""
+                if name.startswith("ROPE"):
+                    rope_out = out if rope_out is None else rope_out
+                    same_result, against = True, rope_out
+                else:
+                    against = expected
                 if same_result:
-                    err = max_error(out, expected)
-                    note = f"max error vs plain {err:.2g}"
+                    err = max_error(out, against)
+                    note = f"max error vs {'plain' if against is expected else 'ROPE_LLAMA'} {err:.2g}"
                     if not err <= 2e-2:
                         rows.append({"case": shape, "flag": name, "note": "WRONG: " + note})
                         continue

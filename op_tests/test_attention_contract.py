@@ -201,16 +201,19 @@ def test_alibi_is_refused_by_cascade():
                pos_encoding_mode="ALIBI")
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend,keys_ahead", [("triton", False), ("triton", True), ("torch", None)])
 @pytest.mark.parametrize("causal", [True, False])
-def test_rope_llama_in_the_kernel(backend, causal, split_kv):
+def test_rope_llama_in_the_kernel(backend, keys_ahead, causal, split_kv):
     """FlashInfer's ROPE_LLAMA: q (query i at kv_len - qo_len + i) and k (key j at j) rotated inside
-    attention; the same as rotating them first with the fp32 reference and attending plainly."""
+    attention; the same as rotating them first with the fp32 reference and attending plainly. Both
+    Triton paths: keys turned in each tile, and keys rotated once ahead (plan.rotate_keys_ahead)."""
     from aiter_ext.ops.attention.reference import single_attention_ref
 
     rope = (2.0, 5e5)
     cache, (qo, kvp, kvi, last), q, kv = _paged_case([5, 2], [70, 7])
     w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    if keys_ahead is not None:
+        w._config = {"rope_keys_ahead": keys_ahead}
     w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=causal, pos_encoding_mode="ROPE_LLAMA", rope_scale=rope[0],
            rope_theta=rope[1], q_data_type=DTYPE)
     out, lse = w.run(q, cache, return_lse=True)
@@ -219,7 +222,10 @@ def test_rope_llama_in_the_kernel(backend, causal, split_kv):
     _close(lse, ref_lse, "its LSE")
     plain, _ = _ref(q, qo, kv, causal)
     assert (out.float() - plain).abs().max() > 10 * TOL, "RoPE changed nothing"
+    assert ("rotated_keys" in w._plan.extra) == bool(keys_ahead), "the forced path was not taken"
     d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
+    if keys_ahead is not None:
+        d._config = {"rope_keys_ahead": keys_ahead}
     d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA", q_data_type=DTYPE)  # defaults 1, 1e4
     qd = q[:2].contiguous()
     _close(d.run(qd, cache), batch_attention_ref(qd, i32([0, 1, 2]).to(DEVICE), kv, False, None, -1, None, None,
@@ -230,6 +236,36 @@ def test_rope_llama_in_the_kernel(backend, causal, split_kv):
            single_attention_ref(q[:5], k, v, causal=causal, rope=(1.0, rope[1]))[0], "single prefill ROPE_LLAMA")
     with pytest.raises(ValueError, match="rope_scale / rope_theta apply only"):
         d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, rope_theta=1e6)
+
+
+@pytest.mark.parametrize("keys_ahead", [False, True])
+def test_rope_llama_ragged(keys_ahead):
+    """The ragged wrapper with ROPE_LLAMA, both Triton paths; a forward() that turns RoPE off on a plan
+    whose keys were to be rotated ahead gives the plain result (the scratch is not used)."""
+    qo, kvl = i32([0, 9, 12]), i32([0, 30, 41])
+    q = torch.randn(12, HQ, D, device=DEVICE).to(DTYPE)
+    k, v = torch.randn(41, HKV, D, device=DEVICE).to(DTYPE), torch.randn(41, HKV, D, device=DEVICE).to(DTYPE)
+    kv = [(k[0:30], v[0:30]), (k[30:41], v[30:41])]
+    w = aiter_ext.BatchPrefillWithRaggedKVCacheWrapper(_workspace())
+    w._config = {"rope_keys_ahead": keys_ahead}
+    w.plan(qo, kvl, HQ, HKV, D, causal=True, pos_encoding_mode="ROPE_LLAMA", rope_theta=1e3, q_data_type=DTYPE)
+    out = w.run(q, k, v)
+    _close(out, batch_attention_ref(q, qo.to(DEVICE), kv, True, None, -1, None, None, None, None, (1.0, 1e3))[0],
+           "ragged prefill with ROPE_LLAMA")
+    _close(w.forward(q, k, v, causal=True, pos_encoding_mode="NONE"), _ref(q, qo, kv, True)[0], "forward without RoPE")
+
+
+def test_rope_keys_ahead_rule():
+    """Keys are rotated ahead when tiles read each key at least twice (prefill), not for decode."""
+    from aiter_ext.ops.attention.plan import rotate_keys_ahead
+
+    assert not rotate_keys_ahead([1] * 64, [4096] * 64, 4, 16, causal=False)  # decode: one read a key
+    assert not rotate_keys_ahead([8] * 32, [4096] * 32, 4, 32, causal=True)  # multi-token decode: one tile
+    assert rotate_keys_ahead([2048] * 8, [2048] * 8, 4, 128, causal=True)  # prefill: 64 tiles, ~32 reads
+    assert not rotate_keys_ahead([40], [40], 2, 64, causal=True)  # 2 tiles, causal: 1.5 reads a key
+    assert rotate_keys_ahead([40], [40], 2, 64, causal=False)  # 2 tiles: 2 reads
+    assert not rotate_keys_ahead([], [], 4, 64, causal=True)
+    assert rotate_keys_ahead([1], [10], 4, 16, causal=False, config={"rope_keys_ahead": True})
 
 
 def test_rope_llama_at_long_positions_matches_fp64_angles():

@@ -24,9 +24,10 @@ import torch
 LOG2E = 1.0 / math.log(2.0)
 
 
-def prepare(*, paged, qo_lens, kv_lens, kv_indptr, kv_indices, page_size, device, custom_mask=None) -> dict:
+def prepare(*, paged, qo_lens, kv_lens, kv_indptr, kv_indices, page_size, device, custom_mask=None,
+            rope_keys=None) -> dict:
     """Token-level page table (host-built once at plan time, so run() reads nothing back). Custom masks
-    are refused at run (backends._run_aiter)."""
+    and RoPE are refused at run (backends._run_aiter)."""
     if paged:
         ptr, ids = kv_indptr.tolist(), kv_indices.tolist()
         tokens = []

@@ -38,19 +38,30 @@ def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> Non
     lse.copy_(s)
 
 
-def _prepare_triton(*, qo_lens, kv_lens, custom_mask=None, **_) -> dict:
-    """Plan time: a custom mask's bytes followed by its rows' visibility classes (kernels.mask_with_classes)."""
-    if custom_mask is None:
-        return {}
-    from .kernels import mask_with_classes
+def _prepare_triton(*, qo_lens, kv_lens, paged, page_size, device, custom_mask=None, rope_keys=None, **_) -> dict:
+    """Plan time: a custom mask's bytes followed by its rows' visibility classes (kernels.mask_with_classes);
+    with ``rope_keys`` (host kv_indptr, Hkv, D, q dtype), the scratch that RoPE rotates the keys into
+    once per call (kernels.rotated_keys_scratch)."""
+    from .kernels import mask_with_classes, rotated_keys_scratch
 
-    packed, mask_offsets, class_offsets = custom_mask
-    return {"mask": mask_with_classes(packed, mask_offsets, class_offsets, qo_lens, kv_lens)}
+    extra = {}
+    if custom_mask is not None:
+        packed, mask_offsets, class_offsets = custom_mask
+        extra["mask"] = mask_with_classes(packed, mask_offsets, class_offsets, qo_lens, kv_lens)
+    if rope_keys is not None:
+        extra["rotated_keys"] = rotated_keys_scratch(rope_keys[0], page_size, paged, *rope_keys[1:], device)
+    return extra
 
 
 def _kernel_mask(plan):
     """What the kernel reads with CUSTOM_MASK (_prepare_triton), or None."""
     return plan.extra["mask"] if plan.custom_mask is not None else None
+
+
+def _kernel_options(plan) -> dict:
+    """The plan's kernel flags beyond the basic ones (launch_attention's keywords)."""
+    return {"custom_mask": _kernel_mask(plan), "alibi": plan.alibi, "rope": plan.rope,
+            "rotated_keys": plan.extra.get("rotated_keys") if plan.rope is not None else None}  # forward() may turn RoPE off
 
 
 def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
@@ -60,8 +71,7 @@ def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> No
     launch_attention(plan.work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1,
                      out, lse, plan.partial_o, plan.partial_lse, paged=plan.paged, page_size=plan.page_size,
                      kv_strides=kv_strides, sm_scale=sm_scale, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap, sinks=sinks, custom_mask=_kernel_mask(plan), alibi=plan.alibi,
-                     rope=plan.rope,
+                     logits_soft_cap=plan.logits_soft_cap, sinks=sinks, **_kernel_options(plan),
                      merge=lambda po, pl, ind, o, s: _merge_many_out(po, pl, ind, o, s, None))
 
 
@@ -73,8 +83,7 @@ def _triton_partial(plan, work, q, k, v, kv_strides, partial_o, partial_lse, sin
     launch_attention(work, q, k, v, plan.kv_indices, plan.meta, plan.qo_indptr.shape[0] - 1, None, None,
                      partial_o, partial_lse, paged=plan.paged, page_size=plan.page_size, kv_strides=kv_strides,
                      sm_scale=plan.sm_scale * sm_scale_mult, causal=plan.causal, window_left=plan.window_left,
-                     logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, custom_mask=_kernel_mask(plan),
-                     alibi=plan.alibi, rope=plan.rope)
+                     logits_soft_cap=plan.logits_soft_cap, merge=None, sinks=sinks, **_kernel_options(plan))
 
 
 def _triton_supports(call) -> tuple[bool, str]:

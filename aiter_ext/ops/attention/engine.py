@@ -22,7 +22,7 @@ from aiter_ext.core.checks import check_indptr_values, check_same_device, check_
 
 from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
 from .reference import alibi_slopes
-from .plan import WorkPlan, make_plan
+from .plan import WorkPlan, make_plan, rotate_keys_ahead
 
 
 #: FlashInfer's in-kernel position encodings.
@@ -216,10 +216,15 @@ class AttentionPlan:
             tables += [mask[1], torch.tensor(mask_layout[1], dtype=torch.int32)]
             causal = False  # FlashInfer: causal applies only without a custom mask
         extra = {}
+        rope_keys = None
+        if pos_encoding_mode == "ROPE_LLAMA" and rotate_keys_ahead(qo_lens, kv_lens, group, work.block_m, causal,
+                                                                   config):
+            rope_keys = (kv, num_kv_heads, head_dim, q_dtype)  # the keys rotated once per call (plan.py)
         if choice.impl.prepare is not None:
             extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
                                         kv_indices=kv_indices, page_size=page_size, device=device,
-                                        custom_mask=(mask[0], *mask_layout) if mask is not None else None)
+                                        custom_mask=(mask[0], *mask_layout) if mask is not None else None,
+                                        rope_keys=rope_keys)
         partial_o = partial_lse = None
         if work.split:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)

@@ -48,6 +48,22 @@ def _turn(lo, hi, cos, sin):
 
 
 @triton.jit
+def _rotate_rows(rows, rows_ok, pos, rcp_scale, log2_rcp_theta, HEAD_DIM: tl.constexpr):
+    """Llama's rotate-half RoPE of full rows (fp32 ``[R, HEAD_DIM]``), read at ``rows`` (pointers to
+    each row's first element) at positions ``pos [R]``: the same numbers as _rotate_halves, without
+    splitting the row, so the result feeds a full-width dot. Column c pairs with c +- D/2."""
+    cols = tl.arange(0, HEAD_DIM)
+    half: tl.constexpr = HEAD_DIM // 2
+    partner = (cols + half) % HEAD_DIM
+    x = tl.load(rows[:, None] + cols[None, :], mask=rows_ok[:, None], other=0.0).to(tl.float32)
+    x_partner = tl.load(rows[:, None] + partner[None, :], mask=rows_ok[:, None], other=0.0).to(tl.float32)
+    freq = rcp_scale * tl.exp2(log2_rcp_theta * ((cols % half) * 2).to(tl.float32) / HEAD_DIM)
+    angle = pos.to(tl.float32)[:, None] * freq[None, :]
+    signed_partner = tl.where((cols < half)[None, :], -x_partner, x_partner)
+    return x * tl.cos(angle) + signed_partner * tl.sin(angle)
+
+
+@triton.jit
 def _block_turns(key0, freq, cos_blk, sin_blk):
     """cos and sin of ``(key0 + j) * freq`` for the keys ``j < BLOCK_N`` of a block, by angle addition
     from the program's ``[BLOCK_N, D/2]`` tables of ``j * freq`` (cos_blk, sin_blk): ``D/2`` sines and
@@ -122,12 +138,21 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 
 
 @triton.jit
-def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag, cols,
+def _rotated_key_offsets(kv_begin, keys, h_kv, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Element offsets of ``keys`` of KV head ``h_kv`` in the plan's pre-rotated keys (rotate_keys_kernel):
+    ``[listed pages * PAGE_SIZE (ragged: KV rows), Hkv, HEAD_DIM]`` in the plan's page order, so a
+    request's keys start at its ``kv_begin`` (in pages, or rows) times PAGE_SIZE, with no page table."""
+    return ((kv_begin * PAGE_SIZE + keys).to(tl.int64) * tl.num_programs(1) + h_kv) * HEAD_DIM
+
+
+@triton.jit
+def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_hi, diag, cols,
                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last, alibi_log2,
                   q_lo, q_hi, rope_freq, key0, rope_cos_blk, rope_sin_blk, need_bits,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
                   CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr, ROPE: tl.constexpr):
-    """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K/V rows are at ``kv_off``.
+    """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K rows are at ``k_off`` and V
+    rows at ``kv_off`` (the same, unless the keys were rotated ahead into the plan's scratch).
     ``MASKED`` is False for the blocks that lie wholly inside the chunk, below every row's diagonal
     and inside every row's window: they skip all per-element masks (each mask costs compares, and on
     AMD 64-bit lane masks held in SGPRs). ``need_bits`` (CUSTOM_MASK): whether some row sees only some
@@ -144,7 +169,7 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, keys, kv_hi, diag
         k_lo, k_hi = _turn(k_lo, k_hi, cos, sin)
         qk = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype))) + tl.dot(q_hi, tl.trans(k_hi.to(q_hi.dtype)))
     else:
-        k_tile = tl.load(k_cache + kv_off[:, None] + cols[None, :])
+        k_tile = tl.load(k_cache + k_off[:, None] + cols[None, :])
         qk = tl.dot(q_tile, tl.trans(k_tile.to(q_tile.dtype)))
     if SOFT_CAP:
         s = cap_post * _tanh(qk * cap_pre)
@@ -199,6 +224,7 @@ def attention_kernel(
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
     CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False, ROPE: tl.constexpr = False,
+    ROPE_KEYS_AHEAD: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
@@ -216,7 +242,9 @@ def attention_kernel(
 
     ``ROPE``: Llama's RoPE in the kernel (FlashInfer's ``ROPE_LLAMA``): q rotated once at position
     ``kv_len - qo_len + i``, each K block at its keys' positions; frequency of pair c:
-    ``rope_rcp_scale * 2^(rope_log2_rcp_theta * 2c / D)``."""
+    ``rope_rcp_scale * 2^(rope_log2_rcp_theta * 2c / D)``. With ``ROPE_KEYS_AHEAD``, ``k_cache`` holds the
+    keys already rotated (rotate_keys_kernel, once per call, for plans whose tiles read each key many
+    times: prefill) in the layout of _rotated_key_offsets; only q is rotated here."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -248,10 +276,14 @@ def attention_kernel(
     q_tok = (qo_begin + qpos).to(tl.int64)
     q_tile = tl.load(q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head + cols[None, :],
                      mask=row_ok[:, None], other=0.0)
-    q_lo = q_tile  # with ROPE: the rotated halves of the query rows (else unused)
+    q_lo = q_tile  # with ROPE (keys rotated here): the rotated halves of the query rows (else unused)
     q_hi = q_tile
     rope_freq = tl.zeros([HEAD_DIM // 2], tl.float32)
-    if ROPE:
+    ROTATE_KEYS: tl.constexpr = ROPE and not ROPE_KEYS_AHEAD  # each K block turned in the loop
+    if ROPE and ROPE_KEYS_AHEAD:
+        q_tile = _rotate_rows(q + q_tok * stride_q_tok + head * stride_q_head, row_ok, qpos + (kv_len - qo_len),
+                              rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM).to(q_tile.dtype)
+    if ROTATE_KEYS:
         half = tl.arange(0, HEAD_DIM // 2)
         rope_freq = rope_rcp_scale * tl.exp2(rope_log2_rcp_theta * (half * 2).to(tl.float32) / HEAD_DIM)
         q_row = q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head
@@ -263,7 +295,7 @@ def attention_kernel(
     # the turns of key j of a block at angle j * freq (_block_turns; unused without ROPE)
     rope_cos_blk = tl.zeros([1, 1], tl.float32)
     rope_sin_blk = tl.zeros([1, 1], tl.float32)
-    if ROPE:
+    if ROTATE_KEYS:
         blk_angle = tl.arange(0, BLOCK_N).to(tl.float32)[:, None] * rope_freq[None, :]
         rope_cos_blk = tl.cos(blk_angle)
         rope_sin_blk = tl.sin(blk_angle)
@@ -324,10 +356,13 @@ def attention_kernel(
         else:
             kv_off = _row_offsets(kv_indices, kv_begin, start + blk, h_kv, stride_kv_page, stride_kv_slot,
                                   stride_kv_head, PAGE_SIZE, PAGED)
-        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
-                                  sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last,
-                                  alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk, False, False,
-                                  CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
+        k_off = kv_off
+        if ROPE_KEYS_AHEAD:
+            k_off = _rotated_key_offsets(kv_begin, start + blk, h_kv, PAGE_SIZE, HEAD_DIM)
+        acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, start + blk, kv_hi, diag,
+                                  cols, sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
+                                  mask_last, alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk,
+                                  False, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROTATE_KEYS)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
@@ -338,12 +373,16 @@ def attention_kernel(
         if CUSTOM_MASK:
             seen_any, need_bits = _block_classes(class_rows, row_ok, start, num_groups, BLOCK_N)
         if seen_any:
-            kv_off = _row_offsets(kv_indices, kv_begin, tl.minimum(start + blk, kv_hi - 1), h_kv, stride_kv_page,
-                                  stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
-            acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, start + blk, kv_hi, diag, cols,
-                                      sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
+            keys = tl.minimum(start + blk, kv_hi - 1)
+            kv_off = _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head,
+                                  PAGE_SIZE, PAGED)
+            k_off = kv_off
+            if ROPE_KEYS_AHEAD:
+                k_off = _rotated_key_offsets(kv_begin, keys, h_kv, PAGE_SIZE, HEAD_DIM)
+            acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, start + blk, kv_hi, diag,
+                                      cols, sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
                                       mask_last, alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk,
-                                      need_bits, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
+                                      need_bits, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROTATE_KEYS)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -366,6 +405,52 @@ def attention_kernel(
     out_idx = out_row * num_qo_heads + head
     tl.store(o + out_idx[:, None] * HEAD_DIM + cols[None, :], out.to(o.dtype.element_ty), mask=row_ok[:, None])
     tl.store(lse + out_idx, row_lse, mask=row_ok)
+
+
+@triton.jit
+def rotate_keys_kernel(k_cache, rotated, kv_indices, unit_pos0, num_rows, rope_rcp_scale, rope_log2_rcp_theta,
+                       stride_kv_page, stride_kv_slot, stride_kv_head, HEAD_DIM: tl.constexpr,
+                       PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, BLOCK_R: tl.constexpr):
+    """ROPE_KEYS_AHEAD: every listed key of a plan rotated at its position in its request, into ``rotated``
+    (_rotated_key_offsets' layout, the q dtype). Grid (cdiv(num_rows, BLOCK_R), Hkv). Row r is slot
+    ``r % PAGE_SIZE`` of the plan's listed page ``r // PAGE_SIZE`` (ragged: KV row r, PAGE_SIZE 1), at
+    position ``unit_pos0[r // PAGE_SIZE] + r % PAGE_SIZE``. Slots past a last page's length are turned
+    too (whatever they hold) and never read."""
+    h_kv = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = r < num_rows
+    r = tl.minimum(r, num_rows - 1)  # in bounds, unpredicated address loads; the store is masked
+    src = _row_offsets(kv_indices, 0, r, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
+    pos = tl.load(unit_pos0 + r // PAGE_SIZE) + r % PAGE_SIZE
+    turned = _rotate_rows(k_cache + src, ok, pos, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
+    dst = _rotated_key_offsets(0, r, h_kv, 1, HEAD_DIM)
+    cols = tl.arange(0, HEAD_DIM)
+    tl.store(rotated + dst[:, None] + cols[None, :], turned.to(rotated.dtype.element_ty), mask=ok[:, None])
+
+
+ROTATE_ROWS = 32  # keys a program of rotate_keys_kernel
+
+
+def rotated_keys_scratch(kv_indptr: list, page_size: int, paged: bool, num_kv_heads: int, head_dim: int,
+                         dtype: torch.dtype, device) -> tuple:
+    """Plan time, ROPE_KEYS_AHEAD: (the scratch the keys are rotated into, each listed page's (ragged: KV
+    row's) first position in its request, int32 on the device)."""
+    indptr = torch.tensor(kv_indptr, dtype=torch.int64)
+    units = int(indptr[-1])
+    req = torch.repeat_interleave(torch.arange(len(kv_indptr) - 1), indptr[1:] - indptr[:-1])
+    unit_pos0 = ((torch.arange(units) - indptr[req]) * (page_size if paged else 1)).to(torch.int32)
+    rows = units * (page_size if paged else 1)
+    return torch.empty(rows, num_kv_heads, head_dim, dtype=dtype, device=device), unit_pos0.to(device)
+
+
+def _rotate_keys(k, rotated_keys, kv_indices, paged: bool, page_size: int, kv_strides, rope) -> torch.Tensor:
+    rotated, unit_pos0 = rotated_keys
+    if rotated.shape[0]:
+        grid = (triton.cdiv(rotated.shape[0], ROTATE_ROWS), rotated.shape[1])
+        rotate_keys_kernel[grid](k, rotated, kv_indices if paged else unit_pos0, unit_pos0, rotated.shape[0],
+                                 1.0 / rope[0], -math.log2(rope[1]), *kv_strides, HEAD_DIM=rotated.shape[2],
+                                 PAGE_SIZE=page_size if paged else 1, PAGED=paged, BLOCK_R=ROTATE_ROWS)
+    return rotated
 
 
 @triton.jit
@@ -421,14 +506,17 @@ CLASS_GROUPS = 64  # key groups a step of mask_classes_kernel (1024 keys)
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
                      logits_soft_cap: float | None, merge, sinks=None, custom_mask=None, alibi=None,
-                     rope=None) -> None:
+                     rope=None, rotated_keys=None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
     With a split plan, the partial states go to ``partial_o``/``partial_lse`` and
-    ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them."""
+    ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them. ``rotated_keys`` (with
+    ``rope``; rotated_keys_scratch): the keys are rotated into it first, and the kernel reads them there."""
     if plan.num_work == 0:
         return
+    if rotated_keys is not None:
+        k = _rotate_keys(k, rotated_keys, kv_indices, paged, page_size, kv_strides, rope)
     num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
     dst_o, dst_lse = (partial_o, partial_lse) if plan.split else (out, lse)
     cap = float(logits_soft_cap or 0.0)
@@ -444,7 +532,8 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
-        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None, **launch_opts,
+        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None,
+        ROPE_KEYS_AHEAD=rotated_keys is not None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -480,6 +569,7 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
               "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False, "ROPE": False,
+              "ROPE_KEYS_AHEAD": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -508,6 +598,8 @@ def aot_specs():
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-alibi", ALIBI=True)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)
+        yield kernel_spec("bf16", 128, rows, group, True, False, label="-rope-keys-ahead", ROPE=True,
+                          ROPE_KEYS_AHEAD=True)
         # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
         # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
         from dataclasses import replace
@@ -518,6 +610,15 @@ def aot_specs():
             spec = kernel_spec("bf16", 128, rows, group, paged, split, label="-custom-mask", CUSTOM_MASK=True,
                                CAUSAL=False)
             yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
+    # RoPE's keys rotated ahead (prefill plans), from a paged bf16 or fp8 cache and from ragged keys
+    for kv_dtype, paged in (("bf16", True), ("fp8e4nv", True), ("bf16", False)):
+        yield KernelSpec(f"rotate_keys[{kv_dtype}-d128-{'paged' if paged else 'ragged'}]", rotate_keys_kernel,
+                         {"k_cache": f"*{kv_dtype}", "rotated": "*bf16", "kv_indices": "*i32", "unit_pos0": "*i32",
+                          "num_rows": "i32", "rope_rcp_scale": "fp32", "rope_log2_rcp_theta": "fp32",
+                          "stride_kv_page": "i32", "stride_kv_slot": "i32", "stride_kv_head": "i32"},
+                         {"HEAD_DIM": 128, "PAGE_SIZE": 16 if paged else 1, "PAGED": paged, "BLOCK_R": ROTATE_ROWS},
+                         {"num_warps": 4}, divisible_by_16=("k_cache", "rotated", "kv_indices", "unit_pos0",
+                                                            "stride_kv_page", "stride_kv_slot", "stride_kv_head"))
     # the custom mask's visibility classes, at plan time
     yield KernelSpec("mask_classes", mask_classes_kernel, {"mask_bytes": "*u8", "rows": "*i64", "classes": "*u8"},
                      {"CLASS_KEYS": CLASS_KEYS.value, "GROUPS": CLASS_GROUPS}, {"num_warps": 4},
