@@ -175,14 +175,16 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
         s = cap_post * _tanh(qk * cap_pre)
     else:
         s = qk * sm_scale_log2
+    row_shift = 0.0
     if ALIBI:
-        # FlashInfer's bias, slope * (key - query index in the request), in base 2, written as
-        # slope * j + slope * (block start - query) for the block's key j: a multiply-add per score with a
-        # per-row bias, where an integer difference, its conversion and a multiply per score were
-        # (+8.1% over plain causal prefill on an H100 at 25f7ab2; this form is untimed)
-        row_bias = alibi_log2 * (key0 - qpos).to(tl.float32)
+        # FlashInfer's bias, slope * (key - query index in the request), in base 2, split as
+        # slope * j for the block's key j (a tile the same for every block, so the loop keeps it and
+        # the scale's multiply becomes a multiply-add) plus slope * (block start - query), constant
+        # along the row: that part shifts the row's maximum and its exponents' offset, not each score.
+        # (+8.1% over plain causal prefill on an H100 at 25f7ab2, when the whole bias went on each score.)
         col = tl.arange(0, s.shape[1]).to(tl.float32)
-        s += alibi_log2[:, None] * col[None, :] + row_bias[:, None]
+        s += alibi_log2[:, None] * col[None, :]
+        row_shift = alibi_log2 * (key0 - qpos).to(tl.float32)
     if MASKED:
         # One integer "room" per score, visible iff >= 0: a single compare (one lane mask) per
         # element instead of one per condition. Padding rows need no mask: they are never stored.
@@ -202,13 +204,13 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
                 visible = visible & (((byte >> (bit % 8).to(tl.uint8)) & 1) != 0)
         s = tl.where(visible, s, float("-inf"))
 
-    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_new = tl.maximum(m, tl.max(s, axis=1) + row_shift)
     if MASKED:
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
     else:
         m_safe = m_new  # an unmasked block gives every row a finite score
     alpha = tl.exp2(m - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
+    p = tl.exp2(s - (m_safe - row_shift)[:, None])
     l = l * alpha + tl.sum(p, axis=1)
     v_tile = tl.load(v_cache + kv_off[:, None] + cols[None, :])
     acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile.to(q_tile.dtype))
