@@ -55,6 +55,39 @@ def level_tables(block_table: torch.Tensor, seq_lens: torch.Tensor, shared_block
         last_page_len=[torch.tensor([block_size], dtype=i32), (lens - (blocks - 1) * block_size).to(i32)])
 
 
+def token_level_tables(token_table: torch.Tensor, row_ids: torch.Tensor, seq_lens: torch.Tensor,
+                       seq_lens_cpu: torch.Tensor, shared_tokens: int) -> LevelTables:
+    """The two levels' tables of a decode batch over a token-level KV pool (SGLang's ``req_to_token``:
+    a slot id per token, so pages of one token): level 0 is the first request's first ``shared_tokens``
+    slots, level 1 every request's slots after them. ``token_table``: ``[pool rows, tokens]`` slot ids on
+    the device; ``row_ids``: each request's row; ``seq_lens`` (device) and ``seq_lens_cpu`` (host): its
+    tokens, every one above ``shared_tokens``.
+
+    The slots are gathered on the device and read back once (the cascade's plan reads its tables on
+    the host): ``shared_tokens`` plus the requests' own tokens, not the whole ``[requests, tokens]``
+    table that level_tables would need."""
+    num_reqs = seq_lens_cpu.shape[0]
+    lens = seq_lens_cpu.to(torch.int64)
+    if num_reqs < 1 or shared_tokens < 1 or bool((lens <= shared_tokens).any()):
+        raise ValueError(f"every request needs tokens past the {shared_tokens} shared ones")
+    own = lens - shared_tokens
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), own.cumsum(0)])
+    total = int(indptr[-1])
+    dev = token_table.device
+    rows = row_ids[:num_reqs].to(torch.int64)
+    # each own token's request and column, with sizes from the host: no sync before the read back
+    req = torch.repeat_interleave(torch.arange(num_reqs, device=dev), seq_lens[:num_reqs].to(torch.int64) - shared_tokens,
+                                  output_size=total)
+    col = torch.arange(total, device=dev) - indptr.to(dev)[req] + shared_tokens
+    slots = torch.cat([token_table[rows[0], :shared_tokens], token_table[rows[req], col]]).to(torch.int32).cpu()
+    i32 = torch.int32
+    return LevelTables(
+        qo_indptr=[torch.tensor([0, num_reqs], dtype=i32), torch.arange(num_reqs + 1, dtype=i32)],
+        kv_indptr=[torch.tensor([0, shared_tokens], dtype=i32), indptr.to(i32)],
+        kv_indices=[slots[:shared_tokens], slots[shared_tokens:]],
+        last_page_len=[torch.tensor([1], dtype=i32), torch.ones(num_reqs, dtype=i32)])
+
+
 class CascadeDecode:
     """A planned two-level cascade decode, reused by every layer of a step (the plan holds no layer state)."""
 
@@ -68,11 +101,18 @@ class CascadeDecode:
     def plan(self, block_table: torch.Tensor, seq_lens: torch.Tensor, shared_blocks: int, block_size: int,
              num_qo_heads: int, num_kv_heads: int, head_dim: int, *, sm_scale: Optional[float] = None,
              logits_soft_cap: Optional[float] = None, q_data_type=torch.bfloat16, kv_data_type=None) -> None:
-        tables = level_tables(block_table, seq_lens, shared_blocks, block_size)
+        self.plan_tables(level_tables(block_table, seq_lens, shared_blocks, block_size), block_size, num_qo_heads,
+                         num_kv_heads, head_dim, sm_scale=sm_scale, logits_soft_cap=logits_soft_cap,
+                         q_data_type=q_data_type, kv_data_type=kv_data_type)
+
+    def plan_tables(self, tables: LevelTables, block_size: int, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                    *, sm_scale: Optional[float] = None, logits_soft_cap: Optional[float] = None,
+                    q_data_type=torch.bfloat16, kv_data_type=None) -> None:
+        """Plan from tables already built (level_tables, token_level_tables)."""
         self._wrapper.plan(*tables, num_qo_heads, num_kv_heads, head_dim, block_size, causal=False,
                            sm_scale=sm_scale, logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
                            kv_data_type=kv_data_type)
-        self.shared_blocks = shared_blocks
+        self.shared_blocks = int(tables.kv_indptr[0][-1])
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             out: Optional[torch.Tensor] = None, sinks: Optional[torch.Tensor] = None,

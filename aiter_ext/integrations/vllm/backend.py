@@ -28,7 +28,6 @@ window of 128 keys would see little of a shared prefix) or fp8 e5m2 caches.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -42,13 +41,8 @@ from vllm.v1.attention.backends.rocm_aiter_fa import (
 )
 from vllm.v1.kv_cache_interface import is_quantized_kv_cache
 
+from aiter_ext.integrations import cascade_enabled
 from aiter_ext.integrations.prefix import MIN_REQUESTS, shared_prefix_blocks, should_use_cascade
-
-CASCADE_ENV = "AITER_EXT_CASCADE"
-
-
-def cascade_enabled() -> bool:
-    return os.environ.get(CASCADE_ENV, "0") == "1"
 
 
 #: vLLM's fp8 KV cache formats the cascade serves: e4m3, which the platform stores as its fp8 dtype
