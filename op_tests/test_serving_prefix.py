@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import DEVICE, grid  # noqa: E402
 
 from aiter_ext.core.testing import assert_close
-from aiter_ext.integrations.cascade import CascadeDecode, level_tables
+from aiter_ext.integrations.cascade import CascadeDecode, level_tables, token_level_tables
 from aiter_ext.integrations.prefix import should_use_cascade, shared_prefix_blocks
 from aiter_ext.ops.attention.reference import single_attention_ref
 
@@ -147,6 +147,23 @@ def test_level_tables_checks_its_inputs():
         level_tables(table, torch.tensor([40, 20, 80]), 1, 16)
     with pytest.raises(ValueError, match="host"):
         level_tables(table.to("meta"), lens, 1, 16)
+
+
+def test_token_level_tables_are_level_tables_of_one_token_pages():
+    """SGLang's token pool (a slot a token): the tables gathered from the scattered rows of a token table
+    equal level_tables over those rows with block size 1."""
+    gen = torch.Generator().manual_seed(3)
+    lens = torch.tensor([70, 65, 90, 66])
+    table = torch.randperm(7 * 100, generator=gen).to(torch.int32).reshape(7, 100)
+    table[:, :64] = table[0, :64]  # every row shares 64 leading slots
+    rows = torch.tensor([5, 2, 6, 0])
+    got = token_level_tables(table, rows, lens, lens.clone(), 64)
+    want = level_tables(table[rows], lens, 64, 1)
+    for name in got._fields:
+        for level in (0, 1):
+            assert torch.equal(getattr(got, name)[level], getattr(want, name)[level]), (name, level)
+    with pytest.raises(ValueError, match="tokens past"):
+        token_level_tables(table, rows, lens, torch.tensor([70, 64, 90, 66]), 64)
 
 
 def main() -> int:
