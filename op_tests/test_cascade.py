@@ -314,6 +314,11 @@ def bench_main(argv=None) -> int:
     decision = "--decision" in argv
     if decision:
         argv.remove("--decision")
+    page_size = 16
+    if "--page" in argv:  # --page 1: SGLang's token-level pool (its plugin's cascade)
+        i = argv.index("--page")
+        page_size = int(argv[i + 1])
+        del argv[i:i + 2]
 
     # An AMD launch of these shapes: the shared level packs 128 (or 64) queries x group 4 as rows of one
     # prefill; the unique level is a decode (4 packed rows); neither is causal in a decode step.
@@ -323,11 +328,11 @@ def bench_main(argv=None) -> int:
         return code
     args, fi, copy_gbs = ctx
     print(f"device {torch.cuda.get_device_name()}, commit {git_commit()}, copy {copy_gbs:.0f} GB/s, "
-          f"peak bf16 {args.peak_tflops} TFLOP/s; bf16, head_dim 128, page 16, decode (1 query per request)")
+          f"peak bf16 {args.peak_tflops} TFLOP/s; bf16, head_dim 128, page {page_size}, decode (1 query per request)")
     shapes = DECISION_GRID if decision else ((128, 32768, 256), (64, 4096, 256))
     rows = []
     for b, s, u in shapes:
-        rows.append(_bench_case(b, s, u, 32, 8, 128, 16, fi, args.peak_tflops, copy_gbs))
+        rows.append(_bench_case(b, s, u, 32, 8, 128, page_size, fi, args.peak_tflops, copy_gbs))
         print(markdown_table(rows[-1:]), flush=True)  # a call cut short keeps what it measured
     print(markdown_table(rows))
     return 0
