@@ -128,13 +128,18 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
     max_splits = max(kv_lens, default=0) // min_chunk if kv_lens else 1
     want = choose_splits(programs, device_info().cu_num, max_splits) if allow_split else 1
     splits = [min(want, kv // min_chunk) or 1 for kv in kv_lens]
+    # Chunks are whole blocks, so rounding a chunk up can leave the last of n splits nothing (4096 keys
+    # in 33 splits of 128); such a request takes fewer splits, so no work item is empty and every
+    # workspace row a token's splits reserve is written.
+    chunk_of = [-(-kv // (n * block_n)) * block_n if n > 1 else kv for kv, n in zip(kv_lens, splits)]
+    splits = [-(-kv // chunk) if n > 1 else 1 for kv, n, chunk in zip(kv_lens, splits, chunk_of)]
 
     items = []
     for b, (tiles, kv, n) in enumerate(zip(q_tiles, kv_lens, splits)):
         if tiles == 1 and n == 1:  # a decode-sized request, most of a serving batch: one item
             items.append((b, 0, 0, kv, 0))
         elif tiles:
-            chunk = -(-kv // (n * block_n)) * block_n
+            chunk = chunk_of[b]
             chunks = [(s * chunk, min(kv, (s + 1) * chunk), s) for s in range(n)]
             items += [(b, t * block_m, lo, hi, s) for t in range(tiles) for lo, hi, s in chunks]
     items.sort(key=lambda it: it[3] - it[2], reverse=True)  # longest chunks first: better balance
