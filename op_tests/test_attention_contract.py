@@ -222,7 +222,7 @@ def test_rope_llama_in_the_kernel(backend, keys_ahead, causal, split_kv):
     _close(lse, ref_lse, "its LSE")
     plain, _ = _ref(q, qo, kv, causal)
     assert (out.float() - plain).abs().max() > 10 * TOL, "RoPE changed nothing"
-    assert ("rotated_keys" in w._plan.extra) == bool(keys_ahead), "the forced path was not taken"
+    assert ("rope_ahead" in w._plan.extra) == bool(keys_ahead), "the forced path was not taken"
     d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
     if keys_ahead is not None:
         d._config = {"rope_keys_ahead": keys_ahead}

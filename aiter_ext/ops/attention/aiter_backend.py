@@ -25,7 +25,7 @@ LOG2E = 1.0 / math.log(2.0)
 
 
 def prepare(*, paged, qo_lens, kv_lens, kv_indptr, kv_indices, page_size, device, custom_mask=None,
-            rope_keys=None) -> dict:
+            rope=None) -> dict:
     """Token-level page table (host-built once at plan time, so run() reads nothing back). Custom masks
     and RoPE are refused at run (backends._run_aiter)."""
     if paged:

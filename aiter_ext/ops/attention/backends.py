@@ -38,18 +38,21 @@ def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> Non
     lse.copy_(s)
 
 
-def _prepare_triton(*, qo_lens, kv_lens, paged, page_size, device, custom_mask=None, rope_keys=None, **_) -> dict:
+def _prepare_triton(*, qo_lens, kv_lens, paged, page_size, device, custom_mask=None, rope=None, **_) -> dict:
     """Plan time: a custom mask's bytes followed by its rows' visibility classes (kernels.mask_with_classes);
-    with ``rope_keys`` (host kv_indptr, Hkv, D, q dtype), the scratch that RoPE rotates the keys into
-    once per call (kernels.rotated_keys_scratch)."""
-    from .kernels import mask_with_classes, rotated_keys_scratch
+    with ``rope`` (engine.RopePlan), RoPE's cos/sin table and, for a plan that rotates ahead, its scratch."""
+    from .kernels import mask_with_classes, rope_ahead_scratch, rope_cis_table
 
     extra = {}
     if custom_mask is not None:
         packed, mask_offsets, class_offsets = custom_mask
         extra["mask"] = mask_with_classes(packed, mask_offsets, class_offsets, qo_lens, kv_lens)
-    if rope_keys is not None:
-        extra["rotated_keys"] = rotated_keys_scratch(rope_keys[0], page_size, paged, *rope_keys[1:], device)
+    if rope is not None:
+        extra["rope_cis"] = (rope.params, rope_cis_table(rope.params, rope.head_dim, max(kv_lens, default=1), device))
+        if rope.ahead:
+            extra["rope_ahead"] = rope_ahead_scratch(qo_lens, kv_lens, rope.kv_indptr, page_size, paged,
+                                                     rope.num_qo_heads, rope.num_kv_heads, rope.head_dim,
+                                                     rope.dtype, device)
     return extra
 
 
@@ -59,9 +62,19 @@ def _kernel_mask(plan):
 
 
 def _kernel_options(plan) -> dict:
-    """The plan's kernel flags beyond the basic ones (launch_attention's keywords)."""
-    return {"custom_mask": _kernel_mask(plan), "alibi": plan.alibi, "rope": plan.rope,
-            "rotated_keys": plan.extra.get("rotated_keys") if plan.rope is not None else None}  # forward() may turn RoPE off
+    """The plan's kernel flags beyond the basic ones (launch_attention's keywords). forward() may have
+    turned RoPE on, off or to other parameters since plan(): the table follows plan.rope (cached)."""
+    rope = None
+    if plan.rope is not None:
+        planned = plan.extra.get("rope_cis")
+        if planned is not None and planned[0] == plan.rope:
+            rope = planned[1]
+        else:
+            from .kernels import rope_cis_table
+
+            rope = rope_cis_table(plan.rope, plan.head_dim, max(plan.kv_lens, default=1), plan.meta.device)
+    return {"custom_mask": _kernel_mask(plan), "alibi": plan.alibi, "rope": rope,
+            "rope_ahead": plan.extra.get("rope_ahead") if rope is not None else None}
 
 
 def _run_triton(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:

@@ -7,12 +7,13 @@ checks only tensor metadata and launches: no host synchronization, no data-depen
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import numbers
 import weakref
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -29,7 +30,7 @@ from .plan import WorkPlan, make_plan, rotate_keys_ahead
 POS_ENCODINGS = ("NONE", "ROPE_LLAMA", "ALIBI")
 
 #: Warps of the custom-mask launches off NVIDIA (see AttentionPlan.build).
-MASK_WARPS_AMD = 8
+MASK_WARPS_AMD = 8  # custom masks and in-kernel RoPE off NVIDIA (see their uses)
 
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 DTYPE_BY_NAME = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -102,6 +103,19 @@ def check_unsupported(pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bo
 def host_int32(name: str, t: torch.Tensor, ndim: int = 1) -> list[int]:
     check_tensor(name, t, ndim=ndim, dtypes=(torch.int32, torch.int64))
     return t.tolist()
+
+
+class RopePlan(NamedTuple):
+    """What a backend's prepare() needs for ROPE_LLAMA: (rope_scale, rope_theta), the shapes, the host
+    kv_indptr, and whether q and the keys are rotated ahead of the kernel (plan.rotate_keys_ahead)."""
+
+    params: tuple
+    head_dim: int
+    num_qo_heads: int
+    num_kv_heads: int
+    dtype: torch.dtype
+    kv_indptr: list
+    ahead: bool
 
 
 @dataclass
@@ -216,15 +230,20 @@ class AttentionPlan:
             tables += [mask[1], torch.tensor(mask_layout[1], dtype=torch.int32)]
             causal = False  # FlashInfer: causal applies only without a custom mask
         extra = {}
-        rope_keys = None
-        if pos_encoding_mode == "ROPE_LLAMA" and rotate_keys_ahead(qo_lens, kv_lens, group, work.block_m, causal,
-                                                                   config):
-            rope_keys = (kv, num_kv_heads, head_dim, q_dtype)  # the keys rotated once per call (plan.py)
+        rope = None
+        if pos_encoding_mode == "ROPE_LLAMA":
+            rope = RopePlan((float(rope_scale or 1.0), float(rope_theta or 1e4)), head_dim, num_qo_heads, num_kv_heads,
+                            q_dtype, kv, rotate_keys_ahead(qo_lens, kv_lens, group, work.block_m, causal, config))
+            if not rope.ahead and not device_info().arch.startswith("sm_"):
+                # gfx942 compile check of in-kernel RoPE's decode tile: at 4 warps the pipelined cos/sin
+                # table reads took 56 KiB of LDS (one wave per SIMD); 8 warps: 156 VGPRs, 2 waves, no
+                # spills (kernels.aot_specs). Not timed on an AMD GPU.
+                work = dataclasses.replace(work, num_warps=MASK_WARPS_AMD)
         if choice.impl.prepare is not None:
             extra = choice.impl.prepare(paged=paged, qo_lens=qo_lens, kv_lens=kv_lens, kv_indptr=kv_indptr,
                                         kv_indices=kv_indices, page_size=page_size, device=device,
                                         custom_mask=(mask[0], *mask_layout) if mask is not None else None,
-                                        rope_keys=rope_keys)
+                                        rope=rope)
         partial_o = partial_lse = None
         if work.split:
             partial_o, partial_lse = _carve(workspace, work.num_partial_rows, num_qo_heads, head_dim)
@@ -236,7 +255,7 @@ class AttentionPlan:
                    partial_o, partial_lse, choice.impl.backend, extra, mask[0] if mask is not None else None,
                    tuple(qo_lens), tuple(kv_lens), tuple(mask[1].tolist()) if mask is not None else (),
                    alibi_slopes(num_qo_heads).to(device) if pos_encoding_mode == "ALIBI" else None,
-                   (float(rope_scale or 1.0), float(rope_theta or 1e4)) if pos_encoding_mode == "ROPE_LLAMA" else None)
+                   rope.params if rope is not None else None)
 
     # -- run --------------------------------------------------------------------------------------
 

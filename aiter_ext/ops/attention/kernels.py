@@ -15,7 +15,7 @@ output and LSE directly.
 
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -35,45 +35,18 @@ def _tanh(x):
 
 
 @triton.jit
-def _rotate_halves(lo, hi, pos, freq):
-    """Llama's rotate-half RoPE of rows given as their two halves (fp32 ``[R, D/2]`` each) at
-    positions ``pos [R]``; ``freq [D/2]``. Each pair (c, c + D/2) turns by ``pos * freq[c]``."""
-    angle = pos.to(tl.float32)[:, None] * freq[None, :]
-    return _turn(lo, hi, tl.cos(angle), tl.sin(angle))
-
-
-@triton.jit
 def _turn(lo, hi, cos, sin):
     return lo * cos - hi * sin, hi * cos + lo * sin
 
 
 @triton.jit
-def _rotate_rows(rows, rows_ok, pos, rcp_scale, log2_rcp_theta, HEAD_DIM: tl.constexpr):
-    """Llama's rotate-half RoPE of full rows (fp32 ``[R, HEAD_DIM]``), read at ``rows`` (pointers to
-    each row's first element) at positions ``pos [R]``: the same numbers as _rotate_halves, without
-    splitting the row, so the result feeds a full-width dot. Column c pairs with c +- D/2."""
-    cols = tl.arange(0, HEAD_DIM)
-    half: tl.constexpr = HEAD_DIM // 2
-    partner = (cols + half) % HEAD_DIM
-    x = tl.load(rows[:, None] + cols[None, :], mask=rows_ok[:, None], other=0.0).to(tl.float32)
-    x_partner = tl.load(rows[:, None] + partner[None, :], mask=rows_ok[:, None], other=0.0).to(tl.float32)
-    freq = rcp_scale * tl.exp2(log2_rcp_theta * ((cols % half) * 2).to(tl.float32) / HEAD_DIM)
-    angle = pos.to(tl.float32)[:, None] * freq[None, :]
-    signed_partner = tl.where((cols < half)[None, :], -x_partner, x_partner)
-    return x * tl.cos(angle) + signed_partner * tl.sin(angle)
-
-
-@triton.jit
-def _block_turns(key0, freq, cos_blk, sin_blk):
-    """cos and sin of ``(key0 + j) * freq`` for the keys ``j < BLOCK_N`` of a block, by angle addition
-    from the program's ``[BLOCK_N, D/2]`` tables of ``j * freq`` (cos_blk, sin_blk): ``D/2`` sines and
-    cosines a block instead of ``BLOCK_N * D/2``, which made in-kernel RoPE 4-9x the plain kernel on an
-    H100 (sin/cos, not memory, bound it). Also closer than ``cos((key0 + j) * freq)`` in fp32, whose
-    angle rounds at the key's full position."""
-    angle0 = freq * key0  # key0: a loop counter (an int in the interpreter), promoted to fp32
-    cos0 = tl.cos(angle0)[None, :]
-    sin0 = tl.sin(angle0)[None, :]
-    return cos0 * cos_blk - sin0 * sin_blk, sin0 * cos_blk + cos0 * sin_blk
+def _cis_halves(rope_cis, pos, ok, HALF: tl.constexpr):
+    """cos and sin (fp32 ``[R, HALF]``) of the angles of positions ``pos [R]`` (rows where ``ok``), read
+    from the plan's table (rope_cis_table: row p = cos of p's angles, then their sin). No sin or cos
+    is computed in a kernel: the library calls cost more than the attention around them (in-kernel RoPE
+    took 2.3-5.7x the plain kernel on an H100 while the kernels computed them)."""
+    row = rope_cis + pos.to(tl.int64)[:, None] * (2 * HALF) + tl.arange(0, HALF)[None, :]
+    return tl.load(row, mask=ok[:, None], other=0.0), tl.load(row + HALF, mask=ok[:, None], other=0.0)
 
 
 @triton.jit
@@ -148,7 +121,7 @@ def _rotated_key_offsets(kv_begin, keys, h_kv, PAGE_SIZE: tl.constexpr, HEAD_DIM
 @triton.jit
 def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_hi, diag, cols,
                   sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len, mask_last, alibi_log2,
-                  q_lo, q_hi, rope_freq, key0, rope_cos_blk, rope_sin_blk, need_bits,
+                  q_lo, q_hi, rope_cis, key0, need_bits,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SOFT_CAP: tl.constexpr,
                   CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr, ROPE: tl.constexpr):
     """One online-softmax step over ``keys`` (a block of BLOCK_N), whose K rows are at ``k_off`` and V
@@ -162,10 +135,13 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
         # The keys rotated at their positions, as two half-width tiles, and the score as two
         # half-width dots with the rotated query halves: no re-shuffle of columns, and the angles of
         # a pair are turned once ([BLOCK_N, D/2], not [BLOCK_N, D]), from turns made by angle addition.
-        half = tl.arange(0, rope_freq.shape[0])
+        HALF: tl.constexpr = q_lo.shape[1]
+        half = tl.arange(0, HALF)
         k_lo = tl.load(k_cache + kv_off[:, None] + half[None, :]).to(tl.float32)
-        k_hi = tl.load(k_cache + kv_off[:, None] + (half + rope_freq.shape[0])[None, :]).to(tl.float32)
-        cos, sin = _block_turns(key0, rope_freq, rope_cos_blk, rope_sin_blk)
+        k_hi = tl.load(k_cache + kv_off[:, None] + (half + HALF)[None, :]).to(tl.float32)
+        # the keys' rows of the table (L2-resident: 512 B a position at d128); keys past the chunk read
+        # its last key's row, as they read its K row
+        cos, sin = _cis_halves(rope_cis, tl.minimum(keys, kv_hi - 1), keys >= 0, HALF)
         k_lo, k_hi = _turn(k_lo, k_hi, cos, sin)
         qk = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype))) + tl.dot(q_hi, tl.trans(k_hi.to(q_hi.dtype)))
     else:
@@ -219,8 +195,8 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
 
 @triton.jit
 def attention_kernel(
-    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes,
-    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left, rope_rcp_scale, rope_log2_rcp_theta,
+    q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes, rope_cis,
+    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
     stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -242,11 +218,11 @@ def attention_kernel(
 
     ``ALIBI``: ``alibi_slopes`` (fp32 ``[Hq]``) add ``slope * (key - query index)`` to every score.
 
-    ``ROPE``: Llama's RoPE in the kernel (FlashInfer's ``ROPE_LLAMA``): q rotated once at position
-    ``kv_len - qo_len + i``, each K block at its keys' positions; frequency of pair c:
-    ``rope_rcp_scale * 2^(rope_log2_rcp_theta * 2c / D)``. With ``ROPE_KEYS_AHEAD``, ``k_cache`` holds the
-    keys already rotated (rotate_keys_kernel, once per call, for plans whose tiles read each key many
-    times: prefill) in the layout of _rotated_key_offsets; only q is rotated here."""
+    ``ROPE``: Llama's RoPE in the kernel (FlashInfer's ``ROPE_LLAMA``, decode-sized plans): q rotated once
+    at position ``kv_len - qo_len + i``, each K block at its keys' positions, with the cos and sin of
+    ``rope_cis`` (rope_cis_table). ``ROPE_KEYS_AHEAD`` (prefill plans; not with ROPE): q and the keys were
+    rotated before the launch (rotate_rows_kernel), ``k_cache`` holds the keys in the layout of
+    _rotated_key_offsets, and V stays in the cache."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -278,29 +254,18 @@ def attention_kernel(
     q_tok = (qo_begin + qpos).to(tl.int64)
     q_tile = tl.load(q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head + cols[None, :],
                      mask=row_ok[:, None], other=0.0)
-    q_lo = q_tile  # with ROPE (keys rotated here): the rotated halves of the query rows (else unused)
+    q_lo = q_tile  # with ROPE: the rotated halves of the query rows (else unused)
     q_hi = q_tile
-    rope_freq = tl.zeros([HEAD_DIM // 2], tl.float32)
-    ROTATE_KEYS: tl.constexpr = ROPE and not ROPE_KEYS_AHEAD  # each K block turned in the loop
-    if ROPE and ROPE_KEYS_AHEAD:
-        q_tile = _rotate_rows(q + q_tok * stride_q_tok + head * stride_q_head, row_ok, qpos + (kv_len - qo_len),
-                              rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM).to(q_tile.dtype)
-    if ROTATE_KEYS:
-        half = tl.arange(0, HEAD_DIM // 2)
-        rope_freq = rope_rcp_scale * tl.exp2(rope_log2_rcp_theta * (half * 2).to(tl.float32) / HEAD_DIM)
+    if ROPE:
+        HALF: tl.constexpr = HEAD_DIM // 2
+        half = tl.arange(0, HALF)
         q_row = q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head
         lo = tl.load(q_row + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-        hi = tl.load(q_row + (half + HEAD_DIM // 2)[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-        lo, hi = _rotate_halves(lo, hi, qpos + (kv_len - qo_len), rope_freq)
+        hi = tl.load(q_row + (half + HALF)[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        cos, sin = _cis_halves(rope_cis, qpos + (kv_len - qo_len), row_ok, HALF)
+        lo, hi = _turn(lo, hi, cos, sin)
         q_lo = lo.to(q_tile.dtype)
         q_hi = hi.to(q_tile.dtype)
-    # the turns of key j of a block at angle j * freq (_block_turns; unused without ROPE)
-    rope_cos_blk = tl.zeros([1, 1], tl.float32)
-    rope_sin_blk = tl.zeros([1, 1], tl.float32)
-    if ROTATE_KEYS:
-        blk_angle = tl.arange(0, BLOCK_N).to(tl.float32)[:, None] * rope_freq[None, :]
-        rope_cos_blk = tl.cos(blk_angle)
-        rope_sin_blk = tl.sin(blk_angle)
 
     # Keys this tile can see at all: causal ends at the last row's diagonal, the window starts at
     # the first row's. Aligned bottom-right: query i sees key j iff j <= i + kv_len - qo_len.
@@ -363,8 +328,8 @@ def attention_kernel(
             k_off = _rotated_key_offsets(kv_begin, start + blk, h_kv, PAGE_SIZE, HEAD_DIM)
         acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, start + blk, kv_hi, diag,
                                   cols, sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
-                                  mask_last, alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk,
-                                  False, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROTATE_KEYS)
+                                  mask_last, alibi_log2, q_lo, q_hi, rope_cis, start,
+                                  False, False, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
         if PREFETCH_PAGES:
             kv_off = next_off
     for start in range(unmasked_hi, kv_hi, BLOCK_N):
@@ -383,8 +348,8 @@ def attention_kernel(
                 k_off = _rotated_key_offsets(kv_begin, keys, h_kv, PAGE_SIZE, HEAD_DIM)
             acc, m, l = _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, start + blk, kv_hi, diag,
                                       cols, sm_scale_log2, cap_pre, cap_post, window_left, mask_bytes, qpos, kv_len,
-                                      mask_last, alibi_log2, q_lo, q_hi, rope_freq, start, rope_cos_blk, rope_sin_blk,
-                                      need_bits, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROTATE_KEYS)
+                                      mask_last, alibi_log2, q_lo, q_hi, rope_cis, start,
+                                      need_bits, True, CAUSAL, HAS_WINDOW, SOFT_CAP, CUSTOM_MASK, ALIBI, ROPE)
 
     if SINK:
         # the sink as one more key: rescale to the new maximum, add its weight to the denominator
@@ -410,48 +375,86 @@ def attention_kernel(
 
 
 @triton.jit
-def rotate_keys_kernel(k_cache, rotated, kv_indices, unit_pos0, num_rows, rope_rcp_scale, rope_log2_rcp_theta,
-                       stride_kv_page, stride_kv_slot, stride_kv_head, HEAD_DIM: tl.constexpr,
-                       PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, BLOCK_R: tl.constexpr):
-    """ROPE_KEYS_AHEAD: every listed key of a plan rotated at its position in its request, into ``rotated``
-    (_rotated_key_offsets' layout, the q dtype). Grid (cdiv(num_rows, BLOCK_R), Hkv). Row r is slot
-    ``r % PAGE_SIZE`` of the plan's listed page ``r // PAGE_SIZE`` (ragged: KV row r, PAGE_SIZE 1), at
-    position ``unit_pos0[r // PAGE_SIZE] + r % PAGE_SIZE``. Slots past a last page's length are turned
-    too (whatever they hold) and never read."""
-    h_kv = tl.program_id(1)
+def rotate_rows_kernel(src, rotated, kv_indices, unit_pos0, rope_cis, num_rows, stride_page, stride_slot,
+                       stride_head, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
+                       BLOCK_R: tl.constexpr):
+    """RoPE ahead of the attention kernel (ROPE_KEYS_AHEAD): rows of ``src`` rotated into ``rotated``
+    (``[num_rows, heads, HEAD_DIM]`` contiguous, _rotated_key_offsets' layout). Grid (cdiv(num_rows,
+    BLOCK_R), heads). For the keys, row r is slot ``r % PAGE_SIZE`` of the plan's listed page
+    ``r // PAGE_SIZE`` (ragged: KV row r); for the queries, ``src`` is q and row r its token (PAGE_SIZE 1).
+    Row r's position is ``unit_pos0[r // PAGE_SIZE] + r % PAGE_SIZE``. Slots past a last page's length are
+    turned too (whatever they hold) and never read."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    h = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = r < num_rows
-    r = tl.minimum(r, num_rows - 1)  # in bounds, unpredicated address loads; the store is masked
-    src = _row_offsets(kv_indices, 0, r, h_kv, stride_kv_page, stride_kv_slot, stride_kv_head, PAGE_SIZE, PAGED)
-    pos = tl.load(unit_pos0 + r // PAGE_SIZE) + r % PAGE_SIZE
-    turned = _rotate_rows(k_cache + src, ok, pos, rope_rcp_scale, rope_log2_rcp_theta, HEAD_DIM)
-    dst = _rotated_key_offsets(0, r, h_kv, 1, HEAD_DIM)
-    cols = tl.arange(0, HEAD_DIM)
-    tl.store(rotated + dst[:, None] + cols[None, :], turned.to(rotated.dtype.element_ty), mask=ok[:, None])
+    r = tl.minimum(r, num_rows - 1)  # in bounds, unpredicated loads; the stores are masked
+    src_row = src + _row_offsets(kv_indices, 0, r, h, stride_page, stride_slot, stride_head, PAGE_SIZE, PAGED)
+    half = tl.arange(0, HALF)
+    lo = tl.load(src_row[:, None] + half[None, :]).to(tl.float32)
+    hi = tl.load(src_row[:, None] + (half + HALF)[None, :]).to(tl.float32)
+    cos, sin = _cis_halves(rope_cis, tl.load(unit_pos0 + r // PAGE_SIZE) + r % PAGE_SIZE, ok, HALF)
+    lo, hi = _turn(lo, hi, cos, sin)
+    dst = rotated + _rotated_key_offsets(0, r, h, 1, HEAD_DIM)
+    tl.store(dst[:, None] + half[None, :], lo.to(rotated.dtype.element_ty), mask=ok[:, None])
+    tl.store(dst[:, None] + (half + HALF)[None, :], hi.to(rotated.dtype.element_ty), mask=ok[:, None])
 
 
-ROTATE_ROWS = 32  # keys a program of rotate_keys_kernel
+ROTATE_ROWS = 32  # rows a program of rotate_rows_kernel
+
+_CIS_TABLES: dict = {}
 
 
-def rotated_keys_scratch(kv_indptr: list, page_size: int, paged: bool, num_kv_heads: int, head_dim: int,
-                         dtype: torch.dtype, device) -> tuple:
-    """Plan time, ROPE_KEYS_AHEAD: (the scratch the keys are rotated into, each listed page's (ragged: KV
-    row's) first position in its request, int32 on the device)."""
+def rope_cis_table(rope: tuple, head_dim: int, positions: int, device) -> torch.Tensor:
+    """fp32 ``[>= positions, head_dim]``: row p is cos of p's angles then their sin, angle of pair c
+    ``p / rope_scale * rope_theta^(-2c / head_dim)`` computed in fp64 (FlashInfer computes it in fp32).
+    Cached per (rope, head_dim, device) and grown by powers of two, at least 256 rows (a key block's
+    turns read its first BLOCK_N rows). Plan time: a run reuses it (run() allocates nothing)."""
+    key = (rope, head_dim, str(device))
+    table = _CIS_TABLES.get(key)
+    if table is None or table.shape[0] < positions:
+        rows = max(256, triton.next_power_of_2(max(positions, 1)))
+        freq = (1.0 / rope[0]) * rope[1] ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angle = torch.arange(rows, dtype=torch.float64)[:, None] * freq[None, :]
+        table = torch.cat([angle.cos(), angle.sin()], 1).to(device=device, dtype=torch.float32)
+        _CIS_TABLES[key] = table
+    return table
+
+
+class RopeAhead(NamedTuple):
+    """Prefill plans' RoPE ahead of the kernel: the scratch q and the keys are rotated into, and each
+    token's (q) and each listed page's or KV row's (keys) first position."""
+
+    q: torch.Tensor
+    q_pos: torch.Tensor
+    keys: torch.Tensor
+    key_pos0: torch.Tensor
+
+
+def rope_ahead_scratch(qo_lens: list, kv_lens: list, kv_indptr: list, page_size: int, paged: bool, num_qo_heads: int,
+                       num_kv_heads: int, head_dim: int, dtype: torch.dtype, device) -> RopeAhead:
+    """Plan time (ROPE_KEYS_AHEAD): the RopeAhead of a plan."""
+    unit = page_size if paged else 1
     indptr = torch.tensor(kv_indptr, dtype=torch.int64)
     units = int(indptr[-1])
     req = torch.repeat_interleave(torch.arange(len(kv_indptr) - 1), indptr[1:] - indptr[:-1])
-    unit_pos0 = ((torch.arange(units) - indptr[req]) * (page_size if paged else 1)).to(torch.int32)
-    rows = units * (page_size if paged else 1)
-    return torch.empty(rows, num_kv_heads, head_dim, dtype=dtype, device=device), unit_pos0.to(device)
+    key_pos0 = (torch.arange(units) - indptr[req]) * unit
+    qo, kv = torch.tensor(qo_lens, dtype=torch.int64), torch.tensor(kv_lens, dtype=torch.int64)
+    q_req = torch.repeat_interleave(torch.arange(len(qo_lens)), qo)
+    first = torch.cumsum(qo, 0) - qo
+    q_pos = torch.arange(q_req.numel()) - first[q_req] + (kv - qo)[q_req]  # bottom-right aligned
+    return RopeAhead(torch.empty(q_req.numel(), num_qo_heads, head_dim, dtype=dtype, device=device),
+                     q_pos.to(device=device, dtype=torch.int32),
+                     torch.empty(units * unit, num_kv_heads, head_dim, dtype=dtype, device=device),
+                     key_pos0.to(device=device, dtype=torch.int32))
 
 
-def _rotate_keys(k, rotated_keys, kv_indices, paged: bool, page_size: int, kv_strides, rope) -> torch.Tensor:
-    rotated, unit_pos0 = rotated_keys
+def _rotate_rows(src, rotated, pos0, rope_cis, strides, kv_indices=None, page_size=1) -> torch.Tensor:
     if rotated.shape[0]:
-        grid = (triton.cdiv(rotated.shape[0], ROTATE_ROWS), rotated.shape[1])
-        rotate_keys_kernel[grid](k, rotated, kv_indices if paged else unit_pos0, unit_pos0, rotated.shape[0],
-                                 1.0 / rope[0], -math.log2(rope[1]), *kv_strides, HEAD_DIM=rotated.shape[2],
-                                 PAGE_SIZE=page_size if paged else 1, PAGED=paged, BLOCK_R=ROTATE_ROWS)
+        paged = kv_indices is not None
+        rotate_rows_kernel[(triton.cdiv(rotated.shape[0], ROTATE_ROWS), rotated.shape[1])](
+            src, rotated, kv_indices if paged else pos0, pos0, rope_cis, rotated.shape[0], *strides,
+            HEAD_DIM=rotated.shape[2], PAGE_SIZE=page_size if paged else 1, PAGED=paged, BLOCK_R=ROTATE_ROWS)
     return rotated
 
 
@@ -508,17 +511,20 @@ CLASS_GROUPS = 64  # key groups a step of mask_classes_kernel (1024 keys)
 def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o, partial_lse, *, paged: bool,
                      page_size: int, kv_strides, sm_scale: float, causal: bool, window_left: int,
                      logits_soft_cap: float | None, merge, sinks=None, custom_mask=None, alibi=None,
-                     rope=None, rotated_keys=None) -> None:
+                     rope=None, rope_ahead: RopeAhead | None = None) -> None:
     """Run ``plan``'s work list. ``k``/``v`` are 4-D page views (any strides, the same for both) when
     ``paged``, else ragged ``[total_kv, Hkv, D]``; ``kv_strides`` = (page or token, slot, head) element
     strides. ``meta`` = qo_indptr | kv_indptr | kv_last_page_len (int32). ``out``/``lse`` are contiguous.
     With a split plan, the partial states go to ``partial_o``/``partial_lse`` and
-    ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them. ``rotated_keys`` (with
-    ``rope``; rotated_keys_scratch): the keys are rotated into it first, and the kernel reads them there."""
+    ``merge(partial_o, partial_lse, merge_indptr, out, lse)`` combines them. ``rope``: the rope_cis_table
+    of in-kernel RoPE; with ``rope_ahead`` too, q and the keys are rotated into its scratch first and the
+    kernel reads them there (ROPE_KEYS_AHEAD)."""
     if plan.num_work == 0:
         return
-    if rotated_keys is not None:
-        k = _rotate_keys(k, rotated_keys, kv_indices, paged, page_size, kv_strides, rope)
+    if rope is not None and rope_ahead is not None:
+        q = _rotate_rows(q, rope_ahead.q, rope_ahead.q_pos, rope, (q.stride(0), 0, q.stride(1)))
+        k = _rotate_rows(k, rope_ahead.keys, rope_ahead.key_pos0, rope, kv_strides, kv_indices if paged else None,
+                         page_size)
     num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
     dst_o, dst_lse = (partial_o, partial_lse) if plan.split else (out, lse)
     cap = float(logits_soft_cap or 0.0)
@@ -528,14 +534,14 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
     attention_kernel[(plan.num_work, num_kv_heads)](
         q, k, v, dst_o, dst_lse, kv_indices if paged else meta, meta, plan.work, plan.merge_indptr,
         sinks if sinks is not None else meta, custom_mask if custom_mask is not None else meta,
-        alibi if alibi is not None else meta, batch, plan.num_work, sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left,
-        1.0 / rope[0] if rope else 1.0, -math.log2(rope[1]) if rope else 0.0,
-        q.stride(0), q.stride(1), *kv_strides,
+        alibi if alibi is not None else meta, rope if rope is not None else meta, batch, plan.num_work,
+        sm_scale * LOG2E, (sm_scale / cap) if cap else 0.0, cap * LOG2E, window_left, q.stride(0), q.stride(1),
+        *kv_strides,
         GROUP=q.shape[1] // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
-        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None,
-        ROPE_KEYS_AHEAD=rotated_keys is not None, **launch_opts,
+        CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None and rope_ahead is None,
+        ROPE_KEYS_AHEAD=rope is not None and rope_ahead is not None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -548,7 +554,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
 # page-id prefetch).
 
 POINTER_ARGS = ("q", "k_cache", "v_cache", "o", "lse", "kv_indices", "meta", "work", "merge_indptr", "sinks",
-                "custom_mask", "alibi_slopes")
+                "custom_mask", "alibi_slopes", "rope_cis")
 STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slot", "stride_kv_head")
 
 
@@ -564,9 +570,9 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     kv_dtype = kv_dtype or dtype
     sig = {n: "*i32" for n in POINTER_ARGS}
     sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
-               custom_mask="*u8", alibi_slopes="*fp32",
+               custom_mask="*u8", alibi_slopes="*fp32", rope_cis="*fp32",
                o="*fp32" if split else f"*{dtype}")
-    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post", "rope_rcp_scale", "rope_log2_rcp_theta")})
+    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
     sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
@@ -581,6 +587,10 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
 
 
 def aot_specs():
+    from dataclasses import replace
+
+    from .engine import MASK_WARPS_AMD
+
     for dtype in ("bf16", "fp16"):
         for head_dim in (64, 128, 256):
             for rows, group in ((8, 8), (64, 4)):  # a GQA decode tile and a prefill tile
@@ -599,28 +609,25 @@ def aot_specs():
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-alibi", ALIBI=True)
-        yield kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)
-        yield kernel_spec("bf16", 128, rows, group, True, False, label="-rope-keys-ahead", ROPE=True,
-                          ROPE_KEYS_AHEAD=True)
+        # in-kernel RoPE (decode-sized plans) at the 8 warps the plan gives it off NVIDIA (engine.build)
+        spec = kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)
+        yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
+        yield kernel_spec("bf16", 128, rows, group, True, False, label="-rope-ahead", ROPE_KEYS_AHEAD=True)
         # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
         # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
-        from dataclasses import replace
-
-        from .engine import MASK_WARPS_AMD
-
         for paged, split in ((True, True), (False, False)):
             spec = kernel_spec("bf16", 128, rows, group, paged, split, label="-custom-mask", CUSTOM_MASK=True,
                                CAUSAL=False)
             yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
-    # RoPE's keys rotated ahead (prefill plans), from a paged bf16 or fp8 cache and from ragged keys
+    # RoPE ahead of prefill plans: keys from a paged bf16 or fp8 cache, ragged keys or q
     for kv_dtype, paged in (("bf16", True), ("fp8e4nv", True), ("bf16", False)):
-        yield KernelSpec(f"rotate_keys[{kv_dtype}-d128-{'paged' if paged else 'ragged'}]", rotate_keys_kernel,
-                         {"k_cache": f"*{kv_dtype}", "rotated": "*bf16", "kv_indices": "*i32", "unit_pos0": "*i32",
-                          "num_rows": "i32", "rope_rcp_scale": "fp32", "rope_log2_rcp_theta": "fp32",
-                          "stride_kv_page": "i32", "stride_kv_slot": "i32", "stride_kv_head": "i32"},
+        yield KernelSpec(f"rotate_rows[{kv_dtype}-d128-{'paged' if paged else 'ragged'}]", rotate_rows_kernel,
+                         {"src": f"*{kv_dtype}", "rotated": "*bf16", "kv_indices": "*i32", "unit_pos0": "*i32",
+                          "rope_cis": "*fp32", "num_rows": "i32", "stride_page": "i32", "stride_slot": "i32",
+                          "stride_head": "i32"},
                          {"HEAD_DIM": 128, "PAGE_SIZE": 16 if paged else 1, "PAGED": paged, "BLOCK_R": ROTATE_ROWS},
-                         {"num_warps": 4}, divisible_by_16=("k_cache", "rotated", "kv_indices", "unit_pos0",
-                                                            "stride_kv_page", "stride_kv_slot", "stride_kv_head"))
+                         {"num_warps": 4}, divisible_by_16=("src", "rotated", "kv_indices", "unit_pos0", "rope_cis",
+                                                            "stride_page", "stride_slot", "stride_head"))
     # the custom mask's visibility classes, at plan time
     yield KernelSpec("mask_classes", mask_classes_kernel, {"mask_bytes": "*u8", "rows": "*i64", "classes": "*u8"},
                      {"CLASS_KEYS": CLASS_KEYS.value, "GROUPS": CLASS_GROUPS}, {"num_warps": 4},
