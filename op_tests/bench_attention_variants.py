@@ -103,8 +103,10 @@ def flag_rows(fi, shapes=FLAG_SHAPES):
                     # both RoPE paths, whichever plan.rotate_keys_ahead picks above
                     ("ROPE_LLAMA, keys turned in the tiles", {"pos_encoding_mode": "ROPE_LLAMA",
                                                               "config": {"rope_keys_ahead": False}}, {}, False),
-                    ("ROPE_LLAMA, keys rotated ahead", {"pos_encoding_mode": "ROPE_LLAMA",
-                                                        "config": {"rope_keys_ahead": True}}, {}, False)]
+                    ("ROPE_LLAMA, q and keys rotated ahead", {"pos_encoding_mode": "ROPE_LLAMA",
+                                                              "config": {"rope_keys_ahead": True}}, {}, False),
+                    ("ROPE_LLAMA, keys ahead, q in the tiles", {"pos_encoding_mode": "ROPE_LLAMA", "config": {
+                        "rope_keys_ahead": True, "rope_q_ahead": False}}, {}, False)]
         if not decode:  # FlashInfer's custom masks are a prefill feature
             variants.append(("custom mask (causal, as a mask)", {"custom_mask": _causal_mask(qo_lens, kv_lens, dev)},
                              {}, True))

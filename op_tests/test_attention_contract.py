@@ -201,19 +201,21 @@ def test_alibi_is_refused_by_cascade():
                pos_encoding_mode="ALIBI")
 
 
-@pytest.mark.parametrize("backend,keys_ahead", [("triton", False), ("triton", True), ("torch", None)])
+@pytest.mark.parametrize("backend,keys_ahead", [("triton", False), ("triton", True), ("triton", "q_in_kernel"),
+                                                 ("torch", None)])
 @pytest.mark.parametrize("causal", [True, False])
 def test_rope_llama_in_the_kernel(backend, keys_ahead, causal, split_kv):
     """FlashInfer's ROPE_LLAMA: q (query i at kv_len - qo_len + i) and k (key j at j) rotated inside
     attention; the same as rotating them first with the fp32 reference and attending plainly. Both
-    Triton paths: keys turned in each tile, and keys rotated once ahead (plan.rotate_keys_ahead)."""
+    Triton paths: keys turned in each tile, and keys rotated once ahead (plan.rotate_keys_ahead), with q
+    rotated ahead too or in the tiles."""
     from aiter_ext.ops.attention.reference import single_attention_ref
 
     rope = (2.0, 5e5)
     cache, (qo, kvp, kvi, last), q, kv = _paged_case([5, 2], [70, 7])
     w = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(_workspace(), backend=backend)
     if keys_ahead is not None:
-        w._config = {"rope_keys_ahead": keys_ahead}
+        w._config = {"rope_keys_ahead": bool(keys_ahead), "rope_q_ahead": keys_ahead != "q_in_kernel"}
     w.plan(qo, kvp, kvi, last, HQ, HKV, D, PAGE, causal=causal, pos_encoding_mode="ROPE_LLAMA", rope_scale=rope[0],
            rope_theta=rope[1], q_data_type=DTYPE)
     out, lse = w.run(q, cache, return_lse=True)
@@ -225,7 +227,7 @@ def test_rope_llama_in_the_kernel(backend, keys_ahead, causal, split_kv):
     assert ("rope_ahead" in w._plan.extra) == bool(keys_ahead), "the forced path was not taken"
     d = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(_workspace(), backend=backend)
     if keys_ahead is not None:
-        d._config = {"rope_keys_ahead": keys_ahead}
+        d._config = w._config
     d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, pos_encoding_mode="ROPE_LLAMA", q_data_type=DTYPE)  # defaults 1, 1e4
     qd = q[:2].contiguous()
     _close(d.run(qd, cache), batch_attention_ref(qd, i32([0, 1, 2]).to(DEVICE), kv, False, None, -1, None, None,
@@ -238,7 +240,7 @@ def test_rope_llama_in_the_kernel(backend, keys_ahead, causal, split_kv):
         d.plan(kvp, kvi, last, HQ, HKV, D, PAGE, rope_theta=1e6)
 
 
-@pytest.mark.parametrize("keys_ahead", [False, True])
+@pytest.mark.parametrize("keys_ahead", [False, True, "q_in_kernel"])
 def test_rope_llama_ragged(keys_ahead):
     """The ragged wrapper with ROPE_LLAMA, both Triton paths; a forward() that turns RoPE off on a plan
     whose keys were to be rotated ahead gives the plain result (the scratch is not used)."""
@@ -247,7 +249,7 @@ def test_rope_llama_ragged(keys_ahead):
     k, v = torch.randn(41, HKV, D, device=DEVICE).to(DTYPE), torch.randn(41, HKV, D, device=DEVICE).to(DTYPE)
     kv = [(k[0:30], v[0:30]), (k[30:41], v[30:41])]
     w = aiter_ext.BatchPrefillWithRaggedKVCacheWrapper(_workspace())
-    w._config = {"rope_keys_ahead": keys_ahead}
+    w._config = {"rope_keys_ahead": bool(keys_ahead), "rope_q_ahead": keys_ahead != "q_in_kernel"}
     w.plan(qo, kvl, HQ, HKV, D, causal=True, pos_encoding_mode="ROPE_LLAMA", rope_theta=1e3, q_data_type=DTYPE)
     out = w.run(q, k, v)
     _close(out, batch_attention_ref(q, qo.to(DEVICE), kv, True, None, -1, None, None, None, None, (1.0, 1e3))[0],

@@ -52,7 +52,7 @@ def _prepare_triton(*, qo_lens, kv_lens, paged, page_size, device, custom_mask=N
         if rope.ahead:
             extra["rope_ahead"] = rope_ahead_scratch(qo_lens, kv_lens, rope.kv_indptr, page_size, paged,
                                                      rope.num_qo_heads, rope.num_kv_heads, rope.head_dim,
-                                                     rope.dtype, device)
+                                                     rope.dtype, device, q_ahead=rope.q_ahead)
     return extra
 
 

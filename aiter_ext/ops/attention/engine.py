@@ -116,6 +116,7 @@ class RopePlan(NamedTuple):
     dtype: torch.dtype
     kv_indptr: list
     ahead: bool
+    q_ahead: bool = True  # with ahead: q rotated ahead too (else in the kernel's tiles; config rope_q_ahead)
 
 
 @dataclass
@@ -233,7 +234,8 @@ class AttentionPlan:
         rope = None
         if pos_encoding_mode == "ROPE_LLAMA":
             rope = RopePlan((float(rope_scale or 1.0), float(rope_theta or 1e4)), head_dim, num_qo_heads, num_kv_heads,
-                            q_dtype, kv, rotate_keys_ahead(qo_lens, kv_lens, group, work.block_m, causal, config))
+                            q_dtype, kv, rotate_keys_ahead(qo_lens, kv_lens, group, work.block_m, causal, config),
+                            bool((config or {}).get("rope_q_ahead", True)))
             if not rope.ahead and not device_info().arch.startswith("sm_"):
                 # gfx942 compile check of in-kernel RoPE's decode tile: at 4 warps the pipelined cos/sin
                 # table reads took 56 KiB of LDS (one wave per SIMD); 8 warps: 156 VGPRs, 2 waves, no

@@ -15,7 +15,7 @@ output and LSE directly.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -133,8 +133,8 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
     up to the other masks)."""
     if ROPE:
         # The keys rotated at their positions, as two half-width tiles, and the score as two
-        # half-width dots with the rotated query halves: no re-shuffle of columns, and the angles of
-        # a pair are turned once ([BLOCK_N, D/2], not [BLOCK_N, D]), from turns made by angle addition.
+        # half-width dots with the rotated query halves: no re-shuffle of columns, and each pair's
+        # cos/sin is read once ([BLOCK_N, D/2], not [BLOCK_N, D]).
         HALF: tl.constexpr = q_lo.shape[1]
         half = tl.arange(0, HALF)
         k_lo = tl.load(k_cache + kv_off[:, None] + half[None, :]).to(tl.float32)
@@ -202,7 +202,7 @@ def attention_kernel(
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
     CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False, ROPE: tl.constexpr = False,
-    ROPE_KEYS_AHEAD: tl.constexpr = False,
+    ROPE_KEYS_AHEAD: tl.constexpr = False, ROPE_Q_IN_KERNEL: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
@@ -222,7 +222,8 @@ def attention_kernel(
     at position ``kv_len - qo_len + i``, each K block at its keys' positions, with the cos and sin of
     ``rope_cis`` (rope_cis_table). ``ROPE_KEYS_AHEAD`` (prefill plans; not with ROPE): q and the keys were
     rotated before the launch (rotate_rows_kernel), ``k_cache`` holds the keys in the layout of
-    _rotated_key_offsets, and V stays in the cache."""
+    _rotated_key_offsets, and V stays in the cache; with ``ROPE_Q_IN_KERNEL``, q is rotated here instead,
+    once per tile, at full width (the dots stay whole)."""
     # Few scalar arguments on purpose: every one takes SGPRs, which the AMD compile ran short of.
     # So the request tables are packed into `meta` (qo_indptr | kv_indptr | kv_last_page_len), the
     # work list into `work` [5, num_work], K and V share their strides, and o/lse are packed
@@ -266,6 +267,16 @@ def attention_kernel(
         lo, hi = _turn(lo, hi, cos, sin)
         q_lo = lo.to(q_tile.dtype)
         q_hi = hi.to(q_tile.dtype)
+    if ROPE_Q_IN_KERNEL:
+        HALF_Q: tl.constexpr = HEAD_DIM // 2
+        partner = (cols + HALF_Q) % HEAD_DIM  # column c turns with c + D/2 (rotate-half)
+        q_partner = tl.load(q + q_tok[:, None] * stride_q_tok + head[:, None] * stride_q_head + partner[None, :],
+                            mask=row_ok[:, None], other=0.0).to(tl.float32)
+        cis = rope_cis + (qpos + (kv_len - qo_len)).to(tl.int64)[:, None] * HEAD_DIM + (cols % HALF_Q)[None, :]
+        cos = tl.load(cis, mask=row_ok[:, None], other=0.0)
+        sin = tl.load(cis + HALF_Q, mask=row_ok[:, None], other=0.0)
+        signed_partner = tl.where((cols < HALF_Q)[None, :], -q_partner, q_partner)
+        q_tile = (q_tile.to(tl.float32) * cos + signed_partner * sin).to(q_tile.dtype)
 
     # Keys this tile can see at all: causal ends at the last row's diagonal, the window starts at
     # the first row's. Aligned bottom-right: query i sees key j iff j <= i + kv_len - qo_len.
@@ -423,16 +434,17 @@ def rope_cis_table(rope: tuple, head_dim: int, positions: int, device) -> torch.
 
 class RopeAhead(NamedTuple):
     """Prefill plans' RoPE ahead of the kernel: the scratch q and the keys are rotated into, and each
-    token's (q) and each listed page's or KV row's (keys) first position."""
+    token's (q) and each listed page's or KV row's (keys) first position. ``q`` None: q is rotated in the
+    kernel's tiles (ROPE_Q_IN_KERNEL)."""
 
-    q: torch.Tensor
+    q: Optional[torch.Tensor]
     q_pos: torch.Tensor
     keys: torch.Tensor
     key_pos0: torch.Tensor
 
 
 def rope_ahead_scratch(qo_lens: list, kv_lens: list, kv_indptr: list, page_size: int, paged: bool, num_qo_heads: int,
-                       num_kv_heads: int, head_dim: int, dtype: torch.dtype, device) -> RopeAhead:
+                       num_kv_heads: int, head_dim: int, dtype: torch.dtype, device, q_ahead: bool = True) -> RopeAhead:
     """Plan time (ROPE_KEYS_AHEAD): the RopeAhead of a plan."""
     unit = page_size if paged else 1
     indptr = torch.tensor(kv_indptr, dtype=torch.int64)
@@ -443,7 +455,8 @@ def rope_ahead_scratch(qo_lens: list, kv_lens: list, kv_indptr: list, page_size:
     q_req = torch.repeat_interleave(torch.arange(len(qo_lens)), qo)
     first = torch.cumsum(qo, 0) - qo
     q_pos = torch.arange(q_req.numel()) - first[q_req] + (kv - qo)[q_req]  # bottom-right aligned
-    return RopeAhead(torch.empty(q_req.numel(), num_qo_heads, head_dim, dtype=dtype, device=device),
+    q = torch.empty(q_req.numel(), num_qo_heads, head_dim, dtype=dtype, device=device) if q_ahead else None
+    return RopeAhead(q,
                      q_pos.to(device=device, dtype=torch.int32),
                      torch.empty(units * unit, num_kv_heads, head_dim, dtype=dtype, device=device),
                      key_pos0.to(device=device, dtype=torch.int32))
@@ -521,8 +534,9 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
     kernel reads them there (ROPE_KEYS_AHEAD)."""
     if plan.num_work == 0:
         return
-    if rope is not None and rope_ahead is not None:
+    if rope is not None and rope_ahead is not None and rope_ahead.q is not None:
         q = _rotate_rows(q, rope_ahead.q, rope_ahead.q_pos, rope, (q.stride(0), 0, q.stride(1)))
+    if rope is not None and rope_ahead is not None:
         k = _rotate_rows(k, rope_ahead.keys, rope_ahead.key_pos0, rope, kv_strides, kv_indices if paged else None,
                          page_size)
     num_kv_heads, head_dim = k.shape[-2], q.shape[-1]
@@ -541,7 +555,8 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         PAGE_SIZE=page_size if paged else 1, PAGED=paged, CAUSAL=causal, HAS_WINDOW=window_left >= 0,
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
         CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None and rope_ahead is None,
-        ROPE_KEYS_AHEAD=rope is not None and rope_ahead is not None, **launch_opts,
+        ROPE_KEYS_AHEAD=rope is not None and rope_ahead is not None,
+        ROPE_Q_IN_KERNEL=rope is not None and rope_ahead is not None and rope_ahead.q is None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -577,7 +592,7 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
               "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False, "ROPE": False,
-              "ROPE_KEYS_AHEAD": False,
+              "ROPE_KEYS_AHEAD": False, "ROPE_Q_IN_KERNEL": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -613,6 +628,8 @@ def aot_specs():
         spec = kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)
         yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-rope-ahead", ROPE_KEYS_AHEAD=True)
+        yield kernel_spec("bf16", 128, rows, group, True, False, label="-rope-keys-ahead", ROPE_KEYS_AHEAD=True,
+                          ROPE_Q_IN_KERNEL=True)
         # FlashInfer's custom masks (causal off, as with a mask FlashInfer ignores it), at the warps the
         # plan gives them off NVIDIA (engine.MASK_WARPS_AMD: 4 warps ran at one wave per SIMD)
         for paged, split in ((True, True), (False, False)):
