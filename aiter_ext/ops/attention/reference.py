@@ -133,3 +133,28 @@ def batch_attention_ref(q, qo_indptr, kv_per_request, causal: bool = False, sm_s
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)
+
+
+def bsr_dense_mask(indptr, indices, M: int, N: int, R: int, C: int, mask=None, causal: bool = False) -> torch.Tensor:
+    """The dense ``[M, N]`` visibility of FlashInfer's block-sparse attention, over the original K/V: row r
+    sees key j iff j's block column is listed in r's block row (and, with ``mask`` ``(nnz, R, C)``, its bit
+    is set). ``causal`` has FlashInfer's fa2/fa3 meaning: a row's listed keys, in list order, form its
+    gathered sequence, and row t of block row i (``rows_i`` rows) sees gathered key g iff
+    ``g <= t + len - rows_i``; with a mask, causal is ignored (FlashInfer's rule). Columns listed twice are
+    counted once here (the engine would read them twice)."""
+    visible = torch.zeros(M, N, dtype=torch.bool)
+    indptr, indices = [int(x) for x in indptr], [int(x) for x in indices]
+    for i in range(len(indptr) - 1):
+        r0, rows = i * R, min(R, M - i * R)
+        cols = indices[indptr[i]:indptr[i + 1]]
+        gathered_len = len(cols) * C
+        for p, col in enumerate(cols):
+            block = torch.ones(rows, C, dtype=torch.bool)
+            if mask is not None:
+                block &= mask[indptr[i] + p, :rows].bool().cpu()
+            if causal and mask is None:  # FlashInfer: causal applies only without a mask
+                g = p * C + torch.arange(C)
+                t = torch.arange(rows)
+                block &= g[None, :] <= t[:, None] + gathered_len - rows
+            visible[r0:r0 + rows, col * C:(col + 1) * C] |= block
+    return visible

@@ -1,0 +1,151 @@
+"""Block-sparse attention (issue 16): FlashInfer 0.7.2's BlockSparseAttentionWrapper against dense fp32
+attention over the original K/V with the BSR blocks expanded into a mask (reference.bsr_dense_mask), on
+random BSR matrices with an empty block row and a short last one; FlashInfer's test grid for R and C
+(trimmed on the interpreter); masks inside blocks, packed or not; its argument forms and refusals."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import assert_close  # noqa: E402
+from aiter_ext.ops.attention.reference import bsr_dense_mask, single_attention_ref  # noqa: E402
+
+DTYPE = torch.float16 if DEVICE.type == "cpu" else torch.bfloat16
+HQ, HKV, D = 4, 2, 64
+ON_GPU = DEVICE.type == "cuda"
+
+
+def _workspace():
+    return torch.empty(32 << 20, dtype=torch.uint8, device=DEVICE)
+
+
+def _bsr(M, N, R, C, density, seed):
+    """A random BSR (int32 on the host): block row 1 empty when there are several."""
+    gen = torch.Generator().manual_seed(seed)
+    MB, NB = -(-M // R), N // C
+    dense = torch.rand(MB, NB, generator=gen) < density
+    if MB > 1:
+        dense[1] = False
+    dense[0, 0] = True
+    indptr = torch.zeros(MB + 1, dtype=torch.int32)
+    indptr[1:] = dense.sum(1).cumsum(0)
+    indices = dense.nonzero()[:, 1].to(torch.int32)
+    return indptr, indices
+
+
+def _qkv(M, N, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(M, HQ, D, generator=gen).to(DTYPE).to(DEVICE)
+    k = torch.randn(N, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    v = torch.randn(N, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    return q, k, v
+
+
+GRID = [(M, N, R, C) for M, N in ((70, 64),) for R, C in ((1, 16), (4, 16), (16, 1), (16, 4))] if not ON_GPU else \
+    [(M, N, R, C) for M, N in ((256, 256), (1000, 4096)) for R in (1, 4, 16) for C in (1, 4, 16)]
+
+
+@pytest.mark.parametrize("M,N,R,C", GRID)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_block_sparse_matches_dense_attention(M, N, R, C, causal, with_mask):
+    indptr, indices = _bsr(M, N, R, C, 0.4, seed=M + N + R * 7 + C)
+    q, k, v = _qkv(M, N, seed=R + C)
+    mask = None
+    if with_mask:
+        gen = torch.Generator().manual_seed(5)
+        mask = (torch.rand(indices.numel(), R, C, generator=gen) < 0.7).to(DEVICE)
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, mask=mask, causal=causal, q_data_type=DTYPE, o_data_type=DTYPE)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((M, HQ), float("nan"), device=DEVICE)
+    o, s = w.run(q, k, v, out=out, lse=lse, return_lse=True)
+    assert o is out and s is lse
+    visible = bsr_dense_mask(indptr, indices, M, N, R, C, mask.cpu() if mask is not None else None, causal)
+    ref, ref_lse = single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))
+    assert_close(out, ref, DTYPE, name="block-sparse output")
+    seen = visible.any(1).to(DEVICE)
+    assert torch.equal(out[~seen].float(), torch.zeros_like(out[~seen].float())), "rows with no key give 0"
+    assert torch.allclose(lse[seen], ref_lse[seen], atol=2e-2), "block-sparse LSE"
+    assert bool(torch.isinf(lse[~seen]).all() and (lse[~seen] < 0).all())
+
+
+def test_packed_mask_and_legacy_forms():
+    M, N, R, C = 40, 64, 8, 16
+    indptr, indices = _bsr(M, N, R, C, 0.5, seed=1)
+    q, k, v = _qkv(M, N, seed=2)
+    mask = torch.rand(indices.numel(), R, C, generator=torch.Generator().manual_seed(3)) < 0.6
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace(), backend="fa2")  # FlashInfer's backend names serve
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, mask=mask.to(DEVICE), q_data_type=DTYPE, o_data_type=DTYPE)
+    want = w.run(q, k, v)
+    from aiter_ext.ops.attention.sparse import bsr_mask_to_requests
+
+    flat = bsr_mask_to_requests(mask, indptr.tolist(), M, R)
+    lens = [min(R, M - i * R) * (int(indptr[i + 1]) - int(indptr[i])) * C for i in range(len(indptr) - 1)]
+    seg = torch.zeros(len(lens) + 1, dtype=torch.int64)
+    seg[1:] = torch.tensor(lens).cumsum(0)
+    packed, _ = aiter_ext.segment_packbits(flat, seg, bitorder="little")
+    p = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    p.begin_forward(indptr, indices, M, N, R, C, HQ, HKV, D, packed_mask=packed.to(DEVICE), q_data_type=DTYPE,
+                    o_data_type=DTYPE)
+    assert torch.equal(p.run(q, k, v), want), "packed_mask gives mask's result"
+    out, lse = p.run_return_lse(q, k, v)
+    assert torch.equal(out, want) and lse.shape == (M, HQ)
+    assert torch.equal(p.forward(q, k, v), want)
+
+
+def test_output_dtype_is_o_data_type():
+    """FlashInfer writes o_data_type (default float16, whatever q's dtype)."""
+    M, N, R, C = 16, 32, 4, 16
+    indptr, indices = _bsr(M, N, R, C, 0.6, seed=4)
+    q, k, v = _qkv(M, N, seed=5)
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, q_data_type=DTYPE, o_data_type=torch.float32)
+    out = w.run(q, k, v)
+    assert out.dtype == torch.float32
+    ref = single_attention_ref(q, k, v, custom_mask=bsr_dense_mask(indptr, indices, M, N, R, C).to(DEVICE))[0]
+    assert_close(out, ref, DTYPE, name="fp32 output")
+    given = torch.full((M, HQ, D), float("nan"), device=DEVICE)
+    assert w.run(q, k, v, out=given) is given and torch.equal(given, out)
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, q_data_type=DTYPE)
+    assert w.run(q, k, v).dtype == torch.float16
+
+
+def test_bad_arguments_name_themselves():
+    M, N, R, C = 16, 32, 4, 16
+    indptr, indices = _bsr(M, N, R, C, 0.6, seed=6)
+    q, k, v = _qkv(M, N, seed=7)
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    with pytest.raises(RuntimeError, match="before plan"):
+        w.run(q, k, v)
+    with pytest.raises(ValueError, match="backend='cake'"):
+        aiter_ext.BlockSparseAttentionWrapper(_workspace(), backend="cake")
+    with pytest.raises(ValueError, match="block_mask"):
+        w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, block_mask=torch.ones(HKV, 4, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="kv_splits"):
+        w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, kv_splits="auto")
+    with pytest.raises(ValueError, match="indices must lie"):
+        w.plan(indptr, indices + 2, M, N, R, C, HQ, HKV, D)
+    with pytest.raises(ValueError, match="block rows"):
+        w.plan(indptr, indices, M + R, N, R, C, HQ, HKV, D)
+    with pytest.raises(ValueError, match="multiple of C"):
+        w.plan(indptr, indices, M, N + 1, R, C, HQ, HKV, D)
+    with pytest.raises(ValueError, match="mask must be"):
+        w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, mask=torch.ones(indices.numel(), R, C + 1, dtype=torch.bool))
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, q_data_type=DTYPE, o_data_type=DTYPE)
+    with pytest.raises(ValueError, match="k must have N=32"):
+        w.run(q, k[:16], v)
+    with pytest.raises(ValueError, match="scale_q"):
+        w.run(q, k, v, scale_q=torch.ones(HQ))
+    out = torch.full_like(q, 7.0)
+    with pytest.raises(TypeError):
+        w.run(q.float(), k, v, out=out)  # q's dtype is not plan()'s
+    assert bool((out == 7.0).all()), "nothing written on a failed call"
