@@ -20,7 +20,7 @@ if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRI
 
 from .ops.attention import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
-    BlockSparseAttentionWrapper,
+    BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
     packbits, segment_packbits, single_decode_with_kv_cache, single_prefill_with_kv_cache,
@@ -49,7 +49,7 @@ __all__ = [
     "apply_rope_with_cos_sin_cache_inplace", "BatchAttentionWithAttentionSinkWrapper", "packbits",
     "segment_packbits",
     "BatchDecodeWithPagedKVCacheWrapper",
-    "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper",
+    "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper",
     "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "fp4_quantize",
     "fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "get_batch_indices_positions",

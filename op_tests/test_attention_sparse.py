@@ -149,3 +149,78 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(TypeError):
         w.run(q.float(), k, v, out=out)  # q's dtype is not plan()'s
     assert bool((out == 7.0).all()), "nothing written on a failed call"
+
+
+# --------------------------------------------------------------------------------------------------
+# VariableBlockSparseAttentionWrapper: a block mask per KV head, variable block sizes, head-major tensors
+
+
+def _variable_dense_mask(block_mask_map, row_sz, col_sz, h, causal):
+    """KV head h's dense [qo_len, kv_len] visibility (causal: bottom-right within each row's gathered keys)."""
+    row_start = torch.cumsum(row_sz[h], 0) - row_sz[h]
+    col_start = torch.cumsum(col_sz[h], 0) - col_sz[h]
+    visible = torch.zeros(int(row_sz[h].sum()), int(col_sz[h].sum()), dtype=torch.bool)
+    for i in range(row_sz.shape[1]):
+        rows = int(row_sz[h, i])
+        picked = [c for c in range(col_sz.shape[1]) if block_mask_map[h, i, c]]
+        total = sum(int(col_sz[h, c]) for c in picked)
+        g0 = 0
+        for c in picked:
+            width = int(col_sz[h, c])
+            block = torch.ones(rows, width, dtype=torch.bool)
+            if causal:
+                g = g0 + torch.arange(width)
+                block &= g[None, :] <= torch.arange(rows)[:, None] + total - rows
+            r0, c0 = int(row_start[i]), int(col_start[c])
+            visible[r0:r0 + rows, c0:c0 + width] = block
+            g0 += width
+    return visible
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_variable_block_sparse_matches_dense_attention(causal):
+    gen = torch.Generator().manual_seed(11)
+    MB, NB = 4, 5
+    # each KV head its own row and column sizes (summing to the same lengths) and its own mask; one empty row
+    row_sz = torch.stack([torch.tensor([5, 9, 3, 7]), torch.tensor([8, 8, 4, 4])]).to(torch.int32)
+    col_sz = torch.stack([torch.tensor([16, 8, 3, 13, 8]), torch.tensor([8, 8, 8, 8, 16])]).to(torch.int32)
+    block_mask_map = torch.rand(HKV, MB, NB, generator=gen) < 0.5
+    block_mask_map[0, 2] = False
+    block_mask_map[1, :, 0] = True
+    qo_len, kv_len = int(row_sz[0].sum()), int(col_sz[0].sum())
+    q = torch.randn(HQ, qo_len, D, generator=gen).to(DTYPE).to(DEVICE)
+    k = torch.randn(HKV, kv_len, D, generator=gen).to(DTYPE).to(DEVICE)
+    v = torch.randn(HKV, kv_len, D, generator=gen).to(DTYPE).to(DEVICE)
+    w = aiter_ext.VariableBlockSparseAttentionWrapper(_workspace())
+    w.plan(block_mask_map.to(DEVICE), row_sz.to(DEVICE), col_sz.to(DEVICE), HQ, HKV, D, causal=causal,
+           q_data_type=DTYPE)
+    out = torch.full_like(q, float("nan"))
+    o, lse = w.run(q, k, v, out=out, return_lse=True)
+    assert o is out and out.shape == (HQ, qo_len, D) and lse.shape == (HQ, qo_len)
+    group = HQ // HKV
+    for h in range(HKV):
+        visible = _variable_dense_mask(block_mask_map, row_sz, col_sz, h, causal).to(DEVICE)
+        q_h = q[h * group:(h + 1) * group].transpose(0, 1)  # [qo_len, group, D]
+        ref, ref_lse = single_attention_ref(q_h, k[h][:, None], v[h][:, None], custom_mask=visible)
+        assert_close(out[h * group:(h + 1) * group].transpose(0, 1), ref, DTYPE, name=f"KV head {h}")
+        seen = visible.any(1)
+        got_lse = lse[h * group:(h + 1) * group].transpose(0, 1)
+        assert torch.allclose(got_lse[seen], ref_lse[seen], atol=2e-2), f"KV head {h} LSE"
+        assert bool(torch.isinf(got_lse[~seen]).all()), "a row with no block: LSE -inf"
+    assert torch.equal(w.forward(q, k, v), out)
+
+
+def test_variable_block_sparse_refusals():
+    w = aiter_ext.VariableBlockSparseAttentionWrapper(_workspace())
+    m = torch.ones(HKV, 2, 2, dtype=torch.bool)
+    sizes = torch.full((HKV, 2), 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="block_row_sz must be non-negative and sum"):
+        w.plan(m, torch.tensor([[8, 8], [8, 9]], dtype=torch.int32), sizes, HQ, HKV, D)
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        w.plan(m, sizes, sizes, HQ * 3, 3, D)
+    w.plan(m, sizes, sizes, HQ, HKV, D, q_data_type=DTYPE)
+    q, k = torch.randn(HQ, 16, D).to(DTYPE).to(DEVICE), torch.randn(HKV, 16, D).to(DTYPE).to(DEVICE)
+    with pytest.raises(ValueError, match="q must be"):
+        w.run(q[:, :8], k, k)
+    with pytest.raises(ValueError, match="k must be"):
+        w.run(q, k[:, :8], k)

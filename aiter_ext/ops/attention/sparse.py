@@ -141,3 +141,118 @@ class BlockSparseAttentionWrapper:
         _forward_overrides(self._paged, plan.causal, pos_encoding_mode, use_fp16_qk_reduction, -1, logits_soft_cap,
                            sm_scale, rope_scale, rope_theta)
         return self.run(q, k, v, scale_q, scale_k, scale_v)
+
+
+def expanded_key_indices(block_mask_map: torch.Tensor, block_col_sz: torch.Tensor) -> tuple:
+    """Host: for each (KV head h, block row i), in that order, the key rows it reads, as indices into the
+    heads' keys laid end to end (head h's key j at ``h * kv_len + j``): the selected column blocks of
+    row i, each expanded to its ``block_col_sz[h, c]`` keys. Returns (int32 indptr ``[H * MB + 1]``,
+    int32 indices)."""
+    mask = block_mask_map.to("cpu", torch.bool)
+    cols = block_col_sz.to("cpu", torch.int64)
+    heads = mask.shape[0]
+    col_start = torch.cumsum(cols, 1) - cols + (torch.arange(heads) * cols.sum(1)[0])[:, None]  # [H, NB]
+    h, _, c = mask.nonzero(as_tuple=True)
+    lengths = cols[h, c]
+    starts = torch.repeat_interleave(col_start[h, c], lengths)
+    within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    row_len = (mask * cols[:, None, :]).sum(-1).reshape(-1)
+    indptr = torch.zeros(row_len.numel() + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(row_len, 0)
+    return indptr.to(torch.int32), (starts + within).to(torch.int32)
+
+
+class VariableBlockSparseAttentionWrapper:
+    """FlashInfer 0.7.2's block-sparse attention with variable block sizes and a mask per KV head:
+    ``plan(block_mask_map [Hkv, MB, NB], block_row_sz [Hkv, MB], block_col_sz [Hkv, NB], num_qo_heads,
+    num_kv_heads, head_dim, causal=False, ...)`` then ``run(q [Hq, qo_len, D], k [Hkv, kv_len, D], v)`` ->
+    head-major ``[Hq, qo_len, D]`` (and LSE ``[Hq, qo_len]``), as FlashInfer returns them.
+
+    As FlashInfer does, each (KV head, block row) is a request of a paged prefill with one KV head and
+    one-key pages (the heads' keys end to end), so only selected blocks are read; ``causal`` is aligned
+    bottom-right within a row's gathered keys. Each run copies q and the output between head-major and
+    the kernel's layout, as FlashInfer does."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto"):
+        if backend not in ENGINE_BACKENDS:
+            raise ValueError(f"backend={backend!r} is not served: aiter_ext's variable block-sparse attention takes "
+                             f"{sorted(ENGINE_BACKENDS)} (FlashInfer's cake backends have no counterpart)")
+        self._paged = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, "NHD",
+                                                          backend=ENGINE_BACKENDS[backend])
+        self._shape = None  # (Hkv, group, qo_len, kv_len) from plan()
+
+    def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
+        self._paged.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
+        self._shape = None
+
+    def plan(self, block_mask_map, block_row_sz, block_col_sz, num_qo_heads, num_kv_heads, head_dim, causal=False,
+             pos_encoding_mode="NONE", use_fp16_qk_reduction=False, logits_soft_cap=None, sm_scale=None,
+             rope_scale=None, rope_theta=None, non_blocking=True, q_data_type="float16", kv_data_type=None) -> None:
+        check_unsupported(pos_encoding_mode, use_fp16_qk_reduction, rope_scale, rope_theta)
+        if num_qo_heads <= 0 or num_kv_heads <= 0 or num_qo_heads % num_kv_heads:
+            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a positive multiple of num_kv_heads "
+                             f"({num_kv_heads})")
+        check_tensor("block_mask_map", block_mask_map, ndim=3)
+        check_tensor("block_row_sz", block_row_sz, ndim=2, dtypes=(torch.int32, torch.int64))
+        check_tensor("block_col_sz", block_col_sz, ndim=2, dtypes=(torch.int32, torch.int64))
+        heads, mb, nb = block_mask_map.shape
+        if heads != num_kv_heads or tuple(block_row_sz.shape) != (heads, mb) or tuple(block_col_sz.shape) != (heads, nb):
+            raise ValueError(f"block_mask_map {tuple(block_mask_map.shape)}, block_row_sz {tuple(block_row_sz.shape)} "
+                             f"and block_col_sz {tuple(block_col_sz.shape)} must be [num_kv_heads={num_kv_heads}, "
+                             f"MB, NB], [num_kv_heads, MB] and [num_kv_heads, NB]")
+        rows, cols = block_row_sz.to("cpu", torch.int64), block_col_sz.to("cpu", torch.int64)
+        for name, sizes in (("block_row_sz", rows), ("block_col_sz", cols)):
+            if bool((sizes < 0).any()) or bool((sizes.sum(1) != sizes[0].sum()).any()):
+                raise ValueError(f"{name} must be non-negative and sum to the same length for every KV head, got "
+                                 f"sums {sizes.sum(1).tolist()}")
+        kv_indptr, kv_indices = expanded_key_indices(block_mask_map, cols)
+        qo_indptr = torch.zeros(heads * mb + 1, dtype=torch.int32)
+        qo_indptr[1:] = torch.cumsum(rows.reshape(-1), 0)
+        last = (kv_indptr[1:] > kv_indptr[:-1]).to(torch.int32)  # one-key pages; an empty row has none
+        self._paged.plan(qo_indptr, kv_indptr, kv_indices, last, num_qo_heads // num_kv_heads, 1, head_dim, 1,
+                         causal=causal, pos_encoding_mode=pos_encoding_mode, sm_scale=sm_scale,
+                         logits_soft_cap=logits_soft_cap, rope_scale=rope_scale, rope_theta=rope_theta,
+                         q_data_type=q_data_type, kv_data_type=kv_data_type)
+        self._shape = (heads, num_qo_heads // num_kv_heads, int(rows[0].sum()), int(cols[0].sum()))
+
+    begin_forward = plan
+
+    def run(self, q, k, v, out=None, lse=None, return_lse=False, enable_pdl=None):
+        if self._shape is None:
+            raise RuntimeError("VariableBlockSparseAttentionWrapper.run() called before plan()")
+        heads, group, qo_len, kv_len = self._shape
+        check_tensor("q", q, ndim=3)
+        if tuple(q.shape[:2]) != (heads * group, qo_len):
+            raise ValueError(f"q must be [num_qo_heads={heads * group}, qo_len={qo_len}, head_dim], got {tuple(q.shape)}")
+        for name, t in (("k", k), ("v", v)):
+            check_tensor(name, t, ndim=3)
+            if tuple(t.shape[:2]) != (heads, kv_len):
+                raise ValueError(f"{name} must be [num_kv_heads={heads}, kv_len={kv_len}, head_dim], got "
+                                 f"{tuple(t.shape)}")
+        for name, t, shape in (("out", out, q.shape), ("lse", lse, q.shape[:2])):
+            if t is not None and tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{name} must be {tuple(shape)} (head-major, as q), got {tuple(t.shape)}")
+        d = q.shape[-1]
+        # head-major -> the kernel's rows: [(Hkv, qo_len), group, D]; keys end to end as one-key pages
+        q_rows = q.reshape(heads, group, qo_len, d).transpose(1, 2).reshape(heads * qo_len, group, d)
+        pages = (k.reshape(heads * kv_len, 1, 1, d), v.reshape(heads * kv_len, 1, 1, d))
+        o, s = self._paged.run(q_rows, pages, return_lse=True)
+        o = o.reshape(heads, qo_len, group, d).transpose(1, 2).reshape(heads * group, qo_len, d)
+        s = s.reshape(heads, qo_len, group).transpose(1, 2).reshape(heads * group, qo_len)
+        if out is not None:
+            o = out.copy_(o)
+        if lse is not None:
+            s = lse.copy_(s)
+        return (o, s) if return_lse else o
+
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, k, v, pos_encoding_mode="NONE", use_fp16_qk_reduction=False, logits_soft_cap=None,
+                sm_scale=None, rope_scale=None, rope_theta=None):
+        """FlashInfer's deprecated form: its arguments replace plan()'s and stay."""
+        from .wrappers import _forward_overrides
+
+        plan = self._paged._require_plan()
+        _forward_overrides(self._paged, plan.causal, pos_encoding_mode, use_fp16_qk_reduction, -1, logits_soft_cap,
+                           sm_scale, rope_scale, rope_theta)
+        return self.run(q, k, v)
