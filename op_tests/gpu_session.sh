@@ -3,7 +3,7 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep attention-variants cascade-decision fi-warm sampling-tests
+#   sections: merge attention-tests attention-bench sweep attention-variants sparse cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -42,6 +42,9 @@ for section in $sections; do
     attention-compile)  # issue 14: torch.compile of every public attention call, CUDA graphs included
       python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_compile.py 2>&1 \
         | tee "$OUT/pytest-attention-compile.log" | tail -n 12 ;;
+    sparse)  # issue 16: block-sparse tests compiled (FlashInfer's grids) and the benchmark beside FlashInfer
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_sparse.py 2>&1 | tee "$OUT/pytest-sparse.log" | tail -n 6
+      python3 op_tests/bench_block_sparse.py 2>&1 | tee "$OUT/bench-sparse.log" ;;
     cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)
       python3 op_tests/test_cascade.py --amd-table no --decision 2>&1 | tee "$OUT/bench-cascade-decision.log" ;;
     attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer

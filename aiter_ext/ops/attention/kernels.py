@@ -636,6 +636,9 @@ def aot_specs():
             spec = kernel_spec("bf16", 128, rows, group, paged, split, label="-custom-mask", CUSTOM_MASK=True,
                                CAUSAL=False)
             yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
+    # block-sparse attention (sparse.py): BSR blocks of 64 x 64 as one-request-per-block-row pages of 64 keys
+    yield kernel_spec("bf16", 128, 256, 4, True, False, page_size=64, label="-bsr-c64", CAUSAL=False)
+    yield kernel_spec("bf16", 128, 256, 4, True, True, page_size=64, label="-bsr-c64", CAUSAL=False)
     # RoPE ahead of prefill plans: keys from a paged bf16 or fp8 cache, ragged keys or q
     for kv_dtype, paged in (("bf16", True), ("fp8e4nv", True), ("bf16", False)):
         yield KernelSpec(f"rotate_rows[{kv_dtype}-d128-{'paged' if paged else 'ragged'}]", rotate_rows_kernel,
