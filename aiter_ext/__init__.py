@@ -20,7 +20,8 @@ if _os.environ.get("AITER_EXT_BACKEND", "").strip().lower() == "triton" and "TRI
 
 from .ops.attention import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
-    BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper,
+    BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper, BatchPODWithPagedKVCacheWrapper,
+    PODWithPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper,
     BatchPrefillWithSharedPrefixPagedKVCacheWrapper, MultiLevelCascadeAttentionWrapper, cascade_attention,
     packbits, segment_packbits, single_decode_with_kv_cache, single_prefill_with_kv_cache,
@@ -50,6 +51,7 @@ __all__ = [
     "segment_packbits",
     "BatchDecodeWithPagedKVCacheWrapper",
     "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper",
+    "BatchPODWithPagedKVCacheWrapper", "PODWithPagedKVCacheWrapper",
     "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "fp4_quantize",
     "fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "get_batch_indices_positions",

@@ -29,13 +29,15 @@ from .cascade import (
     MultiLevelCascadeAttentionWrapper, cascade_attention,
 )
 from .masks import packbits, segment_packbits
+from .pod import BatchPODWithPagedKVCacheWrapper, PODWithPagedKVCacheWrapper
 from .sparse import BlockSparseAttentionWrapper, VariableBlockSparseAttentionWrapper
 from .wrappers import (
     BatchAttentionWithAttentionSinkWrapper, BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper,
     BatchPrefillWithRaggedKVCacheWrapper, _check_layout,
 )
 
-__all__ = ["BatchAttentionWithAttentionSinkWrapper", "BatchDecodeWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
+__all__ = ["BatchAttentionWithAttentionSinkWrapper", "BatchDecodeWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper", "BatchPODWithPagedKVCacheWrapper",
+           "PODWithPagedKVCacheWrapper", "BatchDecodeWithSharedPrefixPagedKVCacheWrapper",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "BatchPrefillWithSharedPrefixPagedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
            "cascade_attention", "packbits", "segment_packbits", "single_decode_with_kv_cache",

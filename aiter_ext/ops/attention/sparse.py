@@ -31,6 +31,14 @@ VSA_ONLY = ("block_mask", "kv_block_lens", "q2k_indices", "q2k_num", "kv_splits"
             "v_scale")
 
 
+def _engine_prefill(float_workspace_buffer, backend: str) -> BatchPrefillWithPagedKVCacheWrapper:
+    """The paged prefill that a block-sparse wrapper plans: FlashInfer's fa2/fa3 names mean the engine."""
+    if backend not in ENGINE_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not served: aiter_ext's block-sparse attention takes "
+                         f"{sorted(ENGINE_BACKENDS)} (FlashInfer's VSA and cake backends have no counterpart)")
+    return BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, "NHD", backend=ENGINE_BACKENDS[backend])
+
+
 def bsr_mask_to_requests(mask: torch.Tensor, indptr: list, M: int, R: int) -> torch.Tensor:
     """FlashInfer's BSR mask ``(nnz, R, C)`` as the engine's flattened per-request masks: block row i's
     ``[rows_i, n_i * C]`` (its blocks side by side; a short last row keeps its first rows), concatenated."""
@@ -49,11 +57,7 @@ class BlockSparseAttentionWrapper:
     default ``float16`` whatever q's dtype; pass ``o_data_type=torch.bfloat16`` for bf16 out)."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto"):
-        if backend not in ENGINE_BACKENDS:
-            raise ValueError(f"backend={backend!r} is not served: aiter_ext's block-sparse attention takes "
-                             f"{sorted(ENGINE_BACKENDS)} (FlashInfer's VSA and cake backends have no counterpart)")
-        self._paged = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, "NHD",
-                                                          backend=ENGINE_BACKENDS[backend])
+        self._paged = _engine_prefill(float_workspace_buffer, backend)
         self._shape = None  # (M, N, C, o dtype) from plan()
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
@@ -174,16 +178,10 @@ class VariableBlockSparseAttentionWrapper:
     the kernel's layout, as FlashInfer does."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto"):
-        if backend not in ENGINE_BACKENDS:
-            raise ValueError(f"backend={backend!r} is not served: aiter_ext's variable block-sparse attention takes "
-                             f"{sorted(ENGINE_BACKENDS)} (FlashInfer's cake backends have no counterpart)")
-        self._paged = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, "NHD",
-                                                          backend=ENGINE_BACKENDS[backend])
+        self._paged = _engine_prefill(float_workspace_buffer, backend)
         self._shape = None  # (Hkv, group, qo_len, kv_len) from plan()
 
-    def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
-        self._paged.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
-        self._shape = None
+    reset_workspace_buffer = BlockSparseAttentionWrapper.reset_workspace_buffer
 
     def plan(self, block_mask_map, block_row_sz, block_col_sz, num_qo_heads, num_kv_heads, head_dim, causal=False,
              pos_encoding_mode="NONE", use_fp16_qk_reduction=False, logits_soft_cap=None, sm_scale=None,

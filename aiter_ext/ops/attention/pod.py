@@ -1,0 +1,170 @@
+"""POD attention (issue 16): prefill and decode of one serving step, FlashInfer 0.7.2's
+``BatchPODWithPagedKVCacheWrapper`` and ``PODWithPagedKVCacheWrapper``.
+
+``BatchPODWithPagedKVCacheWrapper``: paged prefill requests and paged decode requests. When both sides read
+the same cache (the serving case: one KV pool), ``plan`` makes one work list of both, so a ``run`` is a
+single launch whose programs are prefill tiles and decode tiles, scheduled together (longest chunks first;
+decode requests split their KV only while the launch has room). The two query tensors are copied into one
+buffer for it (the prefill's q is the large part: a copy of its bytes, small beside its attention). The
+outputs are views of one buffer. Two launches (prefill, then decode) serve what one cannot: two different
+caches, decode requests of several tokens under a causal prefill (FlashInfer's decode side is never
+causal), or q/k scales (FlashInfer applies them to the decode side only).
+
+``PODWithPagedKVCacheWrapper``: one prefill whose K/V are separate contiguous tensors, plus a paged decode
+batch. The kernel reads one K/V source per launch, so this runs the prefill (single_prefill_with_kv_cache's
+cached plans) and then the decode: two launches, not fused.
+
+Unlike FlashInfer, both return the LSE where asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from .engine import check_unsupported, host_int32
+from .wrappers import BatchPrefillWithPagedKVCacheWrapper, _check_layout, _paged_views
+
+
+def _same_cache(a, b, layout: str) -> bool:
+    if a is b:
+        return True
+    (ka, va, _), (kb, vb, _) = _paged_views(a, layout), _paged_views(b, layout)
+    return all(x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
+               for x, y in ((ka, kb), (va, vb)))
+
+
+def _refuse_run_masks(custom_mask_p, packed_custom_mask_p) -> None:
+    if custom_mask_p is not None or packed_custom_mask_p is not None:
+        raise ValueError("custom_mask_p / packed_custom_mask_p: a custom mask is planned in aiter_ext (its "
+                         "visibility classes are built at plan time); run the prefill through "
+                         "BatchPrefillWithPagedKVCacheWrapper.plan(custom_mask=...)")
+
+
+class BatchPODWithPagedKVCacheWrapper:
+    """FlashInfer 0.7.2's batched POD: ``plan(qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p,
+    qo_indptr_d, kv_indptr_d, kv_indices_d, last_page_len_d, num_qo_heads, num_kv_heads, head_dim, page_size,
+    ...)`` then ``run(q_p, paged_kv_cache_p, q_d, paged_kv_cache_d, causal_p=False, return_lse=False)`` ->
+    ``(out_p, out_d)``, or ``((out_p, out_d), (lse_p, lse_d))``."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD"):
+        self._kv_layout = _check_layout(kv_layout)
+        self._fused = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._prefill = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._rows = None  # (prefill rows, decode rows, every decode request one token) from plan()
+
+    def plan(self, qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p, qo_indptr_d, kv_indptr_d, kv_indices_d,
+             last_page_len_d, num_qo_heads, num_kv_heads, head_dim, page_size, pos_encoding_mode="NONE",
+             window_left=-1, q_data_type="float16", kv_data_type=None, data_type=None, sm_scale=None, rope_scale=None,
+             rope_theta=None, non_blocking=True) -> None:
+        if data_type is not None:  # FlashInfer's legacy keyword: it fills only what is not given
+            q_data_type = data_type if q_data_type is None else q_data_type
+            kv_data_type = data_type if kv_data_type is None else kv_data_type
+        check_unsupported(pos_encoding_mode, rope_scale=rope_scale, rope_theta=rope_theta)
+        common = dict(pos_encoding_mode=pos_encoding_mode, window_left=window_left, sm_scale=sm_scale,
+                      rope_scale=rope_scale, rope_theta=rope_theta, q_data_type=q_data_type, kv_data_type=kv_data_type)
+        sides = ((qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p),
+                 (qo_indptr_d, kv_indptr_d, kv_indices_d, last_page_len_d))
+        for wrapper, (qo, kv, ind, last) in zip((self._prefill, self._decode), sides):
+            wrapper.plan(qo, kv, ind, last, num_qo_heads, num_kv_heads, head_dim, page_size, **common)
+        qo_p, kv_p = host_int32("qo_indptr_p", qo_indptr_p), host_int32("kv_indptr_p", kv_indptr_p)
+        qo_d, kv_d = host_int32("qo_indptr_d", qo_indptr_d), host_int32("kv_indptr_d", kv_indptr_d)
+        # one work list of both sides: decode requests follow the prefill ones, rows and pages shifted
+        i32 = torch.int32
+        self._fused.plan(
+            torch.tensor(qo_p + [x + qo_p[-1] for x in qo_d[1:]], dtype=i32),
+            torch.tensor(kv_p + [x + kv_p[-1] for x in kv_d[1:]], dtype=i32),
+            torch.cat([kv_indices_p.cpu()[:kv_p[-1]], kv_indices_d.cpu()[:kv_d[-1]]]).to(i32),
+            torch.cat([last_page_len_p.cpu(), last_page_len_d.cpu()]).to(i32),
+            num_qo_heads, num_kv_heads, head_dim, page_size, **common)
+        one_token = all(qo_d[b + 1] - qo_d[b] <= 1 for b in range(len(qo_d) - 1))
+        self._rows = (qo_p[-1], qo_d[-1], one_token)
+
+    begin_forward = plan
+
+    def run(self, q_p, paged_kv_cache_p, q_d, paged_kv_cache_d, custom_mask_p=None, packed_custom_mask_p=None,
+            causal_p=False, q_scale=None, k_scale=None, v_scale=None, return_lse=False, use_fp16_qk_reduction=False,
+            enable_pdl=None):
+        if self._rows is None:
+            raise RuntimeError("BatchPODWithPagedKVCacheWrapper.run() called before plan()")
+        _refuse_run_masks(custom_mask_p, packed_custom_mask_p)
+        check_unsupported(use_fp16_qk_reduction=use_fp16_qk_reduction)
+        rows_p, rows_d, one_token = self._rows
+        fused = (_same_cache(paged_kv_cache_p, paged_kv_cache_d, self._kv_layout) and (one_token or not causal_p)
+                 and q_scale is None and k_scale is None and q_p.dtype == q_d.dtype)
+        if fused:
+            self._fused._plan = replace(self._fused._require_plan(), causal=bool(causal_p))
+            out, lse = self._fused.run(torch.cat([q_p, q_d]), paged_kv_cache_p, return_lse=True)
+            out_p, out_d, lse_p, lse_d = out[:rows_p], out[rows_p:], lse[:rows_p], lse[rows_p:]
+            if v_scale is not None:
+                out_d.mul_(v_scale)
+        else:
+            self._prefill._plan = replace(self._prefill._require_plan(), causal=bool(causal_p))
+            out_p, lse_p = self._prefill.run(q_p, paged_kv_cache_p, return_lse=True)
+            out_d, lse_d = self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
+                                            return_lse=True)
+        return ((out_p, out_d), (lse_p, lse_d)) if return_lse else (out_p, out_d)
+
+
+class PODWithPagedKVCacheWrapper:
+    """FlashInfer 0.7.2's POD: ``plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim,
+    page_size, ...)`` for the paged decode batch, then ``run(q_p, k_p, v_p, q_d, paged_kv_cache_d,
+    causal_p=False, ..., return_lse_p=False, return_lse_d=False)`` -> ``(out_p, out_d)``, each side
+    ``(out, lse)`` where its LSE is asked for. Two launches (module docstring)."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 paged_kv_indptr_buffer=None, paged_kv_indices_buffer=None, paged_kv_last_page_len_buffer=None,
+                 jit_args=None):
+        self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._use_cuda_graph = use_cuda_graph
+
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
+        self._decode.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
+
+    def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+             pos_encoding_mode="NONE", window_left=-1, q_data_type="float16", kv_data_type=None, data_type=None,
+             sm_scale=None, rope_scale=None, rope_theta=None, non_blocking=True) -> None:
+        if data_type is not None:
+            q_data_type = data_type if q_data_type is None else q_data_type
+            kv_data_type = data_type if kv_data_type is None else kv_data_type
+        batch = len(host_int32("indptr", indptr)) - 1
+        self._decode.plan(torch.arange(batch + 1, dtype=torch.int32), indptr, indices, last_page_len, num_qo_heads,
+                          num_kv_heads, head_dim, page_size, pos_encoding_mode=pos_encoding_mode,
+                          window_left=window_left, q_data_type=q_data_type, kv_data_type=kv_data_type,
+                          sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta)
+
+    begin_forward = plan
+
+    def run(self, q_p, k_p, v_p, q_d, paged_kv_cache_d, custom_mask_p=None, packed_custom_mask_p=None,
+            causal_p=False, kv_layout_p="NHD", pos_encoding_mode_p="NONE", sm_scale_p=None, window_left_p=-1,
+            rope_scale_p=None, rope_theta_p=None, return_lse_p=False, custom_mask_d=None, packed_custom_mask_d=None,
+            causal_d=False, kv_layout_d="NHD", pos_encoding_mode_d="NONE", sm_scale_d=None, window_left_d=-1,
+            rope_scale_d=None, rope_theta_d=None, q_scale=None, k_scale=None, v_scale=None, return_lse_d=False,
+            use_fp16_qk_reduction=False, enable_pdl=None, *args):
+        from .api import single_prefill_with_kv_cache
+
+        _refuse_run_masks(custom_mask_d, packed_custom_mask_d)
+        plan = self._decode._require_plan()
+        for name, given, planned in (("pos_encoding_mode_d", pos_encoding_mode_d,
+                                      "ROPE_LLAMA" if plan.rope else "ALIBI" if plan.alibi is not None else "NONE"),
+                                     ("window_left_d", window_left_d, plan.window_left)):
+            if given != planned:
+                raise ValueError(f"{name}={given!r} differs from plan()'s {planned!r}; set it in plan()")
+        if causal_d:
+            raise ValueError("causal_d: FlashInfer's POD decode side is never causal")
+        if sm_scale_d is not None:
+            self._decode._plan = replace(plan, sm_scale=float(sm_scale_d))
+        result_p = single_prefill_with_kv_cache(
+            q_p, k_p, v_p, custom_mask=custom_mask_p, packed_custom_mask=packed_custom_mask_p, causal=causal_p,
+            kv_layout=kv_layout_p, pos_encoding_mode=pos_encoding_mode_p, use_fp16_qk_reduction=use_fp16_qk_reduction,
+            sm_scale=sm_scale_p, window_left=window_left_p, rope_scale=rope_scale_p, rope_theta=rope_theta_p,
+            return_lse=return_lse_p)
+        result_d = self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
+                                    return_lse=return_lse_d)
+        return result_p, result_d

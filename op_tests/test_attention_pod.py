@@ -1,0 +1,118 @@
+"""POD attention (issue 16): FlashInfer 0.7.2's BatchPODWithPagedKVCacheWrapper and PODWithPagedKVCacheWrapper
+against the fp32 reference of each side; the fused single launch (one cache) and the two-launch path
+(two caches); empty sides; the LSE where asked."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_utils import indptr_of, random_paged_kv  # noqa: E402
+from conftest import DEVICE  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import assert_close  # noqa: E402
+from aiter_ext.ops.attention.reference import batch_attention_ref, gather_paged_kv  # noqa: E402
+
+DTYPE = torch.float16 if DEVICE.type == "cpu" else torch.bfloat16
+HQ, HKV, D, PAGE = 4, 2, 64, 4
+
+
+def _workspace():
+    return torch.empty(32 << 20, dtype=torch.uint8, device=DEVICE)
+
+
+def _side(cache_pages, qo_lens, kv_lens, first_page, gen):
+    """Page tables of requests over pages [first_page, ...) of a shared cache, and their q."""
+    pages = [-(-n // PAGE) for n in kv_lens]
+    kv_indptr = indptr_of(pages)
+    ids = torch.randperm(sum(pages), generator=gen).to(torch.int32) + first_page
+    last = torch.tensor([n - (p - 1) * PAGE if p else 0 for n, p in zip(kv_lens, pages)], dtype=torch.int32)
+    q = torch.randn(sum(qo_lens), HQ, D, generator=gen).to(DTYPE).to(DEVICE)
+    return indptr_of(qo_lens), kv_indptr, ids, last, q
+
+
+def _ref(cache, qo_indptr, kv_indptr, ids, last, q, causal):
+    kv = gather_paged_kv(cache[:, 0], cache[:, 1], kv_indptr.to(DEVICE), ids.to(DEVICE), last.to(DEVICE))
+    return batch_attention_ref(q, qo_indptr.to(DEVICE), kv, causal)
+
+
+CASES = {"mixed": ([37, 20], [60, 20], [1] * 5, [9, 33, 1, 70, 12]),
+         "empty prefill": ([0], [0], [1] * 3, [5, 17, 40]),
+         "empty decode": ([16], [30], [0], [0])}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("same_cache", [True, False])
+def test_batch_pod_matches_each_side(case, causal, same_cache, monkeypatch):
+    qo_p, kv_p, qo_d, kv_d = CASES[case]
+    gen = torch.Generator().manual_seed(len(case) + causal)
+    total_pages = sum(-(-n // PAGE) for n in kv_p + kv_d) + 3
+    cache = torch.randn(total_pages, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    p = _side(cache, qo_p, kv_p, 0, gen)
+    d = _side(cache, qo_d, kv_d, sum(-(-n // PAGE) for n in kv_p), gen)
+    cache_d = cache if same_cache else cache.clone()
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace())
+    w.plan(*p[:4], *d[:4], HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    if same_cache:  # the single launch must serve it
+        monkeypatch.setattr(w._prefill, "run", lambda *a, **k: pytest.fail("took two launches"))
+    (out_p, out_d), (lse_p, lse_d) = w.run(p[4], cache, d[4], cache_d, causal_p=causal, return_lse=True)
+    ref_p, ref_lse_p = _ref(cache, *p, causal)
+    ref_d, ref_lse_d = _ref(cache_d, *d, False)
+    assert_close(out_p, ref_p, DTYPE, name="prefill side")
+    assert_close(out_d, ref_d, DTYPE, name="decode side")
+    for got, want in ((lse_p, ref_lse_p), (lse_d, ref_lse_d)):
+        finite = torch.isfinite(want)
+        assert torch.allclose(got[finite], want[finite], atol=2e-2) and bool(torch.isinf(got[~finite]).all())
+    out_p2, out_d2 = w.run(p[4], cache, d[4], cache_d, causal_p=causal)
+    assert torch.equal(out_p2, out_p) and torch.equal(out_d2, out_d)
+
+
+def test_batch_pod_decode_scales_and_refusals():
+    gen = torch.Generator().manual_seed(3)
+    cache = torch.randn(40, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    p = _side(cache, [8], [20], 0, gen)
+    d = _side(cache, [1, 1], [9, 30], 5, gen)
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace())
+    with pytest.raises(RuntimeError, match="before plan"):
+        w.run(p[4], cache, d[4], cache)
+    w.plan(*p[:4], *d[:4], HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    base_p, base_d = w.run(p[4], cache, d[4], cache, causal_p=True)
+    # FlashInfer scales the decode side only: k_scale and v_scale leave the prefill as it was
+    out_p, out_d = w.run(p[4], cache, d[4], cache, causal_p=True, k_scale=0.5, v_scale=2.0)
+    assert torch.equal(out_p, base_p)
+    ref_d = batch_attention_ref(d[4], d[0].to(DEVICE), gather_paged_kv(cache[:, 0], cache[:, 1], d[1].to(DEVICE),
+                                d[2].to(DEVICE), d[3].to(DEVICE)), False, sm_scale=0.5 / D ** 0.5)[0]
+    assert_close(out_d, ref_d.float() * 2.0, DTYPE, name="decode side with k_scale/v_scale")
+    with pytest.raises(ValueError, match="custom_mask_p"):
+        w.run(p[4], cache, d[4], cache, custom_mask_p=torch.ones(160, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_pod_single_prefill_and_paged_decode(return_lse):
+    gen = torch.Generator().manual_seed(4)
+    cache = torch.randn(30, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    d = _side(cache, [1] * 3, [7, 21, 40], 0, gen)
+    q_p = torch.randn(19, HQ, D, generator=gen).to(DTYPE).to(DEVICE)
+    k_p = torch.randn(25, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    v_p = torch.randn(25, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    w = aiter_ext.PODWithPagedKVCacheWrapper(_workspace())
+    w.plan(d[1], d[2], d[3], HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    res_p, res_d = w.run(q_p, k_p, v_p, d[4], cache, causal_p=True, return_lse_p=return_lse, return_lse_d=return_lse)
+    ref_p = batch_attention_ref(q_p, indptr_of([19]).to(DEVICE), [(k_p, v_p)], True)
+    ref_d = _ref(cache, *d, False)
+    if return_lse:
+        assert_close(res_p[0], ref_p[0], DTYPE, name="prefill")
+        assert torch.allclose(res_p[1], ref_p[1], atol=2e-2)
+        assert_close(res_d[0], ref_d[0], DTYPE, name="decode")
+        assert torch.allclose(res_d[1], ref_d[1], atol=2e-2)
+    else:
+        assert_close(res_p, ref_p[0], DTYPE, name="prefill")
+        assert_close(res_d, ref_d[0], DTYPE, name="decode")
+    with pytest.raises(ValueError, match="window_left_d"):
+        w.run(q_p, k_p, v_p, d[4], cache, window_left_d=8)
