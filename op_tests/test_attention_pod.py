@@ -42,6 +42,7 @@ def _ref(cache, qo_indptr, kv_indptr, ids, last, q, causal):
 
 
 CASES = {"mixed": ([37, 20], [60, 20], [1] * 5, [9, 33, 1, 70, 12]),
+         "decode with empty KV": ([1], [16], [1] * 3, [0, 9, 0]),  # a one-token prefill too
          "empty prefill": ([0], [0], [1] * 3, [5, 17, 40]),
          "empty decode": ([16], [30], [0], [0])}
 

@@ -78,6 +78,21 @@ def test_block_sparse_matches_dense_attention(M, N, R, C, causal, with_mask):
     assert bool(torch.isinf(lse[~seen]).all() and (lse[~seen] < 0).all())
 
 
+def test_a_fully_masked_row_gives_zero():
+    """A row whose listed blocks' mask bits are all off sees nothing: output 0, LSE -inf (the rest exact)."""
+    M, N, R, C = 16, 32, 4, 16
+    indptr, indices = _bsr(M, N, R, C, 0.7, seed=8)
+    q, k, v = _qkv(M, N, seed=9)
+    mask = torch.rand(indices.numel(), R, C, generator=torch.Generator().manual_seed(10)) < 0.6
+    mask[indptr[0]:indptr[1], 2] = False  # row 2 of block row 0: every bit off
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, mask=mask.to(DEVICE), q_data_type=DTYPE, o_data_type=DTYPE)
+    out, lse = w.run(q, k, v, out=torch.full_like(q, float("nan")), return_lse=True)
+    assert torch.equal(out[2].float(), torch.zeros(HQ, D, device=DEVICE)) and bool(torch.isinf(lse[2]).all())
+    visible = bsr_dense_mask(indptr, indices, M, N, R, C, mask)
+    assert_close(out, single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))[0], DTYPE, name="the others")
+
+
 def test_packed_mask_and_legacy_forms():
     M, N, R, C = 40, 64, 8, 16
     indptr, indices = _bsr(M, N, R, C, 0.5, seed=1)

@@ -637,7 +637,9 @@ def aot_specs():
                                CAUSAL=False)
             yield replace(spec, options={**spec.options, "num_warps": MASK_WARPS_AMD})
     # block-sparse attention (sparse.py): BSR blocks of 64 x 64 as one-request-per-block-row pages of 64 keys
-    yield kernel_spec("bf16", 128, 256, 4, True, False, page_size=64, label="-bsr-c64", CAUSAL=False)
+    # (FlashInfer's grid has C in 1, 4, 16; page 1 and 16 are compiled above)
+    for c in (4, 64, 128):
+        yield kernel_spec("bf16", 128, 256, 4, True, False, page_size=c, label=f"-bsr-c{c}", CAUSAL=False)
     yield kernel_spec("bf16", 128, 256, 4, True, True, page_size=64, label="-bsr-c64", CAUSAL=False)
     # RoPE ahead of prefill plans: keys from a paged bf16 or fp8 cache, ragged keys or q
     for kv_dtype, paged in (("bf16", True), ("fp8e4nv", True), ("bf16", False)):
