@@ -1,0 +1,6 @@
+"""Segment GEMM (FlashInfer's ``SegmentGEMMWrapper``; issue 17): rows of ``x`` in segments, each segment
+multiplied by its own weight. The base of multi-LoRA serving."""
+
+from .api import SegmentGEMMWrapper, segment_gemm
+
+__all__ = ["SegmentGEMMWrapper", "segment_gemm"]

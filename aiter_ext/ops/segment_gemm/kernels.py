@@ -1,0 +1,112 @@
+"""The segment GEMM kernel: a persistent grid over every segment's row tiles.
+
+Segment bounds live on the device (a serving engine's ``seg_indptr`` and ``weight_indices`` are device
+tensors, and a CUDA graph must not read them back), so the grid cannot be sized per segment. Instead
+``(programs, column tiles)`` programs walk the segments in order, numbering their row tiles, and program
+p computes the tiles whose number is p modulo the program count: every tile once, balanced whatever the
+segment lengths, with nothing read on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from aiter_ext.core.aot import KernelSpec, register_aot_specs
+
+
+@triton.jit
+def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, batch, num_rows, num_weights, D_IN: tl.constexpr,
+                        D_OUT: tl.constexpr, W_COL_MAJOR: tl.constexpr, HAS_INDICES: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
+    D_OUT]``, y ``[num_rows, D_OUT]``, all contiguous. The sizes are constexpr on purpose: a model has a
+    few, and scalar arguments (with the nested loops' counters) spilled SGPRs on gfx942; as constants
+    they also turn every stride into an immediate and drop the K masks when BLOCK_K divides D_IN."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < D_OUT
+    if W_COL_MAJOR:  # element (k, n) of a weight
+        stride_k: tl.constexpr = 1
+        stride_n: tl.constexpr = D_IN
+    else:
+        stride_k: tl.constexpr = D_OUT
+        stride_n: tl.constexpr = 1
+    numbered = pid * 0  # row tiles of the segments before this one (an i32, as the loop carries it)
+    for s in range(batch):
+        start = tl.load(seg_indptr + s).to(tl.int64)
+        # a segment ends inside x whatever the device tables say (rows past num_rows are never read)
+        end = tl.minimum(tl.maximum(tl.load(seg_indptr + s + 1).to(tl.int64), start), num_rows)
+        tiles = tl.cdiv(tl.maximum(end - start, 0), BLOCK_M).to(tl.int32)
+        index = s
+        if HAS_INDICES:
+            index = tl.load(weight_indices + s).to(tl.int32)
+        # device indices are clamped into the weights (api.py checks host ones and says so)
+        index = tl.minimum(tl.maximum(index, 0), num_weights - 1)
+        w_seg = w + index.to(tl.int64) * (D_IN * D_OUT)
+        for t in range((pid - numbered % programs + programs) % programs, tiles, programs):
+            rows = start + t * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = rows < end
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for k0 in range(0, D_IN, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                if D_IN % BLOCK_K == 0:
+                    x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None], other=0.0)
+                    w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n, mask=col_ok[None, :],
+                                     other=0.0)
+                else:
+                    k_ok = ks < D_IN
+                    x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                                     other=0.0)
+                    w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n,
+                                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                acc += tl.dot(x_tile, w_tile.to(x_tile.dtype))
+            tl.store(y + rows[:, None] * D_OUT + cols[None, :], acc.to(y.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
+        numbered += tiles
+
+
+def default_config(d_in: int, d_out: int) -> dict:
+    """Untuned (no GPU run yet): 64-row tiles, column tiles of d_out up to 128 (a LoRA rank fits one),
+    64-deep K steps; 8 warps for 128-wide tiles (gfx942: 118 VGPRs and 4 waves, where 4 warps took 182
+    and 2)."""
+    block_n = min(128, max(16, triton.next_power_of_2(d_out)))
+    return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": 64, "num_warps": 8 if block_n >= 128 else 4}
+
+
+def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict,
+           cu_num: int) -> None:
+    d_in = x.shape[1]
+    d_out = y.shape[1]
+    cfg = {**default_config(d_in, d_out), **(config or {})}
+    col_tiles = triton.cdiv(d_out, cfg["BLOCK_N"])
+    row_tiles = triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch  # every segment adds at most one partial tile
+    programs = max(1, min(row_tiles, max(1, 4 * cu_num // col_tiles)))
+    segment_gemm_kernel[(programs, col_tiles)](
+        x, weights, y, seg_indptr, weight_indices if weight_indices is not None else seg_indptr, batch, x.shape[0],
+        weights.shape[0], D_IN=d_in, D_OUT=d_out, W_COL_MAJOR=weight_column_major,
+        HAS_INDICES=weight_indices is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
+
+
+def aot_specs():
+    """Llama-3.1-8B LoRA shapes: a rank-16 shrink (4096 -> 16) and its expand (16 -> 4096), both weight
+    layouts, and a square 4096 segment GEMM."""
+    for dtype in ("bf16", "fp16"):
+        for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
+            for col_major in (False, True):
+                cfg = default_config(d_in, d_out)
+                yield KernelSpec(
+                    f"segment_gemm[{dtype}-{d_in}x{d_out}{'-colmajor' if col_major else ''}-m{cfg['BLOCK_M']}"
+                    f"n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}]", segment_gemm_kernel,
+                    {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}", "seg_indptr": "*i64",
+                     "weight_indices": "*i64", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
+                    {"D_IN": d_in, "D_OUT": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
+                     "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
+                    {"num_warps": cfg["num_warps"]}, uses_dot=True,
+                    divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices"))
+
+
+register_aot_specs("segment_gemm", aot_specs)

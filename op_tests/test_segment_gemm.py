@@ -1,0 +1,110 @@
+"""Segment GEMM (issue 17): FlashInfer 0.7.2's SegmentGEMMWrapper against per-segment fp32 matmuls on fresh
+random inputs, the output poisoned first: empty and one-row segments, segments longer than a tile,
+repeated and out-of-order weight indices, LoRA ranks, row- and column-major weights, seg_lens or
+seg_indptr (exact where FlashInfer rounds them through x's dtype); bad arguments refused by name, and
+device indices past the weights never read outside them."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import DEVICE  # noqa: E402
+
+import aiter_ext  # noqa: E402
+from aiter_ext.core.testing import assert_close  # noqa: E402
+from aiter_ext.ops.segment_gemm.reference import segment_gemm_ref  # noqa: E402
+
+DTYPE = torch.float16 if DEVICE.type == "cpu" else torch.bfloat16
+ON_GPU = DEVICE.type == "cuda"
+# (d_in, d_out): LoRA shrink and expand at ranks 8-128, and a square GEMM; real hidden sizes on the GPU
+SHAPES = [(64, 8), (64, 16), (16, 96), (128, 128), (80, 40)] if not ON_GPU else \
+    [(4096, 8), (4096, 16), (4096, 64), (8192, 128), (16, 4096), (128, 8192), (4096, 4096)]
+SEG_LENS = [0, 1, 70, 3, 0, 130, 17]  # empty, one-row and longer-than-a-tile segments
+
+
+def _ws():
+    return torch.empty(1 << 20, dtype=torch.int8, device=DEVICE)  # FlashInfer users pass int8 or uint8
+
+
+@pytest.mark.parametrize("d_in,d_out", SHAPES)
+@pytest.mark.parametrize("column_major", [False, True])
+@pytest.mark.parametrize("indices", ["none", "shuffled"])
+def test_segment_gemm_matches_per_segment_matmuls(d_in, d_out, column_major, indices):
+    gen = torch.Generator().manual_seed(d_in * 7 + d_out + column_major)
+    seg_lens = torch.tensor(SEG_LENS, dtype=torch.int64)
+    batch = len(SEG_LENS)
+    rows = int(seg_lens.sum()) + 5  # 5 rows outside every segment
+    x = torch.randn(rows, d_in, generator=gen).to(DTYPE).to(DEVICE)
+    num_weights = batch if indices == "none" else 3
+    shape = (num_weights, d_out, d_in) if column_major else (num_weights, d_in, d_out)
+    weights = (torch.randn(shape, generator=gen) / d_in ** 0.5).to(DTYPE).to(DEVICE)
+    index = None if indices == "none" else torch.tensor([2, 0, 2, 1, 0, 1, 2], dtype=torch.int64)  # repeated, unordered
+    out = torch.full((rows, d_out), float("nan"), dtype=DTYPE, device=DEVICE)
+    out[-5:] = 7.0  # rows outside every segment: left as they are
+    w = aiter_ext.SegmentGEMMWrapper(_ws())
+    got = w.run(x, weights, batch, column_major, out=out, seg_lens=seg_lens.to(DEVICE),
+                weight_indices=index.to(DEVICE) if index is not None else None)
+    assert got is out
+    indptr = [0] + seg_lens.cumsum(0).tolist()
+    ref = segment_gemm_ref(x, weights, indptr, index, column_major, out=torch.full_like(out, 7.0))
+    assert_close(out[:indptr[-1]], ref[:indptr[-1]], DTYPE, name="segment rows")
+    assert bool((out[indptr[-1]:] == 7.0).all()), "rows outside the segments were written"
+    # seg_indptr instead of seg_lens, and an output allocated here: zeros outside the segments
+    fresh = w.run(x, weights, batch, column_major, seg_indptr=torch.tensor(indptr, device=DEVICE),
+                  weight_indices=index)
+    assert torch.equal(fresh[:indptr[-1]], out[:indptr[-1]]) and bool((fresh[indptr[-1]:] == 0).all())
+
+
+def test_segment_lengths_stay_exact():
+    """FlashInfer converts seg_lens through x's dtype: in bf16, 257 rows would become 256."""
+    x = torch.randn(257 + 3, 32).to(DTYPE).to(DEVICE)
+    weights = torch.randn(2, 32, 16).to(DTYPE).to(DEVICE)
+    out = aiter_ext.segment_gemm(x, weights, 2, False, seg_lens=torch.tensor([257, 3], device=DEVICE))
+    ref = segment_gemm_ref(x, weights, [0, 257, 260], None, False)
+    assert_close(out, ref, DTYPE, name="257-row segment")
+
+
+def test_bad_arguments_name_themselves_and_write_nothing():
+    x = torch.randn(10, 32).to(DTYPE).to(DEVICE)
+    weights = torch.randn(2, 32, 16).to(DTYPE).to(DEVICE)
+    w = aiter_ext.SegmentGEMMWrapper(_ws())
+    out = torch.full((10, 16), 3.0, dtype=DTYPE, device=DEVICE)
+    cases = [
+        (dict(seg_lens=None, seg_indptr=None), "seg_lens or seg_indptr"),
+        (dict(seg_lens=torch.tensor([4, 4, 2])), "seg_lens must have 2"),
+        (dict(seg_indptr=torch.tensor([0, 6, 3])), "nondecreasing"),
+        (dict(seg_indptr=torch.tensor([0, 6, 11])), "within x's 10 rows"),
+        (dict(seg_lens=torch.tensor([5, 5]), weight_indices=torch.tensor([0, 2])), r"weight_indices must lie in \[0, 2\)"),
+        (dict(seg_lens=torch.tensor([5, 5]), weight_indices=torch.tensor([0])), "weight_indices must have"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            w.run(x, weights, 2, False, out=out, **kwargs)
+    with pytest.raises(ValueError, match="x has 32 columns"):
+        w.run(x, weights, 2, True, out=out, seg_lens=torch.tensor([5, 5]))
+    with pytest.raises(ValueError, match="without weight_indices"):
+        w.run(x, weights, 3, False, out=out, seg_lens=torch.tensor([5, 3, 2]))
+    with pytest.raises(ValueError, match="weights must be contiguous"):
+        w.run(x, weights.transpose(1, 2).contiguous().transpose(1, 2), 2, False, out=out, seg_lens=torch.tensor([5, 5]))
+    with pytest.raises(ValueError, match="backend"):
+        aiter_ext.SegmentGEMMWrapper(_ws(), backend="cutlass")
+    assert bool((out == 3.0).all()), "a refused call wrote out"
+
+
+def test_device_indices_past_the_weights_stay_inside_them():
+    """Device weight indices are not read back (that would be a sync): one past the weights is clamped to
+    the last weight in the kernel, so nothing outside the weights is read."""
+    from aiter_ext.ops.segment_gemm import kernels
+
+    x = torch.randn(8, 32).to(DTYPE).to(DEVICE)
+    weights = torch.randn(2, 32, 16).to(DTYPE).to(DEVICE)
+    indptr = torch.tensor([0, 4, 8], device=DEVICE)
+    out = torch.full((8, 16), float("nan"), dtype=DTYPE, device=DEVICE)
+    # the kernel as the API launches it for device indices (on the CPU the API checks them instead)
+    kernels.launch(x, weights, out, indptr, torch.tensor([0, 5], device=DEVICE), 2, False, {}, 4)
+    assert_close(out, segment_gemm_ref(x, weights, [0, 4, 8], [0, 1], False), DTYPE, name="clamped index")
