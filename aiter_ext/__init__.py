@@ -37,7 +37,7 @@ from .ops.rope import (
     apply_rope, apply_rope_inplace, apply_rope_pos_ids, apply_rope_pos_ids_inplace, apply_rope_with_cos_sin_cache,
     apply_rope_with_cos_sin_cache_inplace,
 )
-from .ops.segment_gemm import SegmentGEMMWrapper, segment_gemm
+from .ops.segment_gemm import SegmentGEMMWrapper, lora_expand, lora_shrink, segment_gemm
 from .ops.sampling import (
     LogitsPipe, chain_speculative_sampling, min_p_sampling_from_probs, sampling_from_logits, sampling_from_probs, softmax,
     top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs, top_k_top_p_sampling_from_logits,
@@ -52,7 +52,7 @@ __all__ = [
     "segment_packbits",
     "BatchDecodeWithPagedKVCacheWrapper",
     "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "BlockSparseAttentionWrapper", "VariableBlockSparseAttentionWrapper",
-    "BatchPODWithPagedKVCacheWrapper", "PODWithPagedKVCacheWrapper", "SegmentGEMMWrapper", "segment_gemm",
+    "BatchPODWithPagedKVCacheWrapper", "PODWithPagedKVCacheWrapper", "SegmentGEMMWrapper", "segment_gemm", "lora_shrink", "lora_expand",
     "BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
     "block_table_to_csr", "cascade_attention", "chain_speculative_sampling", "fp4_quantize",
     "fused_add_rmsnorm", "gemma_fused_add_rmsnorm", "gemma_rmsnorm", "get_batch_indices_positions",

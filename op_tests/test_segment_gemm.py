@@ -108,3 +108,71 @@ def test_device_indices_past_the_weights_stay_inside_them():
     # the kernel as the API launches it for device indices (on the CPU the API checks them instead)
     kernels.launch(x, weights, out, indptr, torch.tensor([0, 5], device=DEVICE), 2, False, {}, 4)
     assert_close(out, segment_gemm_ref(x, weights, [0, 4, 8], [0, 1], False), DTYPE, name="clamped index")
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM's punica-style lora_shrink / lora_expand
+
+
+def _vllm_metadata(mapping: torch.Tensor, max_loras: int):
+    """vLLM's LoRA kernel metadata for ``mapping`` (a token's adapter, -1 none), as its LoRAKernelMeta builds
+    it: tokens sorted by adapter, and per run its adapter (padded with -1), token count and start."""
+    order = torch.sort(mapping, stable=True).indices
+    ids, counts = torch.unique(mapping, sorted=True, return_counts=True)
+    lora_ids = torch.full((max_loras + 1,), -1, dtype=torch.int32)
+    per_lora = torch.zeros(max_loras + 1, dtype=torch.int32)
+    lora_ids[:ids.numel()] = ids.to(torch.int32)
+    per_lora[:ids.numel()] = counts.to(torch.int32)
+    start = torch.zeros(max_loras + 2, dtype=torch.int32)
+    start[1:] = per_lora.cumsum(0)
+    return [t.to(DEVICE) for t in (mapping, order, per_lora, start, lora_ids)]
+
+
+def test_lora_shrink_and_expand_match_per_token_matmuls():
+    gen = torch.Generator().manual_seed(21)
+    tokens, hidden, rank, max_loras = 37, 64, 16, 4
+    slices = (48, 32, 32)  # fused QKV: q then k then v columns
+    mapping = torch.tensor([-1, 2, 0, 2, 3, -1, 1, 0] * 4 + [2, 2, -1, 0, 3])  # unordered, repeated, none
+    meta = _vllm_metadata(mapping, max_loras)
+    x = torch.randn(tokens, hidden, generator=gen).to(DTYPE).to(DEVICE)
+    lora_a = [(torch.randn(max_loras, rank, hidden, generator=gen) / hidden ** 0.5).to(DTYPE).to(DEVICE)
+              for _ in slices]
+    lora_b = [(torch.randn(max_loras, h, rank, generator=gen) / rank ** 0.5).to(DTYPE).to(DEVICE) for h in slices]
+    shrunk = torch.full((len(slices), tokens, rank), float("nan"), dtype=torch.float32, device=DEVICE)
+    no_lora, active = torch.tensor([False]), torch.tensor([4])
+    aiter_ext.lora_shrink(x, lora_a, shrunk, *meta, no_lora, active, 0.5)
+    want = torch.zeros(len(slices), tokens, rank, device=DEVICE)
+    for s in range(len(slices)):
+        for t in range(tokens):
+            if mapping[t] >= 0:
+                want[s, t] = 0.5 * x[t].float() @ lora_a[s][mapping[t]].float().t()
+    assert_close(shrunk, want, DTYPE, name="lora_shrink")
+    offset = 8
+    base = torch.randn(tokens, offset + sum(slices) + 4, generator=gen).to(DTYPE).to(DEVICE)
+    for add in (False, True):
+        out = base.clone()
+        aiter_ext.lora_expand(shrunk, lora_b, out, *meta, no_lora, active, offset_start=offset, add_inputs=add)
+        ref = base.float().clone()
+        col = offset
+        for s, h in enumerate(slices):
+            for t in range(tokens):
+                if mapping[t] >= 0:
+                    prod = shrunk[s, t].to(DTYPE).float() @ lora_b[s][mapping[t]].float().t()
+                    ref[t, col:col + h] = prod + (ref[t, col:col + h] if add else 0)
+            col += h
+        assert_close(out, ref, DTYPE, name=f"lora_expand(add_inputs={add})")
+    # no adapter anywhere: both leave their outputs alone
+    untouched = base.clone()
+    aiter_ext.lora_expand(shrunk, lora_b, untouched, *meta, torch.tensor([True]), active)
+    assert torch.equal(untouched, base)
+
+
+def test_lora_ops_refuse_bad_metadata():
+    x = torch.randn(4, 32).to(DTYPE).to(DEVICE)
+    a = [torch.randn(2, 8, 32).to(DTYPE).to(DEVICE)]
+    out = torch.zeros(1, 4, 8, device=DEVICE)
+    meta = _vllm_metadata(torch.tensor([0, 1, -1, 0]), 2)
+    with pytest.raises(ValueError, match="token_lora_mapping must have one entry per token"):
+        aiter_ext.lora_shrink(x, a, out, meta[0][:3], *meta[1:], torch.tensor([False]), torch.tensor([2]), 1.0)
+    with pytest.raises(ValueError, match=r"lora_a_weights\[0\] must be"):
+        aiter_ext.lora_shrink(x, [a[0][:, :4]], out, *meta, torch.tensor([False]), torch.tensor([2]), 1.0)

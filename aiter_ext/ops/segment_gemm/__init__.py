@@ -2,5 +2,6 @@
 multiplied by its own weight. The base of multi-LoRA serving."""
 
 from .api import SegmentGEMMWrapper, segment_gemm
+from .lora import lora_expand, lora_shrink
 
-__all__ = ["SegmentGEMMWrapper", "segment_gemm"]
+__all__ = ["SegmentGEMMWrapper", "lora_expand", "lora_shrink", "segment_gemm"]

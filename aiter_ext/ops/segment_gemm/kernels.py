@@ -17,13 +17,20 @@ from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 
 @triton.jit
-def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, batch, num_rows, num_weights, D_IN: tl.constexpr,
-                        D_OUT: tl.constexpr, W_COL_MAJOR: tl.constexpr, HAS_INDICES: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, batch, num_rows, num_weights,
+                        D_IN: tl.constexpr, D_OUT: tl.constexpr, Y_STRIDE: tl.constexpr, W_COL_MAJOR: tl.constexpr,
+                        HAS_INDICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
+                        ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
-    D_OUT]``, y ``[num_rows, D_OUT]``, all contiguous. The sizes are constexpr on purpose: a model has a
-    few, and scalar arguments (with the nested loops' counters) spilled SGPRs on gfx942; as constants
-    they also turn every stride into an immediate and drop the K masks when BLOCK_K divides D_IN."""
+    D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
+    on purpose: a model has a few, and scalar arguments (with the nested loops' counters) spilled SGPRs on
+    gfx942; as constants they also turn every stride into an immediate and drop the K masks when BLOCK_K
+    divides D_IN.
+
+    The LoRA forms (lora.py): ``ROW_INDICES``: segment positions index ``row_index`` (vLLM's tokens sorted by
+    adapter), whose values are the x and y rows; ``SKIP_NEGATIVE``: a segment whose weight index is -1
+    (no adapter) is skipped; ``ACCUMULATE``: y += the product; ``SCALE``: the product times ``scale``."""
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -44,11 +51,16 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, batch, num_rows, nu
         if HAS_INDICES:
             index = tl.load(weight_indices + s).to(tl.int32)
         # device indices are clamped into the weights (api.py checks host ones and says so)
+        if SKIP_NEGATIVE:
+            tiles = tl.where(index < 0, 0, tiles)
         index = tl.minimum(tl.maximum(index, 0), num_weights - 1)
         w_seg = w + index.to(tl.int64) * (D_IN * D_OUT)
         for t in range((pid - numbered % programs + programs) % programs, tiles, programs):
             rows = start + t * BLOCK_M + tl.arange(0, BLOCK_M)
             row_ok = rows < end
+            if ROW_INDICES:  # device values: kept inside x and y
+                rows = tl.load(row_index + rows, mask=row_ok, other=0).to(tl.int64)
+                rows = tl.minimum(tl.maximum(rows, 0), num_rows - 1)
             acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             for k0 in range(0, D_IN, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
@@ -62,22 +74,29 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, batch, num_rows, nu
                                      other=0.0)
                     w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n,
                                      mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                acc += tl.dot(x_tile, w_tile.to(x_tile.dtype))
-            tl.store(y + rows[:, None] * D_OUT + cols[None, :], acc.to(y.dtype.element_ty),
-                     mask=row_ok[:, None] & col_ok[None, :])
+                acc += tl.dot(x_tile.to(w_tile.dtype), w_tile)  # LoRA expand: fp32 x, 16-bit weights
+            if SCALE:
+                acc *= scale
+            y_tile = y + rows[:, None] * Y_STRIDE + cols[None, :]
+            if ACCUMULATE:
+                acc += tl.load(y_tile, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            tl.store(y_tile, acc.to(y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
         numbered += tiles
 
 
 def default_config(d_in: int, d_out: int) -> dict:
     """Untuned (no GPU run yet): 64-row tiles, column tiles of d_out up to 128 (a LoRA rank fits one),
-    64-deep K steps; 8 warps for 128-wide tiles (gfx942: 118 VGPRs and 4 waves, where 4 warps took 182
+    K steps of 64 (of d_in when smaller); 8 warps for 128-wide tiles (gfx942: 118 VGPRs and 4 waves, where 4 warps took 182
     and 2)."""
     block_n = min(128, max(16, triton.next_power_of_2(d_out)))
-    return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": 64, "num_warps": 8 if block_n >= 128 else 4}
+    block_k = min(64, max(16, triton.next_power_of_2(d_in)))  # a LoRA expand's K is its rank
+    return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8 if block_n >= 128 else 4}
 
 
 def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict,
-           cu_num: int) -> None:
+           cu_num: int, *, row_index=None, skip_negative: bool = False, accumulate: bool = False,
+           scale: float | None = None) -> None:
+    """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices)."""
     d_in = x.shape[1]
     d_out = y.shape[1]
     cfg = {**default_config(d_in, d_out), **(config or {})}
@@ -85,10 +104,12 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
     row_tiles = triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch  # every segment adds at most one partial tile
     programs = max(1, min(row_tiles, max(1, 4 * cu_num // col_tiles)))
     segment_gemm_kernel[(programs, col_tiles)](
-        x, weights, y, seg_indptr, weight_indices if weight_indices is not None else seg_indptr, batch, x.shape[0],
-        weights.shape[0], D_IN=d_in, D_OUT=d_out, W_COL_MAJOR=weight_column_major,
+        x, weights, y, seg_indptr, weight_indices if weight_indices is not None else seg_indptr,
+        row_index if row_index is not None else seg_indptr, float(scale or 1.0), batch, x.shape[0], weights.shape[0],
+        D_IN=d_in, D_OUT=d_out, Y_STRIDE=y.stride(0), W_COL_MAJOR=weight_column_major,
         HAS_INDICES=weight_indices is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
+        BLOCK_K=cfg["BLOCK_K"], ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative,
+        ACCUMULATE=accumulate, SCALE=scale is not None, num_warps=cfg["num_warps"])
 
 
 def aot_specs():
@@ -102,11 +123,29 @@ def aot_specs():
                     f"segment_gemm[{dtype}-{d_in}x{d_out}{'-colmajor' if col_major else ''}-m{cfg['BLOCK_M']}"
                     f"n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}]", segment_gemm_kernel,
                     {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}", "seg_indptr": "*i64",
-                     "weight_indices": "*i64", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
-                    {"D_IN": d_in, "D_OUT": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
-                     "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
+                     "weight_indices": "*i64", "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32",
+                     "num_weights": "i32"},
+                    {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
+                     "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
+                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False},
                     {"num_warps": cfg["num_warps"]}, uses_dot=True,
-                    divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices"))
+                    divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
+    # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
+    # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated
+    for name, d_in, d_out, y_stride, x_dtype, y_dtype, flags in (
+            ("shrink", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False}),
+            ("expand", 16, 4096, 6144, "fp32", "bf16", {"SCALE": False, "ACCUMULATE": True})):
+        cfg = default_config(d_in, d_out)
+        yield KernelSpec(
+            f"segment_gemm[lora-{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}]",
+            segment_gemm_kernel,
+            {"x": f"*{x_dtype}", "w": "*bf16", "y": f"*{y_dtype}", "seg_indptr": "*i64", "weight_indices": "*i64",
+             "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
+            {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": y_stride, "W_COL_MAJOR": True, "HAS_INDICES": True,
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": True,
+             "SKIP_NEGATIVE": True, **flags},
+            {"num_warps": cfg["num_warps"]}, uses_dot=True,
+            divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
 
 
 register_aot_specs("segment_gemm", aot_specs)

@@ -1,0 +1,122 @@
+"""Multi-LoRA shrink and expand in the shape of vLLM 0.33's punica-style Triton ops
+(``vllm/lora/ops/triton_ops``: ``lora_shrink`` / ``lora_expand``), so a serving plugin can route to them.
+
+vLLM's metadata groups the batch's tokens by adapter: ``token_indices_sorted_by_lora_ids`` lists the
+tokens adapter by adapter, ``lora_token_start_loc`` (a cumulative sum of ``num_tokens_per_lora``) bounds
+each adapter's run in it, and ``lora_ids[i]`` is run i's adapter (-1: no adapter). That is a segment GEMM
+over gathered rows: one launch per slice of the segment kernel with ROW_INDICES (rows gathered and
+scattered through the sorted token list) and SKIP_NEGATIVE (the -1 run is left alone). Every entry of
+``lora_ids`` is visited (``num_active_loras`` only sizes vLLM's grid), and nothing is read back from the
+device: ``no_lora_flag_cpu`` and ``num_active_loras`` are host tensors, as in vLLM.
+
+- ``lora_shrink``: ``output[s, t] = scaling * inputs[t] @ lora_a[s][lora(t)]^T`` (``lora_a[s]``
+  ``[num_loras, rank, hidden]``); rows of tokens without an adapter are zero (the output is zeroed first).
+- ``lora_expand``: ``output[t, offset_start + slice offset : + hidden_s] (+)= inputs[s, t] @
+  lora_b[s][lora(t)]^T`` (``lora_b[s]`` ``[num_loras, hidden_s, rank]``), slices side by side (fused QKV,
+  gate/up); tokens without an adapter are left as they are. ``inputs`` may be fp32 (vLLM's shrink buffer);
+  it is rounded to the weights' dtype for the dot.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aiter_ext.core.arch import device_info
+from aiter_ext.core.checks import check_tensor
+
+from .kernels import launch
+
+DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _check_metadata(num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+                    lora_token_start_loc, lora_ids) -> None:
+    for name, t in (("token_lora_mapping", token_lora_mapping),
+                    ("token_indices_sorted_by_lora_ids", token_indices_sorted_by_lora_ids),
+                    ("num_tokens_per_lora", num_tokens_per_lora), ("lora_token_start_loc", lora_token_start_loc),
+                    ("lora_ids", lora_ids)):
+        check_tensor(name, t, ndim=1, dtypes=(torch.int32, torch.int64))
+    for name, t in (("token_lora_mapping", token_lora_mapping),
+                    ("token_indices_sorted_by_lora_ids", token_indices_sorted_by_lora_ids)):
+        if t.shape[0] != num_tokens:
+            raise ValueError(f"{name} must have one entry per token ({num_tokens}), got {t.shape[0]}")
+    if num_tokens_per_lora.shape[0] != lora_ids.shape[0] or lora_token_start_loc.shape[0] != lora_ids.shape[0] + 1:
+        raise ValueError(f"lora_ids ({lora_ids.shape[0]}), num_tokens_per_lora ({num_tokens_per_lora.shape[0]}) and "
+                         f"lora_token_start_loc ({lora_token_start_loc.shape[0]}) must be max_loras + 1, max_loras + 1 "
+                         f"and max_loras + 2 long")
+
+
+def _as_index(t: torch.Tensor, device) -> torch.Tensor:
+    return t.to(device=device, dtype=torch.int64)
+
+
+def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                scaling: float) -> None:
+    """vLLM's ``lora_shrink`` (module docstring): inputs ``[num_tokens, hidden]``, output
+    ``[num_slices, num_tokens, rank]``."""
+    if inputs.shape[0] == 0 or bool(no_lora_flag_cpu.item()):  # a host tensor: no sync
+        return
+    check_tensor("inputs", inputs, ndim=2, dtypes=DTYPES)
+    check_tensor("output_tensor", output_tensor, ndim=3)
+    if len(lora_a_weights) != output_tensor.shape[0]:
+        raise ValueError(f"{len(lora_a_weights)} lora_a_weights slices for an output of {output_tensor.shape[0]}")
+    rank = output_tensor.shape[2]
+    for i, wa in enumerate(lora_a_weights):
+        check_tensor(f"lora_a_weights[{i}]", wa, dtypes=(inputs.dtype,))
+        wa = wa.reshape(-1, *wa.shape[-2:]) if wa.dim() == 4 else wa  # vLLM may keep a unit dimension
+        if tuple(wa.shape[1:]) != (rank, inputs.shape[1]):
+            raise ValueError(f"lora_a_weights[{i}] must be [num_loras, rank={rank}, hidden={inputs.shape[1]}], got "
+                             f"{tuple(wa.shape)}")
+    if not output_tensor.is_contiguous():
+        raise ValueError("output_tensor must be contiguous")
+    _check_metadata(inputs.shape[0], token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+                    lora_token_start_loc, lora_ids)
+    x = inputs.contiguous()
+    output_tensor.zero_()
+    dev = inputs.device
+    bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
+    rows = _as_index(token_indices_sorted_by_lora_ids, dev)
+    for s, wa in enumerate(lora_a_weights):
+        wa = wa.reshape(-1, *wa.shape[-2:]).contiguous()
+        launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, {}, device_info().cu_num, row_index=rows,
+               skip_negative=True, scale=float(scaling))
+
+
+def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                offset_start: int = 0, add_inputs: bool = False) -> None:
+    """vLLM's ``lora_expand`` (module docstring): inputs ``[num_slices, num_tokens, rank]``, output
+    ``[num_tokens, >= offset_start + sum of the slices' hidden sizes]``."""
+    if bool(no_lora_flag_cpu.item()):
+        return
+    check_tensor("inputs", inputs, ndim=3, dtypes=DTYPES + (torch.float32,))
+    check_tensor("output_tensor", output_tensor, ndim=2, dtypes=DTYPES)
+    if inputs.shape[0] != len(lora_b_weights):
+        raise ValueError(f"inputs has {inputs.shape[0]} slices for {len(lora_b_weights)} lora_b_weights")
+    if not output_tensor.is_contiguous():
+        raise ValueError("output_tensor must be contiguous")
+    num_tokens = inputs.shape[1]
+    if num_tokens == 0:
+        return
+    _check_metadata(num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+                    lora_token_start_loc, lora_ids)
+    weights = [wb.reshape(-1, *wb.shape[-2:]) if wb.dim() == 4 else wb for wb in lora_b_weights]
+    for i, wb in enumerate(weights):
+        check_tensor(f"lora_b_weights[{i}]", wb, ndim=3, dtypes=DTYPES)
+        if wb.shape[2] != inputs.shape[2]:
+            raise ValueError(f"lora_b_weights[{i}] must be [num_loras, hidden, rank={inputs.shape[2]}], got "
+                             f"{tuple(wb.shape)}")
+    end = offset_start + sum(wb.shape[1] for wb in weights)
+    if output_tensor.shape[0] != num_tokens or end > output_tensor.shape[1]:
+        raise ValueError(f"output_tensor must be [num_tokens={num_tokens}, >= {end}] for offset_start={offset_start} "
+                         f"and these slices, got {tuple(output_tensor.shape)}")
+    dev = inputs.device
+    bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
+    rows = _as_index(token_indices_sorted_by_lora_ids, dev)
+    col = offset_start
+    for s, wb in enumerate(weights):
+        hidden = wb.shape[1]
+        launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids, ids.shape[0],
+               True, {}, device_info().cu_num, row_index=rows, skip_negative=True, accumulate=bool(add_inputs))
+        col += hidden
