@@ -17,7 +17,9 @@ import sys
 import torch
 
 import aiter_ext
-from aiter_ext.core.bench import markdown_table, time_us, warm_up_gpu
+from aiter_ext.core.bench import (
+    beside_flashinfer, benchmark_setup, markdown_table, print_report, time_us, warm_up_gpu,
+)
 from aiter_ext.core.testing import max_error
 
 M = N = 8192
@@ -34,12 +36,9 @@ def _bsr(R, C, density, seed=0):
 
 
 def main(argv) -> int:
-    fi = None
-    if "--no-flashinfer" not in argv:
-        try:
-            import flashinfer as fi
-        except ImportError:
-            print("FlashInfer unavailable: our times only")
+    ok, fi = benchmark_setup("--no-flashinfer" in argv)
+    if not ok:
+        return 1
     warm_up_gpu()
     dev = torch.device("cuda")
     q = torch.randn(M, HQ, D, device=dev).to(DTYPE)
@@ -75,12 +74,10 @@ def main(argv) -> int:
             flops = 4.0 * nnz * R * C * HQ * D
             rows.append({"R x C": f"{R} x {C}", "density": round(actual, 3), "blocks": nnz, "us": us,
                          "TFLOP/s": flops / us / 1e6, "% of peak": 100 * flops / us / 1e6 / PEAK_TFLOPS,
-                         "per-block vs dense": dense_us * actual / us, "fi us": fi_us,
-                         "vs fi": fi_us / us if fi_us else None, "note": note})
+                         "per-block vs dense": dense_us * actual / us, **beside_flashinfer(us, fi_us),
+                         "note": note})
             print(markdown_table(rows[-1:]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}; dense (ragged prefill, not causal) {dense_us:.1f} us")
-    print(markdown_table(rows))
-    return 0
+    return print_report(rows, f"{torch.cuda.get_device_name()}; dense (ragged prefill, not causal) {dense_us:.1f} us")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import torch
 
 import aiter_ext
-from aiter_ext.core.bench import markdown_table, time_us, warm_up_gpu
+from aiter_ext.core.bench import markdown_table, print_report, time_us, warm_up_gpu
 from aiter_ext.core.testing import max_error
 
 HQ, HKV, D, PAGE, DTYPE = 32, 8, 128, 16, torch.bfloat16
@@ -63,9 +63,7 @@ def main() -> int:
         rows.append({"case": case, "POD us": fused, "prefill then decode us": both, "prefill us": prefill,
                      "decode us": decode, "POD speedup": both / fused, "note": f"max error {err:.2g}"})
         print(markdown_table(rows[-1:]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}")
-    print(markdown_table(rows))
-    return 0
+    return print_report(rows, torch.cuda.get_device_name())
 
 
 if __name__ == "__main__":

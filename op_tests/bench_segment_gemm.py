@@ -16,7 +16,9 @@ import sys
 import torch
 
 import aiter_ext
-from aiter_ext.core.bench import copy_bandwidth_gbs, markdown_table, time_us, warm_up_gpu
+from aiter_ext.core.bench import (
+    beside_flashinfer, benchmark_setup, copy_bandwidth_gbs, markdown_table, print_report, time_us, warm_up_gpu,
+)
 from aiter_ext.core.testing import max_error
 from aiter_ext.ops.segment_gemm.reference import segment_gemm_ref
 
@@ -26,12 +28,9 @@ CASES = ((4096, 4096, 16, 8), (4096, 4096, 64, 8), (4096, 8192, 16, 64), (256, 4
 
 
 def main(argv) -> int:
-    fi = None
-    if "--no-flashinfer" not in argv:
-        try:
-            import flashinfer as fi
-        except ImportError:
-            print("FlashInfer unavailable: our times only")
+    ok, fi = benchmark_setup("--no-flashinfer" in argv)
+    if not ok:
+        return 1
     warm_up_gpu()
     copy = copy_bandwidth_gbs()
     dev = torch.device("cuda")
@@ -57,12 +56,10 @@ def main(argv) -> int:
         us = time_us(lambda: w.run(x, weights, adapters, False, seg_lens=seg_lens), graph=True)
         moved = 2 * (tokens * d_in + adapters * d_in * d_out + tokens * d_out)
         rows.append({"case": f"{tokens} x {d_in} -> {d_out}, {adapters} adapters", "us": us,
-                     "GB/s": moved / us / 1e3, "% of copy": 100 * moved / us / 1e3 / copy, "fi us": fi_us,
-                     "vs fi": fi_us / us if fi_us else None, "note": note})
+                     "GB/s": moved / us / 1e3, "% of copy": 100 * moved / us / 1e3 / copy, **beside_flashinfer(us, fi_us),
+                     "note": note})
         print(markdown_table(rows[-1:]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}, copy {copy:.0f} GB/s")
-    print(markdown_table(rows))
-    return 0
+    return print_report(rows, f"{torch.cuda.get_device_name()}, copy {copy:.0f} GB/s")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,18 @@ def benchmark_setup(skip_flashinfer: bool = False):
     return True, flashinfer
 
 
+def beside_flashinfer(us: float, fi_us) -> dict:
+    """The two columns every op benchmark prints beside its own time."""
+    return {"fi us": fi_us, "vs fi": fi_us / us if fi_us and us else None}
+
+
+def print_report(rows: list[dict], header: str) -> int:
+    """The closing table of a benchmark (each row was printed as it was measured): exit status 0."""
+    print(f"\n{header}")
+    print(markdown_table(rows))
+    return 0
+
+
 def git_commit() -> str:
     if os.environ.get("AITER_EXT_COMMIT"):  # copies of the tree without .git (the lent GPU) pass it in
         return os.environ["AITER_EXT_COMMIT"]
