@@ -24,7 +24,7 @@ import torch
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_tensor
 
-from .kernels import launch
+from aiter_ext.core.launch import kernels_module
 
 DTYPES = (torch.float16, torch.bfloat16)
 
@@ -77,10 +77,11 @@ def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token
     dev = inputs.device
     bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
     rows = _as_index(token_indices_sorted_by_lora_ids, dev)
+    kernels = kernels_module(__package__)  # Triton loads on the first call, not at import
     for s, wa in enumerate(lora_a_weights):
         wa = wa.reshape(-1, *wa.shape[-2:]).contiguous()
-        launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, {}, device_info().cu_num, row_index=rows,
-               skip_negative=True, scale=float(scaling))
+        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, {}, device_info().cu_num,
+                       row_index=rows, skip_negative=True, scale=float(scaling))
 
 
 def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
@@ -115,8 +116,10 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
     bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
     rows = _as_index(token_indices_sorted_by_lora_ids, dev)
     col = offset_start
+    kernels = kernels_module(__package__)
     for s, wb in enumerate(weights):
         hidden = wb.shape[1]
-        launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids, ids.shape[0],
-               True, {}, device_info().cu_num, row_index=rows, skip_negative=True, accumulate=bool(add_inputs))
+        kernels.launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids,
+                       ids.shape[0], True, {}, device_info().cu_num, row_index=rows, skip_negative=True,
+                       accumulate=bool(add_inputs))
         col += hidden
