@@ -176,3 +176,20 @@ def test_lora_ops_refuse_bad_metadata():
         aiter_ext.lora_shrink(x, a, out, meta[0][:3], *meta[1:], torch.tensor([False]), torch.tensor([2]), 1.0)
     with pytest.raises(ValueError, match=r"lora_a_weights\[0\] must be"):
         aiter_ext.lora_shrink(x, [a[0][:, :4]], out, *meta, torch.tensor([False]), torch.tensor([2]), 1.0)
+
+
+def test_tuner_writes_a_measured_row(tmp_path):
+    """`aiter-ext tune segment_gemm` plumbing on the CPU interpreter (a scratch file, not a tuned row): every
+    candidate is checked against the reference before it is timed, and the fastest passing one is written."""
+    import json
+
+    from aiter_ext.core.tuner import tune
+    from aiter_ext.ops.segment_gemm.backends import TRITON_TUNE_CONFIGS
+
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_rows,d_in,d_out,dtype\n20,32,16,fp16\n")
+    lines = []
+    rows = tune("segment_gemm", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0
+    assert json.loads(rows[0]["config"]) in TRITON_TUNE_CONFIGS
+    assert not any("REJECTED" in line or "failed" in line for line in lines), lines

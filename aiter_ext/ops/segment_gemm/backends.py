@@ -33,5 +33,55 @@ def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_c
                                        config, device_info().cu_num)
 
 
+#: what `aiter-ext tune segment_gemm` tries per shape (kernels.default_config is the untuned choice); each is
+#: in the AMD compile check (kernels.aot_specs)
+TRITON_TUNE_CONFIGS = [
+    {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
+    for m, n, k, w in ((32, 16, 64, 4), (64, 16, 64, 4), (128, 16, 64, 4), (64, 16, 128, 4), (32, 64, 64, 4),
+                       (64, 64, 64, 4), (64, 128, 32, 4), (64, 128, 64, 8), (128, 128, 32, 8), (128, 64, 64, 8))
+]
+
 SEGMENT_GEMM.register("torch", _torch)
-SEGMENT_GEMM.register("triton", _triton)
+SEGMENT_GEMM.register("triton", _triton, configs=TRITON_TUNE_CONFIGS)
+
+
+# -- tuning: how `aiter-ext tune segment_gemm` builds and checks one shape -----------------------------
+
+
+def _tune_case(shape: dict, device: str):
+    """A LoRA-like call: up to 8 equal segments (the last takes the rest), column-major weights."""
+    import torch
+
+    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.tuner import TuneCase
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    rows, d_in, d_out = shape["num_rows"], shape["d_in"], shape["d_out"]
+    segments = min(8, rows)
+    bounds = [rows * s // segments for s in range(segments + 1)]
+    x = torch.randn(rows, d_in, device=device).to(dtype)
+    weights = (torch.randn(segments, d_out, d_in, device=device) / d_in ** 0.5).to(dtype)
+    seg_indptr = torch.tensor(bounds, dtype=torch.int64, device=device)
+    out = torch.empty(rows, d_out, dtype=dtype, device=device)
+    ref = reference.segment_gemm_ref(x, weights, bounds, None, True)
+
+    def run(impl, cfg):
+        impl.fn(cfg, x, weights, out, seg_indptr, None, segments, True)
+
+    def check(impl, cfg):
+        poison_(out)
+        run(impl, cfg)
+        atol, rtol = tolerance(dtype)
+        return max_error(out, ref) / (atol + rtol * float(ref.abs().max()))
+
+    nbytes = (x.numel() + weights.numel() + out.numel()) * x.element_size()
+    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes, flops=2 * rows * d_in * d_out)
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("segment_gemm", _tune_case)
+
+
+_register_tuning()

@@ -130,6 +130,21 @@ def aot_specs():
                      "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False},
                     {"num_warps": cfg["num_warps"]}, uses_dot=True,
                     divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
+    # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape
+    from .backends import TRITON_TUNE_CONFIGS
+
+    for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
+        for cfg in TRITON_TUNE_CONFIGS:
+            label = f"m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}"
+            yield KernelSpec(
+                f"segment_gemm[bf16-{d_in}x{d_out}-colmajor-{label}]", segment_gemm_kernel,
+                {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
+                 "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
+                {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
+                 "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
+                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False},
+                {"num_warps": cfg["num_warps"]}, config_label=label, uses_dot=True,
+                divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
     # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated
     for name, d_in, d_out, y_stride, x_dtype, y_dtype, flags in (
