@@ -193,3 +193,23 @@ def test_tuner_writes_a_measured_row(tmp_path):
     assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0
     assert json.loads(rows[0]["config"]) in TRITON_TUNE_CONFIGS
     assert not any("REJECTED" in line or "failed" in line for line in lines), lines
+
+
+def test_lora_ops_launch_the_tuned_config(monkeypatch):
+    """lora_shrink/lora_expand take their tiles from the segment-GEMM tuned CSV's bucket (as segment_gemm does)."""
+    import types
+
+    from aiter_ext.ops.segment_gemm import backends, kernels
+
+    tuned = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4}
+    asked, used = [], []
+    monkeypatch.setattr(backends.SEGMENT_GEMM, "select",
+                        lambda call, backend=None: asked.append(call) or types.SimpleNamespace(config=tuned))
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: used.append(a[7]) or real(*a, **k))
+    x = torch.randn(6, 32).to(DTYPE).to(DEVICE)
+    meta = _vllm_metadata(torch.tensor([0, 1, -1, 0, 1, 1]), 2)
+    out = torch.zeros(1, 6, 16, device=DEVICE)
+    aiter_ext.lora_shrink(x, [torch.randn(2, 16, 32).to(DTYPE).to(DEVICE)], out, *meta, torch.tensor([False]),
+                          torch.tensor([2]), 1.0)
+    assert used == [tuned] and asked[0]["num_rows"] == 6 and (asked[0]["d_in"], asked[0]["d_out"]) == (32, 16)

@@ -50,6 +50,16 @@ def _as_index(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.int64)
 
 
+def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, device) -> dict:
+    """The segment-GEMM config the tuned CSV gives this (tokens, d_in, d_out) bucket, else the default."""
+    from aiter_ext.core.checks import dtype_name
+
+    from .backends import SEGMENT_GEMM
+
+    call = {"num_rows": num_rows, "d_in": d_in, "d_out": d_out, "dtype": dtype_name(dtype), "device": device.type}
+    return SEGMENT_GEMM.select(call, "triton").config or {}
+
+
 def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
                 num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
                 scaling: float) -> None:
@@ -78,9 +88,10 @@ def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token
     bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
     rows = _as_index(token_indices_sorted_by_lora_ids, dev)
     kernels = kernels_module(__package__)  # Triton loads on the first call, not at import
+    config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
     for s, wa in enumerate(lora_a_weights):
         wa = wa.reshape(-1, *wa.shape[-2:]).contiguous()
-        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, {}, device_info().cu_num,
+        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, config, device_info().cu_num,
                        row_index=rows, skip_negative=True, scale=float(scaling))
 
 
@@ -119,7 +130,8 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
     kernels = kernels_module(__package__)
     for s, wb in enumerate(weights):
         hidden = wb.shape[1]
+        config = _tuned_config(num_tokens, inputs.shape[2], hidden, wb.dtype, dev)
         kernels.launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids,
-                       ids.shape[0], True, {}, device_info().cu_num, row_index=rows, skip_negative=True,
+                       ids.shape[0], True, config, device_info().cu_num, row_index=rows, skip_negative=True,
                        accumulate=bool(add_inputs))
         col += hidden
