@@ -272,9 +272,9 @@ def test_rope_keys_ahead_rule():
 
 def test_rope_llama_at_long_positions_matches_fp64_angles():
     """Keys up to position 6000 (angles up to 6000 rad at the first frequency), many blocks far from position
-    0: the kernel turns each block's keys by angle addition from the block's first key
-    (kernels._block_turns). Checked against q and k rotated with angles computed in fp64. (The former
-    direct fp32 angles pass this too: at these sizes both errors are far below fp16's.)"""
+    0: a decode plan turns each key in its tile with cos/sin from the plan's table
+    (kernels.rope_cis_table, fp64 angles). Checked against q and k rotated with angles computed in
+    fp64."""
     from aiter_ext.ops.attention.reference import single_attention_ref
 
     kv_len = 6000

@@ -213,3 +213,34 @@ def test_lora_ops_launch_the_tuned_config(monkeypatch):
     aiter_ext.lora_shrink(x, [torch.randn(2, 16, 32).to(DTYPE).to(DEVICE)], out, *meta, torch.tensor([False]),
                           torch.tensor([2]), 1.0)
     assert used == [tuned] and asked[0]["num_rows"] == 6 and (asked[0]["d_in"], asked[0]["d_out"]) == (32, 16)
+
+
+def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
+    """Device segment tables are not read back, so the kernel bounds them: a segment ending past x's rows
+    stops at its last row, a weight index past the weights takes the last weight, a token index past x
+    takes its last row. The output is a column slice of a guarded buffer (as LoRA expand writes QKV
+    slices): nothing around it changes."""
+    from aiter_ext.ops.segment_gemm import kernels
+
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(8, 32, generator=gen).to(DTYPE).to(DEVICE)
+    weights = torch.randn(2, 32, 16, generator=gen).to(DTYPE).to(DEVICE)
+    guarded = torch.full((8 + 4, 40), 9.0, dtype=DTYPE, device=DEVICE)
+    y = guarded[2:10, 8:24]  # 8 rows x 16 columns, guard rows above and below, guard columns either side
+    indptr = torch.tensor([0, 5, 100], device=DEVICE)  # the second segment claims rows past x
+    kernels.launch(x, weights, y, indptr, torch.tensor([1, 7], device=DEVICE), 2, False, {}, 4)
+    ref = segment_gemm_ref(x, weights, [0, 5, 8], [1, 1], False)
+    assert_close(y, ref, DTYPE, name="bounded segments")
+    inside = torch.zeros_like(guarded, dtype=torch.bool)
+    inside[2:10, 8:24] = True
+    assert bool((guarded[~inside] == 9.0).all()), "the kernel wrote outside its output slice"
+    # gathered rows (the LoRA form): a token index past x reads and writes its last row only
+    y2 = guarded[2:10, 8:24]
+    y2.fill_(0)
+    kernels.launch(x, weights, y2, torch.tensor([0, 2], device=DEVICE), torch.tensor([0], device=DEVICE), 1, False, {},
+                   4, row_index=torch.tensor([3, 50], device=DEVICE), skip_negative=True)
+    want = torch.zeros(8, 16, device=DEVICE)
+    want[3] = x[3].float() @ weights[0].float()
+    want[7] = x[7].float() @ weights[0].float()
+    assert_close(y2, want, DTYPE, name="clamped token index")
+    assert bool((guarded[~inside] == 9.0).all()), "the kernel wrote outside its output slice"

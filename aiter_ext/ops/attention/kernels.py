@@ -112,7 +112,7 @@ def _row_offsets(kv_indices, kv_begin, keys, h_kv, stride_kv_page, stride_kv_slo
 
 @triton.jit
 def _rotated_key_offsets(kv_begin, keys, h_kv, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Element offsets of ``keys`` of KV head ``h_kv`` in the plan's pre-rotated keys (rotate_keys_kernel):
+    """Element offsets of ``keys`` of KV head ``h_kv`` in the plan's pre-rotated keys (rotate_rows_kernel):
     ``[listed pages * PAGE_SIZE (ragged: KV rows), Hkv, HEAD_DIM]`` in the plan's page order, so a
     request's keys start at its ``kv_begin`` (in pages, or rows) times PAGE_SIZE, with no page table."""
     return ((kv_begin * PAGE_SIZE + keys).to(tl.int64) * tl.num_programs(1) + h_kv) * HEAD_DIM

@@ -160,11 +160,11 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
 
 def rotate_keys_ahead(qo_lens: list[int], kv_lens: list[int], group: int, block_m: int, causal: bool,
                       config: dict | None = None) -> bool:
-    """In-kernel RoPE: whether the plan's keys are rotated once per call before the kernel
-    (kernels.rotate_keys_kernel, ROPE_KEYS_AHEAD) rather than in every query tile that reads them.
+    """In-kernel RoPE: whether the plan's q and keys are rotated once per call before the kernel
+    (kernels.rotate_rows_kernel, ROPE_KEYS_AHEAD) rather than in every query tile that reads them.
 
-    Ahead costs a write and a re-read of every key; in the tiles, sines, cosines and a turn per key
-    and read. So ahead pays when tiles read each key at least twice on average (prefill: a 2048-query
+    Ahead costs a write and a re-read of every key; in the tiles, a table read and a turn per key and
+    read, and a K tile that goes through registers before its dot. So ahead pays when tiles read each key at least twice on average (prefill: a 2048-query
     request has 32-128 tiles); decode tiles read each key once and keep it in the kernel. Counted
     reads: a request of t tiles reads its keys t times, causally its earlier keys t times and its own
     queries' keys (t + 1) / 2 times. ``config["rope_keys_ahead"]`` (True/False) overrides (tests,

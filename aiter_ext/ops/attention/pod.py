@@ -55,6 +55,7 @@ class BatchPODWithPagedKVCacheWrapper:
         self._prefill = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
         self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
         self._rows = None  # (prefill rows, decode rows, every decode request one token) from plan()
+        self._causal_plans = {}  # wrapper -> {causal_p: its plan}: run() picks one, builds nothing
 
     def plan(self, qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p, qo_indptr_d, kv_indptr_d, kv_indices_d,
              last_page_len_d, num_qo_heads, num_kv_heads, head_dim, page_size, pos_encoding_mode="NONE",
@@ -82,6 +83,9 @@ class BatchPODWithPagedKVCacheWrapper:
             num_qo_heads, num_kv_heads, head_dim, page_size, **common)
         one_token = all(qo_d[b + 1] - qo_d[b] <= 1 for b in range(len(qo_d) - 1))
         self._rows = (qo_p[-1], qo_d[-1], one_token)
+        # causal_p arrives at run(); both variants of the plans it changes are made here
+        self._causal_plans = {w: {c: replace(w._require_plan(), causal=c) for c in (False, True)}
+                              for w in (self._fused, self._prefill)}
 
     begin_forward = plan
 
@@ -96,13 +100,13 @@ class BatchPODWithPagedKVCacheWrapper:
         fused = (_same_cache(paged_kv_cache_p, paged_kv_cache_d, self._kv_layout) and (one_token or not causal_p)
                  and q_scale is None and k_scale is None and q_p.dtype == q_d.dtype)
         if fused:
-            self._fused._plan = replace(self._fused._require_plan(), causal=bool(causal_p))
+            self._fused._plan = self._causal_plans[self._fused][bool(causal_p)]
             out, lse = self._fused.run(torch.cat([q_p, q_d]), paged_kv_cache_p, return_lse=True)
             out_p, out_d, lse_p, lse_d = out[:rows_p], out[rows_p:], lse[:rows_p], lse[rows_p:]
             if v_scale is not None:
                 out_d.mul_(v_scale)
         else:
-            self._prefill._plan = replace(self._prefill._require_plan(), causal=bool(causal_p))
+            self._prefill._plan = self._causal_plans[self._prefill][bool(causal_p)]
             out_p, lse_p = self._prefill.run(q_p, paged_kv_cache_p, return_lse=True)
             out_d, lse_d = self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
                                             return_lse=True)

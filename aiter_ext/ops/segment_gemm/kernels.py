@@ -154,8 +154,9 @@ def aot_specs():
         yield KernelSpec(
             f"segment_gemm[lora-{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}]",
             segment_gemm_kernel,
-            {"x": f"*{x_dtype}", "w": "*bf16", "y": f"*{y_dtype}", "seg_indptr": "*i64", "weight_indices": "*i64",
-             "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
+            # vLLM's metadata tables are int32 and reach the kernel as they are
+            {"x": f"*{x_dtype}", "w": "*bf16", "y": f"*{y_dtype}", "seg_indptr": "*i32", "weight_indices": "*i32",
+             "row_index": "*i32", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
             {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": y_stride, "W_COL_MAJOR": True, "HAS_INDICES": True,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": True,
              "SKIP_NEGATIVE": True, **flags},

@@ -22,15 +22,17 @@ from __future__ import annotations
 import torch
 
 from aiter_ext.core.arch import device_info
-from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.checks import check_same_device, check_tensor
 
 from aiter_ext.core.launch import kernels_module
 
 DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _check_metadata(num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+def _check_metadata(inputs, num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
                     lora_token_start_loc, lora_ids) -> None:
+    """Metadata only (shapes, dtypes, devices): the kernel reads the tables as they are, int32 as vLLM
+    builds them or int64, with no conversion on the per-layer path."""
     for name, t in (("token_lora_mapping", token_lora_mapping),
                     ("token_indices_sorted_by_lora_ids", token_indices_sorted_by_lora_ids),
                     ("num_tokens_per_lora", num_tokens_per_lora), ("lora_token_start_loc", lora_token_start_loc),
@@ -44,10 +46,8 @@ def _check_metadata(num_tokens, token_lora_mapping, token_indices_sorted_by_lora
         raise ValueError(f"lora_ids ({lora_ids.shape[0]}), num_tokens_per_lora ({num_tokens_per_lora.shape[0]}) and "
                          f"lora_token_start_loc ({lora_token_start_loc.shape[0]}) must be max_loras + 1, max_loras + 1 "
                          f"and max_loras + 2 long")
-
-
-def _as_index(t: torch.Tensor, device) -> torch.Tensor:
-    return t.to(device=device, dtype=torch.int64)
+    check_same_device([("inputs", inputs), ("token_indices_sorted_by_lora_ids", token_indices_sorted_by_lora_ids),
+                       ("lora_token_start_loc", lora_token_start_loc), ("lora_ids", lora_ids)])
 
 
 def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, device) -> dict:
@@ -80,13 +80,12 @@ def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token
                              f"{tuple(wa.shape)}")
     if not output_tensor.is_contiguous():
         raise ValueError("output_tensor must be contiguous")
-    _check_metadata(inputs.shape[0], token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+    _check_metadata(inputs, inputs.shape[0], token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
                     lora_token_start_loc, lora_ids)
     x = inputs.contiguous()
     output_tensor.zero_()
     dev = inputs.device
-    bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
-    rows = _as_index(token_indices_sorted_by_lora_ids, dev)
+    bounds, ids, rows = lora_token_start_loc, lora_ids, token_indices_sorted_by_lora_ids
     kernels = kernels_module(__package__)  # Triton loads on the first call, not at import
     config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
     for s, wa in enumerate(lora_a_weights):
@@ -111,7 +110,7 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
     num_tokens = inputs.shape[1]
     if num_tokens == 0:
         return
-    _check_metadata(num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
+    _check_metadata(inputs, num_tokens, token_lora_mapping, token_indices_sorted_by_lora_ids, num_tokens_per_lora,
                     lora_token_start_loc, lora_ids)
     weights = [wb.reshape(-1, *wb.shape[-2:]) if wb.dim() == 4 else wb for wb in lora_b_weights]
     for i, wb in enumerate(weights):
@@ -124,8 +123,7 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
         raise ValueError(f"output_tensor must be [num_tokens={num_tokens}, >= {end}] for offset_start={offset_start} "
                          f"and these slices, got {tuple(output_tensor.shape)}")
     dev = inputs.device
-    bounds, ids = _as_index(lora_token_start_loc, dev), _as_index(lora_ids, dev)
-    rows = _as_index(token_indices_sorted_by_lora_ids, dev)
+    bounds, ids, rows = lora_token_start_loc, lora_ids, token_indices_sorted_by_lora_ids
     col = offset_start
     kernels = kernels_module(__package__)
     for s, wb in enumerate(weights):
