@@ -1,6 +1,6 @@
 """Build FlashInfer's JIT modules that the benchmarks compare with, ahead of them (GPU only).
 
-    python op_tests/flashinfer_warm.py sampling attention
+    python op_tests/flashinfer_warm.py sampling attention pod batch_attention segment_gemm sparse
 
 FlashInfer compiles each kernel family with nvcc on first use (about a minute each on the lent
 machines), and a lent machine starts bare. Run this in the background while the tests run, so the
@@ -38,12 +38,61 @@ def _attention(fi):
     decode.run(torch.randn(1, 32, 128, device=dev).to(dtype), cache)
 
 
+def _paged_tables(dev, pages=8, page=16):
+    cache = torch.randn(pages, 2, page, 8, 128, device=dev).to(torch.bfloat16)
+    kv_indptr = torch.tensor([0, pages], dtype=torch.int32, device=dev)
+    return cache, kv_indptr, torch.arange(pages, dtype=torch.int32, device=dev), \
+        torch.tensor([page], dtype=torch.int32, device=dev)
+
+
+def _pod(fi):
+    """BatchPOD (bench_pod.py): one causal prefill and one decode on a bf16 d128 page-16 cache."""
+    dev, dtype = "cuda", torch.bfloat16
+    cache, kv_indptr, kv_indices, last = _paged_tables(dev)
+    w = fi.BatchPODWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=dev), "NHD")
+    w.plan(torch.tensor([0, 16], dtype=torch.int32, device=dev), kv_indptr, kv_indices, last,
+           torch.tensor([0, 1], dtype=torch.int32, device=dev), kv_indptr, kv_indices, last, 32, 8, 128, 16,
+           q_data_type=dtype, kv_data_type=dtype)
+    w.run(torch.randn(16, 32, 128, device=dev).to(dtype), cache, torch.randn(1, 32, 128, device=dev).to(dtype), cache,
+          causal_p=True)
+
+
+def _batch_attention(fi):
+    """BatchAttention, the persistent mixed-batch kernel (bench_pod.py)."""
+    dev, dtype = "cuda", torch.bfloat16
+    cache, kv_indptr, kv_indices, _ = _paged_tables(dev)
+    w = fi.BatchAttention("NHD", device=dev)
+    w.plan(torch.tensor([0, 16], dtype=torch.int32, device=dev), kv_indptr, kv_indices,
+           torch.tensor([128], dtype=torch.int32, device=dev), 32, 8, 128, 128, 16, causal=True,
+           q_data_type=dtype, kv_data_type=dtype)
+    w.run(torch.randn(16, 32, 128, device=dev).to(dtype), cache)
+
+
+def _segment_gemm(fi):
+    dev = "cuda"
+    x = torch.randn(64, 4096, device=dev).to(torch.bfloat16)
+    w = torch.randn(2, 4096, 16, device=dev).to(torch.bfloat16)
+    fi.SegmentGEMMWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=dev)).run(
+        x, w, 2, False, seg_lens=torch.tensor([32, 32], device=dev))
+
+
+def _sparse(fi):
+    """BlockSparseAttentionWrapper (bench_block_sparse.py): bf16 d128, not causal."""
+    dev, dtype = "cuda", torch.bfloat16
+    w = fi.BlockSparseAttentionWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=dev))
+    w.plan(torch.tensor([0, 1, 2], dtype=torch.int32, device=dev), torch.tensor([0, 1], dtype=torch.int32, device=dev),
+           128, 128, 64, 64, 32, 8, 128, q_data_type=dtype, o_data_type=dtype)
+    w.run(torch.randn(128, 32, 128, device=dev).to(dtype), torch.randn(128, 8, 128, device=dev).to(dtype),
+          torch.randn(128, 8, 128, device=dev).to(dtype))
+
+
 def main() -> int:
     import flashinfer as fi
 
     for family in sys.argv[1:]:
         t0 = time.perf_counter()
-        {"sampling": _sampling, "attention": _attention}[family](fi)
+        {"sampling": _sampling, "attention": _attention, "pod": _pod, "batch_attention": _batch_attention,
+         "segment_gemm": _segment_gemm, "sparse": _sparse}[family](fi)
         print(f"FlashInfer {family} built in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

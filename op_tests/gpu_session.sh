@@ -3,7 +3,8 @@
 # logging to $OUT. Run from the repository root; carry .bench (the FlashInfer bundle made by
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
-#   sections: merge attention-tests attention-bench sweep attention-variants sparse cascade-decision fi-warm sampling-tests
+#   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
+#             segment-tests segment-bench segment-tune cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -45,12 +46,32 @@ for section in $sections; do
     sparse)  # issue 16: block-sparse tests compiled (FlashInfer's grids) and the benchmark beside FlashInfer
       python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_sparse.py 2>&1 | tee "$OUT/pytest-sparse.log" | tail -n 6
       python3 op_tests/bench_block_sparse.py 2>&1 | tee "$OUT/bench-sparse.log" ;;
+    sparse-tests)  # issue 16: block-sparse and POD tests compiled (FlashInfer's grids, serving sizes)
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_attention_sparse.py op_tests/test_attention_pod.py 2>&1 \
+        | tee "$OUT/pytest-sparse-pod.log" | tail -n 8 ;;
+    sparse-bench)
+      python3 op_tests/bench_block_sparse.py 2>&1 | tee "$OUT/bench-sparse.log" ;;
+    pod-bench)  # issue 16: POD against our prefill-then-decode, FlashInfer's POD and BatchAttention
+      python3 op_tests/bench_pod.py 2>&1 | tee "$OUT/bench-pod.log" ;;
+    segment-tests)  # issue 17: segment GEMM and LoRA shrink/expand compiled, at real hidden sizes
+      python3 -m pytest -q -p no:cacheprovider op_tests/test_segment_gemm.py 2>&1 | tee "$OUT/pytest-segment-gemm.log" \
+        | tail -n 8 ;;
+    segment-bench)
+      python3 op_tests/bench_segment_gemm.py 2>&1 | tee "$OUT/bench-segment-gemm.log" ;;
+    segment-tune)  # fills configs/tuned_csv/segment_gemm_tuned.csv for this GPU's arch
+      python3 -m aiter_ext tune segment_gemm 2>&1 | tee "$OUT/tune-segment-gemm.log" | tail -n 40
+      cp configs/tuned_csv/segment_gemm_tuned.csv "$OUT/" 2>/dev/null ;;
     cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)
       python3 op_tests/test_cascade.py --amd-table no --decision 2>&1 | tee "$OUT/bench-cascade-decision.log" ;;
     attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer
       python3 op_tests/bench_attention_variants.py 2>&1 | tee "$OUT/bench-attention-variants.log" ;;
-    fi-warm)  # FlashInfer's JIT builds for the benchmarks (run it in the background beside the tests)
-      python3 op_tests/flashinfer_warm.py sampling attention 2>&1 | tee "$OUT/fi-warm.log" ;;
+    fi-warm)  # FlashInfer's JIT builds for the benchmarks (run it in the background beside the tests);
+      # FI_WARM picks the families (op_tests/flashinfer_warm.py), each in its own process so the builds overlap
+      for family in ${FI_WARM:-sampling attention}; do
+        python3 op_tests/flashinfer_warm.py $family > "$OUT/fi-warm-$family.log" 2>&1 &
+      done
+      wait
+      tail -n 2 "$OUT"/fi-warm-*.log ;;
     sampling-tests)  # the split kernel's tests are bounded here too (a barrier that never opens would hang)
       timeout ${T_TESTS:-600} python3 -m pytest -q -p no:cacheprovider --durations=10 op_tests/test_sampling.py 2>&1 \
         | tee "$OUT/pytest-sampling.log" | tail -n 24 ;;

@@ -74,6 +74,39 @@ def test_batch_pod_matches_each_side(case, causal, same_cache, monkeypatch):
     assert torch.equal(out_p2, out_p) and torch.equal(out_d2, out_d)
 
 
+# Serving sizes on the GPU (FlashInfer's POD tests: 32/8 heads, d128, prefills of 127-12k tokens beside decode batches
+# of 1-127); a trimmed form on the interpreter. (heads q, heads kv, head dim, page, prefill lens, decode count, max ctx)
+REAL = [(32, 8, 128, 16, [127, 1500], 17, 2000), (32, 8, 128, 1, [1], 127, 700), (8, 8, 128, 16, [4096], 1, 12288)] \
+    if DEVICE.type == "cuda" else [(8, 2, 64, 16, [23, 40], 5, 90)]
+
+
+@pytest.mark.parametrize("hq,hkv,d,page,prefill_lens,decodes,max_ctx", REAL)
+def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ctx):
+    gen = torch.Generator().manual_seed(sum(prefill_lens) + decodes)
+    kv_d = torch.randint(1, max_ctx + 1, (decodes,), generator=gen).tolist()
+    pages_p = [-(-n // page) for n in prefill_lens]
+    pages_d = [-(-n // page) for n in kv_d]
+    cache = torch.randn(sum(pages_p) + sum(pages_d), 2, page, hkv, d, generator=gen).to(DTYPE).to(DEVICE)
+
+    def side(qo_lens, kv_lens, pages, first):
+        ids = torch.randperm(sum(pages), generator=gen).to(torch.int32) + first
+        last = torch.tensor([n - (p - 1) * page for n, p in zip(kv_lens, pages)], dtype=torch.int32)
+        q = torch.randn(sum(qo_lens), hq, d, generator=gen).to(DTYPE).to(DEVICE)
+        return indptr_of(qo_lens), indptr_of(pages), ids, last, q
+
+    p = side(prefill_lens, prefill_lens, pages_p, 0)
+    dd = side([1] * decodes, kv_d, pages_d, sum(pages_p))
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace())
+    w.plan(*p[:4], *dd[:4], hq, hkv, d, page, q_data_type=DTYPE)
+    # run() allocates its outputs (FlashInfer's POD takes no out=): poison the memory the allocator hands back
+    poison = torch.full((2 * (p[4].numel() + dd[4].numel()),), float("nan"), dtype=DTYPE, device=DEVICE)
+    del poison
+    out_p, out_d = w.run(p[4], cache, dd[4], cache, causal_p=True)
+    for got, side_, causal, name in ((out_p, p, True, "prefill"), (out_d, dd, False, "decode")):
+        kv = gather_paged_kv(cache[:, 0], cache[:, 1], side_[1].to(DEVICE), side_[2].to(DEVICE), side_[3].to(DEVICE))
+        assert_close(got, batch_attention_ref(side_[4], side_[0].to(DEVICE), kv, causal)[0], DTYPE, name=name)
+
+
 def test_batch_pod_decode_scales_and_refusals():
     gen = torch.Generator().manual_seed(3)
     cache = torch.randn(40, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
