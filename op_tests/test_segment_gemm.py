@@ -167,6 +167,31 @@ def test_lora_shrink_and_expand_match_per_token_matmuls():
     assert torch.equal(untouched, base)
 
 
+def test_lora_ops_trace_under_torch_compile_fullgraph():
+    """vLLM compiles its models with its LoRA ops inside: ours are custom ops (aiter_ext::lora_shrink/expand), so
+    a fullgraph trace goes through them, with vLLM's tuple of weights, and gives the eager result."""
+    gen = torch.Generator().manual_seed(5)
+    tokens, hidden, rank, max_loras = 19, 64, 8, 3
+    mapping = torch.tensor([0, 2, -1, 1, 2] * 3 + [1, 0, -1, 2])
+    meta = _vllm_metadata(mapping, max_loras)
+    x = torch.randn(tokens, hidden, generator=gen).to(DTYPE).to(DEVICE)
+    lora_a = tuple((torch.randn(max_loras, 1, rank, hidden, generator=gen) / 8).to(DTYPE).to(DEVICE) for _ in range(2))
+    lora_b = tuple((torch.randn(max_loras, 1, 32, rank, generator=gen) / 3).to(DTYPE).to(DEVICE) for _ in range(2))
+    flags = torch.tensor([False]), torch.tensor([3])
+
+    def layer(x, y):
+        shrunk = torch.empty(2, tokens, rank, dtype=torch.float32, device=x.device)
+        aiter_ext.lora_shrink(x, lora_a, shrunk, *meta, *flags, 0.25)
+        aiter_ext.lora_expand(shrunk, lora_b, y, *meta, *flags, offset_start=0, add_inputs=True)
+        return y
+
+    base = torch.randn(tokens, 64, generator=gen).to(DTYPE).to(DEVICE)
+    eager = layer(x, base.clone())
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")(x, base.clone())
+    assert torch.equal(compiled, eager) and not torch.equal(eager, base)
+
+
 def test_lora_ops_refuse_bad_metadata():
     x = torch.randn(4, 32).to(DTYPE).to(DEVICE)
     a = [torch.randn(2, 8, 32).to(DTYPE).to(DEVICE)]

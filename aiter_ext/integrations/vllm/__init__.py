@@ -9,7 +9,8 @@ member created at run time would not).
 Nothing from vLLM is imported at ``import aiter_ext``, nor here until ``register()`` runs. Off ROCm, or
 without vLLM 0.33, it logs why and registers nothing. ``AITER_EXT_ATTN=0`` turns the backend off;
 ``AITER_EXT_SAMPLER=1`` also sends vLLM's top-k/top-p sampling through aiter_ext (:mod:`.sampler`), and
-``AITER_EXT_CASCADE=1`` gives shared-prefix decode steps aiter_ext's cascade (:mod:`.backend`).
+``AITER_EXT_CASCADE=1`` gives shared-prefix decode steps aiter_ext's cascade (:mod:`.backend`), and
+``AITER_EXT_LORA=1`` sends the punica wrapper's LoRA shrink/expand through aiter_ext (:mod:`.lora`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def register() -> None:
     if attention_enabled():
         register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
         logger.info("aiter_ext: attention backend registered as CUSTOM (--attention-backend CUSTOM)")
-    from . import sampler
+    from . import lora, sampler
+
+    if lora.enabled():
+        import vllm.lora.punica_wrapper.punica_gpu as punica_gpu
+
+        lora.install(punica_gpu)
 
     if sampler.enabled():
         import vllm.v1.worker.gpu.sample.sampler as v2_sampler

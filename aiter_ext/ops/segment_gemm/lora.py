@@ -23,6 +23,7 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_same_device, check_tensor
+from aiter_ext.core.custom_ops import mutating_ops
 
 from aiter_ext.core.launch import kernels_module
 
@@ -60,11 +61,10 @@ def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, devi
     return SEGMENT_GEMM.select(call, "triton").config or {}
 
 
-def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
-                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
-                scaling: float) -> None:
-    """vLLM's ``lora_shrink`` (module docstring): inputs ``[num_tokens, hidden]``, output
-    ``[num_slices, num_tokens, rank]``."""
+def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+                 token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+                 num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+                 no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, scaling: float) -> None:
     if inputs.shape[0] == 0 or bool(no_lora_flag_cpu.item()):  # a host tensor: no sync
         return
     check_tensor("inputs", inputs, ndim=2, dtypes=DTYPES)
@@ -94,11 +94,11 @@ def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token
                        row_index=rows, skip_negative=True, scale=float(scaling))
 
 
-def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
-                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
-                offset_start: int = 0, add_inputs: bool = False) -> None:
-    """vLLM's ``lora_expand`` (module docstring): inputs ``[num_slices, num_tokens, rank]``, output
-    ``[num_tokens, >= offset_start + sum of the slices' hidden sizes]``."""
+def _lora_expand(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+                 token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+                 num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+                 no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int,
+                 add_inputs: bool) -> None:
     if bool(no_lora_flag_cpu.item()):
         return
     check_tensor("inputs", inputs, ndim=3, dtypes=DTYPES + (torch.float32,))
@@ -133,3 +133,29 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
                        ids.shape[0], True, config, device_info().cu_num, row_index=rows, skip_negative=True,
                        accumulate=bool(add_inputs))
         col += hidden
+
+
+# Custom ops ``aiter_ext::lora_shrink`` / ``aiter_ext::lora_expand``, so that a vLLM model compiled with
+# torch.compile traces through them as it does through vLLM's own registered LoRA ops.
+_call = mutating_ops({_lora_shrink: ("lora_shrink", ("output_tensor",)),
+                      _lora_expand: ("lora_expand", ("output_tensor",))})
+
+
+def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                scaling: float) -> None:
+    """vLLM's ``lora_shrink`` (module docstring): inputs ``[num_tokens, hidden]``, output
+    ``[num_slices, num_tokens, rank]``."""
+    _call(_lora_shrink, inputs, list(lora_a_weights), output_tensor, token_lora_mapping,
+          token_indices_sorted_by_lora_ids, num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu,
+          num_active_loras, float(scaling))
+
+
+def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                offset_start: int = 0, add_inputs: bool = False) -> None:
+    """vLLM's ``lora_expand`` (module docstring): inputs ``[num_slices, num_tokens, rank]``, output
+    ``[num_tokens, >= offset_start + sum of the slices' hidden sizes]``."""
+    _call(_lora_expand, inputs, list(lora_b_weights), output_tensor, token_lora_mapping,
+          token_indices_sorted_by_lora_ids, num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu,
+          num_active_loras, int(offset_start), bool(add_inputs))
