@@ -64,7 +64,53 @@ def main(argv) -> int:
                      "GB/s": moved / us / 1e3, "% of copy": 100 * moved / us / 1e3 / copy, **beside_flashinfer(us, fi_us),
                      "fi eager us": fi_eager, "note": note})
         print(markdown_table(rows[-1:]), flush=True)
+    rows += _lora_rows(copy, dev)
     return print_report(rows, f"{torch.cuda.get_device_name()}, copy {copy:.0f} GB/s")
+
+
+# vLLM's per-layer LoRA calls (lora_shrink into fp32, lora_expand adding into the output), tokens mapped to random
+# adapters as vLLM's LoRAKernelMeta sorts them: (tokens, hidden, rank, output slices, adapters)
+LORA_CASES = ((64, 4096, 16, (4096, 1024, 1024), 8), (256, 4096, 16, (4096, 1024, 1024), 32),
+              (256, 8192, 64, (8192, 1024, 1024), 8), (4096, 4096, 16, (14336, 14336), 8))
+
+
+def _lora_metadata(tokens, adapters, dev):
+    mapping = torch.randint(0, adapters, (tokens,), generator=torch.Generator().manual_seed(tokens))
+    order = torch.sort(mapping, stable=True).indices
+    per = torch.bincount(mapping, minlength=adapters)
+    start = torch.zeros(adapters + 2, dtype=torch.int32)
+    start[1:adapters + 1] = per.cumsum(0)
+    start[-1] = start[adapters]
+    ids = torch.cat([torch.arange(adapters), torch.tensor([-1])]).to(torch.int32)
+    meta = [mapping.to(torch.int32), order.to(torch.int32), torch.cat([per, torch.zeros(1, dtype=per.dtype)]).to(torch.int32),
+            start, ids]
+    return [t.to(dev) for t in meta] + [torch.tensor([False]), torch.tensor([adapters])]
+
+
+def _lora_rows(copy, dev):
+    rows = []
+    for tokens, hidden, rank, slices, adapters in LORA_CASES:
+        meta = _lora_metadata(tokens, adapters, dev)
+        x = torch.randn(tokens, hidden, device=dev).to(torch.bfloat16)
+        lora_a = [(torch.randn(adapters, rank, hidden, device=dev) / hidden ** 0.5).to(torch.bfloat16) for _ in slices]
+        lora_b = [(torch.randn(adapters, h, rank, device=dev) / rank ** 0.5).to(torch.bfloat16) for h in slices]
+        shrunk = torch.empty(len(slices), tokens, rank, device=dev)
+        y = torch.randn(tokens, sum(slices), device=dev).to(torch.bfloat16)
+        shrink = lambda: aiter_ext.lora_shrink(x, lora_a, shrunk, *meta, 0.5)  # noqa: E731
+        expand = lambda: aiter_ext.lora_expand(shrunk, lora_b, y, *meta, offset_start=0, add_inputs=True)  # noqa: E731
+        shrink()
+        want = torch.stack([0.5 * torch.einsum("th,trh->tr", x.float(), a[meta[0].long()].float()) for a in lora_a])
+        err = max_error(shrunk, want)
+        used = min(adapters, tokens)
+        for name, fn, moved in (
+                ("shrink", shrink, 2 * (tokens * hidden + len(slices) * used * rank * hidden) + 4 * len(slices) * tokens * rank),
+                ("expand", expand, 4 * len(slices) * tokens * rank + 2 * (used * sum(slices) * rank + 2 * tokens * sum(slices)))):
+            us, eager = time_us(fn, graph=True), time_us(fn)
+            rows.append({"case": f"LoRA {name}: {tokens} tokens, hidden {hidden}, rank {rank}, slices {slices}, "
+                                 f"{adapters} adapters", "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
+                         "% of copy": 100 * moved / us / 1e3 / copy, "note": f"shrink max error {err:.2g}"})
+            print(markdown_table(rows[-1:]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":
