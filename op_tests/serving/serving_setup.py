@@ -34,3 +34,15 @@ def sglang():
     sglang = pytest.importorskip("sglang", reason="the serving contract environment (.ci/serving_env.sh) has SGLang")
     assert sglang.__version__ == "0.5.23", f"the contract is written against SGLang 0.5.23, found {sglang.__version__}"
     return sglang
+
+
+def last_line_in_fresh_process(code: str, **env: str) -> str:
+    """Run ``code`` in a new interpreter with ``env`` added (as vLLM's workers start: plugins loaded from
+    scratch, environment flags read once) and return the last line it prints."""
+    import subprocess
+
+    here = os.path.dirname(__file__)
+    env = {**os.environ, **env, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]

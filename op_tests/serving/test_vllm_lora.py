@@ -5,13 +5,10 @@ Runs in the serving contract environment (.ci/serving_env.sh); skipped elsewhere
 The environment has no Triton for vLLM itself: vLLM's punica module then binds neither its kernels nor
 ``LoRAKernelMeta``, so the test gives it the metadata class (pure torch) and leaves the kernels to the plugin."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from serving_setup import vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
+from serving_setup import last_line_in_fresh_process, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
 
 from aiter_ext.core.testing import assert_close
 
@@ -24,12 +21,8 @@ def test_register_routes_lora_only_when_asked(vllm):
             "import vllm.lora.punica_wrapper.punica_gpu as m; import aiter_ext; "
             "print(getattr(m, 'lora_shrink', None) is aiter_ext.lora_shrink and "
             "getattr(m, 'lora_expand', None) is aiter_ext.lora_expand)")
-    here = os.path.dirname(__file__)
     for value, expected in (("1", "True"), ("0", "False")):
-        env = {**os.environ, "AITER_EXT_LORA": value, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip().splitlines()[-1] == expected, (value, out.stdout)
+        assert last_line_in_fresh_process(code, AITER_EXT_LORA=value) == expected, value
 
 
 @pytest.fixture()

@@ -4,14 +4,11 @@ vLLM itself on CPU. Runs in the serving contract environment (.ci/serving_env.sh
 Frequencies are checked with Pearson's chi-square test (p-value above 1e-4, as op_tests/test_sampling.py),
 and no token outside the kept set may appear."""
 
-import os
-import subprocess
-import sys
 import types
 
 import pytest
 import torch
-from serving_setup import vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
+from serving_setup import last_line_in_fresh_process, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
 
 from aiter_ext.core.testing import chi_square_p_value
 from aiter_ext.ops.sampling import reference as R
@@ -38,13 +35,8 @@ def test_register_installs_the_sampler_only_when_asked(vllm):
             "from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler as T; "
             "from aiter_ext.integrations.vllm.sampler import forward_aiter_ext as f; "
             "print(getattr(T().forward, '__func__', None) is f)")
-    here = os.path.dirname(__file__)
     for value, expected in (("1", "True"), ("0", "False")):
-        env = {**os.environ, "AITER_EXT_SAMPLER": value,
-               "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.strip().splitlines()[-1] == expected, (value, out.stdout)
+        assert last_line_in_fresh_process(code, AITER_EXT_SAMPLER=value) == expected, value
 
 
 def test_processed_logprobs_modes_keep_vllms_forward(installed):
