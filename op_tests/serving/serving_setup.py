@@ -46,3 +46,12 @@ def last_line_in_fresh_process(code: str, **env: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1]
+
+
+def assert_vllm_flag_switches(flag: str, imports: str, installed: str) -> None:
+    """With ``flag=1`` the vLLM plugin's register() installs what ``installed`` (an expression, after
+    ``imports``) checks, and with ``flag=0`` it does not: each in a fresh process, as vLLM's workers start."""
+    code = (f"import serving_setup; from aiter_ext.integrations import vllm as plugin; plugin.register(); {imports}; "
+            f"print(bool({installed}))")
+    for value, expected in (("1", "True"), ("0", "False")):
+        assert last_line_in_fresh_process(code, **{flag: value}) == expected, f"{flag}={value}"

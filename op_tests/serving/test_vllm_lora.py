@@ -8,7 +8,7 @@ The environment has no Triton for vLLM itself: vLLM's punica module then binds n
 
 import pytest
 import torch
-from serving_setup import last_line_in_fresh_process, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
+from serving_setup import assert_vllm_flag_switches, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
 
 from aiter_ext.core.testing import assert_close
 
@@ -17,12 +17,9 @@ DTYPE = torch.float16  # the interpreter's dots are right in fp16 (not bf16)
 
 def test_register_routes_lora_only_when_asked(vllm):
     """In a fresh process each, as vLLM's workers load plugins: AITER_EXT_LORA=1 routes, 0 does not."""
-    code = ("import serving_setup; from aiter_ext.integrations import vllm as plugin; plugin.register(); "
-            "import vllm.lora.punica_wrapper.punica_gpu as m; import aiter_ext; "
-            "print(getattr(m, 'lora_shrink', None) is aiter_ext.lora_shrink and "
-            "getattr(m, 'lora_expand', None) is aiter_ext.lora_expand)")
-    for value, expected in (("1", "True"), ("0", "False")):
-        assert last_line_in_fresh_process(code, AITER_EXT_LORA=value) == expected, value
+    assert_vllm_flag_switches("AITER_EXT_LORA", "import vllm.lora.punica_wrapper.punica_gpu as m; import aiter_ext",
+                              "getattr(m, 'lora_shrink', None) is aiter_ext.lora_shrink and "
+                              "getattr(m, 'lora_expand', None) is aiter_ext.lora_expand")
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from serving_setup import last_line_in_fresh_process, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
+from serving_setup import assert_vllm_flag_switches, vllm  # noqa: F401  (the fixture; importing it also fakes the MI300X)
 
 from aiter_ext.core.testing import chi_square_p_value
 from aiter_ext.ops.sampling import reference as R
@@ -31,12 +31,9 @@ def installed(vllm, monkeypatch):
 
 def test_register_installs_the_sampler_only_when_asked(vllm):
     """In a fresh process each, as vLLM's workers load plugins: AITER_EXT_SAMPLER=1 wraps the sampler, 0 does not."""
-    code = ("import serving_setup; from aiter_ext.integrations import vllm as plugin; plugin.register(); "
-            "from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler as T; "
-            "from aiter_ext.integrations.vllm.sampler import forward_aiter_ext as f; "
-            "print(getattr(T().forward, '__func__', None) is f)")
-    for value, expected in (("1", "True"), ("0", "False")):
-        assert last_line_in_fresh_process(code, AITER_EXT_SAMPLER=value) == expected, value
+    assert_vllm_flag_switches("AITER_EXT_SAMPLER", "from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler as T; "
+                              "from aiter_ext.integrations.vllm.sampler import forward_aiter_ext as f",
+                              "getattr(T().forward, '__func__', None) is f")
 
 
 def test_processed_logprobs_modes_keep_vllms_forward(installed):
