@@ -37,7 +37,7 @@ def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_c
 #: in the AMD compile check (kernels.aot_specs)
 TRITON_TUNE_CONFIGS = [
     {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
-    for m, n, k, w in ((32, 16, 64, 4), (64, 16, 64, 4), (128, 16, 64, 4), (64, 16, 128, 4), (32, 64, 64, 4),
+    for m, n, k, w in ((16, 16, 128, 4), (16, 64, 64, 4), (32, 16, 64, 4), (64, 16, 64, 4), (128, 16, 64, 4), (64, 16, 128, 4), (32, 64, 64, 4),
                        (64, 64, 64, 4), (64, 128, 32, 4), (64, 128, 64, 8), (128, 128, 32, 8), (128, 64, 64, 8))
 ]
 
