@@ -60,6 +60,20 @@ def test_segment_gemm_matches_per_segment_matmuls(d_in, d_out, column_major, ind
     assert torch.equal(fresh[:indptr[-1]], out[:indptr[-1]]) and bool((fresh[indptr[-1]:] == 0).all())
 
 
+def test_many_segments_past_one_search_chunk():
+    """150 segments (the kernel finds a tile's segment 64 segments at a time), many empty, weights reused."""
+    gen = torch.Generator().manual_seed(8)
+    seg_lens = torch.randint(0, 4, (150,), generator=gen) * torch.randint(0, 2, (150,), generator=gen)
+    seg_lens[-1] = 70  # the last chunk's last segment, longer than a tile
+    x = torch.randn(int(seg_lens.sum()), 32, generator=gen).to(DTYPE).to(DEVICE)
+    weights = (torch.randn(5, 32, 16, generator=gen) / 6).to(DTYPE).to(DEVICE)
+    index = torch.randint(0, 5, (150,), generator=gen)
+    out = torch.full((x.shape[0], 16), float("nan"), dtype=DTYPE, device=DEVICE)
+    aiter_ext.segment_gemm(x, weights, 150, False, out=out, seg_lens=seg_lens.to(DEVICE), weight_indices=index.to(DEVICE))
+    bounds = [0] + seg_lens.cumsum(0).tolist()
+    assert_close(out, segment_gemm_ref(x, weights, bounds, index, False), DTYPE, name="150 segments")
+
+
 def test_segment_lengths_stay_exact():
     """FlashInfer converts seg_lens through x's dtype: in bf16, 257 rows would become 256."""
     x = torch.randn(257 + 3, 32).to(DTYPE).to(DEVICE)
@@ -106,7 +120,7 @@ def test_device_indices_past_the_weights_stay_inside_them():
     indptr = torch.tensor([0, 4, 8], device=DEVICE)
     out = torch.full((8, 16), float("nan"), dtype=DTYPE, device=DEVICE)
     # the kernel as the API launches it for device indices (on the CPU the API checks them instead)
-    kernels.launch(x, weights, out, indptr, torch.tensor([0, 5], device=DEVICE), 2, False, {}, 4)
+    kernels.launch(x, weights, out, indptr, torch.tensor([0, 5], device=DEVICE), 2, False, {})
     assert_close(out, segment_gemm_ref(x, weights, [0, 4, 8], [0, 1], False), DTYPE, name="clamped index")
 
 
@@ -241,8 +255,8 @@ def test_lora_ops_launch_the_tuned_config(monkeypatch):
 
 
 def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
-    """Device segment tables are not read back, so the kernel bounds them: a segment ending past x's rows
-    stops at its last row, a weight index past the weights takes the last weight, a token index past x
+    """Device segment tables are not read back, so the kernel bounds them: a segment starting before x's
+    rows starts at its first, one ending past them stops at its last row, a weight index past the weights takes the last weight, a token index past x
     takes its last row. The output is a column slice of a guarded buffer (as LoRA expand writes QKV
     slices): nothing around it changes."""
     from aiter_ext.ops.segment_gemm import kernels
@@ -252,8 +266,8 @@ def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
     weights = torch.randn(2, 32, 16, generator=gen).to(DTYPE).to(DEVICE)
     guarded = torch.full((8 + 4, 40), 9.0, dtype=DTYPE, device=DEVICE)
     y = guarded[2:10, 8:24]  # 8 rows x 16 columns, guard rows above and below, guard columns either side
-    indptr = torch.tensor([0, 5, 100], device=DEVICE)  # the second segment claims rows past x
-    kernels.launch(x, weights, y, indptr, torch.tensor([1, 7], device=DEVICE), 2, False, {}, 4)
+    indptr = torch.tensor([-2, 5, 100], device=DEVICE)  # the segments claim rows before and past x
+    kernels.launch(x, weights, y, indptr, torch.tensor([1, 7], device=DEVICE), 2, False, {})
     ref = segment_gemm_ref(x, weights, [0, 5, 8], [1, 1], False)
     assert_close(y, ref, DTYPE, name="bounded segments")
     inside = torch.zeros_like(guarded, dtype=torch.bool)
@@ -263,7 +277,7 @@ def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
     y2 = guarded[2:10, 8:24]
     y2.fill_(0)
     kernels.launch(x, weights, y2, torch.tensor([0, 2], device=DEVICE), torch.tensor([0], device=DEVICE), 1, False, {},
-                   4, row_index=torch.tensor([3, 50], device=DEVICE), skip_negative=True)
+                   row_index=torch.tensor([3, 50], device=DEVICE), skip_negative=True)
     want = torch.zeros(8, 16, device=DEVICE)
     want[3] = x[3].float() @ weights[0].float()
     want[7] = x[7].float() @ weights[0].float()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op, pow2_bucket
 from aiter_ext.core.launch import kernels_module
 
@@ -30,7 +29,7 @@ def _torch(config, x, weights, out, seg_indptr, weight_indices, batch, weight_co
 
 def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major):
     kernels_module(__package__).launch(x, weights, out, seg_indptr, weight_indices, batch, weight_column_major,
-                                       config, device_info().cu_num)
+                                       config)
 
 
 #: what `aiter-ext tune segment_gemm` tries per shape (kernels.default_config is the untuned choice); each is

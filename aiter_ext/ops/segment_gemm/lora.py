@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from aiter_ext.core.arch import device_info
 from aiter_ext.core.checks import check_same_device, check_tensor
 from aiter_ext.core.custom_ops import mutating_ops
 
@@ -90,7 +89,7 @@ def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], outpu
     config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
     for s, wa in enumerate(lora_a_weights):
         wa = wa.reshape(-1, *wa.shape[-2:]).contiguous()
-        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, config, device_info().cu_num,
+        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, config,
                        row_index=rows, skip_negative=True, scale=float(scaling))
 
 
@@ -130,7 +129,7 @@ def _lora_expand(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], outpu
         hidden = wb.shape[1]
         config = _tuned_config(num_tokens, inputs.shape[2], hidden, wb.dtype, dev)
         kernels.launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids,
-                       ids.shape[0], True, config, device_info().cu_num, row_index=rows, skip_negative=True,
+                       ids.shape[0], True, config, row_index=rows, skip_negative=True,
                        accumulate=bool(add_inputs))
         col += hidden
 
