@@ -78,6 +78,28 @@ def test_block_sparse_matches_dense_attention(M, N, R, C, causal, with_mask):
     assert bool(torch.isinf(lse[~seen]).all() and (lse[~seen] < 0).all())
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_wide_block_rows_take_the_dense_tiles(causal, monkeypatch):
+    """On NVIDIA, block rows of >= 128 packed rows plan the dense prefill's 128 x 64 tiles (sparse.py); the
+    result is the same attention. R = 64 here (64 x 2 heads per KV head); an arch of sm_90 as the GPU's."""
+    from aiter_ext.core import arch
+    from aiter_ext.ops.attention import sparse
+
+    info = arch.device_info()
+    monkeypatch.setattr(arch, "device_info", lambda: arch.DeviceInfo("sm_90", info.cu_num, info.platform, info.name))
+    M, N, R, C = 150, 128, 64, 32
+    assert sparse.block_row_config(R, HQ // HKV) == sparse.WIDE_BLOCK_ROW_TILES
+    assert sparse.block_row_config(32, HQ // HKV) is None  # 64 packed rows: the engine's default
+    indptr, indices = _bsr(M, N, R, C, 0.6, seed=12)
+    q, k, v = _qkv(M, N, seed=13)
+    w = aiter_ext.BlockSparseAttentionWrapper(_workspace())
+    w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, causal=causal, q_data_type=DTYPE, o_data_type=DTYPE)
+    assert w._paged._require_plan().work.block_m == 128
+    out = w.run(q, k, v, out=torch.full_like(q, float("nan")))
+    visible = bsr_dense_mask(indptr, indices, M, N, R, C, None, causal)
+    assert_close(out, single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))[0], DTYPE, name="128-row tiles")
+
+
 def test_a_fully_masked_row_gives_zero():
     """A row whose listed blocks' mask bits are all off sees nothing: output 0, LSE -inf (the rest exact)."""
     M, N, R, C = 16, 32, 4, 16

@@ -50,6 +50,22 @@ def bsr_mask_to_requests(mask: torch.Tensor, indptr: list, M: int, R: int) -> to
     return torch.cat(parts) if parts else mask.reshape(-1)[:0]
 
 
+#: NVIDIA tiles for block rows of at least 128 packed rows (R x query heads per KV head): the dense prefill's
+#: 128 x 64 tiles. The engine's default sizes tiles by the longest request, and a block row is a short
+#: request (R = 64 with 4 heads per KV head: 256 rows), so it took 64 x 32 tiles: on an H100 a 100%-dense
+#: 64 x 64 BSR of 8192 x 8192 ran at 0.67x of the dense kernel's 128-row tiles (op_tests/bench_block_sparse.py).
+#: AMD keeps the engine's compile-checked default (untimed there).
+WIDE_BLOCK_ROW_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "prefetch_pages": True}
+
+
+def block_row_config(rows_per_block_row: int, group: int) -> Optional[dict]:
+    from aiter_ext.core.arch import device_info
+
+    if device_info().arch.startswith("sm_") and rows_per_block_row * group >= WIDE_BLOCK_ROW_TILES["BLOCK_M"]:
+        return dict(WIDE_BLOCK_ROW_TILES)
+    return None
+
+
 class BlockSparseAttentionWrapper:
     """FlashInfer 0.7.2's block-sparse attention: ``plan(indptr, indices, M, N, R, C, num_qo_heads,
     num_kv_heads, head_dim, mask=None, packed_mask=None, causal=False, ...)`` then ``run(q [M, Hq, D],
@@ -59,6 +75,7 @@ class BlockSparseAttentionWrapper:
     def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto"):
         self._paged = _engine_prefill(float_workspace_buffer, backend)
         self._shape = None  # (M, N, C, o dtype) from plan()
+        self._tiles_from_shape = True  # plan() picks the tiles by R (block_row_config); False: _paged._config stays
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
         self._paged.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
@@ -102,6 +119,8 @@ class BlockSparseAttentionWrapper:
         qo_indptr = torch.tensor([min(i * R, M) for i in range(len(rows))], dtype=torch.int32)
         # every listed block is whole; an empty block row has no page (our page table wants 0 there)
         last = torch.tensor([C if rows[i + 1] > rows[i] else 0 for i in range(len(rows) - 1)], dtype=torch.int32)
+        if self._tiles_from_shape:  # an experiment's explicit config (self._paged._config) stays
+            self._paged._config = block_row_config(min(R, M), num_qo_heads // max(1, num_kv_heads))
         self._paged.plan(qo_indptr, torch.tensor(rows, dtype=torch.int32), cols.to(torch.int32), last, num_qo_heads,
                          num_kv_heads, head_dim, C, custom_mask=mask if packed_mask is None else None,
                          packed_custom_mask=packed_mask, causal=causal, pos_encoding_mode=pos_encoding_mode,
