@@ -1,5 +1,6 @@
-"""POD speed (issue 16; GPU only): a mixed serving step in one launch against our own prefill-then-decode
-(two launches), beside FlashInfer's BatchPODWithPagedKVCacheWrapper and BatchAttention in the same run.
+"""POD speed (issue 16; GPU only): a mixed serving step as BatchPOD runs it by default ("POD us": schedule
+"auto", the two sides on two streams on a GPU) and in one launch ("one launch us"), against our own
+prefill-then-decode on one stream, beside FlashInfer's BatchPODWithPagedKVCacheWrapper and BatchAttention in the same run.
 
     python op_tests/bench_pod.py [--no-flashinfer]
 
@@ -89,15 +90,19 @@ def main(argv) -> int:
         qo_d = torch.arange(n_d + 1, dtype=torch.int32, device=dev)
         q_p = torch.randn(n_p * len_p, HQ, D, device=dev).to(DTYPE)
         q_d = torch.randn(n_d, HQ, D, device=dev).to(DTYPE)
-        pod = aiter_ext.BatchPODWithPagedKVCacheWrapper(ws)
+        pod = aiter_ext.BatchPODWithPagedKVCacheWrapper(ws)  # schedule "auto"
+        one_launch = aiter_ext.BatchPODWithPagedKVCacheWrapper(ws, schedule="fused")
         plan_args = (qo_p, kv_p, ind_p, last_p, qo_d, kv_d, ind_d, last_d)
         pod.plan(*plan_args, HQ, HKV, D, PAGE, q_data_type=DTYPE)
+        one_launch.plan(*plan_args, HQ, HKV, D, PAGE, q_data_type=DTYPE)
         pre = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(ws)
         pre.plan(qo_p, kv_p, ind_p, last_p, HQ, HKV, D, PAGE, causal=True, q_data_type=DTYPE)
         dec = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device=dev))
         dec.plan(kv_d, ind_d, last_d, HQ, HKV, D, PAGE, q_data_type=DTYPE)
         out_p, out_d = pod.run(q_p, cache, q_d, cache, causal_p=True)
         err = max(max_error(out_p, pre.run(q_p, cache)), max_error(out_d, dec.run(q_d, cache)))
+        one_p, one_d = one_launch.run(q_p, cache, q_d, cache, causal_p=True)
+        err = max(err, max_error(one_p, out_p), max_error(one_d, out_d))
         case = f"{n_p} x {len_p} + {n_d} x {ctx}"
         if not err <= 2e-2:
             rows.append({"case": case, "note": f"WRONG: max error {err:.2g}"})
@@ -105,6 +110,7 @@ def main(argv) -> int:
         run_pod = lambda: pod.run(q_p, cache, q_d, cache, causal_p=True)  # noqa: E731
         fused = time_us(run_pod, graph=True)
         fused_eager = time_us(run_pod)
+        single = time_us(lambda: one_launch.run(q_p, cache, q_d, cache, causal_p=True), graph=True)
         both = time_us(lambda: (pre.run(q_p, cache), dec.run(q_d, cache)), graph=True)
         prefill = time_us(lambda: pre.run(q_p, cache), graph=True)
         decode = time_us(lambda: dec.run(q_d, cache), graph=True)
@@ -123,6 +129,7 @@ def main(argv) -> int:
         flops = 4.0 * HQ * D * (n_p * len_p * (len_p + 1) / 2 + n_d * ctx)
         rows.append({"case": case, "POD us": fused, "POD eager": fused_eager, "prefill then decode": both,
                      "prefill": prefill, "decode": decode, "vs ours 2-launch": both / fused,
+                     "one launch us": single,
                      "TFLOP/s": flops / fused / 1e6, "% peak": 100 * flops / fused / 1e6 / PEAK_TFLOPS,
                      "FI POD us": fi_pod, "FI POD eager": fi_pod_eager, "vs FI POD": fi_pod / fused if fi_pod else None,
                      "FI BA us": fi_ba, "FI BA eager": fi_ba_eager, "vs FI BA": fi_ba / fused if fi_ba else None,

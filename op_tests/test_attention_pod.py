@@ -47,10 +47,15 @@ CASES = {"mixed": ([37, 20], [60, 20], [1] * 5, [9, 33, 1, 70, 12]),
          "empty decode": ([16], [30], [0], [0])}
 
 
+# "streams" runs the sides on two CUDA streams; on the CPU it is the sequential path
+SCHEDULES = ["fused", "sequential"] + (["streams", "auto"] if DEVICE.type == "cuda" else [])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("same_cache", [True, False])
-def test_batch_pod_matches_each_side(case, causal, same_cache, monkeypatch):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_batch_pod_matches_each_side(case, causal, same_cache, schedule, monkeypatch):
     qo_p, kv_p, qo_d, kv_d = CASES[case]
     gen = torch.Generator().manual_seed(len(case) + causal)
     total_pages = sum(-(-n // PAGE) for n in kv_p + kv_d) + 3
@@ -58,9 +63,9 @@ def test_batch_pod_matches_each_side(case, causal, same_cache, monkeypatch):
     p = _side(cache, qo_p, kv_p, 0, gen)
     d = _side(cache, qo_d, kv_d, sum(-(-n // PAGE) for n in kv_p), gen)
     cache_d = cache if same_cache else cache.clone()
-    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace())
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace(), schedule=schedule)
     w.plan(*p[:4], *d[:4], HQ, HKV, D, PAGE, q_data_type=DTYPE)
-    if same_cache:  # the single launch must serve it
+    if same_cache and schedule == "fused":  # the single launch must serve it
         monkeypatch.setattr(w._prefill, "run", lambda *a, **k: pytest.fail("took two launches"))
     (out_p, out_d), (lse_p, lse_d) = w.run(p[4], cache, d[4], cache_d, causal_p=causal, return_lse=True)
     ref_p, ref_lse_p = _ref(cache, *p, causal)
@@ -81,7 +86,8 @@ REAL = [(32, 8, 128, 16, [127, 1500], 17, 2000), (32, 8, 128, 1, [1], 127, 700),
 
 
 @pytest.mark.parametrize("hq,hkv,d,page,prefill_lens,decodes,max_ctx", REAL)
-def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ctx):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ctx, schedule):
     gen = torch.Generator().manual_seed(sum(prefill_lens) + decodes)
     kv_d = torch.randint(1, max_ctx + 1, (decodes,), generator=gen).tolist()
     pages_p = [-(-n // page) for n in prefill_lens]
@@ -97,7 +103,8 @@ def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ct
     p = side(prefill_lens, prefill_lens, pages_p, 0)
     dd = side([1] * decodes, kv_d, pages_d, sum(pages_p))
     # FlashInfer's suggested 128 MiB: split-KV partial states of these sizes need more than the small tests' 32 MiB
-    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=DEVICE))
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=DEVICE),
+                                                  schedule=schedule)
     w.plan(*p[:4], *dd[:4], hq, hkv, d, page, q_data_type=DTYPE)
     # run() allocates its outputs (FlashInfer's POD takes no out=): poison the memory the allocator hands back
     poison = torch.full((2 * (p[4].numel() + dd[4].numel()),), float("nan"), dtype=DTYPE, device=DEVICE)
@@ -106,6 +113,31 @@ def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ct
     for got, side_, causal, name in ((out_p, p, True, "prefill"), (out_d, dd, False, "decode")):
         kv = gather_paged_kv(cache[:, 0], cache[:, 1], side_[1].to(DEVICE), side_[2].to(DEVICE), side_[3].to(DEVICE))
         assert_close(got, batch_attention_ref(side_[4], side_[0].to(DEVICE), kv, causal)[0], DTYPE, name=name)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA streams and graphs: the GPU run")
+@pytest.mark.parametrize("schedule", ["streams", "fused"])
+def test_batch_pod_replays_in_a_cuda_graph(schedule):
+    """Graph capture: the side stream forks from and joins the capturing stream; replays give the eager result
+    for new inputs written in place."""
+    gen = torch.Generator().manual_seed(6)
+    cache = torch.randn(200, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    p = _side(cache, [40, 25], [90, 60], 0, gen)
+    d = _side(cache, [1] * 9, [70, 5, 33, 120, 1, 64, 9, 40, 77], 50, gen)
+    w = aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace(), schedule=schedule)
+    w.plan(*p[:4], *d[:4], HQ, HKV, D, PAGE, q_data_type=DTYPE)
+    q_p, q_d = p[4].clone(), d[4].clone()
+    w.run(q_p, cache, q_d, cache, causal_p=True)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_p, out_d = w.run(q_p, cache, q_d, cache, causal_p=True)
+    q_p.copy_(torch.randn(q_p.shape, generator=gen).to(DTYPE))
+    q_d.copy_(torch.randn(q_d.shape, generator=gen).to(DTYPE))
+    graph.replay()
+    torch.cuda.synchronize()
+    want_p, want_d = w.run(q_p, cache, q_d, cache, causal_p=True)
+    assert torch.equal(out_p, want_p) and torch.equal(out_d, want_d)
 
 
 def test_batch_pod_decode_scales_and_refusals():
@@ -126,6 +158,8 @@ def test_batch_pod_decode_scales_and_refusals():
     assert_close(out_d, ref_d.float() * 2.0, DTYPE, name="decode side with k_scale/v_scale")
     with pytest.raises(ValueError, match="custom_mask_p"):
         w.run(p[4], cache, d[4], cache, custom_mask_p=torch.ones(160, dtype=torch.bool))
+    with pytest.raises(ValueError, match="schedule"):
+        aiter_ext.BatchPODWithPagedKVCacheWrapper(_workspace(), schedule="overlap")
 
 
 @pytest.mark.parametrize("return_lse", [False, True])

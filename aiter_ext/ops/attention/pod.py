@@ -1,14 +1,21 @@
 """POD attention (issue 16): prefill and decode of one serving step, FlashInfer 0.7.2's
 ``BatchPODWithPagedKVCacheWrapper`` and ``PODWithPagedKVCacheWrapper``.
 
-``BatchPODWithPagedKVCacheWrapper``: paged prefill requests and paged decode requests. When both sides read
-the same cache (the serving case: one KV pool), ``plan`` makes one work list of both, so a ``run`` is a
-single launch whose programs are prefill tiles and decode tiles, scheduled together (longest chunks first;
-decode requests split their KV only while the launch has room). The two query tensors are copied into one
-buffer for it (the prefill's q is the large part: a copy of its bytes, small beside its attention). The
-outputs are views of one buffer. Two launches (prefill, then decode) serve what one cannot: two different
-caches, decode requests of several tokens under a causal prefill (FlashInfer's decode side is never
-causal), or q/k scales (FlashInfer applies them to the decode side only).
+``BatchPODWithPagedKVCacheWrapper``: paged prefill requests and paged decode requests. ``schedule`` (an
+aiter_ext keyword; FlashInfer's constructor has none) says how a ``run`` executes them:
+- ``"fused"``: when both sides read the same cache (the serving case: one KV pool), one launch whose
+  programs are prefill tiles and decode tiles from one work list, scheduled together (longest chunks
+  first). Its decode tiles have the prefill's tile height, so 4 of a 64-row tile's rows do work (4 query
+  heads per KV head): measured on an H100 this was slower than prefill-then-decode on 5 of 6 mixed
+  batches (bench_pod.py), so it is not the default. The two query tensors are copied into one buffer.
+- ``"streams"``: the prefill on the caller's stream and the decode (its own decode-sized tiles) on a side
+  stream at the same time, joined before ``run`` returns; CUDA-graph capturable. Each side keeps its
+  split-KV states in its own half of the workspace.
+- ``"sequential"``: the prefill, then the decode, on the caller's stream.
+- ``"auto"`` (default): ``"streams"`` on a GPU, else ``"sequential"``.
+Two launches serve what one cannot in any case: two different caches, decode requests of several tokens
+under a causal prefill (FlashInfer's decode side is never causal), q/k scales (FlashInfer applies them to
+the decode side only).
 
 ``PODWithPagedKVCacheWrapper``: one prefill whose K/V are separate contiguous tensors, plus a paged decode
 batch. The kernel reads one K/V source per launch, so this runs the prefill (single_prefill_with_kv_cache's
@@ -43,17 +50,34 @@ def _refuse_run_masks(custom_mask_p, packed_custom_mask_p) -> None:
                          "BatchPrefillWithPagedKVCacheWrapper.plan(custom_mask=...)")
 
 
+#: BatchPODWithPagedKVCacheWrapper(schedule=...): how a step's two sides run (module docstring)
+SCHEDULES = ("auto", "fused", "streams", "sequential")
+
+
+def _halves(buffer: torch.Tensor):
+    """Two disjoint halves of a 1-D workspace, the upper one starting 256-byte aligned."""
+    flat = buffer.reshape(-1)
+    half = flat.numel() * flat.element_size() // 2 // 256 * 256 // flat.element_size()
+    return flat[:half], flat[half:]
+
+
 class BatchPODWithPagedKVCacheWrapper:
     """FlashInfer 0.7.2's batched POD: ``plan(qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p,
     qo_indptr_d, kv_indptr_d, kv_indices_d, last_page_len_d, num_qo_heads, num_kv_heads, head_dim, page_size,
     ...)`` then ``run(q_p, paged_kv_cache_p, q_d, paged_kv_cache_d, causal_p=False, return_lse=False)`` ->
     ``(out_p, out_d)``, or ``((out_p, out_d), (lse_p, lse_d))``."""
 
-    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD"):
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", *, schedule: str = "auto"):
         self._kv_layout = _check_layout(kv_layout)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self._schedule = schedule
         self._fused = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
-        self._prefill = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
-        self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        # the two sides may run at once (schedule "streams"): each keeps its split-KV states in its own half
+        lower, upper = _halves(float_workspace_buffer)
+        self._prefill = BatchPrefillWithPagedKVCacheWrapper(lower, kv_layout)
+        self._decode = BatchPrefillWithPagedKVCacheWrapper(upper, kv_layout)
+        self._side_stream = None  # the decode side's stream (schedule "streams"), made on first use
         self._rows = None  # (prefill rows, decode rows, every decode request one token) from plan()
         self._causal_plans = {}  # wrapper -> {causal_p: its plan}: run() picks one, builds nothing
 
@@ -99,18 +123,48 @@ class BatchPODWithPagedKVCacheWrapper:
         rows_p, rows_d, one_token = self._rows
         fused = (_same_cache(paged_kv_cache_p, paged_kv_cache_d, self._kv_layout) and (one_token or not causal_p)
                  and q_scale is None and k_scale is None and q_p.dtype == q_d.dtype)
-        if fused:
+        schedule = self._schedule
+        if schedule == "auto":
+            schedule = "streams" if q_p.is_cuda else "sequential"
+        if schedule == "fused" and fused:
             self._fused._plan = self._causal_plans[self._fused][bool(causal_p)]
             out, lse = self._fused.run(torch.cat([q_p, q_d]), paged_kv_cache_p, return_lse=True)
             out_p, out_d, lse_p, lse_d = out[:rows_p], out[rows_p:], lse[:rows_p], lse[rows_p:]
             if v_scale is not None:
                 out_d.mul_(v_scale)
+            return ((out_p, out_d), (lse_p, lse_d)) if return_lse else (out_p, out_d)
+        self._prefill._plan = self._causal_plans[self._prefill][bool(causal_p)]
+
+        def decode():
+            return self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
+                                    return_lse=True)
+
+        if schedule == "streams" and q_p.is_cuda and rows_p and rows_d:
+            (out_p, lse_p), (out_d, lse_d) = self._on_two_streams(
+                lambda: self._prefill.run(q_p, paged_kv_cache_p, return_lse=True), decode,
+                (q_d, *_paged_views(paged_kv_cache_d, self._kv_layout)[:2]))
         else:
-            self._prefill._plan = self._causal_plans[self._prefill][bool(causal_p)]
             out_p, lse_p = self._prefill.run(q_p, paged_kv_cache_p, return_lse=True)
-            out_d, lse_d = self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
-                                            return_lse=True)
+            out_d, lse_d = decode()
         return ((out_p, out_d), (lse_p, lse_d)) if return_lse else (out_p, out_d)
+
+    def _on_two_streams(self, prefill, decode, decode_inputs):
+        """The prefill on the caller's stream and the decode on a side stream, at once, joined before
+        returning (capturable: the side stream forks from and joins the capturing stream)."""
+        main = torch.cuda.current_stream(decode_inputs[0].device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(decode_inputs[0].device)
+        side = self._side_stream
+        side.wait_stream(main)  # the decode's inputs are ready on the caller's stream
+        with torch.cuda.stream(side):
+            out_d, lse_d = decode()
+        out_p, lse_p = prefill()
+        main.wait_stream(side)
+        for t in decode_inputs:  # the caller may free them once run() returns: not reused while the side reads
+            t.record_stream(side)
+        for t in (out_d, lse_d):  # allocated on the side stream, used on the caller's
+            t.record_stream(main)
+        return (out_p, lse_p), (out_d, lse_d)
 
 
 class PODWithPagedKVCacheWrapper:
