@@ -140,6 +140,41 @@ def test_batch_pod_replays_in_a_cuda_graph(schedule):
     assert torch.equal(out_p, want_p) and torch.equal(out_d, want_d)
 
 
+@pytest.mark.parametrize("room", [True, False])
+def test_batch_pod_sides_take_disjoint_workspace_when_it_fits(room, monkeypatch):
+    """Both sides split their KV (a 132-CU device): with room, the decode's partial states follow the
+    prefill's (so the two streams never share bytes); in a workspace that holds either side's states but
+    not both, they share it and run one after the other. Either way the results are right."""
+    import dataclasses
+
+    from aiter_ext.ops.attention import plan as plan_module
+
+    info = plan_module.device_info()
+    monkeypatch.setattr(plan_module, "device_info", lambda: dataclasses.replace(info, cu_num=132))
+    gen = torch.Generator().manual_seed(12)
+    cache = torch.randn(830, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)
+    p = _side(cache, [6], [1200], 0, gen)
+    d = _side(cache, [1, 1], [1100, 1000], 300, gen)
+
+    def planned(nbytes):
+        w = aiter_ext.BatchPODWithPagedKVCacheWrapper(torch.empty(nbytes, dtype=torch.uint8, device=DEVICE),
+                                                      schedule="streams")
+        w.plan(*p[:4], *d[:4], HQ, HKV, D, PAGE, q_data_type=DTYPE)
+        return w, (w._prefill._require_plan(), w._decode._require_plan())
+
+    w, plans = planned(32 << 20)
+    assert all(pl.partial_o is not None for pl in plans), "both sides should split here"
+    needs = [(pl.partial_o.numel() + pl.partial_lse.numel()) * 4 for pl in plans]
+    if not room:
+        w, plans = planned(max(needs) + 256)
+    spans = [(pl.partial_o.data_ptr(), pl.partial_lse.data_ptr() + pl.partial_lse.numel() * 4) for pl in plans]
+    disjoint = spans[0][1] <= spans[1][0] or spans[1][1] <= spans[0][0]
+    assert w._disjoint == disjoint == room
+    out_p, out_d = w.run(p[4], cache, d[4], cache, causal_p=True)
+    assert_close(out_p, _ref(cache, *p, True)[0], DTYPE, name="prefill side")
+    assert_close(out_d, _ref(cache, *d, False)[0], DTYPE, name="decode side")
+
+
 def test_batch_pod_decode_scales_and_refusals():
     gen = torch.Generator().manual_seed(3)
     cache = torch.randn(40, 2, PAGE, HKV, D, generator=gen).to(DTYPE).to(DEVICE)

@@ -9,8 +9,9 @@ aiter_ext keyword; FlashInfer's constructor has none) says how a ``run`` execute
   heads per KV head): measured on an H100 this was slower than prefill-then-decode on 5 of 6 mixed
   batches (bench_pod.py), so it is not the default. The two query tensors are copied into one buffer.
 - ``"streams"``: the prefill on the caller's stream and the decode (its own decode-sized tiles) on a side
-  stream at the same time, joined before ``run`` returns; CUDA-graph capturable. Each side keeps its
-  split-KV states in its own half of the workspace.
+  stream at the same time, joined before ``run`` returns; CUDA-graph capturable. ``plan`` puts the
+  decode's split-KV states after the prefill's in the workspace; when both do not fit, the sides share it
+  and run one after the other.
 - ``"sequential"``: the prefill, then the decode, on the caller's stream.
 - ``"auto"`` (default): ``"streams"`` on a GPU, else ``"sequential"``.
 Two launches serve what one cannot in any case: two different caches, decode requests of several tokens
@@ -32,7 +33,7 @@ from typing import Optional
 import torch
 
 from .engine import check_unsupported, host_int32
-from .wrappers import BatchPrefillWithPagedKVCacheWrapper, _check_layout, _paged_views
+from .wrappers import BatchPrefillWithPagedKVCacheWrapper, _check_layout, _paged_views, as_workspace
 
 
 def _same_cache(a, b, layout: str) -> bool:
@@ -54,11 +55,17 @@ def _refuse_run_masks(custom_mask_p, packed_custom_mask_p) -> None:
 SCHEDULES = ("auto", "fused", "streams", "sequential")
 
 
-def _halves(buffer: torch.Tensor):
-    """Two disjoint halves of a 1-D workspace, the upper one starting 256-byte aligned."""
-    flat = buffer.reshape(-1)
-    half = flat.numel() * flat.element_size() // 2 // 256 * 256 // flat.element_size()
-    return flat[:half], flat[half:]
+def _state_bytes(plan) -> int:
+    """Bytes at the start of the workspace that a plan's split-KV partial states take (0: not split)."""
+    if plan.partial_o is None:
+        return 0
+    return (plan.partial_o.numel() + plan.partial_lse.numel()) * 4
+
+
+def _after(workspace: torch.Tensor, used: int) -> torch.Tensor:
+    """The workspace past its first ``used`` bytes, from a 256-byte boundary."""
+    start = -(-used // 256) * 256
+    return workspace[min(start, workspace.numel()):]
 
 
 class BatchPODWithPagedKVCacheWrapper:
@@ -72,12 +79,12 @@ class BatchPODWithPagedKVCacheWrapper:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self._schedule = schedule
+        self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
         self._fused = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
-        # the two sides may run at once (schedule "streams"): each keeps its split-KV states in its own half
-        lower, upper = _halves(float_workspace_buffer)
-        self._prefill = BatchPrefillWithPagedKVCacheWrapper(lower, kv_layout)
-        self._decode = BatchPrefillWithPagedKVCacheWrapper(upper, kv_layout)
+        self._prefill = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
         self._side_stream = None  # the decode side's stream (schedule "streams"), made on first use
+        self._disjoint = False  # whether plan() gave the sides disjoint workspace (then they may run at once)
         self._rows = None  # (prefill rows, decode rows, every decode request one token) from plan()
         self._causal_plans = {}  # wrapper -> {causal_p: its plan}: run() picks one, builds nothing
 
@@ -93,23 +100,37 @@ class BatchPODWithPagedKVCacheWrapper:
                       rope_scale=rope_scale, rope_theta=rope_theta, q_data_type=q_data_type, kv_data_type=kv_data_type)
         sides = ((qo_indptr_p, kv_indptr_p, kv_indices_p, last_page_len_p),
                  (qo_indptr_d, kv_indptr_d, kv_indices_d, last_page_len_d))
-        for wrapper, (qo, kv, ind, last) in zip((self._prefill, self._decode), sides):
-            wrapper.plan(qo, kv, ind, last, num_qo_heads, num_kv_heads, head_dim, page_size, **common)
+        plan_side = lambda wrapper, side: wrapper.plan(*side, num_qo_heads, num_kv_heads, head_dim,  # noqa: E731
+                                                        page_size, **common)
+        self._prefill.reset_workspace_buffer(self._workspace)
+        plan_side(self._prefill, sides[0])
+        # the decode's split-KV states after the prefill's, so that the sides may run at once (schedule
+        # "streams"); where the rest of the workspace is too small, they share it and run one after the other
+        rest = _after(self._workspace, _state_bytes(self._prefill._require_plan()))
+        self._decode.reset_workspace_buffer(rest)
+        try:
+            plan_side(self._decode, sides[1])
+            self._disjoint = True
+        except ValueError:
+            self._decode.reset_workspace_buffer(self._workspace)
+            plan_side(self._decode, sides[1])
+            self._disjoint = False
         qo_p, kv_p = host_int32("qo_indptr_p", qo_indptr_p), host_int32("kv_indptr_p", kv_indptr_p)
         qo_d, kv_d = host_int32("qo_indptr_d", qo_indptr_d), host_int32("kv_indptr_d", kv_indptr_d)
-        # one work list of both sides: decode requests follow the prefill ones, rows and pages shifted
-        i32 = torch.int32
-        self._fused.plan(
-            torch.tensor(qo_p + [x + qo_p[-1] for x in qo_d[1:]], dtype=i32),
-            torch.tensor(kv_p + [x + kv_p[-1] for x in kv_d[1:]], dtype=i32),
-            torch.cat([kv_indices_p.cpu()[:kv_p[-1]], kv_indices_d.cpu()[:kv_d[-1]]]).to(i32),
-            torch.cat([last_page_len_p.cpu(), last_page_len_d.cpu()]).to(i32),
-            num_qo_heads, num_kv_heads, head_dim, page_size, **common)
+        wrappers = [self._prefill]
+        if self._schedule == "fused":  # one work list of both sides: decode requests after the prefill ones
+            i32 = torch.int32
+            self._fused.plan(
+                torch.tensor(qo_p + [x + qo_p[-1] for x in qo_d[1:]], dtype=i32),
+                torch.tensor(kv_p + [x + kv_p[-1] for x in kv_d[1:]], dtype=i32),
+                torch.cat([kv_indices_p.cpu()[:kv_p[-1]], kv_indices_d.cpu()[:kv_d[-1]]]).to(i32),
+                torch.cat([last_page_len_p.cpu(), last_page_len_d.cpu()]).to(i32),
+                num_qo_heads, num_kv_heads, head_dim, page_size, **common)
+            wrappers.append(self._fused)
         one_token = all(qo_d[b + 1] - qo_d[b] <= 1 for b in range(len(qo_d) - 1))
         self._rows = (qo_p[-1], qo_d[-1], one_token)
         # causal_p arrives at run(); both variants of the plans it changes are made here
-        self._causal_plans = {w: {c: replace(w._require_plan(), causal=c) for c in (False, True)}
-                              for w in (self._fused, self._prefill)}
+        self._causal_plans = {w: {c: replace(w._require_plan(), causal=c) for c in (False, True)} for w in wrappers}
 
     begin_forward = plan
 
@@ -121,12 +142,11 @@ class BatchPODWithPagedKVCacheWrapper:
         _refuse_run_masks(custom_mask_p, packed_custom_mask_p)
         check_unsupported(use_fp16_qk_reduction=use_fp16_qk_reduction)
         rows_p, rows_d, one_token = self._rows
-        fused = (_same_cache(paged_kv_cache_p, paged_kv_cache_d, self._kv_layout) and (one_token or not causal_p)
-                 and q_scale is None and k_scale is None and q_p.dtype == q_d.dtype)
         schedule = self._schedule
         if schedule == "auto":
             schedule = "streams" if q_p.is_cuda else "sequential"
-        if schedule == "fused" and fused:
+        if schedule == "fused" and _same_cache(paged_kv_cache_p, paged_kv_cache_d, self._kv_layout) and \
+                (one_token or not causal_p) and q_scale is None and k_scale is None and q_p.dtype == q_d.dtype:
             self._fused._plan = self._causal_plans[self._fused][bool(causal_p)]
             out, lse = self._fused.run(torch.cat([q_p, q_d]), paged_kv_cache_p, return_lse=True)
             out_p, out_d, lse_p, lse_d = out[:rows_p], out[rows_p:], lse[:rows_p], lse[rows_p:]
@@ -139,7 +159,7 @@ class BatchPODWithPagedKVCacheWrapper:
             return self._decode.run(q_d, paged_kv_cache_d, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
                                     return_lse=True)
 
-        if schedule == "streams" and q_p.is_cuda and rows_p and rows_d:
+        if schedule == "streams" and self._disjoint and q_p.is_cuda and rows_p and rows_d:
             (out_p, lse_p), (out_d, lse_d) = self._on_two_streams(
                 lambda: self._prefill.run(q_p, paged_kv_cache_p, return_lse=True), decode,
                 (q_d, *_paged_views(paged_kv_cache_d, self._kv_layout)[:2]))
