@@ -116,7 +116,7 @@ def test_batch_pod_serving_sizes(hq, hkv, d, page, prefill_lens, decodes, max_ct
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA streams and graphs: the GPU run")
-@pytest.mark.parametrize("schedule", ["streams", "fused"])
+@pytest.mark.parametrize("schedule", ["streams", "fused", "auto"])
 def test_batch_pod_replays_in_a_cuda_graph(schedule):
     """Graph capture: the side stream forks from and joins the capturing stream; replays give the eager result
     for new inputs written in place."""
