@@ -206,6 +206,40 @@ def test_lora_ops_trace_under_torch_compile_fullgraph():
     assert torch.equal(compiled, eager) and not torch.equal(eager, base)
 
 
+def test_lora_shrink_split_over_k_adds_the_splits():
+    """A few tokens over a long hidden size: the shrink splits K (shrink_split_k) and the splits add into the
+    fp32 buffer with atomics; the result is the unsplit product. Also the kernel's split form directly, into
+    a buffer that already holds values (the splits add to them), and its refusal of a 16-bit output."""
+    from aiter_ext.core.arch import device_info
+    from aiter_ext.ops.segment_gemm import kernels
+    from aiter_ext.ops.segment_gemm.lora import shrink_split_k
+
+    gen = torch.Generator().manual_seed(41)
+    tokens, hidden, rank, max_loras = 9, 1024, 16, 3
+    assert shrink_split_k(tokens, hidden, {}, device_info().cu_num) == 4
+    mapping = torch.tensor([2, 0, -1, 2, 1, 0, 0, 2, -1])
+    meta = _vllm_metadata(mapping, max_loras)
+    x = torch.randn(tokens, hidden, generator=gen).to(DTYPE).to(DEVICE)
+    lora_a = [(torch.randn(max_loras, rank, hidden, generator=gen) / 32).to(DTYPE).to(DEVICE) for _ in range(2)]
+    shrunk = torch.full((2, tokens, rank), float("nan"), device=DEVICE)
+    aiter_ext.lora_shrink(x, lora_a, shrunk, *meta, torch.tensor([False]), torch.tensor([3]), 0.5)
+    want = torch.zeros(2, tokens, rank, device=DEVICE)
+    for s in range(2):
+        for t in range(tokens):
+            if mapping[t] >= 0:
+                want[s, t] = 0.5 * x[t].float() @ lora_a[s][mapping[t]].float().t()
+    assert_close(shrunk, want, DTYPE, name="split-K lora_shrink")
+    weights = (torch.randn(2, rank, hidden, generator=gen) / 32).to(DTYPE).to(DEVICE)
+    y = torch.full((tokens, rank), 1.5, device=DEVICE)
+    kernels.launch(x, weights, y, torch.tensor([0, 4, 9], device=DEVICE), None, 2, True,
+                   {"BLOCK_K": 64, "SPLIT_K": 8})
+    ref = segment_gemm_ref(x, weights, [0, 4, 9], None, True).float() + 1.5
+    assert_close(y, ref, DTYPE, name="split-K into a filled buffer")
+    with pytest.raises(ValueError, match="SPLIT_K=8 needs an fp32 y"):
+        kernels.launch(x, weights, y.to(DTYPE), torch.tensor([0, 4, 9], device=DEVICE), None, 2, True,
+                       {"BLOCK_K": 64, "SPLIT_K": 8})
+
+
 def test_lora_ops_refuse_bad_metadata():
     x = torch.randn(4, 32).to(DTYPE).to(DEVICE)
     a = [torch.randn(2, 8, 32).to(DTYPE).to(DEVICE)]
@@ -251,7 +285,9 @@ def test_lora_ops_launch_the_tuned_config(monkeypatch):
     out = torch.zeros(1, 6, 16, device=DEVICE)
     aiter_ext.lora_shrink(x, [torch.randn(2, 16, 32).to(DTYPE).to(DEVICE)], out, *meta, torch.tensor([False]),
                           torch.tensor([2]), 1.0)
-    assert used == [tuned] and asked[0]["num_rows"] == 6 and (asked[0]["d_in"], asked[0]["d_out"]) == (32, 16)
+    # the fp32 shrink buffer adds the K split (1 here: 32 is a single K step) to the tuned tiles
+    assert used == [{**tuned, "SPLIT_K": 1}] and asked[0]["num_rows"] == 6
+    assert (asked[0]["d_in"], asked[0]["d_out"]) == (32, 16)
 
 
 def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():

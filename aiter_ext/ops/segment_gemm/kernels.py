@@ -25,7 +25,8 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
                         D_IN: tl.constexpr, D_OUT: tl.constexpr, Y_STRIDE: tl.constexpr, W_COL_MAJOR: tl.constexpr,
                         HAS_INDICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
-                        ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64):
+                        ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64,
+                        SPLIT_K: tl.constexpr = 1):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
     D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
@@ -33,7 +34,11 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
 
     The LoRA forms (lora.py): ``ROW_INDICES``: segment positions index ``row_index`` (vLLM's tokens sorted by
     adapter), whose values are the x and y rows; ``SKIP_NEGATIVE``: a segment whose weight index is -1
-    (no adapter) has no tiles; ``ACCUMULATE``: y += the product; ``SCALE``: the product times ``scale``."""
+    (no adapter) has no tiles; ``ACCUMULATE``: y += the product; ``SCALE``: the product times ``scale``.
+
+    ``SPLIT_K`` > 1: program axis 2 splits D_IN, and each split adds its partial product into y with fp32
+    atomics (y is fp32 and holds what the sum adds to: zeros for a plain product, as LoRA shrink's buffer).
+    A skinny product (a LoRA shrink: rank 16 out of 4096) has few row tiles; the splits fill the GPU."""
     tile = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < D_OUT
@@ -78,7 +83,9 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         rows = tl.load(row_index + rows, mask=row_ok, other=0).to(tl.int64)
         rows = tl.minimum(tl.maximum(rows, 0), num_rows - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, D_IN, BLOCK_K):
+    K_SPAN: tl.constexpr = D_IN // SPLIT_K  # launch() checks that the splits are whole K steps
+    k_first = tl.program_id(2) * K_SPAN
+    for k0 in range(k_first, k_first + K_SPAN, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         if D_IN % BLOCK_K == 0:
             x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None], other=0.0)
@@ -94,9 +101,12 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
     if SCALE:
         acc *= scale
     y_tile = y + rows[:, None] * Y_STRIDE + cols[None, :]
-    if ACCUMULATE:
-        acc += tl.load(y_tile, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-    tl.store(y_tile, acc.to(y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    if SPLIT_K > 1:
+        tl.atomic_add(y_tile, acc, mask=row_ok[:, None] & col_ok[None, :], sem="relaxed")
+    else:
+        if ACCUMULATE:
+            acc += tl.load(y_tile, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        tl.store(y_tile, acc.to(y.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 def default_config(d_in: int, d_out: int) -> dict:
@@ -115,15 +125,19 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
     d_in = x.shape[1]
     d_out = y.shape[1]
     cfg = {**default_config(d_in, d_out), **(config or {})}
+    split_k = cfg.get("SPLIT_K", 1)
+    if split_k > 1 and (y.dtype != torch.float32 or d_in % (split_k * cfg["BLOCK_K"])):
+        raise ValueError(f"SPLIT_K={split_k} needs an fp32 y and d_in ({d_in}) in whole K steps of "
+                         f"{cfg['BLOCK_K']} per split; got y {y.dtype}")
     col_tiles = triton.cdiv(d_out, cfg["BLOCK_N"])
     row_tiles = triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch  # every segment adds at most one partial tile
-    segment_gemm_kernel[(row_tiles, col_tiles)](
+    segment_gemm_kernel[(row_tiles, col_tiles, split_k)](
         x, weights, y, seg_indptr, weight_indices if weight_indices is not None else seg_indptr,
         row_index if row_index is not None else seg_indptr, float(scale or 1.0), batch, x.shape[0], weights.shape[0],
         D_IN=d_in, D_OUT=d_out, Y_STRIDE=y.stride(0), W_COL_MAJOR=weight_column_major,
         HAS_INDICES=weight_indices is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative,
-        ACCUMULATE=accumulate, SCALE=scale is not None, num_warps=cfg["num_warps"])
+        ACCUMULATE=accumulate, SCALE=scale is not None, SPLIT_K=split_k, num_warps=cfg["num_warps"])
 
 
 def aot_specs():
@@ -141,7 +155,7 @@ def aot_specs():
                      "num_weights": "i32"},
                     {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
                      "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64},
+                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1},
                     {"num_warps": cfg["num_warps"]}, uses_dot=True,
                     divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
     # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape
@@ -156,13 +170,16 @@ def aot_specs():
                  "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
                 {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
                  "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64},
+                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1},
                 {"num_warps": cfg["num_warps"]}, config_label=label, uses_dot=True,
                 divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
     # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated
+    # (the shrink also split over K, as lora.shrink_split_k picks for few tokens)
     for name, d_in, d_out, y_stride, x_dtype, y_dtype, flags in (
             ("shrink", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False}),
+            ("shrink-split4", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False, "SPLIT_K": 4}),
+            ("shrink-split16", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False, "SPLIT_K": 16}),
             ("expand", 16, 4096, 6144, "fp32", "bf16", {"SCALE": False, "ACCUMULATE": True})):
         cfg = default_config(d_in, d_out)
         yield KernelSpec(
@@ -173,7 +190,7 @@ def aot_specs():
              "row_index": "*i32", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
             {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": y_stride, "W_COL_MAJOR": True, "HAS_INDICES": True,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": True,
-             "SKIP_NEGATIVE": True, "SEG_CHUNK": 64, **flags},
+             "SKIP_NEGATIVE": True, "SEG_CHUNK": 64, "SPLIT_K": 1, **flags},
             {"num_warps": cfg["num_warps"]}, uses_dot=True,
             divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
 
