@@ -240,6 +240,36 @@ def test_lora_shrink_split_over_k_adds_the_splits():
                        {"BLOCK_K": 64, "SPLIT_K": 8})
 
 
+def test_lora_shrink_of_fused_slices_is_one_launch(monkeypatch):
+    """Contiguous slices (fused QKV's lora_a) go in one launch through an address table, made once per set of
+    weights; a non-contiguous slice makes the call launch slice by slice. Both give the per-slice products."""
+    from aiter_ext.ops.segment_gemm import kernels
+
+    launches = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: launches.append(k.get("weight_table")) or real(*a, **k))
+    gen = torch.Generator().manual_seed(43)
+    mapping = torch.tensor([1, 0, -1, 1, 1, 0, 2])
+    meta = _vllm_metadata(mapping, 3)
+    x = torch.randn(7, 64, generator=gen).to(DTYPE).to(DEVICE)
+    flags = torch.tensor([False]), torch.tensor([3])
+    lora_a = [(torch.randn(3, 8, 64, generator=gen) / 8).to(DTYPE).to(DEVICE) for _ in range(3)]
+    strided = [lora_a[0], lora_a[1].transpose(1, 2).contiguous().transpose(1, 2), lora_a[2]]  # same values
+    for weights, expected in ((lora_a, 1), (lora_a, 1), (strided, 3)):
+        out = torch.full((3, 7, 8), float("nan"), device=DEVICE)
+        launches.clear()
+        aiter_ext.lora_shrink(x, weights, out, *meta, *flags, 1.0)
+        assert len(launches) == expected and all((t is None) == (expected == 3) for t in launches)
+        for s, wa in enumerate(lora_a):
+            want = torch.stack([x[t].float() @ wa[mapping[t]].float().t() if mapping[t] >= 0
+                                else torch.zeros(8, device=DEVICE) for t in range(7)])
+            assert_close(out[s], want.to(DEVICE), DTYPE, name=f"slice {s}")
+        if expected == 1:
+            table = launches[0]
+    aiter_ext.lora_shrink(x, lora_a, out, *meta, *flags, 1.0)
+    assert launches[-1] is table, "the address table is made once per set of weights"
+
+
 def test_lora_ops_refuse_bad_metadata():
     x = torch.randn(4, 32).to(DTYPE).to(DEVICE)
     a = [torch.randn(2, 8, 32).to(DTYPE).to(DEVICE)]

@@ -26,7 +26,7 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
                         HAS_INDICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
                         ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64,
-                        SPLIT_K: tl.constexpr = 1):
+                        SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
     D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
@@ -38,7 +38,11 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
 
     ``SPLIT_K`` > 1: program axis 2 splits D_IN, and each split adds its partial product into y with fp32
     atomics (y is fp32 and holds what the sum adds to: zeros for a plain product, as LoRA shrink's buffer).
-    A skinny product (a LoRA shrink: rank 16 out of 4096) has few row tiles; the splits fill the GPU."""
+    A skinny product (a LoRA shrink: rank 16 out of 4096) has few row tiles; the splits fill the GPU.
+
+    ``SLICES`` > 1 (LoRA shrink of fused QKV or gate/up: the same x against several weights of one shape):
+    ``w`` is an int64 table of the slices' weight addresses (x's dtype), y holds the slices' outputs one
+    after another (``num_rows`` rows each), and program axis 2 runs slice by split: one launch for all."""
     tile = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < D_OUT
@@ -70,6 +74,10 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         index = tl.load(weight_indices + seg).to(tl.int32)
     # device indices are clamped into the weights (api.py checks host ones and says so)
     index = tl.minimum(tl.maximum(index, 0), num_weights - 1)
+    z = tl.program_id(2)
+    if SLICES > 1:  # this slice's weights and output
+        w = tl.load(w + z // SPLIT_K).to(tl.pointer_type(x.dtype.element_ty))
+        y += (z // SPLIT_K).to(tl.int64) * num_rows * Y_STRIDE
     w_seg = w + index.to(tl.int64) * (D_IN * D_OUT)
     if W_COL_MAJOR:  # element (k, n) of a weight
         stride_k: tl.constexpr = 1
@@ -84,7 +92,7 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         rows = tl.minimum(tl.maximum(rows, 0), num_rows - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     K_SPAN: tl.constexpr = D_IN // SPLIT_K  # launch() checks that the splits are whole K steps
-    k_first = tl.program_id(2) * K_SPAN
+    k_first = (z % SPLIT_K) * K_SPAN
     for k0 in range(k_first, k_first + K_SPAN, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         if D_IN % BLOCK_K == 0:
@@ -120,10 +128,16 @@ def default_config(d_in: int, d_out: int) -> dict:
 
 def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict, *,
            row_index=None, skip_negative: bool = False, accumulate: bool = False,
-           scale: float | None = None) -> None:
-    """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices)."""
+           scale: float | None = None, weight_table=None) -> None:
+    """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices).
+    ``weight_table`` (SLICES): int64 addresses of several weights shaped as ``weights`` (which gives the
+    shape), and y ``[slices, rows, d_out]`` contiguous."""
     d_in = x.shape[1]
-    d_out = y.shape[1]
+    d_out = y.shape[-1]
+    slices = 1 if weight_table is None else weight_table.shape[0]
+    if slices > 1 and (y.dim() != 3 or y.shape[0] != slices or not y.is_contiguous()):
+        raise ValueError(f"a weight table of {slices} slices needs y [slices, rows, d_out] contiguous, got "
+                         f"{tuple(y.shape)}")
     cfg = {**default_config(d_in, d_out), **(config or {})}
     split_k = cfg.get("SPLIT_K", 1)
     if split_k > 1 and (y.dtype != torch.float32 or d_in % (split_k * cfg["BLOCK_K"])):
@@ -131,13 +145,15 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
                          f"{cfg['BLOCK_K']} per split; got y {y.dtype}")
     col_tiles = triton.cdiv(d_out, cfg["BLOCK_N"])
     row_tiles = triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch  # every segment adds at most one partial tile
-    segment_gemm_kernel[(row_tiles, col_tiles, split_k)](
-        x, weights, y, seg_indptr, weight_indices if weight_indices is not None else seg_indptr,
+    segment_gemm_kernel[(row_tiles, col_tiles, slices * split_k)](
+        x, weights if slices == 1 else weight_table, y, seg_indptr,
+        weight_indices if weight_indices is not None else seg_indptr,
         row_index if row_index is not None else seg_indptr, float(scale or 1.0), batch, x.shape[0], weights.shape[0],
-        D_IN=d_in, D_OUT=d_out, Y_STRIDE=y.stride(0), W_COL_MAJOR=weight_column_major,
+        D_IN=d_in, D_OUT=d_out, Y_STRIDE=y.stride(-2), W_COL_MAJOR=weight_column_major,
         HAS_INDICES=weight_indices is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative,
-        ACCUMULATE=accumulate, SCALE=scale is not None, SPLIT_K=split_k, num_warps=cfg["num_warps"])
+        ACCUMULATE=accumulate, SCALE=scale is not None, SPLIT_K=split_k, SLICES=slices,
+        num_warps=cfg["num_warps"])
 
 
 def aot_specs():
@@ -155,7 +171,8 @@ def aot_specs():
                      "num_weights": "i32"},
                     {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
                      "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1},
+                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False,
+                     "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1},
                     {"num_warps": cfg["num_warps"]}, uses_dot=True,
                     divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
     # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape
@@ -170,27 +187,32 @@ def aot_specs():
                  "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
                 {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
                  "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1},
+                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False,
+                 "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1},
                 {"num_warps": cfg["num_warps"]}, config_label=label, uses_dot=True,
                 divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
     # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated
-    # (the shrink also split over K, as lora.shrink_split_k picks for few tokens)
+    # (the shrink also split over K, as lora.shrink_split_k picks for few tokens, and over 3 QKV slices in one
+    # launch: w is then the int64 table of the slices' weight addresses)
+    shrink = {"SCALE": True, "ACCUMULATE": False}
     for name, d_in, d_out, y_stride, x_dtype, y_dtype, flags in (
-            ("shrink", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False}),
-            ("shrink-split4", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False, "SPLIT_K": 4}),
-            ("shrink-split16", 4096, 16, 16, "bf16", "fp32", {"SCALE": True, "ACCUMULATE": False, "SPLIT_K": 16}),
+            ("shrink", 4096, 16, 16, "bf16", "fp32", shrink),
+            ("shrink-split4", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 4}),
+            ("shrink-split16", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 16}),
+            ("shrink-3slices-split16", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 16, "SLICES": 3}),
             ("expand", 16, 4096, 6144, "fp32", "bf16", {"SCALE": False, "ACCUMULATE": True})):
         cfg = default_config(d_in, d_out)
         yield KernelSpec(
             f"segment_gemm[lora-{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}]",
             segment_gemm_kernel,
             # vLLM's metadata tables are int32 and reach the kernel as they are
-            {"x": f"*{x_dtype}", "w": "*bf16", "y": f"*{y_dtype}", "seg_indptr": "*i32", "weight_indices": "*i32",
+            {"x": f"*{x_dtype}", "w": "*i64" if flags.get("SLICES", 1) > 1 else "*bf16", "y": f"*{y_dtype}",
+             "seg_indptr": "*i32", "weight_indices": "*i32",
              "row_index": "*i32", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
             {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": y_stride, "W_COL_MAJOR": True, "HAS_INDICES": True,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": True,
-             "SKIP_NEGATIVE": True, "SEG_CHUNK": 64, "SPLIT_K": 1, **flags},
+             "SKIP_NEGATIVE": True, "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1, **flags},
             {"num_warps": cfg["num_warps"]}, uses_dot=True,
             divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
 

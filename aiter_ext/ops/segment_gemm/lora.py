@@ -61,6 +61,21 @@ def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, devi
     return SEGMENT_GEMM.select(call, "triton").config or {}
 
 
+_ADDRESS_TABLES: dict = {}  # (device, weight addresses) -> the int64 device table of them
+
+
+def _address_table(weights: list) -> torch.Tensor:
+    """The weights' addresses as a device tensor, made once per set of weights (a model's layers keep
+    theirs), so that calls in a CUDA graph capture, after the eager warm-up, copy nothing to the device.
+    The key is the addresses themselves, so a reused address maps to a table of the same content."""
+    key = (weights[0].device, tuple(w.data_ptr() for w in weights))
+    table = _ADDRESS_TABLES.get(key)
+    if table is None:
+        table = torch.tensor(key[1], dtype=torch.int64).to(weights[0].device)
+        _ADDRESS_TABLES[key] = table
+    return table
+
+
 def shrink_split_k(num_tokens: int, d_in: int, config: dict, cu_num: int) -> int:
     """K splits for a LoRA shrink (kernels.py, SPLIT_K): a rank-16 shrink of a few tokens is a handful of
     row tiles, each reading the whole hidden size in turn, on a GPU of 100-300 compute units. Split until
@@ -108,9 +123,14 @@ def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], outpu
     config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
     if output_tensor.dtype == torch.float32:  # vLLM's shrink buffer: the splits add into it with atomics
         config = {**config, "SPLIT_K": shrink_split_k(x.shape[0], x.shape[1], config, device_info().cu_num)}
-    for s, wa in enumerate(lora_a_weights):
-        wa = wa.reshape(-1, *wa.shape[-2:]).contiguous()
-        kernels.launch(x, wa, output_tensor[s], bounds, ids, ids.shape[0], True, config,
+    weights = [wa.reshape(-1, *wa.shape[-2:]) for wa in lora_a_weights]
+    if len(weights) > 1 and all(wa.is_contiguous() and wa.shape == weights[0].shape for wa in weights):
+        # fused QKV / gate-up: one launch for every slice, the weights found through an address table
+        kernels.launch(x, weights[0], output_tensor, bounds, ids, ids.shape[0], True, config, row_index=rows,
+                       skip_negative=True, scale=float(scaling), weight_table=_address_table(weights))
+        return
+    for s, wa in enumerate(weights):
+        kernels.launch(x, wa.contiguous(), output_tensor[s], bounds, ids, ids.shape[0], True, config,
                        row_index=rows, skip_negative=True, scale=float(scaling))
 
 
