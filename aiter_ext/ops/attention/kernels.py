@@ -211,24 +211,18 @@ def attention_kernel(
     follows its five rows (``work[5 * num_work]``)."""
     w = tl.program_id(0)
     if NARROW_M > 0:
-        if w < tl.load(work + 5 * num_work):
-            _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
-                            alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
-                            stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP,
-                            HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT,
-                            PREFETCH_PAGES, SINK, CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
-        else:
+        if w >= tl.load(work + 5 * num_work):
             _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
                             alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
                             stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP,
                             HEAD_DIM, NARROW_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT,
                             False, SINK, CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
-    else:
-        _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
-                        alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
-                        stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP,
-                        HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT,
-                        PREFETCH_PAGES, SINK, CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
+            return
+    _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
+                    alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
+                    stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP, HEAD_DIM,
+                    BLOCK_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT, PREFETCH_PAGES, SINK,
+                    CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
 
 
 @triton.jit
