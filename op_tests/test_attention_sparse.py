@@ -49,6 +49,14 @@ def _qkv(M, N, seed):
     return q, k, v
 
 
+def _dense_ref(q, k, v, indptr, indices, M, N, R, C, mask=None, causal=False):
+    """The fp32 reference: dense attention with the listed blocks (and their mask bits) visible; its output,
+    LSE and the visibility matrix."""
+    visible = bsr_dense_mask(indptr, indices, M, N, R, C, mask.cpu() if mask is not None else None, causal)
+    out, lse = single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))
+    return out, lse, visible
+
+
 GRID = [(M, N, R, C) for M, N in ((70, 64),) for R, C in ((1, 16), (4, 16), (16, 1), (16, 4))] if not ON_GPU else \
     [(M, N, R, C) for M, N in ((256, 256), (1000, 4096)) for R in (1, 4, 16) for C in (1, 4, 16)]
 
@@ -69,8 +77,7 @@ def test_block_sparse_matches_dense_attention(M, N, R, C, causal, with_mask):
     lse = torch.full((M, HQ), float("nan"), device=DEVICE)
     o, s = w.run(q, k, v, out=out, lse=lse, return_lse=True)
     assert o is out and s is lse
-    visible = bsr_dense_mask(indptr, indices, M, N, R, C, mask.cpu() if mask is not None else None, causal)
-    ref, ref_lse = single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))
+    ref, ref_lse, visible = _dense_ref(q, k, v, indptr, indices, M, N, R, C, mask, causal)
     assert_close(out, ref, DTYPE, name="block-sparse output")
     seen = visible.any(1).to(DEVICE)
     assert torch.equal(out[~seen].float(), torch.zeros_like(out[~seen].float())), "rows with no key give 0"
@@ -96,8 +103,7 @@ def test_wide_block_rows_take_the_dense_tiles(causal, monkeypatch):
     w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, causal=causal, q_data_type=DTYPE, o_data_type=DTYPE)
     assert w._paged._require_plan().work.block_m == 128
     out = w.run(q, k, v, out=torch.full_like(q, float("nan")))
-    visible = bsr_dense_mask(indptr, indices, M, N, R, C, None, causal)
-    assert_close(out, single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))[0], DTYPE, name="128-row tiles")
+    assert_close(out, _dense_ref(q, k, v, indptr, indices, M, N, R, C, None, causal)[0], DTYPE, name="128-row tiles")
 
 
 def test_a_fully_masked_row_gives_zero():
@@ -111,8 +117,7 @@ def test_a_fully_masked_row_gives_zero():
     w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, mask=mask.to(DEVICE), q_data_type=DTYPE, o_data_type=DTYPE)
     out, lse = w.run(q, k, v, out=torch.full_like(q, float("nan")), return_lse=True)
     assert torch.equal(out[2].float(), torch.zeros(HQ, D, device=DEVICE)) and bool(torch.isinf(lse[2]).all())
-    visible = bsr_dense_mask(indptr, indices, M, N, R, C, mask)
-    assert_close(out, single_attention_ref(q, k, v, custom_mask=visible.to(DEVICE))[0], DTYPE, name="the others")
+    assert_close(out, _dense_ref(q, k, v, indptr, indices, M, N, R, C, mask)[0], DTYPE, name="the others")
 
 
 def test_packed_mask_and_legacy_forms():
@@ -148,7 +153,7 @@ def test_output_dtype_is_o_data_type():
     w.plan(indptr, indices, M, N, R, C, HQ, HKV, D, q_data_type=DTYPE, o_data_type=torch.float32)
     out = w.run(q, k, v)
     assert out.dtype == torch.float32
-    ref = single_attention_ref(q, k, v, custom_mask=bsr_dense_mask(indptr, indices, M, N, R, C).to(DEVICE))[0]
+    ref = _dense_ref(q, k, v, indptr, indices, M, N, R, C)[0]
     assert_close(out, ref, DTYPE, name="fp32 output")
     given = torch.full((M, HQ, D), float("nan"), device=DEVICE)
     assert w.run(q, k, v, out=given) is given and torch.equal(given, out)
