@@ -39,7 +39,7 @@ def main(argv) -> int:
         x = torch.randn(tokens, d_in, device=dev).to(torch.bfloat16)
         weights = (torch.randn(adapters, d_in, d_out, device=dev) / d_in ** 0.5).to(torch.bfloat16)
         seg_lens = torch.full((adapters,), tokens // adapters, dtype=torch.int64, device=dev)
-        w = aiter_ext.SegmentGEMMWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=dev))
+        w = aiter_ext.SegmentGEMMWrapper(torch.empty(128 << 20, dtype=torch.uint8, device=dev))
         ours = w.run(x, weights, adapters, False, seg_lens=seg_lens)
         fi_us = fi_eager = None
         if fi is not None:

@@ -60,6 +60,42 @@ def test_segment_gemm_matches_per_segment_matmuls(d_in, d_out, column_major, ind
     assert torch.equal(fresh[:indptr[-1]], out[:indptr[-1]]) and bool((fresh[indptr[-1]:] == 0).all())
 
 
+@pytest.mark.parametrize("column_major", [False, True])
+def test_skinny_product_splits_k_through_the_workspace(monkeypatch, column_major):
+    """FlashInfer's form with few output tiles (a rank-16 shrink): SegmentGEMMWrapper splits K into fp32 slabs
+    of its workspace, then sums them into the 16-bit output (kernels.py, PARTIALS / SUM_PARTIALS). Rows
+    outside the segments stay as they were; empty and one-row segments, repeated unordered weights. A
+    workspace too small for the slabs means one pass, with the same result; the functional form (no
+    workspace) never splits."""
+    from aiter_ext.ops.segment_gemm import kernels
+
+    monkeypatch.setenv("AITER_EXT_CU_NUM", "32")  # as on a GPU: too few row tiles to fill its CUs
+    gen = torch.Generator().manual_seed(77)
+    d_in, d_out = 1024, 16
+    seg_lens = torch.tensor([0, 1, 70, 3, 0, 50])
+    rows = int(seg_lens.sum()) + 4
+    x = torch.randn(rows, d_in, generator=gen).to(DTYPE).to(DEVICE)
+    shape = (3, d_out, d_in) if column_major else (3, d_in, d_out)
+    weights = (torch.randn(shape, generator=gen) / 32).to(DTYPE).to(DEVICE)
+    index = torch.tensor([2, 0, 2, 1, 0, 2])
+    bounds = [0] + seg_lens.cumsum(0).tolist()
+    ref = segment_gemm_ref(x, weights, bounds, index, column_major)
+    splits = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: splits.append(a[7]["SPLIT_K"]) or real(*a, **k))
+    for workspace_bytes, want_split in ((1 << 20, 4), (4096, 1)):
+        out = torch.full((rows, d_out), float("nan"), dtype=DTYPE, device=DEVICE)
+        out[-4:] = 7.0
+        workspace = torch.full((workspace_bytes,), 99, dtype=torch.int8, device=DEVICE)
+        aiter_ext.SegmentGEMMWrapper(workspace).run(x, weights, 6, column_major, out=out, seg_lens=seg_lens.to(DEVICE),
+                                                    weight_indices=index.to(DEVICE))
+        assert splits[-1] == want_split
+        assert_close(out[:-4], ref[:-4], DTYPE, name=f"split {want_split}")
+        assert bool((out[-4:] == 7.0).all()), "rows outside the segments were written"
+    aiter_ext.segment_gemm(x, weights, 6, column_major, seg_lens=seg_lens, weight_indices=index)
+    assert splits[-1] == 1
+
+
 def test_many_segments_past_one_search_chunk():
     """150 segments (the kernel finds a tile's segment 64 segments at a time), many empty, weights reused."""
     gen = torch.Generator().manual_seed(8)
@@ -207,16 +243,16 @@ def test_lora_ops_trace_under_torch_compile_fullgraph():
 
 
 def test_lora_shrink_split_over_k_adds_the_splits():
-    """A few tokens over a long hidden size: the shrink splits K (shrink_split_k) and the splits add into the
+    """A few tokens over a long hidden size: the shrink splits K (kernels.split_k) and the splits add into the
     fp32 buffer with atomics; the result is the unsplit product. Also the kernel's split form directly, into
-    a buffer that already holds values (the splits add to them), and its refusal of a 16-bit output."""
+    a buffer that already holds values (the splits add to them), and its refusal of a 16-bit output without
+    a workspace."""
     from aiter_ext.core.arch import device_info
     from aiter_ext.ops.segment_gemm import kernels
-    from aiter_ext.ops.segment_gemm.lora import shrink_split_k
 
     gen = torch.Generator().manual_seed(41)
     tokens, hidden, rank, max_loras = 9, 1024, 16, 3
-    assert shrink_split_k(tokens, hidden, {}, device_info().cu_num) == 4
+    assert kernels.split_k(tokens, hidden, rank, {}, device_info().cu_num) == 4
     mapping = torch.tensor([2, 0, -1, 2, 1, 0, 0, 2, -1])
     meta = _vllm_metadata(mapping, max_loras)
     x = torch.randn(tokens, hidden, generator=gen).to(DTYPE).to(DEVICE)
@@ -235,7 +271,7 @@ def test_lora_shrink_split_over_k_adds_the_splits():
                    {"BLOCK_K": 64, "SPLIT_K": 8})
     ref = segment_gemm_ref(x, weights, [0, 4, 9], None, True).float() + 1.5
     assert_close(y, ref, DTYPE, name="split-K into a filled buffer")
-    with pytest.raises(ValueError, match="SPLIT_K=8 needs an fp32 y"):
+    with pytest.raises(ValueError, match="SPLIT_K=8 into a torch.* y needs one slice and a workspace"):
         kernels.launch(x, weights, y.to(DTYPE), torch.tensor([0, 4, 9], device=DEVICE), None, 2, True,
                        {"BLOCK_K": 64, "SPLIT_K": 8})
 
@@ -295,7 +331,7 @@ def test_tuner_writes_a_measured_row(tmp_path):
     rows = tune("segment_gemm", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
     assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0
     assert json.loads(rows[0]["config"]) in TRITON_TUNE_CONFIGS
-    assert not any("REJECTED" in line or "failed" in line for line in lines), lines
+    assert not any("REJECTED" in line or "failed" in line for line in lines), [l for l in lines if "REJECTED" in l or "failed" in l]
 
 
 def test_lora_ops_launch_the_tuned_config(monkeypatch):

@@ -81,3 +81,11 @@ def check_indptr_values(name: str, indptr, total: int | None = None, total_what:
                          f"< {name}[{i - 1}] = {int(values[i - 1])}")
     if total is not None and int(values[-1]) != total:
         raise ValueError(f"{name}[-1] = {int(values[-1])} must equal {total_what} = {total}")
+
+
+def as_workspace(name: str, buffer: torch.Tensor) -> torch.Tensor:
+    """A workspace of any dtype (FlashInfer's users pass uint8 or int8), as the bytes it holds."""
+    check_tensor(name, buffer, ndim=1)
+    if not buffer.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return buffer.view(torch.uint8)

@@ -36,8 +36,10 @@ from typing import Optional
 
 import torch
 
+from aiter_ext.core.checks import as_workspace
+
 from .engine import check_unsupported, host_int32
-from .wrappers import BatchPrefillWithPagedKVCacheWrapper, _check_layout, _paged_views, as_workspace
+from .wrappers import BatchPrefillWithPagedKVCacheWrapper, _check_layout, _paged_views
 
 
 def _same_cache(a, b, layout: str) -> bool:

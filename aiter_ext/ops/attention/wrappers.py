@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from aiter_ext.core.checks import check_tensor
+from aiter_ext.core.checks import as_workspace, check_tensor
 
 from .engine import KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, host_scale, new_plan_slot
 
@@ -125,14 +125,6 @@ def _forward_overrides(wrapper, causal=None, pos_encoding_mode="NONE", use_fp16_
         changes["alibi"] = alibi_slopes(plan.num_qo_heads).to(plan.meta.device) if pos_encoding_mode == "ALIBI" \
             else None
     wrapper._plan = replace(plan, **changes)
-
-
-def as_workspace(name: str, buffer: torch.Tensor) -> torch.Tensor:
-    """A workspace of any dtype (FlashInfer's users pass uint8 or int8), as the bytes it holds."""
-    check_tensor(name, buffer, ndim=1)
-    if not buffer.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
-    return buffer.view(torch.uint8)
 
 
 def _check_layout(kv_layout: str) -> str:

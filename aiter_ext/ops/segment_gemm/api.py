@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from aiter_ext.core.checks import check_same_device, check_tensor, dtype_name
+from aiter_ext.core.checks import as_workspace, check_same_device, check_tensor, dtype_name
 
 from .backends import SEGMENT_GEMM
 
@@ -51,8 +51,9 @@ def _segment_bounds(batch_size: int, seg_lens, seg_indptr, num_rows: int, device
 
 def segment_gemm(x: torch.Tensor, weights: torch.Tensor, batch_size: int, weight_column_major: bool,
                  out: Optional[torch.Tensor] = None, seg_lens=None, seg_indptr=None, weight_indices=None,
-                 backend: Optional[str] = None) -> torch.Tensor:
-    """The functional form of ``SegmentGEMMWrapper.run`` (module docstring)."""
+                 backend: Optional[str] = None, workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The functional form of ``SegmentGEMMWrapper.run`` (module docstring). ``workspace`` (bytes) lets a
+    product of few output tiles split K: SegmentGEMMWrapper passes its buffer."""
     check_tensor("x", x, ndim=2, dtypes=DTYPES)
     check_tensor("weights", weights, ndim=3, dtypes=(x.dtype,))
     check_same_device([("x", x), ("weights", weights)])
@@ -94,27 +95,28 @@ def segment_gemm(x: torch.Tensor, weights: torch.Tensor, batch_size: int, weight
     call = {"num_rows": x.shape[0], "d_in": d_in, "d_out": d_out, "dtype": dtype_name(x.dtype),
             "device": x.device.type}
     choice = SEGMENT_GEMM.select(call, backend)
-    choice.impl.fn(choice.config, x, weights, out, indptr, weight_indices, int(batch_size), bool(weight_column_major))
+    choice.impl.fn(choice.config, x, weights, out, indptr, weight_indices, int(batch_size), bool(weight_column_major),
+                   workspace=workspace)
     return out
 
 
 class SegmentGEMMWrapper:
-    """FlashInfer 0.7.2's ``SegmentGEMMWrapper`` (module docstring). The workspace is not needed (no
-    split-K); it is kept for the contract, any dtype, as bytes."""
+    """FlashInfer 0.7.2's ``SegmentGEMMWrapper`` (module docstring). The workspace (any dtype, taken as
+    bytes) holds the fp32 partial products when a skinny product splits K (kernels.split_k); one too small
+    for that only means no split. Calls on one wrapper must not overlap on different streams."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, backend: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: SegmentGEMMWrapper takes {sorted(BACKENDS)}")
-        check_tensor("float_workspace_buffer", float_workspace_buffer)
-        self._workspace = float_workspace_buffer
+        self.reset_workspace_buffer(float_workspace_buffer)
         self.backend = backend
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
-        self._workspace = float_workspace_buffer
+        self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
 
     def run(self, x, weights, batch_size, weight_column_major, out=None, seg_lens=None, seg_indptr=None,
             weight_indices=None) -> torch.Tensor:
         return segment_gemm(x, weights, batch_size, weight_column_major, out, seg_lens, seg_indptr, weight_indices,
-                            BACKENDS[self.backend])
+                            BACKENDS[self.backend], workspace=self._workspace)
 
     forward = run

@@ -1,12 +1,14 @@
 """Backend registrations for segment GEMM: ``triton`` (kernels.py) and ``torch`` (the fp32 reference; it
 reads the segment bounds on the host, so it is not graph-capturable). Each implementation is
-``fn(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major)`` and writes the
-segments' rows of ``out``."""
+``fn(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None)`` and
+writes the segments' rows of ``out``; ``workspace`` (bytes: SegmentGEMMWrapper's buffer) lets the Triton
+kernel split K for a product of few output tiles."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
+from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op, pow2_bucket
 from aiter_ext.core.launch import kernels_module
 
@@ -20,25 +22,33 @@ def _bucket(call: Mapping) -> tuple:
 SEGMENT_GEMM = define_op("segment_gemm", ("num_rows", "d_in", "d_out", "dtype"), _bucket)
 
 
-def _torch(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major):
+def _torch(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None):
     bounds = seg_indptr.tolist()
     index = weight_indices.tolist() if weight_indices is not None else None
     ref = reference.segment_gemm_ref(x, weights, bounds, index, weight_column_major, out)
     out.copy_(ref)
 
 
-def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major):
-    kernels_module(__package__).launch(x, weights, out, seg_indptr, weight_indices, batch, weight_column_major,
-                                       config)
+def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None):
+    kernels = kernels_module(__package__)
+    d_out = out.shape[1]
+    split = kernels.split_k(x.shape[0], x.shape[1], d_out, config or {}, device_info().cu_num)
+    # the split's fp32 slabs must fit the workspace (none: the functional form), else one pass
+    if workspace is None or kernels.partials_bytes(split, x.shape[0], d_out) > workspace.numel():
+        split = 1
+    kernels.launch(x, weights, out, seg_indptr, weight_indices, batch, weight_column_major,
+                   {**(config or {}), "SPLIT_K": split}, workspace=workspace)
 
 
 #: what `aiter-ext tune segment_gemm` tries per shape (kernels.default_config is the untuned choice); each is
-#: in the AMD compile check (kernels.aot_specs)
+#: in the AMD compile check (kernels.aot_specs). Without SPLIT_K, kernels.split_k picks the K split (a
+#: skinny product of a few row tiles splits); the last three fix it, so that the tuner weighs the split.
 TRITON_TUNE_CONFIGS = [
     {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
     for m, n, k, w in ((16, 16, 128, 4), (16, 64, 64, 4), (32, 16, 64, 4), (64, 16, 64, 4), (128, 16, 64, 4), (64, 16, 128, 4), (32, 64, 64, 4),
                        (64, 64, 64, 4), (64, 128, 32, 4), (64, 128, 64, 8), (128, 128, 32, 8), (128, 64, 64, 8))
-]
+] + [{"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": k, "num_warps": 4, "SPLIT_K": split}
+     for k, split in ((64, 1), (128, 1), (64, 4))]
 
 SEGMENT_GEMM.register("torch", _torch)
 SEGMENT_GEMM.register("triton", _triton, configs=TRITON_TUNE_CONFIGS)
@@ -63,9 +73,10 @@ def _tune_case(shape: dict, device: str):
     seg_indptr = torch.tensor(bounds, dtype=torch.int64, device=device)
     out = torch.empty(rows, d_out, dtype=dtype, device=device)
     ref = reference.segment_gemm_ref(x, weights, bounds, None, True)
+    workspace = torch.empty(128 << 20, dtype=torch.uint8, device=device)  # FlashInfer's usual size
 
     def run(impl, cfg):
-        impl.fn(cfg, x, weights, out, seg_indptr, None, segments, True)
+        impl.fn(cfg, x, weights, out, seg_indptr, None, segments, True, workspace=workspace)
 
     def check(impl, cfg):
         poison_(out)

@@ -26,7 +26,8 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
                         HAS_INDICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
                         ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64,
-                        SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1):
+                        SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
+                        SUM_PARTIALS: tl.constexpr = 0):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
     D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
@@ -39,6 +40,11 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
     ``SPLIT_K`` > 1: program axis 2 splits D_IN, and each split adds its partial product into y with fp32
     atomics (y is fp32 and holds what the sum adds to: zeros for a plain product, as LoRA shrink's buffer).
     A skinny product (a LoRA shrink: rank 16 out of 4096) has few row tiles; the splits fill the GPU.
+    A 16-bit y (FlashInfer's form) takes two launches over one workspace instead: ``PARTIALS``, where split
+    s stores its fp32 product in slab s of y ``[SPLIT_K, num_rows, D_OUT]``; then ``SUM_PARTIALS`` = the
+    split count, where x is those slabs and each program sums its tile's rows of them (no K loop) and
+    writes y as a one-split launch would. Both launches map tiles to rows alike, so the second reads
+    exactly what the first wrote, and nothing needs zeroing.
 
     ``SLICES`` > 1 (LoRA shrink of fused QKV or gate/up: the same x against several weights of one shape):
     ``w`` is an int64 table of the slices' weight addresses (x's dtype), y holds the slices' outputs one
@@ -91,21 +97,31 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         rows = tl.load(row_index + rows, mask=row_ok, other=0).to(tl.int64)
         rows = tl.minimum(tl.maximum(rows, 0), num_rows - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    K_SPAN: tl.constexpr = D_IN // SPLIT_K  # launch() checks that the splits are whole K steps
-    k_first = (z % SPLIT_K) * K_SPAN
-    for k0 in range(k_first, k_first + K_SPAN, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        if D_IN % BLOCK_K == 0:
-            x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None], other=0.0)
-            w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n, mask=col_ok[None, :],
-                             other=0.0)
-        else:
-            k_ok = ks < D_IN
-            x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                             other=0.0)
-            w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n,
-                             mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += tl.dot(x_tile.to(w_tile.dtype), w_tile)  # LoRA expand: fp32 x, 16-bit weights
+    if SUM_PARTIALS > 0:  # x: the PARTIALS launch's slabs
+        slab = tl.full([], 0, tl.int64) + num_rows
+        for s in tl.static_range(SUM_PARTIALS):
+            acc += tl.load(x + (s * slab + rows[:, None]) * D_OUT + cols[None, :],
+                           mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    else:
+        K_SPAN: tl.constexpr = D_IN // SPLIT_K  # launch() checks that the splits are whole K steps
+        k_first = (z % SPLIT_K) * K_SPAN
+        for k0 in range(k_first, k_first + K_SPAN, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            if D_IN % BLOCK_K == 0:
+                x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None], other=0.0)
+                w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n, mask=col_ok[None, :],
+                                 other=0.0)
+            else:
+                k_ok = ks < D_IN
+                x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                                 other=0.0)
+                w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n,
+                                 mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += tl.dot(x_tile.to(w_tile.dtype), w_tile)  # LoRA expand: fp32 x, 16-bit weights
+    if PARTIALS:  # this split's slab, summed by the SUM_PARTIALS launch
+        y_tile = y + ((z % SPLIT_K).to(tl.int64) * num_rows + rows[:, None]) * Y_STRIDE + cols[None, :]
+        tl.store(y_tile, acc, mask=row_ok[:, None] & col_ok[None, :])
+        return
     if SCALE:
         acc *= scale
     y_tile = y + rows[:, None] * Y_STRIDE + cols[None, :]
@@ -126,12 +142,34 @@ def default_config(d_in: int, d_out: int) -> dict:
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8 if block_n >= 128 else 4}
 
 
+def split_k(num_rows: int, d_in: int, d_out: int, config: dict, cu_num: int) -> int:
+    """K splits (SPLIT_K) for a product of few output tiles: a rank-16 shrink of a few thousand tokens is a
+    handful of row tiles, each reading the whole hidden size in turn, on a GPU of 100-300 compute units.
+    Split until the tiles times the splits reach two programs per compute unit, each split keeping at
+    least 4 K steps, in powers of two up to 16. A config's own SPLIT_K (a tuned row) wins where d_in holds
+    it in whole K steps (else 1). Chosen by that arithmetic, not by a timing (docs/perf-notes.md)."""
+    cfg = {**default_config(d_in, d_out), **config}
+    if "SPLIT_K" in config:
+        return int(config["SPLIT_K"]) if d_in % (int(config["SPLIT_K"]) * cfg["BLOCK_K"]) == 0 else 1
+    tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(d_out, cfg["BLOCK_N"])
+    split = 1
+    while split < 16 and tiles * split < 2 * cu_num and d_in % (2 * split * cfg["BLOCK_K"] * 4) == 0:
+        split *= 2
+    return split
+
+
+def partials_bytes(split: int, num_rows: int, d_out: int) -> int:
+    """Workspace that a 16-bit output split ``split`` ways needs: one fp32 slab of the output per split."""
+    return split * num_rows * d_out * 4 if split > 1 else 0
+
+
 def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict, *,
            row_index=None, skip_negative: bool = False, accumulate: bool = False,
-           scale: float | None = None, weight_table=None) -> None:
+           scale: float | None = None, weight_table=None, workspace=None) -> None:
     """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices).
     ``weight_table`` (SLICES): int64 addresses of several weights shaped as ``weights`` (which gives the
-    shape), and y ``[slices, rows, d_out]`` contiguous."""
+    shape), and y ``[slices, rows, d_out]`` contiguous. A config's SPLIT_K > 1 adds into an fp32 y with
+    atomics, or, for a 16-bit y, goes through ``workspace`` (bytes, at least ``partials_bytes``)."""
     d_in = x.shape[1]
     d_out = y.shape[-1]
     slices = 1 if weight_table is None else weight_table.shape[0]
@@ -139,82 +177,90 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
         raise ValueError(f"a weight table of {slices} slices needs y [slices, rows, d_out] contiguous, got "
                          f"{tuple(y.shape)}")
     cfg = {**default_config(d_in, d_out), **(config or {})}
-    split_k = cfg.get("SPLIT_K", 1)
-    if split_k > 1 and (y.dtype != torch.float32 or d_in % (split_k * cfg["BLOCK_K"])):
-        raise ValueError(f"SPLIT_K={split_k} needs an fp32 y and d_in ({d_in}) in whole K steps of "
-                         f"{cfg['BLOCK_K']} per split; got y {y.dtype}")
-    col_tiles = triton.cdiv(d_out, cfg["BLOCK_N"])
-    row_tiles = triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch  # every segment adds at most one partial tile
-    segment_gemm_kernel[(row_tiles, col_tiles, slices * split_k)](
-        x, weights if slices == 1 else weight_table, y, seg_indptr,
-        weight_indices if weight_indices is not None else seg_indptr,
-        row_index if row_index is not None else seg_indptr, float(scale or 1.0), batch, x.shape[0], weights.shape[0],
-        D_IN=d_in, D_OUT=d_out, Y_STRIDE=y.stride(-2), W_COL_MAJOR=weight_column_major,
-        HAS_INDICES=weight_indices is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative,
-        ACCUMULATE=accumulate, SCALE=scale is not None, SPLIT_K=split_k, SLICES=slices,
-        num_warps=cfg["num_warps"])
+    split = cfg.get("SPLIT_K", 1)
+    if split > 1 and d_in % (split * cfg["BLOCK_K"]):
+        raise ValueError(f"SPLIT_K={split} needs d_in ({d_in}) in whole K steps of {cfg['BLOCK_K']} per split")
+    partials = split > 1 and y.dtype != torch.float32
+    if partials and (slices > 1 or workspace is None or workspace.numel() < partials_bytes(split, x.shape[0], d_out)):
+        raise ValueError(f"SPLIT_K={split} into a {y.dtype} y needs one slice and a workspace of "
+                         f"{partials_bytes(split, x.shape[0], d_out)} bytes")
+    grid = (triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch,  # every segment adds at most one partial tile
+            triton.cdiv(d_out, cfg["BLOCK_N"]), slices * split)
+    args = dict(seg_indptr=seg_indptr, weight_indices=weight_indices if weight_indices is not None else seg_indptr,
+                row_index=row_index if row_index is not None else seg_indptr, scale=float(scale or 1.0),
+                batch=batch, num_rows=x.shape[0], num_weights=weights.shape[0])
+    flags = dict(D_IN=d_in, D_OUT=d_out, W_COL_MAJOR=weight_column_major, HAS_INDICES=weight_indices is not None,
+                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                 ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative, num_warps=cfg["num_warps"])
+    w = weights if slices == 1 else weight_table
+    if not partials:
+        segment_gemm_kernel[grid](x, w, y, **args, Y_STRIDE=y.stride(-2), ACCUMULATE=accumulate,
+                                  SCALE=scale is not None, SPLIT_K=split, SLICES=slices, **flags)
+        return
+    slabs = workspace[:partials_bytes(split, x.shape[0], d_out)].view(torch.float32).view(split, x.shape[0], d_out)
+    segment_gemm_kernel[grid](x, w, slabs, **args, Y_STRIDE=d_out, SPLIT_K=split, PARTIALS=True, **flags)
+    segment_gemm_kernel[grid[:2] + (1,)](slabs, w, y, **args, Y_STRIDE=y.stride(-2), ACCUMULATE=accumulate,
+                                         SCALE=scale is not None, SUM_PARTIALS=split, **flags)
+
+
+def _spec(name: str, d_in: int, d_out: int, cfg: dict, types: dict, flags: dict, label: str = "default"):
+    """One compile-check entry: the kernel's every constexpr at its default unless ``flags`` sets it."""
+    consts = {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
+              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": False,
+              "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1,
+              "SLICES": 1, "PARTIALS": False, "SUM_PARTIALS": 0, **flags}
+    signature = {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
+                 "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32",
+                 **types}
+    return KernelSpec(f"segment_gemm[{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}"
+                      f"w{cfg['num_warps']}]", segment_gemm_kernel, signature, consts, {"num_warps": cfg["num_warps"]},
+                      config_label=label, uses_dot=not consts["SUM_PARTIALS"],  # the slabs' sum has no dot
+                      divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
 
 
 def aot_specs():
     """Llama-3.1-8B LoRA shapes: a rank-16 shrink (4096 -> 16) and its expand (16 -> 4096), both weight
-    layouts, and a square 4096 segment GEMM."""
+    layouts, and a square 4096 segment GEMM; the tuning candidates; the LoRA forms."""
     for dtype in ("bf16", "fp16"):
         for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
             for col_major in (False, True):
-                cfg = default_config(d_in, d_out)
-                yield KernelSpec(
-                    f"segment_gemm[{dtype}-{d_in}x{d_out}{'-colmajor' if col_major else ''}-m{cfg['BLOCK_M']}"
-                    f"n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}]", segment_gemm_kernel,
-                    {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}", "seg_indptr": "*i64",
-                     "weight_indices": "*i64", "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32",
-                     "num_weights": "i32"},
-                    {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": col_major, "HAS_INDICES": True,
-                     "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                     "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False,
-                     "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1},
-                    {"num_warps": cfg["num_warps"]}, uses_dot=True,
-                    divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
-    # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape
+                yield _spec(f"{dtype}{'-colmajor' if col_major else ''}", d_in, d_out, default_config(d_in, d_out),
+                            {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}"}, {"W_COL_MAJOR": col_major})
+    # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape, and at
+    # the shrink its two K-split launches into a 16-bit output (fp32 slabs, then their sum)
     from .backends import TRITON_TUNE_CONFIGS
 
-    for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
-        for cfg in TRITON_TUNE_CONFIGS:
-            label = f"m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}"
-            yield KernelSpec(
-                f"segment_gemm[bf16-{d_in}x{d_out}-colmajor-{label}]", segment_gemm_kernel,
-                {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
-                 "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
-                {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
-                 "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                 "ROW_INDICES": False, "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False,
-                 "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1},
-                {"num_warps": cfg["num_warps"]}, config_label=label, uses_dot=True,
-                divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
+    for cfg in TRITON_TUNE_CONFIGS:
+        label = f"m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}w{cfg['num_warps']}s{cfg.get('SPLIT_K', 'auto')}"
+        for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
+            yield _spec("bf16-colmajor", d_in, d_out, cfg, {}, {}, label)
+        split = cfg.get("SPLIT_K", 4)
+        if split > 1:
+            yield _spec(f"bf16-split{split}-partials", 4096, 16, cfg, {"y": "*fp32"},
+                        {"SPLIT_K": split, "PARTIALS": True}, label)
+            yield _spec(f"bf16-split{split}-sum", 4096, 16, cfg, {"x": "*fp32"}, {"SUM_PARTIALS": split}, label)
+    # the untuned shrink's splits as split_k picks them on 100-300 compute units
+    for split in (8, 16):
+        cfg = default_config(4096, 16)
+        yield _spec(f"bf16-split{split}-partials", 4096, 16, cfg, {"y": "*fp32"}, {"SPLIT_K": split, "PARTIALS": True})
+        yield _spec(f"bf16-split{split}-sum", 4096, 16, cfg, {"x": "*fp32"}, {"SUM_PARTIALS": split})
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
-    # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated
-    # (the shrink also split over K, as lora.shrink_split_k picks for few tokens, and over 3 QKV slices in one
-    # launch: w is then the int64 table of the slices' weight addresses)
+    # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated (the shrink also
+    # split over K, as split_k picks for few tokens, and over 3 QKV slices in one launch: w is then the
+    # int64 table of the slices' weight addresses). vLLM's metadata tables are int32 and reach the kernel
+    # as they are.
     shrink = {"SCALE": True, "ACCUMULATE": False}
+    lora = {"seg_indptr": "*i32", "weight_indices": "*i32", "row_index": "*i32"}
     for name, d_in, d_out, y_stride, x_dtype, y_dtype, flags in (
             ("shrink", 4096, 16, 16, "bf16", "fp32", shrink),
             ("shrink-split4", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 4}),
             ("shrink-split16", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 16}),
             ("shrink-3slices-split16", 4096, 16, 16, "bf16", "fp32", {**shrink, "SPLIT_K": 16, "SLICES": 3}),
             ("expand", 16, 4096, 6144, "fp32", "bf16", {"SCALE": False, "ACCUMULATE": True})):
-        cfg = default_config(d_in, d_out)
-        yield KernelSpec(
-            f"segment_gemm[lora-{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}]",
-            segment_gemm_kernel,
-            # vLLM's metadata tables are int32 and reach the kernel as they are
-            {"x": f"*{x_dtype}", "w": "*i64" if flags.get("SLICES", 1) > 1 else "*bf16", "y": f"*{y_dtype}",
-             "seg_indptr": "*i32", "weight_indices": "*i32",
-             "row_index": "*i32", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32"},
-            {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": y_stride, "W_COL_MAJOR": True, "HAS_INDICES": True,
-             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": True,
-             "SKIP_NEGATIVE": True, "SEG_CHUNK": 64, "SPLIT_K": 1, "SLICES": 1, **flags},
-            {"num_warps": cfg["num_warps"]}, uses_dot=True,
-            divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
+        types = {**lora, "x": f"*{x_dtype}", "y": f"*{y_dtype}",
+                 "w": "*i64" if flags.get("SLICES", 1) > 1 else "*bf16"}
+        yield _spec(f"lora-{name}", d_in, d_out, default_config(d_in, d_out), types,
+                    {"Y_STRIDE": y_stride, "ROW_INDICES": True, "SKIP_NEGATIVE": True, **flags})
 
 
 register_aot_specs("segment_gemm", aot_specs)

@@ -76,24 +76,6 @@ def _address_table(weights: list) -> torch.Tensor:
     return table
 
 
-def shrink_split_k(num_tokens: int, d_in: int, config: dict, cu_num: int) -> int:
-    """K splits for a LoRA shrink (kernels.py, SPLIT_K): a rank-16 shrink of a few tokens is a handful of
-    row tiles, each reading the whole hidden size in turn, on a GPU of 100-300 compute units. Split until
-    the row tiles (one per adapter's run at least) times the splits reach two programs per compute unit,
-    each split keeping at least 4 K steps, in powers of two up to 16. A tuned config's SPLIT_K wins.
-    Chosen by that arithmetic, not yet timed (docs/perf-notes.md)."""
-    if "SPLIT_K" in config:
-        return int(config["SPLIT_K"])
-    from .kernels import default_config
-
-    cfg = {**default_config(d_in, 1), **config}
-    tiles = -(-num_tokens // cfg["BLOCK_M"])
-    split = 1
-    while split < 16 and tiles * split < 2 * cu_num and d_in % (2 * split * cfg["BLOCK_K"] * 4) == 0:
-        split *= 2
-    return split
-
-
 def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], output_tensor: torch.Tensor,
                  token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
                  num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
@@ -122,7 +104,7 @@ def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], outpu
     kernels = kernels_module(__package__)  # Triton loads on the first call, not at import
     config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
     if output_tensor.dtype == torch.float32:  # vLLM's shrink buffer: the splits add into it with atomics
-        config = {**config, "SPLIT_K": shrink_split_k(x.shape[0], x.shape[1], config, device_info().cu_num)}
+        config = {**config, "SPLIT_K": kernels.split_k(x.shape[0], x.shape[1], rank, config, device_info().cu_num)}
     weights = [wa.reshape(-1, *wa.shape[-2:]) for wa in lora_a_weights]
     if len(weights) > 1 and all(wa.is_contiguous() and wa.shape == weights[0].shape for wa in weights):
         # fused QKV / gate-up: one launch for every slice, the weights found through an address table
