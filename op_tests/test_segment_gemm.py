@@ -71,12 +71,12 @@ def test_skinny_product_splits_k_through_the_workspace(monkeypatch, column_major
 
     monkeypatch.setenv("AITER_EXT_CU_NUM", "32")  # as on a GPU: too few row tiles to fill its CUs
     gen = torch.Generator().manual_seed(77)
-    d_in, d_out = 1024, 16
+    d_in, d_out = 2048, 16  # 4 splits keep the slabs within 1/8 of x's traffic (kernels.split_k)
     seg_lens = torch.tensor([0, 1, 70, 3, 0, 50])
     rows = int(seg_lens.sum()) + 4
     x = torch.randn(rows, d_in, generator=gen).to(DTYPE).to(DEVICE)
     shape = (3, d_out, d_in) if column_major else (3, d_in, d_out)
-    weights = (torch.randn(shape, generator=gen) / 32).to(DTYPE).to(DEVICE)
+    weights = (torch.randn(shape, generator=gen) / 45).to(DTYPE).to(DEVICE)
     index = torch.tensor([2, 0, 2, 1, 0, 2])
     bounds = [0] + seg_lens.cumsum(0).tolist()
     ref = segment_gemm_ref(x, weights, bounds, index, column_major)
@@ -94,6 +94,23 @@ def test_skinny_product_splits_k_through_the_workspace(monkeypatch, column_major
         assert bool((out[-4:] == 7.0).all()), "rows outside the segments were written"
     aiter_ext.segment_gemm(x, weights, 6, column_major, seg_lens=seg_lens, weight_indices=index)
     assert splits[-1] == 1
+
+
+def test_split_choice_on_an_h100_sized_gpu():
+    """kernels.split_k at the benchmark's shapes on 132 compute units: a rank-16 shrink of 4096 tokens splits
+    8 ways (17.2 us on an H100, 26.6 unsplit); rank 64 only 2 through slabs (split 8, their traffic made it
+    lose to no split), 8 with atomics; a product of many tiles and an expand (K = the rank) do not split;
+    a tuned SPLIT_K wins where it fits d_in."""
+    from aiter_ext.ops.segment_gemm.kernels import split_k
+
+    assert split_k(4096, 4096, 16, {}, 132, slabs=True) == 8
+    assert split_k(4096, 4096, 64, {}, 132, slabs=True) == 2
+    assert split_k(4096, 4096, 64, {}, 132) == 8
+    assert split_k(256, 4096, 16, {}, 132, slabs=True) == 8
+    assert split_k(4096, 4096, 4096, {}, 132, slabs=True) == 1
+    assert split_k(4096, 16, 4096, {}, 132, slabs=True) == 1
+    assert split_k(4096, 4096, 16, {"SPLIT_K": 2}, 132, slabs=True) == 2
+    assert split_k(4096, 4096, 16, {"SPLIT_K": 128}, 132, slabs=True) == 1
 
 
 def test_many_segments_past_one_search_chunk():
@@ -242,7 +259,7 @@ def test_lora_ops_trace_under_torch_compile_fullgraph():
     assert torch.equal(compiled, eager) and not torch.equal(eager, base)
 
 
-def test_lora_shrink_split_over_k_adds_the_splits():
+def test_lora_shrink_split_over_k_adds_the_splits(monkeypatch):
     """A few tokens over a long hidden size: the shrink splits K (kernels.split_k) and the splits add into the
     fp32 buffer with atomics; the result is the unsplit product. Also the kernel's split form directly, into
     a buffer that already holds values (the splits add to them), and its refusal of a 16-bit output without
@@ -250,6 +267,7 @@ def test_lora_shrink_split_over_k_adds_the_splits():
     from aiter_ext.core.arch import device_info
     from aiter_ext.ops.segment_gemm import kernels
 
+    monkeypatch.setenv("AITER_EXT_CU_NUM", "32")  # as on a GPU: too few row tiles to fill its CUs
     gen = torch.Generator().manual_seed(41)
     tokens, hidden, rank, max_loras = 9, 1024, 16, 3
     assert kernels.split_k(tokens, hidden, rank, {}, device_info().cu_num) == 4

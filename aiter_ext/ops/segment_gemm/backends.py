@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
+
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op, pow2_bucket
 from aiter_ext.core.launch import kernels_module
@@ -32,7 +34,8 @@ def _torch(config, x, weights, out, seg_indptr, weight_indices, batch, weight_co
 def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None):
     kernels = kernels_module(__package__)
     d_out = out.shape[1]
-    split = kernels.split_k(x.shape[0], x.shape[1], d_out, config or {}, device_info().cu_num)
+    split = kernels.split_k(x.shape[0], x.shape[1], d_out, config or {}, device_info().cu_num,
+                            slabs=out.dtype != torch.float32)
     # the split's fp32 slabs must fit the workspace (none: the functional form), else one pass
     if workspace is None or kernels.partials_bytes(split, x.shape[0], d_out) > workspace.numel():
         split = 1

@@ -142,18 +142,22 @@ def default_config(d_in: int, d_out: int) -> dict:
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8 if block_n >= 128 else 4}
 
 
-def split_k(num_rows: int, d_in: int, d_out: int, config: dict, cu_num: int) -> int:
+def split_k(num_rows: int, d_in: int, d_out: int, config: dict, cu_num: int, *, slabs: bool = False) -> int:
     """K splits (SPLIT_K) for a product of few output tiles: a rank-16 shrink of a few thousand tokens is a
     handful of row tiles, each reading the whole hidden size in turn, on a GPU of 100-300 compute units.
     Split until the tiles times the splits reach two programs per compute unit, each split keeping at
-    least 4 K steps, in powers of two up to 16. A config's own SPLIT_K (a tuned row) wins where d_in holds
-    it in whole K steps (else 1). Chosen by that arithmetic, not by a timing (docs/perf-notes.md)."""
+    least 4 K steps, in powers of two up to 16 (the row tiles counted as whole tiles of the rows: segments'
+    partial tiles are not known on the host). ``slabs`` (a 16-bit output: the
+    splits go through fp32 slabs, written and read again) also keeps the slabs' traffic within 1/8 of
+    x's: a rank-64 shrink split 8 ways moved 16 MB of slabs beside 33.5 MB of x and lost to no split on an
+    H100. A config's own SPLIT_K (a tuned row) wins where d_in holds it in whole K steps (else 1)."""
     cfg = {**default_config(d_in, d_out), **config}
     if "SPLIT_K" in config:
         return int(config["SPLIT_K"]) if d_in % (int(config["SPLIT_K"]) * cfg["BLOCK_K"]) == 0 else 1
     tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(d_out, cfg["BLOCK_N"])
     split = 1
-    while split < 16 and tiles * split < 2 * cu_num and d_in % (2 * split * cfg["BLOCK_K"] * 4) == 0:
+    while split < 16 and tiles * split < 2 * cu_num and d_in % (2 * split * cfg["BLOCK_K"] * 4) == 0 and \
+            (not slabs or 32 * 2 * split * d_out <= d_in):
         split *= 2
     return split
 
