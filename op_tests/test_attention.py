@@ -300,8 +300,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("cu_num", [None, 132, 304])  # this machine's, an H100's, an MI300X's
 @pytest.mark.parametrize("allow_split", [True, False])
-@pytest.mark.parametrize("narrow_m", [0, 16])  # 16: POD's one launch, decode-sized requests in 16-row tiles
-def test_work_plan_covers_every_tile_and_key_once(allow_split, cu_num, narrow_m, monkeypatch):
+def test_work_plan_covers_every_tile_and_key_once(allow_split, cu_num, monkeypatch):
     """plan.make_plan on random batches (empty queries and KV included): each request's query tiles x its
     KV are covered by the work items exactly once, chunks on BLOCK_N boundaries and none empty (an H100's
     132 CUs once split 4096 keys into 33 chunks of 128, the last empty), longest first; each query
@@ -321,13 +320,8 @@ def test_work_plan_covers_every_tile_and_key_once(allow_split, cu_num, narrow_m,
         qo = [rng.choice([0, 1, 2, 17, 300]) for _ in range(rng.randint(1, 12))]
         kv = [rng.choice([0, 1, 15, 257, 4096, 70000]) for _ in qo]
         group = rng.choice([1, 4, 8])
-        plan = make_plan(qo, kv, group, 8, 128, torch.device("cpu"), allow_split,
-                         config={"narrow_m": narrow_m} if narrow_m else None)
+        plan = make_plan(qo, kv, group, 8, 128, torch.device("cpu"), allow_split)
         req, row0, lo, hi, split = plan.work.tolist() if plan.num_work else ([],) * 5
-        narrow = [plan.narrow_m > 0 and 0 < qo[b] * group <= plan.narrow_m for b in req]
-        assert narrow == sorted(narrow), "narrow items after the wide ones"
-        if plan.narrow_m:
-            assert int(plan.work.as_strided((5 * plan.num_work + 1,), (1,))[-1]) == narrow.count(False)
         covered = {}
         for b, r, a, z, s in zip(req, row0, lo, hi, split):
             assert a % plan.block_n == 0 and a < z <= kv[b] or a == z == kv[b] == 0, (b, a, z)
@@ -339,9 +333,8 @@ def test_work_plan_covers_every_tile_and_key_once(allow_split, cu_num, narrow_m,
                 spans = sorted(tiles[0])
                 assert spans[0][0] == 0 and spans[-1][1] == kv[b] and all(
                     x[1] == y[0] for x, y in zip(spans, spans[1:])), (b, spans)
-        for kind in (False, True):  # longest chunks first within each kind
-            lengths = [z - a for a, z, n in zip(lo, hi, narrow) if n == kind]
-            assert lengths == sorted(lengths, reverse=True)
+        lengths = [z - a for a, z in zip(lo, hi)]
+        assert lengths == sorted(lengths, reverse=True)
         rows = plan.merge_indptr.tolist()
         assert len(rows) == sum(qo) + 1 and rows[-1] == plan.num_partial_rows
         assert allow_split or not plan.split

@@ -202,39 +202,7 @@ def attention_kernel(
     PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr = False,
     CUSTOM_MASK: tl.constexpr = False, ALIBI: tl.constexpr = False, ROPE: tl.constexpr = False,
-    ROPE_KEYS_AHEAD: tl.constexpr = False, ROPE_Q_IN_KERNEL: tl.constexpr = False, NARROW_M: tl.constexpr = 0,
-):
-    """One program per (work item, KV head); each item a tile of ``BLOCK_M`` packed query rows against a KV
-    chunk (_attention_tile says how). ``NARROW_M`` > 0 (POD's one launch): the work list holds its
-    ``BLOCK_M``-row items first, then items of ``NARROW_M`` rows (decode requests: a decode token's heads
-    fill 4-8 rows, so a prefill-height tile would compute mostly padding), and its count of wide items
-    follows its five rows (``work[5 * num_work]``)."""
-    w = tl.program_id(0)
-    if NARROW_M > 0:
-        if w >= tl.load(work + 5 * num_work):
-            _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
-                            alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
-                            stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP,
-                            HEAD_DIM, NARROW_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT,
-                            False, SINK, CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
-            return
-    _attention_tile(w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask,
-                    alibi_slopes, rope_cis, batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
-                    stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head, GROUP, HEAD_DIM,
-                    BLOCK_M, BLOCK_N, PAGE_SIZE, PAGED, CAUSAL, HAS_WINDOW, SOFT_CAP, SPLIT, PREFETCH_PAGES, SINK,
-                    CUSTOM_MASK, ALIBI, ROPE, ROPE_KEYS_AHEAD, ROPE_Q_IN_KERNEL)
-
-
-@triton.jit
-def _attention_tile(
-    w, q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes, rope_cis,
-    batch, num_work, sm_scale_log2, cap_pre, cap_post, window_left,
-    stride_q_tok, stride_q_head, stride_kv_page, stride_kv_slot, stride_kv_head,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    SOFT_CAP: tl.constexpr, SPLIT: tl.constexpr, PREFETCH_PAGES: tl.constexpr, SINK: tl.constexpr,
-    CUSTOM_MASK: tl.constexpr, ALIBI: tl.constexpr, ROPE: tl.constexpr,
-    ROPE_KEYS_AHEAD: tl.constexpr, ROPE_Q_IN_KERNEL: tl.constexpr,
+    ROPE_KEYS_AHEAD: tl.constexpr = False, ROPE_Q_IN_KERNEL: tl.constexpr = False,
 ):
     """``SINK``: ``sinks`` (fp32 ``[Hq]``, natural-log units, not scaled by ``sm_scale``) adds one
     logit per query head to the softmax denominator only (gpt-oss's attention sinks), as a key of
@@ -262,6 +230,7 @@ def _attention_tile(
     # [rows, Hq, D] / [rows, Hq] with Hq = GROUP * (KV heads in the grid). HEAD_DIM is a power of
     # two (64/128/256), so no column masks; PAGE_SIZE is constexpr so a key's page and slot cost a
     # shift (or a multiply by a constant), not a runtime division.
+    w = tl.program_id(0)
     h_kv = tl.program_id(1)
     num_qo_heads = GROUP * tl.num_programs(1)
     req = tl.load(work + w)
@@ -587,8 +556,7 @@ def launch_attention(plan, q, k, v, kv_indices, meta, batch, out, lse, partial_o
         SOFT_CAP=cap > 0, SPLIT=plan.split, PREFETCH_PAGES=paged and plan.prefetch_pages, SINK=sinks is not None,
         CUSTOM_MASK=custom_mask is not None, ALIBI=alibi is not None, ROPE=rope is not None and rope_ahead is None,
         ROPE_KEYS_AHEAD=rope is not None and rope_ahead is not None,
-        ROPE_Q_IN_KERNEL=rope is not None and rope_ahead is not None and rope_ahead.q is None,
-        NARROW_M=plan.narrow_m, **launch_opts,
+        ROPE_Q_IN_KERNEL=rope is not None and rope_ahead is not None and rope_ahead.q is None, **launch_opts,
     )
     if plan.split and merge is not None:  # no merge: the caller merges (cascade folds all levels at once)
         merge(partial_o, partial_lse, plan.merge_indptr, out, lse)
@@ -624,7 +592,7 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
               "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False, "ROPE": False,
-              "ROPE_KEYS_AHEAD": False, "ROPE_Q_IN_KERNEL": False, "NARROW_M": 0,
+              "ROPE_KEYS_AHEAD": False, "ROPE_Q_IN_KERNEL": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
@@ -673,9 +641,6 @@ def aot_specs():
     for c in (4, 64, 128):
         yield kernel_spec("bf16", 128, 256, 4, True, False, page_size=c, label=f"-bsr-c{c}", CAUSAL=False)
     yield kernel_spec("bf16", 128, 256, 4, True, True, page_size=64, label="-bsr-c64", CAUSAL=False)
-    # POD's one launch (pod.py, schedule "fused"): prefill tiles and 16-row decode tiles, split and direct
-    for split in (False, True):
-        yield kernel_spec("bf16", 128, 2048 * 4, 4, True, split, label="-pod-narrow16", NARROW_M=16)
     # RoPE ahead of prefill plans: keys from a paged bf16 or fp8 cache, ragged keys or q
     for kv_dtype, paged in (("bf16", True), ("fp8e4nv", True), ("bf16", False)):
         yield KernelSpec(f"rotate_rows[{kv_dtype}-d128-{'paged' if paged else 'ragged'}]", rotate_rows_kernel,

@@ -37,7 +37,6 @@ class WorkPlan:
     work: torch.Tensor  # int32 [5, num_work]: request, first packed row, kv start, kv end, split index
     merge_indptr: torch.Tensor  # int32 [total_q + 1]: each token's first workspace row (SPLIT only)
     prefetch_pages: bool = False  # paged KV: load the next block's page ids one step ahead (kernels.py)
-    narrow_m: int = 0  # > 0: decode-sized requests take tiles of this many rows, after the wide items (NARROW_M)
 
 
 def default_config(max_packed_rows: int, head_dim: int, arch: str | None = None) -> dict:
@@ -117,18 +116,14 @@ def triton_next_pow2(n: int) -> int:
 def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: int, head_dim: int,
               device: torch.device, allow_split: bool = True, config: dict | None = None) -> WorkPlan:
     """``config`` (from a tuned-CSV row or an experiment) may set ``BLOCK_M``, ``BLOCK_N``,
-    ``num_warps``, ``num_stages``, ``min_chunk`` and ``prefetch_pages``; the rest comes from the heuristics above.
-    ``narrow_m`` (POD's one launch): requests of at most that many packed rows (decode tokens) get one tile
-    of that height, listed after the ``BLOCK_M`` items, whose count follows the work list in memory."""
+    ``num_warps``, ``num_stages``, ``min_chunk`` and ``prefetch_pages``; the rest comes from the heuristics above."""
     # Host time counts here (a serving engine plans every step: the cascade plan of a 256-request decode
     # batch), so plain integer arithmetic and few passes over the batch.
     max_rows = max(qo_lens, default=1) * group if qo_lens else 1
     config = {**default_config(max_rows, head_dim), **(config or {})}
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     min_chunk = config.get("min_chunk", MIN_CHUNK)
-    narrow_m = config.get("narrow_m", 0) if config.get("narrow_m", 0) < block_m else 0
-    narrow = [narrow_m > 0 and 0 < q * group <= narrow_m for q in qo_lens]
-    q_tiles = [-(-q * group // block_m) if q > 0 else 0 for q in qo_lens]  # a narrow request: one tile
+    q_tiles = [-(-q * group // block_m) if q > 0 else 0 for q in qo_lens]
     programs = sum(q_tiles) * num_kv_heads
     max_splits = max(kv_lens, default=0) // min_chunk if kv_lens else 1
     want = choose_splits(programs, device_info().cu_num, max_splits) if allow_split else 1
@@ -147,8 +142,7 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
             chunk = chunk_of[b]
             chunks = [(s * chunk, min(kv, (s + 1) * chunk), s) for s in range(n)]
             items += [(b, t * block_m, lo, hi, s) for t in range(tiles) for lo, hi, s in chunks]
-    items.sort(key=lambda it: (narrow[it[0]], it[2] - it[3]))  # wide items first; longest chunks first in each
-    num_wide = len(items) - sum(narrow[it[0]] for it in items)
+    items.sort(key=lambda it: it[3] - it[2], reverse=True)  # longest chunks first: better balance
     split = max(splits, default=1) > 1
 
     # each query token's first workspace row: a row per split of its request (one row each unsplit)
@@ -157,13 +151,11 @@ def make_plan(qo_lens: list[int], kv_lens: list[int], group: int, num_kv_heads: 
     else:
         per_token = itertools.repeat(1, sum(qo_lens))
     merge_rows = [0, *itertools.accumulate(per_token)]
-    work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(-1)
-    if narrow_m:  # the count of wide items right after the work list: the kernel reads work[5 * num_work]
-        work = torch.cat([work, torch.tensor([num_wide], dtype=torch.int32)])
-    work = work.to(device)[:5 * len(items)].view(5, -1)
+    work = torch.tensor(list(zip(*items)) if items else [[]] * 5, dtype=torch.int32).reshape(5, -1)
     return WorkPlan(block_m, block_n, config["num_warps"], config.get("num_stages"), len(items), split,
-                    merge_rows[-1], work, torch.tensor(merge_rows, dtype=torch.int32, device=device),
-                    bool(config.get("prefetch_pages", False)), narrow_m)
+                    merge_rows[-1], work.to(device),
+                    torch.tensor(merge_rows, dtype=torch.int32, device=device),
+                    bool(config.get("prefetch_pages", False)))
 
 
 def rotate_keys_ahead(qo_lens: list[int], kv_lens: list[int], group: int, block_m: int, causal: bool,

@@ -5,10 +5,11 @@
 aiter_ext keyword; FlashInfer's constructor has none) says how a ``run`` executes them:
 - ``"fused"``: when both sides read the same cache (the serving case: one KV pool), one launch whose
   programs are prefill tiles and decode tiles from one work list, scheduled together (longest chunks
-  first within each kind). Decode requests take 16-row tiles (``NARROW_ROWS``; the kernel's NARROW_M),
-  the prefill its own height. Measured on an H100 when decode tiles had the prefill's height (4 of 64
-  rows at work): slower than prefill-then-decode on 5 of 6 mixed batches (bench_pod.py). The narrow
-  tiles are not timed yet, so this is not the default. The two query tensors are copied into one buffer.
+  first). Its decode tiles have the prefill's tile height, so 4 of a 64-row tile's rows do work (4 query
+  heads per KV head): measured on an H100 this was slower than prefill-then-decode on 5 of 6 mixed
+  batches (bench_pod.py), so it is not the default. Decode tiles of 16 rows in the same launch were
+  tried and were slower still on all 6 (by 4-12%; at 1 x 512 + 256 x 16384, 7254 us against 5415 for the
+  decode kernel alone), so they were taken out. The two query tensors are copied into one buffer.
 - ``"streams"``: the prefill on the caller's stream and the decode (its own decode-sized tiles) on a side
   stream at the same time, joined before ``run`` returns; CUDA-graph capturable. ``plan`` puts the
   decode's split-KV states after the prefill's in the workspace; when both do not fit, the sides share it
@@ -57,10 +58,6 @@ def _refuse_run_masks(custom_mask_p, packed_custom_mask_p) -> None:
                          "BatchPrefillWithPagedKVCacheWrapper.plan(custom_mask=...)")
 
 
-#: the one launch's tile height for decode requests (kernels.attention_kernel, NARROW_M): a decode token's
-#: query heads per KV head (4-8 in GQA models) padded to the smallest MMA tile
-NARROW_ROWS = 16
-
 #: BatchPODWithPagedKVCacheWrapper(schedule=...): how a step's two sides run (module docstring)
 SCHEDULES = ("auto", "fused", "streams", "sequential")
 
@@ -91,7 +88,6 @@ class BatchPODWithPagedKVCacheWrapper:
         self._schedule = schedule
         self._workspace = as_workspace("float_workspace_buffer", float_workspace_buffer)
         self._fused = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
-        self._fused._config = {"narrow_m": NARROW_ROWS}  # decode requests in tiles of their own height
         self._prefill = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
         self._decode = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
         self._side_stream = None  # the decode side's stream (schedule "streams"), made on first use
