@@ -393,6 +393,13 @@ def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
     inside = torch.zeros_like(guarded, dtype=torch.bool)
     inside[2:10, 8:24] = True
     assert bool((guarded[~inside] == 9.0).all()), "the kernel wrote outside its output slice"
+    # the same through lengths (FlashInfer's seg_lens, summed in the kernel): a negative length is empty, a
+    # length past x's rows stops at its last row
+    y.fill_(0)
+    kernels.launch(x, weights, y, torch.tensor([3, -4, 2, 100], device=DEVICE), torch.tensor([0, 1, 1, 0], device=DEVICE),
+                   4, False, {}, seg_lens=True)
+    assert_close(y, segment_gemm_ref(x, weights, [0, 3, 3, 5, 8], [0, 1, 1, 0], False), DTYPE, name="bounded lengths")
+    assert bool((guarded[~inside] == 9.0).all()), "the kernel wrote outside its output slice"
     # gathered rows (the LoRA form): a token index past x reads and writes its last row only
     y2 = guarded[2:10, 8:24]
     y2.fill_(0)

@@ -24,9 +24,10 @@ DTYPES = (torch.float16, torch.bfloat16)
 BACKENDS = {"auto": None, "sm80": None, "sm90": None, "triton": "triton", "torch": "torch"}
 
 
-def _segment_bounds(batch_size: int, seg_lens, seg_indptr, num_rows: int, device) -> torch.Tensor:
-    """int64 ``seg_indptr`` on ``device``: given, or the exact cumulative sum of ``seg_lens``. Host tensors
-    are checked (no sync); device ones are bounded in the kernel."""
+def _segment_table(batch_size: int, seg_lens, seg_indptr, num_rows: int, device) -> tuple[torch.Tensor, bool]:
+    """``(table, holds_lengths)`` on ``device``: ``seg_indptr`` (int64), or ``seg_lens`` as they are (int32 or
+    int64: the kernel sums them, so no cumulative sum is launched here). Host tensors are checked (no
+    sync); device ones are bounded in the kernel."""
     if seg_indptr is None and seg_lens is None:
         raise ValueError("either seg_lens or seg_indptr must be given")
     name = "seg_indptr" if seg_indptr is not None else "seg_lens"
@@ -35,18 +36,16 @@ def _segment_bounds(batch_size: int, seg_lens, seg_indptr, num_rows: int, device
     want = batch_size + 1 if seg_indptr is not None else batch_size
     if given.shape[0] != want:
         raise ValueError(f"{name} must have {want} entries for batch_size={batch_size}, got {given.shape[0]}")
-    if seg_indptr is None:
-        indptr = torch.zeros(batch_size + 1, dtype=torch.int64, device=given.device)
-        torch.cumsum(given.to(torch.int64), 0, out=indptr[1:])
-    else:
-        indptr = given.to(torch.int64)
-    if indptr.device.type == "cpu":
-        values = indptr
-        if (batch_size and int(values[0]) < 0) or bool((values[1:] < values[:-1]).any()) or \
-                (batch_size and int(values[-1]) > num_rows):
+    if given.device.type == "cpu":
+        bounds = given.to(torch.int64) if seg_indptr is not None else \
+            torch.cat([torch.zeros(1, dtype=torch.int64), given.to(torch.int64).cumsum(0)])
+        if (batch_size and int(bounds[0]) < 0) or bool((bounds[1:] < bounds[:-1]).any()) or \
+                (batch_size and int(bounds[-1]) > num_rows):
             raise ValueError(f"{name} must give nondecreasing segment bounds from 0 within x's {num_rows} rows, "
-                             f"got bounds {values.tolist()[:8]}{'...' if len(values) > 8 else ''}")
-    return indptr.to(device)
+                             f"got {name} {given.tolist()[:8]}{'...' if len(given) > 8 else ''}")
+    if seg_indptr is None:
+        return given.to(device), True
+    return given.to(device, torch.int64), False
 
 
 def segment_gemm(x: torch.Tensor, weights: torch.Tensor, batch_size: int, weight_column_major: bool,
@@ -67,7 +66,7 @@ def segment_gemm(x: torch.Tensor, weights: torch.Tensor, batch_size: int, weight
                          f"of shape {tuple(weights.shape)} take d_in={d_in}")
     if batch_size < 0:
         raise ValueError(f"batch_size must be non-negative, got {batch_size}")
-    indptr = _segment_bounds(int(batch_size), seg_lens, seg_indptr, x.shape[0], x.device)
+    segments, lengths = _segment_table(int(batch_size), seg_lens, seg_indptr, x.shape[0], x.device)
     if weight_indices is not None:
         check_tensor("weight_indices", weight_indices, ndim=1, dtypes=(torch.int32, torch.int64))
         if weight_indices.shape[0] != batch_size:
@@ -95,8 +94,8 @@ def segment_gemm(x: torch.Tensor, weights: torch.Tensor, batch_size: int, weight
     call = {"num_rows": x.shape[0], "d_in": d_in, "d_out": d_out, "dtype": dtype_name(x.dtype),
             "device": x.device.type}
     choice = SEGMENT_GEMM.select(call, backend)
-    choice.impl.fn(choice.config, x, weights, out, indptr, weight_indices, int(batch_size), bool(weight_column_major),
-                   workspace=workspace)
+    choice.impl.fn(choice.config, x, weights, out, segments, weight_indices, int(batch_size), bool(weight_column_major),
+                   workspace=workspace, seg_lens=lengths)
     return out
 
 

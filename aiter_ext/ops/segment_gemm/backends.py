@@ -1,8 +1,9 @@
 """Backend registrations for segment GEMM: ``triton`` (kernels.py) and ``torch`` (the fp32 reference; it
 reads the segment bounds on the host, so it is not graph-capturable). Each implementation is
-``fn(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None)`` and
-writes the segments' rows of ``out``; ``workspace`` (bytes: SegmentGEMMWrapper's buffer) lets the Triton
-kernel split K for a product of few output tiles."""
+``fn(config, x, weights, out, segments, weight_indices, batch, weight_column_major, workspace=None,
+seg_lens=False)`` and writes the segments' rows of ``out``; ``segments`` is the int64 seg_indptr, or the
+lengths where ``seg_lens``; ``workspace`` (bytes: SegmentGEMMWrapper's buffer) lets the Triton kernel
+split K for a product of few output tiles."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ def _bucket(call: Mapping) -> tuple:
 SEGMENT_GEMM = define_op("segment_gemm", ("num_rows", "d_in", "d_out", "dtype"), _bucket)
 
 
-def _torch(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None):
-    bounds = seg_indptr.tolist()
+def _torch(config, x, weights, out, segments, weight_indices, batch, weight_column_major, workspace=None,
+           seg_lens=False):
+    bounds = [0, *segments.cumsum(0).tolist()] if seg_lens else segments.tolist()
     index = weight_indices.tolist() if weight_indices is not None else None
     ref = reference.segment_gemm_ref(x, weights, bounds, index, weight_column_major, out)
     out.copy_(ref)
 
 
-def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_column_major, workspace=None):
+def _triton(config, x, weights, out, segments, weight_indices, batch, weight_column_major, workspace=None,
+            seg_lens=False):
     kernels = kernels_module(__package__)
     d_out = out.shape[1]
     split = kernels.split_k(x.shape[0], x.shape[1], d_out, config or {}, device_info().cu_num,
@@ -39,8 +42,8 @@ def _triton(config, x, weights, out, seg_indptr, weight_indices, batch, weight_c
     # the split's fp32 slabs must fit the workspace (none: the functional form), else one pass
     if workspace is None or kernels.partials_bytes(split, x.shape[0], d_out) > workspace.numel():
         split = 1
-    kernels.launch(x, weights, out, seg_indptr, weight_indices, batch, weight_column_major,
-                   {**(config or {}), "SPLIT_K": split}, workspace=workspace)
+    kernels.launch(x, weights, out, segments, weight_indices, batch, weight_column_major,
+                   {**(config or {}), "SPLIT_K": split}, workspace=workspace, seg_lens=seg_lens)
 
 
 #: what `aiter-ext tune segment_gemm` tries per shape (kernels.default_config is the untuned choice); each is

@@ -27,7 +27,7 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
                         BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
                         ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64,
                         SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
-                        SUM_PARTIALS: tl.constexpr = 0):
+                        SUM_PARTIALS: tl.constexpr = 0, SEG_LENS: tl.constexpr = False):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
     D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
@@ -46,6 +46,9 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
     writes y as a one-split launch would. Both launches map tiles to rows alike, so the second reads
     exactly what the first wrote, and nothing needs zeroing.
 
+    ``SEG_LENS``: ``seg_indptr`` holds the segments' lengths (FlashInfer's ``seg_lens``), summed here as the
+    search walks them, so a call given lengths launches no cumulative sum of its own.
+
     ``SLICES`` > 1 (LoRA shrink of fused QKV or gate/up: the same x against several weights of one shape):
     ``w`` is an int64 table of the slices' weight addresses (x's dtype), y holds the slices' outputs one
     after another (``num_rows`` rows each), and program axis 2 runs slice by split: one launch for all."""
@@ -57,24 +60,37 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
     numbered = tile * 0  # tiles of the chunks before this one (an i32, as the loop carries it)
     seg = tile * 0 - 1
     first = tile * 0  # this segment's first tile number
+    seg_start = tile.to(tl.int64) * 0  # the hit segment's rows [seg_start, seg_end)
+    seg_end = seg_start
+    ends = seg_start  # SEG_LENS: rows of the chunks before this one
     for c in range(0, batch, SEG_CHUNK):
         s = c + lane
         ok = s < batch
-        start = tl.maximum(tl.load(seg_indptr + s, mask=ok, other=0).to(tl.int64), 0)
+        if SEG_LENS:
+            length = tl.maximum(tl.load(seg_indptr + s, mask=ok, other=0).to(tl.int64), 0)
+            end = ends + tl.cumsum(length, 0)
+            start = end - length
+            ends += tl.sum(length, 0)
+        else:
+            start = tl.maximum(tl.load(seg_indptr + s, mask=ok, other=0).to(tl.int64), 0)
+            end = tl.maximum(tl.load(seg_indptr + s + 1, mask=ok, other=0).to(tl.int64), start)
         # a segment starts and ends inside x whatever the device tables say (rows past num_rows are never read)
-        end = tl.minimum(tl.maximum(tl.load(seg_indptr + s + 1, mask=ok, other=0).to(tl.int64), start), num_rows)
-        tiles = tl.where(ok, tl.cdiv(tl.maximum(end - start, 0), BLOCK_M), 0).to(tl.int32)
+        start = tl.minimum(start, num_rows)
+        end = tl.minimum(end, num_rows)
+        tiles = tl.where(ok, tl.cdiv(end - start, BLOCK_M), 0).to(tl.int32)
         if SKIP_NEGATIVE:
             tiles = tl.where(tl.load(weight_indices + s, mask=ok, other=0) < 0, 0, tiles)
         after = numbered + tl.cumsum(tiles, 0)
         hit = (after - tiles <= tile) & (tile < after)  # at most one lane, in at most one chunk
         seg += tl.sum(tl.where(hit, s + 1, 0), 0)
         first += tl.sum(tl.where(hit, after - tiles, 0), 0)
+        seg_start += tl.sum(tl.where(hit, start, 0), 0)
+        seg_end += tl.sum(tl.where(hit, end, 0), 0)
         numbered += tl.sum(tiles, 0)
     if seg < 0:  # past the last real tile
         return
-    start = tl.maximum(tl.load(seg_indptr + seg).to(tl.int64), 0)  # as in the search above
-    end = tl.minimum(tl.load(seg_indptr + seg + 1).to(tl.int64), num_rows)
+    start = seg_start
+    end = seg_end
     index = seg
     if HAS_INDICES:
         index = tl.load(weight_indices + seg).to(tl.int32)
@@ -169,11 +185,12 @@ def partials_bytes(split: int, num_rows: int, d_out: int) -> int:
 
 def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict, *,
            row_index=None, skip_negative: bool = False, accumulate: bool = False,
-           scale: float | None = None, weight_table=None, workspace=None) -> None:
+           scale: float | None = None, weight_table=None, workspace=None, seg_lens: bool = False) -> None:
     """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices).
     ``weight_table`` (SLICES): int64 addresses of several weights shaped as ``weights`` (which gives the
     shape), and y ``[slices, rows, d_out]`` contiguous. A config's SPLIT_K > 1 adds into an fp32 y with
-    atomics, or, for a 16-bit y, goes through ``workspace`` (bytes, at least ``partials_bytes``)."""
+    atomics, or, for a 16-bit y, goes through ``workspace`` (bytes, at least ``partials_bytes``).
+    ``seg_lens``: ``seg_indptr`` holds the segments' lengths instead (SEG_LENS)."""
     d_in = x.shape[1]
     d_out = y.shape[-1]
     slices = 1 if weight_table is None else weight_table.shape[0]
@@ -195,7 +212,8 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
                 batch=batch, num_rows=x.shape[0], num_weights=weights.shape[0])
     flags = dict(D_IN=d_in, D_OUT=d_out, W_COL_MAJOR=weight_column_major, HAS_INDICES=weight_indices is not None,
                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-                 ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative, num_warps=cfg["num_warps"])
+                 ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative, SEG_LENS=seg_lens,
+                 num_warps=cfg["num_warps"])
     w = weights if slices == 1 else weight_table
     if not partials:
         segment_gemm_kernel[grid](x, w, y, **args, Y_STRIDE=y.stride(-2), ACCUMULATE=accumulate,
@@ -212,7 +230,7 @@ def _spec(name: str, d_in: int, d_out: int, cfg: dict, types: dict, flags: dict,
     consts = {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
               "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": False,
               "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1,
-              "SLICES": 1, "PARTIALS": False, "SUM_PARTIALS": 0, **flags}
+              "SLICES": 1, "PARTIALS": False, "SUM_PARTIALS": 0, "SEG_LENS": False, **flags}
     signature = {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
                  "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32",
                  **types}
@@ -243,11 +261,18 @@ def aot_specs():
             yield _spec(f"bf16-split{split}-partials", 4096, 16, cfg, {"y": "*fp32"},
                         {"SPLIT_K": split, "PARTIALS": True}, label)
             yield _spec(f"bf16-split{split}-sum", 4096, 16, cfg, {"x": "*fp32"}, {"SUM_PARTIALS": split}, label)
-    # the untuned shrink's splits as split_k picks them on 100-300 compute units
+    # the untuned shrink's splits as split_k picks them on 100-300 compute units, given seg_indptr or
+    # seg_lens (SEG_LENS)
     for split in (8, 16):
         cfg = default_config(4096, 16)
-        yield _spec(f"bf16-split{split}-partials", 4096, 16, cfg, {"y": "*fp32"}, {"SPLIT_K": split, "PARTIALS": True})
-        yield _spec(f"bf16-split{split}-sum", 4096, 16, cfg, {"x": "*fp32"}, {"SUM_PARTIALS": split})
+        for lens in (False, True):
+            form = "-seglens" if lens else ""
+            yield _spec(f"bf16-split{split}{form}-partials", 4096, 16, cfg, {"y": "*fp32"},
+                        {"SPLIT_K": split, "PARTIALS": True, "SEG_LENS": lens})
+            yield _spec(f"bf16-split{split}{form}-sum", 4096, 16, cfg, {"x": "*fp32"},
+                        {"SUM_PARTIALS": split, "SEG_LENS": lens})
+    for d_in, d_out in ((16, 4096), (4096, 4096)):
+        yield _spec("bf16-seglens", d_in, d_out, default_config(d_in, d_out), {}, {"SEG_LENS": True})
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
     # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated (the shrink also
     # split over K, as split_k picks for few tokens, and over 3 QKV slices in one launch: w is then the
