@@ -58,7 +58,12 @@ for section in $sections; do
         | tail -n 8 ;;
     segment-bench)
       python3 op_tests/bench_segment_gemm.py 2>&1 | tee "$OUT/bench-segment-gemm.log" ;;
-    segment-tune)  # fills configs/tuned_csv/segment_gemm_tuned.csv for this GPU's arch
+    segment-tune)  # fills configs/tuned_csv/segment_gemm_tuned.csv for this GPU's arch: 8 processes compile and
+      # check the candidates first (28 shapes x 15 configs, each a compile: minutes in one process), then one times them
+      for k in 0 1 2 3 4 5 6 7; do
+        python3 -m aiter_ext tune segment_gemm --check-only --shard $k/8 > "$OUT/tune-check-$k.log" 2>&1 &
+      done
+      wait
       python3 -m aiter_ext tune segment_gemm 2>&1 | tee "$OUT/tune-segment-gemm.log" | tail -n 40
       cp configs/tuned_csv/segment_gemm_tuned.csv "$OUT/" 2>/dev/null ;;
     cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)

@@ -169,6 +169,26 @@ def test_tuner_writes_measured_rows_for_merge_state(tmp_path):
     assert out.exists() and any("[1/1]" in line for line in lines)
 
 
+def test_tuner_shards_and_check_only(tmp_path):
+    """--shard K/N takes every N-th shape from the K-th; --check-only compiles and checks every candidate,
+    times none and writes nothing (the kernel-cache warm-up that runs one process per shard)."""
+    from aiter_ext.core.tuner import cli, tune
+
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_tokens,num_heads,head_dim,dtype\n3,2,64,fp16\n5,2,64,fp16\n7,2,64,fp16\n")
+    out = tmp_path / "t.csv"
+    lines = []
+    assert tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append, shard=(1, 2),
+                check_only=True) == []
+    assert not out.exists() and not any(" us," in line for line in lines)
+    assert any("'num_tokens': 5" in line and "compiled, error" in line for line in lines)
+    assert not any("'num_tokens': 3" in line or "'num_tokens': 7" in line for line in lines)
+    rows = tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append, shard=(0, 2))
+    assert [r["num_tokens"] for r in rows] == [3, 7]
+    with pytest.raises(SystemExit):
+        cli(["merge_state", "-i", str(untuned), "--shard", "2/2", "--allow-cpu"])
+
+
 def test_tuner_rejects_a_wrong_kernel(tmp_path, monkeypatch):
     from aiter_ext.core.tuner import tune
     from aiter_ext.ops.merge_state.backends import MERGE_STATE

@@ -64,7 +64,10 @@ def _gpu_time_us(run: Callable[[], None], on_gpu: bool) -> float:
 
 
 def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, backends: list[str] | None = None,
-         allow_cpu: bool = False, log=print) -> list[dict]:
+         allow_cpu: bool = False, log=print, shard: tuple[int, int] = (0, 1), check_only: bool = False) -> list[dict]:
+    """Tune ``op_name`` over its untuned shapes (``shard`` = (k, n): every n-th shape from the k-th).
+    ``check_only`` compiles and checks every candidate and times none (writes nothing): run one per shard
+    in parallel processes first, and the timed run that follows finds every kernel compiled."""
     import aiter_ext  # noqa: F401  (registers every op)
 
     if op_name not in OPS or op_name not in TUNE_TARGETS:
@@ -74,7 +77,7 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
         raise SystemExit("no GPU here: the tuner writes measured rows for the device in hand, and CPU "
                          "interpreter timings are not worth a row (pass --allow-cpu to try the plumbing)")
     device = "cuda" if info.is_gpu else "cpu"
-    shapes = _read_untuned(untuned or untuned_csv_path(op_name))
+    shapes = _read_untuned(untuned or untuned_csv_path(op_name))[shard[0]::shard[1]]
     candidates = [(impl, cfg) for name, impl in op.impls.items() if name != "torch"
                   and (backends is None or name in backends) and backend_status(name)[0] for cfg in impl.configs]
     log(f"tuning {op_name} on {info.arch} ({info.cu_num} CUs): {len(shapes)} shapes x {len(candidates)} candidates")
@@ -97,6 +100,9 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
             if not err <= case.tolerance:
                 log(f"  [{i}/{len(shapes)}] {label}: REJECTED, error {err:.3g} > {case.tolerance}")
                 continue
+            if check_only:
+                log(f"  [{i}/{len(shapes)}] {shape} {label}: compiled, error {err:.3g}")
+                continue
             us = _gpu_time_us(lambda: case.run(impl, cfg), info.is_gpu)
             log(f"  [{i}/{len(shapes)}] {shape} {label}: {us:.1f} us, {case.nbytes / us / 1e3:.0f} GB/s")
             if best is None or us < best["us"]:
@@ -104,6 +110,8 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
                         "backend": impl.backend, "config": json.dumps(cfg, sort_keys=True), "us": round(us, 2),
                         "bw_gbs": round(case.nbytes / us / 1e3, 1), "tflops": round(case.flops / us / 1e6, 3),
                         "err": f"{err:.3g}"}
+        if check_only:
+            continue
         if best is None:
             log(f"  [{i}/{len(shapes)}] {shape}: no candidate passed; no row written")
         else:
@@ -121,7 +129,15 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", type=Path, help="tuned CSV to merge rows into (default the op's)")
     parser.add_argument("--backend", action="append", help="only these backends (repeatable)")
     parser.add_argument("--allow-cpu", action="store_true", help="tune on the CPU interpreter (plumbing only)")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th untuned shape from the K-th (default 0/1)")
+    parser.add_argument("--check-only", action="store_true",
+                        help="compile and check every candidate, time none, write nothing (warms the kernel cache: "
+                             "run one per shard in parallel before the timed run)")
     args = parser.parse_args(argv)
-    rows = tune(args.op, args.untuned, args.out, args.backend, args.allow_cpu)
-    return 0 if rows else 1
+    k, _, n = args.shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        parser.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
+    rows = tune(args.op, args.untuned, args.out, args.backend, args.allow_cpu, shard=(int(k), int(n)),
+                check_only=args.check_only)
+    return 0 if rows or args.check_only else 1
 
