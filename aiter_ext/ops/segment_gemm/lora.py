@@ -61,7 +61,10 @@ def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, devi
     return SEGMENT_GEMM.select(call, "triton").config or {}
 
 
-_ADDRESS_TABLES: dict = {}  # (device, weight addresses) -> the int64 device table of them
+#: (device, weight addresses) -> the int64 device table of them. Never evicted, on purpose: a captured CUDA
+#: graph keeps the address of the table it launched with, and an evicted table's memory would be reused
+#: under it. One entry per layer and slice group of a model's LoRA weights.
+_ADDRESS_TABLES: dict = {}
 
 
 def _address_table(weights: list) -> torch.Tensor:
