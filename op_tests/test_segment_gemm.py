@@ -113,6 +113,55 @@ def test_split_choice_on_an_h100_sized_gpu():
     assert split_k(4096, 4096, 16, {"SPLIT_K": 128}, 132, slabs=True) == 1
 
 
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs: the GPU run")
+def test_calls_replay_in_a_cuda_graph():
+    """Graph capture (serving engines replay LoRA layers in graphs): FlashInfer's form with device seg_lens and a
+    K split through the workspace (two launches), and vLLM's LoRA shrink (split, one launch for three
+    slices) then expand. Replays after new inputs are written in place give the eager results exactly, and
+    agree with the fp32 reference."""
+    gen = torch.Generator().manual_seed(53)
+    x = torch.randn(4096, 4096, generator=gen).to(DTYPE).to(DEVICE)
+    weights = (torch.randn(8, 16, 4096, generator=gen) / 64).to(DTYPE).to(DEVICE)
+    seg_lens = torch.tensor([512, 0, 1, 1023, 512, 1536, 256, 200], device=DEVICE)
+    wrapper = aiter_ext.SegmentGEMMWrapper(torch.empty(128 << 20, dtype=torch.int8, device=DEVICE))
+    run = lambda: wrapper.run(x, weights, 8, True, seg_lens=seg_lens)  # noqa: E731
+    run()  # compile outside the capture
+    mapping = torch.randint(-1, 4, (64,), generator=gen)
+    meta = _vllm_metadata(mapping, 4)
+    h = torch.randn(64, 4096, generator=gen).to(DTYPE).to(DEVICE)
+    lora_a = [(torch.randn(4, 16, 4096, generator=gen) / 64).to(DTYPE).to(DEVICE) for _ in range(3)]
+    lora_b = [(torch.randn(4, n, 16, generator=gen) / 4).to(DTYPE).to(DEVICE) for n in (4096, 1024, 1024)]
+    shrunk = torch.zeros(3, 64, 16, device=DEVICE)
+    layer_out = torch.zeros(64, 6144, dtype=DTYPE, device=DEVICE)
+
+    def lora():
+        aiter_ext.lora_shrink(h, lora_a, shrunk, *meta, torch.tensor([False]), torch.tensor([4]), 0.5)
+        aiter_ext.lora_expand(shrunk, lora_b, layer_out, *meta, torch.tensor([False]), torch.tensor([4]),
+                              offset_start=0, add_inputs=True)
+
+    lora()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+        lora()
+    x.copy_(torch.randn(x.shape, generator=gen).to(DTYPE))
+    h.copy_(torch.randn(h.shape, generator=gen).to(DTYPE))
+    layer_out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = (out.clone(), shrunk.clone(), layer_out.clone())
+    layer_out.zero_()
+    lora()
+    assert torch.equal(replayed[0], run())  # the slabs are summed in a fixed order
+    # the shrink's splits add with atomics, in any order: equal to rounding
+    assert_close(replayed[1], shrunk, torch.float32, name="shrink replayed")
+    assert_close(replayed[2], layer_out.float(), DTYPE, name="expand replayed")
+    bounds = [0] + seg_lens.cumsum(0).tolist()
+    assert_close(replayed[0][:bounds[-1]], segment_gemm_ref(x, weights, bounds, None, True)[:bounds[-1]], DTYPE,
+                 name="split product replayed")
+
+
 def test_many_segments_past_one_search_chunk():
     """150 segments (the kernel finds a tile's segment 64 segments at a time), many empty, weights reused."""
     gen = torch.Generator().manual_seed(8)
