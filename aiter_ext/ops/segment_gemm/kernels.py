@@ -22,12 +22,14 @@ from aiter_ext.core.aot import KernelSpec, register_aot_specs
 
 @triton.jit
 def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, batch, num_rows, num_weights,
+                        ranks, scales, x_slice,
                         D_IN: tl.constexpr, D_OUT: tl.constexpr, Y_STRIDE: tl.constexpr, W_COL_MAJOR: tl.constexpr,
                         HAS_INDICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, ROW_INDICES: tl.constexpr = False, SKIP_NEGATIVE: tl.constexpr = False,
                         ACCUMULATE: tl.constexpr = False, SCALE: tl.constexpr = False, SEG_CHUNK: tl.constexpr = 64,
                         SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
-                        SUM_PARTIALS: tl.constexpr = 0, SEG_LENS: tl.constexpr = False):
+                        SUM_PARTIALS: tl.constexpr = 0, SEG_LENS: tl.constexpr = False, X_STRIDE: tl.constexpr = 0,
+                        W_STRIDE: tl.constexpr = 0, ADAPTER_RANKS: tl.constexpr = False, RANK_K: tl.constexpr = False):
     """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
     D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
@@ -45,6 +47,14 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
     split count, where x is those slabs and each program sums its tile's rows of them (no K loop) and
     writes y as a one-split launch would. Both launches map tiles to rows alike, so the second reads
     exactly what the first wrote, and nothing needs zeroing.
+
+    ``X_STRIDE`` / ``W_STRIDE``: x's row stride and the elements from one weight to the next (launch() passes
+    D_IN and D_IN * D_OUT unless x or the weights are slices of wider tensors).
+
+    SGLang's LoRA forms (per-adapter tables, indexed by the weight index): ``ADAPTER_RANKS``: a segment whose
+    adapter's rank (``ranks``) is 0 has no work; ``RANK_K``: K runs over the adapter's rank only, x's columns
+    start at ``x_slice`` times that rank (slice j of a stacked LoRA-A output, packed by rank), and the
+    product is scaled by the adapter's ``scales`` entry.
 
     ``SEG_LENS``: ``seg_indptr`` holds the segments' lengths (FlashInfer's ``seg_lens``), summed here as the
     search walks them, so a call given lengths launches no cumulative sum of its own.
@@ -96,11 +106,22 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         index = tl.load(weight_indices + seg).to(tl.int32)
     # device indices are clamped into the weights (api.py checks host ones and says so)
     index = tl.minimum(tl.maximum(index, 0), num_weights - 1)
+    k_end = D_IN  # K's extent for this segment (RANK_K: the adapter's rank)
+    x_first = 0  # x's first column (RANK_K: x_slice ranks in)
+    if ADAPTER_RANKS:
+        rank = tl.minimum(tl.load(ranks + index), D_IN)
+        if rank <= 0:
+            return
+        if RANK_K:
+            k_end = rank
+            x_first = x_slice * rank
+            scale = tl.load(scales + index)
     z = tl.program_id(2)
     if SLICES > 1:  # this slice's weights and output
         w = tl.load(w + z // SPLIT_K).to(tl.pointer_type(x.dtype.element_ty))
         y += (z // SPLIT_K).to(tl.int64) * num_rows * Y_STRIDE
-    w_seg = w + index.to(tl.int64) * (D_IN * D_OUT)
+    w_seg = w + index.to(tl.int64) * W_STRIDE
+    x_row = x + x_first
     if W_COL_MAJOR:  # element (k, n) of a weight
         stride_k: tl.constexpr = 1
         stride_n: tl.constexpr = D_IN
@@ -123,13 +144,13 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         k_first = (z % SPLIT_K) * K_SPAN
         for k0 in range(k_first, k_first + K_SPAN, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            if D_IN % BLOCK_K == 0:
-                x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None], other=0.0)
+            if D_IN % BLOCK_K == 0 and not RANK_K:
+                x_tile = tl.load(x_row + rows[:, None] * X_STRIDE + ks[None, :], mask=row_ok[:, None], other=0.0)
                 w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n, mask=col_ok[None, :],
                                  other=0.0)
             else:
-                k_ok = ks < D_IN
-                x_tile = tl.load(x + rows[:, None] * D_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                k_ok = ks < k_end
+                x_tile = tl.load(x_row + rows[:, None] * X_STRIDE + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
                                  other=0.0)
                 w_tile = tl.load(w_seg + ks[:, None] * stride_k + cols[None, :] * stride_n,
                                  mask=k_ok[:, None] & col_ok[None, :], other=0.0)
@@ -138,7 +159,7 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
         y_tile = y + ((z % SPLIT_K).to(tl.int64) * num_rows + rows[:, None]) * Y_STRIDE + cols[None, :]
         tl.store(y_tile, acc, mask=row_ok[:, None] & col_ok[None, :])
         return
-    if SCALE:
+    if SCALE or RANK_K:
         acc *= scale
     y_tile = y + rows[:, None] * Y_STRIDE + cols[None, :]
     if SPLIT_K > 1:
@@ -185,14 +206,23 @@ def partials_bytes(split: int, num_rows: int, d_out: int) -> int:
 
 def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_major: bool, config: dict, *,
            row_index=None, skip_negative: bool = False, accumulate: bool = False,
-           scale: float | None = None, weight_table=None, workspace=None, seg_lens: bool = False) -> None:
-    """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices).
+           scale: float | None = None, weight_table=None, workspace=None, seg_lens: bool = False,
+           ranks=None, scales=None, x_slice: int | None = None) -> None:
+    """``y`` may be a column slice of a wider row-major tensor (LoRA expand's output slices); ``x`` and the
+    weights may be slices too (rows of a wider x, SGLang's QKV LoRA-B slices), their innermost dimension
+    contiguous.
     ``weight_table`` (SLICES): int64 addresses of several weights shaped as ``weights`` (which gives the
     shape), and y ``[slices, rows, d_out]`` contiguous. A config's SPLIT_K > 1 adds into an fp32 y with
     atomics, or, for a 16-bit y, goes through ``workspace`` (bytes, at least ``partials_bytes``).
-    ``seg_lens``: ``seg_indptr`` holds the segments' lengths instead (SEG_LENS)."""
-    d_in = x.shape[1]
+    ``seg_lens``: ``seg_indptr`` holds the segments' lengths instead (SEG_LENS). ``ranks`` (per weight):
+    rank-0 weights' segments do nothing (ADAPTER_RANKS); with ``scales`` and ``x_slice`` too, K runs over
+    the rank, from x's column ``x_slice * rank``, scaled per weight (RANK_K)."""
+    d_in = weights.shape[2] if weight_column_major else weights.shape[1]
     d_out = y.shape[-1]
+    inner = (d_in, 1) if weight_column_major else (d_out, 1)
+    if x.stride(-1) != 1 or tuple(weights.stride()[1:]) != inner:
+        raise ValueError(f"x and each weight must be contiguous in their rows (x strides {x.stride()}, weights "
+                         f"{weights.stride()})")
     slices = 1 if weight_table is None else weight_table.shape[0]
     if slices > 1 and (y.dim() != 3 or y.shape[0] != slices or not y.is_contiguous()):
         raise ValueError(f"a weight table of {slices} slices needs y [slices, rows, d_out] contiguous, got "
@@ -201,6 +231,8 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
     split = cfg.get("SPLIT_K", 1)
     if split > 1 and d_in % (split * cfg["BLOCK_K"]):
         raise ValueError(f"SPLIT_K={split} needs d_in ({d_in}) in whole K steps of {cfg['BLOCK_K']} per split")
+    if x_slice is not None and (ranks is None or scales is None):
+        raise ValueError("x_slice (RANK_K) needs the per-weight ranks and scales")
     partials = split > 1 and y.dtype != torch.float32
     if partials and (slices > 1 or workspace is None or workspace.numel() < partials_bytes(split, x.shape[0], d_out)):
         raise ValueError(f"SPLIT_K={split} into a {y.dtype} y needs one slice and a workspace of "
@@ -209,10 +241,14 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
             triton.cdiv(d_out, cfg["BLOCK_N"]), slices * split)
     args = dict(seg_indptr=seg_indptr, weight_indices=weight_indices if weight_indices is not None else seg_indptr,
                 row_index=row_index if row_index is not None else seg_indptr, scale=float(scale or 1.0),
-                batch=batch, num_rows=x.shape[0], num_weights=weights.shape[0])
+                batch=batch, num_rows=x.shape[0], num_weights=weights.shape[0],
+                ranks=ranks if ranks is not None else seg_indptr, scales=scales if scales is not None else seg_indptr,
+                x_slice=x_slice or 0)
     flags = dict(D_IN=d_in, D_OUT=d_out, W_COL_MAJOR=weight_column_major, HAS_INDICES=weight_indices is not None,
                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
                  ROW_INDICES=row_index is not None, SKIP_NEGATIVE=skip_negative, SEG_LENS=seg_lens,
+                 X_STRIDE=x.stride(0), W_STRIDE=weights.stride(0), ADAPTER_RANKS=ranks is not None,
+                 RANK_K=x_slice is not None,
                  num_warps=cfg["num_warps"])
     w = weights if slices == 1 else weight_table
     if not partials:
@@ -230,14 +266,15 @@ def _spec(name: str, d_in: int, d_out: int, cfg: dict, types: dict, flags: dict,
     consts = {"D_IN": d_in, "D_OUT": d_out, "Y_STRIDE": d_out, "W_COL_MAJOR": True, "HAS_INDICES": True,
               "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "ROW_INDICES": False,
               "SKIP_NEGATIVE": False, "ACCUMULATE": False, "SCALE": False, "SEG_CHUNK": 64, "SPLIT_K": 1,
-              "SLICES": 1, "PARTIALS": False, "SUM_PARTIALS": 0, "SEG_LENS": False, **flags}
+              "SLICES": 1, "PARTIALS": False, "SUM_PARTIALS": 0, "SEG_LENS": False, "X_STRIDE": d_in,
+              "W_STRIDE": d_in * d_out, "ADAPTER_RANKS": False, "RANK_K": False, **flags}
     signature = {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
                  "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32",
-                 **types}
+                 "ranks": "*i32", "scales": "*fp32", "x_slice": "i32", **types}
     return KernelSpec(f"segment_gemm[{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}"
                       f"w{cfg['num_warps']}]", segment_gemm_kernel, signature, consts, {"num_warps": cfg["num_warps"]},
                       config_label=label, uses_dot=not consts["SUM_PARTIALS"],  # the slabs' sum has no dot
-                      divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index"))
+                      divisible_by_16=("x", "w", "y", "seg_indptr", "weight_indices", "row_index", "ranks", "scales"))
 
 
 def aot_specs():
@@ -290,6 +327,14 @@ def aot_specs():
                  "w": "*i64" if flags.get("SLICES", 1) > 1 else "*bf16"}
         yield _spec(f"lora-{name}", d_in, d_out, default_config(d_in, d_out), types,
                     {"Y_STRIDE": y_stride, "ROW_INDICES": True, "SKIP_NEGATIVE": True, **flags})
+    # SGLang's LoRA forms (integrations/sglang/lora.py), Llama-3.1-8B QKV at max rank 16: the stacked A
+    # (3 x 16 rows) over tokens gathered by its permutation, skipping rank-0 adapters; then B's q slice (4096
+    # of the 6144 fused outputs) over the adapter's rank of A's output, scaled, added into the base output
+    sglang = {"seg_indptr": "*i32", "weight_indices": "*i32", "row_index": "*i32"}
+    yield _spec("sglang-a", 4096, 48, default_config(4096, 48), sglang, {"ROW_INDICES": True, "ADAPTER_RANKS": True})
+    yield _spec("sglang-b", 16, 4096, default_config(16, 4096), sglang,
+                {"ROW_INDICES": True, "ADAPTER_RANKS": True, "RANK_K": True, "ACCUMULATE": True, "X_STRIDE": 48,
+                 "W_STRIDE": 6144 * 16, "Y_STRIDE": 6144})
 
 
 register_aot_specs("segment_gemm", aot_specs)
