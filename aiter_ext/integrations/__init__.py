@@ -3,8 +3,8 @@
 - ``prefix``: shared-prefix detection and the cascade decision (framework-free);
 - ``vllm``, ``sglang``: the plugins their entry points (pyproject.toml) name; each imports its framework
   only when its ``register()`` runs;
-- ``framework_supported``, ``attention_enabled`` and ``cascade_enabled`` (here): the release,
-  ``AITER_EXT_ATTN`` and ``AITER_EXT_CASCADE`` checks both plugins make.
+- ``framework_supported``, ``attention_enabled``, ``lora_enabled`` and ``cascade_enabled`` (here): the
+  release, ``AITER_EXT_ATTN``, ``AITER_EXT_LORA`` and ``AITER_EXT_CASCADE`` checks both plugins make.
 """
 
 import logging
@@ -26,6 +26,14 @@ def framework_supported(module, supported_prefix: str) -> bool:
 def attention_enabled() -> bool:
     """``AITER_EXT_ATTN=0`` turns both plugins' attention backends off."""
     return os.environ.get("AITER_EXT_ATTN", "1") != "0"
+
+
+LORA_ENV = "AITER_EXT_LORA"
+
+
+def lora_enabled() -> bool:
+    """``AITER_EXT_LORA=1`` routes both frameworks' dense LoRA GEMMs to aiter_ext (off by default)."""
+    return os.environ.get(LORA_ENV, "0") == "1"
 
 
 CASCADE_ENV = "AITER_EXT_CASCADE"

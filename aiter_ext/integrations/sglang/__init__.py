@@ -5,7 +5,8 @@ The entry point (group ``sglang.srt.plugins``) is :func:`register`. It registers
 device when the model runner constructs it, as SGLang's own backends do. SGLang 0.5.23 has no helper to
 extend the CLI's choices, so the name is appended to its choice lists in place (argparse is built after
 plugins load). It also registers the sampling backend ``aiter_ext`` (``--sampling-backend aiter_ext``;
-:mod:`.sampler`).
+:mod:`.sampler`), and with ``AITER_EXT_LORA=1`` puts aiter_ext's dense LoRA GEMMs behind
+``--lora-backend triton`` (:mod:`.lora`).
 
 Nothing from SGLang is imported at ``import aiter_ext``, nor here until ``register()`` runs.
 ``AITER_EXT_ATTN=0`` turns the attention backend off (the sampler stays).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from aiter_ext.integrations import attention_enabled, framework_supported
+from aiter_ext.integrations import attention_enabled, framework_supported, lora_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ def register() -> None:
 
     if BACKEND_NAME not in SAMPLING_BACKEND_CHOICES:  # register_sampler_backend warns on a second call
         register_sampler_backend(BACKEND_NAME, _create_sampler)
+    if lora_enabled():  # over "triton": --lora-backend's choices are a literal list (lora.py)
+        from sglang.srt.lora.backend.lora_registry import register_lora_backend
+
+        from .lora import backend_class
+
+        register_lora_backend("triton")(backend_class)
+        logger.info("aiter_ext: --lora-backend triton runs aiter_ext's dense LoRA GEMMs (AITER_EXT_LORA=1)")
     if not attention_enabled():
         return
     if BACKEND_NAME not in ATTENTION_BACKENDS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from aiter_ext.integrations import attention_enabled, framework_supported
+from aiter_ext.integrations import attention_enabled, framework_supported, lora_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def register() -> None:
         logger.info("aiter_ext: attention backend registered as CUSTOM (--attention-backend CUSTOM)")
     from . import lora, sampler
 
-    if lora.enabled():
+    if lora_enabled():
         import vllm.lora.punica_wrapper.punica_gpu as punica_gpu
 
         lora.install(punica_gpu)

@@ -14,15 +14,10 @@ they build the model, so the wrapper they construct already calls aiter_ext.
 from __future__ import annotations
 
 import logging
-import os
+
+from aiter_ext.integrations import LORA_ENV
 
 logger = logging.getLogger(__name__)
-
-ENV = "AITER_EXT_LORA"
-
-
-def enabled() -> bool:
-    return os.environ.get(ENV, "0") == "1"
 
 
 def install(punica_gpu) -> None:
@@ -31,4 +26,4 @@ def install(punica_gpu) -> None:
 
     punica_gpu.lora_shrink = aiter_ext.lora_shrink
     punica_gpu.lora_expand = aiter_ext.lora_expand
-    logger.info("aiter_ext: vLLM's LoRA shrink/expand go through aiter_ext's segment GEMM (%s=1)", ENV)
+    logger.info("aiter_ext: vLLM's LoRA shrink/expand go through aiter_ext's segment GEMM (%s=1)", LORA_ENV)
