@@ -30,8 +30,9 @@ def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, b
                         SPLIT_K: tl.constexpr = 1, SLICES: tl.constexpr = 1, PARTIALS: tl.constexpr = False,
                         SUM_PARTIALS: tl.constexpr = 0, SEG_LENS: tl.constexpr = False, X_STRIDE: tl.constexpr = 0,
                         W_STRIDE: tl.constexpr = 0, ADAPTER_RANKS: tl.constexpr = False, RANK_K: tl.constexpr = False):
-    """x ``[num_rows, D_IN]``, weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or ``[num_weights, D_IN,
-    D_OUT]``, contiguous; y rows of ``Y_STRIDE`` elements (D_OUT of them written). The sizes are constexpr
+    """x ``[num_rows, D_IN]`` (rows ``X_STRIDE`` apart), weights ``[num_weights, D_OUT, D_IN]`` (W_COL_MAJOR) or
+    ``[num_weights, D_IN, D_OUT]`` (``W_STRIDE`` apart, each contiguous); y rows of ``Y_STRIDE`` elements
+    (D_OUT of them written). The sizes are constexpr
     on purpose: a model has a few, and scalar arguments spilled SGPRs on gfx942; as constants they also
     turn every stride into an immediate and drop the K masks when BLOCK_K divides D_IN.
 
