@@ -65,6 +65,7 @@ def main(argv) -> int:
                      "fi eager us": fi_eager, "note": note})
         print(markdown_table(rows[-1:]), flush=True)
     rows += _lora_rows(copy, dev)
+    rows += _sglang_rows(copy, dev)
     return print_report(rows, f"{torch.cuda.get_device_name()}, copy {copy:.0f} GB/s")
 
 
@@ -110,6 +111,63 @@ def _lora_rows(copy, dev):
                                  f"{adapters} adapters", "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
                          "% of copy": 100 * moved / us / 1e3 / copy, "note": f"shrink max error {err:.2g}"})
             print(markdown_table(rows[-1:]), flush=True)
+    return rows
+
+
+# SGLang's QKV LoRA (ops/segment_gemm/ranked.py, as AiterExtLoRABackend.run_qkv_lora calls it): a pool of 8 slots
+# of max rank 16 holding ranks 16, 8, 16, 4, 16, 8, 16 and 0 (no adapter), requests of equal length on random
+# slots, tokens gathered through a permutation: (tokens, requests, hidden, QKV widths)
+SGLANG_CASES = ((64, 64, 4096, (4096, 1024, 1024)), (4096, 8, 4096, (4096, 1024, 1024)))
+SGLANG_RANKS = (16, 8, 16, 4, 16, 8, 16, 0)
+
+
+def _sglang_rows(copy, dev):
+    from aiter_ext.ops.segment_gemm import ranked
+
+    rows = []
+    for tokens, requests, hidden, widths in SGLANG_CASES:
+        gen = torch.Generator().manual_seed(tokens)
+        max_r, slots = 16, len(SGLANG_RANKS)
+        x = torch.randn(tokens, hidden, device=dev).to(torch.bfloat16)
+        a_pool = (torch.randn(slots, 3 * max_r, hidden, device=dev) / hidden ** 0.5).to(torch.bfloat16)
+        b_pool = (torch.randn(slots, sum(widths), max_r, device=dev) / max_r ** 0.5).to(torch.bfloat16)
+        seg_indptr = (torch.arange(requests + 1, dtype=torch.int32) * (tokens // requests)).to(dev)
+        slot_of = torch.randint(0, slots, (requests,), generator=gen, dtype=torch.int32)
+        perm = torch.randperm(tokens, generator=gen).to(torch.int32).to(dev)
+        ranks = torch.tensor(SGLANG_RANKS, dtype=torch.int32, device=dev)
+        scalings = torch.full((slots,), 0.5, device=dev)
+        tables = (seg_indptr, slot_of.to(dev), ranks)
+        out = torch.randn(tokens, sum(widths), device=dev).to(torch.bfloat16)
+        offsets = [0, widths[0], widths[0] + widths[1], sum(widths)]
+
+        def qkv():
+            a = ranked.lora_a(x, a_pool, *tables, requests, perm)
+            for j in range(3):
+                ranked.lora_b(a, b_pool[:, offsets[j]:offsets[j + 1]], out[:, offsets[j]:offsets[j + 1]], *tables,
+                              scalings, requests, perm, j)
+
+        base = out.clone()
+        qkv()
+        want = base.float()
+        per = tokens // requests
+        for q in range(requests):  # the fp32 reference, request by request
+            slot, r = int(slot_of[q]), SGLANG_RANKS[int(slot_of[q])]
+            if r == 0:
+                continue
+            t = perm[q * per:(q + 1) * per].long()
+            h = (x[t].float() @ a_pool[slot].float().t()).to(torch.bfloat16).float()
+            for j in range(3):
+                want[t, offsets[j]:offsets[j + 1]] += 0.5 * h[:, j * r:(j + 1) * r] @ \
+                    b_pool[slot, offsets[j]:offsets[j + 1], :r].float().t()
+        err = max_error(out, want)
+        used = len(set(slot_of.tolist()))
+        moved = 2 * (tokens * hidden + used * 3 * max_r * hidden + 2 * tokens * 3 * max_r + used * sum(widths) * max_r
+                     + 2 * tokens * sum(widths))
+        us, eager = time_us(qkv, graph=True), time_us(qkv)
+        rows.append({"case": f"SGLang QKV LoRA (A + 3 B): {tokens} tokens in {requests} requests, hidden {hidden}, "
+                             f"max rank 16", "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
+                     "% of copy": 100 * moved / us / 1e3 / copy, "note": f"max error {err:.2g} (bf16 output)"})
+        print(markdown_table(rows[-1:]), flush=True)
     return rows
 
 
