@@ -378,24 +378,25 @@ def test_ranked_lora_as_sglang_calls_it():
     stacked QKV A packed by rank (slice j at rows j*r) with stale rows past 3r, B with stale columns past r;
     segments of tokens gathered through a permutation, one empty. Each slice's B adds scalings[slot] * its
     rank's columns of A's output into a column slice of the base output; tokens of the rank-0 slot keep the
-    base exactly. Against per-token fp32 products."""
+    base exactly. Against per-token fp32 products. On the GPU at Llama-3.1-8B's QKV sizes."""
     from aiter_ext.ops.segment_gemm import ranked
 
     gen = torch.Generator().manual_seed(71)
-    tokens, hidden, max_r, widths = 23, 64, 16, (32, 16, 16)
+    tokens, hidden, max_r, widths = (23, 64, 16, (32, 16, 16)) if not ON_GPU else (257, 4096, 16, (4096, 1024, 1024))
     ranks = torch.tensor([16, 0, 8, 4], dtype=torch.int32)
     scalings = torch.tensor([0.5, 2.0, 1.0, 0.25])
     x = torch.randn(tokens, hidden, generator=gen).to(DTYPE).to(DEVICE)
-    a_pool = (torch.randn(4, 3 * max_r, hidden, generator=gen) / 8).to(DTYPE).to(DEVICE)
+    a_pool = (torch.randn(4, 3 * max_r, hidden, generator=gen) / hidden ** 0.5).to(DTYPE).to(DEVICE)
     b_pool = (torch.randn(4, sum(widths), max_r, generator=gen) / 4).to(DTYPE).to(DEVICE)
     perm = torch.randperm(tokens, generator=gen).to(torch.int32)
-    seg_indptr = torch.tensor([0, 5, 5, 12, 17, 23], dtype=torch.int32)
+    bounds = [0, 5, 5, 12, 17, 23] if not ON_GPU else [0, 60, 60, 140, 200, 257]
+    seg_indptr = torch.tensor(bounds, dtype=torch.int32)
     slots = torch.tensor([2, 0, 1, 3, 0], dtype=torch.int32)
     tables = [t.to(DEVICE) for t in (seg_indptr, slots, ranks)]
     a_out = ranked.lora_a(x, a_pool, *tables, 5, permutation=perm.to(DEVICE))
     base = torch.randn(tokens, sum(widths), generator=gen).to(DTYPE).to(DEVICE)
     out = base.clone()
-    offsets = [0, 32, 48, 64]
+    offsets = [0, widths[0], widths[0] + widths[1], sum(widths)]
     for j in range(3):
         ranked.lora_b(a_out, b_pool[:, offsets[j]:offsets[j + 1]], out[:, offsets[j]:offsets[j + 1]], *tables,
                       scalings.to(DEVICE), 5, permutation=perm.to(DEVICE), x_slice=j)
@@ -414,12 +415,13 @@ def test_ranked_lora_as_sglang_calls_it():
                 want[t, offsets[j]:offsets[j + 1]] += float(scalings[slot]) * (
                     h @ b_pool[slot, offsets[j]:offsets[j + 1], :r].float().t())
     assert_close(out, want, DTYPE, name="B added into the base")
-    no_adapter = perm[5:12].long()  # the rank-0 slot's tokens: untouched
+    no_adapter = perm[bounds[2]:bounds[3]].long()  # the rank-0 slot's tokens: untouched
     assert torch.equal(out[no_adapter], base[no_adapter])
+    q = slice(0, widths[0])
     with pytest.raises(ValueError, match="x_slice=3 of max rank 16 needs x of >= 64 columns"):
-        ranked.lora_b(a_out, b_pool[:, :32], out[:, :32], *tables, scalings.to(DEVICE), 5, x_slice=3)
+        ranked.lora_b(a_out, b_pool[:, q], out[:, q], *tables, scalings.to(DEVICE), 5, x_slice=3)
     with pytest.raises(TypeError, match="scalings must be fp32"):
-        ranked.lora_b(a_out, b_pool[:, :32], out[:, :32], *tables, scalings.to(DEVICE).double(), 5)
+        ranked.lora_b(a_out, b_pool[:, q], out[:, q], *tables, scalings.to(DEVICE).double(), 5)
 
 
 def test_lora_ops_refuse_bad_metadata():
