@@ -106,12 +106,18 @@ def _lora_rows(copy, dev):
         for name, fn, moved in (
                 ("shrink", shrink, 2 * (tokens * hidden + len(slices) * used * rank * hidden) + 4 * len(slices) * tokens * rank),
                 ("expand", expand, 4 * len(slices) * tokens * rank + 2 * (used * sum(slices) * rank + 2 * tokens * sum(slices)))):
-            us, eager = time_us(fn, graph=True), time_us(fn)
-            rows.append({"case": f"LoRA {name}: {tokens} tokens, hidden {hidden}, rank {rank}, slices {slices}, "
-                                 f"{adapters} adapters", "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
-                         "% of copy": 100 * moved / us / 1e3 / copy, "note": f"shrink max error {err:.2g}"})
-            print(markdown_table(rows[-1:]), flush=True)
+            rows.append(_timed_row(f"LoRA {name}: {tokens} tokens, hidden {hidden}, rank {rank}, slices {slices}, "
+                                   f"{adapters} adapters", fn, moved, copy, f"shrink max error {err:.2g}"))
     return rows
+
+
+def _timed_row(case: str, fn, moved: int, copy: float, note: str) -> dict:
+    """One benchmark row of ours alone: graph replay and eager medians, bandwidth against the copy's; printed."""
+    us, eager = time_us(fn, graph=True), time_us(fn)
+    row = {"case": case, "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
+           "% of copy": 100 * moved / us / 1e3 / copy, "note": note}
+    print(markdown_table([row]), flush=True)
+    return row
 
 
 # SGLang's QKV LoRA (ops/segment_gemm/ranked.py, as AiterExtLoRABackend.run_qkv_lora calls it): a pool of 8 slots
@@ -163,11 +169,8 @@ def _sglang_rows(copy, dev):
         used = len(set(slot_of.tolist()))
         moved = 2 * (tokens * hidden + used * 3 * max_r * hidden + 2 * tokens * 3 * max_r + used * sum(widths) * max_r
                      + 2 * tokens * sum(widths))
-        us, eager = time_us(qkv, graph=True), time_us(qkv)
-        rows.append({"case": f"SGLang QKV LoRA (A + 3 B): {tokens} tokens in {requests} requests, hidden {hidden}, "
-                             f"max rank 16", "us": us, "eager us": eager, "GB/s": moved / us / 1e3,
-                     "% of copy": 100 * moved / us / 1e3 / copy, "note": f"max error {err:.2g} (bf16 output)"})
-        print(markdown_table(rows[-1:]), flush=True)
+        rows.append(_timed_row(f"SGLang QKV LoRA (A + 3 B): {tokens} tokens in {requests} requests, hidden {hidden}, "
+                               f"max rank 16", qkv, moved, copy, f"max error {err:.2g} (bf16 output)"))
     return rows
 
 

@@ -16,9 +16,10 @@ aiter_ext keyword; FlashInfer's constructor has none) says how a ``run`` execute
   and run one after the other.
 - ``"sequential"``: the prefill, then the decode, on the caller's stream.
 - ``"auto"`` (default): ``"streams"`` while a CUDA graph is captured, else ``"sequential"``. Measured on an
-  H100 (bench_pod.py, graph replays): streams beat prefill-then-decode by 0-7% on the six mixed batches.
-  Called eagerly, the smallest batch (one 512-token prefill, 32 decodes of 1024) took 327 us against 85
-  us replayed, a host cost not yet explained, so eager calls keep one stream.
+  H100 (bench_pod.py, graph replays): streams beat prefill-then-decode by 0.2-7% on the six mixed batches.
+  Eagerly the host is the limit at small batches: issued back to back, one 512-token prefill with 32
+  decodes of 1024 cost 456.5 us of host time per call on one stream and 595.7 on two (84-90 us replayed;
+  most of it Triton's launch path, four launches a call), so eager calls keep one stream.
 Two launches serve what one cannot in any case: two different caches, decode requests of several tokens
 under a causal prefill (FlashInfer's decode side is never causal), q/k scales (FlashInfer applies them to
 the decode side only).
