@@ -474,6 +474,44 @@ def test_lora_ops_launch_the_tuned_config(monkeypatch):
     assert (asked[0]["d_in"], asked[0]["d_out"]) == (32, 16)
 
 
+def test_lora_ops_take_a_tuned_k_split_only_where_it_fits(monkeypatch):
+    """A tuned bucket's row may come from another shape: the H100's row for 4096 x 4096 -> 16 splits K in 4,
+    and was applied to rank-16 expands (K = 16) and a 32-wide shrink, which failed on the GPU. The split is
+    re-decided per launch: kept for an fp32 shrink whose K holds it, else 1; the results stay right."""
+    import types
+
+    from aiter_ext.ops.segment_gemm import backends, kernels
+
+    tuned = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "SPLIT_K": 4}
+    monkeypatch.setattr(backends.SEGMENT_GEMM, "select", lambda call, backend=None: types.SimpleNamespace(config=tuned))
+    used = []
+    real = kernels.launch
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: used.append(a[7]["SPLIT_K"]) or real(*a, **k))
+    gen = torch.Generator().manual_seed(41)
+    mapping = torch.tensor([0, 1, -1, 0, 1, 1])
+    meta = _vllm_metadata(mapping, 2)
+    flags = (torch.tensor([False]), torch.tensor([2]))
+    for hidden, split in ((64, 4), (32, 1)):  # 64 = 4 K steps of 16; 32 holds only 2
+        x = torch.randn(6, hidden, generator=gen).to(DTYPE).to(DEVICE)
+        wa = (torch.randn(2, 16, hidden, generator=gen) / hidden ** 0.5).to(DTYPE).to(DEVICE)
+        shrunk = torch.full((1, 6, 16), float("nan"), device=DEVICE)
+        used.clear()
+        aiter_ext.lora_shrink(x, [wa], shrunk, *meta, *flags, 1.0)
+        assert used == [split]
+        want = torch.stack([x[t].float() @ wa[m].float().t() if m >= 0 else torch.zeros(16)
+                            for t, m in enumerate(mapping.tolist())])
+        assert_close(shrunk[0], want, DTYPE, name=f"lora_shrink hidden {hidden}")
+    wb = (torch.randn(2, 24, 16, generator=gen) / 4).to(DTYPE).to(DEVICE)
+    out = torch.full((6, 24), float("nan"), dtype=DTYPE, device=DEVICE)
+    used.clear()
+    aiter_ext.lora_expand(shrunk.to(DTYPE), [wb], out, *meta, *flags)  # a bf16 output takes no atomics
+    assert used == [1]
+    want = torch.stack([shrunk[0, t].to(DTYPE).float() @ wb[m].float().t() if m >= 0 else torch.zeros(24)
+                        for t, m in enumerate(mapping.tolist())])
+    rows = mapping >= 0  # rows of no adapter are left as they were
+    assert_close(out[rows], want[rows], DTYPE, name="lora_expand")
+
+
 def test_device_tables_that_disagree_with_x_stay_inside_every_tensor():
     """Device segment tables are not read back, so the kernel bounds them: a segment starting before x's
     rows starts at its first, one ending past them stops at its last row, a weight index past the weights takes the last weight, a token index past x

@@ -51,14 +51,19 @@ def _check_metadata(inputs, num_tokens, token_lora_mapping, token_indices_sorted
                        ("lora_token_start_loc", lora_token_start_loc), ("lora_ids", lora_ids)])
 
 
-def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, device) -> dict:
-    """The segment-GEMM config the tuned CSV gives this (tokens, d_in, d_out) bucket, else the default."""
+def _tuned_config(num_rows: int, d_in: int, d_out: int, dtype: torch.dtype, out: torch.Tensor, kernels) -> dict:
+    """The segment-GEMM config the tuned CSV gives this (tokens, d_in, d_out) bucket, else the default, with
+    the K split this launch can take: only an fp32 output adds splits with atomics (vLLM's shrink buffer), and
+    the bucket's row may come from another shape, so its SPLIT_K is re-decided here (kernels.split_k keeps it
+    only where d_in holds it in whole K steps)."""
     from aiter_ext.core.checks import dtype_name
 
     from .backends import SEGMENT_GEMM
 
-    call = {"num_rows": num_rows, "d_in": d_in, "d_out": d_out, "dtype": dtype_name(dtype), "device": device.type}
-    return SEGMENT_GEMM.select(call, "triton").config or {}
+    call = {"num_rows": num_rows, "d_in": d_in, "d_out": d_out, "dtype": dtype_name(dtype), "device": out.device.type}
+    config = SEGMENT_GEMM.select(call, "triton").config or {}
+    split = kernels.split_k(num_rows, d_in, d_out, config, device_info().cu_num) if out.dtype == torch.float32 else 1
+    return {**config, "SPLIT_K": split}
 
 
 #: (device, weight addresses) -> the int64 device table of them. Never evicted, on purpose: a captured CUDA
@@ -102,12 +107,9 @@ def _lora_shrink(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], outpu
                     lora_token_start_loc, lora_ids)
     x = inputs.contiguous()
     output_tensor.zero_()
-    dev = inputs.device
     bounds, ids, rows = lora_token_start_loc, lora_ids, token_indices_sorted_by_lora_ids
     kernels = kernels_module(__package__)  # Triton loads on the first call, not at import
-    config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, dev)
-    if output_tensor.dtype == torch.float32:  # vLLM's shrink buffer: the splits add into it with atomics
-        config = {**config, "SPLIT_K": kernels.split_k(x.shape[0], x.shape[1], rank, config, device_info().cu_num)}
+    config = _tuned_config(x.shape[0], x.shape[1], rank, x.dtype, output_tensor, kernels)
     weights = [wa.reshape(-1, *wa.shape[-2:]) for wa in lora_a_weights]
     if len(weights) > 1 and all(wa.is_contiguous() and wa.shape == weights[0].shape for wa in weights):
         # fused QKV / gate-up: one launch for every slice, the weights found through an address table
@@ -147,13 +149,12 @@ def _lora_expand(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], outpu
     if output_tensor.shape[0] != num_tokens or end > output_tensor.shape[1]:
         raise ValueError(f"output_tensor must be [num_tokens={num_tokens}, >= {end}] for offset_start={offset_start} "
                          f"and these slices, got {tuple(output_tensor.shape)}")
-    dev = inputs.device
     bounds, ids, rows = lora_token_start_loc, lora_ids, token_indices_sorted_by_lora_ids
     col = offset_start
     kernels = kernels_module(__package__)
     for s, wb in enumerate(weights):
         hidden = wb.shape[1]
-        config = _tuned_config(num_tokens, inputs.shape[2], hidden, wb.dtype, dev)
+        config = _tuned_config(num_tokens, inputs.shape[2], hidden, wb.dtype, output_tensor, kernels)
         kernels.launch(inputs[s].contiguous(), wb.contiguous(), output_tensor[:, col:col + hidden], bounds, ids,
                        ids.shape[0], True, config, row_index=rows, skip_negative=True,
                        accumulate=bool(add_inputs))

@@ -70,9 +70,10 @@ def lora_a(x: torch.Tensor, weights: torch.Tensor, seg_indptr: torch.Tensor, wei
     out = torch.empty(x.shape[0], weights.shape[1], dtype=x.dtype, device=x.device)
     if x.shape[0] == 0 or num_segments == 0:
         return out
-    config = _tuned_config(x.shape[0], x.shape[1], weights.shape[1], x.dtype, x.device)
-    kernels_module(__package__).launch(x, weights, out, seg_indptr, weight_indices, num_segments, True,
-                                       {**config, "SPLIT_K": 1}, row_index=permutation, ranks=lora_ranks)
+    kernels = kernels_module(__package__)
+    config = _tuned_config(x.shape[0], x.shape[1], weights.shape[1], x.dtype, out, kernels)  # x's dtype: no K split
+    kernels.launch(x, weights, out, seg_indptr, weight_indices, num_segments, True, config, row_index=permutation,
+                   ranks=lora_ranks)
     return out
 
 
@@ -98,7 +99,7 @@ def lora_b(x: torch.Tensor, weights: torch.Tensor, output: torch.Tensor, seg_ind
                        ("lora_ranks", lora_ranks), ("scalings", scalings)])
     if x.shape[0] == 0 or num_segments == 0:
         return
-    config = _tuned_config(x.shape[0], max_r, weights.shape[1], x.dtype, x.device)
-    kernels_module(__package__).launch(x, weights, output, seg_indptr, weight_indices, num_segments, True,
-                                       {**config, "SPLIT_K": 1}, row_index=permutation, accumulate=True,
-                                       ranks=lora_ranks, scales=scalings, x_slice=int(x_slice))
+    kernels = kernels_module(__package__)
+    config = _tuned_config(x.shape[0], max_r, weights.shape[1], x.dtype, output, kernels)  # x's dtype: no K split
+    kernels.launch(x, weights, output, seg_indptr, weight_indices, num_segments, True, config, row_index=permutation,
+                   accumulate=True, ranks=lora_ranks, scales=scalings, x_slice=int(x_slice))
