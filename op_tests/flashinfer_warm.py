@@ -1,6 +1,6 @@
 """Build FlashInfer's JIT modules that the benchmarks compare with, ahead of them (GPU only).
 
-    python op_tests/flashinfer_warm.py sampling attention pod batch_attention segment_gemm sparse
+    python op_tests/flashinfer_warm.py sampling attention pod batch_attention segment_gemm sparse launch
 
 FlashInfer compiles each kernel family with nvcc on first use (about a minute each on the lent
 machines), and a lent machine starts bare. Run this in the background while the tests run, so the
@@ -86,13 +86,27 @@ def _sparse(fi):
           torch.randn(128, 8, 128, device=dev).to(dtype))
 
 
+def _launch(fi):
+    """The calls of bench_launch.py other than decode (the attention family): norms, RoPE, min-p, merge."""
+    dev = "cuda"
+    x, w = torch.randn(16, 4096, device=dev).to(torch.bfloat16), torch.randn(4096, device=dev).to(torch.bfloat16)
+    fi.rmsnorm(x, w)
+    fi.fused_add_rmsnorm(x, x.clone(), w)
+    q, k = torch.randn(16, 32, 128, device=dev).to(torch.bfloat16), torch.randn(16, 8, 128, device=dev).to(torch.bfloat16)
+    fi.apply_llama31_rope(q, k, torch.tensor([0, 16], dtype=torch.int32, device=dev),
+                          torch.zeros(1, dtype=torch.int32, device=dev))
+    fi.sampling.min_p_sampling_from_probs(torch.softmax(torch.randn(2, 1000, device=dev), -1), 0.05)
+    v, s = torch.randn(4, 32, 128, device=dev).to(torch.bfloat16), torch.randn(4, 32, device=dev)
+    fi.merge_state(v, s, v, s)
+
+
 def main() -> int:
     import flashinfer as fi
 
     for family in sys.argv[1:]:
         t0 = time.perf_counter()
         {"sampling": _sampling, "attention": _attention, "pod": _pod, "batch_attention": _batch_attention,
-         "segment_gemm": _segment_gemm, "sparse": _sparse}[family](fi)
+         "segment_gemm": _segment_gemm, "sparse": _sparse, "launch": _launch}[family](fi)
         print(f"FlashInfer {family} built in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
-#             segment-tests segment-bench segment-tune cascade-decision fi-warm sampling-tests
+#             segment-tests segment-bench segment-tune thin-tests launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -66,6 +66,12 @@ for section in $sections; do
       wait
       python3 -m aiter_ext tune segment_gemm 2>&1 | tee "$OUT/tune-segment-gemm.log" | tail -n 40
       cp configs/tuned_csv/segment_gemm_tuned.csv "$OUT/" 2>/dev/null ;;
+    thin-tests)  # issue 18: the thin launch path against Triton's launcher bit for bit, then op suites through it
+      AITER_EXT_LAUNCH=thin timeout ${T_THIN:-300} python3 -m pytest -q -p no:cacheprovider op_tests/test_thin_launch.py \
+        op_tests/test_norm.py op_tests/test_merge_state.py op_tests/test_paged_kv.py op_tests/test_segment_gemm.py \
+        op_tests/test_norm_fp4.py 2>&1 | tee "$OUT/pytest-thin.log" | tail -n 12 ;;
+    launch-bench)  # issue 18: eager host time, thin path against Triton's launcher and FlashInfer
+      python3 op_tests/bench_launch.py 2>&1 | tee "$OUT/bench-launch.log" ;;
     cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)
       python3 op_tests/test_cascade.py --amd-table no --decision 2>&1 | tee "$OUT/bench-cascade-decision.log" ;;
     attention-variants)  # issue 14: what sinks, masks, ALiBi and RoPE cost; multi-token decode beside FlashInfer

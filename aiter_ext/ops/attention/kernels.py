@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 LOG2E = 1.4426950408889634
 LOG2E_JIT = tl.constexpr(LOG2E)  # the same constant where a kernel reads it (compiled Triton needs a constexpr)
@@ -193,6 +194,7 @@ def _attend_block(acc, m, l, q_tile, k_cache, v_cache, kv_off, k_off, keys, kv_h
     return acc, m_new, l
 
 
+@thin
 @triton.jit
 def attention_kernel(
     q, k_cache, v_cache, o, lse, kv_indices, meta, work, merge_indptr, sinks, custom_mask, alibi_slopes, rope_cis,
@@ -385,6 +387,7 @@ def attention_kernel(
     tl.store(lse + out_idx, row_lse, mask=row_ok)
 
 
+@thin
 @triton.jit
 def rotate_rows_kernel(src, rotated, kv_indices, unit_pos0, rope_cis, num_rows, stride_page, stride_slot,
                        stride_head, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
@@ -471,6 +474,7 @@ def _rotate_rows(src, rotated, pos0, rope_cis, strides, kv_indices=None, page_si
     return rotated
 
 
+@thin
 @triton.jit
 def mask_classes_kernel(mask_bytes, rows, classes, CLASS_KEYS: tl.constexpr, GROUPS: tl.constexpr):
     """Each query row's visibility classes (masks.CLASS_*), one program per query row of the batch.

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 #: Elements one program handles by default (rows x padded head_dim); tuned rows may override it. The
 #: tuner on an H200 picked 2048 for most shapes (4096 was 9% slower at [4096, 32, 128] bf16).
@@ -67,6 +68,7 @@ def _load_and_merge(m, denom, acc, v_row, s_row, i, count, stride_v_state, strid
     return _merge_step(m, denom, acc, s_i, v_i)
 
 
+@thin
 @triton.jit
 def merge_pair_kernel(
     v_a, s_a, v_b, s_b, v_out, s_out, mask,
@@ -101,6 +103,7 @@ def merge_pair_kernel(
     tl.store(s_out + tok * stride_so + head, s, mask=row_ok)
 
 
+@thin
 @triton.jit
 def merge_many_kernel(
     v, s, indptr, v_out, s_out,

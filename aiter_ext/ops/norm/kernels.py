@@ -29,6 +29,7 @@ import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.launch import cdiv, next_pow2
+from aiter_ext.core.thin import thin
 
 #: Widest row kept whole in registers (elements of the padded row). 16384 fp32 values over 16 warps is
 #: 32 per lane on NVIDIA, 16 on AMD (64-lane waves); wider rows take the chunked path.
@@ -126,6 +127,7 @@ def _scale_and_store(v, rstd, w, out, residual, o_off, r_off, cols, mask,
     _store(out + o_off[:, None] + cols[None, :], (v * rstd[:, None]) * w[None, :], mask, EVEN)
 
 
+@thin
 @triton.jit
 def rmsnorm_kernel(
     x, residual, weight, out,

@@ -30,6 +30,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.env import interpreted as env_interpreted
 from aiter_ext.core.launch import cdiv, next_pow2
+from aiter_ext.core.thin import thin
 
 from .layout import scale_padding
 
@@ -202,6 +203,7 @@ def _store_scales(sf_ptr, rows, blocks, byte, n_rows, n_blocks, stride_sf, pad_r
         tl.store(sf_ptr + off, tl.where(valid, byte, 127).to(tl.uint8), mask=(r < pad_rows) & (k < pad_blocks))
 
 
+@thin
 @triton.jit
 def norm_fp4_quant_kernel(
     x_ptr, res_ptr, w_ptr, gs_ptr, q_ptr, sf_ptr, res_out_ptr,

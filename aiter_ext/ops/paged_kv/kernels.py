@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 #: Default append tiles, from graph-replay timings on an H200 (Hkv 8, D 128, bf16 and fp8, BLOCK_R 2-64 x
 #: 1/2/4 warps): appends of few rows are latency-bound and were fastest with 8 rows per program (1.75 us
@@ -38,6 +39,7 @@ INDICES_BLOCK = 1024
 _BITS_VIEW = {1: "int8", 2: "int16", 4: "int32"}
 
 
+@thin
 @triton.jit
 def append_paged_kv_kernel(
     append_key, append_value, batch_indices, positions,
@@ -89,6 +91,7 @@ def append_paged_kv_kernel(
     tl.store(v_dst, v, mask=mask)
 
 
+@thin
 @triton.jit
 def batch_indices_positions_kernel(
     append_indptr, seq_lens, batch_indices, positions,

@@ -33,6 +33,7 @@ import triton.language as tl
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.env import interpreted as env_interpreted
 from aiter_ext.core.launch import cdiv, next_pow2
+from aiter_ext.core.thin import thin
 
 
 @triton.jit
@@ -93,6 +94,7 @@ def _rotate_heads(src, dst, stride_src_t, stride_src_h, stride_dst_t, stride_dst
 
 # Sizes that change from call to call are not specialized (Triton would otherwise compile separate
 # variants for 1 and for multiples of 16), so decode and prefill share one compiled kernel per shape.
+@thin
 @triton.jit(do_not_specialize=["num_tokens", "batch_size", "search_steps", "max_position"])
 def rope_kernel(
     q, k, q_out, k_out, pos_ids, indptr, offsets, cos_sin_cache,

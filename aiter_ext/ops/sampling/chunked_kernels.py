@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .kernels import (
     PER_ROW, SCALAR, _row_param, load_chunk, min_p_of, pick_chunk, pick_in_chunk, program_rows, tile_rows,
@@ -74,6 +75,7 @@ def _logit_totals(stat_max, stat_sum, rows, num_chunks, scale, NCHUNKS: tl.const
     return top, top_safe, chunk_max, weight, ch
 
 
+@thin
 @triton.jit
 def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, num_rows, vocab, stride_row,
                        num_chunks, KIND: tl.constexpr, PARAM: tl.constexpr, ROWS: tl.constexpr,
@@ -108,6 +110,7 @@ def chunk_stats_kernel(x_ptr, stat_a, stat_b, stat_arg, param_ptr, param_value, 
             tl.store(stat_b + slot, tl.sum(tl.where(x >= threshold[:, None], x, 0.0), axis=1), mask=r_ok)
 
 
+@thin
 @triton.jit
 def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min_p_value, seed_ptr, offset_ptr,
                       num_out, num_src, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr, KIND: tl.constexpr,
@@ -155,6 +158,7 @@ def chunk_draw_kernel(x_ptr, out, valid, indices, stat_a, stat_b, min_p_ptr, min
     tl.store(valid + r, ok.to(tl.int8), mask=r_ok)
 
 
+@thin
 @triton.jit
 def softmax_chunk_kernel(logits, out, stat_a, stat_b, stat_arg, temp_ptr, temp_value, num_rows, vocab, stride_in,
                          stride_out, num_chunks, TEMP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,

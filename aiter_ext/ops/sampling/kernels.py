@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .inputs import Mode
 
@@ -230,6 +231,7 @@ def lane_top(acc, LANE_SUMS: tl.constexpr):
     return acc
 
 
+@thin
 @triton.jit
 def filtered_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,

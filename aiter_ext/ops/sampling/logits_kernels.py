@@ -11,10 +11,12 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .chunked_kernels import logit_scale, logits_chunk
 from .kernels import program_rows, tile_rows
 
+@thin
 @triton.jit
 def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in, stride_out,
                    TEMP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
@@ -51,6 +53,7 @@ def softmax_kernel(logits, out, temp_ptr, temp_value, num_rows, vocab, stride_in
         tl.store(out_ptr[:, None] + idx[None, :], p, mask=r_ok[:, None] & (idx < vocab)[None, :])
 
 
+@thin
 @triton.jit
 def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out, num_src, vocab, stride_row,
                       HAS_INDICES: tl.constexpr, SEED_PER_ROW: tl.constexpr, ROWS: tl.constexpr,

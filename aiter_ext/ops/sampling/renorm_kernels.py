@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .kernels import PER_ROW, load_chunk, tile_rows, top_k_of, top_p_of
 
@@ -26,6 +27,7 @@ TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
 BIG = tl.constexpr(3.0e38)
 
 
+@thin
 @triton.jit
 def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, stride_in, stride_out,
                   MODE: tl.constexpr, PARAM: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .chunked_kernels import _row_stats
 from .kernels import (  # the row state's layout, shared with the row kernel's RESUME
@@ -40,6 +41,7 @@ from .kernels import (  # the row state's layout, shared with the row kernel's R
 ABOVE, ABOVE_MASS, ABOVE_MID, ABOVE_MID_MASS, CHUNK_MAX = (tl.constexpr(i) for i in range(5))
 
 
+@thin
 @triton.jit
 def round_kernel(probs, indices, top_k_ptr, top_p_ptr, seed_ptr, offset_ptr, top_k_value, top_p_value, istate, fstate,
                  stats, arrivals, num_out, num_src, vocab, stride_row, num_chunks, HAS_INDICES: tl.constexpr,

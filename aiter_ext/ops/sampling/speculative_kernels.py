@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .chunked_kernels import _row_stats
 from .kernels import ROUND_BITS, load_chunk, pick_chunk, pick_in_chunk
@@ -86,6 +87,7 @@ def _draw_rows(pos, num_draft, vocab, q_row, p_row):
     return p_row + (pos.to(tl.int64) * vocab + one), q_row + (tl.minimum(pos, num_draft - 1).to(tl.int64) * vocab + one)
 
 
+@thin
 @triton.jit
 def speculative_chunk_stats_kernel(draft_probs, draft_ids, target_probs, seed_ptr, offset_ptr, stat_w, stat_p,
                                    num_draft, vocab, num_chunks, SEED_PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
@@ -103,6 +105,7 @@ def speculative_chunk_stats_kernel(draft_probs, draft_ids, target_probs, seed_pt
     tl.store(stat_p + slot, tl.sum(p, axis=1))
 
 
+@thin
 @triton.jit
 def chain_speculative_kernel(draft_probs, draft_ids, target_probs, out, accepted, emitted, seed_ptr, offset_ptr,
                              stat_w, stat_p, num_draft, vocab, num_chunks, SEED_PER_ROW: tl.constexpr,

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 from .kernels import (
     NONE, PER_ROW, ROUND_BITS, inverse_cdf_pick, judge_round, min_p_of, program_rows, top_k_of, top_p_of,
@@ -144,6 +145,7 @@ def _scan_span(row_ptr, start, span, vocab, lower, u_in, x_local, RESIDENT: tl.c
     return tl.where(found >= 0, found, last)
 
 
+@thin
 @triton.jit
 def split_sampling_kernel(
     probs, out, valid, indices, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr,

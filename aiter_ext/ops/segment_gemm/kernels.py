@@ -18,8 +18,10 @@ import triton
 import triton.language as tl
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.thin import thin
 
 
+@thin
 @triton.jit
 def segment_gemm_kernel(x, w, y, seg_indptr, weight_indices, row_index, scale, batch, num_rows, num_weights,
                         ranks, scales, x_slice,

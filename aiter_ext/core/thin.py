@@ -1,0 +1,230 @@
+"""The thin launch path: ``kernel[grid](...)`` through one C call instead of Triton's launcher.
+
+Triton's ``JITFunction.run`` binds and specialises every argument in Python on each call. On the lent
+H100's host that was most of an eager call (issue 18: 100-130 us per attention launch, 45 us for an
+rmsnorm whose kernel takes 2). :func:`thin` wraps a ``@triton.jit`` kernel so that a call site keeps its
+form, ``kernel[grid](*args, **constexprs)``, and:
+
+- the first call of a *launch signature* (the constexpr values, and per runtime argument its dtype and
+  Triton's specialisation classes: 16-byte alignment of a pointer, an int's width and divisibility by 16)
+  asks Triton for the compiled kernel (``warmup``: Triton specialises and compiles, or loads its cache,
+  exactly as its own launch would) and records the kernel's handle, its parameter kinds and launch sizes;
+- every later call computes that signature, finds the record and launches through
+  ``csrc/launcher/aiter_ext_launch.c`` (``cuLaunchKernel`` / ``hipModuleLaunchKernel``) on torch's current
+  stream. The kernel is Triton's own object, so results are the same bit for bit.
+
+Triton's launcher is used instead (logged once per kernel and reason) where the thin path cannot serve a
+call: the interpreter, a grid given as a function, a kernel that needs scratch memory, an argument kind it
+does not pack, or a tensor on another device than the current one. ``AITER_EXT_LAUNCH=triton`` (read at
+import; :func:`set_mode` in tests) turns it off everywhere. Graph capture works: a launch reads no device
+data and allocates nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import sysconfig
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from .env import env, interpreted
+from .log import log_once
+
+#: "thin" (default) or "triton": AITER_EXT_LAUNCH, read once here, since it is a per-process choice.
+_MODE = env("AITER_EXT_LAUNCH") or "thin"
+if _MODE not in ("thin", "triton"):
+    raise ValueError(f"AITER_EXT_LAUNCH must be 'thin' or 'triton', got {_MODE!r}")
+
+_INT32 = range(-2 ** 31, 2 ** 31)
+#: Triton parameter types -> the launcher's letter (ints narrower than 32 bits travel in a 32-bit slot:
+#: the driver copies the parameter's own size from its little-endian start).
+_PARAM_KIND = {"i1": "i", "i8": "i", "i16": "i", "i32": "i", "u1": "i", "u8": "i", "u16": "i", "u32": "i",
+               "i64": "l", "u64": "l", "fp32": "f", "f32": "f"}
+
+
+def set_mode(mode: str) -> str:
+    """Switch the launch path for this process ("thin" or "triton"); returns the previous mode. For tests
+    and benchmarks that compare the two."""
+    global _MODE
+    if mode not in ("thin", "triton"):
+        raise ValueError(f"mode must be 'thin' or 'triton', got {mode!r}")
+    previous, _MODE = _MODE, mode
+    return previous
+
+
+def mode() -> str:
+    return _MODE
+
+
+# --------------------------------------------------------------------------------------------------
+# The C launcher, built on first use by the compile_ops machinery (a host-only module).
+
+
+@functools.cache
+def launcher():
+    """The ``aiter_ext_launch`` extension, built for this Python and opened on this GPU's driver."""
+    from .jit import build_module
+
+    include = sysconfig.get_paths()["include"]
+    path = build_module("module_launch", extra_flags=(f"-I{include}",))
+    loader = importlib.machinery.ExtensionFileLoader("aiter_ext_launch", str(path))
+    spec = importlib.util.spec_from_file_location("aiter_ext_launch", str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    module.init("hip" if torch.version.hip else "cuda")
+    return module
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch signatures.
+
+
+def signature_of(args) -> tuple:
+    """What Triton specialises a compiled kernel on, per runtime argument, as a hashable tuple. Finer than
+    Triton's own key where unsure (an int's exact class, 1 apart), never coarser, so one record never
+    serves a call that Triton would compile differently."""
+    out = []
+    for a in args:
+        cls = a.__class__
+        if cls is torch.Tensor:
+            out.append((a.dtype, not a.data_ptr() & 15))
+        elif cls is int:
+            out.append((a in _INT32, not a & 15, a == 1))
+        elif cls is float or cls is bool or a is None:
+            out.append(cls if a is not None else None)
+        else:  # a tensor subclass, numpy scalar, ...: Triton's launcher decides
+            out.append(("other", cls))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one call form (number of positional arguments, keyword names) maps to the kernel's parameters."""
+
+    runtime_positional: Optional[tuple[int, ...]]  # None: every positional argument is a runtime one
+    runtime_keywords: tuple[str, ...]  # runtime parameters passed by keyword, in parameter order
+    constexpr_keywords: tuple[str, ...]  # the rest (constexprs and launch options), in call order
+
+
+@dataclass(frozen=True)
+class _Record:
+    function: int
+    threads: int
+    shared: int
+    fmt: bytes
+    trailing: tuple  # NULL scratch pointers Triton's kernels take after their own parameters
+    device: int
+
+
+class ThinKernel:
+    """A ``@triton.jit`` kernel launched through the thin path (module docstring). ``fn`` is the kernel
+    (what the AMD compile check and Triton's own launcher use)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "kernel")
+        self.__doc__ = getattr(fn, "__doc__", None)
+        params = getattr(fn, "params", None)
+        self._names = [p.name for p in params] if params else []
+        self._constexpr = {p.name for p in params if p.is_constexpr} if params else set()
+        self._layouts: dict = {}
+        self._records: dict = {}
+
+    def __getitem__(self, grid):
+        if _MODE != "thin" or interpreted() or not self._names or callable(grid):
+            return self.fn[grid]
+        return functools.partial(self._launch, grid)
+
+    def __getattr__(self, name):  # warmup, cache_key, params, ...: the kernel's own
+        return getattr(self.fn, name)
+
+    # -- per call ------------------------------------------------------------------------------------
+
+    def _launch(self, grid, *args, **kwargs):
+        layout = self._layouts.get((len(args), tuple(kwargs)))
+        if layout is None:
+            layout = self._layout(len(args), tuple(kwargs))
+        if layout.runtime_positional is None and not layout.runtime_keywords:
+            runtime = args
+        else:
+            picked = args if layout.runtime_positional is None else [args[i] for i in layout.runtime_positional]
+            runtime = (*picked, *(kwargs[k] for k in layout.runtime_keywords))
+        key = (tuple([kwargs[k] for k in layout.constexpr_keywords]), signature_of(runtime))
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = self._record(grid, args, kwargs, runtime)
+        if record is False:
+            return self.fn[grid](*args, **kwargs)
+        gx = grid[0]
+        gy = grid[1] if len(grid) > 1 else 1
+        gz = grid[2] if len(grid) > 2 else 1
+        stream = torch._C._cuda_getCurrentRawStream(record.device)
+        launcher().launch(record.function, gx, gy, gz, record.threads, record.shared, stream, record.fmt, *runtime,
+                          *record.trailing)
+
+    # -- once per call form / launch signature --------------------------------------------------------
+
+    def _layout(self, num_positional: int, keywords: tuple[str, ...]) -> _Layout:
+        runtime_positional = tuple(i for i in range(num_positional) if self._names[i] not in self._constexpr)
+        runtime_keywords = tuple(n for n in self._names if n in keywords and n not in self._constexpr)
+        layout = _Layout(None if len(runtime_positional) == num_positional else runtime_positional,
+                         runtime_keywords, tuple(k for k in keywords if k not in runtime_keywords))
+        self._layouts[(num_positional, keywords)] = layout
+        return layout
+
+    def _refuse(self, reason: str) -> bool:
+        log_once(f"thin-launch:{self.__name__}:{reason}",
+                 f"{self.__name__}: Triton's launcher, not the thin path: {reason}")
+        return False
+
+    def _record(self, grid, args, kwargs, runtime):
+        """Compile (or find) the kernel this launch signature runs, through Triton, and describe its launch."""
+        if any(isinstance(s, tuple) and s[0] == "other" for s in signature_of(runtime)):
+            return self._refuse("an argument of a kind the launcher does not pack")
+        tensors = [a for a in runtime if isinstance(a, torch.Tensor)]
+        if not tensors or tensors[0].device.type != "cuda":
+            return self._refuse("no GPU tensor among the arguments")
+        device = tensors[0].device.index
+        if device != torch.cuda.current_device() or any(t.device != tensors[0].device for t in tensors):
+            return self._refuse("tensors on a device other than the current one")
+        grid = tuple(grid)
+        compiled = self.fn.warmup(*args, grid=grid, **kwargs)
+        compiled._init_handles()
+        meta = compiled.metadata
+        if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
+            return self._refuse("the kernel needs scratch memory")
+        if getattr(meta, "num_ctas", 1) != 1 or tuple(getattr(meta, "cluster_dims", (1, 1, 1)) or (1,)) not in (
+                (1, 1, 1), (1,), ()):
+            return self._refuse("a thread-block cluster launch")
+        if getattr(meta, "launch_cooperative_grid", False) or getattr(meta, "launch_pdl", False):
+            return self._refuse("a cooperative or PDL launch")
+        kinds = []
+        for name, ty in compiled.src.signature.items():
+            if ty == "constexpr" or name in self._constexpr:
+                continue
+            kind = "p" if ty.startswith("*") else _PARAM_KIND.get(ty)
+            if kind is None:
+                return self._refuse(f"parameter {name} of type {ty}")
+            kinds.append(kind)
+        if len(kinds) != len(runtime):
+            return self._refuse(f"{len(kinds)} parameters compiled for {len(runtime)} runtime arguments")
+        # Triton 3.3+ appends a global-scratch pointer, 3.5+ also a profile-scratch one (both unused here)
+        trailing = tuple(0 for field in ("global_scratch_size", "profile_scratch_size") if hasattr(meta, field))
+        record = _Record(int(compiled.function), meta.num_warps * meta.warp_size, meta.shared,
+                         ("".join(kinds) + "p" * len(trailing)).encode(), trailing, device)
+        launcher()  # built and opened before the first launch, so that a build failure says so here
+        return record
+
+
+def thin(fn) -> ThinKernel:
+    """Wrap a ``@triton.jit`` kernel for the thin launch path (module docstring)."""
+    return ThinKernel(fn)
+
+
+def records_of(kernel: ThinKernel) -> dict[Any, Any]:
+    """The launch records made so far (tests)."""
+    return kernel._records

@@ -1,0 +1,204 @@
+"""The thin launch path (aiter_ext/core/thin.py).
+
+On the CPU: the launch signature's classes, the mapping of a call form onto the kernel's parameters, the
+pass-through to Triton under the interpreter, and the C launcher's build (its driver is absent here, which
+must say so). On the GPU: every op of the issue-18 table run through both paths, bit for bit equal, the
+thin path really taken (a launch record per kernel), and a CUDA graph captured through it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import aiter_ext
+from aiter_ext.core import thin
+
+ON_GPU = torch.cuda.is_available()
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="launches compiled kernels (the lent GPU)")
+
+
+def test_signature_separates_what_triton_specialises_on():
+    a = torch.zeros(64, dtype=torch.float16)
+    sig = thin.signature_of
+    assert sig([a]) == sig([torch.zeros(64, dtype=torch.float16)])  # another tensor of the same class
+    assert sig([a]) != sig([a.float()])  # dtype
+    assert sig([a]) != sig([a[1:]])  # a 2-byte offset: not 16-byte aligned
+    assert sig([a[8:]]) == sig([a])  # 16 bytes in: aligned again
+    assert sig([16]) == sig([4096]) != sig([17])  # divisibility by 16
+    assert sig([1]) != sig([17])  # 1, which older Tritons specialise on
+    assert sig([2 ** 31]) != sig([2 ** 31 - 16])  # int64 against int32
+    assert sig([0.5]) == sig([2.0]) != sig([2])  # fp32 against an int
+    assert sig([None]) != sig([0])
+    assert sig([True]) != sig([1])
+
+
+class _FakeJit:
+    """What ThinKernel reads from a JITFunction: params (name, is_constexpr) and ``[grid]``."""
+
+    class _Param:
+        def __init__(self, name, is_constexpr):
+            self.name, self.is_constexpr = name, is_constexpr
+
+    def __init__(self):
+        self.params = [self._Param(n, c) for n, c in (("x", False), ("n", False), ("BLOCK", True), ("y", False),
+                                                      ("FLAG", True))]
+        self.launched = []
+
+    def __getitem__(self, grid):
+        return lambda *a, **k: self.launched.append((grid, a, k))
+
+
+def test_call_forms_map_onto_runtime_parameters():
+    k = thin.ThinKernel(_FakeJit())
+    plain = k._layout(2, ("BLOCK", "y", "FLAG"))  # y is a runtime parameter passed by keyword
+    assert plain.runtime_positional is None and plain.runtime_keywords == ("y",)
+    assert plain.constexpr_keywords == ("BLOCK", "FLAG")
+    mixed = k._layout(4, ("FLAG",))  # BLOCK passed positionally
+    assert mixed.runtime_positional == (0, 1, 3) and mixed.runtime_keywords == ()
+
+
+def test_interpreter_and_triton_mode_pass_through(monkeypatch):
+    fake = _FakeJit()
+    k = thin.ThinKernel(fake)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    k[(3,)](1, 2, BLOCK=4, y=5, FLAG=True)
+    assert fake.launched == [((3,), (1, 2), {"BLOCK": 4, "y": 5, "FLAG": True})]
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    previous = thin.set_mode("triton")
+    try:
+        k[(2, 2)](1, 2, BLOCK=4, y=5, FLAG=False)
+    finally:
+        thin.set_mode(previous)
+    assert len(fake.launched) == 2 and not thin.records_of(k)
+    with pytest.raises(ValueError, match="mode must be"):
+        thin.set_mode("fast")
+
+
+def test_every_launched_kernel_is_wrapped():
+    """A kernel launched from Python without the wrapper would keep Triton's launcher: all are wrapped."""
+    import re
+    from pathlib import Path
+
+    root = Path(aiter_ext.__file__).parent / "ops"
+    launched = set()
+    for path in root.rglob("*.py"):
+        launched |= set(re.findall(r"\b([a-z_0-9]+_kernel)\[", path.read_text()))
+    wrapped = set()
+    for path in root.rglob("*.py"):
+        wrapped |= set(re.findall(r"@thin\n@triton\.jit(?:\([^)]*\))?\ndef ([a-z_0-9]+)\(", path.read_text()))
+    assert launched and launched <= wrapped, sorted(launched - wrapped)
+
+
+def test_the_c_launcher_builds_and_names_a_missing_driver():
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no host C++ compiler")
+    thin.launcher.cache_clear()
+    try:
+        module = thin.launcher()
+    except RuntimeError as exc:  # built, then init() found no driver: the message names it
+        assert "cannot open the" in str(exc) and "driver" in str(exc)
+        assert not ON_GPU
+    else:
+        assert ON_GPU and callable(module.launch)
+    finally:
+        thin.launcher.cache_clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU: the same results through both paths.
+
+
+def _cases():
+    """(name, fn returning the outputs) for the issue-18 table's ops and the other op families."""
+    dev, bf16 = "cuda", torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(5)
+    r = lambda *s, dtype=bf16: torch.randn(*s, device=dev, generator=gen).to(dtype)  # noqa: E731
+    x16, x256, w = r(16, 4096), r(256, 4096), r(4096)
+    res = r(256, 4096)
+    q, k = r(8192, 32, 128), r(8192, 8, 128)
+    indptr = torch.tensor([0, 8192], dtype=torch.int32, device=dev)
+    offsets = torch.zeros(1, dtype=torch.int32, device=dev)
+    probs = torch.softmax(r(4, 128256, dtype=torch.float32), -1)
+    va, vb, sa, sb = r(512, 32, 128), r(512, 32, 128), r(512, 32, dtype=torch.float32), r(512, 32, dtype=torch.float32)
+
+    def fused():
+        a, b = x256.clone(), res.clone()
+        aiter_ext.fused_add_rmsnorm(a, b, w)
+        return a, b
+
+    return [
+        ("rmsnorm 16x4096", lambda: aiter_ext.rmsnorm(x16, w)),
+        ("rmsnorm 256x4096", lambda: aiter_ext.rmsnorm(x256, w)),
+        ("gemma fused_add_rmsnorm", fused),
+        ("apply_llama31_rope", lambda: aiter_ext.apply_llama31_rope(q, k, indptr, offsets)),
+        ("rmsnorm_fp4quant", lambda: aiter_ext.rmsnorm_fp4quant(x256, w)),
+        ("min_p_sampling_from_probs", lambda: aiter_ext.min_p_sampling_from_probs(
+            probs, 0.05, generator=torch.Generator(device=dev).manual_seed(11))),
+        ("merge_state", lambda: aiter_ext.merge_state(va, sa, vb, sb)),
+        ("decode batch 64", _decode_case(r)),
+    ]
+
+
+def _decode_case(r):
+    dev, page, pages_per = "cuda", 16, 32
+    batch = 64
+    cache = r(batch * pages_per, 2, page, 8, 128)
+    indptr = torch.arange(0, batch * pages_per + 1, pages_per, dtype=torch.int32, device=dev)
+    indices = torch.randperm(batch * pages_per, device=dev).int()
+    last = torch.full((batch,), 7, dtype=torch.int32, device=dev)
+    wrapper = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=dev), "NHD")
+    wrapper.plan(indptr, indices, last, 32, 8, 128, page, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    qd = r(batch, 32, 128)
+    return lambda: wrapper.run(qd, cache)
+
+
+def _flat(out):
+    return [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+
+
+@gpu_only
+def test_thin_and_triton_launches_agree_bit_for_bit():
+    from aiter_ext.ops.norm import kernels as norm_kernels
+
+    previous = thin.set_mode("thin")
+    try:
+        for name, fn in _cases():
+            thin.set_mode("triton")
+            want = [t.clone() for t in _flat(fn())]
+            thin.set_mode("thin")
+            got = _flat(fn())
+            torch.cuda.synchronize()
+            assert len(got) == len(want), name
+            for g, e in zip(got, want):
+                assert g.dtype == e.dtype and g.shape == e.shape, name
+                assert torch.equal(g.view(torch.uint8) if g.dtype.itemsize == 1 else g, e.view(torch.uint8)
+                                   if e.dtype.itemsize == 1 else e), f"{name}: thin and Triton launches differ"
+        records = [rec for rec in thin.records_of(norm_kernels.rmsnorm_kernel).values()]
+        assert records and all(records), "rmsnorm did not take the thin path"
+    finally:
+        thin.set_mode(previous)
+
+
+@gpu_only
+def test_thin_launches_replay_in_a_cuda_graph():
+    previous = thin.set_mode("thin")
+    try:
+        x = torch.randn(64, 4096, device="cuda").to(torch.bfloat16)
+        w = torch.randn(4096, device="cuda").to(torch.bfloat16)
+        out = torch.empty_like(x)
+        aiter_ext.rmsnorm(x, w, out=out)  # records made outside the capture
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            aiter_ext.rmsnorm(x, w, out=out)
+        x.copy_(torch.randn_like(x))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        thin.set_mode("triton")
+        assert torch.equal(out, aiter_ext.rmsnorm(x, w))
+    finally:
+        thin.set_mode(previous)
