@@ -18,7 +18,15 @@ ON_GPU = torch.cuda.is_available()
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="launches compiled kernels (the lent GPU)")
 
 
+def _needs_the_extension():
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no host C++ compiler to build the launcher extension")
+
+
 def test_signature_separates_what_triton_specialises_on():
+    _needs_the_extension()
     a = torch.zeros(64, dtype=torch.float16)
     sig = thin.signature_of
     assert sig([a]) == sig([torch.zeros(64, dtype=torch.float16)])  # another tensor of the same class
@@ -30,7 +38,9 @@ def test_signature_separates_what_triton_specialises_on():
     assert sig([2 ** 31]) != sig([2 ** 31 - 16])  # int64 against int32
     assert sig([0.5]) == sig([2.0]) != sig([2])  # fp32 against an int
     assert sig([None]) != sig([0])
-    assert sig([True]) != sig([1])
+    assert sig([True]) != sig([1]) and sig([True]) != sig([False])
+    assert sig([torch.nn.Parameter(a)]) == sig([a])  # vLLM's weights are Parameters: the same class
+    assert sig([a, 16]) != sig([16, a])
 
 
 class _FakeJit:
@@ -91,10 +101,7 @@ def test_every_launched_kernel_is_wrapped():
 
 
 def test_the_c_launcher_builds_and_names_a_missing_driver():
-    import shutil
-
-    if shutil.which("c++") is None:
-        pytest.skip("no host C++ compiler")
+    _needs_the_extension()
     thin.launcher.cache_clear()
     try:
         module = thin.launcher()

@@ -39,7 +39,6 @@ _MODE = env("AITER_EXT_LAUNCH") or "thin"
 if _MODE not in ("thin", "triton"):
     raise ValueError(f"AITER_EXT_LAUNCH must be 'thin' or 'triton', got {_MODE!r}")
 
-_INT32 = range(-2 ** 31, 2 ** 31)
 #: Triton parameter types -> the launcher's letter (ints narrower than 32 bits travel in a 32-bit slot:
 #: the driver copies the parameter's own size from its little-endian start).
 _PARAM_KIND = {"i1": "i", "i8": "i", "i16": "i", "i32": "i", "u1": "i", "u8": "i", "u16": "i", "u32": "i",
@@ -65,8 +64,9 @@ def mode() -> str:
 
 
 @functools.cache
-def launcher():
-    """The ``aiter_ext_launch`` extension, built for this Python and opened on this GPU's driver."""
+def native():
+    """The ``aiter_ext_launch`` extension, built for this Python on first use (not yet opened on a driver:
+    ``signature`` works anywhere, for tests)."""
     from .jit import build_module
 
     include = sysconfig.get_paths()["include"]
@@ -75,6 +75,13 @@ def launcher():
     spec = importlib.util.spec_from_file_location("aiter_ext_launch", str(path), loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def launcher():
+    """:func:`native`, opened on this GPU's driver (CUDA or HIP)."""
+    module = native()
     module.init("hip" if torch.version.hip else "cuda")
     return module
 
@@ -83,22 +90,12 @@ def launcher():
 # Launch signatures.
 
 
-def signature_of(args) -> tuple:
-    """What Triton specialises a compiled kernel on, per runtime argument, as a hashable tuple. Finer than
-    Triton's own key where unsure (an int's exact class, 1 apart), never coarser, so one record never
-    serves a call that Triton would compile differently."""
-    out = []
-    for a in args:
-        cls = a.__class__
-        if cls is torch.Tensor:
-            out.append((a.dtype, not a.data_ptr() & 15))
-        elif cls is int:
-            out.append((a in _INT32, not a & 15, a == 1))
-        elif cls is float or cls is bool or a is None:
-            out.append(cls if a is not None else None)
-        else:  # a tensor subclass, numpy scalar, ...: Triton's launcher decides
-            out.append(("other", cls))
-    return tuple(out)
+def signature_of(args) -> bytes:
+    """What Triton specialises a compiled kernel on, per runtime argument (``launch.cpp``'s ``signature``:
+    a tensor's dtype and 16-byte alignment, an int's width, divisibility by 16 and whether it is 1, the
+    kind of a float, bool or None). Finer than Triton's own key where unsure, never coarser, so that one
+    record never serves a call that Triton would compile differently."""
+    return native().signature(*args)
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,7 @@ class ThinKernel:
         self._records: dict = {}
 
     def __getitem__(self, grid):
-        if _MODE != "thin" or interpreted() or not self._names or callable(grid):
+        if _MODE != "thin" or interpreted() or not self._names or callable(grid) or not _native_ready():
             return self.fn[grid]
         return functools.partial(self._launch, grid)
 
@@ -153,7 +150,9 @@ class ThinKernel:
         else:
             picked = args if layout.runtime_positional is None else [args[i] for i in layout.runtime_positional]
             runtime = (*picked, *(kwargs[k] for k in layout.runtime_keywords))
-        key = (tuple([kwargs[k] for k in layout.constexpr_keywords]), signature_of(runtime))
+        consts = tuple(kwargs.values()) if not layout.runtime_keywords else tuple(
+            [kwargs[k] for k in layout.constexpr_keywords])
+        key = (consts, _SIGNATURE(*runtime))
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = self._record(grid, args, kwargs, runtime)
@@ -183,7 +182,7 @@ class ThinKernel:
 
     def _record(self, grid, args, kwargs, runtime):
         """Compile (or find) the kernel this launch signature runs, through Triton, and describe its launch."""
-        if any(isinstance(s, tuple) and s[0] == "other" for s in signature_of(runtime)):
+        if not all(a is None or isinstance(a, (torch.Tensor, int, float)) for a in runtime):
             return self._refuse("an argument of a kind the launcher does not pack")
         tensors = [a for a in runtime if isinstance(a, torch.Tensor)]
         if not tensors or tensors[0].device.type != "cuda":
@@ -218,6 +217,23 @@ class ThinKernel:
                          ("".join(kinds) + "p" * len(trailing)).encode(), trailing, device)
         launcher()  # built and opened before the first launch, so that a build failure says so here
         return record
+
+
+#: native().signature once the extension is built (module-level, so the per-call path reads one global)
+_SIGNATURE = None
+
+
+def _native_ready() -> bool:
+    """Build and load the extension on the first thin launch; without it (no compiler, no Python headers)
+    Triton's launcher serves every call, as logged."""
+    global _SIGNATURE
+    if _SIGNATURE is None:
+        try:
+            _SIGNATURE = native().signature
+        except Exception as exc:  # noqa: BLE001 - any build or load failure means: use Triton's launcher
+            log_once("thin-launch:native", f"the thin launch path is off: its C extension did not build ({exc})")
+            _SIGNATURE = False
+    return _SIGNATURE is not False
 
 
 def thin(fn) -> ThinKernel:

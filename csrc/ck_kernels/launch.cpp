@@ -10,6 +10,8 @@
  *   init(platform)                        "cuda" or "hip": open the driver (once per process).
  *   load(image, name, shared, device)     load a code object into the current context of `device` and
  *                                         return the kernel's handle (an int).
+ *   signature(*args)                      the launch signature of the arguments (bytes): per argument what
+ *                                         Triton specialises a compiled kernel on (see thin.py).
  *   launch(fn, gx, gy, gz, threads, shared, stream, fmt, *args)
  *                                         launch on `stream`; fmt has one letter per argument:
  *                                         'p' a pointer (an int, None for NULL, or an object with
@@ -149,6 +151,50 @@ static int as_pointer(PyObject *obj, uint64_t *out) {
   return PyErr_Occurred() ? -1 : 0;
 }
 
+/* signature(*args) -> bytes. Per argument, one class byte and, for a tensor, its dtype object's address
+ * (torch's dtypes are singletons):
+ *   a tensor (anything with data_ptr and dtype): 'T' | 16-byte aligned, then the dtype's 8 bytes;
+ *   an int: 'I', then one byte: bit 0 fits int32, bit 1 divisible by 16, bit 2 equals 1;
+ *   bool 'B' | value, float 'F', None 'N'; anything else 'O' (thin.py then leaves the call to Triton). */
+static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  (void)self;
+  if (nargs > MAX_ARGS) return PyErr_Format(PyExc_ValueError, "signature(): at most %d arguments", MAX_ARGS);
+  char buf[MAX_ARGS * 10];
+  Py_ssize_t n = 0;
+  for (Py_ssize_t i = 0; i < nargs; i++) {
+    PyObject *a = args[i];
+    if (a == Py_None) { buf[n++] = 'N'; continue; }
+    if (PyBool_Check(a)) { buf[n++] = 'B'; buf[n++] = (char)(a == Py_True); continue; }
+    if (PyLong_CheckExact(a)) {
+      int overflow = 0;
+      long long v = PyLong_AsLongLongAndOverflow(a, &overflow);
+      if (v == -1 && PyErr_Occurred()) return NULL;
+      buf[n++] = 'I';
+      buf[n++] = overflow ? 8 : (char)((v >= INT32_MIN && v <= INT32_MAX) | ((v % 16 == 0) << 1) | ((v == 1) << 2));
+      continue;
+    }
+    if (PyFloat_CheckExact(a)) { buf[n++] = 'F'; continue; }
+    PyObject *dtype = PyObject_GetAttrString(a, "dtype");
+    PyObject *ptr = dtype ? PyObject_CallMethod(a, "data_ptr", NULL) : NULL;
+    if (!ptr) {
+      Py_XDECREF(dtype);
+      PyErr_Clear();
+      buf[n++] = 'O';
+      continue;
+    }
+    uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
+    Py_DECREF(ptr);
+    if (PyErr_Occurred()) { Py_DECREF(dtype); return NULL; }
+    uintptr_t dtype_id = (uintptr_t)dtype;
+    Py_DECREF(dtype);  /* the dtype singleton outlives the call: only its address is kept */
+    buf[n++] = 'T';
+    buf[n++] = (char)((address & 15) == 0);
+    memcpy(buf + n, &dtype_id, sizeof dtype_id);
+    n += sizeof dtype_id;
+  }
+  return PyBytes_FromStringAndSize(buf, n);
+}
+
 static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
   /* fn, gx, gy, gz, threads, shared, stream, fmt, *kernel args */
   if (nargs < 8) return PyErr_Format(PyExc_TypeError, "launch() takes at least 8 arguments, got %zd", nargs);
@@ -188,6 +234,7 @@ static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(platform): open the 'cuda' or 'hip' driver."},
     {"load", load, METH_VARARGS, "load(image, name, shared, device) -> the kernel's handle."},
+    {"signature", (PyCFunction)(void (*)(void))signature, METH_FASTCALL, "signature(*args) -> bytes."},
     {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL,
      "launch(fn, gx, gy, gz, threads, shared, stream, fmt, *args)."},
     {NULL, NULL, 0, NULL}};
