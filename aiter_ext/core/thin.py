@@ -115,6 +115,7 @@ class _Record:
     fmt: bytes
     trailing: tuple  # NULL scratch pointers Triton's kernels take after their own parameters
     device: int
+    keep: Optional[tuple[int, ...]]  # the runtime arguments passed at launch (None: all of them)
 
 
 class ThinKernel:
@@ -158,6 +159,8 @@ class ThinKernel:
             record = self._records[key] = self._record(grid, args, kwargs, runtime)
         if record is False:
             return self.fn[grid](*args, **kwargs)
+        if record.keep is not None:
+            runtime = [runtime[i] for i in record.keep]
         gx = grid[0]
         gy = grid[1] if len(grid) > 1 else 1
         gz = grid[2] if len(grid) > 2 else 1
@@ -201,20 +204,29 @@ class ThinKernel:
             return self._refuse("a thread-block cluster launch")
         if getattr(meta, "launch_cooperative_grid", False) or getattr(meta, "launch_pdl", False):
             return self._refuse("a cooperative or PDL launch")
-        kinds = []
-        for name, ty in compiled.src.signature.items():
-            if ty == "constexpr" or name in self._constexpr:
+        # Triton folds some runtime arguments into the compiled kernel as constants (an int equal to 1, None):
+        # those are not passed at launch. The launch signature tells them apart, so the record says which.
+        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
+        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
+        if len(names) != len(runtime):
+            return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
+        kinds, keep = [], []
+        for i, name in enumerate(names):
+            ty = compiled.src.signature.get(name)
+            if ty == "constexpr":
                 continue
-            kind = "p" if ty.startswith("*") else _PARAM_KIND.get(ty)
+            kind = None if ty is None else "p" if ty.startswith("*") else _PARAM_KIND.get(ty)
             if kind is None:
                 return self._refuse(f"parameter {name} of type {ty}")
             kinds.append(kind)
-        if len(kinds) != len(runtime):
-            return self._refuse(f"{len(kinds)} parameters compiled for {len(runtime)} runtime arguments")
-        # Triton 3.3+ appends a global-scratch pointer, 3.5+ also a profile-scratch one (both unused here)
-        trailing = tuple(0 for field in ("global_scratch_size", "profile_scratch_size") if hasattr(meta, field))
-        record = _Record(int(compiled.function), meta.num_warps * meta.warp_size, meta.shared,
-                         ("".join(kinds) + "p" * len(trailing)).encode(), trailing, device)
+            keep.append(i)
+        # Triton 3.3+ appends a global-scratch pointer, 3.5+ also a profile-scratch one (both unused here, and
+        # NULL). Two are passed whatever the version: the driver reads only the parameters the kernel declares.
+        trailing = (0, 0)
+        warp = getattr(meta, "warp_size", 64 if torch.version.hip else 32)
+        record = _Record(int(compiled.function), meta.num_warps * warp, meta.shared,
+                         ("".join(kinds) + "p" * len(trailing)).encode(), trailing, device,
+                         None if len(keep) == len(runtime) else tuple(keep))
         launcher()  # built and opened before the first launch, so that a build failure says so here
         return record
 
