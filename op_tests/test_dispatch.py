@@ -243,3 +243,26 @@ def test_env_reads_follow_os_environ(monkeypatch):
     assert env(name) == "x"
     del os.environ[name]
     assert env(name) is None
+
+
+def test_env_reads_follow_every_change_to_the_environment(monkeypatch):
+    """core.env caches reads until os.environ changes; every way of changing it is seen."""
+    import os
+
+    from aiter_ext.core.env import env
+
+    name = "AITER_EXT_TEST_ENV_CACHE"
+    monkeypatch.delenv(name, raising=False)
+    assert env(name) is None
+    monkeypatch.setenv(name, "a")
+    assert env(name) == "a"
+    os.environ[name] = "b"
+    assert env(name) == "b"
+    os.environ.update({name: "c"})
+    assert env(name) == "c"
+    os.environ.pop(name)
+    assert env(name) is None
+    os.environ.setdefault(name, "d")
+    assert env(name) == "d"
+    del os.environ[name]
+    assert env(name) is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -152,6 +153,9 @@ class Op:
         self.bucket = bucket
         self.impls: dict[str, Impl] = {}
         self._cache: dict[tuple, Choice] = {}
+        self._env_vars = (f"AITER_EXT_BACKEND_{name.upper()}", "AITER_EXT_BACKEND")
+        #: the call's key names -> a getter of its non-shape values (the cache key's second part)
+        self._extras: dict[tuple, Callable[[Mapping], tuple]] = {}
 
     def register(self, backend: str, fn: Callable, supports: Supports = _always,
                  configs: list[dict] | None = None, prepare: Callable | None = None) -> None:
@@ -160,8 +164,7 @@ class Op:
         self.impls[backend] = Impl(backend, fn, supports, configs or [{}], prepare)
 
     def env_request(self) -> tuple[str | None, str]:
-        var = f"AITER_EXT_BACKEND_{self.name.upper()}"
-        for name in (var, "AITER_EXT_BACKEND"):
+        for name in self._env_vars:
             value = env(name)
             if value:
                 return value.strip().lower(), f"{name}="
@@ -185,8 +188,12 @@ class Op:
         requested, where = (backend.lower(), "backend=") if backend not in AUTOMATIC else self.env_request()
         if requested == "auto":
             requested = None
-        # The other keys in the caller's order (each op builds its call one way): no sort per call.
-        key = (self.bucket(call), tuple((k, v) for k, v in call.items() if k not in self.shape_keys))
+        # The other keys' values in the caller's order, through a getter made once per set of key names.
+        names = tuple(call)
+        extras = self._extras.get(names)
+        if extras is None:
+            extras = self._extras[names] = _getter(names, [k for k in names if k not in self.shape_keys])
+        key = (self.bucket(call), names, extras(call))
         choice = self._cache.get((requested, where, key))
         if choice is None:
             if requested is None:
@@ -240,6 +247,12 @@ class Op:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+
+def _getter(names: tuple, keys: list) -> Callable[[Mapping], object]:
+    """``call -> the values of keys`` (a value, or a tuple of them), at C speed; the cache key carries the
+    names beside it."""
+    return operator.itemgetter(*keys) if keys else (lambda call: ())
 
 
 #: Every op, by name, for the CLI (info, tune, gap) and the tests.

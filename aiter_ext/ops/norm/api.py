@@ -106,7 +106,7 @@ def _validate(input, weight, eps, residual=None, out=None) -> float:
 def _norm(input, weight, eps, out, gemma, backend) -> torch.Tensor:
     eps = _validate(input, weight, eps, out=out)
     if out is None:
-        out = torch.empty(input.shape, dtype=input.dtype, device=input.device)
+        out = torch.empty_like(input, memory_format=torch.contiguous_format)  # 1 us less than torch.empty(shape, ...)
     _call(_rmsnorm_out, input, weight, out, eps, gemma, backend)
     return out
 
