@@ -209,3 +209,76 @@ def test_thin_launches_replay_in_a_cuda_graph():
         assert torch.equal(out, aiter_ext.rmsnorm(x, w))
     finally:
         thin.set_mode(previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Code objects (core/objects.py): built on the CPU, found by what a launch passes.
+
+
+def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch):
+    import json
+
+    from aiter_ext.core import objects
+
+    name = "rmsnorm[bf16-r1b4096w4-even]"
+    written, failures = objects.build(["sm_90", "gfx942"], name, tmp_path)
+    assert written == 2 and not failures, failures
+    monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
+    objects._rows.cache_clear()
+    try:
+        rows = objects._rows("sm_90")["aiter_ext.ops.norm.kernels:rmsnorm_kernel"]
+        assert len(rows) == 1 and (tmp_path / "sm_90" / "norm" / rows[0]["co_name"]).stat().st_size > 1000
+        row = rows[0]
+        assert row["spec"] == name and row["triton_version"] and row["source_hash"] == objects.source_hash()
+        aligned = row["divisible_by_16"]
+        call = (row["constexprs"], row["options"], row["signature"])
+        kernel = "aiter_ext.ops.norm.kernels:rmsnorm_kernel"
+        assert objects.find("sm_90", kernel, *call, aligned | {"num_rows"}) is row  # more alignment: fine
+        assert objects.find("sm_90", kernel, *call, aligned - {"x"}) is None  # x not 16-byte aligned
+        assert objects.find("sm_90", kernel, {**call[0], "GEMMA": True}, *call[1:], aligned) is None
+        assert objects.find("sm_90", kernel, call[0], {"num_warps": 8}, call[2], aligned) is None
+        assert objects.find("sm_90", kernel, call[0], call[1], {**call[2], "x": "*fp16"}, aligned) is None
+        assert objects.find("gfx950", kernel, *call, aligned) is None  # not built for it
+        gfx = objects._rows("gfx942")[kernel][0]
+        assert gfx["vgprs"] and gfx["scratch_bytes"] == "0" and gfx["co_name"].endswith(".co")
+        # an object of other sources is never used
+        manifest = tmp_path / "sm_90" / "norm" / "manifest.csv"
+        manifest.write_text(manifest.read_text().replace(objects.source_hash(), "0" * 16))
+        objects._rows.cache_clear()
+        assert objects.find("sm_90", kernel, *call, aligned) is None
+        assert json.loads(json.dumps(row["constexprs"])) == row["constexprs"]
+    finally:
+        objects._rows.cache_clear()
+
+
+@gpu_only
+def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, monkeypatch):
+    """Built on this machine for its arch, then launched under AITER_EXT_LAUNCH=asm (objects only: a launch
+    that no object fits raises), against Triton's own launch of the same kernel and config."""
+    from aiter_ext.core import objects
+    from aiter_ext.core.arch import get_arch
+    from aiter_ext.ops.norm import kernels as norm_kernels
+
+    arch = get_arch()
+    written, failures = objects.build([arch], "rmsnorm[bf16-r1b4096w4-even]", tmp_path)
+    assert written == 1 and not failures, failures
+    monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
+    objects._rows.cache_clear()
+    x = torch.randn(16, 4096, device="cuda").to(torch.bfloat16)
+    w = torch.randn(4096, device="cuda").to(torch.bfloat16)
+    config = {"BLOCK_R": 1, "BLOCK_H": 4096, "num_warps": 4}  # the built spec's tile
+    outs = {}
+    previous = thin.mode()
+    try:
+        for mode in ("triton", "asm"):
+            thin.set_mode(mode)
+            norm_kernels.rmsnorm_kernel._records.clear()
+            outs[mode] = torch.full_like(x, float("nan"))
+            norm_kernels.launch(x, None, w, outs[mode], 1e-6, False, config, arch)
+        torch.cuda.synchronize()
+        assert torch.equal(outs["asm"], outs["triton"])
+        with pytest.raises(RuntimeError, match="no code object"):  # a tile that was not built
+            norm_kernels.launch(x, None, w, outs["asm"], 1e-6, False, {**config, "num_warps": 8}, arch)
+    finally:
+        thin.set_mode(previous)
+        objects._rows.cache_clear()

@@ -91,6 +91,10 @@ class KernelReport:
     num_warps: int | None = None
     reasons: list[str] = field(default_factory=list)
     low_occupancy_reason: str = ""  # from the spec: why an occupancy under MIN_WAVES_PER_SIMD is accepted
+    # kept only for `aiter-ext aot --build` (core/objects.py): the code object, its symbol and Triton's hash
+    binary: bytes | None = field(default=None, repr=False)
+    symbol: str | None = None
+    object_hash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -243,12 +247,13 @@ def verdict_reasons(r: KernelReport) -> list[str]:
     return reasons
 
 
-def compile_reports(jobs: Iterable[tuple[KernelSpec, str]]) -> list[KernelReport]:
-    """``compile_report`` for each (spec, arch), in order; under TRITON_INTERPRET=1 in one subprocess."""
+def compile_reports(jobs: Iterable[tuple[KernelSpec, str]], keep_binary: bool = False) -> list[KernelReport]:
+    """``compile_report`` for each (spec, arch), in order; under TRITON_INTERPRET=1 in one subprocess.
+    ``keep_binary``: the reports carry the code objects (``aiter-ext aot --build``)."""
     jobs = list(jobs)
     if jobs and _interpreter_on([spec for spec, _ in jobs]):
-        return _compile_in_child(jobs)
-    return [_compile(spec, arch) for spec, arch in jobs]
+        return _compile_in_child(jobs, keep_binary)
+    return [_compile(spec, arch, keep_binary) for spec, arch in jobs]
 
 
 def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
@@ -256,12 +261,14 @@ def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
     return compile_reports([(spec, arch)])[0]
 
 
-def _compile(spec: KernelSpec, arch: str) -> KernelReport:
+def _compile(spec: KernelSpec, arch: str, keep_binary: bool = False) -> KernelReport:
     report = KernelReport(spec.name, spec.config_label, arch, compiled=False,
                           low_occupancy_reason=spec.low_occupancy_reason)
+    if re.fullmatch(r"sm_\d+", arch):  # an NVIDIA build (objects for the lent GPU): no AMD figures to judge
+        return _compile_cuda(spec, arch, report, keep_binary)
     target = ARCH_TABLE.get(arch)
     if target is None:
-        return _failed(report, f"unknown arch {arch!r} (known: {', '.join(ARCH_TABLE)})")
+        return _failed(report, f"unknown arch {arch!r} (known: {', '.join(ARCH_TABLE)}, sm_XY)")
     report.lds_limit = target.lds_bytes
     try:
         import triton
@@ -273,6 +280,8 @@ def _compile(spec: KernelSpec, arch: str) -> KernelReport:
     except Exception as e:  # the report carries the failure
         return _failed(report, f"{type(e).__name__}: {e}".strip())
     report.compiled = True
+    if keep_binary:
+        report.binary, report.symbol, report.object_hash = kernel.asm["hsaco"], kernel.metadata.name, kernel.hash
     for name, value in parse_amdgcn(amdgcn).items():
         setattr(report, name, value)
     meta = kernel.metadata
@@ -289,6 +298,24 @@ def _compile(spec: KernelSpec, arch: str) -> KernelReport:
         report.reasons.append(f"options not known to Triton {triton.__version__}'s AMD backend: {ignored}")
     if spec.uses_dot and not report.mfma_count:
         report.reasons.append("uses_dot but no v_mfma instruction")
+    return report
+
+
+def _compile_cuda(spec: KernelSpec, arch: str, report: KernelReport, keep_binary: bool) -> KernelReport:
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+
+        kernel = triton.compile(_ast_source(spec), target=GPUTarget("cuda", int(arch[3:]), 32),
+                                options=dict(spec.options))
+        binary = kernel.asm["cubin"]
+    except Exception as e:  # the report carries the failure
+        return _failed(report, f"{type(e).__name__}: {e}".strip())
+    report.compiled = True
+    report.lds_bytes = kernel.metadata.shared
+    report.num_warps = kernel.metadata.num_warps
+    if keep_binary:
+        report.binary, report.symbol, report.object_hash = binary, kernel.metadata.name, kernel.hash
     return report
 
 
@@ -318,7 +345,7 @@ def _interpreter_on(specs: list[KernelSpec]) -> bool:
     return _interpreted(getattr(tl, "cdiv", None)) or any(_interpreted(_kernel_of(s.fn)) for s in specs)
 
 
-def _compile_in_child(jobs: list[tuple[KernelSpec, str]]) -> list[KernelReport]:
+def _compile_in_child(jobs: list[tuple[KernelSpec, str]], keep_binary: bool = False) -> list[KernelReport]:
     raw = [_kernel_of(s.fn).fn for s, _ in jobs]  # the Python function under the Triton objects
     payload = [(replace(s, fn=(f.__module__, f.__qualname__)), a) for f, (s, a) in zip(raw, jobs)]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -326,7 +353,7 @@ def _compile_in_child(jobs: list[tuple[KernelSpec, str]]) -> list[KernelReport]:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "jobs.pkl"), os.path.join(tmp, "reports.pkl")
         with open(src, "wb") as f:
-            pickle.dump(payload, f)
+            pickle.dump((payload, keep_binary), f)
         code = "import sys; from aiter_ext.core.aot import _child_main; _child_main(sys.argv[1], sys.argv[2])"
         proc = subprocess.run([sys.executable, "-c", code, src, dst], env=env, capture_output=True, text=True)
         if proc.returncode == 0:
@@ -338,7 +365,7 @@ def _compile_in_child(jobs: list[tuple[KernelSpec, str]]) -> list[KernelReport]:
 
 def _child_main(src: str, dst: str) -> None:
     with open(src, "rb") as f:
-        jobs = pickle.load(f)
+        jobs, keep_binary = pickle.load(f)
     reports = []
     for spec, arch in jobs:
         module, qualname = spec.fn
@@ -352,7 +379,7 @@ def _child_main(src: str, dst: str) -> None:
             report = KernelReport(spec.name, spec.config_label, arch, compiled=False)
             reports.append(_failed(report, f"cannot import kernel {module}.{qualname} for compiling: {e!r}"))
             continue
-        reports.append(_compile(replace(spec, fn=fn), arch))
+        reports.append(_compile(replace(spec, fn=fn), arch, keep_binary))
     with open(dst, "wb") as f:
         pickle.dump(reports, f)
 
@@ -433,24 +460,46 @@ def _dump_json(path: str, reports: list[KernelReport]) -> None:
         json.dump({"triton_version": triton.__version__, "reports": rows}, f, indent=2)
 
 
+def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None) -> int:
+    from pathlib import Path
+
+    from . import objects
+    from .arch import REPO_ROOT
+
+    root = Path(out) if out else Path(REPO_ROOT) / "hsa"
+    print(f"writing code objects for {', '.join(archs)} under {root}", flush=True)
+    written, failures = objects.build(archs, name_filter, root, lambda op, asked, done: print(
+        f"  {op}: {done} of {asked} written", flush=True))
+    for failure in failures:
+        print(f"  FAILED {failure}", file=sys.stderr)
+    print(f"{written} code objects written, {len(failures)} failed")
+    return 0 if written and not failures else 1
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``aiter-ext aot --check [--arch A]... [--kernel SUBSTRING] [--json PATH]``; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="aiter-ext aot",
         description="Compile every registered Triton kernel for AMD targets without a GPU and check "
         "registers, LDS, scratch, spills and MFMA use.")
-    parser.add_argument("--check", action="store_true",
-                        help="compile and check (the only mode for now)")
-    parser.add_argument("--arch", action="append", choices=sorted(ARCH_TABLE),
-                        help="target arch, repeatable (default: gfx942 and gfx950)")
+    parser.add_argument("--check", action="store_true", help="compile and check for AMD")
+    parser.add_argument("--build", action="store_true",
+                        help="compile and write the code objects with their manifests (core/objects.py)")
+    parser.add_argument("--out", metavar="DIR", help="--build: where to write (default: the data root's hsa/)")
+    parser.add_argument("--arch", action="append", metavar="ARCH",
+                        help="target arch, repeatable: gfx942, gfx950, or (--build only) sm_XY (default: gfx942 and "
+                        "gfx950)")
     parser.add_argument("--kernel", metavar="SUBSTRING", help="only kernels whose name contains this")
     parser.add_argument("--json", metavar="PATH", help="also write the reports to this JSON file")
     args = parser.parse_args(argv)
-    if not args.check:
-        print("aiter-ext aot: only --check is available for now; writing code objects into hsa/ "
-              "comes in a later issue.", file=sys.stderr)
-        return 2
     archs = tuple(dict.fromkeys(args.arch or DEFAULT_ARCHS))
+    bad = [a for a in archs if a not in ARCH_TABLE and not (args.build and re.fullmatch(r"sm_\d+", a))]
+    if bad:
+        parser.error(f"unknown arch {bad} (known: {', '.join(ARCH_TABLE)}; sm_XY with --build)")
+    if args.build:
+        return _build_cli(archs, args.kernel, args.out)
+    if not args.check:
+        parser.error("say --check (compile and judge for AMD) or --build (write code objects)")
 
     def progress(op_name: str, done: list[KernelReport], seconds: float) -> None:
         failed = sum(not r.ok for r in done)

@@ -31,13 +31,17 @@ from typing import Any, Optional
 
 import torch
 
+from . import objects
 from .env import env, interpreted
 from .log import log_once
 
-#: "thin" (default) or "triton": AITER_EXT_LAUNCH, read once here, since it is a per-process choice.
+#: AITER_EXT_LAUNCH, read once here since it is a per-process choice: "thin" (default: a code object from
+#: hsa/ where one fits, else Triton's compile, launched thin), "asm" (code objects only: a launch with none
+#: raises) or "triton" (Triton's own launcher).
+MODES = ("thin", "asm", "triton")
 _MODE = env("AITER_EXT_LAUNCH") or "thin"
-if _MODE not in ("thin", "triton"):
-    raise ValueError(f"AITER_EXT_LAUNCH must be 'thin' or 'triton', got {_MODE!r}")
+if _MODE not in MODES:
+    raise ValueError(f"AITER_EXT_LAUNCH must be one of {MODES}, got {_MODE!r}")
 
 #: Triton parameter types -> the launcher's letter (ints narrower than 32 bits travel in a 32-bit slot:
 #: the driver copies the parameter's own size from its little-endian start).
@@ -49,8 +53,8 @@ def set_mode(mode: str) -> str:
     """Switch the launch path for this process ("thin" or "triton"); returns the previous mode. For tests
     and benchmarks that compare the two."""
     global _MODE
-    if mode not in ("thin", "triton"):
-        raise ValueError(f"mode must be 'thin' or 'triton', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     previous, _MODE = _MODE, mode
     return previous
 
@@ -133,7 +137,7 @@ class ThinKernel:
         self._records: dict = {}
 
     def __getitem__(self, grid):
-        if _MODE != "thin" or interpreted() or not self._names or callable(grid) or not _native_ready():
+        if _MODE == "triton" or interpreted() or not self._names or callable(grid) or not _native_ready():
             return self.fn[grid]
         return functools.partial(self._launch, grid)
 
@@ -193,6 +197,17 @@ class ThinKernel:
         device = tensors[0].device.index
         if device != torch.cuda.current_device() or any(t.device != tensors[0].device for t in tensors):
             return self._refuse("tensors on a device other than the current one")
+        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
+        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
+        if len(names) != len(runtime):
+            return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
+        record = self._object_record(args, kwargs, names, runtime, device)
+        if record is not None or _MODE == "asm":
+            if record is None:
+                raise RuntimeError(f"{self.__name__}: AITER_EXT_LAUNCH=asm, but no code object in "
+                                   f"{[str(r) for r in objects.object_roots()]} fits this launch (build them with "
+                                   f"`aiter-ext aot --build`); its constexprs and options: {kwargs}")
+            return record
         grid = tuple(grid)
         compiled = self.fn.warmup(*args, grid=grid, **kwargs)
         compiled._init_handles()
@@ -206,10 +221,6 @@ class ThinKernel:
             return self._refuse("a cooperative or PDL launch")
         # Triton folds some runtime arguments into the compiled kernel as constants (an int equal to 1, None):
         # those are not passed at launch. The launch signature tells them apart, so the record says which.
-        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
-        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
-        if len(names) != len(runtime):
-            return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
         kinds, keep = [], []
         for i, name in enumerate(names):
             ty = compiled.src.signature.get(name)
@@ -229,6 +240,44 @@ class ThinKernel:
                          None if len(keep) == len(runtime) else tuple(keep))
         launcher()  # built and opened before the first launch, so that a build failure says so here
         return record
+
+
+    def _object_record(self, args, kwargs, names, runtime, device) -> Optional[_Record]:
+        """A record for a code object from hsa/ (core/objects.py) that fits this launch, or None."""
+        constexprs, options = {}, {}
+        for i, p in enumerate(self.fn.params):
+            if p.is_constexpr:
+                constexprs[p.name] = kwargs[p.name] if p.name in kwargs else args[i] if i < len(args) else p.default
+        options = {k: v for k, v in kwargs.items() if k not in self._names}
+        signature, divisible = {}, set()
+        for name, a in zip(names, runtime):
+            if isinstance(a, torch.Tensor):
+                if a.dtype not in objects.TRITON_DTYPES:
+                    return None
+                signature[name] = "*" + objects.TRITON_DTYPES[a.dtype]
+                divisible |= {name} if a.data_ptr() % 16 == 0 else set()
+            elif isinstance(a, bool):
+                signature[name] = "i1"
+            elif isinstance(a, int):
+                signature[name] = "i32" if -2 ** 31 <= a < 2 ** 31 else "i64"
+                divisible |= {name} if a % 16 == 0 else set()
+            elif isinstance(a, float):
+                signature[name] = "fp32"
+            else:  # None: Triton would fold it; no object is built that way
+                return None
+        from .arch import get_arch
+
+        row = objects.find(get_arch(), objects.kernel_id(self.fn), constexprs, options, signature, divisible)
+        if row is None:
+            return None
+        with open(row["path"], "rb") as f:
+            image = f.read()
+        shared = int(row["lds_bytes"] or 0)
+        function = launcher().load(image, row["knl_name"], shared, device)
+        kinds = ["p" if t.startswith("*") else _PARAM_KIND[t] for t in signature.values()]  # parameter order
+        warp = 64 if torch.version.hip else 32
+        return _Record(function, int(row["num_warps"]) * warp, shared, ("".join(kinds) + "pp").encode(), (0, 0), device,
+                       None)
 
 
 #: native().signature once the extension is built (module-level, so the per-call path reads one global)

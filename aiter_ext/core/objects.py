@@ -1,0 +1,154 @@
+"""Code objects compiled ahead of time (``hsa/<arch>/<op>/``), and finding the one a launch can use.
+
+``aiter-ext aot --build`` compiles every registered ``KernelSpec`` (the configs the AMD compile check
+already lists) for each arch asked, gfx942/gfx950 with Triton's AMD backend and ``sm_XY`` with its NVIDIA
+one, and writes per arch and op the objects and a ``manifest.csv`` (``hsa/README.md`` gives the columns).
+The thin launch path (``core/thin.py``) looks a launch up here before it asks Triton for a compile: an
+object whose constexprs, launch options and parameter types equal the call's, and whose divisibility
+hints the call's arguments satisfy, is loaded and launched with no Triton compile.
+
+What makes an object stale: a change to any kernel source. ``source_hash`` covers every ``.py`` under
+``aiter_ext/ops`` and ``aiter_ext/core`` (coarse on purpose: a kernel's Triton helpers may live in another
+module), so an edited checkout ignores its objects until they are built again, and a wheel's objects match
+the sources beside them. The Triton version that built an object is recorded, not required: a code
+object runs without Triton, and the launch passes the two scratch pointers any version since 3.3 appends.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from .arch import REPO_ROOT
+
+#: manifest.csv's columns, in order (hsa/README.md says what each holds).
+COLUMNS = ("knl_name", "co_name", "spec", "config", "kernel", "signature", "constexprs", "options",
+           "divisible_by_16", "num_warps", "lds_bytes", "vgprs", "sgprs", "scratch_bytes", "occupancy",
+           "triton_version", "source_hash")
+#: torch dtypes -> Triton's pointer element names (a tensor argument's signature entry is "*" + this).
+TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+                 torch.int8: "i8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8",
+                 torch.bool: "i1"}
+for _name, _code in (("float8_e4m3fn", "fp8e4nv"), ("float8_e5m2", "fp8e5"), ("float8_e4m3fnuz", "fp8e4b8"),
+                     ("float8_e5m2fnuz", "fp8e5b16")):
+    if hasattr(torch, _name):
+        TRITON_DTYPES[getattr(torch, _name)] = _code
+
+
+@functools.cache
+def source_hash() -> str:
+    """First 16 hex digits of a hash over every kernel source (module docstring)."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted([*(package / "ops").rglob("*.py"), *(package / "core").glob("*.py")]):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def object_roots() -> list[Path]:
+    """Where objects are looked for: the data root's ``hsa`` (the checkout's or the wheel's), then
+    ``AITER_EXT_HSA_DIR`` (objects built on this machine by ``aiter-ext aot --build --out``)."""
+    roots = [Path(REPO_ROOT) / "hsa"]
+    if os.environ.get("AITER_EXT_HSA_DIR"):
+        roots.append(Path(os.environ["AITER_EXT_HSA_DIR"]))
+    return roots
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing (aiter-ext aot --build).
+
+
+def kernel_id(fn) -> str:
+    """``module:qualname`` of the Python function under a kernel's wrappers (thin, autotune, jit)."""
+    while hasattr(fn, "fn"):
+        fn = fn.fn
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=None) -> tuple[int, list[str]]:
+    """Compile and write every registered spec for each arch under ``out/<arch>/<op>/``; returns (objects
+    written, failures as text). A spec that fails to compile is reported, not written."""
+    from . import aot
+
+    import triton
+
+    archs = tuple(archs)
+    written, failures = 0, []
+    for op_name, specs in aot.registered_specs_by_op().items():
+        specs = [s for s in specs if not name_filter or name_filter in s.name]
+        if not specs:
+            continue
+        reports = aot.compile_reports(((s, a) for a in archs for s in specs), keep_binary=True)
+        by_arch: dict[str, list[dict]] = {}
+        for (spec, arch), report in zip(((s, a) for a in archs for s in specs), reports):
+            if not report.compiled or report.binary is None:
+                failures.append(f"{arch} {spec.name}: {report.error or 'no binary'}")
+                continue
+            folder = out / arch / op_name
+            folder.mkdir(parents=True, exist_ok=True)
+            co_name = f"{report.symbol}_{report.object_hash[:8]}.{'co' if arch.startswith('gfx') else 'cubin'}"
+            (folder / co_name).write_bytes(report.binary)
+            by_arch.setdefault(arch, []).append({
+                "knl_name": report.symbol, "co_name": co_name, "spec": spec.name, "config": spec.config_label,
+                "kernel": kernel_id(spec.fn), "signature": json.dumps(spec.signature),
+                "constexprs": json.dumps(spec.constexprs, sort_keys=True), "options": json.dumps(spec.options,
+                                                                                                 sort_keys=True),
+                "divisible_by_16": " ".join(spec.divisible_by_16), "num_warps": report.num_warps,
+                "lds_bytes": report.lds_bytes, "vgprs": report.vgprs, "sgprs": report.sgprs,
+                "scratch_bytes": report.scratch_bytes, "occupancy": report.occupancy,
+                "triton_version": triton.__version__, "source_hash": source_hash()})
+            written += 1
+        for arch, rows in by_arch.items():
+            with open(out / arch / op_name / "manifest.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        if progress is not None:
+            progress(op_name, len(specs) * len(archs), sum(len(r) for r in by_arch.values()))
+    return written, failures
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding (the thin launch path).
+
+
+@functools.cache
+def _rows(arch: str) -> dict[str, list[dict]]:
+    """Every current manifest row for ``arch``, by kernel id; rows of other sources are left out."""
+    found: dict[str, list[dict]] = {}
+    for root in object_roots():
+        for manifest in sorted((root / arch).glob("*/manifest.csv")):
+            with open(manifest, newline="") as f:
+                for row in csv.DictReader(f):
+                    if row["source_hash"] != source_hash():
+                        continue
+                    row["path"] = str(manifest.parent / row["co_name"])
+                    row["signature"] = json.loads(row["signature"])
+                    row["constexprs"] = json.loads(row["constexprs"])
+                    row["options"] = json.loads(row["options"])
+                    row["divisible_by_16"] = set(row["divisible_by_16"].split())
+                    found.setdefault(row["kernel"], []).append(row)
+    return found
+
+
+def find(arch: str, kernel: str, constexprs: dict, options: dict, signature: dict, divisible: set) -> Optional[dict]:
+    """The manifest row of an object that serves this launch, or None. ``signature`` maps each runtime
+    parameter to its Triton type; ``divisible`` names those whose argument is 16-byte aligned (a pointer)
+    or a multiple of 16 (an int). An object may assume less than the call gives, never more; of several,
+    the one assuming most (the most specialised) is taken."""
+    best = None
+    for row in _rows(arch).get(kernel, ()):
+        if row["signature"] != signature or row["constexprs"] != constexprs or row["options"] != options:
+            continue
+        if not row["divisible_by_16"] <= divisible:
+            continue
+        if best is None or len(row["divisible_by_16"]) > len(best["divisible_by_16"]):
+            best = row
+    return best
