@@ -262,9 +262,15 @@ def test_cli_fails_when_nothing_registered(registry, capsys):
     assert "no kernel spec registered" in capsys.readouterr().err
 
 
-def test_cli_without_check_says_why(registry, capsys):
-    assert aot.cli([]) != 0
-    assert "later issue" in capsys.readouterr().err
+def test_cli_without_a_mode_says_why(registry, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aot.cli([])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "--check" in err and "--build" in err
+    with pytest.raises(SystemExit):
+        aot.cli(["--check", "--arch", "sm_90"])  # NVIDIA targets are for --build only
+    assert "sm_XY with --build" in capsys.readouterr().err
 
 
 def test_cli_passes_and_fails(registry, capsys, tmp_path):
