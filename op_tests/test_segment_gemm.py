@@ -498,7 +498,7 @@ def test_lora_ops_take_a_tuned_k_split_only_where_it_fits(monkeypatch):
         used.clear()
         aiter_ext.lora_shrink(x, [wa], shrunk, *meta, *flags, 1.0)
         assert used == [split]
-        want = torch.stack([x[t].float() @ wa[m].float().t() if m >= 0 else torch.zeros(16)
+        want = torch.stack([x[t].float() @ wa[m].float().t() if m >= 0 else torch.zeros(16, device=DEVICE)
                             for t, m in enumerate(mapping.tolist())])
         assert_close(shrunk[0], want, DTYPE, name=f"lora_shrink hidden {hidden}")
     wb = (torch.randn(2, 24, 16, generator=gen) / 4).to(DTYPE).to(DEVICE)
@@ -506,7 +506,7 @@ def test_lora_ops_take_a_tuned_k_split_only_where_it_fits(monkeypatch):
     used.clear()
     aiter_ext.lora_expand(shrunk.to(DTYPE), [wb], out, *meta, *flags)  # a bf16 output takes no atomics
     assert used == [1]
-    want = torch.stack([shrunk[0, t].to(DTYPE).float() @ wb[m].float().t() if m >= 0 else torch.zeros(24)
+    want = torch.stack([shrunk[0, t].to(DTYPE).float() @ wb[m].float().t() if m >= 0 else torch.zeros(24, device=DEVICE)
                         for t, m in enumerate(mapping.tolist())])
     rows = mapping >= 0  # rows of no adapter are left as they were
     assert_close(out[rows], want[rows], DTYPE, name="lora_expand")
