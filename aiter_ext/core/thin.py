@@ -7,17 +7,19 @@ form, ``kernel[grid](*args, **constexprs)``, and:
 
 - the first call of a *launch signature* (the constexpr values, and per runtime argument its dtype and
   Triton's specialisation classes: 16-byte alignment of a pointer, an int's width and divisibility by 16)
-  asks Triton for the compiled kernel (``warmup``: Triton specialises and compiles, or loads its cache,
-  exactly as its own launch would) and records the kernel's handle, its parameter kinds and launch sizes;
-- every later call computes that signature, finds the record and launches through
-  ``csrc/launcher/aiter_ext_launch.c`` (``cuLaunchKernel`` / ``hipModuleLaunchKernel``) on torch's current
-  stream. The kernel is Triton's own object, so results are the same bit for bit.
+  takes a code object from ``hsa/`` that fits it (``core/objects.py``: no Triton compile), or else asks
+  Triton for the compiled kernel (``warmup``: Triton specialises and compiles, or loads its cache, exactly
+  as its own launch would), and records the kernel's handle, its parameter kinds and launch sizes;
+- every later call computes that signature (in C), finds the record and launches through
+  ``csrc/ck_kernels/launch.cpp`` (``cuLaunchKernel`` / ``hipModuleLaunchKernel``) on torch's current
+  stream. A kernel from Triton is Triton's own object, so results are the same bit for bit (checked on an
+  H100 for eight ops, and for a code object built there).
 
 Triton's launcher is used instead (logged once per kernel and reason) where the thin path cannot serve a
 call: the interpreter, a grid given as a function, a kernel that needs scratch memory, an argument kind it
-does not pack, or a tensor on another device than the current one. ``AITER_EXT_LAUNCH=triton`` (read at
-import; :func:`set_mode` in tests) turns it off everywhere. Graph capture works: a launch reads no device
-data and allocates nothing.
+does not pack, or a tensor on another device than the current one. ``AITER_EXT_LAUNCH`` (read at import;
+:func:`set_mode` in tests and benchmarks) picks the path: ``triton`` turns the thin path off, ``asm`` allows
+code objects only. Graph capture works: a launch reads no device data and allocates nothing.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ _PARAM_KIND = {"i1": "i", "i8": "i", "i16": "i", "i32": "i", "u1": "i", "u8": "i
 
 
 def set_mode(mode: str) -> str:
-    """Switch the launch path for this process ("thin" or "triton"); returns the previous mode. For tests
-    and benchmarks that compare the two."""
+    """Switch the launch path for this process (one of MODES); returns the previous mode. For tests and
+    benchmarks that compare the paths."""
     global _MODE
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
