@@ -223,6 +223,8 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
     name = "rmsnorm[bf16-r1b4096w4-even]"
     written, failures = objects.build(["sm_90", "gfx942"], name, tmp_path)
     assert written == 2 and not failures, failures
+    assert objects.verify(tmp_path, ["sm_90", "gfx942"], name) == []
+    assert objects.verify(tmp_path, ["gfx950"], name) == [f"gfx950 {name} [default]: 0 manifest rows"]
     monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
     objects._rows.cache_clear()
     try:

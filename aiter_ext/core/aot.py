@@ -460,7 +460,9 @@ def _dump_json(path: str, reports: list[KernelReport]) -> None:
         json.dump({"triton_version": triton.__version__, "reports": rows}, f, indent=2)
 
 
-def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None) -> int:
+def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None, check: bool) -> int:
+    """``--build``: write the objects, read them back through the lookup (``objects.verify``), and with
+    ``--check`` also judge the AMD ones as ``--check`` alone does (one compile serves both)."""
     from pathlib import Path
 
     from . import objects
@@ -468,12 +470,26 @@ def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None)
 
     root = Path(out) if out else Path(REPO_ROOT) / "hsa"
     print(f"writing code objects for {', '.join(archs)} under {root}", flush=True)
+    reports: list[KernelReport] = []
     written, failures = objects.build(archs, name_filter, root, lambda op, asked, done: print(
-        f"  {op}: {done} of {asked} written", flush=True))
+        f"  {op}: {done} of {asked} written", flush=True), reports)
     for failure in failures:
         print(f"  FAILED {failure}", file=sys.stderr)
-    print(f"{written} code objects written, {len(failures)} failed")
-    return 0 if written and not failures else 1
+    problems = objects.verify(root, archs, name_filter)
+    for problem in problems:
+        print(f"  MANIFEST {problem}", file=sys.stderr)
+    print(f"{written} code objects written, {len(failures)} failed; manifests read back: "
+          f"{len(problems)} problem(s)")
+    ok = bool(written) and not failures and not problems
+    if check:
+        amd = [r for r in reports if r.arch in ARCH_TABLE]
+        for arch in archs:
+            if arch in ARCH_TABLE:
+                print(format_table([r for r in amd if r.arch == arch], arch) + "\n")
+        failed = sum(not r.ok for r in amd)
+        print(f"AMD compile check: {len(amd) - failed} passed, {failed} failed")
+        ok = ok and bool(amd) and not failed
+    return 0 if ok else 1
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -497,7 +513,7 @@ def cli(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unknown arch {bad} (known: {', '.join(ARCH_TABLE)}; sm_XY with --build)")
     if args.build:
-        return _build_cli(archs, args.kernel, args.out)
+        return _build_cli(archs, args.kernel, args.out, args.check)
     if not args.check:
         parser.error("say --check (compile and judge for AMD) or --build (write code objects)")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from dataclasses import replace
 import hashlib
 import json
 import os
@@ -72,9 +73,11 @@ def kernel_id(fn) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
-def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=None) -> tuple[int, list[str]]:
+def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=None,
+          reports_out: Optional[list] = None) -> tuple[int, list[str]]:
     """Compile and write every registered spec for each arch under ``out/<arch>/<op>/``; returns (objects
-    written, failures as text). A spec that fails to compile is reported, not written."""
+    written, failures as text). A spec that fails to compile is reported, not written. ``reports_out``
+    receives every compile report (the AMD compile check's verdicts come with them)."""
     from . import aot
 
     import triton
@@ -86,6 +89,8 @@ def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=
         if not specs:
             continue
         reports = aot.compile_reports(((s, a) for a in archs for s in specs), keep_binary=True)
+        if reports_out is not None:
+            reports_out += [replace(r, binary=None) for r in reports]
         by_arch: dict[str, list[dict]] = {}
         for (spec, arch), report in zip(((s, a) for a in archs for s in specs), reports):
             if not report.compiled or report.binary is None:
@@ -152,3 +157,43 @@ def find(arch: str, kernel: str, constexprs: dict, options: dict, signature: dic
         if best is None or len(row["divisible_by_16"]) > len(best["divisible_by_16"]):
             best = row
     return best
+
+
+def verify(root: Path, archs: Iterable[str], name_filter: Optional[str] = None) -> list[str]:
+    """What is wrong with the objects under ``root`` (empty: nothing): every registered spec (whose name
+    contains ``name_filter``) must have a current manifest row per arch whose file exists, and the lookup
+    must find an object for a launch made of the spec's own parameters."""
+    from . import aot
+
+    problems = []
+    _rows.cache_clear()
+    previous = os.environ.get("AITER_EXT_HSA_DIR")
+    os.environ["AITER_EXT_HSA_DIR"] = str(root)
+    try:
+        specs = [s for s in aot.registered_specs() if not name_filter or name_filter in s.name]
+        # (name, config label) names a spec; the same pair registered twice must have two rows
+        copies = {}
+        for spec in specs:
+            copies[(spec.name, spec.config_label)] = copies.get((spec.name, spec.config_label), 0) + 1
+        for arch in archs:
+            rows = _rows(arch)
+            for spec in specs:
+                kernel = kernel_id(spec.fn)
+                own = [r for r in rows.get(kernel, ()) if (r["spec"], r["config"]) == (spec.name, spec.config_label)]
+                if len(own) != copies[(spec.name, spec.config_label)]:
+                    problems.append(f"{arch} {spec.name} [{spec.config_label}]: {len(own)} manifest rows")
+                    continue
+                if any(not Path(r["path"]).is_file() or Path(r["path"]).stat().st_size == 0 for r in own):
+                    problems.append(f"{arch} {spec.name} [{spec.config_label}]: an object file missing or empty")
+                found = find(arch, kernel, dict(spec.constexprs), dict(spec.options), dict(spec.signature),
+                             set(spec.divisible_by_16))
+                if found is None:
+                    problems.append(f"{arch} {spec.name} [{spec.config_label}]: no object found for a launch with its "
+                                    "own parameters")
+    finally:
+        if previous is None:
+            os.environ.pop("AITER_EXT_HSA_DIR", None)
+        else:
+            os.environ["AITER_EXT_HSA_DIR"] = previous
+        _rows.cache_clear()
+    return problems
