@@ -155,7 +155,7 @@ class Op:
         self._cache: dict[tuple, Choice] = {}
         self._env_vars = (f"AITER_EXT_BACKEND_{name.upper()}", "AITER_EXT_BACKEND")
         #: the call's key names -> a getter of its non-shape values (the cache key's second part)
-        self._extras: dict[tuple, Callable[[Mapping], tuple]] = {}
+        self._extras: dict[tuple, Callable[[Mapping], object]] = {}
 
     def register(self, backend: str, fn: Callable, supports: Supports = _always,
                  configs: list[dict] | None = None, prepare: Callable | None = None) -> None:
@@ -192,7 +192,7 @@ class Op:
         names = tuple(call)
         extras = self._extras.get(names)
         if extras is None:
-            extras = self._extras[names] = _getter(names, [k for k in names if k not in self.shape_keys])
+            extras = self._extras[names] = _getter([k for k in names if k not in self.shape_keys])
         key = (self.bucket(call), names, extras(call))
         choice = self._cache.get((requested, where, key))
         if choice is None:
@@ -249,7 +249,7 @@ class Op:
         self._cache.clear()
 
 
-def _getter(names: tuple, keys: list) -> Callable[[Mapping], object]:
+def _getter(keys: list) -> Callable[[Mapping], object]:
     """``call -> the values of keys`` (a value, or a tuple of them), at C speed; the cache key carries the
     names beside it."""
     return operator.itemgetter(*keys) if keys else (lambda call: ())
