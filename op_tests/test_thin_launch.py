@@ -68,6 +68,30 @@ def test_call_forms_map_onto_runtime_parameters():
     assert mixed.runtime_positional == (0, 1, 3) and mixed.runtime_keywords == ()
 
 
+def test_each_constexpr_value_and_call_form_gets_its_own_record(monkeypatch):
+    """A record serves one compiled kernel: a constexpr passed by position or by keyword, with another value,
+    or under another name, must not reuse it (the launch itself is stubbed: no GPU here)."""
+    _needs_the_extension()
+    import types
+
+    k = thin.ThinKernel(_FakeJit())
+    made = []
+    monkeypatch.setattr(k, "_record", lambda grid, args, kwargs, runtime: made.append((args, kwargs)) or
+                        thin._Record(1, 32, 0, b"pip", (), 0, None))
+    monkeypatch.setattr(thin, "launcher", lambda: types.SimpleNamespace(launch=lambda *a: None))
+    monkeypatch.setattr(thin, "_native_ready", lambda: True)
+    monkeypatch.setattr(thin, "_SIGNATURE", thin.native().signature)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.zeros(4)
+    k[(1,)](x, 8, 16, x, FLAG=True)  # BLOCK by position
+    k[(1,)](x, 8, 16, x, FLAG=True)  # the same: reused
+    k[(1,)](x, 8, 32, x, FLAG=True)  # another BLOCK by position
+    k[(1,)](x, 8, BLOCK=32, y=x, FLAG=True)  # the same values through another call form
+    k[(1,)](x, 8, BLOCK=32, y=x, FLAG=False)
+    assert len(made) == 4
+
+
 def test_interpreter_and_triton_mode_pass_through(monkeypatch):
     fake = _FakeJit()
     k = thin.ThinKernel(fake)

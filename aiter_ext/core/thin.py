@@ -111,6 +111,12 @@ class _Layout:
     runtime_positional: Optional[tuple[int, ...]]  # None: every positional argument is a runtime one
     runtime_keywords: tuple[str, ...]  # runtime parameters passed by keyword, in parameter order
     constexpr_keywords: tuple[str, ...]  # the rest (constexprs and launch options), in call order
+    constexpr_positional: tuple[int, ...] = ()  # constexprs passed by position
+
+    @property
+    def simple(self) -> bool:
+        """Runtime arguments all positional, constexprs and options all by keyword: every call site today."""
+        return self.runtime_positional is None and not self.runtime_keywords
 
 
 @dataclass(frozen=True)
@@ -149,17 +155,18 @@ class ThinKernel:
     # -- per call ------------------------------------------------------------------------------------
 
     def _launch(self, grid, *args, **kwargs):
-        layout = self._layouts.get((len(args), tuple(kwargs)))
+        form = (len(args), tuple(kwargs))
+        layout = self._layouts.get(form)
         if layout is None:
-            layout = self._layout(len(args), tuple(kwargs))
-        if layout.runtime_positional is None and not layout.runtime_keywords:
-            runtime = args
+            layout = self._layout(*form)
+        if layout.simple:
+            runtime, consts = args, tuple(kwargs.values())
         else:
             picked = args if layout.runtime_positional is None else [args[i] for i in layout.runtime_positional]
             runtime = (*picked, *(kwargs[k] for k in layout.runtime_keywords))
-        consts = tuple(kwargs.values()) if not layout.runtime_keywords else tuple(
-            [kwargs[k] for k in layout.constexpr_keywords])
-        key = (consts, _SIGNATURE(*runtime))
+            consts = (*(kwargs[k] for k in layout.constexpr_keywords), *(args[i] for i in layout.constexpr_positional))
+        # the call form keys too: the constexpr values alone do not say which parameters they are
+        key = (form, consts, _SIGNATURE(*runtime))
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = self._record(grid, args, kwargs, runtime)
@@ -180,7 +187,8 @@ class ThinKernel:
         runtime_positional = tuple(i for i in range(num_positional) if self._names[i] not in self._constexpr)
         runtime_keywords = tuple(n for n in self._names if n in keywords and n not in self._constexpr)
         layout = _Layout(None if len(runtime_positional) == num_positional else runtime_positional,
-                         runtime_keywords, tuple(k for k in keywords if k not in runtime_keywords))
+                         runtime_keywords, tuple(k for k in keywords if k not in runtime_keywords),
+                         tuple(i for i in range(num_positional) if self._names[i] in self._constexpr))
         self._layouts[(num_positional, keywords)] = layout
         return layout
 
