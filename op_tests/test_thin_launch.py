@@ -81,7 +81,7 @@ def test_each_constexpr_value_and_call_form_gets_its_own_record(monkeypatch):
     monkeypatch.setattr(thin, "launcher", lambda: types.SimpleNamespace(launch=lambda *a: None))
     monkeypatch.setattr(thin, "_native_ready", lambda: True)
     monkeypatch.setattr(thin, "_SIGNATURE", thin.native().signature)
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    monkeypatch.setattr(thin, "current_stream", lambda device: 0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x = torch.zeros(4)
     k[(1,)](x, 8, 16, x, FLAG=True)  # BLOCK by position

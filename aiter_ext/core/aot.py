@@ -264,29 +264,30 @@ def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
 def _compile(spec: KernelSpec, arch: str, keep_binary: bool = False) -> KernelReport:
     report = KernelReport(spec.name, spec.config_label, arch, compiled=False,
                           low_occupancy_reason=spec.low_occupancy_reason)
-    if re.fullmatch(r"sm_\d+", arch):  # an NVIDIA build (objects for the lent GPU): no AMD figures to judge
-        return _compile_cuda(spec, arch, report, keep_binary)
+    cuda = re.fullmatch(r"sm_(\d+)", arch)  # an NVIDIA build (objects for the lent GPU): no AMD figures to judge
     target = ARCH_TABLE.get(arch)
-    if target is None:
+    if target is None and not cuda:
         return _failed(report, f"unknown arch {arch!r} (known: {', '.join(ARCH_TABLE)}, sm_XY)")
-    report.lds_limit = target.lds_bytes
     try:
         import triton
         from triton.backends.compiler import GPUTarget
 
-        kernel = triton.compile(_ast_source(spec), target=GPUTarget("hip", arch, target.wave_size),
-                                options=dict(spec.options))
-        amdgcn = kernel.asm["amdgcn"]
+        gpu = GPUTarget("cuda", int(cuda[1]), 32) if cuda else GPUTarget("hip", arch, target.wave_size)
+        kernel = triton.compile(_ast_source(spec), target=gpu, options=dict(spec.options))
+        binary = kernel.asm["cubin" if cuda else "hsaco"]
     except Exception as e:  # the report carries the failure
         return _failed(report, f"{type(e).__name__}: {e}".strip())
     report.compiled = True
-    if keep_binary:
-        report.binary, report.symbol, report.object_hash = kernel.asm["hsaco"], kernel.metadata.name, kernel.hash
-    for name, value in parse_amdgcn(amdgcn).items():
-        setattr(report, name, value)
     meta = kernel.metadata
     report.lds_bytes = getattr(meta, "shared", None)
     report.num_warps = getattr(meta, "num_warps", spec.options.get("num_warps"))
+    if keep_binary:
+        report.binary, report.symbol, report.object_hash = binary, meta.name, kernel.hash
+    if cuda:
+        return report
+    report.lds_limit = target.lds_bytes
+    for name, value in parse_amdgcn(kernel.asm["amdgcn"]).items():
+        setattr(report, name, value)
     if report.occupancy is not None and report.lds_bytes is not None and report.num_warps:
         report.occupancy = min(report.occupancy, _lds_occupancy(report.lds_bytes, target.lds_bytes,
                                                                 report.num_warps))
@@ -298,24 +299,6 @@ def _compile(spec: KernelSpec, arch: str, keep_binary: bool = False) -> KernelRe
         report.reasons.append(f"options not known to Triton {triton.__version__}'s AMD backend: {ignored}")
     if spec.uses_dot and not report.mfma_count:
         report.reasons.append("uses_dot but no v_mfma instruction")
-    return report
-
-
-def _compile_cuda(spec: KernelSpec, arch: str, report: KernelReport, keep_binary: bool) -> KernelReport:
-    try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-
-        kernel = triton.compile(_ast_source(spec), target=GPUTarget("cuda", int(arch[3:]), 32),
-                                options=dict(spec.options))
-        binary = kernel.asm["cubin"]
-    except Exception as e:  # the report carries the failure
-        return _failed(report, f"{type(e).__name__}: {e}".strip())
-    report.compiled = True
-    report.lds_bytes = kernel.metadata.shared
-    report.num_warps = kernel.metadata.num_warps
-    if keep_binary:
-        report.binary, report.symbol, report.object_hash = binary, kernel.metadata.name, kernel.hash
     return report
 
 

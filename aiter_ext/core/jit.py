@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from aiter_ext.core import arch as _arch
+from aiter_ext.core.launch import current_stream
 
 __all__ = ["JitBuildError", "compile_ops", "build_module", "module_status", "jit_dir"]
 
@@ -267,11 +268,6 @@ def _load(module_name: str) -> tuple[ctypes.CDLL, bool]:
         return _libs[module_name]
 
 
-def _current_stream(device: int) -> int:
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton uses: no Stream object
-    return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
-
-
 def _param_types(stub: Callable) -> tuple[inspect.Signature, list, list[tuple[int, bool]]]:
     """ctypes argtypes from the stub's hints, and the (index, optional) of each tensor parameter."""
     where = f"compile_ops stub {stub.__module__}.{stub.__qualname__}"
@@ -355,10 +351,10 @@ def compile_ops(module_name: str, fc_name: Optional[str] = None) -> Callable[[Ca
             if not device:
                 rc = fn(*cargs)
             elif dev is None or dev == torch.cuda.current_device():
-                rc = fn(*cargs, _current_stream(torch.cuda.current_device()))
+                rc = fn(*cargs, current_stream(torch.cuda.current_device()))
             else:  # the tensors live on another GPU: launch there, on its current stream
                 with torch.cuda.device(dev):
-                    rc = fn(*cargs, _current_stream(dev))
+                    rc = fn(*cargs, current_stream(dev))
             if rc != 0:
                 msg = err(rc)
                 raise RuntimeError(f"{module_name}.{name} failed (code {rc}): "

@@ -1,4 +1,4 @@
-"""Integer helpers for the host side of kernel launchers.
+"""Helpers for the host side of kernel launchers: integer arithmetic, the kernels module, the stream.
 
 Plain Python on purpose: since Triton 3.5, ``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr
 functions, and a call from host code costs microseconds (3.5 us each on the 2-core CI machine; the nine
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+
+import torch
 
 
 def cdiv(a: int, b: int) -> int:
@@ -27,3 +29,13 @@ def kernels_module(package: str):
     their Triton kernels late, since ``import aiter_ext`` must not import Triton; an ``import`` statement
     in the per-call function costs about 1 us on every call (CI machine)."""
     return importlib.import_module(".kernels", package)
+
+
+#: torch's current raw stream per device, as Triton reads it (no Stream object is made); the public call
+#: where a torch build lacks it
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def current_stream(device: int) -> int:
+    """The handle of torch's current stream on ``device`` (CUDA or HIP), for a launch made outside torch."""
+    return _RAW_STREAM(device) if _RAW_STREAM is not None else torch.cuda.current_stream(device).cuda_stream

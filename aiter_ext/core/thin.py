@@ -35,6 +35,7 @@ import torch
 
 from . import objects
 from .env import env, interpreted
+from .launch import current_stream
 from .log import log_once
 
 #: AITER_EXT_LAUNCH, read once here since it is a per-process choice: "thin" (default: a code object from
@@ -177,9 +178,8 @@ class ThinKernel:
         gx = grid[0]
         gy = grid[1] if len(grid) > 1 else 1
         gz = grid[2] if len(grid) > 2 else 1
-        stream = torch._C._cuda_getCurrentRawStream(record.device)
-        launcher().launch(record.function, gx, gy, gz, record.threads, record.shared, stream, record.fmt, *runtime,
-                          *record.trailing)
+        launcher().launch(record.function, gx, gy, gz, record.threads, record.shared, current_stream(record.device),
+                          record.fmt, *runtime, *record.trailing)
 
     # -- once per call form / launch signature --------------------------------------------------------
 
