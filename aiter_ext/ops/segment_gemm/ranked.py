@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from aiter_ext.core.checks import check_same_device, check_tensor
+from aiter_ext.core.checks import check_inner_contiguous, check_same_device, check_tensor
 from aiter_ext.core.launch import kernels_module
 
 from .lora import DTYPES, _tuned_config
@@ -51,8 +51,7 @@ def _check_tables(num_segments: int, slots: int, seg_indptr, weight_indices, lor
 
 def _check_rows(name: str, t: torch.Tensor, ndim: int, dtypes) -> None:
     check_tensor(name, t, ndim=ndim, dtypes=dtypes)
-    if t.stride(-1) != 1:
-        raise ValueError(f"{name} must be contiguous in its last dimension")
+    check_inner_contiguous(name, t, 1)
 
 
 def lora_a(x: torch.Tensor, weights: torch.Tensor, seg_indptr: torch.Tensor, weight_indices: torch.Tensor,
