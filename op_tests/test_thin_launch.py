@@ -79,7 +79,7 @@ def test_each_constexpr_value_and_call_form_gets_its_own_record(monkeypatch):
     monkeypatch.setattr(k, "_record", lambda grid, args, kwargs, runtime: made.append((args, kwargs)) or
                         thin._Record(1, 32, 0, b"pip", (), 0, None))
     monkeypatch.setattr(thin, "launcher", lambda: types.SimpleNamespace(launch=lambda *a: None))
-    monkeypatch.setattr(thin, "_native_ready", lambda: True)
+    monkeypatch.setattr(thin, "native_ready", lambda: True)
     monkeypatch.setattr(thin, "_SIGNATURE", thin.native().signature)
     monkeypatch.setattr(thin, "current_stream", lambda device: 0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")

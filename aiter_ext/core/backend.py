@@ -23,6 +23,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from . import plans
 from .arch import device_info
 from .env import env, interpreted
 from .log import log_once
@@ -162,6 +163,7 @@ class Op:
         if backend not in _STATUS_PROBES:
             raise ValueError(f"{self.name}: unknown backend {backend!r}")
         self.impls[backend] = Impl(backend, fn, supports, configs or [{}], prepare)
+        plans.invalidate()
 
     def env_request(self) -> tuple[str | None, str]:
         for name in self._env_vars:
@@ -201,6 +203,8 @@ class Op:
             else:
                 choice = self._explicit(call, requested, "argument" if where == "backend=" else "environment", where)
             self._cache[(requested, where, key)] = choice
+        if plans.ACTIVE is not None and choice.impl.backend != "triton":
+            plans.ACTIVE.refuse(f"{self.name} chose the {choice.impl.backend} backend, whose launches a plan cannot hold")
         return choice
 
     def _explicit(self, call, backend: str, how: str, where: str) -> Choice:
@@ -247,6 +251,7 @@ class Op:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        plans.invalidate()  # the call plans were made under the cached choices
 
 
 def _getter(keys: list) -> Callable[[Mapping], object]:

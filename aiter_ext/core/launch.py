@@ -39,3 +39,8 @@ _RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 def current_stream(device: int) -> int:
     """The handle of torch's current stream on ``device`` (CUDA or HIP), for a launch made outside torch."""
     return _RAW_STREAM(device) if _RAW_STREAM is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def raw_stream_getter():
+    """``device -> torch's current raw stream on it``, as one callable (for the C launcher's call plans)."""
+    return _RAW_STREAM if _RAW_STREAM is not None else (lambda device: torch.cuda.current_stream(device).cuda_stream)

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import objects
+from . import objects, plans
 from .env import env, interpreted
 from .launch import current_stream
 from .log import log_once
@@ -59,6 +59,7 @@ def set_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     previous, _MODE = _MODE, mode
+    plans.invalidate()
     return previous
 
 
@@ -146,7 +147,7 @@ class ThinKernel:
         self._records: dict = {}
 
     def __getitem__(self, grid):
-        if _MODE == "triton" or interpreted() or not self._names or callable(grid) or not _native_ready():
+        if _MODE == "triton" or interpreted() or not self._names or callable(grid) or not native_ready():
             return self.fn[grid]
         return functools.partial(self._launch, grid)
 
@@ -178,6 +179,8 @@ class ThinKernel:
         gx = grid[0]
         gy = grid[1] if len(grid) > 1 else 1
         gz = grid[2] if len(grid) > 2 else 1
+        if plans.ACTIVE is not None:
+            plans.ACTIVE.launch(record, (gx, gy, gz), runtime)
         launcher().launch(record.function, gx, gy, gz, record.threads, record.shared, current_stream(record.device),
                           record.fmt, *runtime, *record.trailing)
 
@@ -294,7 +297,7 @@ class ThinKernel:
 _SIGNATURE = None
 
 
-def _native_ready() -> bool:
+def native_ready() -> bool:
     """Build and load the extension on the first thin launch; without it (no compiler, no Python headers)
     Triton's launcher serves every call, as logged."""
     global _SIGNATURE

@@ -16,6 +16,16 @@
  *                                         launch on `stream`; fmt has one letter per argument:
  *                                         'p' a pointer (an int, None for NULL, or an object with
  *                                         data_ptr(), such as a tensor), 'i' int32, 'l' int64, 'f' fp32.
+ *   use_types(tensor_types, stream_getter)
+ *                                         the exact types call_key() takes as tensors (torch.Tensor,
+ *                                         nn.Parameter), and torch's current-stream function (device ->
+ *                                         raw stream), for run_plan().
+ *   call_key(*args)                       a call plan's key (core/plans.py): bytes describing every argument
+ *                                         completely for the launches an op makes from it, or None where a
+ *                                         plan cannot serve the call (a CPU tensor, an argument of another
+ *                                         type, a tensor subclass such as torch.compile's fake tensors).
+ *   run_plan(plan, *slots)                replay a call plan: its launches, with pointers taken from `slots`.
+ *   explain_plan(plan, *slots)            what run_plan would launch, as a list (tests; needs no driver).
  * Errors raise RuntimeError with the driver's message; nothing is launched then.
  */
 #define PY_SSIZE_T_CLEAN
@@ -231,12 +241,232 @@ static PyObject *launch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
   Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Call plans (core/plans.py). */
+
+static PyObject *tensor_types = NULL;  /* a tuple of the exact types taken as tensors */
+static PyObject *stream_getter = NULL; /* device index -> torch's current raw stream on it */
+
+static PyObject *use_types(PyObject *self, PyObject *args) {
+  PyObject *types, *getter;
+  if (!PyArg_ParseTuple(args, "O!O", &PyTuple_Type, &types, &getter)) return NULL;
+  Py_XSETREF(tensor_types, Py_NewRef(types));
+  Py_XSETREF(stream_getter, Py_NewRef(getter));
+  Py_RETURN_NONE;
+}
+
+static int is_tensor(PyObject *a) {
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tensor_types); i++)
+    if ((PyObject *)Py_TYPE(a) == PyTuple_GET_ITEM(tensor_types, i)) return 1;
+  return 0;
+}
+
+/* A growable byte buffer for the key. */
+typedef struct { char *data; Py_ssize_t size, cap; } keybuf;
+
+static int put(keybuf *b, const void *src, Py_ssize_t n) {
+  if (b->size + n > b->cap) {
+    Py_ssize_t cap = 2 * (b->size + n);
+    char *grown = (char *)PyMem_Realloc(b->data, cap);
+    if (!grown) { PyErr_NoMemory(); return -1; }
+    b->data = grown;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->size, src, n);
+  b->size += n;
+  return 0;
+}
+
+static int put_byte(keybuf *b, char c) { return put(b, &c, 1); }
+static int put_i64(keybuf *b, int64_t v) { return put(b, &v, 8); }
+
+/* Appends a Python int's value; returns 1 (no key) where it does not fit 64 bits. */
+static int put_int(keybuf *b, PyObject *obj) {
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+  if (v == -1 && PyErr_Occurred()) return -1;
+  if (overflow) return 1;
+  return put_i64(b, v);
+}
+
+/* Appends the ints of a tuple (a shape, a stride); returns their product-free span data to the caller. */
+static int put_ints(keybuf *b, PyObject *seq, int64_t *values, Py_ssize_t max) {
+  if (!seq || !PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) > max) return 1;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+    int overflow = 0;
+    values[i] = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(seq, i), &overflow);
+    if (values[i] == -1 && PyErr_Occurred()) return -1;
+    if (overflow) return 1;
+  }
+  return put(b, values, 8 * PyTuple_GET_SIZE(seq));
+}
+
+#define MAX_DIMS 16
+#define MAX_KEY_TENSORS 32
+
+/* call_key(*args) -> bytes | None. What the key holds, per argument: None, a bool, an int or a float by
+ * value, a str by its text, and a tensor by dtype, device, shape, strides and data pointer modulo 16 (what
+ * Triton specialises on; the ops read no finer alignment). After the arguments, for every pair of
+ * tensors whose memory may overlap (their byte ranges, sized for 16-byte elements so that the test errs
+ * towards "may"), the distance between their data pointers: an op's launches may depend on aliasing
+ * (out is input, a view of a tensor passed beside it). So two calls with one key differ only in where
+ * their tensors are, and the launches of one are those of the other with the pointers moved. */
+static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  (void)self;
+  if (!tensor_types) return PyErr_Format(PyExc_RuntimeError, "use_types() first");
+  keybuf b = {NULL, 0, 0};
+  uint64_t starts[MAX_KEY_TENSORS], ends[MAX_KEY_TENSORS];
+  int tensors = 0, rc = 0;
+  for (Py_ssize_t i = 0; i < nargs && rc == 0; i++) {
+    PyObject *a = args[i];
+    if (a == Py_None) rc = put_byte(&b, 'N');
+    else if (PyBool_Check(a)) rc = put_byte(&b, a == Py_True ? 'b' : 'B');
+    else if (PyLong_CheckExact(a)) rc = put_byte(&b, 'I') ? -1 : put_int(&b, a);
+    else if (PyFloat_CheckExact(a)) {
+      double v = PyFloat_AS_DOUBLE(a);
+      rc = put_byte(&b, 'F') ? -1 : put(&b, &v, 8);
+    } else if (PyUnicode_CheckExact(a)) {
+      Py_ssize_t n;
+      const char *text = PyUnicode_AsUTF8AndSize(a, &n);
+      rc = !text ? -1 : put_byte(&b, 'S') ? -1 : put_i64(&b, n) ? -1 : put(&b, text, n);
+    } else if (is_tensor(a) && tensors < MAX_KEY_TENSORS) {
+      PyObject *dtype = NULL, *device = NULL, *ptr = NULL, *shape = NULL, *stride = NULL;
+      int64_t sizes[MAX_DIMS], strides[MAX_DIMS];
+      rc = -1;
+      if ((dtype = PyObject_GetAttrString(a, "dtype")) && (device = PyObject_CallMethod(a, "get_device", NULL)) &&
+          (ptr = PyObject_CallMethod(a, "data_ptr", NULL)) && (shape = PyObject_GetAttrString(a, "shape")) &&
+          (stride = PyObject_CallMethod(a, "stride", NULL))) {
+        long dev = PyLong_AsLong(device);
+        uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
+        uintptr_t dtype_id = (uintptr_t)dtype;  /* torch's dtypes are singletons */
+        if (PyErr_Occurred()) rc = -1;
+        else if (dev < 0) rc = 1;  /* a CPU tensor: plans serve GPU calls only */
+        else if (!(rc = put_byte(&b, 'T')) && !(rc = put(&b, &dtype_id, sizeof dtype_id)) && !(rc = put_i64(&b, dev)) &&
+                 !(rc = put_byte(&b, (char)(address & 15))) && !(rc = put_byte(&b, (char)PyTuple_GET_SIZE(shape))) &&
+                 !(rc = put_ints(&b, shape, sizes, MAX_DIMS)) && !(rc = put_ints(&b, stride, strides, MAX_DIMS))) {
+          uint64_t span = 1;  /* in elements, from the first to one past the last */
+          for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); d++) {
+            if (sizes[d] == 0) { span = 0; break; }
+            span += (uint64_t)(sizes[d] - 1) * (uint64_t)(strides[d] < 0 ? -strides[d] : strides[d]);
+          }
+          starts[tensors] = address;
+          ends[tensors] = address + 16 * span;
+          tensors++;
+        }
+      }
+      Py_XDECREF(dtype); Py_XDECREF(device); Py_XDECREF(ptr); Py_XDECREF(shape); Py_XDECREF(stride);
+    } else rc = 1;  /* anything else: no key */
+  }
+  for (int i = 0; i < tensors && rc == 0; i++)
+    for (int j = i + 1; j < tensors && rc == 0; j++)
+      if (starts[i] < ends[j] && starts[j] < ends[i]) {
+        int64_t pair = (int64_t)i << 32 | j, delta = (int64_t)(starts[j] - starts[i]);
+        rc = put_byte(&b, 'R') ? -1 : put_i64(&b, pair) ? -1 : put_i64(&b, delta);
+      }
+  PyObject *key = rc == 0 ? PyBytes_FromStringAndSize(b.data, b.size) : NULL;
+  PyMem_Free(b.data);
+  if (rc < 0) return NULL;
+  if (rc > 0) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  return key;
+}
+
+/* A plan (built by core/plans.py, which owns the format): a header, then per launch its header and its
+ * parameters. Each parameter is a constant (its 8 bytes as the launch passes them) or, for a pointer, a
+ * slot of run_plan's arguments and a byte offset into it. */
+typedef struct { int32_t device, launches, slots, reserved; } plan_header;
+typedef struct { uint64_t function; uint32_t gx, gy, gz, threads, shared, params; } launch_header;
+typedef struct { uint8_t kind, from_slot; uint16_t slot; uint32_t reserved; uint64_t value; } plan_param;
+
+/* Walks a plan with its slots: launches each kernel on torch's current stream, or, given `collect` (a list),
+ * appends what it would launch instead: (function, gx, gy, gz, threads, shared, (parameter bits, ...)). */
+static PyObject *walk_plan(PyObject *const *args, Py_ssize_t nargs, PyObject *collect) {
+  if (nargs < 1 || !PyBytes_CheckExact(args[0])) return PyErr_Format(PyExc_TypeError, "a plan (bytes), then its slots");
+  if (!collect && (!drv.ready || !stream_getter))
+    return PyErr_Format(PyExc_RuntimeError, "init() and use_types() first");
+  const char *at = PyBytes_AS_STRING(args[0]), *end = at + PyBytes_GET_SIZE(args[0]);
+  plan_header head;
+  if (end - at < (Py_ssize_t)sizeof head) return PyErr_Format(PyExc_ValueError, "a truncated plan");
+  memcpy(&head, at, sizeof head);
+  at += sizeof head;
+  if (head.slots > MAX_ARGS) return PyErr_Format(PyExc_ValueError, "a plan with too many slots");
+  if (nargs - 1 != head.slots)
+    return PyErr_Format(PyExc_TypeError, "the plan takes %d slots, got %zd", head.slots, nargs - 1);
+  uint64_t pointers[MAX_ARGS];
+  for (int i = 0; i < head.slots; i++)
+    if (as_pointer(args[1 + i], &pointers[i])) return NULL;
+  void *stream = NULL;
+  if (!collect) {
+    PyObject *device = PyLong_FromLong(head.device);
+    PyObject *stream_obj = device ? PyObject_CallOneArg(stream_getter, device) : NULL;
+    Py_XDECREF(device);
+    if (!stream_obj) return NULL;
+    stream = PyLong_AsVoidPtr(stream_obj);
+    Py_DECREF(stream_obj);
+    if (PyErr_Occurred()) return NULL;
+  }
+  for (int l = 0; l < head.launches; l++) {
+    launch_header lh;
+    if (end - at < (Py_ssize_t)sizeof lh) return PyErr_Format(PyExc_ValueError, "a truncated plan");
+    memcpy(&lh, at, sizeof lh);
+    at += sizeof lh;
+    if (lh.params > MAX_ARGS || end - at < (Py_ssize_t)(lh.params * sizeof(plan_param)))
+      return PyErr_Format(PyExc_ValueError, "a truncated plan");
+    uint64_t values[MAX_ARGS];
+    void *params[MAX_ARGS];
+    for (uint32_t p = 0; p < lh.params; p++, at += sizeof(plan_param)) {
+      plan_param pp;
+      memcpy(&pp, at, sizeof pp);
+      if (pp.from_slot && pp.slot >= head.slots) return PyErr_Format(PyExc_ValueError, "a plan with a bad slot");
+      values[p] = pp.from_slot ? pointers[pp.slot] + pp.value : pp.value;
+      params[p] = &values[p];  /* every kind starts at its value's first byte (little-endian) */
+    }
+    if (collect) {
+      PyObject *bits = PyTuple_New(lh.params);
+      if (!bits) return NULL;
+      for (uint32_t p = 0; p < lh.params; p++) PyTuple_SET_ITEM(bits, p, PyLong_FromUnsignedLongLong(values[p]));
+      PyObject *item = Py_BuildValue("(KIIIIIN)", (unsigned long long)lh.function, lh.gx, lh.gy, lh.gz, lh.threads,
+                                     lh.shared, bits);
+      if (!item || PyList_Append(collect, item)) { Py_XDECREF(item); return NULL; }
+      Py_DECREF(item);
+      continue;
+    }
+    if ((uint64_t)lh.gx * lh.gy * lh.gz == 0) continue;  /* an empty grid launches nothing, as launch() */
+    int err = drv.launch_kernel((void *)(uintptr_t)lh.function, lh.gx, lh.gy, lh.gz, lh.threads, 1, 1, lh.shared,
+                                stream, params, NULL);
+    if (err) return driver_error("launching the kernel", err);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *run_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  (void)self;
+  return walk_plan(args, nargs, NULL);
+}
+
+static PyObject *explain_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  (void)self;
+  PyObject *launches = PyList_New(0);
+  if (!launches) return NULL;
+  PyObject *done = walk_plan(args, nargs, launches);
+  if (!done) { Py_DECREF(launches); return NULL; }
+  Py_DECREF(done);
+  return launches;
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(platform): open the 'cuda' or 'hip' driver."},
     {"load", load, METH_VARARGS, "load(image, name, shared, device) -> the kernel's handle."},
     {"signature", (PyCFunction)(void (*)(void))signature, METH_FASTCALL, "signature(*args) -> bytes."},
     {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL,
      "launch(fn, gx, gy, gz, threads, shared, stream, fmt, *args)."},
+    {"use_types", use_types, METH_VARARGS, "use_types(tensor_types, stream_getter)."},
+    {"call_key", (PyCFunction)(void (*)(void))call_key, METH_FASTCALL, "call_key(*args) -> bytes | None."},
+    {"run_plan", (PyCFunction)(void (*)(void))run_plan, METH_FASTCALL, "run_plan(plan, *slots)."},
+    {"explain_plan", (PyCFunction)(void (*)(void))explain_plan, METH_FASTCALL,
+     "explain_plan(plan, *slots) -> what run_plan would launch (tests)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "aiter_ext_launch", NULL, -1, methods};

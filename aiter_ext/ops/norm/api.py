@@ -17,8 +17,12 @@ from aiter_ext.core.checks import (
     check_inner_contiguous, check_same_device, check_same_dtype, check_shape, check_tensor, dtype_name,
 )
 from aiter_ext.core.custom_ops import mutating_ops
+from aiter_ext.core.plans import CallPlans
 
 from .backends import RMSNORM
+
+#: Call plans (core/plans.py): eager calls replayed from the first call of the same kind.
+PLANS = CallPlans("rmsnorm")
 
 #: FlashInfer takes fp16 and bf16; fp32 costs nothing more here, so it is accepted too.
 NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -104,10 +108,15 @@ def _validate(input, weight, eps, residual=None, out=None) -> float:
 
 
 def _norm(input, weight, eps, out, gemma, backend) -> torch.Tensor:
-    eps = _validate(input, weight, eps, out=out)
+    key, plan = PLANS.find(input, weight, out, eps, gemma, backend)
+    if not plan:
+        eps = _validate(input, weight, eps, out=out)
     if out is None:
         out = torch.empty_like(input, memory_format=torch.contiguous_format)  # 1 us less than torch.empty(shape, ...)
-    _call(_rmsnorm_out, input, weight, out, eps, gemma, backend)
+    if plan:
+        plan(input, weight, out)
+        return out
+    PLANS.recorded(key, (input, weight, out), _call, _rmsnorm_out, input, weight, out, eps, gemma, backend)
     return out
 
 
@@ -177,10 +186,15 @@ def gemma_rmsnorm(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, 
 
 
 def _fused(input, residual, weight, eps, gemma, backend) -> None:
+    key, plan = PLANS.find(input, residual, weight, eps, gemma, backend, True)
+    if plan:
+        plan(input, residual, weight)
+        return
     if residual is None:
         raise TypeError("residual must be a torch.Tensor, got NoneType")
     eps = _validate(input, weight, eps, residual=residual)
-    _call(_fused_add_rmsnorm, input, residual, weight, eps, gemma, backend)
+    PLANS.recorded(key, (input, residual, weight), _call, _fused_add_rmsnorm, input, residual, weight, eps, gemma,
+                   backend)
 
 
 def fused_add_rmsnorm(input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,

@@ -1,0 +1,325 @@
+"""Call plans (aiter_ext/core/plans.py): eager calls replayed from a recorded call of the same kind.
+
+On the CPU: the key (``launch.cpp``'s call_key) tells apart every argument difference a launch can depend
+on, through a stand-in tensor type (CPU tensors have no key); a recorded call's plan, walked by the C side
+without a driver (``explain_plan``), gives a later call's tensors the same launches, pointers moved; and a
+recording is refused for what a plan cannot hold. On the GPU: each op that has plans gives the same bytes
+through its plan as through its usual path, on fresh tensors, aliased outputs and strided views, and a
+CUDA graph captured from a replay.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+
+from aiter_ext.core import plans, thin
+from aiter_ext.core.launch import raw_stream_getter
+
+ON_GPU = torch.cuda.is_available()
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="launches compiled kernels (the lent GPU)")
+
+
+def _native():
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no host C++ compiler to build the launcher extension")
+    return thin.native()
+
+
+class _Like:
+    """What call_key reads from a tensor (dtype, get_device, data_ptr, shape, stride), without a GPU."""
+
+    def __init__(self, shape, stride=None, dtype=torch.float16, device=0, ptr=1 << 20):
+        self.shape, self.dtype, self._device, self._ptr = tuple(shape), dtype, device, ptr
+        self._stride = tuple(stride) if stride is not None else tuple(
+            int(torch.tensor(shape[i + 1:]).prod()) for i in range(len(shape)))
+
+    def get_device(self):
+        return self._device
+
+    def data_ptr(self):
+        return self._ptr
+
+    def stride(self):
+        return self._stride
+
+
+@pytest.fixture
+def key_of():
+    native = _native()
+    native.use_types((_Like,), raw_stream_getter())
+    try:
+        yield native.call_key
+    finally:
+        native.use_types((torch.Tensor, torch.nn.Parameter), raw_stream_getter())
+
+
+def test_call_key_tells_apart_what_a_launch_can_depend_on(key_of):
+    base = _Like((4, 64))
+    key = key_of(base, 1e-6, None, True, "triton")
+    assert key == key_of(_Like((4, 64), ptr=5 << 20), 1e-6, None, True, "triton")  # only the address moved
+    differ = [
+        (_Like((4, 64), dtype=torch.bfloat16), 1e-6, None, True, "triton"),
+        (_Like((4, 65)), 1e-6, None, True, "triton"),
+        (_Like((4, 64), stride=(128, 1)), 1e-6, None, True, "triton"),
+        (_Like((4, 64), device=1), 1e-6, None, True, "triton"),
+        (_Like((4, 64), ptr=(1 << 20) + 2), 1e-6, None, True, "triton"),  # not 16-byte aligned
+        (base, 1e-5, None, True, "triton"),
+        (base, 1e-6, 0, True, "triton"),
+        (base, 1e-6, None, False, "triton"),
+        (base, 1e-6, None, True, "torch"),
+        (base, 1e-6, None, 1, "triton"),  # an int is not a bool
+    ]
+    for args in differ:
+        assert key_of(*args) != key, args
+
+
+def test_call_key_carries_aliasing():
+    """The same two tensors' metadata, aliased or apart, give different keys (an op may launch differently,
+    such as RoPE's copy pass when q_out is not q); apart at any distance, one key."""
+    native = _native()
+    native.use_types((_Like,), raw_stream_getter())
+    try:
+        key = native.call_key
+        x = _Like((4, 64), ptr=1 << 20)
+        apart = key(x, _Like((4, 64), ptr=2 << 20))
+        assert apart == key(x, _Like((4, 64), ptr=9 << 20))
+        assert key(x, x) != apart  # out is input
+        assert key(x, _Like((2, 64), ptr=(1 << 20) + 256)) != key(x, _Like((2, 64), ptr=3 << 20))  # a view inside x
+    finally:
+        native.use_types((torch.Tensor, torch.nn.Parameter), raw_stream_getter())
+
+
+def test_no_key_for_what_a_plan_cannot_serve(key_of):
+    assert key_of(_Like((4,), device=-1)) is None  # a CPU tensor
+    assert key_of(torch.zeros(4)) is None  # a type not registered (a tensor subclass, a fake tensor)
+    assert key_of([1, 2]) is None and key_of(object()) is None
+    assert key_of(2 ** 70) is None
+    assert key_of(2 ** 62) is not None
+
+
+class _FakeRecord:
+    """A launch record (thin._Record's fields that a plan reads)."""
+
+    def __init__(self, fmt: bytes, function=0xABC0, threads=128, shared=0, device=0):
+        self.function, self.threads, self.shared, self.fmt = function, threads, shared, fmt
+        self.trailing, self.device = (0, 0), device
+
+
+def _bits_f32(value: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", value))[0]
+
+
+def test_a_plan_gives_other_tensors_the_same_launches():
+    native = _native()
+    x, w, out = torch.randn(8, 64), torch.randn(64), torch.empty(8, 64)
+    rec = plans._Recording((x, w, out, None))
+    rec.launch(_FakeRecord(b"pppilfpp"), (3, 1, 1), (x, w, out, -5, 2 ** 40, 0.25))
+    rec.launch(_FakeRecord(b"pppipp", function=0xDEF0, threads=64, shared=1024), (1, 2, 3),
+               (x[2:, 8:], None, out[1], 7))  # views inside the slots, and a NULL pointer
+    blob = rec.plan()
+    x2, w2, out2 = torch.randn(8, 64), torch.randn(64), torch.empty(8, 64)
+    first, second = native.explain_plan(blob, x2, w2, out2, None)
+    assert first == (0xABC0, 3, 1, 1, 128, 0, (x2.data_ptr(), w2.data_ptr(), out2.data_ptr(), (-5) & 0xFFFFFFFF,
+                                                 2 ** 40, _bits_f32(0.25), 0, 0))
+    assert second == (0xDEF0, 1, 2, 3, 64, 1024, (x2.data_ptr() + (2 * 64 + 8) * 4, 0, out2.data_ptr() + 64 * 4, 7,
+                                                   0, 0))
+    with pytest.raises(TypeError, match="takes 4 slots"):
+        native.explain_plan(blob, x2, w2, out2)
+
+
+def test_a_recording_with_a_tensor_from_elsewhere_is_refused():
+    x, scratch = torch.randn(8), torch.randn(8)
+    rec = plans._Recording((x,))
+    rec.launch(_FakeRecord(b"pppp"), (1, 1, 1), (x, scratch))
+    with pytest.raises(plans._Refused, match="not among the call's slots"):
+        rec.plan()
+    with pytest.raises(plans._Refused, match="no kernel was launched"):
+        plans._Recording((x,)).plan()
+
+
+def _record_with(monkeypatch, body):
+    """Run ``body`` as the recorded second call of one key; the plan kept (its blob) or False."""
+    monkeypatch.setattr(plans, "_replay", lambda blob: blob)
+    cp = plans.CallPlans("test")
+    key = b"k"
+    x = torch.randn(8)
+    cp.recorded(key, (x,), lambda: None)  # the first call of a key is not recorded
+    assert cp._plans[key] is plans._SEEN
+    cp.recorded(key, (x,), body, x)
+    return cp._plans[key]
+
+
+def test_a_recording_keeps_only_thin_launches_and_views(monkeypatch):
+    def thin_launch_through_a_view(x):
+        v = x.view(2, 4)  # a view: allowed
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (v,))
+
+    assert isinstance(_record_with(monkeypatch, thin_launch_through_a_view), bytes)
+
+    def writes_with_torch(x):
+        x.add_(1)
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (x,))
+
+    assert _record_with(monkeypatch, writes_with_torch) is False
+
+    def allocates(x):
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (torch.empty_like(x),))
+
+    assert _record_with(monkeypatch, allocates) is False
+
+
+def test_a_recording_refuses_another_backend_and_triton_launches(monkeypatch):
+    from aiter_ext.core.backend import define_op
+
+    op = define_op("plans_test_op", ("n",), lambda call: (call["n"],))
+    op.register("torch", lambda: None)
+
+    def chooses_torch(x):
+        op.select({"n": 1, "device": "cpu"}, "torch")
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (x,))
+
+    assert _record_with(monkeypatch, chooses_torch) is False
+
+    pytest.importorskip("triton")
+    import triton.runtime.jit as jit
+
+    def _kernel(x):
+        pass
+
+    kernel = jit.JITFunction(_kernel)
+    monkeypatch.setattr(jit.JITFunction, "run", lambda self, *args, **kwargs: None)  # no compile, no launch
+
+    def compiles_only(x):
+        kernel.run(x, grid=(1,), warmup=True)  # what the thin path's first launch of a signature does
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (x,))
+
+    assert isinstance(_record_with(monkeypatch, compiles_only), bytes)
+
+    def launches_through_triton(x):
+        kernel[(1,)](x)
+        plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (x,))
+
+    assert _record_with(monkeypatch, launches_through_triton) is False
+    assert jit.JITFunction.run.__qualname__ == "test_a_recording_refuses_another_backend_and_triton_launches.<locals>.<lambda>"
+
+
+def test_a_failed_call_keeps_nothing(monkeypatch):
+    monkeypatch.setattr(plans, "_replay", lambda blob: blob)
+    cp = plans.CallPlans("test")
+    cp.recorded(b"k", (), lambda: None)
+
+    def fails():
+        plans.ACTIVE.launch(_FakeRecord(b"pp"), (1, 1, 1), ())
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        cp.recorded(b"k", (), fails)
+    assert cp._plans[b"k"] is plans._SEEN and plans.ACTIVE is None
+
+
+def test_plans_are_dropped_when_their_decisions_may_change(monkeypatch):
+    cp = plans.CallPlans("test")
+    cp._plans[b"k"] = "a plan"
+    monkeypatch.setattr(plans, "_call_key", lambda *args: b"k")
+    assert cp.find(1) == (b"k", "a plan")
+    monkeypatch.setenv("AITER_EXT_BACKEND", "torch")
+    assert cp.find(1) == (b"k", None)
+    cp._plans[b"k"] = "a plan"
+    previous = thin.set_mode(thin.mode())
+    assert cp.find(1) == (b"k", None) and previous == thin.mode()
+    cp._plans[b"k"] = "a plan"
+    previous = plans.set_enabled(False)
+    try:
+        assert cp.find(1) == (None, False)
+    finally:
+        plans.set_enabled(previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# On the GPU: through the ops.
+
+
+def _bf16(*shape):
+    return torch.randn(*shape, device="cuda").to(torch.bfloat16)
+
+
+def _norm_cases():
+    import aiter_ext
+
+    def rmsnorm_new():
+        x, w = _bf16(37, 4096), _bf16(4096)
+        return lambda: aiter_ext.rmsnorm(x, w), (x, w)
+
+    def rmsnorm_into_input():
+        x, w = _bf16(16, 3584), _bf16(3584)
+        return lambda: (aiter_ext.rmsnorm(x, w, 1e-5, out=x), x)[1], (x, w)
+
+    def qk_norm_strided():
+        qkv, w = _bf16(33, 48, 128), _bf16(128)
+        q = qkv[:, :32]
+        return lambda: aiter_ext.gemma_rmsnorm(q, w), (qkv, w)
+
+    def fused():
+        x, r, w = _bf16(256, 4096), _bf16(256, 4096), _bf16(4096)
+        return lambda: (aiter_ext.fused_add_rmsnorm(x, r, w), torch.cat([x, r]))[1], (x, r, w)
+
+    return {"rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
+            "fused_add_rmsnorm": fused}
+
+
+PLANNED_CASES = _norm_cases
+
+
+@gpu_only
+@pytest.mark.parametrize("name", list(_norm_cases()))
+def test_a_plan_gives_the_usual_paths_bytes(name):
+    """Three calls per case on fresh inputs: the usual path (plans off), the recorded call, and replays;
+    every output bit-equal to the usual path's on the same inputs, and the replays really from a plan."""
+    make = _norm_cases()[name]
+    previous = plans.set_enabled(True)
+    try:
+        for attempt in range(4):  # the first call is seen, the second recorded, the rest replayed
+            torch.manual_seed(attempt)
+            call, inputs = make()
+            saved = [t.clone() for t in inputs]
+            got = call().clone()
+            for t, s in zip(inputs, saved):
+                t.copy_(s)
+            plans.set_enabled(False)
+            try:
+                want = call()
+            finally:
+                plans.set_enabled(True)
+            assert torch.equal(got, want), (name, attempt)
+        from aiter_ext.ops.norm.api import PLANS
+
+        assert len(PLANS) > 0
+    finally:
+        plans.set_enabled(previous)
+
+
+@gpu_only
+def test_a_replayed_call_captures_into_a_cuda_graph():
+    import aiter_ext
+    from aiter_ext.ops.norm.api import PLANS
+
+    x, w = _bf16(64, 4096), _bf16(4096)
+    for _ in range(3):
+        aiter_ext.rmsnorm(x, w)
+    assert len(PLANS) > 0
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = aiter_ext.rmsnorm(x, w)
+    x.copy_(_bf16(64, 4096))
+    graph.replay()
+    torch.cuda.synchronize()
+    plans.set_enabled(False)
+    try:
+        assert torch.equal(out, aiter_ext.rmsnorm(x, w))
+    finally:
+        plans.set_enabled(True)
