@@ -4,8 +4,9 @@
 
 Per op of the issue's table, in one run on one GPU: the eager median (``do_bench``: launches with an L2
 flush between), the host time per call issued back to back (``host_time_us``: what a call costs the CPU
-when the GPU keeps up), and the CUDA-graph replay, for our calls through the thin path and through Triton's
-launcher, and for FlashInfer's call. The issue's targets: host time at most FlashInfer's + 3 us (norms,
+when the GPU keeps up), and the CUDA-graph replay, for our calls three ways (``plan``: a call plan replayed,
+the default; ``thin``: the thin launch path with plans off; ``triton``: Triton's own launcher), and for
+FlashInfer's call. The issue's targets: host time at most FlashInfer's + 3 us (norms,
 RoPE, merge_state, sampling); decode ``run()`` eager within 1.2x of its replay at batch 64.
 """
 
@@ -16,7 +17,7 @@ import sys
 import torch
 
 import aiter_ext
-from aiter_ext.core import thin
+from aiter_ext.core import plans, thin
 from aiter_ext.core.bench import benchmark_setup, git_commit, host_time_us, markdown_table, time_us
 
 
@@ -86,17 +87,19 @@ def main() -> int:
     rows = []
     for name, ours, theirs in _cases(fi):
         row = {"op": name}
-        for mode in ("thin", "triton"):
+        for path, mode, with_plans in (("plan", "thin", True), ("thin", "thin", False), ("triton", "triton", False)):
             thin.set_mode(mode)
+            plans.set_enabled(with_plans)
             m = _measure(ours)
-            row.update({f"{mode} eager us": m["eager"], f"{mode} host us": m["host"]})
-            if mode == "thin":
+            row.update({f"{path} eager us": m["eager"], f"{path} host us": m["host"]})
+            if path == "plan":
                 row["graph us"] = m["graph"]
         thin.set_mode("thin")
+        plans.set_enabled(True)
         if theirs is not None:
             m = _measure(theirs)
             row.update({"fi eager us": m["eager"], "fi host us": m["host"], "fi graph us": m["graph"],
-                        "host - fi": row["thin host us"] - m["host"]})
+                        "host - fi": row["plan host us"] - m["host"]})
         print(markdown_table([row]).splitlines()[-1], flush=True)
         rows.append(row)
     print()

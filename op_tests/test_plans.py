@@ -248,7 +248,7 @@ def _bf16(*shape):
     return torch.randn(*shape, device="cuda").to(torch.bfloat16)
 
 
-def _norm_cases():
+def _cases():
     import aiter_ext
 
     def rmsnorm_new():
@@ -268,20 +268,53 @@ def _norm_cases():
         x, r, w = _bf16(256, 4096), _bf16(256, 4096), _bf16(4096)
         return lambda: (aiter_ext.fused_add_rmsnorm(x, r, w), torch.cat([x, r]))[1], (x, r, w)
 
+    def llama31_rope():
+        qkv = _bf16(300, 48, 128)
+        q, k = qkv[:, :32], qkv[:, 32:40]
+        indptr = torch.tensor([0, 100, 300], dtype=torch.int32, device="cuda")
+        offsets = torch.tensor([7, 4000], dtype=torch.int32, device="cuda")
+        return lambda: torch.cat(aiter_ext.apply_llama31_rope(q, k, indptr, offsets), 1), (qkv,)
+
+    def rope_pos_ids_inplace_partial():
+        q, k = _bf16(77, 8, 128), _bf16(77, 2, 128)
+        pos = torch.randint(0, 8192, (77,), dtype=torch.int32, device="cuda")
+        return lambda: (aiter_ext.apply_rope_pos_ids_inplace(q, k, pos, rotary_dim=64), torch.cat([q, k], 1))[1], (q, k)
+
+    def merge():
+        va, vb = _bf16(64, 32, 128), _bf16(64, 32, 128)
+        sa, sb = torch.randn(64, 32, device="cuda"), torch.randn(64, 32, device="cuda")
+        return lambda: torch.cat([t.float().flatten() for t in aiter_ext.merge_state(va, sa, vb, sb)]), (va, sa, vb, sb)
+
+    def merge_in_place_masked():
+        v, vo = _bf16(50, 8, 64), _bf16(50, 8, 64)
+        s, so = torch.randn(50, 8, device="cuda"), torch.randn(50, 8, device="cuda")
+        mask = torch.rand(50, device="cuda") < 0.5
+        return (lambda: (aiter_ext.merge_state_in_place(v, s, vo, so, mask),
+                         torch.cat([v.float().flatten(), s.flatten()]))[1], (v, s))
+
     return {"rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
-            "fused_add_rmsnorm": fused}
-
-
-PLANNED_CASES = _norm_cases
+            "fused_add_rmsnorm": fused, "apply_llama31_rope on views": llama31_rope,
+            "apply_rope_pos_ids_inplace, rotary_dim 64": rope_pos_ids_inplace_partial, "merge_state": merge,
+            "merge_state_in_place with a mask": merge_in_place_masked}
 
 
 @gpu_only
-@pytest.mark.parametrize("name", list(_norm_cases()))
-def test_a_plan_gives_the_usual_paths_bytes(name):
+@pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm out=input", "gemma QK-norm of a view", "fused_add_rmsnorm",
+                                  "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
+                                  "merge_state", "merge_state_in_place with a mask"])
+def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Three calls per case on fresh inputs: the usual path (plans off), the recorded call, and replays;
     every output bit-equal to the usual path's on the same inputs, and the replays really from a plan."""
-    make = _norm_cases()[name]
-    previous = plans.set_enabled(True)
+    make = _cases()[name]
+    replays = []
+    real = plans._replay
+
+    def counted(blob):
+        run = real(blob)
+        return lambda *slots: (replays.append(1), run(*slots))
+
+    monkeypatch.setattr(plans, "_replay", counted)
+    previous = plans.set_enabled(True)  # also drops the plans made before
     try:
         for attempt in range(4):  # the first call is seen, the second recorded, the rest replayed
             torch.manual_seed(attempt)
@@ -296,9 +329,7 @@ def test_a_plan_gives_the_usual_paths_bytes(name):
             finally:
                 plans.set_enabled(True)
             assert torch.equal(got, want), (name, attempt)
-        from aiter_ext.ops.norm.api import PLANS
-
-        assert len(PLANS) > 0
+        assert len(replays) == 2, f"{name}: {len(replays)} replays of 4 calls (the log says why a plan was refused)"
     finally:
         plans.set_enabled(previous)
 
@@ -311,7 +342,7 @@ def test_a_replayed_call_captures_into_a_cuda_graph():
     x, w = _bf16(64, 4096), _bf16(4096)
     for _ in range(3):
         aiter_ext.rmsnorm(x, w)
-    assert len(PLANS) > 0
+    assert PLANS.find(x, w, None, 1e-6, False, None)[1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = aiter_ext.rmsnorm(x, w)

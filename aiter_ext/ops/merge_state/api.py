@@ -17,6 +17,7 @@ from aiter_ext.core.checks import (
     dtype_name,
 )
 from aiter_ext.core.custom_ops import mutating_ops
+from aiter_ext.core.plans import CallPlans
 
 from .backends import MERGE_STATE, MERGE_STATES
 
@@ -65,6 +66,9 @@ def _merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tenso
 
 # The same functions as torch custom ops, so torch.compile(fullgraph=True) traces through them. They
 # only write into their mutated arguments, so the fake implementations do nothing.
+#: Call plans (core/plans.py) of the two-state forms: eager calls replayed from a recorded one of the same kind.
+PLANS = CallPlans("merge_state")
+
 _call = mutating_ops({
     _merge_state_out: ("merge_state_out", ("v_out", "s_out")),
     _merge_state_in_place: ("merge_state_in_place", ("v", "s")),
@@ -135,10 +139,16 @@ def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: to
     >>> v_ref, s_ref = merge_state_ref(v_a, s_a, v_b, s_b)
     >>> torch.testing.assert_close(v, v_ref, atol=1e-3, rtol=1e-3); torch.testing.assert_close(s, s_ref)
     """
-    _check_pair(("v_a", "s_a", "v_b", "s_b"), v_a, s_a, v_b, s_b)
+    key, plan = PLANS.find(v_a, s_a, v_b, s_b, backend)
+    if not plan:
+        _check_pair(("v_a", "s_a", "v_b", "s_b"), v_a, s_a, v_b, s_b)
     v_out = torch.empty(v_a.shape, dtype=v_a.dtype, device=v_a.device)
     s_out = torch.empty(s_a.shape, dtype=torch.float32, device=v_a.device)
-    _call(_merge_state_out, v_a, s_a, v_b, s_b, v_out, s_out, backend)
+    if plan:
+        plan(v_a, s_a, v_b, s_b, v_out, s_out)
+    else:
+        PLANS.recorded(key, (v_a, s_a, v_b, s_b, v_out, s_out), _call, _merge_state_out, v_a, s_a, v_b, s_b, v_out,
+                       s_out, backend)
     return v_out, s_out
 
 
@@ -179,12 +189,17 @@ def merge_state_in_place(v: torch.Tensor, s: torch.Tensor, v_other: torch.Tensor
     >>> aiter_ext.merge_state_in_place(v, s, v_o, s_o, mask=mask)
     >>> torch.testing.assert_close(v, v_ref, atol=1e-2, rtol=1e-2); torch.testing.assert_close(s, s_ref)
     """
+    key, plan = PLANS.find(v, s, v_other, s_other, mask, backend, True)
+    if plan:
+        plan(v, s, v_other, s_other, mask)
+        return
     _check_pair(("v", "s", "v_other", "s_other"), v, s, v_other, s_other)
     if mask is not None:
         check_tensor("mask", mask, ndim=1, dtypes=MASK_DTYPES)
         check_shape("mask", mask, v.shape[:1], "[seq_len]")
         check_same_device([("v", v), ("mask", mask)])
-    _call(_merge_state_in_place, v, s, v_other, s_other, mask, backend)
+    PLANS.recorded(key, (v, s, v_other, s_other, mask), _call, _merge_state_in_place, v, s, v_other, s_other, mask,
+                   backend)
 
 
 def merge_states(v: torch.Tensor, s: torch.Tensor, *, backend: Optional[str] = None

@@ -27,8 +27,12 @@ from aiter_ext.core.checks import (
     dtype_name,
 )
 from aiter_ext.core.custom_ops import mutating_ops
+from aiter_ext.core.plans import CallPlans
 
 from .backends import ROPE, RopeArgs
+
+#: Call plans (core/plans.py) of the q/k forms: eager calls replayed from a recorded one of the same kind.
+PLANS = CallPlans("rope")
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 _OPTIONAL = Optional[torch.Tensor]
@@ -164,17 +168,38 @@ def _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=None, indptr=None
 
 
 def _run(q, k, inplace, pos_ids, indptr, offsets, cache, rotary_dim, interleave, rope_scale, rope_theta, llama31,
-         backend):
+         backend, key=None):
+    """Dispatch a validated call (recorded for its call plan under ``key``, where one is given)."""
     lf, hf, ctx = llama31 if llama31 is not None else (0.0, 0.0, 0.0)
     tail = (pos_ids, indptr, offsets, cache, rotary_dim, bool(interleave), float(rope_scale), float(rope_theta),
             llama31 is not None, float(lf), float(hf), float(ctx), backend)
     if inplace:
-        _call(_rope_inplace, q, k, *tail)
+        PLANS.recorded(key, (q, k, pos_ids, indptr, offsets, None, None), _call, _rope_inplace, q, k, *tail)
         return None
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    _call(_rope_out, q, k, q_out, k_out, *tail)
+    PLANS.recorded(key, (q, k, pos_ids, indptr, offsets, q_out, k_out), _call, _rope_out, q, k, q_out, k_out, *tail)
     return q_out, k_out
+
+
+def _rope(q, k, inplace, pos_ids, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta, llama31, backend):
+    """One q/k call of the public forms (positions from ``pos_ids``, or from ``indptr`` and ``offsets``): replayed
+    from its call plan, or validated and dispatched. The out-of-place forms return ``(q_out, k_out)``."""
+    low, high, context = llama31 if llama31 is not None else (None, None, None)
+    key, plan = PLANS.find(q, k, inplace, pos_ids, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
+                           low, high, context, backend)
+    if plan:
+        if inplace:
+            plan(q, k, pos_ids, indptr, offsets, None, None)
+            return None
+        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        plan(q, k, pos_ids, indptr, offsets, q_out, k_out)
+        return q_out, k_out
+    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=pos_ids, indptr=indptr, offsets=offsets,
+                          llama31=llama31)
+    return _run(q, k, inplace, pos_ids, indptr, offsets, None, rotary_dim, interleave, rope_scale, rope_theta, llama31,
+                backend, key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,9 +256,8 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, offsets: 
     >>> torch.testing.assert_close(q_rope, q_ref, atol=1e-3, rtol=1e-3)
     >>> torch.testing.assert_close(k_rope, k_ref, atol=1e-3, rtol=1e-3)
     """
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, indptr=indptr, offsets=offsets)
-    return _run(q, k, False, None, indptr, offsets, None, rotary_dim, interleave, rope_scale, rope_theta, None,
-                backend)
+    return _rope(q, k, False, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
+                 None, backend)
 
 
 def apply_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, offsets: torch.Tensor,
@@ -258,8 +282,8 @@ def apply_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, o
     >>> rope.apply_rope_inplace(q, k, indptr, offsets, rotary_dim=32, interleave=True)
     >>> torch.testing.assert_close(q, q_ref, atol=1e-3, rtol=1e-3); torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1e-3)
     """
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, indptr=indptr, offsets=offsets)
-    _run(q, k, True, None, indptr, offsets, None, rotary_dim, interleave, rope_scale, rope_theta, None, backend)
+    _rope(q, k, True, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
+                 None, backend)
 
 
 def apply_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor, rotary_dim: Optional[int] = None,
@@ -278,9 +302,8 @@ def apply_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor, 
     >>> q_ref, k_ref = apply_rope_pos_ids_ref(q, k, pos, rope_scale=2.0)
     >>> torch.testing.assert_close(q_rope, q_ref, atol=1e-2, rtol=1e-2)
     """
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=pos_ids)
-    return _run(q, k, False, pos_ids, None, None, None, rotary_dim, interleave, rope_scale, rope_theta, None,
-                backend)
+    return _rope(q, k, False, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
+                 None, backend)
 
 
 def apply_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor,
@@ -303,8 +326,8 @@ def apply_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.
     >>> rope.apply_rope_pos_ids_inplace(q, k, pos)
     >>> torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1e-3)
     """
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=pos_ids)
-    _run(q, k, True, pos_ids, None, None, None, rotary_dim, interleave, rope_scale, rope_theta, None, backend)
+    _rope(q, k, True, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
+                 None, backend)
 
 
 def apply_llama31_rope(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, offsets: torch.Tensor,
@@ -349,9 +372,8 @@ def apply_llama31_rope(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, o
     >>> torch.testing.assert_close(q_rope, q_ref, atol=1e-3, rtol=1e-3)
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, indptr=indptr, offsets=offsets, llama31=llama31)
-    return _run(q, k, False, None, indptr, offsets, None, rotary_dim, interleave, rope_scale, rope_theta, llama31,
-                backend)
+    return _rope(q, k, False, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
+                 llama31, backend)
 
 
 def apply_llama31_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, offsets: torch.Tensor,
@@ -376,8 +398,8 @@ def apply_llama31_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.T
     >>> torch.testing.assert_close(q, q_ref, atol=1e-3, rtol=1e-3)
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, indptr=indptr, offsets=offsets, llama31=llama31)
-    _run(q, k, True, None, indptr, offsets, None, rotary_dim, interleave, rope_scale, rope_theta, llama31, backend)
+    _rope(q, k, True, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
+                 llama31, backend)
 
 
 def apply_llama31_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor,
@@ -399,9 +421,8 @@ def apply_llama31_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.
     >>> torch.testing.assert_close(k_rope, k_ref, atol=1e-3, rtol=1e-3)
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=pos_ids, llama31=llama31)
-    return _run(q, k, False, pos_ids, None, None, None, rotary_dim, interleave, rope_scale, rope_theta, llama31,
-                backend)
+    return _rope(q, k, False, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
+                 llama31, backend)
 
 
 def apply_llama31_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor,
@@ -427,8 +448,8 @@ def apply_llama31_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids
     >>> torch.testing.assert_close(q, q_ref, atol=1e-3, rtol=1e-3)
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
-    rotary_dim = _prepare(q, k, rotary_dim, rope_scale, rope_theta, pos_ids=pos_ids, llama31=llama31)
-    _run(q, k, True, pos_ids, None, None, None, rotary_dim, interleave, rope_scale, rope_theta, llama31, backend)
+    _rope(q, k, True, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
+                 llama31, backend)
 
 
 # --------------------------------------------------------------------------------------------------
