@@ -244,11 +244,14 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
 
     from aiter_ext.core import objects
 
-    name = "rmsnorm[bf16-r1b4096w4-even]"
-    written, failures = objects.build(["sm_90", "gfx942"], name, tmp_path)
-    assert written == 2 and not failures, failures
-    assert objects.verify(tmp_path, ["sm_90", "gfx942"], name) == []
-    assert objects.verify(tmp_path, ["gfx950"], name) == [f"gfx950 {name} [default]: 0 manifest rows"]
+    # one tile, sized per arch: 8 warps of 32 lanes on an NVIDIA GPU, 4 waves of 64 on AMD (aot_specs(arch))
+    name, amd_name = "rmsnorm[bf16-r1b4096w8-even]", "rmsnorm[bf16-r1b4096w4-even]"
+    for arch, spec_name in (("sm_90", name), ("gfx942", amd_name)):
+        written, failures = objects.build([arch], spec_name, tmp_path)
+        assert written == 1 and not failures, failures
+        assert objects.verify(tmp_path, [arch], spec_name) == []
+    assert objects.verify(tmp_path, ["sm_90"], amd_name) == []  # not an NVIDIA tile: nothing to find
+    assert objects.verify(tmp_path, ["gfx950"], amd_name) == [f"gfx950 {amd_name} [default]: 0 manifest rows"]
     monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
     objects._rows.cache_clear()
     try:
@@ -262,10 +265,12 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
         assert objects.find("sm_90", kernel, *call, aligned | {"num_rows"}) is row  # more alignment: fine
         assert objects.find("sm_90", kernel, *call, aligned - {"x"}) is None  # x not 16-byte aligned
         assert objects.find("sm_90", kernel, {**call[0], "GEMMA": True}, *call[1:], aligned) is None
-        assert objects.find("sm_90", kernel, call[0], {"num_warps": 8}, call[2], aligned) is None
+        assert row["options"] == {"num_warps": 8}
+        assert objects.find("sm_90", kernel, call[0], {"num_warps": 4}, call[2], aligned) is None
         assert objects.find("sm_90", kernel, call[0], call[1], {**call[2], "x": "*fp16"}, aligned) is None
         assert objects.find("gfx950", kernel, *call, aligned) is None  # not built for it
         gfx = objects._rows("gfx942")[kernel][0]
+        assert gfx["spec"] == amd_name and gfx["options"] == {"num_warps": 4}
         assert gfx["vgprs"] and gfx["scratch_bytes"] == "0" and gfx["co_name"].endswith(".co")
         # an object of other sources is never used
         manifest = tmp_path / "sm_90" / "norm" / "manifest.csv"
@@ -286,13 +291,13 @@ def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, mon
     from aiter_ext.ops.norm import kernels as norm_kernels
 
     arch = get_arch()
-    written, failures = objects.build([arch], "rmsnorm[bf16-r1b4096w4-even]", tmp_path)
+    config = norm_kernels.launch_config(16, 4096, arch)  # the public call's tile on this GPU
+    written, failures = objects.build([arch], f"rmsnorm[bf16-r1b4096w{config['num_warps']}-even]", tmp_path)
     assert written == 1 and not failures, failures
     monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
     objects._rows.cache_clear()
     x = torch.randn(16, 4096, device="cuda").to(torch.bfloat16)
     w = torch.randn(4096, device="cuda").to(torch.bfloat16)
-    config = {"BLOCK_R": 1, "BLOCK_H": 4096, "num_warps": 4}  # the built spec's tile
     outs = {}
     previous = thin.mode()
     try:
@@ -300,11 +305,12 @@ def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, mon
             thin.set_mode(mode)
             norm_kernels.rmsnorm_kernel._records.clear()
             outs[mode] = torch.full_like(x, float("nan"))
-            norm_kernels.launch(x, None, w, outs[mode], 1e-6, False, config, arch)
+            aiter_ext.rmsnorm(x, w, out=outs[mode])  # the public call, its tile chosen as for any user
         torch.cuda.synchronize()
         assert torch.equal(outs["asm"], outs["triton"])
         with pytest.raises(RuntimeError, match="no code object"):  # a tile that was not built
-            norm_kernels.launch(x, None, w, outs["asm"], 1e-6, False, {**config, "num_warps": 8}, arch)
+            norm_kernels.launch(x, None, w, outs["asm"], 1e-6, False, {**config, "num_warps": config["num_warps"] // 2},
+                                arch)
     finally:
         thin.set_mode(previous)
         objects._rows.cache_clear()

@@ -138,22 +138,33 @@ def _import_op_packages() -> None:
             raise RuntimeError(f"cannot import {mod.name} to collect its AOT specs: {e!r}") from e
 
 
-def registered_specs_by_op() -> dict[str, list[KernelSpec]]:
-    """Every spec of every registered op, by op name (importing the op packages first)."""
+def _specs_of(provider: Callable, arch: str) -> Iterable[KernelSpec]:
+    """A provider's specs for ``arch``: one that takes an argument is given the arch (its tiles depend on the
+    GPU, such as warps sized for a 64-lane wave); one that takes none lists the same specs everywhere."""
+    try:
+        takes_arch = bool(inspect.signature(provider).parameters)
+    except (TypeError, ValueError):
+        takes_arch = False
+    return provider(arch) if takes_arch else provider()
+
+
+def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
+    """Every spec of every registered op for ``arch`` (gfx942/gfx950, or sm_XY when objects are built for an
+    NVIDIA GPU), by op name (importing the op packages first)."""
     _import_op_packages()
     by_op: dict[str, list[KernelSpec]] = {}
     for op_name, providers in list(_REGISTRY.items()):
         for provider in providers:
-            for spec in provider():
+            for spec in _specs_of(provider, arch):
                 if not isinstance(spec, KernelSpec):
                     raise TypeError(f"AOT provider of {op_name!r} yielded {type(spec).__name__}, not KernelSpec")
                 by_op.setdefault(op_name, []).append(spec)
     return by_op
 
 
-def registered_specs() -> Iterable[KernelSpec]:
-    """Every spec of every registered op (importing the op packages first)."""
-    for specs in registered_specs_by_op().values():
+def registered_specs(arch: str = "gfx942") -> Iterable[KernelSpec]:
+    """Every spec of every registered op for ``arch`` (importing the op packages first)."""
+    for specs in registered_specs_by_op(arch).values():
         yield from specs
 
 

@@ -84,15 +84,16 @@ def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=
 
     archs = tuple(archs)
     written, failures = 0, []
-    for op_name, specs in aot.registered_specs_by_op().items():
-        specs = [s for s in specs if not name_filter or name_filter in s.name]
-        if not specs:
+    specs_by_arch = {arch: aot.registered_specs_by_op(arch) for arch in archs}  # tiles may differ per arch
+    for op_name in dict.fromkeys(op for specs in specs_by_arch.values() for op in specs):
+        jobs = [(s, a) for a in archs for s in specs_by_arch[a].get(op_name, ()) if not name_filter or name_filter in s.name]
+        if not jobs:
             continue
-        reports = aot.compile_reports(((s, a) for a in archs for s in specs), keep_binary=True)
+        reports = aot.compile_reports(jobs, keep_binary=True)
         if reports_out is not None:
             reports_out += [replace(r, binary=None) for r in reports]
         by_arch: dict[str, list[dict]] = {}
-        for (spec, arch), report in zip(((s, a) for a in archs for s in specs), reports):
+        for (spec, arch), report in zip(jobs, reports):
             if not report.compiled or report.binary is None:
                 failures.append(f"{arch} {spec.name}: {report.error or 'no binary'}")
                 continue
@@ -116,7 +117,7 @@ def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=
                 writer.writeheader()
                 writer.writerows(rows)
         if progress is not None:
-            progress(op_name, len(specs) * len(archs), sum(len(r) for r in by_arch.values()))
+            progress(op_name, len(jobs), sum(len(r) for r in by_arch.values()))
     return written, failures
 
 
@@ -170,12 +171,12 @@ def verify(root: Path, archs: Iterable[str], name_filter: Optional[str] = None) 
     previous = os.environ.get("AITER_EXT_HSA_DIR")
     os.environ["AITER_EXT_HSA_DIR"] = str(root)
     try:
-        specs = [s for s in aot.registered_specs() if not name_filter or name_filter in s.name]
-        # (name, config label) names a spec; the same pair registered twice must have two rows
-        copies = {}
-        for spec in specs:
-            copies[(spec.name, spec.config_label)] = copies.get((spec.name, spec.config_label), 0) + 1
         for arch in archs:
+            specs = [s for s in aot.registered_specs(arch) if not name_filter or name_filter in s.name]
+            # (name, config label) names a spec; the same pair registered twice must have two rows
+            copies = {}
+            for spec in specs:
+                copies[(spec.name, spec.config_label)] = copies.get((spec.name, spec.config_label), 0) + 1
             rows = _rows(arch)
             for spec in specs:
                 kernel = kernel_id(spec.fn)

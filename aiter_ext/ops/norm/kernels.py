@@ -227,12 +227,13 @@ def _aot_tiles(arch: str) -> list[tuple[int, dict]]:
     return tiles
 
 
-def aot_specs():
+def aot_specs(arch: str = "gfx942"):
+    """The specs for ``arch``: AMD's tiles for gfx*, an NVIDIA GPU's (32-lane warps) for sm_XY."""
     pointers = ("x", "residual", "weight", "out")
     ints = ("num_rows", "num_heads", "hidden", "stride_xb", "stride_xh", "stride_rb", "stride_rh",
             "stride_ob", "stride_oh")
     aligned_ints = ("hidden",) + ints[3:]
-    for hidden, cfg in _aot_tiles("gfx942"):
+    for hidden, cfg in _aot_tiles(arch):
         chunked = cfg["BLOCK_H"] < hidden
         # (dtype, fused, gemma, even, aligned parameters, label)
         forms = [("bf16", False, False, True, pointers + aligned_ints, "even"),
