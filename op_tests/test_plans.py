@@ -292,7 +292,16 @@ def _cases():
         return (lambda: (aiter_ext.merge_state_in_place(v, s, vo, so, mask),
                          torch.cat([v.float().flatten(), s.flatten()]))[1], (v, s))
 
-    return {"rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
+    def fp4_swizzled():
+        x, w = _bf16(300, 4096), _bf16(4096)
+        gs = torch.rand(1, device="cuda") * 100 + 1
+
+        def call():
+            y, sf = aiter_ext.rmsnorm_fp4quant(x, w, global_scale=gs, is_sf_swizzled_layout=True)
+            return torch.cat([y.view(torch.uint8).flatten(), sf.view(torch.uint8).flatten()])
+        return call, (x, w)
+
+    return {"rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
             "fused_add_rmsnorm": fused, "apply_llama31_rope on views": llama31_rope,
             "apply_rope_pos_ids_inplace, rotary_dim 64": rope_pos_ids_inplace_partial, "merge_state": merge,
             "merge_state_in_place with a mask": merge_in_place_masked}
@@ -301,7 +310,7 @@ def _cases():
 @gpu_only
 @pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm out=input", "gemma QK-norm of a view", "fused_add_rmsnorm",
                                   "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
-                                  "merge_state", "merge_state_in_place with a mask"])
+                                  "merge_state", "merge_state_in_place with a mask", "rmsnorm_fp4quant, swizzled scales"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Three calls per case on fresh inputs: the usual path (plans off), the recorded call, and replays;
     every output bit-equal to the usual path's on the same inputs, and the replays really from a plan."""

@@ -16,6 +16,7 @@ import torch
 
 from aiter_ext.core.checks import check_same_device, check_shape, check_tensor, dtype_name
 from aiter_ext.core.custom_ops import mutating_ops
+from aiter_ext.core.plans import CallPlans
 
 from .backends import NORM_FP4
 from .layout import scale_padding
@@ -149,6 +150,9 @@ def _global_scale(global_scale, rule: str, device):
 # --------------------------------------------------------------------------------------------------
 # FlashInfer API.
 
+#: Call plans (core/plans.py) of rmsnorm_fp4quant: eager calls replayed from a recorded one of the same kind.
+PLANS = CallPlans("rmsnorm_fp4quant")
+
 
 def rmsnorm_fp4quant(input: torch.Tensor, weight: torch.Tensor, y_fp4: Optional[torch.Tensor] = None,
                      block_scale: Optional[torch.Tensor] = None, global_scale: Optional[torch.Tensor] = None,
@@ -199,12 +203,20 @@ def rmsnorm_fp4quant(input: torch.Tensor, weight: torch.Tensor, y_fp4: Optional[
     >>> bool((sf.view(torch.uint8) == sf_ref).all()), (y.view(torch.uint8) != y_ref).float().mean().item() < 0.01
     (True, True)
     """
-    rule = _check_flashinfer(input, weight, global_scale, block_size, scale_format)
+    key, plan = PLANS.find(input, weight, y_fp4, block_scale, global_scale, eps, block_size, scale_format,
+                           is_sf_swizzled_layout, backend)
+    # with a plan, validation is skipped (the plan exists because a call of this key passed it)
+    rule = _scale_rule(block_size, scale_format) if plan else _check_flashinfer(input, weight, global_scale,
+                                                                                block_size, scale_format)
     y_fp4, block_scale, q, sf = _flashinfer_outputs(input, y_fp4, block_scale, block_size, rule,
                                                     is_sf_swizzled_layout)
     gs = _global_scale(global_scale, rule, input.device)
-    _call(_quant_out, _rows("input", input), None, weight, gs, q, sf, None, float(eps), True, block_size, rule,
-          "swizzled" if is_sf_swizzled_layout else "linear", backend)
+    if plan:
+        plan(input, weight, gs, y_fp4, block_scale)
+    else:
+        PLANS.recorded(key, (input, weight, gs, y_fp4, block_scale), _call, _quant_out, _rows("input", input), None,
+                       weight, gs, q, sf, None, float(eps), True, block_size, rule,
+                       "swizzled" if is_sf_swizzled_layout else "linear", backend)
     return y_fp4, block_scale
 
 
