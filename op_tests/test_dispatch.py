@@ -202,6 +202,44 @@ def test_tuner_rejects_a_wrong_kernel(tmp_path, monkeypatch):
     assert rows == [] and any("REJECTED" in line for line in lines)
 
 
+def test_exact_keys_keep_a_tuned_row_to_its_own_width(gpu_like, monkeypatch, tmp_path):
+    """An op that lists a key as exact takes a row of another value of it as no row (rmsnorm's tiles are sized
+    for a width, RoPE's for its heads and dim); the other keys still find their nearest row."""
+    path = tmp_path / "scratch_tuned.csv"
+    _write_csv(path, [_row("triton", {"BLOCK": 2}, n=4096, d=128)])
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SCRATCH", str(path))
+    near = {**CALL, "num_tokens": 16}
+    assert tuned.lookup("scratch", near, KEYS).config == {"BLOCK": 2}
+    assert tuned.lookup("scratch", near, KEYS, exact_keys=("head_dim",)).config == {"BLOCK": 2}
+    other_width = {**near, "head_dim": 256}
+    assert tuned.lookup("scratch", other_width, KEYS).config == {"BLOCK": 2}  # nearest, without exact keys
+    assert tuned.lookup("scratch", other_width, KEYS, exact_keys=("head_dim",)) is None
+    from aiter_ext.core.backend import OPS
+
+    assert OPS["rmsnorm"].exact_keys == ("hidden", "dtype")
+    assert OPS["rope"].exact_keys == ("num_heads", "head_dim", "dtype")
+
+
+@pytest.mark.parametrize("op, untuned_text", [
+    ("rmsnorm", "num_rows,hidden,dtype\n5,96,fp16\n"),
+    ("rope", "num_tokens,num_heads,head_dim,dtype,num_q_heads\n3,6,32,fp16,4\n"),
+])
+def test_tuner_writes_measured_rows_for_rmsnorm_and_rope(tmp_path, op, untuned_text):
+    """The tune targets of rmsnorm and RoPE: every config (the heuristic's included) checked against the
+    reference and the fastest written (CPU interpreter: plumbing only)."""
+    from aiter_ext.core.backend import OPS
+    from aiter_ext.core.tuner import tune
+
+    untuned = tmp_path / "u.csv"
+    untuned.write_text(untuned_text)
+    lines = []
+    rows = tune(op, untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    configs = OPS[op].impls["triton"].configs
+    assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0, lines
+    assert json.loads(rows[0]["config"]) in configs and {} in configs
+    assert sum("us," in line for line in lines) == len(configs), lines  # every candidate timed
+
+
 def test_arch_override(monkeypatch):
     from aiter_ext.core.arch import device_info
 

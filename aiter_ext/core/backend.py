@@ -145,12 +145,15 @@ class Op:
     """The backends of one op and the selection order above.
 
     ``shape_keys`` name the call fields that key the tuned CSV (``core.tuned``); ``bucket`` maps a
-    call to the key that decisions are cached and logged under.
+    call to the key that decisions are cached and logged under. ``exact_keys`` (some of the shape keys)
+    must be equal for a tuned row to serve a call of another shape.
     """
 
-    def __init__(self, name: str, shape_keys: tuple[str, ...], bucket: Callable[[Mapping], tuple]):
+    def __init__(self, name: str, shape_keys: tuple[str, ...], bucket: Callable[[Mapping], tuple],
+                 exact_keys: tuple[str, ...] = ()):
         self.name = name
         self.shape_keys = shape_keys
+        self.exact_keys = exact_keys
         self.bucket = bucket
         self.impls: dict[str, Impl] = {}
         self._cache: dict[tuple, Choice] = {}
@@ -214,14 +217,15 @@ class Op:
                 f"{self.name}: {where}{backend!r} was requested but cannot run here: {reason}")
         from .tuned import lookup
 
-        row = lookup(self.name, call, self.shape_keys)  # the tuned config, if the row is for this backend
+        # the tuned config, if the row is for this backend
+        row = lookup(self.name, call, self.shape_keys, self.exact_keys)
         return Choice(self.impls[backend], row.config if row and row.backend == backend else {}, how)
 
     def _automatic(self, call, key) -> Choice:
         from .tuned import lookup  # deferred: the CSV is read on the first automatic choice only
 
         rejected = []
-        row = lookup(self.name, call, self.shape_keys)
+        row = lookup(self.name, call, self.shape_keys, self.exact_keys)
         if row is not None:
             ok, reason = self.usable(row.backend, call)
             if ok:
@@ -264,8 +268,9 @@ def _getter(keys: list) -> Callable[[Mapping], object]:
 OPS: dict[str, Op] = {}
 
 
-def define_op(name: str, shape_keys: tuple[str, ...], bucket: Callable[[Mapping], tuple]) -> Op:
-    op = OPS[name] = Op(name, shape_keys, bucket)
+def define_op(name: str, shape_keys: tuple[str, ...], bucket: Callable[[Mapping], tuple],
+              exact_keys: tuple[str, ...] = ()) -> Op:
+    op = OPS[name] = Op(name, shape_keys, bucket, exact_keys)
     return op
 
 

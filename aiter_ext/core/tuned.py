@@ -89,22 +89,25 @@ def load_rows(op: str) -> tuple[dict, ...]:
     return _load(str(path), path.stat().st_mtime)
 
 
-def _shape_distance(row: Mapping, call: Mapping, shape_keys) -> float:
-    """log2-scale distance between two shapes; inf when a non-numeric key differs."""
+def _shape_distance(row: Mapping, call: Mapping, shape_keys, exact_keys=()) -> float:
+    """log2-scale distance between two shapes; inf when a non-numeric key or one of ``exact_keys`` differs."""
     total = 0.0
     for key in shape_keys:
         a, b = row[key], call[key]
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if key in exact_keys:
+            if str(a) != str(b):
+                return math.inf
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
             total += abs(math.log2(max(a, 1)) - math.log2(max(b, 1)))
         elif str(a) != str(b):
             return math.inf
     return total
 
 
-def _best_in(rows, call, shape_keys) -> tuple[dict | None, float]:
+def _best_in(rows, call, shape_keys, exact_keys=()) -> tuple[dict | None, float]:
     best, best_d = None, math.inf
     for row in rows:
-        d = _shape_distance(row, call, shape_keys)
+        d = _shape_distance(row, call, shape_keys, exact_keys)
         if d < best_d:
             best, best_d = row, d
     return best, best_d
@@ -119,8 +122,11 @@ def _note(op: str, step: str, call, shape_keys, message: str) -> None:
     log_once(("tuned", op, step, _shape_label(call, shape_keys)), f"{op} tuned CSV: {message}")
 
 
-def lookup(op: str, call: Mapping[str, Any], shape_keys: tuple[str, ...]) -> TunedRow | None:
-    """The tuned row for ``call`` on this device, following the fallbacks above; None on a miss."""
+def lookup(op: str, call: Mapping[str, Any], shape_keys: tuple[str, ...], exact_keys: tuple[str, ...] = ()
+           ) -> TunedRow | None:
+    """The tuned row for ``call`` on this device, following the fallbacks above; None on a miss. A row
+    serves another shape only where every one of ``exact_keys`` is equal (an op whose tiles are sized for
+    one row width, say, lists it there: a tile tuned at 128 wide must not serve a 16384-wide call)."""
     info = device_info()
     rows = [r for r in load_rows(op) if str(r["arch"]) == info.arch]
     label = _shape_label(call, shape_keys)
@@ -133,7 +139,7 @@ def lookup(op: str, call: Mapping[str, Any], shape_keys: tuple[str, ...]) -> Tun
         nearest_cu = min({int(r["cu_num"]) for r in rows}, key=lambda c: (abs(c - info.cu_num), -c))
         same_cu = [r for r in rows if int(r["cu_num"]) == nearest_cu]
         cu_note = f"cu_num {nearest_cu} (nearest to this device's {info.cu_num})"
-    row, dist = _best_in(same_cu, call, shape_keys)
+    row, dist = _best_in(same_cu, call, shape_keys, exact_keys)
     if row is None:
         _note(op, "miss", call, shape_keys, f"no row with matching keys for {label}; using the default heuristic")
         return None

@@ -23,7 +23,12 @@ def _bucket(call: Mapping) -> tuple:
 
 
 SHAPE_KEYS = ("num_rows", "hidden", "dtype")
-RMSNORM = define_op("rmsnorm", SHAPE_KEYS, _bucket)
+#: A tuned tile serves other row counts, never another width: a tile is sized for its row (kernels.py).
+RMSNORM = define_op("rmsnorm", SHAPE_KEYS, _bucket, exact_keys=("hidden", "dtype"))
+
+#: What `aiter-ext tune rmsnorm` tries beside the heuristic (kernels.launch_config, the `{}` candidate): rows per
+#: program and warps; the row tile (BLOCK_H) stays the heuristic's, from the width.
+TRITON_TUNE_CONFIGS = [{}] + [{"BLOCK_R": r, "num_warps": w} for r in (1, 2, 4, 8) for w in (4, 8, 16)]
 
 
 def _torch(config, input, residual, weight, out, eps, gemma):
@@ -40,4 +45,41 @@ def _triton(config, input, residual, weight, out, eps, gemma):
 
 
 RMSNORM.register("torch", _torch)
-RMSNORM.register("triton", _triton)
+RMSNORM.register("triton", _triton, configs=TRITON_TUNE_CONFIGS)
+
+
+# -- tuning: how `aiter-ext tune rmsnorm` builds and checks one shape ---------------------------------
+
+
+def _tune_case(shape: Mapping, device: str):
+    import torch
+
+    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.tuner import TuneCase
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
+    rows, hidden = shape["num_rows"], shape["hidden"]
+    x = torch.randn(rows, hidden, device=device).to(dtype)
+    w = torch.randn(hidden, device=device).to(dtype)
+    ref = reference.rmsnorm_ref(x, w, 1e-6, False)
+    out = torch.empty_like(x)
+
+    def run(impl, cfg):
+        impl.fn(cfg, x, None, w, out, 1e-6, False)
+
+    def check(impl, cfg):
+        poison_(out)
+        run(impl, cfg)
+        atol, rtol = tolerance(dtype)
+        return max_error(out, ref) / (atol + rtol * float(ref.float().abs().max()))
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=2 * x.numel() * x.element_size() + w.numel() * w.element_size())
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("rmsnorm", _tune_case)
+
+
+_register_tuning()

@@ -41,14 +41,15 @@ def _bucket(call: Mapping) -> tuple:
 
 
 SHAPE_KEYS = ("num_tokens", "num_heads", "head_dim", "dtype")
-ROPE = define_op("rope", SHAPE_KEYS, _bucket)
+#: A tuned tile serves other token counts only: heads per program and the tile's width follow the heads and dim.
+ROPE = define_op("rope", SHAPE_KEYS, _bucket, exact_keys=("num_heads", "head_dim", "dtype"))
 
 #: Tiles the tuner and the benchmark's ``--sweep`` may try at head_dim 128 (tokens x heads per program,
 #: warps); the default comes from ``kernels.launch_config`` (16 x 8, 4 warps there).
 TRITON_TUNE_CONFIGS = [
     {"BLOCK_T": t, "BLOCK_H": h, "num_warps": w}
     for t, h, w in ((8, 8, 4), (16, 8, 4), (16, 8, 8), (32, 8, 4), (32, 8, 8), (16, 4, 4), (32, 4, 8))
-]
+] + [{}]  # {}: the heuristic (kernels.launch_config), which the tuner weighs against the others
 
 
 # -- torch: the reference, written into the outputs ----------------------------------------------
@@ -82,3 +83,45 @@ def _triton_rope(config, q, k, q_out, k_out, args: RopeArgs) -> None:
 
 ROPE.register("torch", _torch_rope)
 ROPE.register("triton", _triton_rope, configs=TRITON_TUNE_CONFIGS)
+
+
+# -- tuning: how `aiter-ext tune rope` builds and checks one shape ------------------------------------
+
+
+def _tune_case(shape: Mapping, device: str):
+    """Llama 3.1 RoPE over one sequence; the untuned CSV gives ``num_q_heads`` beside the total (k has the rest)."""
+    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.tuner import TuneCase
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    tokens, heads, dim = shape["num_tokens"], shape["num_heads"], shape["head_dim"]
+    q_heads = shape["num_q_heads"]
+    q = torch.randn(tokens, q_heads, dim, device=device).to(dtype)
+    k = torch.randn(tokens, heads - q_heads, dim, device=device).to(dtype)
+    args = RopeArgs(dim, False, indptr=torch.tensor([0, tokens], dtype=torch.int32, device=device),
+                    offsets=torch.tensor([3], dtype=torch.int32, device=device), rope_theta=5e5,
+                    llama31=(1.0, 4.0, 8192.0))
+    q_ref, k_ref = torch.empty_like(q), torch.empty_like(k)
+    _torch_rope({}, q, k, q_ref, k_ref, args)
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+
+    def run(impl, cfg):
+        impl.fn(cfg, q, k, q_out, k_out, args)
+
+    def check(impl, cfg):
+        poison_(q_out), poison_(k_out)
+        run(impl, cfg)
+        atol, rtol = tolerance(dtype)
+        return max(max_error(o, r) / (atol + rtol * float(r.float().abs().max())) for o, r in ((q_out, q_ref),
+                                                                                              (k_out, k_ref)))
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=2 * (q.numel() + k.numel()) * q.element_size())
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("rope", _tune_case)
+
+
+_register_tuning()
