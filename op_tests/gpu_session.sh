@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
-#             segment-tests segment-bench segment-tune thin-tests plans-tests sampling-thin cold-start launch-bench cascade-decision fi-warm sampling-tests
+#             segment-tests segment-bench segment-tune thin-tests plans-tests sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -77,6 +77,11 @@ for section in $sections; do
     sampling-thin)  # issue 18: the sampling suite through the thin path (no plans in sampling yet)
       AITER_EXT_LAUNCH=thin timeout ${T_SAMPLING:-420} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 \
         | tee "$OUT/pytest-sampling-thin.log" | tail -n 8 ;;
+    tune-launch)  # issue 18: tuned rows for rmsnorm and RoPE on this GPU's arch
+      for op in rmsnorm rope; do
+        python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 12
+        cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
+      done ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile
       python3 op_tests/bench_cold_start.py 2>&1 | tee "$OUT/bench-cold-start.log" ;;
     launch-bench)  # issue 18: eager host time, thin path against Triton's launcher and FlashInfer
