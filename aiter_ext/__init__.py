@@ -4,7 +4,7 @@
 first use, and AITER (ROCm only) is imported lazily where a backend needs it.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 # FlashInfer's processors live at aiter_ext.logits_processor (Temperature, Softmax, TopK, TopP, MinP, Sample).
 

@@ -131,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("tune", "aot"):
         module = importlib.import_module("aiter_ext.core.tuner" if argv[0] == "tune" else "aiter_ext.core.aot")
+        from aiter_ext.ops import load_kernel_modules
+
+        try:  # every op registers itself (backends, tune targets, kernel specs) as its modules are imported
+            load_kernel_modules()
+        except RuntimeError as exc:  # a broken op package
+            print(f"aiter-ext {argv[0]}: {exc}", file=sys.stderr)
+            return 1
         return module.cli(argv[1:])
     args = parser.parse_args(argv)
     handlers = {"info": cmd_info, "gap": cmd_gap, "bench": cmd_bench}

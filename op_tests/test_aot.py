@@ -251,9 +251,8 @@ def test_ast_source_keyword_follows_triton(monkeypatch):
 
 @pytest.fixture
 def registry(monkeypatch):
-    """An empty registry that does not import the real op packages."""
+    """An empty registry (core lists what is registered and imports no op)."""
     monkeypatch.setattr(aot, "_REGISTRY", {})
-    monkeypatch.setattr(aot, "_import_op_packages", lambda: None)
     return aot._REGISTRY
 
 
@@ -332,12 +331,35 @@ def test_registered_specs_rejects_non_specs(registry):
 
 
 def test_every_op_module_is_imported():
-    # An op registers its specs where its kernels live (ops/<op>/kernels.py), not in its __init__.
+    # An op registers its specs where its kernels live (ops/<op>/kernels.py), not in its __init__: the CLI
+    # loads every op module first, and core imports none (issue 18: core stays below the ops).
     import pkgutil
     import sys
 
     import aiter_ext.ops
 
-    aot._import_op_packages()
+    aiter_ext.ops.load_kernel_modules()
     names = [m.name for m in pkgutil.walk_packages(aiter_ext.ops.__path__, "aiter_ext.ops.")]
     assert [n for n in names if n not in sys.modules] == []
+
+
+def test_core_imports_no_op():
+    """Core stays below the ops: no module of aiter_ext.core names aiter_ext.ops, nor the package face
+    (``import aiter_ext``, whose __init__ imports the ops); the version comes from aiter_ext._version."""
+    import ast
+    from pathlib import Path
+
+    import aiter_ext.core
+
+    offenders = []
+    for path in Path(aiter_ext.core.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("aiter_ext.ops"):
+                names = [node.value]
+            offenders += [f"{path.name}: {n}" for n in names if n == "aiter_ext" or n.startswith("aiter_ext.ops")]
+    assert offenders == []

@@ -242,6 +242,7 @@ def test_thin_launches_replay_in_a_cuda_graph():
 def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch):
     import json
 
+    import aiter_ext.ops.norm.kernels  # noqa: F401 (registers its specs)
     from aiter_ext.core import objects
 
     # one tile, sized per arch: 8 warps of 32 lanes on an NVIDIA GPU, 4 waves of 64 on AMD (aot_specs(arch))

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import pickle
-import pkgutil
 import re
 import subprocess
 import sys
@@ -117,27 +116,6 @@ def register_aot_specs(op_name: str, provider: Callable[[], Iterable[KernelSpec]
         providers.append(provider)
 
 
-def _import_op_packages() -> None:
-    """Import every module under ``aiter_ext.ops``, so that their ``register_aot_specs`` calls run.
-
-    All of them, not only the packages: an op registers where its kernels live (``ops/<op>/kernels.py``),
-    which its package may import lazily.
-    """
-    try:
-        ops = importlib.import_module("aiter_ext.ops")
-    except ImportError:
-        return
-
-    def broken(name):  # a broken op must not pass the check unnoticed
-        raise RuntimeError(f"cannot import {name} to collect its AOT specs: {sys.exc_info()[1]!r}")
-
-    for mod in pkgutil.walk_packages(getattr(ops, "__path__", []), ops.__name__ + ".", onerror=broken):
-        try:
-            importlib.import_module(mod.name)
-        except Exception as e:
-            raise RuntimeError(f"cannot import {mod.name} to collect its AOT specs: {e!r}") from e
-
-
 def _specs_of(provider: Callable, arch: str) -> Iterable[KernelSpec]:
     """A provider's specs for ``arch``: one that takes an argument is given the arch (its tiles depend on the
     GPU, such as warps sized for a 64-lane wave); one that takes none lists the same specs everywhere."""
@@ -149,9 +127,9 @@ def _specs_of(provider: Callable, arch: str) -> Iterable[KernelSpec]:
 
 
 def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
-    """Every spec of every registered op for ``arch`` (gfx942/gfx950, or sm_XY when objects are built for an
-    NVIDIA GPU), by op name (importing the op packages first)."""
-    _import_op_packages()
+    """Every spec registered so far for ``arch`` (gfx942/gfx950, or sm_XY when objects are built for an NVIDIA
+    GPU), by op name. Ops register when their kernel modules are imported: ``aiter_ext.ops.load_kernel_modules``
+    imports them all (the CLI calls it first)."""
     by_op: dict[str, list[KernelSpec]] = {}
     for op_name, providers in list(_REGISTRY.items()):
         for provider in providers:
@@ -163,7 +141,7 @@ def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
 
 
 def registered_specs(arch: str = "gfx942") -> Iterable[KernelSpec]:
-    """Every spec of every registered op for ``arch`` (importing the op packages first)."""
+    """Every spec registered so far for ``arch`` (see :func:`registered_specs_by_op`)."""
     for specs in registered_specs_by_op(arch).values():
         yield from specs
 
@@ -521,7 +499,7 @@ def cli(argv: list[str] | None = None) -> int:
     print(f"compiling every registered kernel config for {', '.join(archs)}, one op at a time", flush=True)
     try:
         reports, ok = check(archs, args.kernel, progress)
-    except Exception as e:  # a broken op package or provider
+    except Exception as e:  # a broken spec provider
         print(f"aiter-ext aot: {e}", file=sys.stderr)
         return 1
     if not reports:

@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from aiter_ext._version import __version__
 from aiter_ext.core import arch as _arch
 from aiter_ext.core.launch import current_stream
 
@@ -81,10 +82,8 @@ def _csrc() -> Path:
 
 def jit_dir(arch: Optional[str] = None) -> Path:
     """Where libraries built for ``arch`` (default: this device) are cached."""
-    import aiter_ext  # late: aiter_ext/__init__ imports the ops, which import this module
-
     root = os.environ.get("AITER_EXT_JIT_DIR") or Path.home() / ".cache" / "aiter_ext" / "jit"
-    return Path(root) / aiter_ext.__version__ / (arch or _arch.device_info().arch)
+    return Path(root) / __version__ / (arch or _arch.device_info().arch)
 
 
 def _load_spec(name: str) -> ModuleSpec:

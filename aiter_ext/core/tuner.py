@@ -68,10 +68,9 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
     """Tune ``op_name`` over its untuned shapes (``shard`` = (k, n): every n-th shape from the k-th).
     ``check_only`` compiles and checks every candidate and times none (writes nothing): run one per shard
     in parallel processes first, and the timed run that follows finds every kernel compiled."""
-    import aiter_ext  # noqa: F401  (registers every op)
-
     if op_name not in OPS or op_name not in TUNE_TARGETS:
-        raise SystemExit(f"no tunable op {op_name!r}; tunable: {', '.join(sorted(TUNE_TARGETS))}")
+        raise SystemExit(f"no tunable op {op_name!r} registered; tunable: {', '.join(sorted(TUNE_TARGETS))} (ops register "
+                         "when imported: aiter-ext tune imports them all)")
     op, info = OPS[op_name], device_info()
     if not info.is_gpu and not allow_cpu:
         raise SystemExit("no GPU here: the tuner writes measured rows for the device in hand, and CPU "
