@@ -363,3 +363,13 @@ def test_core_imports_no_op():
                 names = [node.value]
             offenders += [f"{path.name}: {n}" for n in names if n == "aiter_ext" or n.startswith("aiter_ext.ops")]
     assert offenders == []
+
+
+def test_one_name_per_op():
+    """The compile check, the code objects (hsa/<arch>/<op>/) and the dispatcher name an op alike: every group
+    of kernel specs is registered under a dispatcher op's name."""
+    import aiter_ext.ops
+    from aiter_ext.core.backend import OPS
+
+    aiter_ext.ops.load_kernel_modules()
+    assert sorted(set(aot.registered_specs_by_op()) - set(OPS)) == []

@@ -257,7 +257,7 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
     objects._rows.cache_clear()
     try:
         rows = objects._rows("sm_90")["aiter_ext.ops.norm.kernels:rmsnorm_kernel"]
-        assert len(rows) == 1 and (tmp_path / "sm_90" / "norm" / rows[0]["co_name"]).stat().st_size > 1000
+        assert len(rows) == 1 and (tmp_path / "sm_90" / "rmsnorm" / rows[0]["co_name"]).stat().st_size > 1000
         row = rows[0]
         assert row["spec"] == name and row["triton_version"] and row["source_hash"] == objects.source_hash()
         aligned = row["divisible_by_16"]
@@ -274,7 +274,7 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
         assert gfx["spec"] == amd_name and gfx["options"] == {"num_warps": 4}
         assert gfx["vgprs"] and gfx["scratch_bytes"] == "0" and gfx["co_name"].endswith(".co")
         # an object of other sources is never used
-        manifest = tmp_path / "sm_90" / "norm" / "manifest.csv"
+        manifest = tmp_path / "sm_90" / "rmsnorm" / "manifest.csv"
         manifest.write_text(manifest.read_text().replace(objects.source_hash(), "0" * 16))
         objects._rows.cache_clear()
         assert objects.find("sm_90", kernel, *call, aligned) is None

@@ -254,4 +254,4 @@ def aot_specs(arch: str = "gfx942"):
                              {"num_warps": cfg["num_warps"]}, divisible_by_16=aligned)
 
 
-register_aot_specs("norm", aot_specs)
+register_aot_specs("rmsnorm", aot_specs)

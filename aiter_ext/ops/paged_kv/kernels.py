@@ -214,4 +214,7 @@ def aot_specs():
                          divisible_by_16=tuple(n for n, t in sig.items() if t.startswith("*")))
 
 
-register_aot_specs("paged_kv", aot_specs)
+# under the dispatcher's names for the two ops these kernels serve (one name per op everywhere)
+register_aot_specs("paged_kv_append", lambda: [s for s in aot_specs() if s.fn is append_paged_kv_kernel])
+register_aot_specs("batch_indices_positions",
+                   lambda: [s for s in aot_specs() if s.fn is batch_indices_positions_kernel])

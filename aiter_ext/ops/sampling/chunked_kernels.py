@@ -245,4 +245,4 @@ def aot_specs():
                          {"TEMP": PER_ROW, **shape}, opts, divisible_by_16=("logits", "out"))
 
 
-register_aot_specs("sampling.chunked", aot_specs)
+register_aot_specs("sampling", aot_specs)

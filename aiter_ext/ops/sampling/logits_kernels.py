@@ -115,4 +115,4 @@ def aot_specs():
                              opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
 
 
-register_aot_specs("sampling.logits", aot_specs)
+register_aot_specs("sampling_from_logits", aot_specs)

@@ -136,4 +136,4 @@ def aot_specs():
                                  {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
 
 
-register_aot_specs("sampling.renorm", aot_specs)
+register_aot_specs("renorm", aot_specs)

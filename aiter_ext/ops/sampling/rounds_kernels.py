@@ -247,4 +247,4 @@ def aot_specs():
                              divisible_by_16=("probs", "istate", "fstate", "stats", "arrivals"))
 
 
-register_aot_specs("sampling.rounds", aot_specs)
+register_aot_specs("sampling", aot_specs)

@@ -183,4 +183,4 @@ def aot_specs():
                              divisible_by_16=pointers + ("out", "accepted", "emitted"))
 
 
-register_aot_specs("sampling.speculative", aot_specs)
+register_aot_specs("chain_speculative_sampling", aot_specs)

@@ -331,4 +331,4 @@ def aot_specs():
                              divisible_by_16=pointers)
 
 
-register_aot_specs("sampling.split", aot_specs)
+register_aot_specs("sampling", aot_specs)
