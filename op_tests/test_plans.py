@@ -301,7 +301,18 @@ def _cases():
             return torch.cat([y.view(torch.uint8).flatten(), sf.view(torch.uint8).flatten()])
         return call, (x, w)
 
-    return {"rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
+    def min_p_sampling():
+        probs = torch.softmax(torch.randn(4, 32000, device="cuda") * 3, -1)
+        return lambda: aiter_ext.min_p_sampling_from_probs(probs, 0.1, seed=7, offset=3), (probs,)
+
+    def top_p_sampling_per_row():
+        probs = torch.softmax(torch.randn(8, 128256, device="cuda") * 3, -1)
+        top_p = torch.rand(8, device="cuda")
+        seeds = torch.randint(0, 2 ** 40, (8,), device="cuda")
+        return lambda: aiter_ext.top_p_sampling_from_probs(probs, top_p, seed=seeds, offset=5), (probs,)
+
+    return {"min_p_sampling_from_probs": min_p_sampling, "top_p_sampling_from_probs, per-row top_p and seeds":
+            top_p_sampling_per_row, "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
             "fused_add_rmsnorm": fused, "apply_llama31_rope on views": llama31_rope,
             "apply_rope_pos_ids_inplace, rotary_dim 64": rope_pos_ids_inplace_partial, "merge_state": merge,
             "merge_state_in_place with a mask": merge_in_place_masked}
@@ -310,7 +321,8 @@ def _cases():
 @gpu_only
 @pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm out=input", "gemma QK-norm of a view", "fused_add_rmsnorm",
                                   "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
-                                  "merge_state", "merge_state_in_place with a mask", "rmsnorm_fp4quant, swizzled scales"])
+                                  "merge_state", "merge_state_in_place with a mask", "rmsnorm_fp4quant, swizzled scales",
+                                  "min_p_sampling_from_probs", "top_p_sampling_from_probs, per-row top_p and seeds"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Three calls per case on fresh inputs: the usual path (plans off), the recorded call, and replays;
     every output bit-equal to the usual path's on the same inputs, and the replays really from a plan."""

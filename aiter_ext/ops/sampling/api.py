@@ -51,17 +51,34 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
+from aiter_ext.core.plans import CallPlans
+
 from .backends import SAMPLING, dispatch
 from .inputs import ABSENT, Threshold, checked_rows, finish, prepare_draw, threshold
 from .renorm import top_k_renorm_probs
 
 
+#: Call plans (core/plans.py) of the samplers from probabilities: the launches after the checks, the seed's
+#: draw and the outputs' allocation (which every call makes), replayed from a recorded call of the same kind.
+PLANS = CallPlans("sampling")
+
+
 def _sample(probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold, generator, check_nan, seed, offset,
             return_valid, backend=None, config=None):
-    """The one path of every sampler from probabilities; ``config`` overrides the launch (sweeps)."""
+    """The one path of every sampler from probabilities; ``config`` overrides the launch (sweeps, no plan)."""
     draw = prepare_draw(probs, "probs", indices, generator, check_nan, seed, offset)
-    fn, tuned = dispatch(SAMPLING, probs, draw.rows, backend)
-    fn(tuned if config is None else config, probs, indices, top_k, top_p, min_p, draw)
+    slots = (probs, indices, top_k.tensor, top_p.tensor, min_p.tensor, draw.seed, draw.offset, draw.out, draw.valid)
+    # the route may differ inside a CUDA graph (launchers._graph_timed): the capture state is part of the key
+    key, plan = PLANS.find(*slots, int(top_k.mode), top_k.value, int(top_p.mode), top_p.value, int(min_p.mode),
+                           min_p.value, draw.seed_per_row, probs.is_cuda and torch.cuda.is_current_stream_capturing(),
+                           backend, config)
+    if plan:
+        plan(*slots)
+    else:
+        fn, tuned = dispatch(SAMPLING, probs, draw.rows, backend)
+        PLANS.recorded(key, slots, fn, tuned if config is None else config, probs, indices, top_k, top_p, min_p, draw)
     return finish(draw, return_valid)
 
 
