@@ -54,10 +54,10 @@ _ENABLED = env("AITER_EXT_PLANS") != "0"
 
 
 def set_enabled(enabled: bool) -> bool:
-    """Turn call plans on or off for this process; returns the previous setting."""
+    """Turn call plans on or off for this process; returns the previous setting. The plans made are kept
+    (nothing they were decided under changed): turned on again, calls replay them."""
     global _ENABLED
     previous, _ENABLED = _ENABLED, bool(enabled)
-    invalidate()
     return previous
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
@@ -160,7 +161,7 @@ def merge_many_kernel(
 
 def default_config(head_dim: int) -> dict:
     """Heuristic tile: ``DEFAULT_TILE_ELEMENTS`` per program, 4 warps."""
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = next_pow2(head_dim)
     return {"BLOCK_R": max(1, DEFAULT_TILE_ELEMENTS // block_d), "num_warps": 4}
 
 
@@ -170,12 +171,12 @@ def launch_pair(v_a, s_a, v_b, s_b, v_out, s_out, mask, config: dict) -> None:
     if num_rows == 0:
         return
     cfg = {**default_config(head_dim), **config}
-    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
+    grid = (cdiv(num_rows, cfg["BLOCK_R"]),)
     merge_pair_kernel[grid](
         v_a, s_a, v_b, s_b, v_out, s_out, mask if mask is not None else s_a,
         num_rows, num_heads, head_dim,
         v_a.stride(0), s_a.stride(0), v_b.stride(0), s_b.stride(0), v_out.stride(0), s_out.stride(0),
-        HAS_MASK=mask is not None, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim),
+        HAS_MASK=mask is not None, BLOCK_R=cfg["BLOCK_R"], BLOCK_D=next_pow2(head_dim),
         num_warps=cfg["num_warps"],
     )
 
@@ -188,9 +189,9 @@ def launch_many(v, s, indptr, v_out, s_out, config: dict) -> None:
         return
     varlen = indptr is not None
     cfg = {**default_config(head_dim), **config}
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = next_pow2(head_dim)
     block_r = many_block_r(cfg["BLOCK_R"], block_d)
-    grid = (triton.cdiv(num_rows, block_r),)
+    grid = (cdiv(num_rows, block_r),)
     if varlen:
         num_states, total = 0, v.shape[0]
         strides = (0, v.stride(0), 0, s.stride(0))
@@ -252,13 +253,15 @@ def aot_specs():
     ints = {n: "i32" for n in ("num_rows", "num_heads", "head_dim")}
     for dtype in AOT_DTYPES:
         for head_dim in AOT_HEAD_DIMS:
-            block_d = triton.next_power_of_2(head_dim)
+            block_d = next_pow2(head_dim)
             for label, cfg in _aot_configs(dtype, head_dim):
                 opts = {"num_warps": cfg["num_warps"]}
                 tag = f"{dtype}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}"
                 for has_mask in (False, True):
                     sig = {"v_a": f"*{dtype}", "s_a": "*fp32", "v_b": f"*{dtype}", "s_b": "*fp32",
-                           "v_out": f"*{dtype}", "s_out": "*fp32", "mask": "*u8", **ints,
+                           "v_out": f"*{dtype}", "s_out": "*fp32",
+                           # without a mask the launcher passes s_a in its place
+                           "mask": "*u8" if has_mask else "*fp32", **ints,
                            **{n: "i32" for n in ("stride_va", "stride_sa", "stride_vb", "stride_sb",
                                                  "stride_vo", "stride_so")}}
                     yield KernelSpec(f"merge_pair{'_masked' if has_mask else ''}[{tag}]", merge_pair_kernel, sig,

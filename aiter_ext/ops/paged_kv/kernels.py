@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
@@ -129,7 +130,7 @@ def default_config(head_dim: int, element_size: int, num_rows: int) -> dict:
     """Heuristic tile (see ``SMALL_ROWS``), 4 warps; ``num_rows`` = tokens x KV heads."""
     if num_rows <= SMALL_ROWS:
         return {"BLOCK_R": SMALL_BLOCK_R, "num_warps": 4}
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = next_pow2(head_dim)
     return {"BLOCK_R": max(1, DEFAULT_TILE_BYTES // (block_d * element_size)), "num_warps": 4}
 
 
@@ -148,7 +149,7 @@ def launch_append(append_key, append_value, batch_indices, positions, k_cache, v
     if num_rows == 0:
         return
     cfg = {**default_config(head_dim, append_key.element_size(), num_rows), **config}
-    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]),)
+    grid = (cdiv(num_rows, cfg["BLOCK_R"]),)
     append_paged_kv_kernel[grid](
         _bits(append_key), _bits(append_value), batch_indices.contiguous(), positions.contiguous(),
         _bits(k_cache), _bits(v_cache), kv_indices.contiguous(), kv_indptr.contiguous(),
@@ -156,7 +157,7 @@ def launch_append(append_key, append_value, batch_indices, positions, k_cache, v
         kv_indptr.shape[0] - 1, kv_indices.shape[0],
         append_key.stride(0), append_key.stride(1), append_value.stride(0), append_value.stride(1),
         *strides,
-        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=triton.next_power_of_2(head_dim), num_warps=cfg["num_warps"],
+        BLOCK_R=cfg["BLOCK_R"], BLOCK_D=next_pow2(head_dim), num_warps=cfg["num_warps"],
     )
 
 
@@ -165,7 +166,7 @@ def launch_batch_indices_positions(append_indptr, seq_lens, batch_indices, posit
     if nnz == 0:
         return
     batch_size = append_indptr.shape[0] - 1
-    grid = (triton.cdiv(nnz, INDICES_BLOCK),)
+    grid = (cdiv(nnz, INDICES_BLOCK),)
     batch_indices_positions_kernel[grid](
         append_indptr.contiguous(), seq_lens.contiguous(), batch_indices, positions,
         nnz, batch_size, max(batch_size, 1).bit_length(),
@@ -204,7 +205,7 @@ def aot_specs():
                                 if t.startswith("*") or n.startswith("stride") or n == "head_dim")
                 yield KernelSpec(f"append_paged_kv[{elem}-d{head_dim}-r{cfg['BLOCK_R']}w{cfg['num_warps']}]",
                                  append_paged_kv_kernel, sig,
-                                 {"BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": triton.next_power_of_2(head_dim)},
+                                 {"BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": next_pow2(head_dim)},
                                  {"num_warps": cfg["num_warps"]}, config_label=label, divisible_by_16=aligned)
     for seq_lens in ("i32", "i64"):
         sig = {"append_indptr": "*i32", "seq_lens": f"*{seq_lens}", "batch_indices": "*i32", "positions": "*i32",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
@@ -205,9 +206,9 @@ def chunked_config(vocab: int, rows: int, arch: str, interpreted: bool = False, 
     if not interpreted and op != "softmax":
         if vocab < CHUNKED_MIN_VOCAB or (op == "min_p" and rows < CHUNKED_MIN_P_ROWS):
             return None
-    num_chunks = triton.cdiv(vocab, block)
-    tile_rows = min(256, triton.next_power_of_2(max(rows, 1))) if interpreted else 1
-    return {"ROWS": tile_rows, "BLOCK": block, "NCHUNKS": triton.next_power_of_2(num_chunks),
+    num_chunks = cdiv(vocab, block)
+    tile_rows = min(256, next_pow2(max(rows, 1))) if interpreted else 1
+    return {"ROWS": tile_rows, "BLOCK": block, "NCHUNKS": next_pow2(num_chunks),
             "num_chunks": num_chunks, "num_warps": num_warps}
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
@@ -433,8 +434,8 @@ def launch_config(vocab: int, num_out: int, arch: str, interpreted: bool = False
     Under the CPU interpreter the cost is per program, not per element, so tiles are 16x larger there.
     It is the same kernel with fewer programs, which lets the statistical tests draw ~10^5 tokens."""
     elements = 8192 * (16 if interpreted else 1)
-    block = min(8192, max(16, triton.next_power_of_2(vocab)))
-    rows = max(1, min(elements // block, triton.next_power_of_2(max(num_out, 1))))
+    block = min(8192, max(16, next_pow2(vocab)))
+    rows = max(1, min(elements // block, next_pow2(max(num_out, 1))))
     if arch.startswith("gfx") and not interpreted:
         # AMD (compile check, Triton 3.9): 2-D tiles, and 8192-wide chunks (16 values per lane), spilled
         # SGPRs in the filtered variants; one row of 4096-wide chunks over 8 waves compiles clean.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
@@ -90,8 +91,8 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
 def launch_config(vocab: int, rows: int, arch: str, interpreted: bool = False) -> dict:
     """Row-tiles as the probability samplers take them (kernels.launch_config), at most 4096 wide."""
     elements = 4096 * (16 if interpreted else 1)
-    block = min(4096, max(16, triton.next_power_of_2(vocab)))
-    tile_rows = max(1, min(elements // block, triton.next_power_of_2(max(rows, 1))))
+    block = min(4096, max(16, next_pow2(vocab)))
+    tile_rows = max(1, min(elements // block, next_pow2(max(rows, 1))))
     if arch.startswith("gfx") and not interpreted:
         tile_rows = 1
     return {"ROWS": tile_rows, "BLOCK": block, "num_warps": 8 if tile_rows * block >= 4096 else 4}
