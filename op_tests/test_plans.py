@@ -89,6 +89,9 @@ def test_call_key_carries_aliasing():
         apart = key(x, _Like((4, 64), ptr=2 << 20))
         assert apart == key(x, _Like((4, 64), ptr=9 << 20))
         assert key(x, x) != apart  # out is input
+        # fresh tensors side by side (the allocator's usual placement) do not overlap: one key at any distance
+        assert key(x, _Like((4, 64), ptr=(1 << 20) + 4 * 64 * 2)) == apart
+        assert key(x, _Like((4, 64), ptr=(1 << 20) + 4 * 64 * 2 - 16)) != apart  # the last 8 elements shared
         assert key(x, _Like((2, 64), ptr=(1 << 20) + 256)) != key(x, _Like((2, 64), ptr=3 << 20))  # a view inside x
     finally:
         native.use_types((torch.Tensor, torch.nn.Parameter), raw_stream_getter())

@@ -307,10 +307,11 @@ static int put_ints(keybuf *b, PyObject *seq, int64_t *values, Py_ssize_t max) {
 /* call_key(*args) -> bytes | None. What the key holds, per argument: None, a bool, an int or a float by
  * value, a str by its text, and a tensor by dtype, device, shape, strides and data pointer modulo 16 (what
  * Triton specialises on; the ops read no finer alignment). After the arguments, for every pair of
- * tensors whose memory may overlap (their byte ranges, sized for 16-byte elements so that the test errs
- * towards "may"), the distance between their data pointers: an op's launches may depend on aliasing
- * (out is input, a view of a tensor passed beside it). So two calls with one key differ only in where
- * their tensors are, and the launches of one are those of the other with the pointers moved. */
+ * tensors whose byte ranges overlap (first element to one past the last), the distance between their
+ * data pointers: an op's launches may depend on aliasing (out is input, a view of a tensor passed beside
+ * it). The ranges are exact: fresh tensors that the allocator happens to place side by side must not
+ * differ in key from one call to the next. So two calls with one key differ only in where their tensors
+ * are, and the launches of one are those of the other with the pointers moved. */
 static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
   (void)self;
   if (!tensor_types) return PyErr_Format(PyExc_RuntimeError, "use_types() first");
@@ -330,13 +331,14 @@ static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t narg
       const char *text = PyUnicode_AsUTF8AndSize(a, &n);
       rc = !text ? -1 : put_byte(&b, 'S') ? -1 : put_i64(&b, n) ? -1 : put(&b, text, n);
     } else if (is_tensor(a) && tensors < MAX_KEY_TENSORS) {
-      PyObject *dtype = NULL, *device = NULL, *ptr = NULL, *shape = NULL, *stride = NULL;
+      PyObject *dtype = NULL, *itemsize = NULL, *device = NULL, *ptr = NULL, *shape = NULL, *stride = NULL;
       int64_t sizes[MAX_DIMS], strides[MAX_DIMS];
       rc = -1;
-      if ((dtype = PyObject_GetAttrString(a, "dtype")) && (device = PyObject_CallMethod(a, "get_device", NULL)) &&
-          (ptr = PyObject_CallMethod(a, "data_ptr", NULL)) && (shape = PyObject_GetAttrString(a, "shape")) &&
-          (stride = PyObject_CallMethod(a, "stride", NULL))) {
+      if ((dtype = PyObject_GetAttrString(a, "dtype")) && (itemsize = PyObject_GetAttrString(dtype, "itemsize")) &&
+          (device = PyObject_CallMethod(a, "get_device", NULL)) && (ptr = PyObject_CallMethod(a, "data_ptr", NULL)) &&
+          (shape = PyObject_GetAttrString(a, "shape")) && (stride = PyObject_CallMethod(a, "stride", NULL))) {
         long dev = PyLong_AsLong(device);
+        uint64_t element_bytes = (uint64_t)PyLong_AsUnsignedLongLongMask(itemsize);
         uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
         uintptr_t dtype_id = (uintptr_t)dtype;  /* torch's dtypes are singletons */
         if (PyErr_Occurred()) rc = -1;
@@ -350,11 +352,11 @@ static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t narg
             span += (uint64_t)(sizes[d] - 1) * (uint64_t)(strides[d] < 0 ? -strides[d] : strides[d]);
           }
           starts[tensors] = address;
-          ends[tensors] = address + 16 * span;
+          ends[tensors] = address + element_bytes * span;
           tensors++;
         }
       }
-      Py_XDECREF(dtype); Py_XDECREF(device); Py_XDECREF(ptr); Py_XDECREF(shape); Py_XDECREF(stride);
+      Py_XDECREF(dtype); Py_XDECREF(itemsize); Py_XDECREF(device); Py_XDECREF(ptr); Py_XDECREF(shape); Py_XDECREF(stride);
     } else rc = 1;  /* anything else: no key */
   }
   for (int i = 0; i < tensors && rc == 0; i++)
