@@ -211,8 +211,17 @@ class _Recorder:
         return False
 
 
-#: A key seen once, not yet recorded (falsy, like "no plan", for the op's ``if plan:``).
-_SEEN = 0
+class _SeenOnce:
+    """The state of a key seen once, not yet recorded: falsy, like "no plan", for the op's ``if plan:``."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<seen once>"
+
+
+_SEEN = _SeenOnce()
 #: Keys one op keeps; past it the cache starts again (a few hundred bytes per key).
 MAX_PLANS = 4096
 
@@ -229,8 +238,8 @@ class CallPlans:
         PLANS.recorded(key, slots, dispatch, *its arguments)  # the usual dispatch and launches
 
     ``find`` returns ``(key, plan)`` with a falsy plan for a call that has none (yet), and ``(None, False)``
-    for one that cannot have a plan. The slots are the tensors a launch may point into, in a fixed order (None where absent): the
-    call's tensor arguments and the outputs allocated for it.
+    for one that cannot have a plan. The slots are the tensors a launch may point into, in a fixed order
+    (None where absent): the call's tensor arguments and the outputs allocated for it.
     """
 
     def __init__(self, name: str):
