@@ -42,6 +42,19 @@ def test_signature_separates_what_triton_specialises_on():
     assert sig([torch.nn.Parameter(a)]) == sig([a])  # vLLM's weights are Parameters: the same class
     assert sig([a, 16]) != sig([16, a])
 
+    class OnDevice:  # what signature reads of a tensor, on a GPU of our choosing
+        def __init__(self, device):
+            self.dtype, self.device = torch.float16, device
+
+        def data_ptr(self):
+            return 1 << 20
+
+        def get_device(self):
+            return self.device
+
+    # a kernel's handle belongs to one device: a launch on another must not reuse its record
+    assert sig([OnDevice(0)]) == sig([OnDevice(0)]) != sig([OnDevice(1)])
+
 
 class _FakeJit:
     """What ThinKernel reads from a JITFunction: params (name, is_constexpr) and ``[grid]``."""

@@ -6,7 +6,8 @@ rmsnorm whose kernel takes 2). :func:`thin` wraps a ``@triton.jit`` kernel so th
 form, ``kernel[grid](*args, **constexprs)``, and:
 
 - the first call of a *launch signature* (the constexpr values, and per runtime argument its dtype and
-  Triton's specialisation classes: 16-byte alignment of a pointer, an int's width and divisibility by 16)
+  Triton's specialisation classes: 16-byte alignment of a pointer, an int's width and divisibility by 16;
+  and each tensor's device, since a kernel's handle belongs to one device's context)
   takes a code object from ``hsa/`` that fits it (``core/objects.py``: no Triton compile), or else asks
   Triton for the compiled kernel (``warmup``: Triton specialises and compiles, or loads its cache, exactly
   as its own launch would), and records the kernel's handle, its parameter kinds and launch sizes;

@@ -162,14 +162,14 @@ static int as_pointer(PyObject *obj, uint64_t *out) {
 }
 
 /* signature(*args) -> bytes. Per argument, one class byte and, for a tensor, its dtype object's address
- * (torch's dtypes are singletons):
- *   a tensor (anything with data_ptr and dtype): 'T' | 16-byte aligned, then the dtype's 8 bytes;
+ * (torch's dtypes are singletons) and its device (a kernel's handle belongs to one device's context):
+ *   a tensor (anything with data_ptr and dtype): 'T' | 16-byte aligned, the dtype's 8 bytes, the device's 2;
  *   an int: 'I', then one byte: bit 0 fits int32, bit 1 divisible by 16, bit 2 equals 1;
  *   bool 'B' | value, float 'F', None 'N'; anything else 'O' (thin.py then leaves the call to Triton). */
 static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
   (void)self;
   if (nargs > MAX_ARGS) return PyErr_Format(PyExc_ValueError, "signature(): at most %d arguments", MAX_ARGS);
-  char buf[MAX_ARGS * 10];
+  char buf[MAX_ARGS * 12];
   Py_ssize_t n = 0;
   for (Py_ssize_t i = 0; i < nargs; i++) {
     PyObject *a = args[i];
@@ -186,14 +186,18 @@ static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (PyFloat_CheckExact(a)) { buf[n++] = 'F'; continue; }
     PyObject *dtype = PyObject_GetAttrString(a, "dtype");
     PyObject *ptr = dtype ? PyObject_CallMethod(a, "data_ptr", NULL) : NULL;
-    if (!ptr) {
+    PyObject *device = ptr ? PyObject_CallMethod(a, "get_device", NULL) : NULL;
+    if (!device) {
       Py_XDECREF(dtype);
+      Py_XDECREF(ptr);
       PyErr_Clear();
       buf[n++] = 'O';
       continue;
     }
     uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
+    int16_t device_index = (int16_t)PyLong_AsLong(device);
     Py_DECREF(ptr);
+    Py_DECREF(device);
     if (PyErr_Occurred()) { Py_DECREF(dtype); return NULL; }
     uintptr_t dtype_id = (uintptr_t)dtype;
     Py_DECREF(dtype);  /* the dtype singleton outlives the call: only its address is kept */
@@ -201,6 +205,8 @@ static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nar
     buf[n++] = (char)((address & 15) == 0);
     memcpy(buf + n, &dtype_id, sizeof dtype_id);
     n += sizeof dtype_id;
+    memcpy(buf + n, &device_index, sizeof device_index);
+    n += sizeof device_index;
   }
   return PyBytes_FromStringAndSize(buf, n);
 }
