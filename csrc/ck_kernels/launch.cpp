@@ -48,6 +48,9 @@ typedef int (*func_get_attribute_fn)(int *value, int attribute, void *function);
 typedef int (*cu_get_error_string_fn)(int error, const char **text);
 typedef const char *(*hip_get_error_string_fn)(int error);
 
+/* Attribute and method names, interned once (PyInit): a lookup by a C string builds a str object per call. */
+static PyObject *name_dtype, *name_data_ptr, *name_get_device, *name_shape, *name_stride, *name_itemsize;
+
 static struct {
   int ready, is_hip;
   module_load_data_fn module_load_data;
@@ -154,7 +157,7 @@ fail_ctx:
 static int as_pointer(PyObject *obj, uint64_t *out) {
   if (obj == Py_None) { *out = 0; return 0; }
   if (PyLong_Check(obj)) { *out = PyLong_AsUnsignedLongLongMask(obj); return PyErr_Occurred() ? -1 : 0; }
-  PyObject *ptr = PyObject_CallMethod(obj, "data_ptr", NULL);
+  PyObject *ptr = PyObject_CallMethodNoArgs(obj, name_data_ptr);
   if (!ptr) return -1;
   *out = PyLong_AsUnsignedLongLongMask(ptr);
   Py_DECREF(ptr);
@@ -184,9 +187,9 @@ static PyObject *signature(PyObject *self, PyObject *const *args, Py_ssize_t nar
       continue;
     }
     if (PyFloat_CheckExact(a)) { buf[n++] = 'F'; continue; }
-    PyObject *dtype = PyObject_GetAttrString(a, "dtype");
-    PyObject *ptr = dtype ? PyObject_CallMethod(a, "data_ptr", NULL) : NULL;
-    PyObject *device = ptr ? PyObject_CallMethod(a, "get_device", NULL) : NULL;
+    PyObject *dtype = PyObject_GetAttr(a, name_dtype);
+    PyObject *ptr = dtype ? PyObject_CallMethodNoArgs(a, name_data_ptr) : NULL;
+    PyObject *device = ptr ? PyObject_CallMethodNoArgs(a, name_get_device) : NULL;
     if (!device) {
       Py_XDECREF(dtype);
       Py_XDECREF(ptr);
@@ -310,6 +313,65 @@ static int put_ints(keybuf *b, PyObject *seq, int64_t *values, Py_ssize_t max) {
 #define MAX_DIMS 16
 #define MAX_KEY_TENSORS 32
 
+/* A dtype's element size, cached by the dtype's address (torch's dtypes are singletons); 0 with an error set. */
+static uint64_t itemsize_of(PyObject *dtype) {
+  static struct { PyObject *dtype; uint64_t bytes; } cache[64];
+  static int used = 0;
+  for (int i = 0; i < used; i++)
+    if (cache[i].dtype == dtype) return cache[i].bytes;
+  PyObject *size = PyObject_GetAttr(dtype, name_itemsize);
+  if (!size) return 0;
+  uint64_t bytes = PyLong_AsUnsignedLongLongMask(size);
+  Py_DECREF(size);
+  if (PyErr_Occurred()) return 0;
+  if (used < 64) {
+    Py_INCREF(dtype);  /* kept alive while its address is a key */
+    cache[used].dtype = dtype;
+    cache[used++].bytes = bytes;
+  }
+  return bytes;
+}
+
+/* Appends a tensor's part of the key (below) and returns its byte range; 0 done, 1 no key (a CPU tensor:
+ * plans serve GPU calls only), -1 an error. The device is asked first, so that a CPU tensor costs one call. */
+static int put_tensor(keybuf *b, PyObject *a, uint64_t *start, uint64_t *end) {
+  PyObject *device = PyObject_CallMethodNoArgs(a, name_get_device);
+  if (!device) return -1;
+  long dev = PyLong_AsLong(device);
+  Py_DECREF(device);
+  if (dev == -1 && PyErr_Occurred()) return -1;
+  if (dev < 0) return 1;
+  PyObject *dtype = PyObject_GetAttr(a, name_dtype);
+  if (!dtype) return -1;
+  uintptr_t dtype_id = (uintptr_t)dtype;  /* torch's dtypes are singletons: the address names it */
+  uint64_t element_bytes = itemsize_of(dtype);
+  Py_DECREF(dtype);
+  if (PyErr_Occurred()) return -1;
+  PyObject *ptr = PyObject_CallMethodNoArgs(a, name_data_ptr);
+  if (!ptr) return -1;
+  uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
+  Py_DECREF(ptr);
+  if (PyErr_Occurred()) return -1;
+  PyObject *shape = PyObject_GetAttr(a, name_shape);
+  PyObject *stride = shape ? PyObject_CallMethodNoArgs(a, name_stride) : NULL;
+  int64_t sizes[MAX_DIMS], strides[MAX_DIMS];
+  int rc = stride ? 1 : -1;  /* a shape or stride that is not a tuple: no key */
+  if (stride && PyTuple_Check(shape) && PyTuple_Check(stride) && !(rc = put_byte(b, 'T')) && !(rc = put(b, &dtype_id, sizeof dtype_id)) && !(rc = put_i64(b, dev)) &&
+      !(rc = put_byte(b, (char)(address & 15))) && !(rc = put_byte(b, (char)PyTuple_GET_SIZE(shape))) &&
+      !(rc = put_ints(b, shape, sizes, MAX_DIMS)) && !(rc = put_ints(b, stride, strides, MAX_DIMS))) {
+    uint64_t span = 1;  /* in elements, from the first to one past the last */
+    for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); d++) {
+      if (sizes[d] == 0) { span = 0; break; }
+      span += (uint64_t)(sizes[d] - 1) * (uint64_t)(strides[d] < 0 ? -strides[d] : strides[d]);
+    }
+    *start = address;
+    *end = address + element_bytes * span;
+  }
+  Py_XDECREF(shape);
+  Py_XDECREF(stride);
+  return rc;
+}
+
 /* call_key(*args) -> bytes | None. What the key holds, per argument: None, a bool, an int or a float by
  * value, a str by its text, and a tensor by dtype, device, shape, strides and data pointer modulo 16 (what
  * Triton specialises on; the ops read no finer alignment). After the arguments, for every pair of
@@ -337,32 +399,7 @@ static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t narg
       const char *text = PyUnicode_AsUTF8AndSize(a, &n);
       rc = !text ? -1 : put_byte(&b, 'S') ? -1 : put_i64(&b, n) ? -1 : put(&b, text, n);
     } else if (is_tensor(a) && tensors < MAX_KEY_TENSORS) {
-      PyObject *dtype = NULL, *itemsize = NULL, *device = NULL, *ptr = NULL, *shape = NULL, *stride = NULL;
-      int64_t sizes[MAX_DIMS], strides[MAX_DIMS];
-      rc = -1;
-      if ((dtype = PyObject_GetAttrString(a, "dtype")) && (itemsize = PyObject_GetAttrString(dtype, "itemsize")) &&
-          (device = PyObject_CallMethod(a, "get_device", NULL)) && (ptr = PyObject_CallMethod(a, "data_ptr", NULL)) &&
-          (shape = PyObject_GetAttrString(a, "shape")) && (stride = PyObject_CallMethod(a, "stride", NULL))) {
-        long dev = PyLong_AsLong(device);
-        uint64_t element_bytes = (uint64_t)PyLong_AsUnsignedLongLongMask(itemsize);
-        uint64_t address = PyLong_AsUnsignedLongLongMask(ptr);
-        uintptr_t dtype_id = (uintptr_t)dtype;  /* torch's dtypes are singletons */
-        if (PyErr_Occurred()) rc = -1;
-        else if (dev < 0) rc = 1;  /* a CPU tensor: plans serve GPU calls only */
-        else if (!(rc = put_byte(&b, 'T')) && !(rc = put(&b, &dtype_id, sizeof dtype_id)) && !(rc = put_i64(&b, dev)) &&
-                 !(rc = put_byte(&b, (char)(address & 15))) && !(rc = put_byte(&b, (char)PyTuple_GET_SIZE(shape))) &&
-                 !(rc = put_ints(&b, shape, sizes, MAX_DIMS)) && !(rc = put_ints(&b, stride, strides, MAX_DIMS))) {
-          uint64_t span = 1;  /* in elements, from the first to one past the last */
-          for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); d++) {
-            if (sizes[d] == 0) { span = 0; break; }
-            span += (uint64_t)(sizes[d] - 1) * (uint64_t)(strides[d] < 0 ? -strides[d] : strides[d]);
-          }
-          starts[tensors] = address;
-          ends[tensors] = address + element_bytes * span;
-          tensors++;
-        }
-      }
-      Py_XDECREF(dtype); Py_XDECREF(itemsize); Py_XDECREF(device); Py_XDECREF(ptr); Py_XDECREF(shape); Py_XDECREF(stride);
+      if ((rc = put_tensor(&b, a, &starts[tensors], &ends[tensors])) == 0) tensors++;
     } else rc = 1;  /* anything else: no key */
   }
   for (int i = 0; i < tensors && rc == 0; i++)
@@ -479,4 +516,11 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "aiter_ext_launch", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit_aiter_ext_launch(void) { return PyModule_Create(&module_def); }
+PyMODINIT_FUNC PyInit_aiter_ext_launch(void) {
+  if (!(name_dtype = PyUnicode_InternFromString("dtype")) || !(name_data_ptr = PyUnicode_InternFromString("data_ptr")) ||
+      !(name_get_device = PyUnicode_InternFromString("get_device")) ||
+      !(name_shape = PyUnicode_InternFromString("shape")) || !(name_stride = PyUnicode_InternFromString("stride")) ||
+      !(name_itemsize = PyUnicode_InternFromString("itemsize")))
+    return NULL;
+  return PyModule_Create(&module_def);
+}
