@@ -379,3 +379,63 @@ def test_a_replayed_call_captures_into_a_cuda_graph():
         assert torch.equal(out, aiter_ext.rmsnorm(x, w))
     finally:
         plans.set_enabled(True)
+
+
+# --------------------------------------------------------------------------------------------------
+# On the CPU: each op's replay branch, with a stand-in plan (the real one launches on a GPU). What it checks:
+# the op hands the plan its tensors in the order its recording named them, and returns the outputs it gave
+# the plan.
+
+
+def _hit(monkeypatch, plans_of_op):
+    """Make every find of ``plans_of_op`` a hit with a stand-in plan that keeps the slots it is given."""
+    given = []
+    monkeypatch.setattr(plans_of_op, "find", lambda *args: (b"key", lambda *slots: given.append(slots)))
+    return given
+
+
+def test_each_op_gives_its_plan_the_slots_it_recorded(monkeypatch):
+    import aiter_ext
+    from aiter_ext.ops.merge_state.api import PLANS as MERGE
+    from aiter_ext.ops.norm.api import PLANS as NORM
+    from aiter_ext.ops.norm_fp4.api import PLANS as FP4
+    from aiter_ext.ops.rope.api import PLANS as ROPE
+    from aiter_ext.ops.sampling.api import PLANS as SAMPLING
+
+    x, w, r = torch.randn(4, 64), torch.randn(64), torch.randn(4, 64)
+    given = _hit(monkeypatch, NORM)
+    out = aiter_ext.rmsnorm(x, w)
+    assert given[-1][:2] == (x, w) and given[-1][2] is out and out.shape == x.shape
+    aiter_ext.fused_add_rmsnorm(x, r, w)
+    assert given[-1] == (x, r, w)
+
+    q, k = torch.randn(5, 4, 32, dtype=torch.float16), torch.randn(5, 2, 32, dtype=torch.float16)
+    pos = torch.arange(5, dtype=torch.int32)
+    given = _hit(monkeypatch, ROPE)
+    q_out, k_out = aiter_ext.apply_rope_pos_ids(q, k, pos)
+    assert given[-1][:5] == (q, k, pos, None, None) and given[-1][5] is q_out and given[-1][6] is k_out
+    assert q_out.shape == q.shape and k_out.shape == k.shape
+    aiter_ext.apply_rope_pos_ids_inplace(q, k, pos)
+    assert given[-1] == (q, k, pos, None, None, None, None)
+
+    va, vb, sa, sb = torch.randn(3, 2, 16), torch.randn(3, 2, 16), torch.randn(3, 2), torch.randn(3, 2)
+    given = _hit(monkeypatch, MERGE)
+    v, s = aiter_ext.merge_state(va, sa, vb, sb)
+    assert given[-1][:4] == (va, sa, vb, sb) and given[-1][4] is v and given[-1][5] is s
+    assert v.shape == va.shape and s.dtype == torch.float32
+    mask = torch.ones(3, dtype=torch.bool)
+    aiter_ext.merge_state_in_place(va, sa, vb, sb, mask)
+    assert given[-1] == (va, sa, vb, sb, mask)
+
+    xb, wb = torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+    given = _hit(monkeypatch, FP4)
+    y, sf = aiter_ext.rmsnorm_fp4quant(xb, wb)
+    assert given[-1][:2] == (xb, wb) and given[-1][3] is y and given[-1][4] is sf
+    assert given[-1][2].shape == (1,)  # NVFP4's default global scale, made for the call
+
+    probs = torch.softmax(torch.randn(3, 50), -1)
+    given = _hit(monkeypatch, SAMPLING)
+    tokens = aiter_ext.min_p_sampling_from_probs(probs, 0.1, seed=1, offset=2)
+    slots = given[-1]
+    assert slots[0] is probs and slots[1] is None and slots[7] is tokens and tokens.shape == (3,)
+    assert slots[5].tolist() == [1] and slots[6].tolist() == [2]  # the seed and offset, as tensors
