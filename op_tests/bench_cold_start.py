@@ -74,8 +74,8 @@ def main() -> int:
         objects = tempfile.mkdtemp(prefix="aiter_ext_hsa_")
         for _, kernel_filter, _ in CASES:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "aiter_ext", "aot", "--build", "--arch", arch, "--kernel", kernel_filter,
-                            "--out", objects], check=False, capture_output=True)
+            subprocess.run([sys.executable, "-m", "aiter_ext", "aot", "--build", "--arch", arch,
+                            "--kernel", kernel_filter, "--out", objects], check=False, capture_output=True)
             print(f"built {arch} objects matching {kernel_filter!r} in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, objects under {objects}")
     print("| op | jit ms | cache ms | objects ms | jit / objects |")

@@ -208,7 +208,7 @@ def test_a_recording_refuses_another_backend_and_triton_launches(monkeypatch):
         plans.ACTIVE.launch(_FakeRecord(b"ppp"), (1, 1, 1), (x,))
 
     assert _record_with(monkeypatch, launches_through_triton) is False
-    assert jit.JITFunction.run.__qualname__ == "test_a_recording_refuses_another_backend_and_triton_launches.<locals>.<lambda>"
+    assert jit.JITFunction.run.__qualname__.endswith("triton_launches.<locals>.<lambda>")  # the stub, restored
 
 
 def test_a_failed_call_keeps_nothing(monkeypatch):
@@ -314,8 +314,10 @@ def _cases():
         seeds = torch.randint(0, 2 ** 40, (8,), device="cuda")
         return lambda: aiter_ext.top_p_sampling_from_probs(probs, top_p, seed=seeds, offset=5), (probs,)
 
-    return {"min_p_sampling_from_probs": min_p_sampling, "top_p_sampling_from_probs, per-row top_p and seeds":
-            top_p_sampling_per_row, "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new, "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
+    return {"min_p_sampling_from_probs": min_p_sampling,
+            "top_p_sampling_from_probs, per-row top_p and seeds": top_p_sampling_per_row,
+            "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new,
+            "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
             "fused_add_rmsnorm": fused, "apply_llama31_rope on views": llama31_rope,
             "apply_rope_pos_ids_inplace, rotary_dim 64": rope_pos_ids_inplace_partial, "merge_state": merge,
             "merge_state_in_place with a mask": merge_in_place_masked}
@@ -324,7 +326,8 @@ def _cases():
 @gpu_only
 @pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm out=input", "gemma QK-norm of a view", "fused_add_rmsnorm",
                                   "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
-                                  "merge_state", "merge_state_in_place with a mask", "rmsnorm_fp4quant, swizzled scales",
+                                  "merge_state", "merge_state_in_place with a mask",
+                                  "rmsnorm_fp4quant, swizzled scales",
                                   "min_p_sampling_from_probs", "top_p_sampling_from_probs, per-row top_p and seeds"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Three calls per case on fresh inputs: the usual path (plans off), the recorded call, and replays;

@@ -207,7 +207,8 @@ class Op:
                 choice = self._explicit(call, requested, "argument" if where == "backend=" else "environment", where)
             self._cache[(requested, where, key)] = choice
         if plans.ACTIVE is not None and choice.impl.backend != "triton":
-            plans.ACTIVE.refuse(f"{self.name} chose the {choice.impl.backend} backend, whose launches a plan cannot hold")
+            plans.ACTIVE.refuse(f"{self.name} chose the {choice.impl.backend} backend, whose launches a plan "
+                                "cannot hold")
         return choice
 
     def _explicit(self, call, backend: str, how: str, where: str) -> Choice:

@@ -86,7 +86,8 @@ def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=
     written, failures = 0, []
     specs_by_arch = {arch: aot.registered_specs_by_op(arch) for arch in archs}  # tiles may differ per arch
     for op_name in dict.fromkeys(op for specs in specs_by_arch.values() for op in specs):
-        jobs = [(s, a) for a in archs for s in specs_by_arch[a].get(op_name, ()) if not name_filter or name_filter in s.name]
+        jobs = [(s, a) for a in archs for s in specs_by_arch[a].get(op_name, ())
+                if not name_filter or name_filter in s.name]
         if not jobs:
             continue
         reports = aot.compile_reports(jobs, keep_binary=True)

@@ -69,8 +69,8 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
     ``check_only`` compiles and checks every candidate and times none (writes nothing): run one per shard
     in parallel processes first, and the timed run that follows finds every kernel compiled."""
     if op_name not in OPS or op_name not in TUNE_TARGETS:
-        raise SystemExit(f"no tunable op {op_name!r} registered; tunable: {', '.join(sorted(TUNE_TARGETS))} (ops register "
-                         "when imported: aiter-ext tune imports them all)")
+        raise SystemExit(f"no tunable op {op_name!r} registered; tunable: {', '.join(sorted(TUNE_TARGETS))} "
+                         "(ops register when imported: aiter-ext tune imports them all)")
     op, info = OPS[op_name], device_info()
     if not info.is_gpu and not allow_cpu:
         raise SystemExit("no GPU here: the tuner writes measured rows for the device in hand, and CPU "

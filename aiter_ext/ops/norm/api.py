@@ -21,7 +21,7 @@ from aiter_ext.core.plans import CallPlans
 
 from .backends import RMSNORM
 
-#: Call plans (core/plans.py): eager calls replayed from the first call of the same kind.
+#: Call plans (core/plans.py): eager calls replayed from a recorded one of the same kind.
 PLANS = CallPlans("rmsnorm")
 
 #: FlashInfer takes fp16 and bf16; fp32 costs nothing more here, so it is accepted too.
