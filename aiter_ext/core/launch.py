@@ -31,16 +31,20 @@ def kernels_module(package: str):
     return importlib.import_module(".kernels", package)
 
 
+def _public_current_stream(device: int) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 #: torch's current raw stream per device, as Triton reads it (no Stream object is made); the public call
 #: where a torch build lacks it
-_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None) or _public_current_stream
 
 
 def current_stream(device: int) -> int:
     """The handle of torch's current stream on ``device`` (CUDA or HIP), for a launch made outside torch."""
-    return _RAW_STREAM(device) if _RAW_STREAM is not None else torch.cuda.current_stream(device).cuda_stream
+    return _RAW_STREAM(device)
 
 
 def raw_stream_getter():
     """``device -> torch's current raw stream on it``, as one callable (for the C launcher's call plans)."""
-    return _RAW_STREAM if _RAW_STREAM is not None else (lambda device: torch.cuda.current_stream(device).cuda_stream)
+    return _RAW_STREAM

@@ -47,6 +47,11 @@ _MODE = env("AITER_EXT_LAUNCH") or "thin"
 if _MODE not in MODES:
     raise ValueError(f"AITER_EXT_LAUNCH must be one of {MODES}, got {_MODE!r}")
 
+#: The pointers a launch passes after the kernel's own parameters: Triton 3.3+ appends a global-scratch
+#: pointer, 3.5+ also a profile-scratch one (both unused here, so NULL). Two are passed whatever the version
+#: or the object: the driver reads only the parameters the kernel declares.
+_SCRATCH = (0, 0)
+
 #: Triton parameter types -> the launcher's letter (ints narrower than 32 bits travel in a 32-bit slot:
 #: the driver copies the parameter's own size from its little-endian start).
 _PARAM_KIND = {"i1": "i", "i8": "i", "i16": "i", "i32": "i", "u1": "i", "u8": "i", "u16": "i", "u32": "i",
@@ -245,12 +250,9 @@ class ThinKernel:
                 return self._refuse(f"parameter {name} of type {ty}")
             kinds.append(kind)
             keep.append(i)
-        # Triton 3.3+ appends a global-scratch pointer, 3.5+ also a profile-scratch one (both unused here, and
-        # NULL). Two are passed whatever the version: the driver reads only the parameters the kernel declares.
-        trailing = (0, 0)
         warp = getattr(meta, "warp_size", 64 if torch.version.hip else 32)
         record = _Record(int(compiled.function), meta.num_warps * warp, meta.shared,
-                         ("".join(kinds) + "p" * len(trailing)).encode(), trailing, device,
+                         ("".join(kinds) + "p" * len(_SCRATCH)).encode(), _SCRATCH, device,
                          None if len(keep) == len(runtime) else tuple(keep))
         launcher()  # built and opened before the first launch, so that a build failure says so here
         return record
@@ -258,7 +260,7 @@ class ThinKernel:
 
     def _object_record(self, args, kwargs, names, runtime, device) -> Optional[_Record]:
         """A record for a code object from hsa/ (core/objects.py) that fits this launch, or None."""
-        constexprs, options = {}, {}
+        constexprs = {}
         for i, p in enumerate(self.fn.params):
             if p.is_constexpr:
                 constexprs[p.name] = kwargs[p.name] if p.name in kwargs else args[i] if i < len(args) else p.default
@@ -290,8 +292,8 @@ class ThinKernel:
         function = launcher().load(image, row["knl_name"], shared, device)
         kinds = ["p" if t.startswith("*") else _PARAM_KIND[t] for t in signature.values()]  # parameter order
         warp = 64 if torch.version.hip else 32
-        return _Record(function, int(row["num_warps"]) * warp, shared, ("".join(kinds) + "pp").encode(), (0, 0), device,
-                       None)
+        return _Record(function, int(row["num_warps"]) * warp, shared, ("".join(kinds) + "p" * len(_SCRATCH)).encode(),
+                       _SCRATCH, device, None)
 
 
 #: native().signature once the extension is built (module-level, so the per-call path reads one global)

@@ -288,7 +288,7 @@ def apply_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, o
     >>> torch.testing.assert_close(q, q_ref, atol=1e-3, rtol=1e-3); torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1e-3)
     """
     _rope(q, k, True, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
-                 None, backend)
+          None, backend)
 
 
 def apply_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor, rotary_dim: Optional[int] = None,
@@ -332,7 +332,7 @@ def apply_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.
     >>> torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1e-3)
     """
     _rope(q, k, True, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
-                 None, backend)
+          None, backend)
 
 
 def apply_llama31_rope(q: torch.Tensor, k: torch.Tensor, indptr: torch.Tensor, offsets: torch.Tensor,
@@ -404,7 +404,7 @@ def apply_llama31_rope_inplace(q: torch.Tensor, k: torch.Tensor, indptr: torch.T
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
     _rope(q, k, True, None, indptr, offsets, rotary_dim, interleave, rope_scale, rope_theta,
-                 llama31, backend)
+          llama31, backend)
 
 
 def apply_llama31_rope_pos_ids(q: torch.Tensor, k: torch.Tensor, pos_ids: torch.Tensor,
@@ -454,7 +454,7 @@ def apply_llama31_rope_pos_ids_inplace(q: torch.Tensor, k: torch.Tensor, pos_ids
     """
     llama31 = (low_freq_factor, high_freq_factor, old_context_len)
     _rope(q, k, True, pos_ids, None, None, rotary_dim, interleave, rope_scale, rope_theta,
-                 llama31, backend)
+          llama31, backend)
 
 
 # --------------------------------------------------------------------------------------------------
