@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
-#             segment-tests segment-bench segment-tune thin-tests plans-tests sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
+#             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -82,6 +82,15 @@ for section in $sections; do
         python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 12
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
+    objects-check)  # issue 18: every object built for this GPU's arch, then op suites with each launch an object
+      # serves compared byte for byte with Triton's compile of the same launch (core/object_check.py)
+      arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
+      timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} \
+        2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
+      AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check.json" timeout ${T_OBJECTS:-300} \
+        python3 -m pytest -q -p no:cacheprovider ${OBJECT_TESTS:-op_tests/test_norm.py op_tests/test_merge_state.py \
+        op_tests/test_paged_kv.py op_tests/test_rope.py -k "not Hq"} 2>&1 | tee "$OUT/pytest-objects.log" | tail -n 8
+      cat "$OUT/object-check.json" ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile
       python3 op_tests/bench_cold_start.py 2>&1 | tee "$OUT/bench-cold-start.log" ;;
     launch-bench)  # issue 18: eager host time, thin path against Triton's launcher and FlashInfer

@@ -373,3 +373,48 @@ def test_one_name_per_op():
 
     aiter_ext.ops.load_kernel_modules()
     assert sorted(set(aot.registered_specs_by_op()) - set(OPS)) == []
+
+
+# The forked workers (``workers``) must give the serial compile's reports and binaries. Under TRITON_INTERPRET=1
+# compile_reports compiles serially in a subprocess, so both compiles are made in a Python without it, each
+# from scratch (TRITON_ALWAYS_COMPILE: the second must not read what the first put in Triton's cache).
+PARALLEL_SCRIPT = """
+import json, multiprocessing
+from dataclasses import fields
+from aiter_ext.core import aot
+from aiter_ext.ops import load_kernel_modules
+
+load_kernel_modules()
+jobs = [(s, "gfx942") for s in aot.registered_specs("gfx942") if "merge_pair[" in s.name][:5]
+forks, get_context = [], multiprocessing.get_context
+multiprocessing.get_context = lambda method=None: forks.append(method) or get_context(method)
+serial = aot.compile_reports(jobs, keep_binary=True, workers=1)
+parallel = aot.compile_reports(jobs, keep_binary=True, workers=2)
+import torch
+torch.cuda.is_initialized = lambda: True  # with CUDA on, the workers would inherit a broken CUDA: no fork
+after_cuda = aot.compile_reports(jobs[:2], keep_binary=True, workers=2)
+print(json.dumps({
+    "forks": forks, "after_cuda": after_cuda == serial[:2], "jobs": [s.name for s, _ in jobs],
+    "serial": [r.kernel for r in serial], "parallel": [r.kernel for r in parallel],
+    "compiled": [bool(r.ok and r.binary) for r in serial],
+    "differ": [[f.name for f in fields(r) if getattr(r, f.name) != getattr(p, f.name)]
+               for r, p in zip(serial, parallel)]}))
+"""
+
+
+def test_parallel_compile_matches_serial(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), TRITON_ALWAYS_COMPILE="1",
+               TRITON_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["forks"] == ["fork"]  # the second compile went through the pool, the third (CUDA "on") not
+    assert got["after_cuda"]
+    assert len(got["jobs"]) == 5 and got["serial"] == got["parallel"] == got["jobs"]  # in the jobs' order
+    assert all(got["compiled"])
+    assert got["differ"] == [[]] * 5  # every field equal, the code objects' bytes too

@@ -147,7 +147,7 @@ def test_a_recording_with_a_tensor_from_elsewhere_is_refused():
 
 def _record_with(monkeypatch, body):
     """Run ``body`` as the recorded second call of one key; the plan kept (its blob) or False."""
-    monkeypatch.setattr(plans, "_replay", lambda blob: blob)
+    monkeypatch.setattr(plans, "_replay", lambda blob, recording: blob)
     cp = plans.CallPlans("test")
     key = b"k"
     x = torch.randn(8)
@@ -211,8 +211,36 @@ def test_a_recording_refuses_another_backend_and_triton_launches(monkeypatch):
     assert jit.JITFunction.run.__qualname__.endswith("triton_launches.<locals>.<lambda>")  # the stub, restored
 
 
+def test_a_workspace_becomes_a_slot_that_each_replay_allocates_anew(monkeypatch):
+    native = _native()
+    launched = []
+    monkeypatch.setattr(thin, "launcher", lambda: type("L", (), {"run_plan": staticmethod(
+        lambda blob, *slots: launched.append((native.explain_plan(blob, *slots), slots)))}))
+    assert plans.scratch(4, torch.int32, "cpu", zeroed=True).tolist() == [0] * 4  # outside a recording
+
+    def launches_with_workspaces(x):
+        counters = plans.scratch(6, torch.int32, x.device, zeroed=True)
+        stats = plans.scratch((2, 3), torch.float32, x.device, zeroed=False)
+        plans.ACTIVE.launch(_FakeRecord(b"ppppp"), (1, 1, 1), (x, counters[2:], stats))
+
+    cp = plans.CallPlans("test")
+    x = torch.randn(8)
+    cp.recorded(b"k", (x,), lambda: None)
+    cp.recorded(b"k", (x,), launches_with_workspaces, x)
+    assert cp._plans[b"k"]  # the workspaces did not refuse the recording
+    x2 = torch.randn(8)
+    cp._plans[b"k"](x2)
+    cp._plans[b"k"](x2)
+    (first, slots1), (second, slots2) = launched
+    for (launch,), (_, counters, stats) in ((first, slots1), (second, slots2)):
+        assert counters.dtype == torch.int32 and counters.tolist() == [0] * 6  # zeroed at each replay
+        assert stats.shape == (2, 3) and stats.dtype == torch.float32
+        assert launch[6][:3] == (x2.data_ptr(), counters.data_ptr() + 2 * 4, stats.data_ptr())
+    assert slots1[1].data_ptr() != slots2[1].data_ptr()  # a new workspace per call (both still alive here)
+
+
 def test_a_failed_call_keeps_nothing(monkeypatch):
-    monkeypatch.setattr(plans, "_replay", lambda blob: blob)
+    monkeypatch.setattr(plans, "_replay", lambda blob, recording: blob)
     cp = plans.CallPlans("test")
     cp.recorded(b"k", (), lambda: None)
 
@@ -308,13 +336,17 @@ def _cases():
         probs = torch.softmax(torch.randn(4, 32000, device="cuda") * 3, -1)
         return lambda: aiter_ext.min_p_sampling_from_probs(probs, 0.1, seed=7, offset=3), (probs,)
 
+    def min_p_sampling_one_row():  # batch 1 at 128256: the split kernel, with a zeroed workspace per call
+        probs = torch.softmax(torch.randn(1, 128256, device="cuda") * 3, -1)
+        return lambda: aiter_ext.min_p_sampling_from_probs(probs, 0.05, seed=11, offset=2), (probs,)
+
     def top_p_sampling_per_row():
         probs = torch.softmax(torch.randn(8, 128256, device="cuda") * 3, -1)
         top_p = torch.rand(8, device="cuda")
         seeds = torch.randint(0, 2 ** 40, (8,), device="cuda")
         return lambda: aiter_ext.top_p_sampling_from_probs(probs, top_p, seed=seeds, offset=5), (probs,)
 
-    return {"min_p_sampling_from_probs": min_p_sampling,
+    return {"min_p_sampling_from_probs": min_p_sampling, "min_p_sampling_from_probs, one row": min_p_sampling_one_row,
             "top_p_sampling_from_probs, per-row top_p and seeds": top_p_sampling_per_row,
             "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new,
             "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
@@ -342,18 +374,18 @@ def _plans_of(name: str):
                                   "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
                                   "merge_state", "merge_state_in_place with a mask",
                                   "rmsnorm_fp4quant, swizzled scales",
-                                  "min_p_sampling_from_probs", "top_p_sampling_from_probs, per-row top_p and seeds"])
+                                  "min_p_sampling_from_probs", "min_p_sampling_from_probs, one row",
+                                  "top_p_sampling_from_probs, per-row top_p and seeds"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Four calls per case on fresh inputs, each beside the usual path (plans off) on the same inputs: the first
-    is seen, the second recorded, the rest replayed; every output bit-equal, and the replays really from a plan.
-    min-p alone may take a route that allocates a workspace inside the call (split, chunked): then its recording
-    is refused once and remembered (no replay), and its outputs stay equal; every other case must replay."""
+    is seen, the second recorded, the rest replayed; every output bit-equal, and the replays really from a plan
+    (the samplers' routes that need a workspace included: plans.scratch)."""
     make = _cases()[name]
     replays = []
     real = plans._replay
 
-    def counted(blob):
-        run = real(blob)
+    def counted(blob, recording):
+        run = real(blob, recording)
         return lambda *slots: (replays.append(1), run(*slots))
 
     monkeypatch.setattr(plans, "_replay", counted)
@@ -375,10 +407,7 @@ def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
             assert torch.equal(got, want), (name, attempt)
         states = list(_plans_of(name)._plans.values())
         assert len(states) == 1, f"{name}: {len(states)} keys for four calls of one kind on fresh tensors"
-        if name == "min_p_sampling_from_probs" and states == [False]:
-            assert replays == []  # its route allocated inside the call: refused once, and remembered
-        else:
-            assert len(replays) == 2, f"{name}: {len(replays)} replays of 4 calls (the log says why a plan was refused)"
+        assert len(replays) == 2, f"{name}: {len(replays)} replays of 4 calls (the log says why a plan was refused)"
     finally:
         plans.set_enabled(previous)
 

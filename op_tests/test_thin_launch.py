@@ -328,3 +328,58 @@ def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, mon
     finally:
         thin.set_mode(previous)
         objects._rows.cache_clear()
+
+
+def test_object_check_restores_inputs_and_catches_other_bytes():
+    """object_check.py on CPU tensors, with stand-in launches: an in-place launch agrees only if the inputs
+    were restored between the two runs; a launch writing other bytes raises; one whose own runs differ is
+    counted nondeterministic."""
+    from aiter_ext.core import object_check
+
+    x, y = torch.randn(64), torch.randn(8)
+    x0 = x.clone()
+    object_check.COUNTS.clear()
+    double = lambda: x.mul_(2)  # noqa: E731 (reads what it writes)
+    object_check.launch_checked("k", "a", "k.cubin", double, double, (x, y, 3), {})
+    assert torch.equal(x, x0 * 2) and object_check.summary() == {"k": {"checked": 1}}
+    with pytest.raises(object_check.ObjectMismatch, match=r"k.cubin wrote 4 bytes .* tensor argument 0"):
+        object_check.launch_checked("k", "b", "k.cubin", double, lambda: x.mul_(2).__setitem__(5, 0.5), (x, y), {})
+    draws = iter(range(10))
+    object_check.launch_checked("k", "c", "k.cubin", double, lambda: x.fill_(next(draws)), (x,), {})
+    assert object_check.summary()["k"] == {"checked": 1, "nondeterministic": 1}
+    for _ in range(object_check.CHECKS_PER_RECORD - 1):
+        object_check.launch_checked("k", "a", "k.cubin", double, double, (x,), {})
+    before = x.clone()  # past the checks per record: the object's launch alone runs
+    object_check.launch_checked("k", "a", "k.cubin", double, lambda: pytest.fail("checked"), (x,), {})
+    assert torch.equal(x, before * 2)
+    assert object_check.summary()["k"] == {"checked": object_check.CHECKS_PER_RECORD, "nondeterministic": 1,
+                                           "unchecked": 1}
+    object_check.COUNTS.clear()
+
+
+@gpu_only
+def test_object_check_compares_a_served_launch_with_triton(tmp_path, monkeypatch):
+    """AITER_EXT_OBJECT_CHECK on a real object: the public rmsnorm call is served by it and checked."""
+    from aiter_ext.core import object_check, objects
+    from aiter_ext.core.arch import get_arch
+    from aiter_ext.ops.norm import kernels as norm_kernels
+
+    config = norm_kernels.launch_config(16, 4096, get_arch())
+    written, failures = objects.build([get_arch()], f"rmsnorm[bf16-r1b4096w{config['num_warps']}-even]", tmp_path)
+    assert written == 1 and not failures, failures
+    monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
+    monkeypatch.setattr(thin, "_CHECK_OBJECTS", True)
+    objects._rows.cache_clear()
+    object_check.COUNTS.clear()
+    norm_kernels.rmsnorm_kernel._records.clear()
+    try:
+        x = torch.randn(16, 4096, device="cuda").to(torch.bfloat16)
+        w = torch.randn(4096, device="cuda").to(torch.bfloat16)
+        out = aiter_ext.rmsnorm(x, w)
+        torch.testing.assert_close(out.float(), torch.nn.functional.rms_norm(x.float(), (4096,), w.float(), 1e-6),
+                                   atol=2e-2, rtol=2e-2)
+        assert object_check.summary() == {"rmsnorm_kernel": {"signatures served": 1, "checked": 1}}
+    finally:
+        objects._rows.cache_clear()
+        norm_kernels.rmsnorm_kernel._records.clear()
+        object_check.COUNTS.clear()

@@ -22,6 +22,7 @@ import importlib
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import pickle
 import re
@@ -236,13 +237,43 @@ def verdict_reasons(r: KernelReport) -> list[str]:
     return reasons
 
 
-def compile_reports(jobs: Iterable[tuple[KernelSpec, str]], keep_binary: bool = False) -> list[KernelReport]:
+def compile_reports(jobs: Iterable[tuple[KernelSpec, str]], keep_binary: bool = False,
+                    workers: int | None = None) -> list[KernelReport]:
     """``compile_report`` for each (spec, arch), in order; under TRITON_INTERPRET=1 in one subprocess.
-    ``keep_binary``: the reports carry the code objects (``aiter-ext aot --build``)."""
+    ``keep_binary``: the reports carry the code objects (``aiter-ext aot --build``). ``workers``: how many
+    forked processes compile (default one per CPU, at most one per job); 1 compiles here, one after another."""
     jobs = list(jobs)
     if jobs and _interpreter_on([spec for spec, _ in jobs]):
         return _compile_in_child(jobs, keep_binary)
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    # A process forked after CUDA is initialised cannot use CUDA, and may hang in the driver's state it
+    # inherited: compile here then. (The CLI initialises none; a caller such as a test session may have.)
+    torch = sys.modules.get("torch")
+    if workers > 1 and not (torch is not None and torch.cuda.is_initialized()):
+        return _compile_forked(jobs, keep_binary, workers)
     return [_compile(spec, arch, keep_binary) for spec, arch in jobs]
+
+
+# The forked workers' jobs. A spec holds a JITFunction, which need not pickle (a closure, an autotuner):
+# the workers inherit the list in the fork and are sent indices; the reports they return pickle.
+_FORKED_JOBS: list[tuple[KernelSpec, str, bool]] = []
+
+
+def _compile_forked(jobs: list[tuple[KernelSpec, str]], keep_binary: bool, workers: int) -> list[KernelReport]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORKED_JOBS
+    _FORKED_JOBS = [(spec, arch, keep_binary) for spec, arch in jobs]
+    try:  # (a worker that dies, as in a crash of the compiler, raises BrokenProcessPool here rather than hang)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_compile_forked_job, range(len(jobs)),
+                                 chunksize=max(1, len(jobs) // (4 * workers))))
+    finally:
+        _FORKED_JOBS = []
+
+
+def _compile_forked_job(index: int) -> KernelReport:
+    return _compile(*_FORKED_JOBS[index])
 
 
 def compile_report(spec: KernelSpec, arch: str) -> KernelReport:
@@ -357,9 +388,11 @@ def _child_main(src: str, dst: str) -> None:
 
 
 def check(archs: Iterable[str] = DEFAULT_ARCHS, name_filter: str | None = None,
-          progress: Callable[[str, list[KernelReport], float], None] | None = None) -> tuple[list[KernelReport], bool]:
+          progress: Callable[[str, list[KernelReport], float], None] | None = None,
+          workers: int | None = None) -> tuple[list[KernelReport], bool]:
     """Compile every registered spec (whose name contains ``name_filter``) for each arch, one op at a
-    time; ``progress(op, its reports, seconds)`` is called after each op.
+    time, in ``workers`` processes (``compile_reports``); ``progress(op, its reports, seconds)`` is called
+    after each op.
 
     Returns the reports and whether all passed; ``ok`` is False when no spec was checked at all.
     """
@@ -372,7 +405,7 @@ def check(archs: Iterable[str] = DEFAULT_ARCHS, name_filter: str | None = None,
         if not specs:
             continue
         start = time.monotonic()
-        done = compile_reports((spec, arch) for arch in archs for spec in specs)
+        done = compile_reports(((spec, arch) for arch in archs for spec in specs), workers=workers)
         reports += done
         if progress is not None:
             progress(op_name, done, time.monotonic() - start)
@@ -432,7 +465,8 @@ def _dump_json(path: str, reports: list[KernelReport]) -> None:
         json.dump({"triton_version": triton.__version__, "reports": rows}, f, indent=2)
 
 
-def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None, check: bool) -> int:
+def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None, check: bool,
+               workers: int | None = None) -> int:
     """``--build``: write the objects, read them back through the lookup (``objects.verify``), and with
     ``--check`` also judge the AMD ones as ``--check`` alone does (one compile serves both)."""
     from pathlib import Path
@@ -444,7 +478,7 @@ def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None,
     print(f"writing code objects for {', '.join(archs)} under {root}", flush=True)
     reports: list[KernelReport] = []
     written, failures = objects.build(archs, name_filter, root, lambda op, asked, done: print(
-        f"  {op}: {done} of {asked} written", flush=True), reports)
+        f"  {op}: {done} of {asked} written", flush=True), reports, workers)
     for failure in failures:
         print(f"  FAILED {failure}", file=sys.stderr)
     problems = objects.verify(root, archs, name_filter)
@@ -465,7 +499,8 @@ def _build_cli(archs: tuple[str, ...], name_filter: str | None, out: str | None,
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``aiter-ext aot --check [--arch A]... [--kernel SUBSTRING] [--json PATH]``; returns the exit code."""
+    """``aiter-ext aot --check [--arch A]... [--kernel SUBSTRING] [--json PATH] [--jobs N]``; returns the exit
+    code."""
     parser = argparse.ArgumentParser(
         prog="aiter-ext aot",
         description="Compile every registered Triton kernel for AMD targets without a GPU and check "
@@ -479,13 +514,17 @@ def cli(argv: list[str] | None = None) -> int:
                         "gfx950)")
     parser.add_argument("--kernel", metavar="SUBSTRING", help="only kernels whose name contains this")
     parser.add_argument("--json", metavar="PATH", help="also write the reports to this JSON file")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="compile in N processes (default: one per CPU; 1 compiles in this process)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     archs = tuple(dict.fromkeys(args.arch or DEFAULT_ARCHS))
     bad = [a for a in archs if a not in ARCH_TABLE and not (args.build and re.fullmatch(r"sm_\d+", a))]
     if bad:
         parser.error(f"unknown arch {bad} (known: {', '.join(ARCH_TABLE)}; sm_XY with --build)")
     if args.build:
-        return _build_cli(archs, args.kernel, args.out, args.check)
+        return _build_cli(archs, args.kernel, args.out, args.check, args.jobs)
     if not args.check:
         parser.error("say --check (compile and judge for AMD) or --build (write code objects)")
 
@@ -498,7 +537,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     print(f"compiling every registered kernel config for {', '.join(archs)}, one op at a time", flush=True)
     try:
-        reports, ok = check(archs, args.kernel, progress)
+        reports, ok = check(archs, args.kernel, progress, args.jobs)
     except Exception as e:  # a broken spec provider
         print(f"aiter-ext aot: {e}", file=sys.stderr)
         return 1

@@ -74,10 +74,11 @@ def kernel_id(fn) -> str:
 
 
 def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=None,
-          reports_out: Optional[list] = None) -> tuple[int, list[str]]:
+          reports_out: Optional[list] = None, workers: Optional[int] = None) -> tuple[int, list[str]]:
     """Compile and write every registered spec for each arch under ``out/<arch>/<op>/``; returns (objects
     written, failures as text). A spec that fails to compile is reported, not written. ``reports_out``
-    receives every compile report (the AMD compile check's verdicts come with them)."""
+    receives every compile report (the AMD compile check's verdicts come with them). ``workers``: the
+    compiling processes (``aot.compile_reports``)."""
     from . import aot
 
     import triton
@@ -90,7 +91,7 @@ def build(archs: Iterable[str], name_filter: Optional[str], out: Path, progress=
                 if not name_filter or name_filter in s.name]
         if not jobs:
             continue
-        reports = aot.compile_reports(jobs, keep_binary=True)
+        reports = aot.compile_reports(jobs, keep_binary=True, workers=workers)
         if reports_out is not None:
             reports_out += [replace(r, binary=None) for r in reports]
         by_arch: dict[str, list[dict]] = {}

@@ -13,14 +13,14 @@ tensors hold. So an op asks :class:`CallPlans` for a plan under a key that says 
   parameters, each either a constant (every integer and float the op computed) or a pointer into one of
   the call's tensors (the *slots* the op names: its arguments, and the outputs it allocated before);
 - on a hit, the op allocates its outputs as before and ``plan(*slots)`` launches everything with one C
-  call (``run_plan``), on torch's current stream. No host synchronization and no allocation: graph
-  capture works.
+  call (``run_plan``), on torch's current stream. No host synchronization, and no allocation but the
+  outputs and the workspaces the call always makes (:func:`scratch`), sized by the key: graph capture works.
 
 A plan is kept only where the replay is known to do all that the call did. The recording is refused
 (the key is remembered as "no plan": later calls take the usual path without recording) when, inside
 it: a kernel is launched other than through the thin path (Triton's own launcher, a Triton kernel not
-wrapped for it); any torch operation runs other than a view (a copy, a fill, an allocation, a torch
-backend); a dispatched op chooses a backend other than Triton (a C++ module's launch would be
+wrapped for it); any torch operation runs other than a view or a workspace from :func:`scratch` (a copy,
+a fill, another allocation, a torch backend); a dispatched op chooses a backend other than Triton (a C++ module's launch would be
 invisible here); or a launch reads a tensor that is not among the slots. Plans serve GPU tensors of the
 exact types ``torch.Tensor`` and ``nn.Parameter`` only: a CPU tensor, a tensor subclass (torch.compile's
 fake tensors) or an argument of another kind has no key, and takes the usual path.
@@ -102,6 +102,8 @@ class _Recording:
         self.launches: list[tuple] = []
         self.refused: Optional[str] = None
         self.thread = threading.get_ident()
+        self.scratch: list[tuple] = []  # (shape, dtype, zeroed, tensor) per scratch() inside the call
+        self.allocating = False  # scratch() allocating: its torch operations are the plan's own
 
     def refuse(self, reason: str) -> None:
         if self.refused is None:
@@ -121,9 +123,10 @@ class _Recording:
         devices = {record.device for record, _, _ in self.launches}
         if len(devices) != 1:
             raise _Refused("launches on several devices")
-        ranges = [(i, t.data_ptr(), t.data_ptr() + _extent_bytes(t)) for i, t in enumerate(self.slots)
+        slots = self.slots + tuple(t for *_, t in self.scratch)  # scratch tensors: slots after the op's own
+        ranges = [(i, t.data_ptr(), t.data_ptr() + _extent_bytes(t)) for i, t in enumerate(slots)
                   if isinstance(t, torch.Tensor)]
-        out = [_PLAN_HEADER.pack(devices.pop(), len(self.launches), len(self.slots), 0)]
+        out = [_PLAN_HEADER.pack(devices.pop(), len(self.launches), len(slots), 0)]
         for record, (gx, gy, gz), args in self.launches:
             kinds = record.fmt.decode()
             out.append(_LAUNCH_HEADER.pack(record.function, gx, gy, gz, record.threads, record.shared, len(kinds)))
@@ -157,7 +160,7 @@ class _ViewsOnly(torch.utils._python_dispatch.TorchDispatchMode):
         self.recording = recording
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not getattr(func, "is_view", False):
+        if not getattr(func, "is_view", False) and not self.recording.allocating:
             self.recording.refuse(f"the torch operation {func} runs inside the call")
         return func(*args, **(kwargs or {}))
 
@@ -209,6 +212,24 @@ class _Recorder:
         if exc_type is None:
             self.owner._keep(self.key, self.recording)
         return False
+
+
+def scratch(shape, dtype: torch.dtype, device: torch.device, zeroed: bool) -> torch.Tensor:
+    """A workspace an op's launches need (sampling's barrier counters and chunk sums): ``torch.zeros`` or
+    ``torch.empty``. Allocated inside a recording, it becomes a slot of the plan, after the op's own, and the
+    replay allocates (and zeroes) a new one each call, as the usual path does: a workspace kept from call
+    to call would be shared by calls in flight on two streams."""
+    allocate = torch.zeros if zeroed else torch.empty
+    recording = ACTIVE
+    if recording is None:
+        return allocate(shape, dtype=dtype, device=device)
+    recording.allocating = True
+    try:
+        t = allocate(shape, dtype=dtype, device=device)
+    finally:
+        recording.allocating = False
+    recording.scratch.append((shape, dtype, zeroed, t))
+    return t
 
 
 class _SeenOnce:
@@ -283,16 +304,25 @@ class CallPlans:
             log_once(f"plans:{self.name}:{why}", f"{self.name}: no call plan, every call takes the usual path: {why}")
             self._plans[key] = False
             return
-        self._plans[key] = _replay(blob)
+        self._plans[key] = _replay(blob, recording)
 
     def __len__(self) -> int:
         return sum(1 for p in self._plans.values() if p)
 
 
-def _replay(blob: bytes) -> Callable:
+def _replay(blob: bytes, recording: _Recording) -> Callable:
     from .thin import launcher
 
-    return functools.partial(launcher().run_plan, blob)
+    run_plan = functools.partial(launcher().run_plan, blob)
+    if not recording.scratch:
+        return run_plan
+    scratch = tuple((shape, t.dtype, t.device, torch.zeros if zeroed else torch.empty)
+                    for shape, _, zeroed, t in recording.scratch)
+
+    def with_scratch(*slots):
+        run_plan(*slots, *(allocate(shape, dtype=dtype, device=device) for shape, dtype, device, allocate in scratch))
+
+    return with_scratch
 
 
 def _call_key(*args):

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import objects, plans
+from . import object_check, objects, plans
 from .env import env, interpreted
 from .launch import current_stream
 from .log import log_once
@@ -46,6 +46,9 @@ MODES = ("thin", "asm", "triton")
 _MODE = env("AITER_EXT_LAUNCH") or "thin"
 if _MODE not in MODES:
     raise ValueError(f"AITER_EXT_LAUNCH must be one of {MODES}, got {_MODE!r}")
+
+#: AITER_EXT_OBJECT_CHECK (object_check.py): each launch a code object serves is compared with Triton's compile
+_CHECK_OBJECTS = object_check.ENABLED
 
 #: The pointers a launch passes after the kernel's own parameters: Triton 3.3+ appends a global-scratch
 #: pointer, 3.5+ also a profile-scratch one (both unused here, so NULL). Two are passed whatever the version
@@ -136,6 +139,7 @@ class _Record:
     trailing: tuple  # NULL scratch pointers Triton's kernels take after their own parameters
     device: int
     keep: Optional[tuple[int, ...]]  # the runtime arguments passed at launch (None: all of them)
+    source: Optional[str] = None  # the code object's file name, for one from hsa/ (None: Triton's compile)
 
 
 class ThinKernel:
@@ -187,6 +191,13 @@ class ThinKernel:
         gz = grid[2] if len(grid) > 2 else 1
         if plans.ACTIVE is not None:
             plans.ACTIVE.launch(record, (gx, gy, gz), runtime)
+        if _CHECK_OBJECTS and record.source is not None:
+            object_check.launch_checked(
+                self.__name__, (id(self), key), record.source,
+                lambda: launcher().launch(record.function, gx, gy, gz, record.threads, record.shared,
+                                          current_stream(record.device), record.fmt, *runtime, *record.trailing),
+                lambda: self.fn[grid](*args, **kwargs), args, kwargs)
+            return
         launcher().launch(record.function, gx, gy, gz, record.threads, record.shared, current_stream(record.device),
                           record.fmt, *runtime, *record.trailing)
 
@@ -221,6 +232,8 @@ class ThinKernel:
         if len(names) != len(runtime):
             return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
         record = self._object_record(args, kwargs, names, runtime, device)
+        if _CHECK_OBJECTS:
+            object_check.note_signature(self.__name__, record is not None)
         if record is not None or _MODE == "asm":
             if record is None:
                 raise RuntimeError(f"{self.__name__}: AITER_EXT_LAUNCH=asm, but no code object in "
@@ -293,7 +306,7 @@ class ThinKernel:
         kinds = ["p" if t.startswith("*") else _PARAM_KIND[t] for t in signature.values()]  # parameter order
         warp = 64 if torch.version.hip else 32
         return _Record(function, int(row["num_warps"]) * warp, shared, ("".join(kinds) + "p" * len(_SCRATCH)).encode(),
-                       _SCRATCH, device, None)
+                       _SCRATCH, device, None, row["co_name"])
 
 
 #: native().signature once the extension is built (module-level, so the per-call path reads one global)

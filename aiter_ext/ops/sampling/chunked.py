@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from aiter_ext.core import plans
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.env import interpreted
 from aiter_ext.core.launch import cdiv
@@ -40,9 +41,10 @@ def _cached_config(vocab, rows, arch, interpreted, op, block, num_warps):
 
 def _workspace(rows: int, cfg: dict, device, with_arg: bool):
     shape = (rows, cfg["num_chunks"])
-    stat_a = torch.empty(shape, dtype=torch.float32, device=device)
-    stat_b = torch.empty(shape, dtype=torch.float32, device=device)
-    stat_arg = torch.empty(shape, dtype=torch.int32, device=device) if with_arg else stat_a
+    # plans.scratch: workspaces a call plan allocates anew per replay (a plain torch.empty otherwise)
+    stat_a = plans.scratch(shape, torch.float32, device, zeroed=False)
+    stat_b = plans.scratch(shape, torch.float32, device, zeroed=False)
+    stat_arg = plans.scratch(shape, torch.int32, device, zeroed=False) if with_arg else stat_a
     return stat_a, stat_b, stat_arg
 
 

@@ -10,6 +10,7 @@ import functools
 
 import torch
 
+from aiter_ext.core import plans
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.env import interpreted
 from aiter_ext.core.launch import cdiv
@@ -106,7 +107,7 @@ def rounds_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, d
     # zeroed: the counters start at 0, and a row done before a round leaves that round's numbers unwritten,
     # which its judge still reads
     ints, state = kernels.ISTATE.value, kernels.ISTATE.value + kernels.FSTATE.value
-    workspace = torch.zeros(rows * (state + 1) + 5 * rows * chunks, dtype=torch.int32, device=probs.device)
+    workspace = plans.scratch(rows * (state + 1) + 5 * rows * chunks, torch.int32, probs.device, zeroed=True)
     istate = workspace[:ints * rows]
     fstate = workspace[ints * rows:state * rows].view(torch.float32)
     arrivals = workspace[state * rows:(state + 1) * rows]
@@ -160,7 +161,7 @@ def split_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, mi
     workspace holds the per-row barrier counters, the picked tokens and the per-span numbers (its size
     follows the shape only, so the call can be graph-captured)."""
     rows, spans = draw.rows, cfg["num_spans"]
-    workspace = torch.zeros(rows * (2 + split_kernels.FIELDS.value * spans), dtype=torch.int32, device=probs.device)
+    workspace = plans.scratch(rows * (2 + split_kernels.FIELDS.value * spans), torch.int32, probs.device, zeroed=True)
     counters, picks = workspace[:rows], workspace[rows:2 * rows]
     exchange = workspace[2 * rows:].view(torch.float32)
     split_kernels.split_sampling_kernel[(rows, cfg["programs"])](

@@ -1,0 +1,125 @@
+"""``AITER_EXT_OBJECT_CHECK``: every launch a code object serves, checked against Triton's own compile.
+
+Issue 18 asks that the ``asm`` path (objects from ``hsa/``) give the same results as the Triton JIT, bit
+for bit, on every op test that runs on the GPU. An object is found by a launch's signature
+(``objects.find``), and may assume less alignment than the launch gives, so "same source, same config"
+does not by itself make it the kernel Triton would compile for that launch. This module checks what
+matters, the bytes a launch writes:
+
+- the launch's tensor arguments are copied; the object's launch runs; what every tensor holds then is
+  kept; the tensors are restored from the copies (in-place kernels read what they write) and the same call
+  runs through Triton's own launcher (its JIT compile for exactly this launch); every tensor argument is
+  compared byte for byte with what the object left;
+- a difference raises at once, naming the kernel, the object and the argument; but first Triton's launch
+  is repeated from the same inputs: a kernel whose own two runs differ (float atomics) is counted as
+  nondeterministic, not as an object's fault.
+
+Each launch signature is checked on its first ``CHECKS_PER_RECORD`` launches; launches inside a CUDA-graph
+capture run unchecked (the comparison needs a synchronization). The counts go to stderr at exit, or to
+the file the variable names (any value other than ``1``). Plans (``plans.py``) refuse a recording that
+runs torch operations, so with the check on, calls take the usual path and every launch is seen here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import sys
+from collections import Counter
+from typing import Callable
+
+import torch
+
+from .env import env
+
+#: AITER_EXT_OBJECT_CHECK: unset or "0" off; "1" on, the counts to stderr; else on, the counts to that file.
+SETTING = env("AITER_EXT_OBJECT_CHECK") or "0"
+ENABLED = SETTING != "0"
+
+CHECKS_PER_RECORD = 4
+
+#: per kernel name: launches "checked", "unchecked" (capture, or past CHECKS_PER_RECORD), "nondeterministic";
+#: launch signatures "served" by an object or "compiled" by Triton
+COUNTS: dict[str, Counter] = {}
+_SEEN: Counter = Counter()
+
+
+class ObjectMismatch(RuntimeError):
+    """A code object wrote other bytes than Triton's compile of the same launch."""
+
+
+def _tensors(args, kwargs) -> list[torch.Tensor]:
+    """The launch's tensor arguments, each storage once (views of one buffer are restored together)."""
+    seen, out = set(), []
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() not in seen:
+            seen.add(a.untyped_storage().data_ptr())
+            out.append(a)
+    return out
+
+
+def _storage_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A copy of the whole storage under ``t`` (a view's neighbours included: a kernel may write past a view
+    only by a bug, and that shows too)."""
+    storage = t.untyped_storage()
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage).clone()
+
+
+def _restore(t: torch.Tensor, saved: torch.Tensor) -> None:
+    torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()).copy_(saved)
+
+
+def launch_checked(name: str, record_key, object_name: str, launch_object: Callable[[], None],
+                   launch_triton: Callable[[], None], args, kwargs) -> None:
+    """Run the object's launch and, where checked, Triton's from the same inputs; see the module docstring."""
+    counts = COUNTS.setdefault(name, Counter())
+    _SEEN[record_key] += 1
+    tensors = _tensors(args, kwargs)
+    capturing = any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing()
+    if _SEEN[record_key] > CHECKS_PER_RECORD or capturing:
+        counts["unchecked"] += 1
+        launch_object()
+        return
+    inputs = [_storage_bytes(t) for t in tensors]
+    launch_object()
+    by_object = [_storage_bytes(t) for t in tensors]
+    for t, saved in zip(tensors, inputs):
+        _restore(t, saved)
+    launch_triton()
+    differing = [i for i, (t, o) in enumerate(zip(tensors, by_object)) if not torch.equal(_storage_bytes(t), o)]
+    if differing:
+        by_triton = [_storage_bytes(t) for t in tensors]
+        for t, saved in zip(tensors, inputs):
+            _restore(t, saved)
+        launch_triton()
+        if any(not torch.equal(_storage_bytes(t), b) for t, b in zip(tensors, by_triton)):
+            counts["nondeterministic"] += 1
+            return
+        i = differing[0]
+        bytes_differing = int((_storage_bytes(tensors[i]) != by_object[i]).sum())
+        raise ObjectMismatch(f"{name}: the code object {object_name} wrote {bytes_differing} bytes other than "
+                             f"Triton's compile of the same launch into tensor argument {i} "
+                             f"(shape {tuple(tensors[i].shape)}, {tensors[i].dtype})")
+    counts["checked"] += 1
+
+
+def note_signature(name: str, served: bool) -> None:
+    """thin.py: a new launch signature of kernel ``name``, served by an object or compiled by Triton (how
+    much of a test suite the objects cover)."""
+    COUNTS.setdefault(name, Counter())["signatures served" if served else "signatures compiled"] += 1
+
+
+def summary() -> dict:
+    return {name: dict(c) for name, c in sorted(COUNTS.items())}
+
+
+@atexit.register
+def _report() -> None:
+    if not ENABLED or not COUNTS:
+        return
+    text = json.dumps({"object_check": summary()}, indent=1)
+    if SETTING == "1":
+        print(text, file=sys.stderr)
+    else:
+        with open(SETTING, "w") as f:
+            f.write(text + "\n")
