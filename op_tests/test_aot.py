@@ -418,3 +418,25 @@ def test_parallel_compile_matches_serial(tmp_path):
     assert len(got["jobs"]) == 5 and got["serial"] == got["parallel"] == got["jobs"]  # in the jobs' order
     assert all(got["compiled"])
     assert got["differ"] == [[]] * 5  # every field equal, the code objects' bytes too
+
+
+def test_every_tuned_tile_has_a_spec_on_the_arch_it_was_measured_on():
+    """A tuned row picks a tile the heuristic would not: without its spec no object is built for it, and the
+    call it serves compiles with Triton at start-up (what the cold-start benchmark found on the H100)."""
+    from aiter_ext.core.tuned import load_rows
+    from aiter_ext.ops.norm import kernels as norm
+    from aiter_ext.ops.rope import kernels as rope
+
+    rows = [r for r in load_rows("rmsnorm") if r["backend"] == "triton"]
+    assert {r["arch"] for r in rows} >= {"sm_90"}
+    for r in rows:
+        cfg = {**norm.launch_config(int(r["num_rows"]), int(r["hidden"]), r["arch"]), **json.loads(r["config"])}
+        assert f"rmsnorm[{r['dtype']}-r{cfg['BLOCK_R']}b{cfg['BLOCK_H']}w{cfg['num_warps']}-even]" in {
+            s.name for s in norm.aot_specs(r["arch"])}, r
+    rows = [r for r in load_rows("rope") if r["backend"] == "triton" and json.loads(r["config"])]
+    assert rows
+    for r in rows:
+        c, d = json.loads(r["config"]), r["head_dim"]
+        names = {s.name for s in rope.aot_specs(r["arch"])}
+        for variant in ("rope", "llama31", "llama31_pos_ids", "cos_sin_cache"):
+            assert f"rope[{variant}-{r['dtype']}-d{d}-r{d}-t{c['BLOCK_T']}h{c['BLOCK_H']}w{c['num_warps']}]" in names, r

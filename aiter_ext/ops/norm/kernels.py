@@ -23,6 +23,7 @@ Two tilings, chosen by :func:`launch_config`:
 from __future__ import annotations
 
 import functools
+import json
 
 import triton
 import triton.language as tl
@@ -227,13 +228,29 @@ def _aot_tiles(arch: str) -> list[tuple[int, dict]]:
     return tiles
 
 
+def _tuned_tiles(arch: str) -> list[tuple[int, dict]]:
+    """``(hidden, config)`` of every Triton row of the tuned CSV measured on ``arch``, as the call it serves
+    launches it (the row's keys over the heuristic's): a tuned tile needs its object as much as a default."""
+    from aiter_ext.core.tuned import load_rows
+
+    return [(int(row["hidden"]), {**launch_config(int(row["num_rows"]), int(row["hidden"]), arch),
+                                  **json.loads(row["config"])})
+            for row in load_rows("rmsnorm") if row["arch"] == arch and row["backend"] == "triton"]
+
+
 def aot_specs(arch: str = "gfx942"):
-    """The specs for ``arch``: AMD's tiles for gfx*, an NVIDIA GPU's (32-lane warps) for sm_XY."""
+    """The specs for ``arch``: AMD's tiles for gfx*, an NVIDIA GPU's (32-lane warps) for sm_XY, and the tiles
+    of the tuned rows measured on ``arch``."""
     pointers = ("x", "residual", "weight", "out")
     ints = ("num_rows", "num_heads", "hidden", "stride_xb", "stride_xh", "stride_rb", "stride_rh",
             "stride_ob", "stride_oh")
     aligned_ints = ("hidden",) + ints[3:]
-    for hidden, cfg in _aot_tiles(arch):
+    seen = set()
+    for hidden, cfg in _aot_tiles(arch) + _tuned_tiles(arch):
+        tile = (cfg["BLOCK_R"], cfg["BLOCK_H"], cfg["num_warps"], cfg["BLOCK_H"] < hidden)
+        if tile in seen:  # a tuned tile the defaults already hold
+            continue
+        seen.add(tile)
         chunked = cfg["BLOCK_H"] < hidden
         # (dtype, fused, gemma, even, aligned parameters, label)
         forms = [("bf16", False, False, True, pointers + aligned_ints, "even"),

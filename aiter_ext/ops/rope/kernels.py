@@ -24,6 +24,7 @@ registers, no shared memory; gfx942/gfx950: at most 66 VGPRs, no LDS, no scratch
 from __future__ import annotations
 
 import functools
+import json
 
 import math
 
@@ -306,10 +307,13 @@ AOT_VARIANTS = (
 )
 
 
-def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h, num_tokens=8192):
+def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h, num_tokens=8192, heads=None,
+          config=None):
+    """One variant at the tile launch_config picks for ``num_tokens`` tokens of ``heads`` (q, k) heads, with a
+    tuned row's ``config`` over it."""
     name, llama31, cache, from_indptr = variant
-    heads = (32, 8) if block_h == 8 or num_tokens < SMALL_CALL_TOKENS else (block_h, block_h)
-    cfg = launch_config(num_tokens, *heads, rotary_dim, head_dim=head_dim)
+    heads = heads or ((32, 8) if block_h == 8 or num_tokens < SMALL_CALL_TOKENS else (block_h, block_h))
+    cfg = {**launch_config(num_tokens, *heads, rotary_dim, head_dim=head_dim), **(config or {})}
     assert cfg["BLOCK_H"] == block_h
     ptr = f"*{dtype}"
     sig = {"q": ptr, "k": ptr, "q_out": ptr, "k_out": ptr, "pos_ids": ptr if from_indptr else "*i64",
@@ -330,7 +334,38 @@ def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h, 
                       divisible_by_16=aligned)
 
 
-def aot_specs():
+def _tuned_specs(arch: str):
+    """Every variant, plain and interleaved, at the tile of each Triton row of the tuned CSV measured on ``arch``
+    (a row serves every RoPE form at its head count and dim)."""
+    from aiter_ext.core.tuned import load_rows
+
+    for row in load_rows("rope"):
+        config = json.loads(row["config"])
+        # {}: the heuristic's tile, which the defaults hold. A row names the whole tile (TRITON_TUNE_CONFIGS):
+        # one naming part of it would leave the rest to the q/k split of heads, which the row does not keep.
+        if row["arch"] != arch or row["backend"] != "triton" or not {"BLOCK_T", "BLOCK_H", "num_warps"} <= set(config):
+            continue
+        head_dim, block_h = int(row["head_dim"]), config["BLOCK_H"]
+        for variant in AOT_VARIANTS:
+            for interleave in (False, True):
+                yield _spec(row["dtype"], head_dim, head_dim, variant, interleave, False, block_h,
+                            int(row["num_tokens"]), (block_h, block_h), config)
+
+
+def aot_specs(arch: str = "gfx942"):
+    """The default tiles (the same on every arch: no per-arch tile is measured yet), and those of the tuned rows
+    measured on ``arch``."""
+    seen = set()
+    for spec in _default_specs():
+        seen.add(spec.name)
+        yield spec
+    for spec in _tuned_specs(arch):
+        if spec.name not in seen:
+            seen.add(spec.name)
+            yield spec
+
+
+def _default_specs():
     for head_dim in AOT_HEAD_DIMS:
         for variant in AOT_VARIANTS:
             for interleave in (False, True):
