@@ -232,11 +232,18 @@ def test_a_workspace_becomes_a_slot_that_each_replay_allocates_anew(monkeypatch)
     cp._plans[b"k"](x2)
     cp._plans[b"k"](x2)
     (first, slots1), (second, slots2) = launched
-    for (launch,), (_, counters, stats) in ((first, slots1), (second, slots2)):
-        assert counters.dtype == torch.int32 and counters.tolist() == [0] * 6  # zeroed at each replay
+    for (memset, launch), (_, counters, stats) in ((first, slots1), (second, slots2)):
+        assert counters.shape == (6,) and counters.dtype == torch.int32
         assert stats.shape == (2, 3) and stats.dtype == torch.float32
+        assert memset == (0, 6, 1, 1, 0, 0, (counters.data_ptr(),))  # the counters zeroed on the stream, first
         assert launch[6][:3] == (x2.data_ptr(), counters.data_ptr() + 2 * 4, stats.data_ptr())
     assert slots1[1].data_ptr() != slots2[1].data_ptr()  # a new workspace per call (both still alive here)
+
+    def zeroes_odd_bytes(x):
+        plans.ACTIVE.launch(_FakeRecord(b"pp"), (1, 1, 1), (plans.scratch(3, torch.int8, x.device, zeroed=True),))
+
+    monkeypatch.setattr(plans, "_replay", lambda blob, recording: blob)
+    assert _record_with(monkeypatch, zeroes_odd_bytes) is False  # the memset writes whole 32-bit words
 
 
 def test_a_failed_call_keeps_nothing(monkeypatch):

@@ -47,6 +47,8 @@ typedef int (*func_set_attribute_fn)(void *function, int attribute, int value);
 typedef int (*func_get_attribute_fn)(int *value, int attribute, void *function);
 typedef int (*cu_get_error_string_fn)(int error, const char **text);
 typedef const char *(*hip_get_error_string_fn)(int error);
+/* cuMemsetD32Async and hipMemsetD32Async: (device pointer, 32-bit value, count of words, stream). */
+typedef int (*memset_d32_async_fn)(uint64_t dst, unsigned value, size_t words, void *stream);
 
 /* Attribute and method names, interned once (PyInit): a lookup by a C string builds a str object per call. */
 static PyObject *name_dtype, *name_data_ptr, *name_get_device, *name_shape, *name_stride, *name_itemsize;
@@ -56,6 +58,7 @@ static struct {
   module_load_data_fn module_load_data;
   module_get_function_fn module_get_function;
   launch_kernel_fn launch_kernel;
+  memset_d32_async_fn memset_d32_async;
   ctx_get_current_fn ctx_get_current;
   device_primary_ctx_retain_fn device_primary_ctx_retain;
   ctx_set_current_fn ctx_set_current;
@@ -100,12 +103,14 @@ static PyObject *init(PyObject *self, PyObject *args) {
     if (!(drv.module_load_data = (module_load_data_fn)symbol(lib, "hipModuleLoadData")) ||
         !(drv.module_get_function = (module_get_function_fn)symbol(lib, "hipModuleGetFunction")) ||
         !(drv.launch_kernel = (launch_kernel_fn)symbol(lib, "hipModuleLaunchKernel")) ||
+        !(drv.memset_d32_async = (memset_d32_async_fn)symbol(lib, "hipMemsetD32Async")) ||
         !(drv.hip_get_error_string = (hip_get_error_string_fn)symbol(lib, "hipGetErrorString")))
       return NULL;
   } else {
     if (!(drv.module_load_data = (module_load_data_fn)symbol(lib, "cuModuleLoadData")) ||
         !(drv.module_get_function = (module_get_function_fn)symbol(lib, "cuModuleGetFunction")) ||
         !(drv.launch_kernel = (launch_kernel_fn)symbol(lib, "cuLaunchKernel")) ||
+        !(drv.memset_d32_async = (memset_d32_async_fn)symbol(lib, "cuMemsetD32Async")) ||
         !(drv.ctx_get_current = (ctx_get_current_fn)symbol(lib, "cuCtxGetCurrent")) ||
         !(drv.device_primary_ctx_retain = (device_primary_ctx_retain_fn)symbol(lib, "cuDevicePrimaryCtxRetain")) ||
         !(drv.ctx_set_current = (ctx_set_current_fn)symbol(lib, "cuCtxSetCurrent")) ||
@@ -420,7 +425,8 @@ static PyObject *call_key(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 /* A plan (built by core/plans.py, which owns the format): a header, then per launch its header and its
  * parameters. Each parameter is a constant (its 8 bytes as the launch passes them) or, for a pointer, a
- * slot of run_plan's arguments and a byte offset into it. */
+ * slot of run_plan's arguments and a byte offset into it. A launch whose function is 0 is a memset instead:
+ * gx 32-bit zeros written at its one parameter (a workspace the call zeroes, plans.scratch). */
 typedef struct { int32_t device, launches, slots, reserved; } plan_header;
 typedef struct { uint64_t function; uint32_t gx, gy, gz, threads, shared, params; } launch_header;
 typedef struct { uint8_t kind, from_slot; uint16_t slot; uint32_t reserved; uint64_t value; } plan_param;
@@ -479,6 +485,12 @@ static PyObject *walk_plan(PyObject *const *args, Py_ssize_t nargs, PyObject *co
       continue;
     }
     if ((uint64_t)lh.gx * lh.gy * lh.gz == 0) continue;  /* an empty grid launches nothing, as launch() */
+    if (lh.function == 0) {
+      if (lh.params != 1) return PyErr_Format(PyExc_ValueError, "a plan's memset takes one pointer");
+      int err = drv.memset_d32_async(values[0], 0, lh.gx, stream);
+      if (err) return driver_error("zeroing a workspace", err);
+      continue;
+    }
     int err = drv.launch_kernel((void *)(uintptr_t)lh.function, lh.gx, lh.gy, lh.gz, lh.threads, 1, 1, lh.shared,
                                 stream, params, NULL);
     if (err) return driver_error("launching the kernel", err);
