@@ -83,11 +83,13 @@ for section in $sections; do
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
     objects-check)  # issue 18: every object built for this GPU's arch, then op suites with each launch an object
-      # serves compared byte for byte with Triton's compile of the same launch (core/object_check.py)
+      # serves compared byte for byte with Triton's compile of the same launch (core/object_check.py); with
+      # OBJECT_BUILD=1, launches no object serves get one built for the check (every launch of the suites)
       arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
       timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} \
         2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
-      AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check.json" timeout ${T_OBJECTS:-300} \
+      AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check.json" \
+        AITER_EXT_OBJECT_CHECK_BUILD=${OBJECT_BUILD:-0} timeout -s INT ${T_OBJECTS:-300} \
         python3 -m pytest -q -p no:cacheprovider ${OBJECT_TESTS:-op_tests/test_norm.py op_tests/test_merge_state.py \
         op_tests/test_paged_kv.py op_tests/test_rope.py -k "not Hq"} 2>&1 | tee "$OUT/pytest-objects.log" | tail -n 8
       cat "$OUT/object-check.json" ;;

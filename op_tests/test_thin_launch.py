@@ -384,3 +384,61 @@ def test_object_check_compares_a_served_launch_with_triton(tmp_path, monkeypatch
         objects._rows.cache_clear()
         norm_kernels.rmsnorm_kernel._records.clear()
         object_check.COUNTS.clear()
+
+
+def test_an_object_built_for_the_check_is_the_one_aot_build_writes(tmp_path):
+    """AITER_EXT_OBJECT_CHECK_BUILD: the object compiled for a launch that none serves is the same code object
+    ``aiter-ext aot --build`` writes for a spec of that launch (cross-compiled for sm_90 here, no GPU needed)."""
+    pytest.importorskip("triton")
+    import csv
+
+    import aiter_ext.ops.norm.kernels as norm_kernels
+    from aiter_ext.core import object_check, objects
+
+    spec = next(s for s in norm_kernels.aot_specs("sm_90") if s.name == "rmsnorm[bf16-r1b4096w8-even]")
+    written, failures = objects.build(["sm_90"], spec.name, tmp_path)
+    assert written == 1 and not failures, failures
+    with open(tmp_path / "sm_90" / "rmsnorm" / "manifest.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    object_check.COUNTS.clear()
+    built = object_check.build_for_launch(spec.fn, "rmsnorm_kernel", "sm_90", spec.constexprs, spec.options,
+                                          spec.signature, set(spec.divisible_by_16) | {"eps"})  # eps: no int
+    assert built["image"] == (tmp_path / "sm_90" / "rmsnorm" / row["co_name"]).read_bytes()
+    assert built["knl_name"] == row["knl_name"] and str(built["num_warps"]) == row["num_warps"]
+    assert built["co_name"].startswith(object_check.BUILT)
+    broken = object_check.build_for_launch(spec.fn, "rmsnorm_kernel", "sm_90", {}, spec.options, spec.signature,
+                                           set())  # no constexprs: the compile fails, and is counted
+    assert broken is None and object_check.summary() == {"rmsnorm_kernel": {"builds failed": 1}}
+    object_check.COUNTS.clear()
+
+
+@gpu_only
+def test_object_check_builds_and_checks_a_launch_no_object_serves(monkeypatch):
+    """AITER_EXT_OBJECT_CHECK_BUILD on the GPU: a merge_state shape no shipped spec covers is built for the
+    check, launched through the C launcher, and compared byte for byte with Triton's launch."""
+    from aiter_ext.core import object_check, objects
+    from aiter_ext.ops.merge_state import kernels as merge_kernels
+
+    monkeypatch.setattr(thin, "_CHECK_OBJECTS", True)
+    monkeypatch.setattr(object_check, "BUILD", True)
+    monkeypatch.setenv("AITER_EXT_HSA_DIR", "/nonexistent")
+    objects._rows.cache_clear()
+    object_check.COUNTS.clear()
+    kernels = [k for k in vars(merge_kernels).values() if isinstance(k, thin.ThinKernel)]
+    for k in kernels:
+        k._records.clear()
+    try:
+        va, vb = (torch.randn(37, 5, 72, device="cuda").to(torch.float16) for _ in range(2))
+        sa, sb = (torch.randn(37, 5, device="cuda") for _ in range(2))
+        v, s = aiter_ext.merge_state(va, sa, vb, sb, backend="triton")
+        counts = object_check.summary()
+        assert sum(c.get("signatures built for the check", 0) for c in counts.values()) >= 1, counts
+        assert sum(c.get("checked", 0) for c in counts.values()) >= 1, counts
+        w = torch.softmax(torch.stack([sa, sb]) * 0.6931471805599453, 0)  # base-2 LSE weights
+        torch.testing.assert_close(v.float(), (w[0, ..., None] * va.float() + w[1, ..., None] * vb.float()),
+                                   atol=2e-3, rtol=2e-3)
+    finally:
+        objects._rows.cache_clear()
+        for k in kernels:
+            k._records.clear()
+        object_check.COUNTS.clear()

@@ -14,6 +14,11 @@ matters, the bytes a launch writes:
   is repeated from the same inputs: a kernel whose own two runs differ (float atomics) is counted as
   nondeterministic, not as an object's fault.
 
+With ``AITER_EXT_OBJECT_CHECK_BUILD=1`` too, a launch that no object serves gets one built for it there and then,
+through the same path as ``aiter-ext aot --build`` (a ``KernelSpec`` of the launch's own signature, constexprs,
+options and alignment, compiled by ``aot``, loaded by the C launcher) and checked the same way: every launch
+of a test suite then compares the ``asm`` path with Triton's, not only the shapes objects are shipped for.
+
 Each launch signature is checked on its first ``CHECKS_PER_RECORD`` launches; launches inside a CUDA-graph
 capture run unchecked (the comparison needs a synchronization). The counts go to stderr at exit, or to
 the file the variable names (any value other than ``1``). Plans (``plans.py``) refuse a recording that
@@ -35,6 +40,8 @@ from .env import env
 #: AITER_EXT_OBJECT_CHECK: unset or "0" off; "1" on, the counts to stderr; else on, the counts to that file.
 SETTING = env("AITER_EXT_OBJECT_CHECK") or "0"
 ENABLED = SETTING != "0"
+#: AITER_EXT_OBJECT_CHECK_BUILD=1: launches no object serves get one built for the check (module docstring)
+BUILD = env("AITER_EXT_OBJECT_CHECK_BUILD") == "1"
 
 CHECKS_PER_RECORD = 4
 
@@ -103,10 +110,35 @@ def launch_checked(name: str, record_key, object_name: str, launch_object: Calla
     counts["checked"] += 1
 
 
-def note_signature(name: str, served: bool) -> None:
-    """thin.py: a new launch signature of kernel ``name``, served by an object or compiled by Triton (how
-    much of a test suite the objects cover)."""
-    COUNTS.setdefault(name, Counter())["signatures served" if served else "signatures compiled"] += 1
+def note_signature(name: str, record) -> None:
+    """thin.py: a new launch signature of kernel ``name`` and its record (None: Triton's compile, no object;
+    how much of a test suite the objects cover)."""
+    if record is None:
+        kind = "signatures compiled"
+    else:
+        kind = "signatures built for the check" if record.source.startswith(BUILT) else "signatures served"
+    COUNTS.setdefault(name, Counter())[kind] += 1
+
+
+#: The source of an object built by build_for_launch (thin.py's record names it so)
+BUILT = "built for this launch"
+
+
+def build_for_launch(fn, name: str, arch: str, constexprs: dict, options: dict, signature: dict,
+                     divisible: set):
+    """A manifest-like row for an object compiled now for exactly this launch (``aot.compile_reports``, as
+    ``aiter-ext aot --build`` does), the image in memory; None where the compile fails (the launch then takes
+    Triton's path, counted as compiled)."""
+    from . import aot
+
+    spec = aot.KernelSpec(f"{name}[launch]", fn, dict(signature), dict(constexprs), dict(options),
+                          divisible_by_16=tuple(sorted(divisible & set(signature))))
+    (report,) = aot.compile_reports([(spec, arch)], keep_binary=True)
+    if not report.compiled or report.binary is None:
+        COUNTS.setdefault(name, Counter())["builds failed"] += 1
+        return None
+    return {"image": report.binary, "knl_name": report.symbol, "lds_bytes": report.lds_bytes,
+            "num_warps": report.num_warps, "co_name": f"{BUILT}: {report.symbol}_{report.object_hash[:8]}"}
 
 
 def summary() -> dict:

@@ -233,7 +233,7 @@ class ThinKernel:
             return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
         record = self._object_record(args, kwargs, names, runtime, device)
         if _CHECK_OBJECTS:
-            object_check.note_signature(self.__name__, record is not None)
+            object_check.note_signature(self.__name__, record)
         if record is not None or _MODE == "asm":
             if record is None:
                 raise RuntimeError(f"{self.__name__}: AITER_EXT_LAUNCH=asm, but no code object in "
@@ -297,10 +297,16 @@ class ThinKernel:
         from .arch import get_arch
 
         row = objects.find(get_arch(), objects.kernel_id(self.fn), constexprs, options, signature, divisible)
+        if row is None and _CHECK_OBJECTS and object_check.BUILD:  # the check's own object for this launch
+            row = object_check.build_for_launch(self.fn, self.__name__, get_arch(), constexprs, options, signature,
+                                                divisible)
         if row is None:
             return None
-        with open(row["path"], "rb") as f:
-            image = f.read()
+        if "image" in row:
+            image = row["image"]
+        else:
+            with open(row["path"], "rb") as f:
+                image = f.read()
         shared = int(row["lds_bytes"] or 0)
         function = launcher().load(image, row["knl_name"], shared, device)
         kinds = ["p" if t.startswith("*") else _PARAM_KIND[t] for t in signature.values()]  # parameter order
