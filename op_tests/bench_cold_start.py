@@ -1,6 +1,6 @@
 """Cold start (issue 18): an op's first call in a fresh process, from code objects against a Triton compile.
 
-    python op_tests/bench_cold_start.py [--objects DIR]
+    python op_tests/bench_cold_start.py [--objects DIR] [--profile]
 
 Per case, three fresh processes, each timing its first call (inputs made, CUDA and the launcher
 extension ready before the clock starts; the clock stops after a synchronize):
@@ -11,7 +11,9 @@ extension ready before the clock starts; the clock stops after a synchronize):
   ``aiter-ext aot --build --arch sm_XY --kernel ...`` unless ``--objects`` names a folder already built), and
   an empty Triton cache: a launch that no object fits raises, and the row says so.
 
-The issue's target: ``objects`` at least 10x faster than ``jit``.
+The issue's target: ``objects`` at least 10x faster than ``jit``. ``--profile``: the ``objects`` child's first
+call under cProfile, its top functions by cumulative time printed after the table (where a first call's time
+goes when it is not the compile).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ va, vb = r(64, 32, 128), r(64, 32, 128)
 sa, sb = torch.randn(64, 32, device=dev), torch.randn(64, 32, device=dev)
 thin.launcher()  # the extension built and the driver open: not part of the kernel's cold start
 torch.cuda.synchronize()
+import os
+profile = None
+if os.environ.get("COLD_START_PROFILE") == "1":
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 start = time.perf_counter()
 try:
     CALL
@@ -51,12 +59,18 @@ try:
     print(json.dumps({"ms": (time.perf_counter() - start) * 1e3}))
 except Exception as exc:
     print(json.dumps({"error": f"{type(exc).__name__}: {str(exc)[:160]}"}))
+if profile is not None:
+    import pstats
+    profile.disable()
+    pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
 """
 
 
-def _child(call: str, env: dict) -> dict:
+def _child(call: str, env: dict, profiles: list | None = None) -> dict:
     done = subprocess.run([sys.executable, "-c", _CHILD.replace("CALL", call)], env=env, capture_output=True, text=True,
                           timeout=600)
+    if profiles is not None:
+        profiles.append(done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else {"error": (done.stderr or "no output").strip().splitlines()[-1][:160]}
 
@@ -78,6 +92,7 @@ def main() -> int:
                             "--kernel", kernel_filter, "--out", objects], check=False, capture_output=True)
             print(f"built {arch} objects matching {kernel_filter!r} in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, objects under {objects}")
+    profiles: list[str] = []
     print("| op | jit ms | cache ms | objects ms | jit / objects |")
     print("| --- | --- | --- | --- | --- |")
     for name, _, call in CASES:
@@ -86,12 +101,16 @@ def main() -> int:
         base.pop("AITER_EXT_HSA_DIR", None)
         jit = _child(call, base)
         cached = _child(call, base)
+        profile = {"COLD_START_PROFILE": "1"} if "--profile" in sys.argv else {}
         from_objects = _child(call, {**base, "TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton_cache_"),
-                                     "AITER_EXT_LAUNCH": "asm", "AITER_EXT_HSA_DIR": objects})
+                                     "AITER_EXT_LAUNCH": "asm", "AITER_EXT_HSA_DIR": objects, **profile},
+                              profiles if profile else None)
         cells = [r.get("ms") for r in (jit, cached, from_objects)]
         text = [f"{c:.1f}" if c is not None else r["error"] for c, r in zip(cells, (jit, cached, from_objects))]
         ratio = f"{cells[0] / cells[2]:.0f}x" if cells[0] and cells[2] else "-"
         print(f"| {name} | {' | '.join(text)} | {ratio} |", flush=True)
+    for (name, _, _), text in zip(CASES, profiles):
+        print(f"\n== {name}: the objects child's first call, by cumulative time\n{text}")
     return 0
 
 

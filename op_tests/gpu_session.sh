@@ -94,7 +94,7 @@ for section in $sections; do
         op_tests/test_paged_kv.py op_tests/test_rope.py -k "not Hq"} 2>&1 | tee "$OUT/pytest-objects.log" | tail -n 8
       cat "$OUT/object-check.json" ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile
-      python3 op_tests/bench_cold_start.py 2>&1 | tee "$OUT/bench-cold-start.log" ;;
+      python3 op_tests/bench_cold_start.py --profile 2>&1 | tee "$OUT/bench-cold-start.log" ;;
     launch-bench)  # issue 18: eager host time, thin path against Triton's launcher and FlashInfer
       python3 op_tests/bench_launch.py 2>&1 | tee "$OUT/bench-launch.log" ;;
     cascade-decision)  # issue 15: cascade against plain decode at vLLM-like batches (the plugins' choice)
