@@ -138,6 +138,66 @@ def test_seed_and_offset_reproduce_and_generator_advances():
     assert torch.equal(first, again)
 
 
+def test_pooled_seeds_follow_the_generator_and_the_stream():
+    """seeds.py's pool, with a stand-in generator (Philox's seed and offset) and draw: one draw serves POOL_SIZE
+    calls while nothing else moves the generator; any move, a re-seed, a full pool or another stream draws
+    again; a re-seed to the same seed repeats the same seeds."""
+    from aiter_ext.ops.sampling import seeds
+
+    class Philox:
+        def __init__(self, seed):
+            self.seed, self.offset = seed, 0
+
+        def initial_seed(self):
+            return self.seed
+
+        def get_offset(self):
+            return self.offset
+
+    draws = []
+
+    def draw(gen, device, n):  # a function of the generator's state, advancing it as torch's draws do
+        draws.append((gen.seed, gen.offset))
+        out = torch.arange(n, dtype=torch.int64) + 1000 * gen.seed + 10 ** 6 * gen.offset
+        gen.offset += n
+        return out
+
+    gen = Philox(7)
+    first = [seeds.pooled_seed(gen, "cpu", 0, draw) for _ in range(seeds.POOL_SIZE)]
+    assert len(draws) == 1 and len({int(t) for t in first}) == seeds.POOL_SIZE
+    assert all(t.shape == (1,) and t.dtype == torch.int64 and t.data_ptr() % 16 == 0 for t in first)
+    seeds.pooled_seed(gen, "cpu", 0, draw)
+    assert len(draws) == 2  # the pool was used up
+    gen.offset += 4  # another use of the generator (a torch random op)
+    seeds.pooled_seed(gen, "cpu", 0, draw)
+    assert len(draws) == 3
+    seeds.pooled_seed(gen, "cpu", 1, draw)  # another stream
+    assert len(draws) == 4
+    gen.seed, gen.offset = 7, 0  # manual_seed(7) again: the same seeds as the first time
+    again = [seeds.pooled_seed(gen, "cpu", 0, draw) for _ in range(5)]
+    assert [int(t) for t in again] == [int(t) for t in first[:5]]
+    seeds._POOLS.clear()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the pool serves CUDA generators (the lent GPU)")
+def test_pooled_seeds_reproduce_after_manual_seed_and_vary_in_graph_replays():
+    probs = torch.full((1, 4096), 1 / 4096, device=DEVICE)
+    torch.manual_seed(3)
+    first = torch.cat([S.sampling_from_probs(probs) for _ in range(300)])  # past one pool of seeds
+    torch.manual_seed(3)
+    again = torch.cat([S.sampling_from_probs(probs) for _ in range(300)])
+    assert torch.equal(first, again) and first.unique().numel() > 250  # 300 draws of 4096 equal tokens
+    graph = torch.cuda.CUDAGraph()
+    S.sampling_from_probs(probs)
+    with torch.cuda.graph(graph):
+        out = S.sampling_from_probs(probs)
+    replays = []
+    for _ in range(50):
+        graph.replay()
+        replays.append(out.clone())
+    assert torch.cat(replays).unique().numel() > 40, "a graph replay reused one seed"
+
+
 @pytest.mark.parametrize("vocab", [40, CHUNKED_VOCAB])
 def test_edges_one_hot_ties_nan_and_empty_rows(vocab):
     probs = random_probs(vocab, rows=5)

@@ -21,6 +21,8 @@ import torch
 
 from aiter_ext.core.checks import check_tensor
 
+from .seeds import drawn_seed
+
 INDEX_DTYPES = (torch.int32, torch.int64)
 #: FlashInfer converts probabilities with ``.float()``; the kernels convert on load instead.
 PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -140,10 +142,9 @@ def seed_and_offset(generator, seed, offset, rows: int, device: torch.device):
     if (seed is None) != (offset is None):
         raise ValueError("seed and offset must be given together (or neither)")
     if seed is None:
-        # One seed drawn on the device from the generator: graph-capturable, no host sync. The
-        # offset is a cached zero (read only), so a call costs one small launch, not two.
-        drawn = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
-        return drawn, _zero_offset(device), False
+        # One seed from the generator, on the device (seeds.py: from a pool drawn ahead, or drawn now in a
+        # CUDA-graph capture): no host sync. The offset is a cached zero (read only).
+        return drawn_seed(generator, device), _zero_offset(device), False
     seed_t = _seed_tensor("seed", seed, rows, device)
     offset_t = _seed_tensor("offset", offset, rows, device)
     if seed_t.shape != offset_t.shape:  # one per row and one for all: widen the single one (no sync)
