@@ -46,7 +46,7 @@ BUILD = env("AITER_EXT_OBJECT_CHECK_BUILD") == "1"
 CHECKS_PER_RECORD = 4
 
 #: per kernel name: launches "checked", "unchecked" (capture, or past CHECKS_PER_RECORD), "nondeterministic";
-#: launch signatures "served" by an object or "compiled" by Triton
+#: launch signatures "served" by an object, "built for the check", or "compiled" by Triton; "builds failed"
 COUNTS: dict[str, Counter] = {}
 _SEEN: Counter = Counter()
 

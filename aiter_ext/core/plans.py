@@ -20,10 +20,10 @@ A plan is kept only where the replay is known to do all that the call did. The r
 (the key is remembered as "no plan": later calls take the usual path without recording) when, inside
 it: a kernel is launched other than through the thin path (Triton's own launcher, a Triton kernel not
 wrapped for it); any torch operation runs other than a view or a workspace from :func:`scratch` (a copy,
-a fill, another allocation, a torch backend); a dispatched op chooses a backend other than Triton (a C++ module's launch would be
-invisible here); or a launch reads a tensor that is not among the slots. Plans serve GPU tensors of the
-exact types ``torch.Tensor`` and ``nn.Parameter`` only: a CPU tensor, a tensor subclass (torch.compile's
-fake tensors) or an argument of another kind has no key, and takes the usual path.
+a fill, another allocation, a torch backend); a dispatched op chooses a backend other than Triton (a C++
+module's launch would be invisible here); or a launch reads a tensor that is not among the slots. Plans
+serve GPU tensors of the exact types ``torch.Tensor`` and ``nn.Parameter`` only: a CPU tensor, a tensor
+subclass (torch.compile's fake tensors) or an argument of another kind has no key, and takes the usual path.
 
 Plans are dropped when anything they were decided under changes: the environment (backend choices),
 the launch mode (``thin.set_mode``), a dispatcher's cache (``Op.clear_cache``: tuned rows).
