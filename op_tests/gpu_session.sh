@@ -77,8 +77,8 @@ for section in $sections; do
     sampling-thin)  # issue 18: the sampling suite through the thin path (no plans in sampling yet)
       AITER_EXT_LAUNCH=thin timeout ${T_SAMPLING:-420} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py 2>&1 \
         | tee "$OUT/pytest-sampling-thin.log" | tail -n 8 ;;
-    tune-launch)  # issue 18: tuned rows for rmsnorm and RoPE on this GPU's arch
-      for op in rmsnorm rope; do
+    tune-launch)  # issue 18: tuned rows for rmsnorm, RoPE and RMSNorm + FP4 on this GPU's arch
+      for op in rmsnorm rope norm_fp4; do
         python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 12
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;

@@ -440,3 +440,19 @@ def test_every_tuned_tile_has_a_spec_on_the_arch_it_was_measured_on():
         names = {s.name for s in rope.aot_specs(r["arch"])}
         for variant in ("rope", "llama31", "llama31_pos_ids", "cos_sin_cache"):
             assert f"rope[{variant}-{r['dtype']}-d{d}-r{d}-t{c['BLOCK_T']}h{c['BLOCK_H']}w{c['num_warps']}]" in names, r
+
+
+def test_a_tuned_fp4_tile_gets_its_specs_on_its_arch_only(tmp_path, monkeypatch):
+    """norm_fp4 has no measured row yet: one written here (AITER_EXT_TUNED_CSV_NORM_FP4) must add its tile, in
+    every format and form, to sm_90's specs and to no other arch's."""
+    from aiter_ext.ops.norm_fp4 import kernels as fp4
+
+    before = {s.name for s in fp4.aot_specs("sm_90")}
+    table = tmp_path / "norm_fp4_tuned.csv"
+    table.write_text('arch,cu_num,num_tokens,hidden,dtype,backend,config,us,bw_gbs,tflops,err\n'
+                     'sm_90,132,8192,4096,bf16,triton,"{""ROWS"": 2, ""num_warps"": 16}",40.0,0,0,0\n')
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_NORM_FP4", str(table))
+    added = {s.name for s in fp4.aot_specs("sm_90")} - before
+    assert len(added) == 6 * 3 and all("-h4096-r2b4096w16]" in n and "-bf16-" in n for n in added), sorted(added)
+    assert {s.name for s in fp4.aot_specs("gfx942")} == {s.name for s in fp4.aot_specs("gfx950")}
+    assert not any("-h4096-r2b4096w16]" in s.name for s in fp4.aot_specs("gfx942"))

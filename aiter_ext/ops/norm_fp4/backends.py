@@ -23,7 +23,13 @@ def _bucket(call: Mapping) -> tuple:
 
 
 SHAPE_KEYS = ("num_tokens", "hidden", "dtype")
-NORM_FP4 = define_op("norm_fp4", SHAPE_KEYS, _bucket)
+#: A tuned tile serves other token counts, never another width (the tile holds a whole row).
+NORM_FP4 = define_op("norm_fp4", SHAPE_KEYS, _bucket, exact_keys=("hidden", "dtype"))
+
+#: What `aiter-ext tune norm_fp4` tries beside the heuristic (kernels.launch_config, the `{}` candidate): rows per
+#: program and warps; the row's width (BLOCK_N) stays the heuristic's. The kernel is ALU-bound on Hopper (the
+#: E2M1 rounding in software), so the elements a thread holds, which these set, decide its speed.
+TRITON_TUNE_CONFIGS = [{}] + [{"ROWS": r, "num_warps": w} for r in (1, 2, 4) for w in (4, 8, 16)]
 
 
 def _torch_impl(config, x, residual, weight, global_scale, q, sf, res_out, eps, norm, block_size, scale_rule,
@@ -51,4 +57,54 @@ def _triton_impl(config, x, residual, weight, global_scale, q, sf, res_out, eps,
 
 
 NORM_FP4.register("torch", _torch_impl)
-NORM_FP4.register("triton", _triton_impl, _triton_supports)
+NORM_FP4.register("triton", _triton_impl, _triton_supports, configs=TRITON_TUNE_CONFIGS)
+
+
+# -- tuning: how `aiter-ext tune norm_fp4` builds and checks one shape --------------------------------
+
+#: Bytes (codes and scales) a tuning candidate may write other than the reference's: a value within
+#: rounding of an E2M1 or scale boundary may land on either side (test_norm_fp4's assert_codes_match
+#: bounds where); a wrong tile writes most bytes wrong.
+TUNE_BYTE_MISMATCH = 1e-3
+
+
+def _tune_case(shape: Mapping, device: str):
+    """FlashInfer's rmsnorm_fp4quant (NVFP4: e4m3 scales of 16-element blocks, linear layout, a global
+    scale), the call the issue-18 table times."""
+    import torch
+
+    from aiter_ext.core.tuner import TuneCase
+
+    from .layout import scale_padding
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    rows, hidden = shape["num_tokens"], shape["hidden"]
+    x = torch.randn(rows, hidden, device=device).to(dtype)
+    w = torch.randn(hidden, device=device).to(dtype)
+    gs = torch.tensor([448.0 * 6.0 / 4.0], device=device)  # amax of the normalised rows is near 4
+    q = torch.empty(rows, hidden // 2, dtype=torch.uint8, device=device)
+    sf = torch.empty(rows, scale_padding(rows, hidden // 16, "linear")[1], dtype=torch.uint8, device=device)
+    q_ref, sf_ref, _ = reference.norm_fp4_quant_ref(x, w, None, gs, 1e-6, True, 16, "e4m3", "linear")
+    sf_ref = sf_ref.reshape(sf.shape)
+
+    def run(impl, cfg):
+        impl.fn(cfg, x, None, w, gs, q, sf, None, 1e-6, True, 16, "e4m3", "linear")
+
+    def check(impl, cfg):
+        wrong = 0
+        for fill in (0x00, 0xFF):  # every byte is some pair of codes: a byte left unwritten equals one of these
+            q.fill_(fill), sf.fill_(fill)
+            run(impl, cfg)
+            wrong = max(wrong, int((q != q_ref).sum()) + int((sf != sf_ref).sum()))
+        return wrong / (q.numel() + sf.numel()) / TUNE_BYTE_MISMATCH
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=x.numel() * x.element_size() + q.numel() + sf.numel())
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("norm_fp4", _tune_case)
+
+
+_register_tuning()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import struct
 
 import triton
@@ -323,8 +324,35 @@ def _aot_dtypes(rule: str) -> tuple[str, ...]:
     return ("bf16", "fp16", "fp32") if rule == "aiter" else ("bf16", "fp16")
 
 
-def aot_specs():
+def aot_specs(arch: str = "gfx942"):
+    """The heuristic's tiles (the same on every arch: no per-arch tile is measured yet), and those of the tuned
+    rows measured on ``arch``."""
     seen = set()
+    yield from _default_specs(seen)
+    yield from _tuned_specs(arch, seen)
+
+
+def _tuned_specs(arch: str, seen: set):
+    """Every format, layout and form at the tile of each Triton row of the tuned CSV measured on ``arch`` (a row
+    serves every public function at its width and dtype)."""
+    from aiter_ext.core.tuned import load_rows
+
+    for row in load_rows("norm_fp4"):
+        config = json.loads(row["config"])
+        if row["arch"] != arch or row["backend"] != "triton" or not config:
+            continue  # {}: the heuristic's tile, which the defaults hold
+        hidden, tokens = int(row["hidden"]), int(row["num_tokens"])
+        for rule, qb, layout in AOT_FORMATS:
+            pad_rows, pad_blocks = scale_padding(tokens, hidden // qb, layout)
+            cfg = {**launch_config(hidden, qb, pad_blocks, pad_rows, interpreted=False), **config}
+            for norm, res in ((True, True), (True, False), (False, False)):
+                key = (rule, qb, layout, row["dtype"], norm, res, cfg["ROWS"], cfg["BLOCK_N"], cfg["num_warps"])
+                if key not in seen:
+                    seen.add(key)
+                    yield _spec(rule, qb, layout, row["dtype"], norm, res, hidden, cfg)
+
+
+def _default_specs(seen: set):
     for hidden in AOT_HIDDEN:
         for rule, qb, layout in AOT_FORMATS:
             pad_blocks = scale_padding(1, hidden // qb, layout)[1]
