@@ -7,7 +7,7 @@ flush between), the host time per call issued back to back (``host_time_us``: wh
 when the GPU keeps up), and the CUDA-graph replay, for our calls three ways (``plan``: a call plan replayed,
 the default; ``thin``: the thin launch path with plans off; ``triton``: Triton's own launcher), and for
 FlashInfer's call. The issue's targets: host time at most FlashInfer's + 3 us (norms,
-RoPE, merge_state, sampling); decode ``run()`` eager within 1.2x of its replay at batch 64.
+RoPE, merge_state, sampling); decode and cascade ``run()`` eager within 1.2x of their replays at batch 64.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _cases(fi):
     va, vb = r(64, 32, 128), r(64, 32, 128)
     sa, sb = r(64, 32, dtype=torch.float32), r(64, 32, dtype=torch.float32)
     ours_decode, fi_decode = _decode(fi, r)
+    ours_cascade, fi_cascade = _cascade(fi)
     return [
         ("rmsnorm [16, 4096] bf16", lambda: aiter_ext.rmsnorm(x16, w), fi and (lambda: fi.rmsnorm(x16, w))),
         ("rmsnorm [256, 4096] bf16", lambda: aiter_ext.rmsnorm(x256, w), fi and (lambda: fi.rmsnorm(x256, w))),
@@ -46,6 +47,7 @@ def _cases(fi):
         ("merge_state 64 x 32 x 128", lambda: aiter_ext.merge_state(va, sa, vb, sb),
          fi and (lambda: fi.merge_state(va, sa, vb, sb))),
         ("decode run(), batch 64, kv 1024, 32/8 heads", ours_decode, fi_decode),
+        ("cascade run(), 2 levels, batch 64, shared 4096 + 256", ours_cascade, fi_cascade),
     ]
 
 
@@ -71,6 +73,27 @@ def _decode(fi, r):
                                                        use_tensor_cores=True)
         theirs.plan(*plan, **kw)
     return (lambda: ours.run(qd, cache)), (theirs and (lambda: theirs.run(qd, cache)))
+
+
+def _cascade(fi):
+    """The issue's cascade row: two levels, 64 decode requests sharing 4096 tokens, 256 of their own each."""
+    import os
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_cascade import Batch
+
+    batch, heads, kv_heads, dim, page = 64, 32, 8, 128, 16
+    data = Batch(batch, 4096, [256] * batch, kv_heads, dim, page, torch.bfloat16)
+    tables = [[t.to("cuda") for t in arr] for arr in data.tables([1] * batch)]
+    q = torch.randn(batch, heads, dim, device="cuda").to(torch.bfloat16)
+    ours = aiter_ext.MultiLevelCascadeAttentionWrapper(2, torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
+    ours.plan(*tables, heads, kv_heads, dim, page, q_data_type=torch.bfloat16)
+    theirs = None
+    if fi is not None:
+        theirs = fi.MultiLevelCascadeAttentionWrapper(2, torch.empty(256 << 20, dtype=torch.uint8, device="cuda"),
+                                                      "NHD")
+        theirs.plan(*tables, heads, kv_heads, dim, page, q_data_type=torch.bfloat16)
+    return (lambda: ours.run(q, data.cache)), (theirs and (lambda: theirs.run(q, data.cache)))
 
 
 def _measure(fn) -> dict:
