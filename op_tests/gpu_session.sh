@@ -4,7 +4,8 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
-#             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
+#             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts issue18
+#             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
 #   (none given: all of them)
@@ -86,13 +87,28 @@ for section in $sections; do
       # serves compared byte for byte with Triton's compile of the same launch (core/object_check.py); with
       # OBJECT_BUILD=1, launches no object serves get one built for the check (every launch of the suites)
       arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
-      timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} \
-        2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
+      [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
+        --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} 2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
       AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check.json" \
         AITER_EXT_OBJECT_CHECK_BUILD=${OBJECT_BUILD:-0} timeout -s INT ${T_OBJECTS:-300} \
         python3 -m pytest -q -p no:cacheprovider ${OBJECT_TESTS:-op_tests/test_norm.py op_tests/test_merge_state.py \
         op_tests/test_paged_kv.py op_tests/test_rope.py -k "not Hq"} 2>&1 | tee "$OUT/pytest-objects.log" | tail -n 8
       cat "$OUT/object-check.json" ;;
+    host-parts)  # issue 18: where each op's eager host time goes, beside FlashInfer (loops of 5000 calls)
+      python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log" ;;
+    issue18)  # issue 18 in one call: FlashInfer's builds and the objects' build beside the plan and sampling tests,
+      # then the timings one at a time, then the object check (every launch of the norm, merge and paged-KV suites)
+      FI_WARM="launch attention" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 & fi_warm=$!
+      arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
+      (timeout 300 python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs 6 \
+        > "$OUT/objects-build.log" 2>&1) & build=$!
+      timeout 240 python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py op_tests/test_thin_launch.py \
+        op_tests/test_sampling.py -k "plans or thin or seed or object or replay or split or min_p" 2>&1 \
+        | tee "$OUT/pytest-issue18.log" | tail -n 8
+      wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
+      bash "$0" launch-bench host-parts cold-start
+      OBJECT_BUILD=1 T_OBJECTS=${T_OBJECTS:-150} OBJECT_TESTS="op_tests/test_norm.py op_tests/test_merge_state.py \
+        op_tests/test_paged_kv.py" bash "$0" objects-check ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile
       python3 op_tests/bench_cold_start.py --profile 2>&1 | tee "$OUT/bench-cold-start.log" ;;
     launch-bench)  # issue 18: eager host time, thin path against Triton's launcher and FlashInfer
