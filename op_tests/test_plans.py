@@ -347,6 +347,14 @@ def _cases():
         probs = torch.softmax(torch.randn(1, 128256, device="cuda") * 3, -1)
         return lambda: aiter_ext.min_p_sampling_from_probs(probs, 0.05, seed=11, offset=2), (probs,)
 
+    def sampling_with_the_generators_seed():  # no seed given: one from seeds.py's pool, a slot of the plan
+        probs = torch.softmax(torch.randn(1, 128256, device="cuda") * 3, -1)
+
+        def call():
+            torch.manual_seed(123)  # the same pool (a new one each call), so the same seed with plans on and off
+            return aiter_ext.sampling_from_probs(probs)
+        return call, (probs,)
+
     def top_p_sampling_per_row():
         probs = torch.softmax(torch.randn(8, 128256, device="cuda") * 3, -1)
         top_p = torch.rand(8, device="cuda")
@@ -354,6 +362,7 @@ def _cases():
         return lambda: aiter_ext.top_p_sampling_from_probs(probs, top_p, seed=seeds, offset=5), (probs,)
 
     return {"min_p_sampling_from_probs": min_p_sampling, "min_p_sampling_from_probs, one row": min_p_sampling_one_row,
+            "sampling_from_probs, the generator's seed": sampling_with_the_generators_seed,
             "top_p_sampling_from_probs, per-row top_p and seeds": top_p_sampling_per_row,
             "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new,
             "rmsnorm out=input": rmsnorm_into_input, "gemma QK-norm of a view": qk_norm_strided,
@@ -382,6 +391,7 @@ def _plans_of(name: str):
                                   "merge_state", "merge_state_in_place with a mask",
                                   "rmsnorm_fp4quant, swizzled scales",
                                   "min_p_sampling_from_probs", "min_p_sampling_from_probs, one row",
+                                  "sampling_from_probs, the generator's seed",
                                   "top_p_sampling_from_probs, per-row top_p and seeds"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Four calls per case on fresh inputs, each beside the usual path (plans off) on the same inputs: the first
