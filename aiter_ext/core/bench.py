@@ -43,7 +43,7 @@ def host_time_us(fn: Callable[[], object], calls: int = 500, warmup: int = 200, 
     """Wall time per call of ``fn()`` issued back to back with no synchronization in between: for a call
     far faster on the GPU than on the host, the host's cost of one eager call. The median of ``repeats`` runs
     of ``calls`` calls: single runs of 500 on the H100 host gave outliers (the thin path, the same code, read 36 us
-    an rmsnorm at 16 rows and 92 at 256; min-p's plan 116 there against 39 in a loop of 5000)."""
+    a call for rmsnorm at 16 rows and 92 at 256; min-p's plan read 116 there against 39 in a loop of 5000)."""
     for _ in range(warmup):
         fn()
     runs = []

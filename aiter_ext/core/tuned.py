@@ -89,6 +89,14 @@ def load_rows(op: str) -> tuple[dict, ...]:
     return _load(str(path), path.stat().st_mtime)
 
 
+def measured_configs(op: str, arch: str, backend: str = "triton") -> list[tuple[dict, dict]]:
+    """``(row, its config parsed)`` of every row of ``op``'s tuned CSV measured on ``arch`` for ``backend``: the
+    tiles an op's ``aot_specs(arch)`` add to its defaults (a tuned tile needs its code object as much as a
+    default does). A config of ``{}`` is the heuristic's own tile."""
+    return [(row, json.loads(row["config"])) for row in load_rows(op)
+            if row["arch"] == arch and row["backend"] == backend]
+
+
 def _shape_distance(row: Mapping, call: Mapping, shape_keys, exact_keys=()) -> float:
     """log2-scale distance between two shapes; inf when a non-numeric key or one of ``exact_keys`` differs."""
     total = 0.0

@@ -23,7 +23,6 @@ Two tilings, chosen by :func:`launch_config`:
 from __future__ import annotations
 
 import functools
-import json
 
 import triton
 import triton.language as tl
@@ -231,11 +230,10 @@ def _aot_tiles(arch: str) -> list[tuple[int, dict]]:
 def _tuned_tiles(arch: str) -> list[tuple[int, dict]]:
     """``(hidden, config)`` of every Triton row of the tuned CSV measured on ``arch``, as the call it serves
     launches it (the row's keys over the heuristic's): a tuned tile needs its object as much as a default."""
-    from aiter_ext.core.tuned import load_rows
+    from aiter_ext.core.tuned import measured_configs
 
-    return [(int(row["hidden"]), {**launch_config(int(row["num_rows"]), int(row["hidden"]), arch),
-                                  **json.loads(row["config"])})
-            for row in load_rows("rmsnorm") if row["arch"] == arch and row["backend"] == "triton"]
+    return [(int(row["hidden"]), {**launch_config(int(row["num_rows"]), int(row["hidden"]), arch), **config})
+            for row, config in measured_configs("rmsnorm", arch)]
 
 
 def aot_specs(arch: str = "gfx942"):

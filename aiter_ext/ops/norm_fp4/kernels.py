@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import struct
 
 import triton
@@ -335,11 +334,10 @@ def aot_specs(arch: str = "gfx942"):
 def _tuned_specs(arch: str, seen: set):
     """Every format, layout and form at the tile of each Triton row of the tuned CSV measured on ``arch`` (a row
     serves every public function at its width and dtype)."""
-    from aiter_ext.core.tuned import load_rows
+    from aiter_ext.core.tuned import measured_configs
 
-    for row in load_rows("norm_fp4"):
-        config = json.loads(row["config"])
-        if row["arch"] != arch or row["backend"] != "triton" or not config:
+    for row, config in measured_configs("norm_fp4", arch):
+        if not config:
             continue  # {}: the heuristic's tile, which the defaults hold
         hidden, tokens = int(row["hidden"]), int(row["num_tokens"])
         for rule, qb, layout in AOT_FORMATS:

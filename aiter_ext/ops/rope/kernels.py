@@ -24,7 +24,6 @@ registers, no shared memory; gfx942/gfx950: at most 66 VGPRs, no LDS, no scratch
 from __future__ import annotations
 
 import functools
-import json
 
 import math
 
@@ -337,13 +336,12 @@ def _spec(dtype, head_dim, rotary_dim, variant, interleave, copy_pass, block_h, 
 def _tuned_specs(arch: str):
     """Every variant, plain and interleaved, at the tile of each Triton row of the tuned CSV measured on ``arch``
     (a row serves every RoPE form at its head count and dim)."""
-    from aiter_ext.core.tuned import load_rows
+    from aiter_ext.core.tuned import measured_configs
 
-    for row in load_rows("rope"):
-        config = json.loads(row["config"])
+    for row, config in measured_configs("rope", arch):
         # {}: the heuristic's tile, which the defaults hold. A row names the whole tile (TRITON_TUNE_CONFIGS):
         # one naming part of it would leave the rest to the q/k split of heads, which the row does not keep.
-        if row["arch"] != arch or row["backend"] != "triton" or not {"BLOCK_T", "BLOCK_H", "num_warps"} <= set(config):
+        if not {"BLOCK_T", "BLOCK_H", "num_warps"} <= set(config):
             continue
         head_dim, block_h = int(row["head_dim"]), config["BLOCK_H"]
         for variant in AOT_VARIANTS:
