@@ -62,7 +62,11 @@ def _ck_status() -> tuple[bool, str]:
 
 
 def _asm_status() -> tuple[bool, str]:
-    return False, "no code objects are shipped in hsa/ yet (the AOT loader comes in a later issue)"
+    # Code objects are the same compile as Triton's (bit for bit), so they are a launch route, not a backend
+    # to weigh: the thin path beneath the triton backend takes one wherever it fits (core/thin.py).
+    return False, ("code objects run beneath the triton backend, not as a backend of their own: the thin launch "
+                   "path loads one from hsa/ or AITER_EXT_HSA_DIR wherever it fits, and AITER_EXT_LAUNCH=asm "
+                   "launches objects only (build them with `aiter-ext aot --build`)")
 
 
 def _aiter_status() -> tuple[bool, str]:
