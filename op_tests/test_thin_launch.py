@@ -8,6 +8,8 @@ thin path really taken (a launch record per kernel), and a CUDA graph captured t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -149,6 +151,18 @@ def test_the_c_launcher_builds_and_names_a_missing_driver():
         assert ON_GPU and callable(module.launch)
     finally:
         thin.launcher.cache_clear()
+
+
+def test_the_launcher_finds_a_library_already_in_the_process_by_its_file_name():
+    # init() opens the HIP runtime already mapped (torch's own, on ROCm) by this search, before any by name: a
+    # second runtime opened by name would own modules and streams that torch's does not know
+    _needs_the_extension()
+    module = thin.native()
+    own = Path(module.__file__).resolve()
+    found = module.loaded_library(own.name[:12])
+    assert found and Path(found).resolve() == own
+    assert Path(module.loaded_library("libc.so")).name.startswith("libc.so")
+    assert module.loaded_library("no_library_is_named_this") == ""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
  * Python's headers are (Triton needs both to build its own launchers), and the same build runs on either
  * platform.
  *
- *   init(platform)                        "cuda" or "hip": open the driver (once per process).
+ *   init(platform)                        "cuda" or "hip": open the driver (once per process): the one already
+ *                                         in the process where there is one (torch's HIP runtime), else by name.
+ *   loaded_library(prefix)                the path of a library already in the process (tests).
  *   load(image, name, shared, device)     load a code object into the current context of `device` and
  *                                         return the kernel's handle (an int).
  *   signature(*args)                      the launch signature of the arguments (bytes): per argument what
@@ -29,8 +31,12 @@
  * Errors raise RuntimeError with the driver's message; nothing is launched then.
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dl_iterate_phdr */
+#endif
 #include <Python.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -88,6 +94,29 @@ static void *symbol(void *lib, const char *name) {
   return sym;
 }
 
+/* The path of a library already mapped into this process whose file name starts with `prefix`, or "". */
+struct loaded_search {
+  const char *prefix;
+  char path[4096];
+};
+
+static int match_loaded(struct dl_phdr_info *info, size_t size, void *data) {
+  struct loaded_search *search = (struct loaded_search *)data;
+  const char *name = info->dlpi_name ? info->dlpi_name : "";
+  const char *base = strrchr(name, '/');
+  base = base ? base + 1 : name;
+  if (strncmp(base, search->prefix, strlen(search->prefix)) != 0) return 0;
+  snprintf(search->path, sizeof search->path, "%s", name);
+  return 1;
+}
+
+static PyObject *loaded_library(PyObject *self, PyObject *args) {
+  struct loaded_search search = {NULL, ""};
+  if (!PyArg_ParseTuple(args, "s", &search.prefix)) return NULL;
+  dl_iterate_phdr(match_loaded, &search);
+  return PyUnicode_DecodeFSDefault(search.path);
+}
+
 static PyObject *init(PyObject *self, PyObject *args) {
   const char *platform;
   if (!PyArg_ParseTuple(args, "s", &platform)) return NULL;
@@ -95,9 +124,16 @@ static PyObject *init(PyObject *self, PyObject *args) {
   int hip = strcmp(platform, "hip") == 0;
   if (!hip && strcmp(platform, "cuda") != 0)
     return PyErr_Format(PyExc_ValueError, "platform must be 'cuda' or 'hip', got '%s'", platform);
-  const char *names[] = {hip ? "libamdhip64.so" : "libcuda.so.1", hip ? "libamdhip64.so.6" : "libcuda.so"};
+  /* ROCm builds of torch carry their own HIP runtime (torch/lib/libamdhip64.so*). Opening one by name could map a
+   * second runtime (the system's), whose modules and streams are not torch's: take the one already in the process
+   * first, by its path, and open one by name only where none is. (The CUDA driver is the system's, one per host.) */
+  struct loaded_search search = {hip ? "libamdhip64.so" : "libcuda.so", ""};
+  dl_iterate_phdr(match_loaded, &search);
+  const char *names[] = {search.path, hip ? "libamdhip64.so" : "libcuda.so.1",
+                         hip ? "libamdhip64.so.7" : "libcuda.so", hip ? "libamdhip64.so.6" : ""};
   void *lib = NULL;
-  for (int i = 0; i < 2 && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
+  for (int i = 0; i < 4 && !lib; i++)
+    if (names[i][0]) lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
   if (!lib) return PyErr_Format(PyExc_RuntimeError, "cannot open the %s driver: %s", platform, dlerror());
   if (hip) {
     if (!(drv.module_load_data = (module_load_data_fn)symbol(lib, "hipModuleLoadData")) ||
@@ -515,6 +551,8 @@ static PyObject *explain_plan(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(platform): open the 'cuda' or 'hip' driver."},
+    {"loaded_library", loaded_library, METH_VARARGS,
+     "loaded_library(prefix) -> the path of a library in this process whose file name starts with prefix, or ''."},
     {"load", load, METH_VARARGS, "load(image, name, shared, device) -> the kernel's handle."},
     {"signature", (PyCFunction)(void (*)(void))signature, METH_FASTCALL, "signature(*args) -> bytes."},
     {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL,
