@@ -2,7 +2,8 @@
 
     python op_tests/bench_cold_start.py [--objects DIR] [--profile]
 
-Per case, three fresh processes, each timing its first call (inputs made, CUDA and the launcher
+Per case and kind of process (a fresh Python, where the clock takes Triton's import too, and one that imported
+Triton first, as vLLM's and SGLang's do), three fresh processes, each timing its first call (inputs made, CUDA and the launcher
 extension ready before the clock starts; the clock stops after a synchronize):
 
 - ``jit``: no code objects and an empty Triton cache: Triton compiles the kernel;
@@ -45,8 +46,10 @@ offsets = torch.zeros(1, dtype=torch.int32, device=dev)
 va, vb = r(64, 32, 128), r(64, 32, 128)
 sa, sb = torch.randn(64, 32, device=dev), torch.randn(64, 32, device=dev)
 thin.launcher()  # the extension built and the driver open: not part of the kernel's cold start
-torch.cuda.synchronize()
 import os
+if os.environ.get("COLD_START_IMPORT_TRITON") == "1":  # as in a serving process (vLLM and SGLang import Triton)
+    import triton, triton.language  # noqa: E401,F401
+torch.cuda.synchronize()
 profile = None
 if os.environ.get("COLD_START_PROFILE") == "1":
     import cProfile
@@ -93,24 +96,28 @@ def main() -> int:
             print(f"built {arch} objects matching {kernel_filter!r} in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, objects under {objects}")
     profiles: list[str] = []
-    print("| op | jit ms | cache ms | objects ms | jit / objects |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| op | process | jit ms | cache ms | objects ms | jit / objects |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, _, call in CASES:
-        cache = tempfile.mkdtemp(prefix="triton_cache_")
-        base = {**os.environ, "TRITON_CACHE_DIR": cache, "AITER_EXT_LAUNCH": "thin"}
-        base.pop("AITER_EXT_HSA_DIR", None)
-        jit = _child(call, base)
-        cached = _child(call, base)
-        profile = {"COLD_START_PROFILE": "1"} if "--profile" in sys.argv else {}
-        from_objects = _child(call, {**base, "TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton_cache_"),
-                                     "AITER_EXT_LAUNCH": "asm", "AITER_EXT_HSA_DIR": objects, **profile},
-                              profiles if profile else None)
-        cells = [r.get("ms") for r in (jit, cached, from_objects)]
-        text = [f"{c:.1f}" if c is not None else r["error"] for c, r in zip(cells, (jit, cached, from_objects))]
-        ratio = f"{cells[0] / cells[2]:.0f}x" if cells[0] and cells[2] else "-"
-        print(f"| {name} | {' | '.join(text)} | {ratio} |", flush=True)
-    for (name, _, _), text in zip(CASES, profiles):
-        print(f"\n== {name}: the objects child's first call, by cumulative time\n{text}")
+        # a fresh Python (the clock takes Triton's import too), and a serving process's, where Triton is imported
+        for where, import_triton in (("fresh", "0"), ("Triton imported", "1")):
+            cache = tempfile.mkdtemp(prefix="triton_cache_")
+            base = {**os.environ, "TRITON_CACHE_DIR": cache, "AITER_EXT_LAUNCH": "thin",
+                    "COLD_START_IMPORT_TRITON": import_triton}
+            base.pop("AITER_EXT_HSA_DIR", None)
+            jit = _child(call, base)
+            cached = _child(call, base)
+            profile = {"COLD_START_PROFILE": "1"} if "--profile" in sys.argv else {}
+            from_objects = _child(call, {**base, "TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton_cache_"),
+                                         "AITER_EXT_LAUNCH": "asm", "AITER_EXT_HSA_DIR": objects, **profile},
+                                  profiles if profile else None)
+            cells = [r.get("ms") for r in (jit, cached, from_objects)]
+            text = [f"{c:.1f}" if c is not None else r["error"] for c, r in zip(cells, (jit, cached, from_objects))]
+            ratio = f"{cells[0] / cells[2]:.0f}x" if cells[0] and cells[2] else "-"
+            print(f"| {name} | {where} | {' | '.join(text)} | {ratio} |", flush=True)
+    labels = [f"{name}, {where}" for name, _, _ in CASES for where in ("fresh", "Triton imported")]
+    for label, text in zip(labels, profiles):
+        print(f"\n== {label}: the objects child's first call, by cumulative time\n{text}")
     return 0
 
 
