@@ -311,6 +311,18 @@ def test_built_objects_are_found_only_by_launches_they_fit(tmp_path, monkeypatch
         objects._rows.cache_clear()
 
 
+def _public_rmsnorm_tile(rows: int, hidden: int, arch: str) -> dict:
+    """The tile the public rmsnorm call takes on this GPU: the dispatcher's choice (a tuned row for this arch
+    where there is one) over the heuristic's, as ``norm.kernels.launch`` merges them."""
+    from aiter_ext.ops.norm import kernels as norm_kernels
+    from aiter_ext.ops.norm.backends import RMSNORM
+
+    choice = RMSNORM.select({"num_rows": rows, "hidden": hidden, "dtype": "bf16", "device": "cuda",
+                             "fused_add": False, "gemma": False})
+    assert choice.impl.backend == "triton"
+    return {**norm_kernels.launch_config(rows, hidden, arch), **choice.config}
+
+
 @gpu_only
 def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, monkeypatch):
     """Built on this machine for its arch, then launched under AITER_EXT_LAUNCH=asm (objects only: a launch
@@ -320,8 +332,9 @@ def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, mon
     from aiter_ext.ops.norm import kernels as norm_kernels
 
     arch = get_arch()
-    config = norm_kernels.launch_config(16, 4096, arch)  # the public call's tile on this GPU
-    written, failures = objects.build([arch], f"rmsnorm[bf16-r1b4096w{config['num_warps']}-even]", tmp_path)
+    config = _public_rmsnorm_tile(16, 4096, arch)
+    written, failures = objects.build(
+        [arch], f"rmsnorm[bf16-r{config['BLOCK_R']}b4096w{config['num_warps']}-even]", tmp_path)
     assert written == 1 and not failures, failures
     monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
     objects._rows.cache_clear()
@@ -379,8 +392,9 @@ def test_object_check_compares_a_served_launch_with_triton(tmp_path, monkeypatch
     from aiter_ext.core.arch import get_arch
     from aiter_ext.ops.norm import kernels as norm_kernels
 
-    config = norm_kernels.launch_config(16, 4096, get_arch())
-    written, failures = objects.build([get_arch()], f"rmsnorm[bf16-r1b4096w{config['num_warps']}-even]", tmp_path)
+    config = _public_rmsnorm_tile(16, 4096, get_arch())
+    written, failures = objects.build(
+        [get_arch()], f"rmsnorm[bf16-r{config['BLOCK_R']}b4096w{config['num_warps']}-even]", tmp_path)
     assert written == 1 and not failures, failures
     monkeypatch.setenv("AITER_EXT_HSA_DIR", str(tmp_path))
     monkeypatch.setattr(thin, "_CHECK_OBJECTS", True)
