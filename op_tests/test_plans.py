@@ -509,3 +509,120 @@ def test_each_op_gives_its_plan_the_slots_it_recorded(monkeypatch):
     slots = given[-1]
     assert slots[0] is probs and slots[1] is None and slots[7] is tokens and tokens.shape == (3,)
     assert slots[5].tolist() == [1] and slots[6].tolist() == [2]  # the seed and offset, as tensors
+
+
+# --------------------------------------------------------------------------------------------------
+# Cascade run(): call plans of a wrapper, made anew by each plan().
+
+
+def _small_cascade(device: str = "cpu"):
+    """The docstring's two-level cascade (3 requests sharing 2 pages, 1-2 pages of their own), fp16."""
+    import aiter_ext
+
+    page, heads, dim = 4, 2, 64
+    i32 = lambda *x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    wrapper = aiter_ext.MultiLevelCascadeAttentionWrapper(2, torch.empty(1 << 20, dtype=torch.uint8, device=device))
+    wrapper.plan([i32(0, 3), i32(0, 1, 2, 3)], [i32(0, 2), i32(0, 1, 2, 3)], [i32(0, 1), i32(2, 3, 4)],
+                 [i32(4), i32(2, 4, 1)], heads, heads, dim, page)
+    cache = torch.randn(6, 2, page, heads, dim, device=device).half()
+    q = torch.randn(3, heads, dim, device=device).half()
+    return wrapper, q, cache
+
+
+def test_held_device_tensors_walks_plans_once_each_in_order():
+    from dataclasses import dataclass
+
+    from aiter_ext.ops.attention.engine import held_device_tensors
+
+    @dataclass(frozen=True)
+    class Inner:
+        a: torch.Tensor
+        rows: int
+
+    @dataclass
+    class Outer:
+        inner: Inner
+        many: tuple
+        extra: dict
+        host: torch.Tensor
+
+    t1, t2, t3 = (torch.empty(4, device="meta") for _ in range(3))
+    outer = Outer(Inner(t1, 3), (t2, [t1, 5]), {"x": t3, "y": None}, torch.empty(2))
+    held = held_device_tensors(outer, [Inner(t2, 1)])
+    assert len(held) == 3 and held[0] is t1 and held[1] is t2 and held[2] is t3  # CPU tensors left out
+
+
+def test_cascade_run_gives_its_plan_the_slots_it_records(monkeypatch):
+    wrapper, q, cache = _small_cascade()
+    if wrapper._call_plans is None:
+        pytest.skip("this machine's backend for the levels is not Triton's: no call plans")
+    sentinel = (torch.empty(3, device="meta"),)
+    monkeypatch.setattr(wrapper, "_held", sentinel)
+    want_out, want_lse = wrapper.run(q, cache, return_lse=True)  # the usual path (no key on the CPU)
+
+    recorded = []
+    real_recorded = wrapper._call_plans.recorded
+
+    def recording(key, slots, fn, *args):
+        recorded.append(slots)
+        return real_recorded(None, slots, fn, *args)  # runs the usual path (no recording without a key)
+
+    monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", None))
+    monkeypatch.setattr(wrapper._call_plans, "recorded", recording)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    slots = recorded[-1]
+    assert slots[0] is q and slots[1] is cache and slots[2] is out and slots[3] is lse and slots[4] is None
+    assert slots[5:] == sentinel
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+
+    given = []
+    monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", lambda *s: given.append(s)))
+    sinks = torch.randn(2)
+    out = wrapper.run(q, (cache[:, 0], cache[:, 1]), sinks=sinks)
+    slots = given[-1]
+    assert slots[0] is q and slots[3] is out and slots[5] is sinks and slots[6:] == sentinel
+    assert slots[4].shape == (3, 2) and slots[4].dtype == torch.float32 and out.shape == q.shape
+
+
+def test_cascade_run_refuses_bad_input_before_a_plan_is_asked(monkeypatch):
+    wrapper, q, cache = _small_cascade()
+    if wrapper._call_plans is None:
+        pytest.skip("this machine's backend for the levels is not Triton's: no call plans")
+    with pytest.raises(TypeError, match="v_scale"):
+        wrapper.run(q, cache, v_scale="2")
+    monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", None))
+    with pytest.raises(TypeError, match="k_scale"):
+        wrapper.run(q, cache, k_scale=torch.ones(2))
+    with pytest.raises(ValueError, match="paged_kv_cache has 2 pages"):
+        wrapper.run(q, cache[:2])
+
+
+@gpu_only
+def test_a_cascade_plan_gives_the_usual_paths_bytes(monkeypatch):
+    """Four runs of one planned wrapper on fresh q and cache: the first seen, the second recorded, the last two
+    replayed; each bit-equal to the usual path (plans off) on the same inputs, returned LSE included."""
+    replays = []
+    real = plans._replay
+
+    def counted(blob, recording):
+        run = real(blob, recording)
+        return lambda *slots: (replays.append(1), run(*slots))
+
+    monkeypatch.setattr(plans, "_replay", counted)
+    previous = plans.set_enabled(True)
+    try:
+        wrapper, q, cache = _small_cascade("cuda")
+        assert wrapper._call_plans is not None
+        for attempt in range(4):
+            q.copy_(torch.randn_like(q, dtype=torch.float32))
+            cache.copy_(torch.randn_like(cache, dtype=torch.float32))
+            got_out, got_lse = (t.clone() for t in wrapper.run(q, cache, return_lse=True))
+            plans.set_enabled(False)
+            try:
+                want_out, want_lse = wrapper.run(q, cache, return_lse=True)
+            finally:
+                plans.set_enabled(True)
+            assert torch.equal(got_out, want_out) and torch.equal(got_lse, want_lse), attempt
+        assert len(wrapper._call_plans) == 1 and len(replays) == 2, (len(wrapper._call_plans), len(replays))
+    finally:
+        plans.set_enabled(previous)

@@ -71,6 +71,8 @@ def invalidate() -> None:
 _PLAN_HEADER = struct.Struct("<iiii")  # device, launches, slots, reserved
 _LAUNCH_HEADER = struct.Struct("<QIIIIII")  # function, gx, gy, gz, threads, shared, parameters
 _PARAM = struct.Struct("<BBHIQ")  # kind, from a slot, slot, reserved, constant bits or byte offset
+#: launch.cpp's MAX_ARGS: the most slots run_plan takes (and parameters per launch)
+MAX_SLOTS = 96
 
 
 def _constant(kind: str, value) -> int:
@@ -124,6 +126,8 @@ class _Recording:
         if len(devices) != 1:
             raise _Refused("launches on several devices")
         slots = self.slots + tuple(t for *_, t in self.scratch)  # scratch tensors: slots after the op's own
+        if len(slots) > MAX_SLOTS:
+            raise _Refused(f"{len(slots)} slots, more than run_plan takes ({MAX_SLOTS})")
         ranges = [(i, t.data_ptr(), t.data_ptr() + _extent_bytes(t)) for i, t in enumerate(slots)
                   if isinstance(t, torch.Tensor)]
         zeroed = [(len(self.slots) + i, t.numel() * t.element_size()) for i, (_, _, z, t) in enumerate(self.scratch)

@@ -18,7 +18,9 @@ import torch
 
 from aiter_ext.ops.merge_state import merge_state_in_place
 
-from .engine import bind_levels, host_scale, new_plan_slot, plan_level_merge, run_levels
+from aiter_ext.core.plans import CallPlans
+
+from .engine import bind_levels, held_device_tensors, host_scale, new_plan_slot, plan_level_merge, run_levels
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
 )
@@ -62,6 +64,8 @@ class MultiLevelCascadeAttentionWrapper:
                                                             use_cuda_graph, backend=backend)
                         for _ in range(num_levels)]
         self._slot = new_plan_slot(self)  # where a torch.compile'd run finds the levels (engine.bind_levels)
+        self._call_plans: Optional[CallPlans] = None  # run()'s call plans, made anew by each plan()
+        self._held: tuple = ()  # the device tensors plan() built, which run()'s launches point into
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffers=None) -> None:
         for level in self._levels:
@@ -96,6 +100,12 @@ class MultiLevelCascadeAttentionWrapper:
         # one merge for all levels where every level's backend can write partial states (engine.py)
         self._merge = plan_level_merge(plans, self._levels[0].workspace)
         bind_levels(self._slot, plans, self._merge)
+        # Call plans (core/plans.py) where every launch of a run goes through the thin launch path: the levels'
+        # Triton kernels writing partial states, then one merge. Another backend's launches (AITER's, on ROCm)
+        # would be invisible to a recording, so those runs always take the usual path.
+        plannable = self._merge is not None and all(p.backend == "triton" for p in plans)
+        self._call_plans = CallPlans("cascade run") if plannable else None
+        self._held = held_device_tensors(plans, self._merge) if plannable else ()
 
     begin_forward = plan
 
@@ -107,13 +117,30 @@ class MultiLevelCascadeAttentionWrapper:
         ``v_scale`` (ours, as FlashInfer's decode run takes them): an fp8 KV cache's dequantization
         scales (engine.host_scale): scores use ``sm_scale * k_scale`` (a number), the output is multiplied
         by ``v_scale`` (a number or a one-element tensor)."""
-        k_mult, v_mult = host_scale("k_scale", k_scale), host_scale("v_scale", v_scale, tensor_ok=True)
-        plans = [level.attention_plan for level in self._levels]
-        k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
-        for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
-            checked_paged_views(level, paged_kv_cache)
-        out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out,
-                              sm_scale_mult=k_mult)
+        # A call plan is keyed by everything about the arguments but their values (core/plans.py); the second
+        # call of a kind is recorded, later ones replay its launches with one C call (validation, views and
+        # launch set-up were decided by the same metadata, under the same plan()).
+        v_mult = host_scale("v_scale", v_scale, tensor_ok=True)
+        cache = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else (paged_kv_cache,)
+        key, replay = (self._call_plans.find(q, *cache, out, sinks, return_lse, k_scale, v_scale)
+                       if self._call_plans is not None else (None, False))
+        if replay:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+            replay(q, *cache, out, lse, sinks, *self._held)
+        else:
+            k_mult = host_scale("k_scale", k_scale)
+            plans = [level.attention_plan for level in self._levels]
+            k, v, strides = checked_paged_views(self._levels[0], paged_kv_cache)
+            for level in self._levels[1:]:  # each level's page ids against the cache (metadata only)
+                checked_paged_views(level, paged_kv_cache)
+            if key is None:
+                out, lse = run_levels(plans, self._merge, q, k, v, strides, sinks=sinks, slot=self._slot, out=out,
+                                      sm_scale_mult=k_mult)
+            else:  # the outputs allocated outside the recording, which keeps launches only
+                out, lse = plans[0].checked_outputs(q, k, out, None)
+                self._call_plans.recorded(key, (q, *cache, out, lse, sinks, *self._held), run_levels, plans,
+                                          self._merge, q, k, v, strides, sinks, self._slot, out, k_mult, lse)
         if isinstance(v_mult, torch.Tensor) or v_mult != 1.0:  # a tensor is not compared (a sync)
             out.mul_(v_mult)  # the merged output is linear in V (the LSE does not involve it)
         return (out, lse) if return_lse else out

@@ -406,6 +406,31 @@ def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerg
     return LevelMerge(works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse)
 
 
+def held_device_tensors(*held) -> tuple:
+    """Every device tensor that ``held`` (plans, work lists, a level merge; nested in dataclasses, tuples,
+    lists and dicts) keeps, once each, in a fixed order: a call plan's slots beside the call's own tensors
+    (core/plans.py), since the launches a wrapper's run() makes point into what its plan() built."""
+    found: dict[int, torch.Tensor] = {}
+
+    def walk(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type != "cpu":
+                found.setdefault(id(obj), obj)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                walk(item)
+
+    for obj in held:
+        walk(obj)
+    return tuple(found.values())
+
+
 _BOUND_LEVELS: dict[int, tuple] = {}
 
 
@@ -434,15 +459,16 @@ def _launch_levels(plans, merge, q, k, v, kv_strides, out, lse, sinks, sm_scale_
 
 
 def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kv_strides, sinks=None, slot: int = -1, out: Optional[torch.Tensor] = None, sm_scale_mult: float = 1.0
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               kv_strides, sinks=None, slot: int = -1, out: Optional[torch.Tensor] = None, sm_scale_mult: float = 1.0,
+               lse: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every level's KV, as one softmax: ``(out, lse)``. With ``merge`` (from
     ``plan_level_merge``), every level writes partial states and one merge launch combines them;
     without, each level runs whole and is merged into the result in turn. ``sinks`` enter the first
     level only: one sink term per row in the merged softmax. ``slot``: where bind_levels put these
     plans (needed under torch.compile, where the merged run is one custom op). ``out``: where the
     result goes (checked as the plans check it), else a new tensor. ``sm_scale_mult`` scales every
-    level's softmax scale (an fp8 KV cache's k_scale)."""
+    level's softmax scale (an fp8 KV cache's k_scale). ``lse`` (with ``merge`` only): where the merged LSE
+    goes, checked as ``out`` is (a call plan's recording passes both, allocated outside it)."""
     from aiter_ext.ops.merge_state.api import merge_state_in_place
 
     if merge is None:
@@ -451,7 +477,7 @@ def run_levels(plans: list, merge: Optional[LevelMerge], q: torch.Tensor, k: tor
             o_level, lse_level = plan.run(q, k, v, kv_strides, return_lse=True, sm_scale_mult=sm_scale_mult)
             merge_state_in_place(out, lse, o_level, lse_level)
         return out, lse
-    out, lse = plans[0].checked_outputs(q, k, out, None)
+    out, lse = plans[0].checked_outputs(q, k, out, lse)
     sinks = plans[0].checked_sinks(sinks, q)
     if torch.compiler.is_compiling():
         if slot not in _BOUND_LEVELS:
