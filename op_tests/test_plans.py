@@ -626,3 +626,104 @@ def test_a_cascade_plan_gives_the_usual_paths_bytes(monkeypatch):
         assert len(wrapper._call_plans) == 1 and len(replays) == 2, (len(wrapper._call_plans), len(replays))
     finally:
         plans.set_enabled(previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paged decode and prefill run(): call plans of a wrapper's current plan.
+
+
+def _small_decode(device: str = "cpu"):
+    import aiter_ext
+
+    batch, pages_per, page, heads, kv_heads, dim = 3, 2, 4, 4, 2, 64
+    cache = torch.randn(batch * pages_per, 2, page, kv_heads, dim, device=device).half()
+    indptr = torch.arange(0, batch * pages_per + 1, pages_per, dtype=torch.int32, device=device)
+    indices = torch.randperm(batch * pages_per).int().to(device)
+    last = torch.tensor([4, 2, 3], dtype=torch.int32, device=device)
+    wrapper = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=device))
+    wrapper.plan(indptr, indices, last, heads, kv_heads, dim, page, q_data_type=torch.float16,
+                 kv_data_type=torch.float16)
+    return wrapper, torch.randn(batch, heads, dim, device=device).half(), cache
+
+
+def test_decode_run_gives_its_plan_the_slots_it_records(monkeypatch):
+    wrapper, q, cache = _small_decode()
+    calls = wrapper._run_plans()
+    if calls is None:
+        pytest.skip("this machine's backend for the plan is not Triton's: no call plans")
+    assert wrapper._run_plans() is calls  # the same plan: the same call plans
+    want_out, want_lse = wrapper.run(q, cache, return_lse=True)  # the usual path (no key on the CPU)
+    sentinel = (torch.empty(3, device="meta"),)
+    monkeypatch.setattr(wrapper, "_held", sentinel)
+
+    recorded = []
+    real_recorded = calls.recorded
+
+    def recording(key, slots, fn, *args):
+        recorded.append(slots)
+        return real_recorded(None, slots, fn, *args)
+
+    monkeypatch.setattr(calls, "find", lambda *args: (b"key", None))
+    monkeypatch.setattr(calls, "recorded", recording)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    slots = recorded[-1]
+    assert slots[0] is q and slots[1] is cache and slots[2] is out and slots[3] is lse and slots[4] is None
+    assert slots[5:] == sentinel
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+
+    given = []
+    monkeypatch.setattr(calls, "find", lambda *args: (b"key", lambda *s: given.append(s)))
+    lse_given = torch.empty(3, 4)
+    out = wrapper.run(q, (cache[:, 0], cache[:, 1]), lse=lse_given)
+    slots = given[-1]
+    assert slots[0] is q and slots[3] is out and slots[4] is lse_given and slots[5] is None
+    assert slots[6:] == sentinel and out.shape == q.shape
+    # another LSE base is converted after the kernel by torch: no plan is asked for
+    given.clear()
+    wrapper.run(q, cache, return_lse=True, lse_base="ln")
+    assert not given
+
+
+def test_a_new_plan_gets_new_call_plans():
+    wrapper, q, cache = _small_decode()
+    calls = wrapper._run_plans()
+    if calls is None:
+        pytest.skip("this machine's backend for the plan is not Triton's: no call plans")
+    wrapper._held_tensors()
+    wrapper.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
+                 torch.tensor([3], dtype=torch.int32), 4, 2, 64, 4, q_data_type=torch.float16,
+                 kv_data_type=torch.float16)
+    assert wrapper._run_plans() is not calls and wrapper._held is None
+
+
+@gpu_only
+@pytest.mark.parametrize("form", ["decode", "decode, K and V apart, lse given"])
+def test_a_decode_plan_gives_the_usual_paths_bytes(form, monkeypatch):
+    replays = []
+    real = plans._replay
+
+    def counted(blob, recording):
+        run = real(blob, recording)
+        return lambda *slots: (replays.append(1), run(*slots))
+
+    monkeypatch.setattr(plans, "_replay", counted)
+    previous = plans.set_enabled(True)
+    try:
+        wrapper, q, cache = _small_decode("cuda")
+        assert wrapper._run_plans() is not None
+        apart = form != "decode"
+        for attempt in range(4):
+            q.copy_(torch.randn_like(q, dtype=torch.float32))
+            cache.copy_(torch.randn_like(cache, dtype=torch.float32))
+            kv = (cache[:, 0], cache[:, 1]) if apart else cache
+            lse = torch.full((q.shape[0], q.shape[1]), float("nan"), device="cuda") if apart else None
+            got_out, got_lse = (t.clone() for t in wrapper.run(q, kv, lse=lse, return_lse=True))
+            plans.set_enabled(False)
+            try:
+                want_out, want_lse = wrapper.run(q, kv, return_lse=True)
+            finally:
+                plans.set_enabled(True)
+            assert torch.equal(got_out, want_out) and torch.equal(got_lse, want_lse), attempt
+        assert len(wrapper._run_plans()) == 1 and len(replays) == 2, (len(wrapper._run_plans()), len(replays))
+    finally:
+        plans.set_enabled(previous)

@@ -20,9 +20,12 @@ from aiter_ext.ops.merge_state import merge_state_in_place
 
 from aiter_ext.core.plans import CallPlans
 
-from .engine import bind_levels, held_device_tensors, host_scale, new_plan_slot, plan_level_merge, run_levels
+from .engine import (
+    bind_levels, held_device_tensors, host_scale, new_plan_slot, plan_level_merge, replay_outputs, run_levels,
+)
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
+    paged_cache_parts,
 )
 
 
@@ -121,12 +124,11 @@ class MultiLevelCascadeAttentionWrapper:
         # call of a kind is recorded, later ones replay its launches with one C call (validation, views and
         # launch set-up were decided by the same metadata, under the same plan()).
         v_mult = host_scale("v_scale", v_scale, tensor_ok=True)
-        cache = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else (paged_kv_cache,)
+        cache = paged_cache_parts(paged_kv_cache)
         key, replay = (self._call_plans.find(q, *cache, out, sinks, return_lse, k_scale, v_scale)
                        if self._call_plans is not None else (None, False))
         if replay:
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+            out, lse = replay_outputs(q, out, None)
             replay(q, *cache, out, lse, sinks, *self._held)
         else:
             k_mult = host_scale("k_scale", k_scale)

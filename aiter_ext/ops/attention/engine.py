@@ -406,6 +406,16 @@ def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerg
     return LevelMerge(works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse)
 
 
+def replay_outputs(q: torch.Tensor, out: Optional[torch.Tensor], lse: Optional[torch.Tensor]):
+    """A replayed call plan's ``(out, lse)``: the caller's, else new ones as ``checked_outputs`` makes them
+    (the plan's key says that the caller's passed its checks when the plan was recorded)."""
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    return out, lse
+
+
 def held_device_tensors(*held) -> tuple:
     """Every device tensor that ``held`` (plans, work lists, a level merge; nested in dataclasses, tuples,
     lists and dicts) keeps, once each, in a fixed order: a call plan's slots beside the call's own tensors

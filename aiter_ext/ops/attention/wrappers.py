@@ -27,8 +27,12 @@ from typing import Optional
 import torch
 
 from aiter_ext.core.checks import as_workspace, check_tensor
+from aiter_ext.core.plans import CallPlans
 
-from .engine import KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, host_scale, new_plan_slot
+from .engine import (
+    KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, held_device_tensors, host_scale, new_plan_slot,
+    replay_outputs,
+)
 
 LAYOUTS = ("NHD", "HND")
 
@@ -176,6 +180,27 @@ class _Wrapper:
         # every plan() and override goes through here, so a torch.compile'd run (engine.bind_plan) sees it
         self._bound_plan = bind_plan(self._slot, plan)
 
+    # run()'s call plans (core/plans.py) belong to one plan: made on the first run after each plan() (POD swaps
+    # plans per run, so nothing is built at the swap), for plans that run Triton's kernels, whose launches all go
+    # through the thin launch path (another backend's would be invisible to a recording).
+    _plans_owner: Optional[AttentionPlan] = None
+    _call_plans: Optional[CallPlans] = None
+    _held: Optional[tuple] = None
+
+    def _run_plans(self) -> Optional[CallPlans]:
+        plan = self._bound_plan
+        if self._plans_owner is not plan:
+            self._plans_owner, self._held = plan, None
+            plannable = plan is not None and plan.backend == "triton"
+            self._call_plans = CallPlans(f"{type(self).__name__}.run") if plannable else None
+        return self._call_plans
+
+    def _held_tensors(self) -> tuple:
+        """The device tensors the current plan holds, which its launches point into: a call plan's slots."""
+        if self._held is None:
+            self._held = held_device_tensors(self._bound_plan)
+        return self._held
+
     def _require_plan(self) -> AttentionPlan:
         if self._plan is None:
             raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
@@ -196,14 +221,36 @@ class _Wrapper:
         self._plan = None
 
 
+def paged_cache_parts(paged_kv_cache) -> tuple:
+    """The tensors of a paged cache argument (one tensor, or K and V), as a call plan's key and slots take them."""
+    return tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else (paged_kv_cache,)
+
+
 def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, out, lse, return_lse, sinks,
                lse_base="log2", lse_layout="NH"):
+    # A call plan (core/plans.py) is keyed by everything about the arguments but their values: the second call of
+    # a kind is recorded, later ones replay its launches with one C call. The LSE in another base or layout is
+    # converted after the kernel by torch (not a launch a plan holds): those calls take the usual path.
+    calls = wrapper._run_plans() if lse_base == "log2" and lse_layout == "NH" else None
+    cache = paged_cache_parts(paged_kv_cache)
+    key, replay = (calls.find(q, *cache, out, lse, sinks, return_lse, q_scale, k_scale, v_scale)
+                   if calls is not None else (None, False))
+    if replay:
+        out, lse = replay_outputs(q, out, lse)
+        replay(q, *cache, out, lse, sinks, *wrapper._held)
+        return (out, lse) if return_lse else out
     plan = wrapper._require_plan()
     k, v, strides = checked_paged_views(wrapper, paged_kv_cache)
     lse, lse_out = _lse_request(q, lse, lse_base, lse_layout, return_lse)
     mult = host_scale("q_scale", q_scale) * host_scale("k_scale", k_scale)
-    result = plan.run(q, k, v, strides, out=out, lse=lse, return_lse=return_lse, sm_scale_mult=mult,
-                      v_scale=host_scale("v_scale", v_scale, tensor_ok=True), sinks=sinks)
+    run = functools.partial(plan.run, return_lse=return_lse, sm_scale_mult=mult,
+                            v_scale=host_scale("v_scale", v_scale, tensor_ok=True), sinks=sinks)
+    if key is None:
+        result = run(q, k, v, strides, out=out, lse=lse)
+    else:  # the outputs allocated outside the recording, which keeps launches only
+        out, lse = plan.checked_outputs(q, k, out, lse)
+        result = calls.recorded(key, (q, *cache, out, lse, sinks, *wrapper._held_tensors()), functools.partial(
+            run, out=out, lse=lse), q, k, v, strides)
     return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
