@@ -4,7 +4,7 @@
 # ../shared/tools/flashinfer-bundle).
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
-#             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts issue18
+#             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
@@ -97,19 +97,6 @@ for section in $sections; do
       cat "$OUT/object-check.json" ;;
     host-parts)  # issue 18: where each op's eager host time goes, beside FlashInfer (loops of 5000 calls)
       python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log" ;;
-    issue18)  # issue 18 in one call: FlashInfer's builds and the objects' build beside the plan and sampling tests,
-      # then the timings one at a time, then the object check (every launch of the norm, merge and paged-KV suites)
-      FI_WARM="launch attention" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 & fi_warm=$!
-      arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
-      (timeout 300 python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs 6 \
-        > "$OUT/objects-build.log" 2>&1) & build=$!
-      timeout 240 python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py op_tests/test_thin_launch.py \
-        op_tests/test_sampling.py -k "plans or thin or seed or object or replay or split or min_p" 2>&1 \
-        | tee "$OUT/pytest-issue18.log" | tail -n 8
-      wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
-      bash "$0" launch-bench host-parts cold-start
-      OBJECT_BUILD=1 T_OBJECTS=${T_OBJECTS:-150} OBJECT_TESTS="op_tests/test_norm.py op_tests/test_merge_state.py \
-        op_tests/test_paged_kv.py" bash "$0" objects-check ;;
     issue18-a)  # issue 18, first of two calls on one warm machine (each inside the 600 s limit; the first alone
       # holds the figures the issue's targets need): FlashInfer's builds and the objects' build beside the plan and
       # sampling tests, then the host-time benchmarks and the cold starts, each on a quiet machine

@@ -398,14 +398,7 @@ def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     is seen, the second recorded, the rest replayed; every output bit-equal, and the replays really from a plan
     (the samplers' routes that need a workspace included: plans.scratch)."""
     make = _cases()[name]
-    replays = []
-    real = plans._replay
-
-    def counted(blob, recording):
-        run = real(blob, recording)
-        return lambda *slots: (replays.append(1), run(*slots))
-
-    monkeypatch.setattr(plans, "_replay", counted)
+    replays = _count_replays(monkeypatch)
     previous = plans.set_enabled(True)
     plans.invalidate()  # plans made before (another case of the op) do not count
     try:
@@ -515,6 +508,49 @@ def test_each_op_gives_its_plan_the_slots_it_recorded(monkeypatch):
 # Cascade run(): call plans of a wrapper, made anew by each plan().
 
 
+def _count_replays(monkeypatch) -> list:
+    """A list that every replay of a plan made from here on appends to."""
+    replays = []
+    real = plans._replay
+
+    def counted(blob, recording):
+        run = real(blob, recording)
+        return lambda *slots: (replays.append(1), run(*slots))
+
+    monkeypatch.setattr(plans, "_replay", counted)
+    return replays
+
+
+def _record_slots(monkeypatch, calls) -> list:
+    """Every run of ``calls``' op takes the recording branch (a key, no plan yet) and its slots are kept; the
+    usual path still runs (a recording needs the thin launch path, which the CPU has not)."""
+    recorded = []
+    real = calls.recorded
+
+    def recording(key, slots, fn, *args):
+        recorded.append(slots)
+        return real(None, slots, fn, *args)
+
+    monkeypatch.setattr(calls, "find", lambda *args: (b"key", None))
+    monkeypatch.setattr(calls, "recorded", recording)
+    return recorded
+
+
+def _check_recorded_slots(monkeypatch, wrapper, calls, q, cache) -> tuple:
+    """A wrapper's run through the recording branch names the slots (q, cache, out, lse, sinks, *held) and
+    returns what the usual path returns; the held tensors are a stand-in, returned for the replay's check."""
+    want_out, want_lse = wrapper.run(q, cache, return_lse=True)  # the usual path (no key on the CPU)
+    sentinel = (torch.empty(3, device="meta"),)
+    monkeypatch.setattr(wrapper, "_held", sentinel)
+    recorded = _record_slots(monkeypatch, calls)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    slots = recorded[-1]
+    assert slots[0] is q and slots[1] is cache and slots[2] is out and slots[3] is lse and slots[4] is None
+    assert slots[5:] == sentinel
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    return sentinel
+
+
 def _small_cascade(device: str = "cpu"):
     """The docstring's two-level cascade (3 requests sharing 2 pages, 1-2 pages of their own), fp16."""
     import aiter_ext
@@ -556,24 +592,7 @@ def test_cascade_run_gives_its_plan_the_slots_it_records(monkeypatch):
     wrapper, q, cache = _small_cascade()
     if wrapper._call_plans is None:
         pytest.skip("this machine's backend for the levels is not Triton's: no call plans")
-    sentinel = (torch.empty(3, device="meta"),)
-    monkeypatch.setattr(wrapper, "_held", sentinel)
-    want_out, want_lse = wrapper.run(q, cache, return_lse=True)  # the usual path (no key on the CPU)
-
-    recorded = []
-    real_recorded = wrapper._call_plans.recorded
-
-    def recording(key, slots, fn, *args):
-        recorded.append(slots)
-        return real_recorded(None, slots, fn, *args)  # runs the usual path (no recording without a key)
-
-    monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", None))
-    monkeypatch.setattr(wrapper._call_plans, "recorded", recording)
-    out, lse = wrapper.run(q, cache, return_lse=True)
-    slots = recorded[-1]
-    assert slots[0] is q and slots[1] is cache and slots[2] is out and slots[3] is lse and slots[4] is None
-    assert slots[5:] == sentinel
-    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    sentinel = _check_recorded_slots(monkeypatch, wrapper, wrapper._call_plans, q, cache)
 
     given = []
     monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", lambda *s: given.append(s)))
@@ -595,37 +614,6 @@ def test_cascade_run_refuses_bad_input_before_a_plan_is_asked(monkeypatch):
         wrapper.run(q, cache, k_scale=torch.ones(2))
     with pytest.raises(ValueError, match="paged_kv_cache has 2 pages"):
         wrapper.run(q, cache[:2])
-
-
-@gpu_only
-def test_a_cascade_plan_gives_the_usual_paths_bytes(monkeypatch):
-    """Four runs of one planned wrapper on fresh q and cache: the first seen, the second recorded, the last two
-    replayed; each bit-equal to the usual path (plans off) on the same inputs, returned LSE included."""
-    replays = []
-    real = plans._replay
-
-    def counted(blob, recording):
-        run = real(blob, recording)
-        return lambda *slots: (replays.append(1), run(*slots))
-
-    monkeypatch.setattr(plans, "_replay", counted)
-    previous = plans.set_enabled(True)
-    try:
-        wrapper, q, cache = _small_cascade("cuda")
-        assert wrapper._call_plans is not None
-        for attempt in range(4):
-            q.copy_(torch.randn_like(q, dtype=torch.float32))
-            cache.copy_(torch.randn_like(cache, dtype=torch.float32))
-            got_out, got_lse = (t.clone() for t in wrapper.run(q, cache, return_lse=True))
-            plans.set_enabled(False)
-            try:
-                want_out, want_lse = wrapper.run(q, cache, return_lse=True)
-            finally:
-                plans.set_enabled(True)
-            assert torch.equal(got_out, want_out) and torch.equal(got_lse, want_lse), attempt
-        assert len(wrapper._call_plans) == 1 and len(replays) == 2, (len(wrapper._call_plans), len(replays))
-    finally:
-        plans.set_enabled(previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -652,24 +640,7 @@ def test_decode_run_gives_its_plan_the_slots_it_records(monkeypatch):
     if calls is None:
         pytest.skip("this machine's backend for the plan is not Triton's: no call plans")
     assert wrapper._run_plans() is calls  # the same plan: the same call plans
-    want_out, want_lse = wrapper.run(q, cache, return_lse=True)  # the usual path (no key on the CPU)
-    sentinel = (torch.empty(3, device="meta"),)
-    monkeypatch.setattr(wrapper, "_held", sentinel)
-
-    recorded = []
-    real_recorded = calls.recorded
-
-    def recording(key, slots, fn, *args):
-        recorded.append(slots)
-        return real_recorded(None, slots, fn, *args)
-
-    monkeypatch.setattr(calls, "find", lambda *args: (b"key", None))
-    monkeypatch.setattr(calls, "recorded", recording)
-    out, lse = wrapper.run(q, cache, return_lse=True)
-    slots = recorded[-1]
-    assert slots[0] is q and slots[1] is cache and slots[2] is out and slots[3] is lse and slots[4] is None
-    assert slots[5:] == sentinel
-    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    sentinel = _check_recorded_slots(monkeypatch, wrapper, calls, q, cache)
 
     given = []
     monkeypatch.setattr(calls, "find", lambda *args: (b"key", lambda *s: given.append(s)))
@@ -697,33 +668,30 @@ def test_a_new_plan_gets_new_call_plans():
 
 
 @gpu_only
-@pytest.mark.parametrize("form", ["decode", "decode, K and V apart, lse given"])
-def test_a_decode_plan_gives_the_usual_paths_bytes(form, monkeypatch):
-    replays = []
-    real = plans._replay
-
-    def counted(blob, recording):
-        run = real(blob, recording)
-        return lambda *slots: (replays.append(1), run(*slots))
-
-    monkeypatch.setattr(plans, "_replay", counted)
+@pytest.mark.parametrize("form", ["cascade", "decode", "decode, K and V apart, lse given"])
+def test_a_wrapper_plan_gives_the_usual_paths_bytes(form, monkeypatch):
+    """Four runs of one planned wrapper on fresh q and cache: the first seen, the second recorded, the last two
+    replayed; each bit-equal to the usual path (plans off) on the same inputs, the LSE included."""
+    replays = _count_replays(monkeypatch)
     previous = plans.set_enabled(True)
     try:
-        wrapper, q, cache = _small_decode("cuda")
-        assert wrapper._run_plans() is not None
-        apart = form != "decode"
+        wrapper, q, cache = (_small_cascade if form == "cascade" else _small_decode)("cuda")
+        calls = wrapper._call_plans if form == "cascade" else wrapper._run_plans()
+        assert calls is not None
+        apart = "apart" in form
         for attempt in range(4):
             q.copy_(torch.randn_like(q, dtype=torch.float32))
             cache.copy_(torch.randn_like(cache, dtype=torch.float32))
             kv = (cache[:, 0], cache[:, 1]) if apart else cache
             lse = torch.full((q.shape[0], q.shape[1]), float("nan"), device="cuda") if apart else None
-            got_out, got_lse = (t.clone() for t in wrapper.run(q, kv, lse=lse, return_lse=True))
+            extra = {"lse": lse} if apart else {}
+            got_out, got_lse = (t.clone() for t in wrapper.run(q, kv, return_lse=True, **extra))
             plans.set_enabled(False)
             try:
                 want_out, want_lse = wrapper.run(q, kv, return_lse=True)
             finally:
                 plans.set_enabled(True)
             assert torch.equal(got_out, want_out) and torch.equal(got_lse, want_lse), attempt
-        assert len(wrapper._run_plans()) == 1 and len(replays) == 2, (len(wrapper._run_plans()), len(replays))
+        assert len(calls) == 1 and len(replays) == 2, (len(calls), len(replays))
     finally:
         plans.set_enabled(previous)
