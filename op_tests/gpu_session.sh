@@ -110,9 +110,9 @@ for section in $sections; do
       wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
       bash "$0" host-parts launch-bench cold-start ;;
     issue18-b)  # issue 18, second call (the objects of issue18-a under /tmp/hsa_objects): the object
-      # check over the suites last session's check did not reach (launches no object serves get one built), FP4's rows
-      OBJECT_BUILD=1 T_OBJECTS=${T_OBJECTS:-240} OBJECT_TESTS="op_tests/test_norm_fp4.py op_tests/test_segment_gemm.py \
-        op_tests/test_paged_kv.py op_tests/test_sampling.py" bash "$0" objects-check
+      # check over the suites no check has reached yet (launches no object serves get one built), FP4's rows
+      OBJECT_BUILD=1 T_OBJECTS=${T_OBJECTS:-240} OBJECT_TESTS="op_tests/test_paged_kv.py op_tests/test_cascade.py \
+        op_tests/test_attention.py op_tests/test_sampling.py" bash "$0" objects-check
       timeout -s INT ${T_TUNE:-240} python3 -m aiter_ext tune norm_fp4 2>&1 | tee "$OUT/tune-norm_fp4.log" | tail -n 12
       cp configs/tuned_csv/norm_fp4_tuned.csv "$OUT/" 2>/dev/null ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile

@@ -528,7 +528,7 @@ def _record_slots(monkeypatch, calls) -> list:
     real = calls.recorded
 
     def recording(key, slots, fn, *args):
-        recorded.append(slots)
+        recorded.append(slots() if callable(slots) else slots)
         return real(None, slots, fn, *args)
 
     monkeypatch.setattr(calls, "find", lambda *args: (b"key", None))
@@ -695,3 +695,15 @@ def test_a_wrapper_plan_gives_the_usual_paths_bytes(form, monkeypatch):
         assert len(calls) == 1 and len(replays) == 2, (len(calls), len(replays))
     finally:
         plans.set_enabled(previous)
+
+
+def test_slots_given_as_a_function_are_gathered_for_the_recording_only():
+    calls, gathered, ran = plans.CallPlans("test"), [], []
+
+    def slots():
+        gathered.append(1)
+        return (torch.empty(2),)
+
+    for _ in range(4):  # seen, recorded (nothing launched on the CPU: no plan), then the usual path
+        calls.recorded(b"key", slots, lambda: ran.append(1))
+    assert len(ran) == 4 and len(gathered) == 1 and calls._plans[b"key"] is False

@@ -294,9 +294,10 @@ class CallPlans:
             return None, False
         return key, self._plans.get(key)
 
-    def recorded(self, key: Optional[bytes], slots: tuple, fn: Callable, *args):
+    def recorded(self, key: Optional[bytes], slots, fn: Callable, *args):
         """``fn(*args)``, the op's usual path. The second call of a key is recorded to become its plan: a
-        shape seen once (a prefill's token count) pays no recording."""
+        shape seen once (a prefill's token count) pays no recording. ``slots``: a tuple, or a function that
+        returns it, called only when this call is recorded (slots that cost host time to gather)."""
         if key is None:
             return fn(*args)
         state = self._plans.get(key)
@@ -307,7 +308,7 @@ class CallPlans:
             return fn(*args)
         if state is not _SEEN:
             return fn(*args)
-        with _Recorder(self, key, slots):
+        with _Recorder(self, key, slots() if callable(slots) else slots):
             return fn(*args)
 
     def _keep(self, key: bytes, recording: _Recording) -> None:

@@ -249,8 +249,9 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
         result = run(q, k, v, strides, out=out, lse=lse)
     else:  # the outputs allocated outside the recording, which keeps launches only
         out, lse = plan.checked_outputs(q, k, out, lse)
-        result = calls.recorded(key, (q, *cache, out, lse, sinks, *wrapper._held_tensors()), functools.partial(
-            run, out=out, lse=lse), q, k, v, strides)
+        # the plan's tensors gathered only for the recording (a walk of its fields: tens of us)
+        result = calls.recorded(key, lambda: (q, *cache, out, lse, sinks, *wrapper._held_tensors()),
+                                functools.partial(run, out=out, lse=lse), q, k, v, strides)
     return _lse_finish(result, return_lse, lse_base, lse_layout, lse_out)
 
 
