@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b
+#             issue18-a issue18-b attention-tune
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -68,6 +68,16 @@ for section in $sections; do
       wait
       python3 -m aiter_ext tune segment_gemm 2>&1 | tee "$OUT/tune-segment-gemm.log" | tail -n 40
       cp configs/tuned_csv/segment_gemm_tuned.csv "$OUT/" 2>/dev/null ;;
+    attention-tune)  # issue 18: fills configs/tuned_csv/attention_tuned.csv for this GPU's arch (7 shapes x 25 tile
+      # configs, each a compile): 8 processes compile and check the candidates first, then one times them
+      for k in 0 1 2 3 4 5 6 7; do
+        timeout ${T_TUNE_CHECK:-300} python3 -m aiter_ext tune attention --check-only --shard $k/8 \
+          > "$OUT/tune-attention-check-$k.log" 2>&1 &
+      done
+      wait
+      grep -h "REJECTED\|failed" "$OUT"/tune-attention-check-*.log | head -n 20
+      timeout -s INT ${T_TUNE:-280} python3 -m aiter_ext tune attention 2>&1 | tee "$OUT/tune-attention.log" | tail -n 12
+      cp configs/tuned_csv/attention_tuned.csv "$OUT/" 2>/dev/null ;;
     thin-tests)  # issue 18: the thin launch path against Triton's launcher bit for bit, then op suites through it
       AITER_EXT_LAUNCH=thin timeout ${T_THIN:-300} python3 -m pytest -q -p no:cacheprovider op_tests/test_thin_launch.py \
         op_tests/test_merge_state.py op_tests/test_paged_kv.py op_tests/test_segment_gemm.py 2>&1 \

@@ -304,3 +304,66 @@ def test_env_reads_follow_every_change_to_the_environment(monkeypatch):
     assert env(name) == "d"
     del os.environ[name]
     assert env(name) is None
+
+
+def test_tuner_writes_measured_rows_for_attention(tmp_path, monkeypatch):
+    """attention's tune target (ops/attention/tuning.py): each tile config plans the batch through the public
+    wrapper, is checked against the torch backend's fp32 run (output and LSE), and the fastest written with
+    the plan's keys (CPU interpreter: plumbing only, three of the candidates)."""
+    from aiter_ext.core.backend import OPS
+    from aiter_ext.core.tuner import tune
+
+    impl = OPS["attention"].impls["triton"]
+    assert {} in impl.configs and len(impl.configs) == 25
+    picked = [{}, {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "prefetch_pages": True},
+              {"BLOCK_N": 64, "num_warps": 2, "num_stages": 3, "prefetch_pages": False}]
+    monkeypatch.setattr(impl, "configs", picked)
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_qo_heads,num_kv_heads,head_dim,dtype,kv_dtype,packed_rows,kv_len,batch,qo_len,causal\n"
+                       "4,2,64,fp16,fp16,8,40,2,3,1\n")
+    lines = []
+    rows = tune("attention", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0, lines
+    assert json.loads(rows[0]["config"]) in picked and sum("us," in line for line in lines) == 3, lines
+    assert {k: rows[0][k] for k in ("packed_rows", "kv_len", "dtype", "kv_dtype")} == \
+        {"packed_rows": 8, "kv_len": 40, "dtype": "fp16", "kv_dtype": "fp16"}
+    untuned.write_text(untuned.read_text().replace(",8,40,", ",16,40,"))  # packed_rows that qo_len does not give
+    with pytest.raises(ValueError, match="packed_rows must be 8"):  # a malformed shape list stops the tuner
+        tune("attention", untuned, tmp_path / "t2.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+
+
+def test_a_tuned_attention_row_sets_the_tiles_of_its_own_tile_regime_only(tmp_path, monkeypatch):
+    import aiter_ext
+    from aiter_ext.core.arch import device_info
+    from aiter_ext.core.backend import OPS
+    from aiter_ext.ops.attention.backends import SHAPE_KEYS
+
+    info = device_info()
+    keys = {"num_qo_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "fp16", "kv_dtype": "fp16",
+            "packed_rows": 2, "kv_len": 64}
+    config = {"BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "prefetch_pages": True}
+    path = tmp_path / "attention_tuned.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["arch", "cu_num", *SHAPE_KEYS, "backend", "config", "us", "bw_gbs", "tflops",
+                                    "err"])
+        writer.writeheader()
+        writer.writerow({"arch": info.arch, "cu_num": info.cu_num, **keys, "backend": "triton",
+                         "config": json.dumps(config), "us": 1.0, "bw_gbs": 1.0, "tflops": 0.0, "err": 0})
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_ATTENTION", str(path))
+    OPS["attention"].clear_cache()
+    try:
+        def planned(qo_len, kv_len):
+            wrapper = aiter_ext.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8))
+            pages = -(-kv_len // 16)
+            wrapper.plan(torch.tensor([0, qo_len], dtype=torch.int32), torch.tensor([0, pages], dtype=torch.int32),
+                         torch.arange(pages, dtype=torch.int32), torch.tensor([kv_len - 16 * (pages - 1)],
+                                                                               dtype=torch.int32),
+                         4, 2, 64, 16, q_data_type=torch.float16)
+            return wrapper.attention_plan.work
+
+        decode = planned(1, 300)  # packed rows 2, another kv_len: the row's (its nearest)
+        assert (decode.block_n, decode.num_warps, decode.num_stages, decode.prefetch_pages) == (32, 8, 2, True)
+        prefill = planned(40, 300)  # packed rows 80 -> 128: another regime, the heuristic's
+        assert (prefill.num_warps, prefill.num_stages) != (8, 2)
+    finally:
+        OPS["attention"].clear_cache()

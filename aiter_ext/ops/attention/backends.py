@@ -13,10 +13,10 @@ several plans over the same queries share one merge (engine.run_levels).
 from __future__ import annotations
 
 from aiter_ext.core.arch import device_info
-from aiter_ext.core.backend import define_op
+from aiter_ext.core.backend import define_op, pow2_bucket
 from aiter_ext.core.env import interpreted
 
-from . import aiter_backend, reference
+from . import aiter_backend, reference, tuning
 
 
 def _run_torch(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
@@ -110,10 +110,16 @@ def _triton_supports(call) -> tuple[bool, str]:
     return True, ""
 
 
-ATTENTION = define_op("attention", ("num_qo_heads", "num_kv_heads", "head_dim", "dtype"),
-                      lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"]))
+#: A plan's call: its heads, head_dim, q and KV dtypes, the packed rows' power of two (tuning.packed_rows_bucket:
+#: the tile regime, so a tuned row serves no other) and the longest request's keys.
+SHAPE_KEYS = ("num_qo_heads", "num_kv_heads", "head_dim", "dtype", "kv_dtype", "packed_rows", "kv_len")
+ATTENTION = define_op("attention", SHAPE_KEYS,
+                      lambda c: (c["num_qo_heads"], c["num_kv_heads"], c["head_dim"], c["dtype"], c["kv_dtype"],
+                                 c["packed_rows"], pow2_bucket(c["kv_len"])),
+                      exact_keys=("head_dim", "dtype", "kv_dtype", "packed_rows"))
 ATTENTION.register("torch", _run_torch)
-ATTENTION.register("triton", _run_triton, supports=_triton_supports, prepare=_prepare_triton)
+ATTENTION.register("triton", _run_triton, supports=_triton_supports, prepare=_prepare_triton,
+                   configs=tuning.TRITON_TUNE_CONFIGS)
 def _run_aiter(plan, q, k, v, kv_strides, out, lse, sm_scale, sinks=None) -> None:
     if sinks is not None or plan.custom_mask is not None or plan.alibi is not None or plan.rope is not None:
         raise ValueError("sinks=, custom masks, ALiBi and in-kernel RoPE are not served by the aiter backend "
@@ -126,3 +132,12 @@ ATTENTION.register("aiter", _run_aiter, prepare=aiter_backend.prepare,
 
 #: Backends whose work lists can write partial states into given rows (see the module docstring).
 PARTIAL_STATE_RUNNERS = {"triton": _triton_partial}
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("attention", tuning.tune_case)
+
+
+_register_tuning()

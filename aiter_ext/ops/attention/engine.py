@@ -24,6 +24,7 @@ from aiter_ext.core.checks import check_indptr_values, check_same_device, check_
 from .backends import ATTENTION, PARTIAL_STATE_RUNNERS
 from .reference import alibi_slopes
 from .plan import WorkPlan, make_plan, rotate_keys_ahead
+from .tuning import packed_rows_bucket
 
 
 #: FlashInfer's in-kernel position encodings.
@@ -204,10 +205,11 @@ class AttentionPlan:
             max_page = -1
         qo_lens = [qo[b + 1] - qo[b] for b in range(len(qo) - 1)]
         device = workspace.device
-        call = {"num_qo_heads": num_qo_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
-                "dtype": dtype_name(q_dtype), "device": device.type, "kv_dtype": dtype_name(kv_dtype)}
-        choice = ATTENTION.select(call, backend)
         group = num_qo_heads // num_kv_heads
+        call = {"num_qo_heads": num_qo_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
+                "dtype": dtype_name(q_dtype), "packed_rows": packed_rows_bucket(max(qo_lens, default=1), group),
+                "kv_len": max(kv_lens, default=0), "device": device.type, "kv_dtype": dtype_name(kv_dtype)}
+        choice = ATTENTION.select(call, backend)
         config = config or choice.config
         if (custom_mask is not None or packed_custom_mask is not None) and not device_info().arch.startswith("sm_"):
             # gfx942 compile check: the mask's byte gathers took the 4-warp tiles to one wave per SIMD
