@@ -443,7 +443,7 @@ def test_every_tuned_tile_has_a_spec_on_the_arch_it_was_measured_on():
 
 
 def test_a_tuned_fp4_tile_gets_its_specs_on_its_arch_only(tmp_path, monkeypatch):
-    """norm_fp4 has no measured row yet: one written here (AITER_EXT_TUNED_CSV_NORM_FP4) must add its tile, in
+    """A row written here (AITER_EXT_TUNED_CSV_NORM_FP4, in place of the measured ones) must add its tile, in
     every format and form, to sm_90's specs and to no other arch's."""
     from aiter_ext.ops.norm_fp4 import kernels as fp4
 
@@ -456,3 +456,27 @@ def test_a_tuned_fp4_tile_gets_its_specs_on_its_arch_only(tmp_path, monkeypatch)
     assert len(added) == 6 * 3 and all("-h4096-r2b4096w16]" in n and "-bf16-" in n for n in added), sorted(added)
     assert {s.name for s in fp4.aot_specs("gfx942")} == {s.name for s in fp4.aot_specs("gfx950")}
     assert not any("-h4096-r2b4096w16]" in s.name for s in fp4.aot_specs("gfx942"))
+
+
+def test_a_tuned_attention_tile_gets_its_specs_on_its_arch_only(tmp_path, monkeypatch):
+    """A tuned attention row (ops/attention/tuning.py) adds its tile, causal or not, split or direct, to the specs
+    of the arch it was measured on and to no other's."""
+    from aiter_ext.ops.attention import kernels as attention
+
+    before = {s.name: s for s in attention.aot_specs("sm_90")}
+    table = tmp_path / "attention_tuned.csv"
+    table.write_text("arch,cu_num,num_qo_heads,num_kv_heads,head_dim,dtype,kv_dtype,packed_rows,kv_len,backend,"
+                     "config,us,bw_gbs,tflops,err\n"
+                     'sm_90,132,32,8,128,bf16,bf16,4,1024,triton,"{""BLOCK_N"": 32, ""num_warps"": 8, '
+                     '""num_stages"": 2, ""prefetch_pages"": true}",20.0,0,0,0\n')
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_ATTENTION", str(table))
+    after = {s.name: s for s in attention.aot_specs("sm_90")}
+    added = [after[n] for n in after.keys() - before.keys()]
+    assert len(added) == 4, sorted(after.keys() - before.keys())
+    for spec in added:
+        assert spec.constexprs["BLOCK_N"] == 32 and spec.constexprs["PREFETCH_PAGES"] is True
+        assert spec.constexprs["BLOCK_M"] == 16 and spec.constexprs["GROUP"] == 4 and spec.constexprs["HEAD_DIM"] == 128
+        assert spec.options == {"num_warps": 8, "num_stages": 2}
+    assert {(s.constexprs["CAUSAL"], s.constexprs["SPLIT"]) for s in added} == {(c, p) for c in (True, False)
+                                                                                  for p in (True, False)}
+    assert {s.name for s in attention.aot_specs("gfx942")} == set(before)  # not another arch's

@@ -579,13 +579,14 @@ STRIDE_ARGS = ("stride_q_tok", "stride_q_head", "stride_kv_page", "stride_kv_slo
 
 def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: bool, split: bool, *,
                 kv_dtype: str | None = None, page_size: int = 16, arch: str = "gfx942", label: str = "",
-                **flags) -> KernelSpec:
+                config: dict | None = None, **flags) -> KernelSpec:
     """The compile an AMD launch of ``arch`` makes for this shape: ``dtype``/``kv_dtype`` are Triton
     names (``bf16``, ``fp8e4nv``), ``packed_rows`` the largest (query positions x group) of the plan,
-    ``flags`` override CAUSAL (default True), HAS_WINDOW, SOFT_CAP."""
+    ``config`` a tuned row's keys over the heuristic's tiles, ``flags`` override CAUSAL (default True),
+    HAS_WINDOW, SOFT_CAP."""
     from .plan import default_config
 
-    cfg = default_config(packed_rows, head_dim, arch=arch)
+    cfg = {**default_config(packed_rows, head_dim, arch=arch), **(config or {})}
     kv_dtype = kv_dtype or dtype
     sig = {n: "*i32" for n in POINTER_ARGS}
     sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
@@ -605,7 +606,33 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
                       divisible_by_16=POINTER_ARGS + STRIDE_ARGS)
 
 
-def aot_specs():
+def _tuned_specs(arch: str):
+    """Every tuned row measured on ``arch`` (tuning.py), as the plans it serves launch it: causal or not, split
+    or direct, over a paged cache of 16-key pages (a tuned tile needs its code object as much as a default)."""
+    from aiter_ext.core.tuned import measured_configs
+
+    names = {"bf16": "bf16", "fp16": "fp16"}
+    for row, config in measured_configs("attention", arch):
+        if row["dtype"] not in names or row["kv_dtype"] != row["dtype"]:
+            continue  # the tuner times 16-bit caches of q's dtype only
+        group = int(row["num_qo_heads"]) // int(row["num_kv_heads"])
+        tile = "".join(f"-{k}{config[k]}" for k in ("BLOCK_N", "num_warps", "num_stages") if k in config)
+        tile += "-prefetch" if config.get("prefetch_pages") else ""
+        for causal in (True, False):
+            for split in (True, False):
+                yield kernel_spec(names[row["dtype"]], int(row["head_dim"]), int(row["packed_rows"]), group, True,
+                                  split, arch=arch, config=config, CAUSAL=causal,
+                                  label=f"-tuned{tile}" + ("" if causal else "-nocausal"))
+
+
+def aot_specs(arch: str = "gfx942"):
+    """The AMD compile check's specs (the same for every arch: the AMD tiles), then the tiles of the tuned rows
+    measured on ``arch``."""
+    yield from _amd_specs()
+    yield from _tuned_specs(arch)
+
+
+def _amd_specs():
     from dataclasses import replace
 
     from .engine import MASK_WARPS_AMD
