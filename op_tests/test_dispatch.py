@@ -367,3 +367,26 @@ def test_a_tuned_attention_row_sets_the_tiles_of_its_own_tile_regime_only(tmp_pa
         assert (prefill.num_warps, prefill.num_stages) != (8, 2)
     finally:
         OPS["attention"].clear_cache()
+
+
+def test_a_stopped_tune_keeps_the_rows_measured_before(tmp_path, monkeypatch):
+    """A lent GPU call's time limit stops the tuner with SIGINT: the shapes done by then are written."""
+    from aiter_ext.core import tuner
+
+    real = tuner.TUNE_TARGETS["merge_state"]
+    cases = []
+
+    def stopping(shape, device):
+        if cases:
+            raise KeyboardInterrupt
+        cases.append(shape)
+        return real(shape, device)
+
+    monkeypatch.setitem(tuner.TUNE_TARGETS, "merge_state", stopping)
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_tokens,num_heads,head_dim,dtype\n3,2,64,fp16\n5,2,64,fp16\n")
+    out, lines = tmp_path / "t.csv", []
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append)
+    written = list(csv.DictReader(open(out)))
+    assert [int(r["num_tokens"]) for r in written] == [3] and any("wrote 1 rows" in line for line in lines)

@@ -81,8 +81,19 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
                   and (backends is None or name in backends) and backend_status(name)[0] for cfg in impl.configs]
     log(f"tuning {op_name} on {info.arch} ({info.cu_num} CUs): {len(shapes)} shapes x {len(candidates)} candidates")
     rows = []
+    try:
+        _tune_shapes(op, info, shapes, candidates, device, check_only, rows, log, TUNE_TARGETS[op_name])
+    finally:  # stopped early too (a lent GPU call's time limit sends SIGINT): the rows measured are kept
+        if rows:
+            path = write_rows(op_name, op.shape_keys, rows, out)
+            log(f"wrote {len(rows)} rows to {path}")
+    return rows
+
+
+def _tune_shapes(op, info, shapes, candidates, device, check_only, rows, log, make_case) -> None:
+    """Each shape's candidates checked and timed; the fastest that passed appended to ``rows`` as it is found."""
     for i, shape in enumerate(shapes, 1):
-        case = TUNE_TARGETS[op_name](shape, device)
+        case = make_case(shape, device)
         best = None
         for impl, cfg in candidates:
             ok, reason = op.usable(impl.backend, {**shape, "device": device, "has_mask": False,
@@ -115,10 +126,6 @@ def tune(op_name: str, untuned: Path | None = None, out: Path | None = None, bac
             log(f"  [{i}/{len(shapes)}] {shape}: no candidate passed; no row written")
         else:
             rows.append(best)
-    if rows:
-        path = write_rows(op_name, op.shape_keys, rows, out)
-        log(f"wrote {len(rows)} rows to {path}")
-    return rows
 
 
 def cli(argv: list[str] | None = None) -> int:
