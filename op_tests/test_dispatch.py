@@ -390,3 +390,15 @@ def test_a_stopped_tune_keeps_the_rows_measured_before(tmp_path, monkeypatch):
         tuner.tune("merge_state", untuned, out, backends=["triton"], allow_cpu=True, log=lines.append)
     written = list(csv.DictReader(open(out)))
     assert [int(r["num_tokens"]) for r in written] == [3] and any("wrote 1 rows" in line for line in lines)
+
+
+def test_the_readme_names_every_tunable_op():
+    import re
+
+    import aiter_ext.ops
+    from aiter_ext.core.tuner import TUNE_TARGETS
+
+    aiter_ext.ops.load_kernel_modules()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    listed = re.search(r"tunable: ([^)]*)\)", readme).group(1)
+    assert set(re.findall(r"`(\w+)`", listed)) == set(TUNE_TARGETS)
