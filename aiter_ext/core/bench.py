@@ -116,13 +116,20 @@ def print_report(rows: list[dict], header: str) -> int:
 
 
 def git_commit() -> str:
+    """The checkout's commit, and the hash of the package's sources (``objects.source_hash``): a copy of the tree
+    may carry a stale ``.git`` (the lent GPU's printed a commit a day old), while the sources' hash says what ran
+    (compare it with ``source_hash()`` at a commit here)."""
+    from .objects import source_hash
+
     if os.environ.get("AITER_EXT_COMMIT"):  # copies of the tree without .git (the lent GPU) pass it in
-        return os.environ["AITER_EXT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        commit = os.environ["AITER_EXT_COMMIT"]
+    else:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or "unknown"
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return f"{commit} (sources {source_hash()})"
 
 
 def markdown_table(rows: list[dict]) -> str:
