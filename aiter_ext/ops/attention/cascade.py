@@ -21,7 +21,7 @@ from aiter_ext.ops.merge_state import merge_state_in_place
 from aiter_ext.core.plans import CallPlans
 
 from .engine import (
-    bind_levels, held_device_tensors, host_scale, new_plan_slot, plan_level_merge, replay_outputs, run_levels,
+    bind_levels, held_device_tensors, host_scale, new_plan_slot, plan_level_merge, outputs_for, run_levels,
 )
 from .wrappers import (
     BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper, _check_layout, checked_paged_views,
@@ -128,7 +128,7 @@ class MultiLevelCascadeAttentionWrapper:
         key, replay = (self._call_plans.find(q, *cache, out, sinks, return_lse, k_scale, v_scale)
                        if self._call_plans is not None else (None, False))
         if replay:
-            out, lse = replay_outputs(q, out, None)
+            out, lse = outputs_for(q, out, None)
             replay(q, *cache, out, lse, sinks, *self._held)
         else:
             k_mult = host_scale("k_scale", k_scale)

@@ -299,16 +299,13 @@ class AttentionPlan:
         if q.stride(-1) != 1:
             raise ValueError("q must be contiguous in its last dimension")
         check_same_device([("q", q), ("kv cache", k)])
-        if out is None:
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        else:
+        if out is not None:
             check_tensor("out", out, ndim=3, dtypes=(q.dtype,))
             check_shape("out", out, q.shape, "the shape of q")
-        if lse is None:
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-        else:
+        if lse is not None:
             check_tensor("lse", lse, ndim=2, dtypes=(torch.float32,))
             check_shape("lse", lse, q.shape[:2], "[total_q, num_qo_heads]")
+        out, lse = outputs_for(q, out, lse)
         for name, t in (("out", out), ("lse", lse)):
             if not t.is_contiguous():
                 raise ValueError(f"{name} must be contiguous")
@@ -408,9 +405,9 @@ def plan_level_merge(plans: list, workspace: torch.Tensor) -> Optional[LevelMerg
     return LevelMerge(works, torch.tensor(indptr, dtype=torch.int32, device=device), partial_o, partial_lse)
 
 
-def replay_outputs(q: torch.Tensor, out: Optional[torch.Tensor], lse: Optional[torch.Tensor]):
-    """A replayed call plan's ``(out, lse)``: the caller's, else new ones as ``checked_outputs`` makes them
-    (the plan's key says that the caller's passed its checks when the plan was recorded)."""
+def outputs_for(q: torch.Tensor, out: Optional[torch.Tensor], lse: Optional[torch.Tensor]):
+    """A run's ``(out, lse)``: the caller's, else new ones (``checked_outputs``, after checking the caller's; a
+    replayed call plan directly, whose key says that the caller's passed those checks when it was recorded)."""
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if lse is None:

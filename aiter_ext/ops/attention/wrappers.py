@@ -31,7 +31,7 @@ from aiter_ext.core.plans import CallPlans
 
 from .engine import (
     KV_DTYPES, AttentionPlan, as_dtype, bind_plan, check_unsupported, held_device_tensors, host_scale, new_plan_slot,
-    replay_outputs,
+    outputs_for,
 )
 
 LAYOUTS = ("NHD", "HND")
@@ -236,7 +236,7 @@ def _run_paged(wrapper: _Wrapper, q, paged_kv_cache, q_scale, k_scale, v_scale, 
     key, replay = (calls.find(q, *cache, out, lse, sinks, return_lse, q_scale, k_scale, v_scale)
                    if calls is not None else (None, False))
     if replay:
-        out, lse = replay_outputs(q, out, lse)
+        out, lse = outputs_for(q, out, lse)
         replay(q, *cache, out, lse, sinks, *wrapper._held)
         return (out, lse) if return_lse else out
     plan = wrapper._require_plan()
