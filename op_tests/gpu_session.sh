@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune
+#             issue18-a issue18-b attention-tune paged-kv-tune
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -119,6 +119,9 @@ for section in $sections; do
         | tee "$OUT/pytest-issue18.log" | tail -n 8
       wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
       bash "$0" host-parts launch-bench ;;
+    paged-kv-tune)  # issue 18: fills configs/tuned_csv/paged_kv_append_tuned.csv for this GPU's arch (9 shapes x 7 tiles)
+      timeout -s INT ${T_TUNE_PKV:-150} python3 -m aiter_ext tune paged_kv_append 2>&1 | tee "$OUT/tune-paged-kv.log" | tail -n 12
+      cp configs/tuned_csv/paged_kv_append_tuned.csv "$OUT/" 2>/dev/null ;;
     issue18-b)  # issue 18, a later call on the machine issue18-a warmed (its objects under /tmp/hsa_objects): the
       # object check over the suites no check has reached yet (launches no object serves get one built), then the
       # cold starts (about 160 s)

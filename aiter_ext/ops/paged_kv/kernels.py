@@ -184,7 +184,20 @@ AOT_HEAD_DIMS = (64, 128, 256)
 AOT_ELEMENTS = (("fp16/bf16", "i16", 2), ("fp8", "i8", 1))
 
 
-def aot_specs():
+def _append_tiles(head_dim: int, size: int, arch: str) -> list[dict]:
+    """The heuristic's two tiles (at most and past SMALL_ROWS rows) at this head dim and element size, then those
+    of the tuned rows measured on ``arch`` for it (a tuned tile needs its code object as much as a default)."""
+    from aiter_ext.core.tuned import measured_configs
+
+    tiles = [default_config(head_dim, size, rows) for rows in (SMALL_ROWS, SMALL_ROWS + 1)]
+    for row, config in measured_configs("paged_kv_append", arch):
+        if int(row["head_dim"]) == head_dim and {"fp16": 2, "bf16": 2}.get(row["dtype"]) == size:
+            tiles.append({**default_config(head_dim, size, int(row["num_tokens"]) * int(row["num_kv_heads"])),
+                          **config})
+    return list({(c["BLOCK_R"], c["num_warps"]): c for c in tiles}.values())
+
+
+def aot_specs(arch: str = "gfx942"):
     ints = {n: "i32" for n in ("num_rows", "num_kv_heads", "head_dim", "page_size", "num_pages", "batch_size",
                                "num_indices",
                                "stride_ak_tok", "stride_ak_head", "stride_av_tok", "stride_av_head",
@@ -192,9 +205,7 @@ def aot_specs():
                                "stride_v_page", "stride_v_slot", "stride_v_head")}
     for label, elem, size in AOT_ELEMENTS:
         for head_dim in AOT_HEAD_DIMS:
-            tiles = {(c["BLOCK_R"], c["num_warps"]): c for c in (default_config(head_dim, size, rows)
-                                                                 for rows in (SMALL_ROWS, SMALL_ROWS + 1))}
-            for cfg in tiles.values():
+            for cfg in _append_tiles(head_dim, size, arch):
                 sig = {"append_key": f"*{elem}", "append_value": f"*{elem}", "batch_indices": "*i32",
                        "positions": "*i32", "k_cache": f"*{elem}", "v_cache": f"*{elem}", "kv_indices": "*i32",
                        "kv_indptr": "*i32", **ints}
@@ -216,6 +227,6 @@ def aot_specs():
 
 
 # under the dispatcher's names for the two ops these kernels serve (one name per op everywhere)
-register_aot_specs("paged_kv_append", lambda: [s for s in aot_specs() if s.fn is append_paged_kv_kernel])
+register_aot_specs("paged_kv_append", lambda arch: [s for s in aot_specs(arch) if s.fn is append_paged_kv_kernel])
 register_aot_specs("batch_indices_positions",
                    lambda: [s for s in aot_specs() if s.fn is batch_indices_positions_kernel])
