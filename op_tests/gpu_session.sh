@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune paged-kv-tune
+#             issue18-a issue18-b attention-tune small-tunes
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -119,9 +119,17 @@ for section in $sections; do
         | tee "$OUT/pytest-issue18.log" | tail -n 8
       wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
       bash "$0" host-parts launch-bench ;;
-    paged-kv-tune)  # issue 18: fills configs/tuned_csv/paged_kv_append_tuned.csv for this GPU's arch (9 shapes x 7 tiles)
-      timeout -s INT ${T_TUNE_PKV:-150} python3 -m aiter_ext tune paged_kv_append 2>&1 | tee "$OUT/tune-paged-kv.log" | tail -n 12
-      cp configs/tuned_csv/paged_kv_append_tuned.csv "$OUT/" 2>/dev/null ;;
+    small-tunes)  # issue 18: fills the tuned CSVs of paged_kv_append (9 shapes x 7 tiles), softmax (6 x 8) and renorm
+      # (5 x 8) for this GPU's arch: the three compile and check in parallel processes, then are timed one at a time
+      for op in paged_kv_append softmax renorm; do
+        timeout ${T_TUNE_CHECK:-150} python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
+      done
+      wait
+      grep -h "REJECTED\|failed" "$OUT"/tune-check-*.log | head -n 20
+      for op in paged_kv_append softmax renorm; do
+        timeout -s INT ${T_TUNE_SMALL:-90} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 8
+        cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
+      done ;;
     issue18-b)  # issue 18, a later call on the machine issue18-a warmed (its objects under /tmp/hsa_objects): the
       # object check over the suites no check has reached yet (launches no object serves get one built), then the
       # cold starts (about 160 s)

@@ -480,3 +480,44 @@ def test_a_tuned_attention_tile_gets_its_specs_on_its_arch_only(tmp_path, monkey
     assert {(s.constexprs["CAUSAL"], s.constexprs["SPLIT"]) for s in added} == {(c, p) for c in (True, False)
                                                                                   for p in (True, False)}
     assert {s.name for s in attention.aot_specs("gfx942")} == set(before)  # not another arch's
+
+
+def test_tuned_append_renorm_and_softmax_tiles_get_their_specs_on_their_arch_only(tmp_path, monkeypatch):
+    """Rows of the three newer tune targets (paged_kv_append, renorm, softmax: row kernel and chunked) add their
+    tiles to the specs of the arch they were measured on and to no other's."""
+    from aiter_ext.ops.paged_kv import kernels as paged_kv
+    from aiter_ext.ops.sampling import logits_kernels, renorm_kernels
+
+    def names(provider, arch):
+        return {s.name: s for s in provider(arch)}
+
+    head = "arch,cu_num,{keys},backend,config,us,bw_gbs,tflops,err\n"
+    tables = {
+        "PAGED_KV_APPEND": (head.format(keys="num_tokens,num_kv_heads,head_dim,dtype")
+                            + 'sm_90,132,8192,8,128,bf16,triton,"{""BLOCK_R"": 64, ""num_warps"": 8}",9.0,0,0,0\n'),
+        "RENORM": (head.format(keys="rows,vocab,dtype")
+                   + 'sm_90,132,16,128256,fp32,triton,"{""BLOCK"": 8192, ""num_warps"": 16}",50.0,0,0,0\n'),
+        "SOFTMAX": (head.format(keys="rows,vocab,dtype")
+                    + 'sm_90,132,64,32000,fp32,triton,"{""chunked"": false, ""BLOCK"": 8192, ""num_warps"": 16}",9,0,0,0\n'
+                    + 'sm_90,132,1,256000,fp32,triton,"{""chunked"": true, ""BLOCK"": 2048, ""num_warps"": 4}",9,0,0,0\n'),
+    }
+    providers = (paged_kv.aot_specs, renorm_kernels.aot_specs, logits_kernels.aot_specs)
+    before = [names(p, "sm_90") for p in providers]
+    for op, text in tables.items():
+        (tmp_path / f"{op}.csv").write_text(text)
+        monkeypatch.setenv(f"AITER_EXT_TUNED_CSV_{op}", str(tmp_path / f"{op}.csv"))
+    added = [{n: s for n, s in names(p, "sm_90").items() if n not in b} for p, b in zip(providers, before)]
+    appends, renorms, softmaxes = added
+    # the row's dtype only (the fp8 cache's 1-byte tile is another), at its dim
+    assert [(s.constexprs["BLOCK_R"], s.constexprs["BLOCK_D"], s.options["num_warps"]) for s in appends.values()] \
+        == [(64, 128, 8)], sorted(appends)
+    # the three modes, at the tile's width and warps, one row per program at this width
+    assert sorted(s.constexprs["MODE"] for s in renorms.values()) == [0, 1, 2], sorted(renorms)
+    assert all((s.constexprs["BLOCK"], s.constexprs["ROWS"], s.options["num_warps"]) == (8192, 1, 16)
+               for s in renorms.values())
+    # the row kernel's tile for the first softmax row; the chunked path's two passes (125 chunks of 2048) for the other
+    kinds = sorted((s.name.split("[")[0], s.constexprs["BLOCK"], s.options["num_warps"]) for s in softmaxes.values())
+    assert kinds == [("chunk_stats", 2048, 4), ("softmax", 8192, 16), ("softmax_chunk", 2048, 4)], sorted(softmaxes)
+    assert all(s.constexprs["NCHUNKS"] == 128 for s in softmaxes.values() if "chunk" in s.name)
+    for provider, extra in zip(providers, added):  # not another arch's
+        assert not set(names(provider, "gfx942")) & set(extra)

@@ -79,12 +79,23 @@ def _torch_speculative(config, draft_probs, draft_ids, target_probs, out, accept
                                     per_row)
 
 
-for _op, _torch, _triton_name in ((SAMPLING, _torch_sampling, "filtered_draw"),
-                                  (SAMPLING_FROM_LOGITS, _torch_logits, "logits_draw"),
-                                  (SOFTMAX, _torch_softmax, "softmax"), (RENORM, _torch_renorm, "renorm"),
-                                  (CHAIN_SPECULATIVE, _torch_speculative, "chain_speculative")):
+#: Row tiles the tuner weighs for renorm (one program per row: tile width, warps); {} is the heuristic
+#: (logits_kernels.launch_config: 4096 wide at a large vocabulary).
+RENORM_TUNE_CONFIGS = [{"BLOCK": b, "num_warps": w}
+                       for b, w in ((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 16), (8192, 8), (8192, 16))] + [{}]
+#: Softmax: one program per row (chunked False) against the chunked path's chunk widths (chunked.chunked_launch);
+#: {} is the policy (on a GPU every vocabulary wider than one chunk takes the chunked path).
+SOFTMAX_TUNE_CONFIGS = ([{"chunked": False}, {"chunked": False, "BLOCK": 8192, "num_warps": 16}]
+                        + [{"chunked": True, "BLOCK": b, "num_warps": w}
+                           for b, w in ((1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8))] + [{}])
+
+for _op, _torch, _triton_name, _configs in ((SAMPLING, _torch_sampling, "filtered_draw", None),
+                                            (SAMPLING_FROM_LOGITS, _torch_logits, "logits_draw", None),
+                                            (SOFTMAX, _torch_softmax, "softmax", SOFTMAX_TUNE_CONFIGS),
+                                            (RENORM, _torch_renorm, "renorm", RENORM_TUNE_CONFIGS),
+                                            (CHAIN_SPECULATIVE, _torch_speculative, "chain_speculative", None)):
     _op.register("torch", _torch)
-    _op.register("triton", lambda *args, _name=_triton_name: getattr(_launchers(), _name)(*args))
+    _op.register("triton", lambda *args, _name=_triton_name: getattr(_launchers(), _name)(*args), configs=_configs)
 
 
 def dispatch(op, x: torch.Tensor, rows: int, backend=None):
@@ -92,3 +103,92 @@ def dispatch(op, x: torch.Tensor, rows: int, backend=None):
     choice = op.select({"rows": rows, "vocab": x.shape[-1], "dtype": dtype_name(x.dtype), "device": x.device.type},
                        backend)
     return choice.impl.fn, choice.config
+
+
+# -- tuning: how `aiter-ext tune renorm` and `aiter-ext tune softmax` build and check one shape -------------
+# The draws (sampling, sampling_from_logits, chain speculative) have no tune target: their outputs are random, so a
+# candidate could only be checked statistically, and their routes (row, split, rounds, chunked) were chosen by the
+# sweeps in op_tests/gpu_session.sh (sampling-split-sweep, sampling-sweep) and are fixed in their launch policies.
+
+
+def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
+    """Logits ``[rows, vocab]`` with a serving model's spread (randn x 3), in the shape's dtype."""
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    return (torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3).to(dtype).to(device)
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> float:
+    from aiter_ext.core.testing import max_error, tolerance
+
+    atol, rtol = tolerance(dtype)
+    return max_error(out.cpu(), ref) / (atol + rtol * float(ref.float().abs().max()))
+
+
+def _softmax_tune_case(shape: Mapping, device: str):
+    from aiter_ext.core.testing import poison_
+    from aiter_ext.core.tuner import TuneCase
+
+    from .inputs import threshold
+
+    logits = _tune_logits(shape, device)
+    rows = logits.shape[0]
+    temperature = threshold("temperature", torch.rand(rows, device=device) + 0.5, rows, logits.device, "temperature")
+    ref = reference.softmax_ref(logits.cpu(), _value(temperature))
+    out = torch.empty(logits.shape, dtype=torch.float32, device=device)
+
+    def run(impl, cfg):
+        impl.fn(cfg, logits, temperature, out)
+
+    def check(impl, cfg):
+        poison_(out)
+        run(impl, cfg)
+        return _relative_error(out, ref, torch.float32)
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=logits.numel() * (logits.element_size() + 4))
+
+
+def _renorm_tune_case(shape: Mapping, device: str):
+    """One row tile serves the three modes, so a candidate runs (and is timed on) all three: top-k renorm (k = 50),
+    top-k mask (k = 50) and top-p renorm. Each row's p lies halfway between two of its sorted running masses (past
+    its 20 largest entries), so no entry sits within fp32 summation error of the threshold: the kept sets are
+    exact and every output compares with the reference elementwise."""
+    from aiter_ext.core.testing import poison_
+    from aiter_ext.core.tuner import TuneCase
+
+    from .inputs import threshold
+
+    logits = _tune_logits(shape, device)
+    rows, vocab = logits.shape
+    probs = torch.softmax(logits.double(), -1).to(logits.dtype)
+    sorted_mass = probs.double().cpu().sort(-1, descending=True).values.cumsum(-1)
+    j = min(20, vocab - 2)
+    top_p = ((sorted_mass[:, j] + sorted_mass[:, j + 1]) / 2).float()
+    k = threshold("top_k", 50, rows, logits.device, "top_k")
+    p = threshold("top_p", top_p.to(device), rows, logits.device, "unit")
+    cases = [(probs, TOP_K_RENORM, k, reference.top_k_distribution(probs.cpu().float(), 50), probs.dtype),
+             (logits, TOP_K_MASK, k, reference.top_k_mask_ref(logits.cpu(), 50), logits.dtype),
+             (probs, TOP_P_RENORM, p, reference.top_p_distribution(probs.cpu().float(), top_p), torch.float32)]
+    outs = [torch.empty(x.shape, dtype=dtype, device=device) for x, _, _, _, dtype in cases]
+
+    def run(impl, cfg):
+        for (x, mode, param, _, _), out in zip(cases, outs):
+            impl.fn(cfg, x, mode, param, out)
+
+    def check(impl, cfg):
+        for out in outs:
+            poison_(out)
+        run(impl, cfg)
+        return max(_relative_error(out, ref, dtype) for (_, _, _, ref, dtype), out in zip(cases, outs))
+
+    nbytes = sum(x.numel() * x.element_size() + out.numel() * out.element_size() for (x, *_), out in zip(cases, outs))
+    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
+
+
+def _register_tuning():
+    from aiter_ext.core.tuner import register_tune_target
+
+    register_tune_target("softmax", _softmax_tune_case)
+    register_tune_target("renorm", _renorm_tune_case)
+
+
+_register_tuning()

@@ -217,15 +217,15 @@ def aot_specs():
         cfg = chunked_config(128256, 256, "gfx942", op=op)
         return {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}, {"num_warps": cfg["num_warps"]}
     ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    for kind, name, dtypes in ((MAX, "max", ("fp32",)),
-                               (MASS_ABOVE_MIN_P, "min_p", ("fp32",)), (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
-        for dtype in dtypes:
-            sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
-                   "param_ptr": "*fp32", "param_value": "fp32", **ints}
-            param = SCALAR if kind == MAX else PER_ROW
-            shape, opts = launch("logits" if kind == LOGITS else "min_p")
-            yield KernelSpec(f"chunk_stats[{name}-{dtype}-block{shape['BLOCK']}]", chunk_stats_kernel, sig,
-                             {"KIND": kind, "PARAM": param, **shape}, opts, divisible_by_16=("x_ptr",))
+    for kind, name in ((MAX, "max"), (MASS_ABOVE_MIN_P, "min_p")):
+        sig = {"x_ptr": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
+               "param_ptr": "*fp32", "param_value": "fp32", **ints}
+        shape, opts = launch("min_p")
+        yield KernelSpec(f"chunk_stats[{name}-fp32-block{shape['BLOCK']}]", chunk_stats_kernel, sig,
+                         {"KIND": kind, "PARAM": SCALAR if kind == MAX else PER_ROW, **shape}, opts,
+                         divisible_by_16=("x_ptr",))
+    for dtype in ("fp32", "bf16", "fp16"):
+        yield logits_stats_spec(dtype, chunked_config(128256, 256, "gfx942", op="logits"))
     for kind, name, dtypes in ((MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
                                (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
         for dtype in dtypes:
@@ -237,13 +237,29 @@ def aot_specs():
             consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": PER_ROW, "SEED_PER_ROW": False, **shape}
             yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{shape['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,
                              divisible_by_16=("x_ptr",))
-    shape, opts = launch("softmax")
     for dtype in ("fp32", "bf16", "fp16"):
-        sig = {"logits": f"*{dtype}", "out": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
-               "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64",
-               "stride_out": "i64", "num_chunks": "i32"}
-        yield KernelSpec(f"softmax_chunk[{dtype}-block{shape['BLOCK']}]", softmax_chunk_kernel, sig,
-                         {"TEMP": PER_ROW, **shape}, opts, divisible_by_16=("logits", "out"))
+        yield softmax_chunk_spec(dtype, chunked_config(128256, 256, "gfx942", op="softmax"))
+
+
+def softmax_chunk_spec(dtype: str, cfg: dict, suffix: str = "") -> KernelSpec:
+    """Chunked softmax's second pass (the first is chunk_stats of LOGITS) at ``cfg`` (chunked_config's)."""
+    shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+    sig = {"logits": f"*{dtype}", "out": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
+           "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64",
+           "stride_out": "i64", "num_chunks": "i32"}
+    return KernelSpec(f"softmax_chunk[{dtype}-block{shape['BLOCK']}{suffix}]", softmax_chunk_kernel, sig,
+                      {"TEMP": PER_ROW, **shape}, {"num_warps": cfg["num_warps"]}, divisible_by_16=("logits", "out"))
+
+
+def logits_stats_spec(dtype: str, cfg: dict, suffix: str = "") -> KernelSpec:
+    """chunk_stats of LOGITS (per-row temperature) at ``cfg`` (chunked_config's): the first pass of a chunked
+    softmax or draw from logits."""
+    shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+    sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32", "param_ptr": "*fp32",
+           "param_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+    return KernelSpec(f"chunk_stats[logits-{dtype}-block{shape['BLOCK']}{suffix}]", chunk_stats_kernel, sig,
+                      {"KIND": LOGITS, "PARAM": PER_ROW, **shape}, {"num_warps": cfg["num_warps"]},
+                      divisible_by_16=("x_ptr",))
 
 
 register_aot_specs("sampling", aot_specs)

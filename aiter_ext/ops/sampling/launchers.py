@@ -189,6 +189,13 @@ def logits_draw(config: dict, logits, indices, draw: Draw) -> None:
         SEED_PER_ROW=draw.seed_per_row, ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
 
 
+def _row_tile(vocab: int, rows: int, config) -> dict:
+    """One program per row tile (logits_kernels.launch_config); ``config`` may set ``BLOCK`` and ``num_warps``."""
+    config = config or {}
+    return logits_kernels.launch_config(vocab, rows, device_info().arch, interpreted(), config.get("BLOCK", 0),
+                                        config.get("num_warps", 0))
+
+
 def softmax(config: dict, logits, temperature: Threshold, out) -> None:
     rows, vocab = logits.shape
     if not rows:
@@ -197,7 +204,7 @@ def softmax(config: dict, logits, temperature: Threshold, out) -> None:
     if chunks is not None:
         chunked.softmax_by_chunks(logits, out, temperature, chunks)
         return
-    cfg = logits_kernels.launch_config(vocab, rows, device_info().arch, interpreted())
+    cfg = _row_tile(vocab, rows, config)
     logits_kernels.softmax_kernel[(cdiv(rows, cfg["ROWS"]),)](
         logits, out, temperature.pointer(out), temperature.value, rows, vocab, logits.stride(0), out.stride(0),
         TEMP=int(temperature.mode), ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
@@ -208,7 +215,7 @@ def renorm(config: dict, x, mode: int, param: Threshold, out) -> None:
     rows, vocab = x.shape
     if not rows:
         return
-    cfg = logits_kernels.launch_config(vocab, rows, device_info().arch, interpreted())
+    cfg = _row_tile(vocab, rows, config)
     renorm_kernels.renorm_kernel[(cdiv(rows, cfg["ROWS"]),)](
         x, out, param.pointer(x), param.value, rows, vocab, x.stride(0), out.stride(0), MODE=mode,
         PARAM=int(param.mode), ROWS=cfg["ROWS"], BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])

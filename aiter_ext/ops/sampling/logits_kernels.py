@@ -14,7 +14,7 @@ from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
-from .chunked_kernels import logit_scale, logits_chunk
+from .chunked_kernels import chunked_config, logit_scale, logits_chunk, logits_stats_spec, softmax_chunk_spec
 from .kernels import program_rows, tile_rows
 
 @thin
@@ -88,32 +88,65 @@ def gumbel_max_kernel(logits, out, valid, indices, seed_ptr, offset_ptr, num_out
     tl.store(valid + r, found.to(tl.int8), mask=r_ok)
 
 
-def launch_config(vocab: int, rows: int, arch: str, interpreted: bool = False) -> dict:
-    """Row-tiles as the probability samplers take them (kernels.launch_config), at most 4096 wide."""
+def launch_config(vocab: int, rows: int, arch: str, interpreted: bool = False, block: int = 0,
+                  num_warps: int = 0) -> dict:
+    """Row-tiles as the probability samplers take them (kernels.launch_config), at most 4096 wide; ``block`` and
+    ``num_warps`` (a tuned row's, or a sweep's) override the width and the warps, and the rows per tile follow."""
     elements = 4096 * (16 if interpreted else 1)
-    block = min(4096, max(16, next_pow2(vocab)))
+    block = block or min(4096, max(16, next_pow2(vocab)))
     tile_rows = max(1, min(elements // block, next_pow2(max(rows, 1))))
     if arch.startswith("gfx") and not interpreted:
         tile_rows = 1
-    return {"ROWS": tile_rows, "BLOCK": block, "num_warps": 8 if tile_rows * block >= 4096 else 4}
+    return {"ROWS": tile_rows, "BLOCK": block, "num_warps": num_warps or (8 if tile_rows * block >= 4096 else 4)}
 
 
-def aot_specs():
+def _softmax_row_spec(dtype: str, temp: int, cfg: dict, suffix: str = "") -> KernelSpec:
+    sig = {"logits": f"*{dtype}", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32",
+           "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+    return KernelSpec(f"softmax[{dtype}-temp={temp}-block{cfg['BLOCK']}{suffix}]", softmax_kernel, sig,
+                      {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
+                      divisible_by_16=("logits", "out", "temp_ptr"))
+
+
+def tuned_softmax_specs(arch: str):
+    """The launches of each tuned softmax row measured on ``arch`` (per-row temperature): the row kernel's tile
+    where the row says ``chunked: false``, else the chunked path's two passes at its chunks."""
+    from aiter_ext.core.tuned import measured_configs
+
+    for row, config in measured_configs("softmax", arch):
+        vocab, rows, dtype = int(row["vocab"]), int(row["rows"]), row["dtype"]
+        chunks = None
+        if config.get("chunked", True):
+            chunks = chunked_config(vocab, rows, arch, False, "softmax", config.get("BLOCK", 0),
+                                    config.get("num_warps", 4))
+        if chunks is None:
+            cfg = launch_config(vocab, rows, arch, False, config.get("BLOCK", 0), config.get("num_warps", 0))
+            yield _softmax_row_spec(dtype, 2, cfg, f"-r{cfg['ROWS']}w{cfg['num_warps']}")
+        else:
+            suffix = f"-n{chunks['NCHUNKS']}w{chunks['num_warps']}"
+            yield logits_stats_spec(dtype, chunks, suffix)
+            yield softmax_chunk_spec(dtype, chunks, suffix)
+
+
+def aot_specs(arch: str = "gfx942"):
+    names = set()
     for vocab in (1024, 128256):
         cfg = launch_config(vocab, 256, "gfx942")
         opts = {"num_warps": cfg["num_warps"]}
         for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
             for temp in (1, 2):
-                sig = {"logits": f"*{dtype}", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32",
-                       "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
-                yield KernelSpec(f"softmax[{dtype}-temp={temp}-block{cfg['BLOCK']}]", softmax_kernel, sig,
-                                 {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, opts,
-                                 divisible_by_16=("logits", "out", "temp_ptr"))
+                spec = _softmax_row_spec(dtype, temp, cfg)
+                names.add(spec.name)
+                yield spec
             sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
                    "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64"}
             yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
                              {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
                              opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+    for spec in tuned_softmax_specs(arch):
+        if spec.name not in names:
+            names.add(spec.name)
+            yield spec
 
 
 register_aot_specs("sampling_from_logits", aot_specs)

@@ -120,20 +120,38 @@ def renorm_kernel(x_ptr, out_ptr, param_ptr, param_value, num_rows, vocab, strid
                      mask=r_ok[:, None] & (idx < vocab)[None, :])
 
 
-def aot_specs():
+def _tiles(arch: str):
+    """``(dtype, launch config, name suffix)``: the defaults (vocabularies 1024 and 128256, every dtype), then the
+    tile of each tuned row measured on ``arch`` (a tuned tile needs its code object as much as a default)."""
+    from aiter_ext.core.tuned import measured_configs
+
     from .logits_kernels import launch_config
 
     for vocab in (1024, 128256):
-        cfg = launch_config(vocab, 256, "gfx942")
         for dtype in ("fp32", "bf16", "fp16"):  # dtypes are kept: the output has the input's
-            for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"),
-                               (TOP_K_MASK, "top_k_mask")):
-                sig = {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
-                       "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32", "param_value": "fp32",
-                       "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
-                yield KernelSpec(f"renorm[{name}-{dtype}-block{cfg['BLOCK']}]", renorm_kernel, sig,
-                                 {"MODE": mode, "PARAM": PER_ROW, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                                 {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
+            yield dtype, launch_config(vocab, 256, "gfx942"), ""
+    for row, config in measured_configs("renorm", arch):
+        cfg = launch_config(int(row["vocab"]), int(row["rows"]), arch, False, config.get("BLOCK", 0),
+                            config.get("num_warps", 0))
+        yield row["dtype"], cfg, f"-r{cfg['ROWS']}w{cfg['num_warps']}"
+
+
+def aot_specs(arch: str = "gfx942"):
+    seen = set()
+    for dtype, cfg, suffix in _tiles(arch):
+        for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"), (TOP_K_MASK, "top_k_mask")):
+            key = (dtype, mode, cfg["ROWS"], cfg["BLOCK"], cfg["num_warps"])
+            if key in seen:
+                continue
+            seen.add(key)
+            # top-p renorm writes fp32 whatever it reads (FlashInfer's .float() first)
+            out = "fp32" if mode == TOP_P_RENORM else dtype
+            sig = {"x_ptr": f"*{dtype}", "out_ptr": f"*{out}",
+                   "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32", "param_value": "fp32",
+                   "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+            yield KernelSpec(f"renorm[{name}-{dtype}-block{cfg['BLOCK']}{suffix}]", renorm_kernel, sig,
+                             {"MODE": mode, "PARAM": PER_ROW, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
 
 
 register_aot_specs("renorm", aot_specs)
