@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune small-tunes tunes
+#             issue18-a issue18-b attention-tune small-tunes tunes issue18-one
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -147,6 +147,27 @@ for section in $sections; do
         timeout -s INT ${T_TUNE_SMALL:-90} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 8
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
+    issue18-one)  # issue 18 when one call is all the device time allows: FlashInfer's builds, the plan/thin/sampling tests
+      # and the small tune targets' checks at once; then, each bounded by what is left of ${T_ONE:-560} s, the launch
+      # benchmark (cascade and decode with plans), the small tunes timed, and the host-time parts
+      FI_WARM="launch attention" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 & fi_warm=$!
+      for op in paged_kv_append softmax renorm; do
+        timeout 200 python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
+      done
+      timeout 220 python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py op_tests/test_thin_launch.py \
+        op_tests/test_sampling.py -k "plans or thin or seed or object or replay or split or min_p" 2>&1 \
+        | tee "$OUT/pytest-issue18.log" | tail -n 8
+      wait
+      grep -h "REJECTED\|failed" "$OUT"/tune-check-*.log | head -n 20
+      left() { echo $(( ${T_ONE:-560} - SECONDS )); }
+      timeout -s INT $(( $(left) < 260 ? $(left) : 260 )) python3 op_tests/bench_launch.py 2>&1 | tee "$OUT/bench-launch.log"
+      for op in paged_kv_append softmax renorm; do
+        [ "$(left)" -gt 40 ] || break
+        timeout -s INT 35 python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 4
+        cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
+      done
+      [ "$(left)" -gt 30 ] && timeout -s INT $(left) python3 op_tests/bench_host_parts.py 2>&1 \
+        | tee "$OUT/bench-host-parts.log" ;;
     issue18-b)  # issue 18, a later call on the machine issue18-a warmed (its objects under /tmp/hsa_objects): the
       # object check over the suites no check has reached yet (launches no object serves get one built), then the
       # cold starts (about 160 s)
