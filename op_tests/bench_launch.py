@@ -108,7 +108,11 @@ def main() -> int:
         return 1
     print(f"{torch.cuda.get_device_name()}, commit {git_commit()}, launch mode at start: {thin.mode()}")
     rows = []
+    # --only=a,b: the cases whose names hold one of these words (a short device call measures what changed)
+    only = [w for a in sys.argv if a.startswith("--only=") for w in a.split("=", 1)[1].split(",")]
     for name, ours, theirs in _cases(fi):
+        if only and not any(w in name for w in only):
+            continue
         row = {"op": name}
         for path, mode, with_plans in (("plan", "thin", True), ("thin", "thin", False), ("triton", "triton", False)):
             thin.set_mode(mode)

@@ -160,7 +160,8 @@ for section in $sections; do
       wait
       grep -h "REJECTED\|failed" "$OUT"/tune-check-*.log | head -n 20
       left() { echo $(( ${T_ONE:-560} - SECONDS )); }
-      timeout -s INT $(( $(left) < 260 ? $(left) : 260 )) python3 op_tests/bench_launch.py 2>&1 | tee "$OUT/bench-launch.log"
+      timeout -s INT $(( $(left) < 260 ? $(left) : 260 )) python3 op_tests/bench_launch.py \
+        --only=${LAUNCH_ONLY:-cascade,decode} 2>&1 | tee "$OUT/bench-launch.log"
       for op in paged_kv_append softmax renorm; do
         [ "$(left)" -gt 40 ] || break
         timeout -s INT 35 python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 4
