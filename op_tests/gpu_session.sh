@@ -152,9 +152,9 @@ for section in $sections; do
       # benchmark (cascade and decode with plans), the small tunes timed, and the host-time parts
       FI_WARM="launch attention" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 & fi_warm=$!
       for op in paged_kv_append softmax renorm; do
-        timeout 200 python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
+        timeout ${T_FIRST:-200} python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
       done
-      timeout 220 python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py op_tests/test_thin_launch.py \
+      timeout ${T_FIRST:-220} python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py op_tests/test_thin_launch.py \
         op_tests/test_sampling.py -k "plans or thin or seed or object or replay or split or min_p" 2>&1 \
         | tee "$OUT/pytest-issue18.log" | tail -n 8
       wait
