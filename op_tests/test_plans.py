@@ -591,7 +591,7 @@ def test_held_device_tensors_walks_plans_once_each_in_order():
 def test_cascade_run_gives_its_plan_the_slots_it_records(monkeypatch):
     wrapper, q, cache = _small_cascade()
     if wrapper._call_plans is None:
-        pytest.skip("this machine's backend for the levels is not Triton's: no call plans")
+        pytest.skip("built on the CPU, whose backend here is not Triton (no TRITON_INTERPRET=1): no call plans; CI runs this")
     sentinel = _check_recorded_slots(monkeypatch, wrapper, wrapper._call_plans, q, cache)
 
     given = []
@@ -606,7 +606,7 @@ def test_cascade_run_gives_its_plan_the_slots_it_records(monkeypatch):
 def test_cascade_run_refuses_bad_input_before_a_plan_is_asked(monkeypatch):
     wrapper, q, cache = _small_cascade()
     if wrapper._call_plans is None:
-        pytest.skip("this machine's backend for the levels is not Triton's: no call plans")
+        pytest.skip("built on the CPU, whose backend here is not Triton (no TRITON_INTERPRET=1): no call plans; CI runs this")
     with pytest.raises(TypeError, match="v_scale"):
         wrapper.run(q, cache, v_scale="2")
     monkeypatch.setattr(wrapper._call_plans, "find", lambda *args: (b"key", None))
@@ -638,7 +638,7 @@ def test_decode_run_gives_its_plan_the_slots_it_records(monkeypatch):
     wrapper, q, cache = _small_decode()
     calls = wrapper._run_plans()
     if calls is None:
-        pytest.skip("this machine's backend for the plan is not Triton's: no call plans")
+        pytest.skip("built on the CPU, whose backend here is not Triton (no TRITON_INTERPRET=1): no call plans; CI runs this")
     assert wrapper._run_plans() is calls  # the same plan: the same call plans
     sentinel = _check_recorded_slots(monkeypatch, wrapper, calls, q, cache)
 
@@ -659,7 +659,7 @@ def test_a_new_plan_gets_new_call_plans():
     wrapper, q, cache = _small_decode()
     calls = wrapper._run_plans()
     if calls is None:
-        pytest.skip("this machine's backend for the plan is not Triton's: no call plans")
+        pytest.skip("built on the CPU, whose backend here is not Triton (no TRITON_INTERPRET=1): no call plans; CI runs this")
     wrapper._held_tensors()
     wrapper.plan(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
                  torch.tensor([3], dtype=torch.int32), 4, 2, 64, 4, q_data_type=torch.float16,
