@@ -486,6 +486,29 @@ def test_top_k_and_top_p_renorm_match_the_sort_reference(dtype, vocab):
             assert (o.sum(-1) - 1).abs().max() <= (1e-3 if dtype == torch.float32 else 2e-2), name
 
 
+@pytest.mark.parametrize("op", ["renorm", "softmax"])
+def test_a_tuned_row_tile_reaches_the_launch_and_keeps_the_result(op, monkeypatch):
+    """A tuned row's tile (``aiter-ext tune renorm`` / ``softmax``) is the one launched, and the outputs stay those of
+    the heuristic's tile (the tile changes the schedule, not the arithmetic's result beyond rounding)."""
+    import types
+
+    from aiter_ext.ops.sampling import backends, launchers
+
+    tuned = {"BLOCK": 64, "num_warps": 2} if op == "renorm" else {"chunked": False, "BLOCK": 64, "num_warps": 2}
+    probs = random_probs(300, rows=5, scale=3.0)
+    call = (lambda: S.top_k_renorm_probs(probs, 7)) if op == "renorm" else (lambda: S.softmax(probs.log()))
+    expected = call()
+    target = backends.RENORM if op == "renorm" else backends.SOFTMAX
+    impl = target.impls["triton"]
+    monkeypatch.setattr(target, "select", lambda call, backend=None: types.SimpleNamespace(impl=impl, config=tuned))
+    tiles, real = [], launchers.logits_kernels.launch_config
+    monkeypatch.setattr(launchers.logits_kernels, "launch_config",
+                        lambda *a: tiles.append(real(*a)) or tiles[-1])
+    out = call()
+    assert [(t["BLOCK"], t["num_warps"]) for t in tiles] == [(64, 2)]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_top_k_mask_logits_is_exact_with_ties_and_minus_inf():
     logits = torch.randn(5, 300, device=DEVICE)
     logits[0, :200] = float("-inf")  # fewer finite logits than k below
