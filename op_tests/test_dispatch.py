@@ -202,6 +202,24 @@ def test_tuner_rejects_a_wrong_kernel(tmp_path, monkeypatch):
     assert rows == [] and any("REJECTED" in line for line in lines)
 
 
+@pytest.mark.parametrize("second_us, kept", [(9.8, {}), (9.0, {"BLOCK_R": 1, "num_warps": 4})])
+def test_a_tile_takes_the_row_only_when_it_beats_the_heuristic_by_the_margin(tmp_path, monkeypatch, second_us, kept):
+    """rmsnorm's candidates in order: the heuristic ({}) at 10 us, the next tile at ``second_us``, the rest at 20.
+    2% faster keeps the heuristic (HEURISTIC_MARGIN is 3%); 10% faster takes the tile."""
+    from aiter_ext.core import tuner
+    from aiter_ext.ops.norm.backends import TRITON_TUNE_CONFIGS
+
+    assert TRITON_TUNE_CONFIGS[:2] == [{}, {"BLOCK_R": 1, "num_warps": 4}]  # the order the times below follow
+    times = iter([10.0, second_us] + [20.0] * (len(TRITON_TUNE_CONFIGS) - 2))
+    monkeypatch.setattr(tuner, "_gpu_time_us", lambda run, on_gpu: next(times))
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("num_rows,hidden,dtype\n5,96,fp16\n")
+    lines = []
+    rows = tuner.tune("rmsnorm", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert [json.loads(r["config"]) for r in rows] == [kept], lines
+    assert any("kept the heuristic" in line for line in lines) == (kept == {})
+
+
 def test_exact_keys_keep_a_tuned_row_to_its_own_width(gpu_like, monkeypatch, tmp_path):
     """An op that lists a key as exact takes a row of another value of it as no row (rmsnorm's tiles are sized
     for a width, RoPE's for its heads and dim); the other keys still find their nearest row."""
