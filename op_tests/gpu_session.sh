@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune small-tunes tunes issue18-one
+#             issue18-a issue18-b attention-tune tunes issue18-one
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -119,8 +119,9 @@ for section in $sections; do
         | tee "$OUT/pytest-issue18.log" | tail -n 8
       wait $fi_warm; wait $build; tail -n 2 "$OUT/objects-build.log"
       bash "$0" host-parts launch-bench ;;
-    tunes)  # issue 18, one call for every tune target without rows yet: attention (8 shards) and the three small ones
-      # compile and check at once (16 processes), then each is timed alone (SIGINT at its limit keeps the rows timed)
+    tunes)  # issue 18: attention's tune (no rows yet; 8 shards) and the three newer targets' (paged_kv_append, softmax,
+      # renorm: renorm's last shape has no row) compile and check at once (16 processes), then each is timed alone
+      # (SIGINT at its limit keeps the rows timed; the tuner merges them into the committed ones)
       for k in 0 1 2 3 4 5 6 7; do
         timeout ${T_TUNE_CHECK:-200} python3 -m aiter_ext tune attention --check-only --shard $k/8 \
           > "$OUT/tune-attention-check-$k.log" 2>&1 &
@@ -134,17 +135,6 @@ for section in $sections; do
       cp configs/tuned_csv/attention_tuned.csv "$OUT/" 2>/dev/null
       for op in paged_kv_append softmax renorm; do
         timeout -s INT ${T_TUNE_SMALL:-55} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 6
-        cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
-      done ;;
-    small-tunes)  # issue 18: fills the tuned CSVs of paged_kv_append (9 shapes x 7 tiles), softmax (6 x 8) and renorm
-      # (5 x 8) for this GPU's arch: the three compile and check in parallel processes, then are timed one at a time
-      for op in paged_kv_append softmax renorm; do
-        timeout ${T_TUNE_CHECK:-150} python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
-      done
-      wait
-      grep -h "REJECTED\|failed" "$OUT"/tune-check-*.log | head -n 20
-      for op in paged_kv_append softmax renorm; do
-        timeout -s INT ${T_TUNE_SMALL:-90} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 8
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
     issue18-one)  # issue 18 when one call is all the device time allows: FlashInfer's builds, the plan/thin/sampling tests
