@@ -445,7 +445,7 @@ def test_every_tuned_tile_has_a_spec_on_the_arch_it_was_measured_on():
 
     for op, provider, tile_keys in (("paged_kv_append", paged_kv.aot_specs, ("BLOCK_R",)),
                                     ("renorm", renorm_kernels.aot_specs, ("BLOCK",)),
-                                    ("softmax", logits_kernels.aot_specs, ("BLOCK",))):
+                                    ("softmax", logits_kernels.softmax_specs, ("BLOCK",))):
         rows = [r for r in load_rows(op) if r["backend"] == "triton" and json.loads(r["config"]).get("num_warps")]
         assert rows, op
         for r in rows:
@@ -513,7 +513,7 @@ def test_tuned_append_renorm_and_softmax_tiles_get_their_specs_on_their_arch_onl
                     + 'sm_90,132,64,32000,fp32,triton,"{""chunked"": false, ""BLOCK"": 8192, ""num_warps"": 16}",9,0,0,0\n'
                     + 'sm_90,132,1,256000,fp32,triton,"{""chunked"": true, ""BLOCK"": 2048, ""num_warps"": 4}",9,0,0,0\n'),
     }
-    providers = (paged_kv.aot_specs, renorm_kernels.aot_specs, logits_kernels.aot_specs)
+    providers = (paged_kv.aot_specs, renorm_kernels.aot_specs, logits_kernels.softmax_specs)
     for op, text in tables.items():  # first no rows (the committed tables' rows may hold these tiles), then the row
         (tmp_path / f"{op}-none.csv").write_text(text.splitlines()[0] + "\n")
         monkeypatch.setenv(f"AITER_EXT_TUNED_CSV_{op}", str(tmp_path / f"{op}-none.csv"))

@@ -218,6 +218,7 @@ def test_a_tile_takes_the_row_only_when_it_beats_the_heuristic_by_the_margin(tmp
     rows = tuner.tune("rmsnorm", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
     assert [json.loads(r["config"]) for r in rows] == [kept], lines
     assert any("kept the heuristic" in line for line in lines) == (kept == {})
+    assert sum("us," in line for line in lines) == len(TRITON_TUNE_CONFIGS)  # one per timed candidate, none besides
 
 
 def test_exact_keys_keep_a_tuned_row_to_its_own_width(gpu_like, monkeypatch, tmp_path):

@@ -128,25 +128,33 @@ def tuned_softmax_specs(arch: str):
             yield softmax_chunk_spec(dtype, chunks, suffix)
 
 
-def aot_specs(arch: str = "gfx942"):
+def softmax_specs(arch: str = "gfx942"):
+    """Softmax's launches: the row kernel's and the chunked path's default tiles (vocabularies 1024 and 128256),
+    then each tuned row's measured on ``arch``. The chunked path's first pass, chunk_stats of LOGITS, is shared
+    with the draws from logits and listed with them (chunked_kernels)."""
     names = set()
-    for vocab in (1024, 128256):
-        cfg = launch_config(vocab, 256, "gfx942")
-        opts = {"num_warps": cfg["num_warps"]}
-        for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
-            for temp in (1, 2):
-                spec = _softmax_row_spec(dtype, temp, cfg)
-                names.add(spec.name)
-                yield spec
-            sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64"}
-            yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
-                             {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                             opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
-    for spec in tuned_softmax_specs(arch):
+    defaults = [_softmax_row_spec(dtype, temp, launch_config(vocab, 256, "gfx942"))
+                for vocab in (1024, 128256) for dtype in ("fp32", "bf16", "fp16") for temp in (1, 2)]
+    defaults += [softmax_chunk_spec(dtype, chunked_config(128256, 256, "gfx942", op="softmax"))
+                 for dtype in ("fp32", "bf16", "fp16")]
+    for spec in [*defaults, *tuned_softmax_specs(arch)]:
         if spec.name not in names:
             names.add(spec.name)
             yield spec
 
 
+def aot_specs():
+    """The draws from logits (Gumbel-max, one program per row tile) at the default tiles."""
+    for vocab in (1024, 128256):
+        cfg = launch_config(vocab, 256, "gfx942")
+        opts = {"num_warps": cfg["num_warps"]}
+        for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
+            sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
+                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64"}
+            yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
+                             {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                             opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+
+
 register_aot_specs("sampling_from_logits", aot_specs)
+register_aot_specs("softmax", softmax_specs)
