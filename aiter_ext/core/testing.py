@@ -38,6 +38,12 @@ def max_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
+def error_over_bound(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> float:
+    """``max_error(out, ref)`` over the bound ``atol + rtol * max|ref|``: at most 1 where ``out`` is within it. The
+    tune targets score every candidate so, whatever the dtype (``out`` is compared on ``ref``'s device)."""
+    return max_error(out.to(ref.device), ref) / (atol + rtol * float(ref.float().abs().max()))
+
+
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None, name: str = "output",
                  atol: float | None = None, rtol: float | None = None) -> None:
     """Raise with a useful message unless ``out`` matches ``ref`` within the dtype's tolerance.

@@ -35,7 +35,7 @@ def packed_rows_bucket(max_qo_len: int, group: int) -> int:
 
 
 def tune_case(shape: dict, device: str):
-    from aiter_ext.core.testing import max_error, poison_
+    from aiter_ext.core.testing import error_over_bound, poison_
     from aiter_ext.core.tuner import TuneCase
 
     from .plan import default_config
@@ -86,8 +86,7 @@ def tune_case(shape: dict, device: str):
         poison_(out), poison_(lse)
         run(impl, cfg)
         # each error over its bound, as the other tune targets scale it, so that 1 is the limit for both
-        return max(max_error(out, ref_out) / (_ATOL[dtype] + _RTOL * float(ref_out.float().abs().max())),
-                   max_error(lse, ref_lse) / (1e-3 + 1e-4 * float(ref_lse.abs().max())))
+        return max(error_over_bound(out, ref_out, _ATOL[dtype], _RTOL), error_over_bound(lse, ref_lse, 1e-3, 1e-4))
 
     element = q.element_size()
     nbytes = batch * kv_len * hkv * dim * 2 * element + 2 * q.numel() * element

@@ -116,7 +116,7 @@ MERGE_STATES.register("triton", _triton_many, configs=TRITON_TUNE_CONFIGS)
 
 
 def _tune_case(shape: dict, device: str):
-    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
@@ -134,8 +134,7 @@ def _tune_case(shape: dict, device: str):
         run(impl, cfg)
         atol, rtol = tolerance(dtype)
         # scale the value error to the tolerance so that one bound serves every dtype
-        return max(max_error(v_out, v_ref) / (atol + rtol * float(v_ref.float().abs().max())),
-                   max_error(s_out, s_ref) / 1e-4)
+        return max(error_over_bound(v_out, v_ref, atol, rtol), error_over_bound(s_out, s_ref, 1e-4, 0.0))
 
     nbytes = 3 * v_a.numel() * v_a.element_size() + 3 * s_a.numel() * 4
     return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)

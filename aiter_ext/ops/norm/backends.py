@@ -54,7 +54,7 @@ RMSNORM.register("triton", _triton, configs=TRITON_TUNE_CONFIGS)
 def _tune_case(shape: Mapping, device: str):
     import torch
 
-    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
@@ -71,7 +71,7 @@ def _tune_case(shape: Mapping, device: str):
         poison_(out)
         run(impl, cfg)
         atol, rtol = tolerance(dtype)
-        return max_error(out, ref) / (atol + rtol * float(ref.float().abs().max()))
+        return error_over_bound(out, ref, atol, rtol)
 
     return TuneCase(run, check, tolerance=1.0, nbytes=2 * x.numel() * x.element_size() + w.numel() * w.element_size())
 

@@ -90,7 +90,7 @@ ROPE.register("triton", _triton_rope, configs=TRITON_TUNE_CONFIGS)
 
 def _tune_case(shape: Mapping, device: str):
     """Llama 3.1 RoPE over one sequence; the untuned CSV gives ``num_q_heads`` beside the total (k has the rest)."""
-    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
@@ -112,8 +112,7 @@ def _tune_case(shape: Mapping, device: str):
         poison_(q_out), poison_(k_out)
         run(impl, cfg)
         atol, rtol = tolerance(dtype)
-        return max(max_error(o, r) / (atol + rtol * float(r.float().abs().max())) for o, r in ((q_out, q_ref),
-                                                                                              (k_out, k_ref)))
+        return max(error_over_bound(o, r, atol, rtol) for o, r in ((q_out, q_ref), (k_out, k_ref)))
 
     return TuneCase(run, check, tolerance=1.0, nbytes=2 * (q.numel() + k.numel()) * q.element_size())
 

@@ -117,15 +117,8 @@ def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
     return (torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3).to(dtype).to(device)
 
 
-def _relative_error(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> float:
-    from aiter_ext.core.testing import max_error, tolerance
-
-    atol, rtol = tolerance(dtype)
-    return max_error(out.cpu(), ref) / (atol + rtol * float(ref.float().abs().max()))
-
-
 def _softmax_tune_case(shape: Mapping, device: str):
-    from aiter_ext.core.testing import poison_
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     from .inputs import threshold
@@ -142,7 +135,7 @@ def _softmax_tune_case(shape: Mapping, device: str):
     def check(impl, cfg):
         poison_(out)
         run(impl, cfg)
-        return _relative_error(out, ref, torch.float32)
+        return error_over_bound(out, ref, *tolerance(torch.float32))
 
     return TuneCase(run, check, tolerance=1.0, nbytes=logits.numel() * (logits.element_size() + 4))
 
@@ -152,7 +145,7 @@ def _renorm_tune_case(shape: Mapping, device: str):
     top-k mask (k = 50) and top-p renorm. Each row's p lies halfway between two of its sorted running masses (past
     its 20 largest entries), so no entry sits within fp32 summation error of the threshold: the kept sets are
     exact and every output compares with the reference elementwise."""
-    from aiter_ext.core.testing import poison_
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     from .inputs import threshold
@@ -178,7 +171,7 @@ def _renorm_tune_case(shape: Mapping, device: str):
         for out in outs:
             poison_(out)
         run(impl, cfg)
-        return max(_relative_error(out, ref, dtype) for (_, _, _, ref, dtype), out in zip(cases, outs))
+        return max(error_over_bound(out, ref, *tolerance(dtype)) for (_, _, _, ref, dtype), out in zip(cases, outs))
 
     nbytes = sum(x.numel() * x.element_size() + out.numel() * out.element_size() for (x, *_), out in zip(cases, outs))
     return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)

@@ -70,7 +70,7 @@ def _tune_case(shape: dict, device: str):
     """A LoRA-like call: up to 8 equal segments (the last takes the rest), column-major weights."""
     import torch
 
-    from aiter_ext.core.testing import max_error, poison_, tolerance
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
@@ -91,7 +91,7 @@ def _tune_case(shape: dict, device: str):
         poison_(out)
         run(impl, cfg)
         atol, rtol = tolerance(dtype)
-        return max_error(out, ref) / (atol + rtol * float(ref.abs().max()))
+        return error_over_bound(out, ref, atol, rtol)
 
     nbytes = (x.numel() + weights.numel() + out.numel()) * x.element_size()
     return TuneCase(run, check, tolerance=1.0, nbytes=nbytes, flops=2 * rows * d_in * d_out)
