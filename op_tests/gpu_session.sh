@@ -126,15 +126,18 @@ for section in $sections; do
         timeout ${T_TUNE_CHECK:-200} python3 -m aiter_ext tune attention --check-only --shard $k/8 \
           > "$OUT/tune-attention-check-$k.log" 2>&1 &
       done
-      for op in paged_kv_append softmax renorm; do
-        timeout ${T_TUNE_CHECK:-200} python3 -m aiter_ext tune $op --check-only > "$OUT/tune-check-$op.log" 2>&1 &
+      # SMALL_TUNES: which of the three (default all); SMALL_TUNE_ARGS: extra arguments for them (-i a shorter list)
+      for op in ${SMALL_TUNES:-paged_kv_append softmax renorm}; do
+        timeout ${T_TUNE_CHECK:-200} python3 -m aiter_ext tune $op --check-only ${SMALL_TUNE_ARGS:-} \
+          > "$OUT/tune-check-$op.log" 2>&1 &
       done
       wait
       grep -h "REJECTED\|failed" "$OUT"/tune-*check*.log | head -n 20
       timeout -s INT ${T_TUNE:-190} python3 -m aiter_ext tune attention 2>&1 | tee "$OUT/tune-attention.log" | tail -n 10
       cp configs/tuned_csv/attention_tuned.csv "$OUT/" 2>/dev/null
-      for op in paged_kv_append softmax renorm; do
-        timeout -s INT ${T_TUNE_SMALL:-55} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 6
+      for op in ${SMALL_TUNES:-paged_kv_append softmax renorm}; do
+        timeout -s INT ${T_TUNE_SMALL:-55} python3 -m aiter_ext tune $op ${SMALL_TUNE_ARGS:-} 2>&1 \
+          | tee "$OUT/tune-$op.log" | tail -n 6
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
     issue18-one)  # issue 18 when one call is all the device time allows: FlashInfer's builds, the plan/thin/sampling tests
