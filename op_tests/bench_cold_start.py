@@ -12,7 +12,8 @@ extension ready before the clock starts; the clock stops after a synchronize):
   ``aiter-ext aot --build --arch sm_XY --kernel ...`` unless ``--objects`` names a folder already built), and
   an empty Triton cache: a launch that no object fits raises, and the row says so.
 
-The issue's target: ``objects`` at least 10x faster than ``jit``. ``--profile``: the ``objects`` child's first
+The issue's target: ``objects`` at least 10x faster than ``jit``. The last column says whether the ``objects``
+child had imported Triton when its first call returned (core/lazy_triton.py: it should not have, in a fresh Python). ``--profile``: the ``objects`` child's first
 call under cProfile, its top functions by cumulative time printed after the table (where a first call's time
 goes when it is not the compile).
 """
@@ -59,7 +60,8 @@ start = time.perf_counter()
 try:
     CALL
     torch.cuda.synchronize()
-    print(json.dumps({"ms": (time.perf_counter() - start) * 1e3}))
+    ms = (time.perf_counter() - start) * 1e3
+    print(json.dumps({"ms": ms, "triton": "triton" in sys.modules}))
 except Exception as exc:
     print(json.dumps({"error": f"{type(exc).__name__}: {str(exc)[:160]}"}))
 if profile is not None:
@@ -96,8 +98,8 @@ def main() -> int:
             print(f"built {arch} objects matching {kernel_filter!r} in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"{torch.cuda.get_device_name()}, objects under {objects}")
     profiles: list[str] = []
-    print("| op | process | jit ms | cache ms | objects ms | jit / objects |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| op | process | jit ms | cache ms | objects ms | jit / objects | Triton imported after the objects' call |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, _, call in CASES:
         # a fresh Python (the clock takes Triton's import too), and a serving process's, where Triton is imported
         for where, import_triton in (("fresh", "0"), ("Triton imported", "1")):
@@ -114,7 +116,7 @@ def main() -> int:
             cells = [r.get("ms") for r in (jit, cached, from_objects)]
             text = [f"{c:.1f}" if c is not None else r["error"] for c, r in zip(cells, (jit, cached, from_objects))]
             ratio = f"{cells[0] / cells[2]:.0f}x" if cells[0] and cells[2] else "-"
-            print(f"| {name} | {where} | {' | '.join(text)} | {ratio} |", flush=True)
+            print(f"| {name} | {where} | {' | '.join(text)} | {ratio} | {from_objects.get('triton', '-')} |", flush=True)
     labels = [f"{name}, {where}" for name, _, _ in CASES for where in ("fresh", "Triton imported")]
     for label, text in zip(labels, profiles):
         print(f"\n== {label}: the objects child's first call, by cumulative time\n{text}")

@@ -68,6 +68,7 @@ def object_roots() -> list[Path]:
 
 def kernel_id(fn) -> str:
     """``module:qualname`` of the Python function under a kernel's wrappers (thin, autotune, jit)."""
+    fn = getattr(fn, "python_fn", fn)  # thin and deferred kernels name theirs without loading Triton
     while hasattr(fn, "fn"):
         fn = fn.fn
     return f"{fn.__module__}:{fn.__qualname__}"

@@ -178,7 +178,12 @@ class _ViewsOnly(torch.utils._python_dispatch.TorchDispatchMode):
 
 def _refuse_triton_launches(recording: _Recording):
     """Wraps Triton's ``JITFunction.run`` while recording: a launch through it (not a compile-only warmup)
-    is one the plan would not hold."""
+    is one the plan would not hold. With Triton not loaded yet (core/lazy_triton.py: every launch so far from a
+    code object), no launch can go through it without loading it first: loading it refuses the recording."""
+    from . import lazy_triton
+
+    if not lazy_triton.loaded():
+        return lazy_triton.on_load(lambda: recording.refuse("Triton loaded inside the call"))
     import triton.runtime.jit as jit
 
     original = jit.JITFunction.run

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import object_check, objects, plans
+from . import lazy_triton, object_check, objects, plans
 from .env import env, interpreted
 from .launch import current_stream
 from .log import log_once
@@ -147,14 +147,28 @@ class ThinKernel:
     (what the AMD compile check and Triton's own launcher use)."""
 
     def __init__(self, fn):
-        self.fn = fn
+        self._kernel = fn  # a LazyKernel until something needs Triton (core/lazy_triton.py)
         self.__name__ = getattr(fn, "__name__", "kernel")
         self.__doc__ = getattr(fn, "__doc__", None)
         params = getattr(fn, "params", None)
-        self._names = [p.name for p in params] if params else []
-        self._constexpr = {p.name for p in params if p.is_constexpr} if params else set()
+        self._params = list(params) if params else []
+        self._names = [p.name for p in self._params]
+        self._constexpr = {p.name for p in self._params if p.is_constexpr}
+        #: the Python function under the jit, named by the manifests (read without loading Triton)
+        self.python_fn = fn.python_fn if isinstance(fn, lazy_triton.LazyKernel) else fn
+        while hasattr(self.python_fn, "fn"):
+            self.python_fn = self.python_fn.fn
+        self._kernel_id: Optional[str] = None  # objects.kernel_id(python_fn), at the first lookup
         self._layouts: dict = {}
         self._records: dict = {}
+
+    @property
+    def fn(self):
+        """The kernel itself (Triton's JITFunction, or its interpreter's object): what Triton's own launcher,
+        its compile and the AMD compile check use. Loads Triton if nothing has yet."""
+        if isinstance(self._kernel, lazy_triton.LazyKernel):
+            self._kernel = self._kernel.jit_function()
+        return self._kernel
 
     def __getitem__(self, grid):
         if _MODE == "triton" or interpreted() or not self._names or callable(grid) or not native_ready():
@@ -162,6 +176,8 @@ class ThinKernel:
         return functools.partial(self._launch, grid)
 
     def __getattr__(self, name):  # warmup, cache_key, params, ...: the kernel's own
+        if name.startswith("_"):  # own attributes not set yet (copies, pickling): never the kernel's
+            raise AttributeError(name)
         return getattr(self.fn, name)
 
     # -- per call ------------------------------------------------------------------------------------
@@ -274,7 +290,7 @@ class ThinKernel:
     def _object_record(self, args, kwargs, names, runtime, device) -> Optional[_Record]:
         """A record for a code object from hsa/ (core/objects.py) that fits this launch, or None."""
         constexprs = {}
-        for i, p in enumerate(self.fn.params):
+        for i, p in enumerate(self._params):
             if p.is_constexpr:
                 constexprs[p.name] = kwargs[p.name] if p.name in kwargs else args[i] if i < len(args) else p.default
         options = {k: v for k, v in kwargs.items() if k not in self._names}
@@ -296,7 +312,9 @@ class ThinKernel:
                 return None
         from .arch import get_arch
 
-        row = objects.find(get_arch(), objects.kernel_id(self.fn), constexprs, options, signature, divisible)
+        if self._kernel_id is None:
+            self._kernel_id = objects.kernel_id(self.python_fn)
+        row = objects.find(get_arch(), self._kernel_id, constexprs, options, signature, divisible)
         if row is None and _CHECK_OBJECTS and object_check.BUILD:  # the check's own object for this launch
             row = object_check.build_for_launch(self.fn, self.__name__, get_arch(), constexprs, options, signature,
                                                 divisible)

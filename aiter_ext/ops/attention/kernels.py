@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.thin import thin
 
 LOG2E = 1.4426950408889634
@@ -427,7 +428,7 @@ def rope_cis_table(rope: tuple, head_dim: int, positions: int, device) -> torch.
     key = (rope, head_dim, str(device))
     table = _CIS_TABLES.get(key)
     if table is None or table.shape[0] < positions:
-        rows = max(256, triton.next_power_of_2(max(positions, 1)))
+        rows = max(256, next_pow2(max(positions, 1)))
         freq = (1.0 / rope[0]) * rope[1] ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angle = torch.arange(rows, dtype=torch.float64)[:, None] * freq[None, :]
         table = torch.cat([angle.cos(), angle.sin()], 1).to(device=device, dtype=torch.float32)
@@ -468,7 +469,7 @@ def rope_ahead_scratch(qo_lens: list, kv_lens: list, kv_indptr: list, page_size:
 def _rotate_rows(src, rotated, pos0, rope_cis, strides, kv_indices=None, page_size=1) -> torch.Tensor:
     if rotated.shape[0]:
         paged = kv_indices is not None
-        rotate_rows_kernel[(triton.cdiv(rotated.shape[0], ROTATE_ROWS), rotated.shape[1])](
+        rotate_rows_kernel[(cdiv(rotated.shape[0], ROTATE_ROWS), rotated.shape[1])](
             src, rotated, kv_indices if paged else pos0, pos0, rope_cis, rotated.shape[0], *strides,
             HEAD_DIM=rotated.shape[2], PAGE_SIZE=page_size if paged else 1, PAGED=paged, BLOCK_R=ROTATE_ROWS)
     return rotated

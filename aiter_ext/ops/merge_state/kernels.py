@@ -11,8 +11,8 @@ the address arithmetic to one multiply-add per row.
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.aot import KernelSpec, register_aot_specs

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import itertools
 
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.thin import thin
 
 from .chunked_kernels import _row_stats
@@ -220,9 +221,9 @@ def rounds_config(vocab: int, interpreted: bool = False, block: int = 0, rounds:
     """The launch: ``rounds`` drawn by chunks before the row kernel resumes (default 2: top-p makes 1.1
     rounds on average; top-k 4-5); ``fused``: check and judge in one launch (round_kernel)."""
     block = block or (256 if interpreted else GPU_BLOCK)
-    block = min(block, max(16, triton.next_power_of_2(vocab)))
-    num_chunks = triton.cdiv(vocab, block)
-    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
+    block = min(block, max(16, next_pow2(vocab)))
+    num_chunks = cdiv(vocab, block)
+    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": next_pow2(num_chunks),
             "rounds": max(rounds or 2, 1), "num_warps": num_warps or 4, "fused": fused}
 
 

@@ -16,10 +16,11 @@ A vocabulary of one chunk skips the first launch (``ONE_CHUNK``): the draw kerne
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.thin import thin
 
 from .chunked_kernels import _row_stats
@@ -156,9 +157,9 @@ def speculative_config(vocab: int, batch: int, interpreted: bool = False, block:
     """The launch at this shape. Under the CPU interpreter the cost is per program, so one chunk holds
     up to 16384 entries there (``block`` forces a width: tests, sweeps)."""
     block = block or (16384 if interpreted else SMALL_BATCH_BLOCK if batch < SMALL_BATCH else GPU_BLOCK)
-    block = min(block, max(16, triton.next_power_of_2(vocab)))
-    num_chunks = triton.cdiv(vocab, block)
-    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": triton.next_power_of_2(num_chunks),
+    block = min(block, max(16, next_pow2(vocab)))
+    num_chunks = cdiv(vocab, block)
+    return {"BLOCK": block, "num_chunks": num_chunks, "NCHUNKS": next_pow2(num_chunks),
             "ONE_CHUNK": num_chunks == 1, "num_warps": num_warps or 4}
 
 

@@ -34,10 +34,11 @@ choice and the rounds are the same code; only the concurrency is the GPU's alone
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.thin import thin
 
 from .kernels import (
@@ -291,16 +292,16 @@ def split_config(vocab: int, rows: int, arch: str, programs: int, interpreted: b
     block = block or (256 if interpreted else GPU_BLOCK)
     if arch.startswith("gfx") and not interpreted:
         return None
-    per_row = min(triton.cdiv(vocab, block), programs // max(rows, 1))
+    per_row = min(cdiv(vocab, block), programs // max(rows, 1))
     if rows < 1 or per_row < 2:
         return None
-    span = triton.cdiv(triton.cdiv(vocab, per_row), block) * block
+    span = cdiv(cdiv(vocab, per_row), block) * block
     if span > block and not full_passes and not interpreted:
         return None
-    num_spans = triton.cdiv(vocab, span)
-    local = triton.next_power_of_2(num_spans) if interpreted else 1
-    return {"BLOCK": block, "span": span, "num_spans": num_spans, "NSPANS": triton.next_power_of_2(num_spans),
-            "LOCAL": local, "programs": triton.cdiv(num_spans, local), "RESIDENT": span == block,
+    num_spans = cdiv(vocab, span)
+    local = next_pow2(num_spans) if interpreted else 1
+    return {"BLOCK": block, "span": span, "num_spans": num_spans, "NSPANS": next_pow2(num_spans),
+            "LOCAL": local, "programs": cdiv(num_spans, local), "RESIDENT": span == block,
             "num_warps": num_warps or (8 if block >= 4096 else 4)}
 
 

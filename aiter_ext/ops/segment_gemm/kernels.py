@@ -14,10 +14,11 @@ K loop, nested two dynamic loops deep, lost Triton's software pipelining. On an 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+# Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
+from aiter_ext.core.lazy_triton import tl, triton
 
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
+from aiter_ext.core.launch import cdiv, next_pow2
 from aiter_ext.core.thin import thin
 
 
@@ -177,8 +178,8 @@ def default_config(d_in: int, d_out: int) -> dict:
     """Untuned (no GPU run yet): 64-row tiles, column tiles of d_out up to 128 (a LoRA rank fits one),
     K steps of 64 (of d_in when smaller); 8 warps for 128-wide tiles (gfx942: 118 VGPRs and 4 waves, where 4 warps took 182
     and 2)."""
-    block_n = min(128, max(16, triton.next_power_of_2(d_out)))
-    block_k = min(64, max(16, triton.next_power_of_2(d_in)))  # a LoRA expand's K is its rank
+    block_n = min(128, max(16, next_pow2(d_out)))
+    block_k = min(64, max(16, next_pow2(d_in)))  # a LoRA expand's K is its rank
     return {"BLOCK_M": 64, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 8 if block_n >= 128 else 4}
 
 
@@ -194,7 +195,7 @@ def split_k(num_rows: int, d_in: int, d_out: int, config: dict, cu_num: int, *, 
     cfg = {**default_config(d_in, d_out), **config}
     if "SPLIT_K" in config:
         return int(config["SPLIT_K"]) if d_in % (int(config["SPLIT_K"]) * cfg["BLOCK_K"]) == 0 else 1
-    tiles = triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(d_out, cfg["BLOCK_N"])
+    tiles = cdiv(num_rows, cfg["BLOCK_M"]) * cdiv(d_out, cfg["BLOCK_N"])
     split = 1
     while split < 16 and tiles * split < 2 * cu_num and d_in % (2 * split * cfg["BLOCK_K"] * 4) == 0 and \
             (not slabs or 32 * 2 * split * d_out <= d_in):
@@ -240,8 +241,8 @@ def launch(x, weights, y, seg_indptr, weight_indices, batch: int, weight_column_
     if partials and (slices > 1 or workspace is None or workspace.numel() < partials_bytes(split, x.shape[0], d_out)):
         raise ValueError(f"SPLIT_K={split} into a {y.dtype} y needs one slice and a workspace of "
                          f"{partials_bytes(split, x.shape[0], d_out)} bytes")
-    grid = (triton.cdiv(x.shape[0], cfg["BLOCK_M"]) + batch,  # every segment adds at most one partial tile
-            triton.cdiv(d_out, cfg["BLOCK_N"]), slices * split)
+    grid = (cdiv(x.shape[0], cfg["BLOCK_M"]) + batch,  # every segment adds at most one partial tile
+            cdiv(d_out, cfg["BLOCK_N"]), slices * split)
     args = dict(seg_indptr=seg_indptr, weight_indices=weight_indices if weight_indices is not None else seg_indptr,
                 row_index=row_index if row_index is not None else seg_indptr, scale=float(scale or 1.0),
                 batch=batch, num_rows=x.shape[0], num_weights=weights.shape[0],
