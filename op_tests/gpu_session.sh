@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune tunes issue18-one
+#             issue18-a issue18-b attention-tune tunes issue18-one lazy-check
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -167,6 +167,11 @@ for section in $sections; do
       # cold starts (about 160 s)
       OBJECT_BUILD=1 T_OBJECTS=${T_OBJECTS:-260} OBJECT_TESTS="op_tests/test_paged_kv.py op_tests/test_cascade.py \
         op_tests/test_attention.py op_tests/test_sampling.py" bash "$0" objects-check
+      bash "$0" cold-start ;;
+    lazy-check)  # issue 18: Triton's deferred import (core/lazy_triton.py): its tests and the launch path's, the norm and
+      # merge_state suites compiled (every kernel made real by load()), then the cold starts on a quiet machine
+      timeout ${T_LAZY:-220} python3 -m pytest -q -p no:cacheprovider op_tests/test_lazy_triton.py op_tests/test_thin_launch.py \
+        op_tests/test_plans.py op_tests/test_norm.py op_tests/test_merge_state.py 2>&1 | tee "$OUT/pytest-lazy.log" | tail -n 8
       bash "$0" cold-start ;;
     cold-start)  # issue 18: first calls in fresh processes, from code objects against a Triton compile
       python3 op_tests/bench_cold_start.py --profile 2>&1 | tee "$OUT/bench-cold-start.log" ;;
