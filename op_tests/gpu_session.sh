@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune tunes issue18-one lazy-check
+#             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -105,6 +105,22 @@ for section in $sections; do
         python3 -m pytest -q -p no:cacheprovider ${OBJECT_TESTS:-op_tests/test_norm.py op_tests/test_merge_state.py \
         op_tests/test_paged_kv.py op_tests/test_rope.py -k "not Hq"} 2>&1 | tee "$OUT/pytest-objects.log" | tail -n 8
       cat "$OUT/object-check.json" ;;
+    objects-check-files)  # issue 18: objects-check with one process per test file at once (the check's compiles are
+      # CPU-bound; one process used one core of 16), each with its own counts file (written as it goes)
+      arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
+      [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
+        --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} 2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
+      python3 -c "from aiter_ext.core import thin; thin.native()"  # the C extension built once, before the processes
+      for tests in ${OBJECT_TESTS:-op_tests/test_attention_sinks.py op_tests/test_attention_sparse.py \
+          op_tests/test_attention_pod.py op_tests/test_sampling.py op_tests/test_serving_prefix.py op_tests/test_bounds.py}; do
+        name=$(basename "$tests" .py)
+        AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check-$name.json" \
+          AITER_EXT_OBJECT_CHECK_BUILD=${OBJECT_BUILD:-1} timeout -s INT ${T_OBJECTS:-300} \
+          python3 -m pytest -q -p no:cacheprovider "$tests" > "$OUT/pytest-objects-$name.log" 2>&1 &
+      done
+      wait
+      for f in "$OUT"/pytest-objects-*.log; do echo "$f: $(tail -n 1 "$f")"; done
+      cat "$OUT"/object-check-*.json ;;
     host-parts)  # issue 18: where each op's eager host time goes, beside FlashInfer (loops of 5000 calls)
       python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log" ;;
     issue18-a)  # issue 18, the first call (each section here fits the 600 s limit; then attention-tune, then

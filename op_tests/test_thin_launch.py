@@ -358,12 +358,18 @@ def test_a_code_object_launches_and_agrees_with_triton_bit_for_bit(tmp_path, mon
         objects._rows.cache_clear()
 
 
-def test_object_check_restores_inputs_and_catches_other_bytes():
+def test_object_check_restores_inputs_and_catches_other_bytes(tmp_path, monkeypatch):
     """object_check.py on CPU tensors, with stand-in launches: an in-place launch agrees only if the inputs
-    were restored between the two runs; a launch writing other bytes raises; one whose own runs differ is
-    counted nondeterministic."""
+    were restored between the two runs; a launch writing other bytes raises, its count written to the
+    check's file at once (a run cut by its time limit keeps it); one whose own runs differ is counted
+    nondeterministic."""
+    import json
+
     from aiter_ext.core import object_check
 
+    counts_file = tmp_path / "check.json"
+    monkeypatch.setattr(object_check, "ENABLED", True)
+    monkeypatch.setattr(object_check, "SETTING", str(counts_file))
     x, y = torch.randn(64), torch.randn(8)
     x0 = x.clone()
     object_check.COUNTS.clear()
@@ -372,16 +378,19 @@ def test_object_check_restores_inputs_and_catches_other_bytes():
     assert torch.equal(x, x0 * 2) and object_check.summary() == {"k": {"checked": 1}}
     with pytest.raises(object_check.ObjectMismatch, match=r"k.cubin wrote 4 bytes .* tensor argument 0"):
         object_check.launch_checked("k", "b", "k.cubin", double, lambda: x.mul_(2).__setitem__(5, 0.5), (x, y), {})
+    assert json.loads(counts_file.read_text())["object_check"]["k"] == {"checked": 1, "differed": 1}
     draws = iter(range(10))
     object_check.launch_checked("k", "c", "k.cubin", double, lambda: x.fill_(next(draws)), (x,), {})
-    assert object_check.summary()["k"] == {"checked": 1, "nondeterministic": 1}
+    assert object_check.summary()["k"] == {"checked": 1, "differed": 1, "nondeterministic": 1}
     for _ in range(object_check.CHECKS_PER_RECORD - 1):
         object_check.launch_checked("k", "a", "k.cubin", double, double, (x,), {})
     before = x.clone()  # past the checks per record: the object's launch alone runs
     object_check.launch_checked("k", "a", "k.cubin", double, lambda: pytest.fail("checked"), (x,), {})
     assert torch.equal(x, before * 2)
-    assert object_check.summary()["k"] == {"checked": object_check.CHECKS_PER_RECORD, "nondeterministic": 1,
-                                           "unchecked": 1}
+    assert object_check.summary()["k"] == {"checked": object_check.CHECKS_PER_RECORD, "differed": 1,
+                                           "nondeterministic": 1, "unchecked": 1}
+    object_check._report(every=0.0)  # as at exit
+    assert json.loads(counts_file.read_text())["object_check"] == object_check.summary()
     object_check.COUNTS.clear()
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import json
 import sys
+import time
 from collections import Counter
 from typing import Callable
 
@@ -45,7 +46,7 @@ BUILD = env("AITER_EXT_OBJECT_CHECK_BUILD") == "1"
 
 CHECKS_PER_RECORD = 4
 
-#: per kernel name: launches "checked", "unchecked" (capture, or past CHECKS_PER_RECORD), "nondeterministic";
+#: per kernel name: launches "checked", "differed", "unchecked" (capture, or past CHECKS_PER_RECORD), "nondeterministic";
 #: launch signatures "served" by an object, "built for the check", or "compiled" by Triton; "builds failed"
 COUNTS: dict[str, Counter] = {}
 _SEEN: Counter = Counter()
@@ -104,10 +105,13 @@ def launch_checked(name: str, record_key, object_name: str, launch_object: Calla
             return
         i = differing[0]
         bytes_differing = int((_storage_bytes(tensors[i]) != by_object[i]).sum())
+        counts["differed"] += 1
+        _report(every=0.0)
         raise ObjectMismatch(f"{name}: the code object {object_name} wrote {bytes_differing} bytes other than "
                              f"Triton's compile of the same launch into tensor argument {i} "
                              f"(shape {tuple(tensors[i].shape)}, {tensors[i].dtype})")
     counts["checked"] += 1
+    _report()
 
 
 def note_signature(name: str, record) -> None:
@@ -118,6 +122,7 @@ def note_signature(name: str, record) -> None:
     else:
         kind = "signatures built for the check" if record.source.startswith(BUILT) else "signatures served"
     COUNTS.setdefault(name, Counter())[kind] += 1
+    _report()
 
 
 #: The source of an object built by build_for_launch (thin.py's record names it so)
@@ -145,13 +150,24 @@ def summary() -> dict:
     return {name: dict(c) for name, c in sorted(COUNTS.items())}
 
 
-@atexit.register
-def _report() -> None:
-    if not ENABLED or not COUNTS:
+_LAST_WRITE = [0.0]
+
+
+def _report(every: float = 2.0) -> None:
+    """The counts to the file the setting names, at most once per ``every`` seconds while running (a run cut
+    by its time limit may not reach the exit: the last counts written stand), and at exit (stderr for "1")."""
+    if not ENABLED or not COUNTS or (SETTING == "1" and every):
         return
+    now = time.monotonic()
+    if every and now - _LAST_WRITE[0] < every:
+        return
+    _LAST_WRITE[0] = now
     text = json.dumps({"object_check": summary()}, indent=1)
     if SETTING == "1":
         print(text, file=sys.stderr)
     else:
         with open(SETTING, "w") as f:
             f.write(text + "\n")
+
+
+atexit.register(_report, every=0.0)
