@@ -45,9 +45,10 @@ def test_kernel_modules_and_their_specs_import_no_triton():
 
 
 def test_public_calls_reach_their_launch_without_triton():
-    """rmsnorm, RoPE and merge_state (the cold-start benchmark's ops) run validation, dispatch and their
-    launch set-up up to the kernel's launch with Triton unimported; the launch itself is recorded, not made
-    (CPU tensors, the dispatcher told that the triton backend runs here)."""
+    """One public call of every op family (the cold-start benchmark's rmsnorm, RoPE and merge_state first) runs
+    validation, dispatch and its launch set-up up to the kernels' launches with Triton unimported, as a process
+    whose launches all come from code objects does. The launches are recorded, not made (CPU tensors, the
+    dispatcher told that the triton backend runs here)."""
     out = _fresh_python("""
         import json, sys, torch
         import aiter_ext
@@ -56,16 +57,58 @@ def test_public_calls_reach_their_launch_without_triton():
         backend._device_ok = lambda name, device: (True, "")
         launched = []
         thin.ThinKernel.__getitem__ = lambda self, grid: (lambda *a, **k: launched.append(self.__name__))
-        r = lambda *s: torch.randn(*s).to(torch.bfloat16)
-        aiter_ext.rmsnorm(r(16, 4096), r(4096))
-        aiter_ext.apply_llama31_rope(r(64, 32, 128), r(64, 8, 128), torch.tensor([0, 64], dtype=torch.int32),
-                                     torch.zeros(1, dtype=torch.int32))
-        aiter_ext.merge_state(r(8, 4, 128), torch.randn(8, 4), r(8, 4, 128), torch.randn(8, 4))
-        print(json.dumps({"launched": launched,
-                          "triton": sorted(m for m in sys.modules if m == "triton" or m.startswith("triton."))}))
+        bf16, i32 = torch.bfloat16, torch.int32
+        r = lambda *s: torch.randn(*s).to(bf16)
+        probs = lambda: torch.softmax(torch.randn(2, 32000), -1)
+        cache = lambda: r(4, 2, 16, 8, 128)  # pages, K/V, page size, kv heads, head_dim
+
+        def decode_wrapper():
+            wrapper = aiter_ext.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8))
+            wrapper.plan(torch.tensor([0, 2, 4], dtype=i32), torch.tensor([0, 1, 2, 3], dtype=i32),
+                         torch.tensor([5, 16], dtype=i32), 32, 8, 128, 16, q_data_type=bf16)
+            wrapper.run(r(2, 32, 128), cache())
+
+        calls = {
+            "rmsnorm": lambda: aiter_ext.rmsnorm(r(16, 4096), r(4096)),
+            "apply_llama31_rope": lambda: aiter_ext.apply_llama31_rope(
+                r(64, 32, 128), r(64, 8, 128), torch.tensor([0, 64], dtype=i32), torch.zeros(1, dtype=i32)),
+            "merge_state": lambda: aiter_ext.merge_state(r(8, 4, 128), torch.randn(8, 4), r(8, 4, 128),
+                                                         torch.randn(8, 4)),
+            "merge_states": lambda: aiter_ext.merge_states(r(8, 3, 4, 128), torch.randn(8, 3, 4)),
+            "fused_add_rmsnorm": lambda: aiter_ext.fused_add_rmsnorm(r(4, 4096), r(4, 4096), r(4096)),
+            "apply_rope_pos_ids": lambda: aiter_ext.apply_rope_pos_ids(r(3, 32, 128), r(3, 8, 128),
+                                                                       torch.arange(3, dtype=i32)),
+            "rmsnorm_fp4quant": lambda: aiter_ext.rmsnorm_fp4quant(r(16, 4096), r(4096)),
+            "append_paged_kv_cache": lambda: aiter_ext.append_paged_kv_cache(
+                r(5, 8, 128), r(5, 8, 128), torch.zeros(5, dtype=i32), torch.arange(5, dtype=i32), cache(),
+                torch.tensor([2, 0], dtype=i32), torch.tensor([0, 2], dtype=i32), torch.tensor([5], dtype=i32)),
+            "single_prefill_with_kv_cache": lambda: aiter_ext.single_prefill_with_kv_cache(
+                r(16, 32, 128), r(64, 8, 128), r(64, 8, 128), causal=True),
+            "BatchDecodeWithPagedKVCacheWrapper": decode_wrapper,
+            "top_p_sampling_from_probs": lambda: aiter_ext.top_p_sampling_from_probs(probs(), 0.5),
+            "min_p_sampling_from_probs": lambda: aiter_ext.min_p_sampling_from_probs(probs(), 0.1),
+            "sampling_from_logits": lambda: aiter_ext.sampling_from_logits(torch.randn(2, 32000)),
+            "softmax": lambda: aiter_ext.softmax(torch.randn(2, 32000), 0.7),
+            "top_p_renorm_probs": lambda: aiter_ext.top_p_renorm_probs(probs(), 0.5),
+            "chain_speculative_sampling": lambda: aiter_ext.chain_speculative_sampling(
+                torch.softmax(torch.randn(2, 3, 500), -1), torch.randint(0, 500, (2, 3), dtype=i32),
+                torch.softmax(torch.randn(2, 4, 500), -1)),
+            "segment_gemm": lambda: aiter_ext.segment_gemm(r(16, 256), r(2, 256, 128), 2, False,
+                                                           seg_lens=torch.tensor([8, 8])),
+        }
+        result = {}
+        for name, call in calls.items():
+            before = len(launched)
+            call()
+            result[name] = [launched[before:], "triton" in sys.modules]
+        print(json.dumps(result))
     """)
-    assert out["triton"] == [], out["triton"][:5]
-    assert out["launched"] == ["rmsnorm_kernel", "rope_kernel", "merge_pair_kernel"], out["launched"]
+    imported = [name for name, (_, triton) in out.items() if triton]
+    assert not imported, f"Triton imported by the first of these calls: {imported}"
+    assert all(kernels for kernels, _ in out.values()), {n: k for n, (k, _) in out.items() if not k}
+    assert [out[n][0] for n in ("rmsnorm", "apply_llama31_rope", "merge_state")] == [
+        ["rmsnorm_kernel"], ["rope_kernel"], ["merge_pair_kernel"]]
+    assert len(out) == 17
 
 
 def test_load_makes_every_deferred_kernel_and_constant_real_in_every_module():
