@@ -46,7 +46,7 @@ def load() -> tuple[Any, Any]:
         import triton as real_triton
         import triton.language as real_tl
 
-        for item in _DEFERRED:  # constants before kernels: nothing reads a global before a compile anyway
+        for item in _DEFERRED:  # (Triton's jit reads no global until a compile: any order will do)
             item._make_real(real_triton, real_tl)
         swaps = {id(item): item for item in _DEFERRED}
         for name, module in list(sys.modules.items()):
@@ -165,15 +165,15 @@ class _Facade(types.ModuleType):
 
 def _jit(fn=None, **options):
     """``triton.jit``, deferred until Triton is loaded (its own once it is)."""
-    if _REAL is not None:
-        return _REAL[0].jit(fn, **options) if fn is not None else _REAL[0].jit(**options)
     if fn is None:
-        return lambda f: LazyKernel(f, options)
-    return LazyKernel(fn, options)
+        return lambda f: _jit(f, **options)
+    with _LOCK:  # a kernel module imported by another thread while load() runs waits for it, then gets Triton's
+        return _REAL[0].jit(fn, **options) if _REAL is not None else LazyKernel(fn, options)
 
 
 def _constexpr(value):
-    return _REAL[1].constexpr(value) if _REAL is not None else LazyConstexpr(value)
+    with _LOCK:
+        return _REAL[1].constexpr(value) if _REAL is not None else LazyConstexpr(value)
 
 
 _TRITON = _Facade("triton (deferred: aiter_ext.core.lazy_triton)", {"jit": _jit}, 0)
