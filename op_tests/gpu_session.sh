@@ -5,7 +5,7 @@
 #   bash op_tests/gpu_session.sh [sections...]
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
-#             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files
+#             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -21,6 +21,19 @@ fi
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" || echo "FlashInfer unavailable"
+# An op's tune: $2 processes compile and check its candidates at once (each every $2-th shape), then one checks and
+# times them all (SIGINT at its limit keeps the rows timed; the tuner merges them into the committed ones)
+sharded_tune() {
+  local op=$1 shards=$2 k
+  for ((k = 0; k < shards; k++)); do
+    timeout ${T_TUNE_CHECK:-300} python3 -m aiter_ext tune "$op" --check-only --shard $k/$shards \
+      > "$OUT/tune-$op-check-$k.log" 2>&1 &
+  done
+  wait
+  grep -h "REJECTED\|failed" "$OUT"/tune-$op-check-*.log | head -n 20
+  timeout -s INT ${T_TUNE:-280} python3 -m aiter_ext tune "$op" 2>&1 | tee "$OUT/tune-$op.log" | tail -n 12
+  cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
+}
 sections=${*:-merge attention-tests attention-bench sweep sampling-tests sampling-bench gap}
 for section in $sections; do
   echo "== $section"
@@ -69,15 +82,8 @@ for section in $sections; do
       python3 -m aiter_ext tune segment_gemm 2>&1 | tee "$OUT/tune-segment-gemm.log" | tail -n 40
       cp configs/tuned_csv/segment_gemm_tuned.csv "$OUT/" 2>/dev/null ;;
     attention-tune)  # issue 18: fills configs/tuned_csv/attention_tuned.csv for this GPU's arch (7 shapes x 25 tile
-      # configs, each a compile): 8 processes compile and check the candidates first, then one times them
-      for k in 0 1 2 3 4 5 6 7; do
-        timeout ${T_TUNE_CHECK:-300} python3 -m aiter_ext tune attention --check-only --shard $k/8 \
-          > "$OUT/tune-attention-check-$k.log" 2>&1 &
-      done
-      wait
-      grep -h "REJECTED\|failed" "$OUT"/tune-attention-check-*.log | head -n 20
-      timeout -s INT ${T_TUNE:-280} python3 -m aiter_ext tune attention 2>&1 | tee "$OUT/tune-attention.log" | tail -n 12
-      cp configs/tuned_csv/attention_tuned.csv "$OUT/" 2>/dev/null ;;
+      # configs, each a compile)
+      sharded_tune attention 8 ;;
     thin-tests)  # issue 18: the thin launch path against Triton's launcher bit for bit, then op suites through it
       AITER_EXT_LAUNCH=thin timeout ${T_THIN:-300} python3 -m pytest -q -p no:cacheprovider op_tests/test_thin_launch.py \
         op_tests/test_merge_state.py op_tests/test_paged_kv.py op_tests/test_segment_gemm.py 2>&1 \
@@ -156,6 +162,9 @@ for section in $sections; do
           | tee "$OUT/tune-$op.log" | tail -n 6
         cp configs/tuned_csv/${op}_tuned.csv "$OUT/" 2>/dev/null
       done ;;
+    sampling-tune)  # issue 18: fills configs/tuned_csv/sampling_tuned.csv for this GPU's arch (8 shapes, each with its
+      # filter, x 10 candidates; each candidate's 20000 draws checked by a chi-square test)
+      sharded_tune sampling 4 ;;
     issue18-one)  # issue 18 when one call is all the device time allows: FlashInfer's builds, the plan/thin/sampling tests
       # and the small tune targets' checks at once; then, each bounded by what is left of ${T_ONE:-560} s, the launch
       # benchmark (cascade and decode with plans), the small tunes timed, and the host-time parts

@@ -540,3 +540,27 @@ def test_tuned_append_renorm_and_softmax_tiles_get_their_specs_on_their_arch_onl
     assert all(s.constexprs["NCHUNKS"] == 128 for s in softmaxes.values() if "chunk" in s.name)
     for provider, extra in zip(providers, added):  # not another arch's
         assert not set(names(provider, "gfx942")) & set(extra)
+
+
+def test_a_tuned_sampling_tile_gets_its_specs_for_its_filter_on_its_arch_only(tmp_path, monkeypatch):
+    """A tuned ``sampling`` row (``aiter-ext tune sampling``) adds the row kernel at its tile for its own filter,
+    each threshold scalar or per row, to the specs of the arch it was measured on; a row of the policy's own
+    choice (``{}``) adds none."""
+    from aiter_ext.ops.sampling import kernels as sampling
+
+    head = "arch,cu_num,rows,vocab,dtype,filter,backend,config,us,bw_gbs,tflops,err\n"
+    (tmp_path / "none.csv").write_text(head)
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SAMPLING", str(tmp_path / "none.csv"))
+    before = {s.name for s in sampling.aot_specs("sm_90")}
+    before_amd = {s.name for s in sampling.aot_specs("gfx942")}
+    tile = '"{""split"": false, ""chunked"": false, ""ROWS"": 1, ""BLOCK"": 2048, ""num_warps"": 16}"'
+    (tmp_path / "rows.csv").write_text(head + f"sm_90,132,64,128256,fp32,top_k_top_p,triton,{tile},9,0,0,0\n"
+                                       f"sm_90,132,1,32000,fp32,plain,triton,{tile},9,0,0,0\n"
+                                       "sm_90,132,256,128256,fp32,min_p,triton,{},9,0,0,0\n")
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_SAMPLING", str(tmp_path / "rows.csv"))
+    added = [s for s in sampling.aot_specs("sm_90") if s.name not in before]
+    assert sorted((s.constexprs["TOP_K"], s.constexprs["TOP_P"], s.constexprs["MIN_P"]) for s in added) == [
+        (0, 0, 0), (1, 1, 0), (2, 2, 0)], [s.name for s in added]
+    assert all(s.constexprs["BLOCK"] == 2048 and s.constexprs["ROWS"] == 1 and s.options == {"num_warps": 16}
+               for s in added)
+    assert {s.name for s in sampling.aot_specs("gfx942")} == before_amd

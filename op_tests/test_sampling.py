@@ -403,7 +403,7 @@ def test_backend_selection_and_the_torch_reference_backend(backend, monkeypatch)
         probs = random_probs(48, scale=2.0)
         indices = torch.zeros(4000, dtype=torch.int32, device=DEVICE)
         tokens = S.min_p_sampling_from_probs(probs, 0.1, indices=indices, seed=2, offset=0)
-        choice = SAMPLING.select({"rows": 4000, "vocab": 48, "dtype": "fp32", "device": DEVICE.type})
+        choice = SAMPLING.select({"rows": 4000, "vocab": 48, "dtype": "fp32", "device": DEVICE.type, "filter": "min_p"})
         assert choice.impl.backend == backend
         check_distribution(tokens, R.min_p_distribution(probs, 0.1)[0], f"min_p on {backend}")
     finally:
@@ -507,6 +507,88 @@ def test_a_tuned_row_tile_reaches_the_launch_and_keeps_the_result(op, monkeypatc
     out = call()
     assert [(t["BLOCK"], t["num_warps"]) for t in tiles] == [(64, 2)]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_each_sampler_dispatches_with_its_filter_and_a_tuned_tile_reaches_the_launch(monkeypatch):
+    """The sampling op's calls carry their filter (a tuned row serves its own filter only), and a tuned row's
+    row-kernel tile (``aiter-ext tune sampling``) is the one launched, its draws still the filtered distribution."""
+    import types
+
+    from aiter_ext.ops.sampling import backends, launchers
+
+    probs = random_probs(300, scale=2.0)
+    impl = backends.SAMPLING.impls["triton"]
+    # (64 rows a program: the interpreter's cost is per program)
+    tuned = {"split": False, "chunked": False, "ROWS": 64, "BLOCK": 64, "num_warps": 2}
+    seen, tiles = [], []
+
+    def select(call, backend=None):
+        seen.append(call["filter"])
+        return types.SimpleNamespace(impl=impl, config=tuned if call["filter"] == "top_k" else {})
+
+    monkeypatch.setattr(backends.SAMPLING, "select", select)
+    real = launchers.kernels.filtered_sampling_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                tiles.append((kwargs["BLOCK"], kwargs["num_warps"]))
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(launchers.kernels, "filtered_sampling_kernel", Recorder())
+    indices = torch.zeros(min(DRAWS, 8192), dtype=torch.int32, device=DEVICE)
+    tokens = S.top_k_sampling_from_probs(probs, 20, indices=indices, seed=5, offset=0)
+    assert tiles == [(64, 2)]
+    check_distribution(tokens, R.top_k_distribution(probs, 20)[0], "top_k with a tuned tile")
+    S.sampling_from_probs(probs)
+    S.top_p_sampling_from_probs(probs, 0.5)
+    S.min_p_sampling_from_probs(probs, 0.1)
+    S.top_k_top_p_sampling_from_probs(probs, 20, 0.5, filter_apply_order="joint")
+    assert seen == ["top_k", "plain", "top_p", "min_p", "top_k_top_p"]
+
+
+def test_tuner_checks_draws_statistically_and_rejects_a_wrong_sampler(tmp_path, monkeypatch):
+    """`aiter-ext tune sampling` (CPU interpreter: plumbing only, two candidates, fewer draws): the candidates
+    pass the statistical check and the fastest is written with the filter as a shape key; a sampler that ignores
+    the filter (draws outside the kept set) is rejected."""
+    from aiter_ext.core.tuner import tune
+    from aiter_ext.ops.sampling import backends
+
+    impl = backends.SAMPLING.impls["triton"]
+    monkeypatch.setattr(backends, "SAMPLING_TUNE_DRAWS", 640)
+    monkeypatch.setattr(impl, "configs", [{}, {"split": False, "chunked": False, "ROWS": 16, "BLOCK": 32, "num_warps": 4}])
+    untuned = tmp_path / "u.csv"
+    untuned.write_text("rows,vocab,dtype,filter\n64,100,fp32,top_k\n")
+    lines = []
+    rows = tune("sampling", untuned, tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert len(rows) == 1 and rows[0]["filter"] == "top_k" and float(rows[0]["err"]) <= 1.0, lines
+    assert sum("us," in line for line in lines) == 2, lines
+    assert "filter" in (tmp_path / "t.csv").read_text().splitlines()[0]
+    real = impl.fn
+    wrong = lambda cfg, probs, indices, top_k, *rest: real(cfg, probs, indices, _thresholds(probs)[0], *rest)  # noqa: E731
+    monkeypatch.setattr(impl, "fn", wrong)
+    lines = []
+    assert tune("sampling", untuned, tmp_path / "t2.csv", backends=["triton"], allow_cpu=True, log=lines.append) == []
+    assert sum("REJECTED, error inf" in line for line in lines) == 2, lines
+
+
+def test_sampling_tune_thresholds_sit_in_gaps():
+    """The tune case's thresholds keep the same set in fp32 as in the fp64 reference: each lies in a gap between
+    two sorted probabilities (top-k keeps exactly k, top-p and min-p keep their stated ranks)."""
+    from aiter_ext.ops.sampling.backends import sampling_tune_thresholds
+
+    for dtype in (torch.float32, torch.bfloat16):
+        row = torch.softmax(torch.randn(5000, dtype=torch.float64) * 3, -1).to(dtype)
+        limits = sampling_tune_thresholds(row, "top_k_top_p_min_p")
+        values = row.double().sort(descending=True).values
+        k = limits["top_k"]
+        assert values[k - 1] > values[k] and k >= 50
+        kept_p = int(R.top_p_keep(row.double()[None], limits["top_p"]).sum())
+        assert kept_p >= 21 and kept_p == int(R.top_p_keep(row.float()[None], limits["top_p"]).sum())
+        bound = limits["min_p"] * values[0]
+        kept_min = int((values >= bound).sum())
+        assert kept_min >= 31 and min(values[kept_min - 1] - bound, bound - values[kept_min]) > 1e-4 * bound
 
 
 def test_top_k_mask_logits_is_exact_with_ties_and_minus_inf():

@@ -55,7 +55,7 @@ import torch
 
 from aiter_ext.core.plans import CallPlans
 
-from .backends import SAMPLING, dispatch
+from .backends import SAMPLING, dispatch, sampling_filter
 from .inputs import ABSENT, Threshold, checked_rows, finish, prepare_draw, threshold
 from .renorm import top_k_renorm_probs
 
@@ -77,7 +77,7 @@ def _sample(probs, indices, top_k: Threshold, top_p: Threshold, min_p: Threshold
     if plan:
         plan(*slots)
     else:
-        fn, tuned = dispatch(SAMPLING, probs, draw.rows, backend)
+        fn, tuned = dispatch(SAMPLING, probs, draw.rows, backend, filter=sampling_filter(top_k, top_p, min_p))
         PLANS.recorded(key, slots, fn, tuned if config is None else config, probs, indices, top_k, top_p, min_p, draw)
     return finish(draw, return_valid)
 

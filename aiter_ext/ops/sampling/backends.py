@@ -3,7 +3,7 @@ of reference.py, drawing with torch's own generator; not graph-capturable).
 
 Five ops for the dispatcher, each implementation writing only into tensors it is given:
 - ``sampling``: ``fn(config, probs, indices, top_k, top_p, min_p, draw)``, thresholds as
-  inputs.Threshold, outputs in the inputs.Draw;
+  inputs.Threshold, outputs in the inputs.Draw; its calls also key on their ``filter`` (sampling_filter);
 - ``sampling_from_logits``: ``fn(config, logits, indices, draw)``;
 - ``softmax``: ``fn(config, logits, temperature, out)``;
 - ``renorm``: ``fn(config, x, mode, param, out)``, mode one of TOP_K_RENORM/TOP_P_RENORM/TOP_K_MASK;
@@ -34,7 +34,9 @@ def _bucket(call: Mapping) -> tuple:
 
 
 SHAPE_KEYS = ("rows", "vocab", "dtype")
-SAMPLING = define_op("sampling", SHAPE_KEYS, _bucket)
+#: The draws from probabilities also key on their filter (sampling_filter): each filter's draw has its own best
+#: tile (the row kernel's launch_config already tells top-p alone apart), so a tuned row serves its filter only.
+SAMPLING = define_op("sampling", SHAPE_KEYS + ("filter",), lambda call: (*_bucket(call), call["filter"]))
 SAMPLING_FROM_LOGITS = define_op("sampling_from_logits", SHAPE_KEYS, _bucket)
 SOFTMAX = define_op("softmax", SHAPE_KEYS, _bucket)
 RENORM = define_op("renorm", SHAPE_KEYS, _bucket)
@@ -89,7 +91,13 @@ SOFTMAX_TUNE_CONFIGS = ([{"chunked": False}, {"chunked": False, "BLOCK": 8192, "
                         + [{"chunked": True, "BLOCK": b, "num_warps": w}
                            for b, w in ((1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8))] + [{}])
 
-for _op, _torch, _triton_name, _configs in ((SAMPLING, _torch_sampling, "filtered_draw", None),
+#: The draws from probabilities: the policy ({}: the route and tile launchers.filtered_draw picks) against the row
+#: kernel alone (no split, chunked or rounds route) at one row per program, these chunk widths and warps (its
+#: PREFETCH and LANE_SUMS flags stay kernels.launch_config's for the shape and filter).
+SAMPLING_TUNE_CONFIGS = [{}] + [{"split": False, "chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
+                                for b in (2048, 4096, 8192) for w in (4, 8, 16)]
+
+for _op, _torch, _triton_name, _configs in ((SAMPLING, _torch_sampling, "filtered_draw", SAMPLING_TUNE_CONFIGS),
                                             (SAMPLING_FROM_LOGITS, _torch_logits, "logits_draw", None),
                                             (SOFTMAX, _torch_softmax, "softmax", SOFTMAX_TUNE_CONFIGS),
                                             (RENORM, _torch_renorm, "renorm", RENORM_TUNE_CONFIGS),
@@ -98,17 +106,24 @@ for _op, _torch, _triton_name, _configs in ((SAMPLING, _torch_sampling, "filtere
     _op.register("triton", lambda *args, _name=_triton_name: getattr(_launchers(), _name)(*args), configs=_configs)
 
 
-def dispatch(op, x: torch.Tensor, rows: int, backend=None):
-    """``(fn, config)`` for a call of ``op`` on ``x`` (``rows`` output rows): call ``fn(config, ...)``."""
-    choice = op.select({"rows": rows, "vocab": x.shape[-1], "dtype": dtype_name(x.dtype), "device": x.device.type},
-                       backend)
+def sampling_filter(top_k, top_p, min_p) -> str:
+    """The ``sampling`` op's ``filter`` key: the thresholds a call sets, joined ("plain", "top_k", "top_p",
+    "min_p", "top_k_top_p", ...)."""
+    names = [name for name, t in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p)) if t.mode != Mode.NONE]
+    return "_".join(names) or "plain"
+
+
+def dispatch(op, x: torch.Tensor, rows: int, backend=None, **keys):
+    """``(fn, config)`` for a call of ``op`` on ``x`` (``rows`` output rows; ``keys``: the op's other shape keys, the
+    sampling op's ``filter``): call ``fn(config, ...)``."""
+    choice = op.select({"rows": rows, "vocab": x.shape[-1], "dtype": dtype_name(x.dtype), "device": x.device.type,
+                        **keys}, backend)
     return choice.impl.fn, choice.config
 
 
-# -- tuning: how `aiter-ext tune renorm` and `aiter-ext tune softmax` build and check one shape -------------
-# The draws (sampling, sampling_from_logits, chain speculative) have no tune target: their outputs are random, so a
-# candidate could only be checked statistically, and their routes (row, split, rounds, chunked) were chosen by the
-# sweeps in op_tests/gpu_session.sh (sampling-split-sweep, sampling-sweep) and are fixed in their launch policies.
+# -- tuning: how `aiter-ext tune renorm`, `softmax` and `sampling` build and check one shape ------------------
+# The draws from logits and chain speculative sampling have no tune target yet: their routes (row, chunked) were
+# chosen by the sweeps in op_tests/gpu_session.sh (sampling-sweep) and are fixed in their launch policies.
 
 
 def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
@@ -177,11 +192,87 @@ def _renorm_tune_case(shape: Mapping, device: str):
     return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
 
 
+#: The statistical check of `aiter-ext tune sampling`: draws per candidate, and the chi-square test's level
+SAMPLING_TUNE_DRAWS = 20_000
+SAMPLING_TUNE_ALPHA = 1e-4
+
+
+def _rank_with_a_gap(values: torch.Tensor, start: int, rel: float = 1e-3) -> int:
+    """The first rank from ``start`` (sorted ``values``, descending) whose value lies above the next one's by more
+    than ``rel`` of itself: a threshold placed in that gap keeps the ranks up to it whatever the rounding."""
+    gaps = (values[:-1] - values[1:]) > rel * values[:-1]
+    gaps[:min(start, gaps.numel() - 1)] = False
+    return int(gaps.nonzero()[0]) if gaps.any() else values.numel() - 1
+
+
+def sampling_tune_thresholds(row: torch.Tensor, filters: str) -> dict:
+    """Thresholds for ``filters`` (a ``filter`` key) on one distribution ``row``, each set in a gap between two
+    sorted probabilities so that the kept set is the same in fp32 and in the fp64 reference: top-k ~50, top-p
+    keeping ~20 tokens, min-p ~30."""
+    values = row.double().sort(descending=True).values
+    mass = values.cumsum(0)
+    vocab = values.numel()
+    out = {}
+    if "top_k" in filters:
+        out["top_k"] = _rank_with_a_gap(values, min(49, vocab // 4), rel=0.0) + 1
+    if "top_p" in filters:
+        r = max(1, _rank_with_a_gap(values, min(20, vocab // 4)))
+        out["top_p"] = float((mass[r - 1] + mass[r]) / 2)  # keeps ranks 0..r: rank r+1 has mass[r] above it
+    if "min_p" in filters:
+        r = _rank_with_a_gap(values, min(30, vocab // 4))
+        out["min_p"] = float((values[r] + values[r + 1]) / 2 / values[0])
+    return out
+
+
+def _sampling_tune_case(shape: Mapping, device: str):
+    """A draw from probabilities with the shape's filter. Every row of ``probs`` holds the same distribution, so
+    a call draws ``rows`` tokens of it. The check is statistical: over SAMPLING_TUNE_DRAWS draws in repeated
+    calls (a fresh offset each), no token may fall outside the reference's filtered set (score inf), and Pearson's
+    chi-square test against its probabilities must give p > SAMPLING_TUNE_ALPHA (the score is ALPHA / p, so at
+    most 1 passes: a correct candidate fails one shape in 10^4)."""
+    from aiter_ext.core.testing import chi_square_p_value
+    from aiter_ext.core.tuner import TuneCase
+
+    from .inputs import prepare_draw, threshold
+
+    rows, vocab = shape["rows"], shape["vocab"]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    row = torch.softmax(torch.randn(vocab, dtype=torch.float64) * 3, -1).to(dtype)
+    probs = row.expand(rows, vocab).contiguous().to(device)
+    limits = sampling_tune_thresholds(row, shape["filter"])
+    target = reference.filtered_distribution(row.double()[None], limits.get("top_k"), limits.get("top_p"),
+                                             limits.get("min_p"))[0]
+    given = {name: threshold(name, limits.get(name), rows, probs.device, "top_k" if name == "top_k" else "unit")
+             for name in ("top_k", "top_p", "min_p")}
+    timed = prepare_draw(probs, "probs", None, None, False, 1234, 0)
+
+    def run(impl, cfg, draw=timed):
+        impl.fn(cfg, probs, None, given["top_k"], given["top_p"], given["min_p"], draw)
+
+    def check(impl, cfg):
+        counts = torch.zeros(vocab, dtype=torch.int64, device=device)
+        for call in range(-(-SAMPLING_TUNE_DRAWS // rows)):
+            draw = prepare_draw(probs, "probs", None, None, False, 1234, call * rows)
+            draw.out.fill_(-1)  # poisoned: a row the candidate leaves unwritten shows
+            run(impl, cfg, draw)
+            tokens = draw.out.long()
+            if not bool(((tokens >= 0) & (tokens < vocab) & (draw.valid != 0)).all()):
+                return float("inf")
+            counts += torch.bincount(tokens, minlength=vocab)
+        counts = counts.cpu()
+        if bool(counts[target == 0].any()):
+            return float("inf")
+        return SAMPLING_TUNE_ALPHA / max(chi_square_p_value(counts, target), 1e-300)
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=probs.numel() * probs.element_size())
+
+
 def _register_tuning():
     from aiter_ext.core.tuner import register_tune_target
 
     register_tune_target("softmax", _softmax_tune_case)
     register_tune_target("renorm", _renorm_tune_case)
+    register_tune_target("sampling", _sampling_tune_case)
 
 
 _register_tuning()

@@ -466,29 +466,63 @@ def resume_tile(block: int) -> dict:
     return {"ROWS": 1, "BLOCK": block, "num_warps": 8 if block >= 4096 else 4, "PREFETCH": False, "LANE_SUMS": False}
 
 
-def aot_specs():
+_SPEC_POINTERS = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
+                  "istate", "fstate")
+
+
+def _filtered_spec(name: str, modes: tuple[int, int, int], cfg: dict, resume: bool = False,
+                   label: str = "") -> KernelSpec:
+    """The row kernel's compile for one filter (``modes``: TOP_K, TOP_P, MIN_P) and tile ``cfg``, probabilities in
+    fp32, no indices, one seed for all rows."""
+    top_k, top_p, min_p = modes
+    sig = {p: "*fp32" for p in _SPEC_POINTERS}
+    sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
+               offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
+               num_src="i32", vocab="i32", stride_row="i64", stats="*i32", istate="*i32")
+    consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
+              "STATS": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"],
+              "LANE_SUMS": cfg["LANE_SUMS"], "RESUME": resume}
+    label += "-resume" if resume else ""
+    return KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}{label}]",
+                      filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
+                      divisible_by_16=_SPEC_POINTERS)
+
+
+def _tuned_specs(arch: str):
+    """The row kernel's tile of every tuned ``sampling`` row measured on ``arch`` (backends.SAMPLING_TUNE_CONFIGS),
+    for the row's filter with each threshold scalar or per row (a tuned tile needs its code object as much as a
+    default). A row of the policy's own choice (``{}``) adds none."""
+    from aiter_ext.core.tuned import measured_configs
+
+    for row, config in measured_configs("sampling", arch):
+        if "BLOCK" not in config or row["dtype"] != "fp32":
+            continue
+        names = [n for n in ("top_k", "top_p", "min_p") if n in row["filter"]]
+        top_p_only = names == ["top_p"]
+        cfg = {**launch_config(int(row["vocab"]), int(row["rows"]), arch, False, top_p_only),
+               **{k: config[k] for k in ("ROWS", "BLOCK", "num_warps") if k in config}}
+        for mode in (SCALAR, PER_ROW):
+            modes = tuple(mode if n in names else NONE for n in ("top_k", "top_p", "min_p"))
+            yield _filtered_spec(row["filter"], modes, cfg, label=f"-tuned-{'scalar' if mode == SCALAR else 'per_row'}")
+            if not names:
+                break
+
+
+def aot_specs(arch: str = "gfx942"):
+    """The AMD compile check's row-kernel specs (the same for every arch: the AMD tiles), then the tiles of the
+    tuned rows measured on ``arch``."""
     from .rounds_kernels import GPU_BLOCK  # late: rounds_kernels imports this module
 
-    pointers = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", "min_p_ptr", "seed_ptr", "offset_ptr",
-                "istate", "fstate")
     filters = {"plain": (NONE, NONE, NONE), "top_k": (PER_ROW, NONE, NONE), "top_p": (NONE, PER_ROW, NONE),
                "min_p": (NONE, NONE, PER_ROW), "joint": (PER_ROW, PER_ROW, NONE)}
     for vocab, resume in ((16, False), (1024, False), (128256, False), (128256, True)):
         cfg = resume_tile(GPU_BLOCK) if resume else launch_config(vocab, 256, "gfx942")
-        for name, (top_k, top_p, min_p) in filters.items():
+        for name, modes in filters.items():
+            top_k, top_p, min_p = modes
             if resume and (min_p != NONE or (top_k == NONE and top_p == NONE)):
                 continue  # RESUME: the rounds path's filters (rounds_kernels.py)
-            sig = {p: "*fp32" for p in pointers}
-            sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
-                       offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
-                       num_src="i32", vocab="i32", stride_row="i64", stats="*i32", istate="*i32")
-            consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False, "STATS": False,
-                      "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"],
-                      "LANE_SUMS": cfg["LANE_SUMS"], "RESUME": resume}
-            label = "-resume" if resume else ""
-            yield KernelSpec(f"filtered_sampling[{name}-rows{cfg['ROWS']}-block{cfg['BLOCK']}-w{cfg['num_warps']}{label}]",
-                             filtered_sampling_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
-                             divisible_by_16=pointers)
+            yield _filtered_spec(name, modes, cfg, resume)
+    yield from _tuned_specs(arch)
 
 
 register_aot_specs("sampling", aot_specs)
