@@ -244,9 +244,10 @@ def _as_timed(fn, on_gpu: bool):
 def _sampling_tune_case(shape: Mapping, device: str):
     """A draw from probabilities with the shape's filter. Every row of ``probs`` holds the same distribution, so
     a call draws ``rows`` tokens of it. The check is statistical: over SAMPLING_TUNE_DRAWS draws in repeated
-    calls (a fresh offset each; graph replays on a GPU, as timed), no token may fall outside the reference's filtered set (score inf), and Pearson's
-    chi-square test against its probabilities must give p > SAMPLING_TUNE_ALPHA (the score is ALPHA / p, so at
-    most 1 passes: a correct candidate fails one shape in 10^4)."""
+    calls (a fresh offset each; graph replays on a GPU, as timed), no token may fall outside the reference's
+    filtered set (score inf), and Pearson's chi-square test against its probabilities must give
+    p > SAMPLING_TUNE_ALPHA (the score is ALPHA / p, so at most 1 passes: a correct candidate fails one shape in
+    10^4)."""
     from aiter_ext.core.testing import chi_square_p_value
     from aiter_ext.core.tuner import TuneCase
 
