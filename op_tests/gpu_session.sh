@@ -6,6 +6,7 @@
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
+#             issue18-next
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -187,6 +188,22 @@ for section in $sections; do
       done
       [ "$(left)" -gt 30 ] && timeout -s INT $(left) python3 op_tests/bench_host_parts.py 2>&1 \
         | tee "$OUT/bench-host-parts.log" ;;
+    issue18-next)  # issue 18, what the session of 2026-12-07 (fourth) left for the GPU, in one call of ~560 s: the objects
+      # built beside the sampling tune's checks, the object check over the suites it has not reached (one process per
+      # file), the sampling tune timed, then merge_state's host time beside FlashInfer
+      arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
+      (timeout ${T_BUILD:-200} python3 -m aiter_ext aot --build --arch $arch --out /tmp/hsa_objects --jobs 10 \
+        > "$OUT/objects-build.log" 2>&1) & build=$!
+      for k in 0 1 2 3; do
+        timeout ${T_TUNE_CHECK:-200} python3 -m aiter_ext tune sampling --check-only --shard $k/4 \
+          > "$OUT/tune-sampling-check-$k.log" 2>&1 &
+      done
+      wait
+      tail -n 2 "$OUT/objects-build.log"; grep -h "REJECTED\|failed" "$OUT"/tune-sampling-check-*.log | head -n 20
+      T_OBJECTS=${T_OBJECTS:-180} bash "$0" objects-check-files
+      timeout -s INT ${T_TUNE:-110} python3 -m aiter_ext tune sampling 2>&1 | tee "$OUT/tune-sampling.log" | tail -n 12
+      cp configs/tuned_csv/sampling_tuned.csv "$OUT/" 2>/dev/null
+      timeout -s INT ${T_LAUNCH:-60} python3 op_tests/bench_launch.py --only=merge_state 2>&1 | tee "$OUT/bench-launch.log" ;;
     issue18-b)  # issue 18, a later call on the machine issue18-a warmed (its objects under /tmp/hsa_objects): the
       # object check over the suites no check has reached yet (launches no object serves get one built), then the
       # cold starts (about 160 s)
