@@ -12,6 +12,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -564,3 +565,40 @@ def test_a_tuned_sampling_tile_gets_its_specs_for_its_filter_on_its_arch_only(tm
     assert all(s.constexprs["BLOCK"] == 2048 and s.constexprs["ROWS"] == 1 and s.options == {"num_warps": 16}
                for s in added)
     assert {s.name for s in sampling.aot_specs("gfx942")} == before_amd
+
+
+@pytest.mark.parametrize("name, call", [
+    ("plain", lambda S, p: S.sampling_from_probs(p)),
+    ("top_k", lambda S, p: S.top_k_sampling_from_probs(p, torch.full((p.shape[0],), 5, dtype=torch.int32))),
+    ("top_p", lambda S, p: S.top_p_sampling_from_probs(p, torch.full((p.shape[0],), 0.5))),
+    ("min_p", lambda S, p: S.min_p_sampling_from_probs(p, torch.full((p.shape[0],), 0.1))),
+])
+def test_the_row_kernels_specs_type_their_pointers_as_its_launches_pass_them(name, call, monkeypatch):
+    """A filtered-sampling spec's pointer types are those of the row kernel's real launch of its filter (a threshold
+    not given points at probs): else no object built from it could serve a call (core/objects.find compares the
+    types). The launch is recorded, not made, with the row kernel's route forced."""
+    import types
+
+    from aiter_ext.core import backend, thin
+    from aiter_ext.core.objects import TRITON_DTYPES
+    from aiter_ext.ops import sampling as S
+    from aiter_ext.ops.sampling import backends, kernels
+
+    monkeypatch.setattr(backend, "_device_ok", lambda b, device: (True, ""))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setitem(backend._STATUS_PROBES, "triton", lambda: (True, "the test's stand-in"))
+    backend._cached_status.cache_clear()
+    impl = backends.SAMPLING.impls["triton"]
+    forced = types.SimpleNamespace(impl=impl, config={"split": False, "chunked": False})
+    monkeypatch.setattr(backends.SAMPLING, "select", lambda call, backend=None: forced)
+    launched = []
+    monkeypatch.setattr(thin.ThinKernel, "__getitem__", lambda self, grid: lambda *a, **k: launched.append((self, a)))
+    try:
+        call(S, torch.softmax(torch.randn(4, 1024), -1))
+    finally:
+        backend._cached_status.cache_clear()
+    (kernel, args), = launched
+    names = [p.name for p in kernel._params if not p.is_constexpr]
+    passed = {n: "*" + TRITON_DTYPES[a.dtype] for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
+    spec = next(s for s in kernels.aot_specs("gfx942") if s.name.startswith(f"filtered_sampling[{name}-"))
+    assert {n: spec.signature[n] for n in passed} == passed

@@ -28,7 +28,8 @@ def _fresh_python(code: str) -> dict:
 
 
 def test_kernel_modules_and_their_specs_import_no_triton():
-    """Every kernel module imports, and every arch's specs are listed, with Triton still unimported."""
+    """Every kernel module imports, every arch's specs are listed and every thin kernel's manifest name read, with
+    Triton still unimported."""
     out = _fresh_python("""
         import json, sys
         import aiter_ext
@@ -37,6 +38,10 @@ def test_kernel_modules_and_their_specs_import_no_triton():
         ops.load_kernel_modules()
         specs = {arch: len(list(aot.registered_specs(arch))) for arch in ("gfx942", "gfx950", "sm_90")}
         kernels = [m for m in sys.modules if m.startswith("aiter_ext.ops.") and m.endswith("kernels")]
+        from aiter_ext.core import objects, thin  # the object lookup's kernel names, as thin.py reads them
+        ids = [objects.kernel_id(v._kernel) for m in kernels for v in vars(sys.modules[m]).values()
+               if isinstance(v, thin.ThinKernel)]
+        assert all(":" in i and "kernel" in i for i in ids) and len(ids) >= 20, ids
         print(json.dumps({"modules": len(kernels), "specs": specs,
                           "triton": sorted(m for m in sys.modules if m == "triton" or m.startswith("triton."))}))
     """)

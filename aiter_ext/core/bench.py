@@ -39,6 +39,23 @@ def time_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 
     return statistics.median(samples)
 
 
+def as_timed(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` as ``time_us(fn, graph=True)`` runs it on a GPU: a CUDA graph's replay (a call may take another route
+    inside a capture), captured once after a first call outside it; ``fn`` itself where the call does not capture,
+    and on the CPU. For a check that must judge what the tuner times (a sampler's draws)."""
+    if not torch.cuda.is_available():
+        return fn
+    try:
+        fn()  # compiles and allocates outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception:  # noqa: BLE001 (the tuner then times it eagerly too)
+        return fn
+    return graph.replay
+
+
 def host_time_us(fn: Callable[[], object], calls: int = 500, warmup: int = 200, repeats: int = 5) -> float:
     """Wall time per call of ``fn()`` issued back to back with no synchronization in between: for a call
     far faster on the GPU than on the host, the host's cost of one eager call. The median of ``repeats`` runs

@@ -71,7 +71,7 @@ def object_roots() -> list[Path]:
 
 def kernel_id(fn) -> str:
     """``module:qualname`` of the Python function under a kernel's wrappers (thin, autotune, jit)."""
-    fn = getattr(fn, "python_fn", fn)  # thin and deferred kernels name theirs without loading Triton
+    fn = getattr(fn, "python_fn", fn)  # a deferred kernel (core/lazy_triton.py) names its own without Triton
     while hasattr(fn, "fn"):
         fn = fn.fn
     return f"{fn.__module__}:{fn.__qualname__}"

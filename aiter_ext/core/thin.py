@@ -154,11 +154,7 @@ class ThinKernel:
         self._params = list(params) if params else []
         self._names = [p.name for p in self._params]
         self._constexpr = {p.name for p in self._params if p.is_constexpr}
-        #: the Python function under the jit, named by the manifests (read without loading Triton)
-        self.python_fn = fn.python_fn if isinstance(fn, lazy_triton.LazyKernel) else fn
-        while hasattr(self.python_fn, "fn"):
-            self.python_fn = self.python_fn.fn
-        self._kernel_id: Optional[str] = None  # objects.kernel_id(python_fn), at the first lookup
+        self._kernel_id: Optional[str] = None  # the manifests' name of the kernel, at the first lookup
         self._layouts: dict = {}
         self._records: dict = {}
 
@@ -313,7 +309,7 @@ class ThinKernel:
         from .arch import get_arch
 
         if self._kernel_id is None:
-            self._kernel_id = objects.kernel_id(self.python_fn)
+            self._kernel_id = objects.kernel_id(self._kernel)  # a deferred kernel names itself without Triton
         row = objects.find(get_arch(), self._kernel_id, constexprs, options, signature, divisible)
         if row is None and _CHECK_OBJECTS and object_check.BUILD:  # the check's own object for this launch
             row = object_check.build_for_launch(self.fn, self.__name__, get_arch(), constexprs, options, signature,

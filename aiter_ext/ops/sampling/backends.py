@@ -224,23 +224,6 @@ def sampling_tune_thresholds(row: torch.Tensor, filters: str) -> dict:
     return out
 
 
-def _as_timed(fn, on_gpu: bool):
-    """``fn`` as the tuner times it on a GPU, a CUDA graph's replay (inside a capture the policy may take another
-    route: launchers._graph_timed), so that the statistical check judges the route that is timed; ``fn`` itself
-    where the call does not capture, and on the CPU."""
-    if not on_gpu:
-        return fn
-    try:
-        fn()  # compiles and allocates outside the capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-    except Exception:  # noqa: BLE001 (the tuner then times it eagerly too)
-        return fn
-    return graph.replay
-
-
 def _sampling_tune_case(shape: Mapping, device: str):
     """A draw from probabilities with the shape's filter. Every row of ``probs`` holds the same distribution, so
     a call draws ``rows`` tokens of it. The check is statistical: over SAMPLING_TUNE_DRAWS draws in repeated
@@ -248,6 +231,7 @@ def _sampling_tune_case(shape: Mapping, device: str):
     filtered set (score inf), and Pearson's chi-square test against its probabilities must give
     p > SAMPLING_TUNE_ALPHA (the score is ALPHA / p, so at most 1 passes: a correct candidate fails one shape in
     10^4)."""
+    from aiter_ext.core.bench import as_timed
     from aiter_ext.core.testing import chi_square_p_value
     from aiter_ext.core.tuner import TuneCase
 
@@ -271,7 +255,7 @@ def _sampling_tune_case(shape: Mapping, device: str):
         counts = torch.zeros(vocab, dtype=torch.int64, device=device)
         offset = torch.zeros(1, dtype=torch.int64, device=device)  # this check's own: written below
         draw = prepare_draw(probs, "probs", None, None, False, 1234, offset)
-        launch = _as_timed(lambda: run(impl, cfg, draw), probs.is_cuda)
+        launch = as_timed(lambda: run(impl, cfg, draw))  # graph replays on a GPU: the route that is timed
         for call in range(-(-SAMPLING_TUNE_DRAWS // rows)):
             draw.offset.fill_(call * rows)  # read by the kernels on the device: a graph's replay draws afresh
             draw.out.fill_(-1)  # poisoned: a row the candidate leaves unwritten shows

@@ -471,14 +471,21 @@ _SPEC_POINTERS = ("probs", "out", "valid", "indices", "top_k_ptr", "top_p_ptr", 
 
 
 def _filtered_spec(name: str, modes: tuple[int, int, int], cfg: dict, resume: bool = False,
-                   label: str = "") -> KernelSpec:
-    """The row kernel's compile for one filter (``modes``: TOP_K, TOP_P, MIN_P) and tile ``cfg``, probabilities in
-    fp32, no indices, one seed for all rows."""
+                   label: str = "", dtype: str = "fp32") -> KernelSpec:
+    """The row kernel's compile for one filter (``modes``: TOP_K, TOP_P, MIN_P) and tile ``cfg``, probabilities of
+    ``dtype``, no indices, one seed for all rows, its pointers typed as launchers.filtered_draw passes them: a
+    threshold that is not per row, and ``fstate`` outside RESUME, point at ``probs`` (Threshold.pointer's stand-in);
+    a per-row top-k is int32, top-p and min-p fp32."""
     top_k, top_p, min_p = modes
     sig = {p: "*fp32" for p in _SPEC_POINTERS}
-    sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64",
+    sig.update(probs=f"*{dtype}", out="*i32", valid="*i8", indices="*i32", seed_ptr="*i64",
                offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
                num_src="i32", vocab="i32", stride_row="i64", stats="*i32", istate="*i32")
+    for pointer, mode, per_row in (("top_k_ptr", top_k, "*i32"), ("top_p_ptr", top_p, "*fp32"),
+                                   ("min_p_ptr", min_p, "*fp32")):
+        sig[pointer] = per_row if mode == PER_ROW or resume else f"*{dtype}"
+    if not resume:  # (RESUME: the rounds path's own launch, rounds_draw in launchers.py; its specs as they were)
+        sig["fstate"] = f"*{dtype}"
     consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
               "STATS": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "PREFETCH": cfg["PREFETCH"],
               "LANE_SUMS": cfg["LANE_SUMS"], "RESUME": resume}
@@ -495,7 +502,7 @@ def _tuned_specs(arch: str):
     from aiter_ext.core.tuned import measured_configs
 
     for row, config in measured_configs("sampling", arch):
-        if "BLOCK" not in config or row["dtype"] != "fp32":
+        if "BLOCK" not in config:
             continue
         names = [n for n in ("top_k", "top_p", "min_p") if n in row["filter"]]
         top_p_only = names == ["top_p"]
@@ -503,7 +510,8 @@ def _tuned_specs(arch: str):
                **{k: config[k] for k in ("ROWS", "BLOCK", "num_warps") if k in config}}
         for mode in (SCALAR, PER_ROW):
             modes = tuple(mode if n in names else NONE for n in ("top_k", "top_p", "min_p"))
-            yield _filtered_spec(row["filter"], modes, cfg, label=f"-tuned-{'scalar' if mode == SCALAR else 'per_row'}")
+            yield _filtered_spec(row["filter"], modes, cfg, dtype=row["dtype"],
+                                 label=f"-{row['dtype']}-tuned-{'scalar' if mode == SCALAR else 'per_row'}")
             if not names:
                 break
 
