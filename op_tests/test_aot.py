@@ -602,3 +602,94 @@ def test_the_row_kernels_specs_type_their_pointers_as_its_launches_pass_them(nam
     passed = {n: "*" + TRITON_DTYPES[a.dtype] for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
     spec = next(s for s in kernels.aot_specs("gfx942") if s.name.startswith(f"filtered_sampling[{name}-"))
     assert {n: spec.signature[n] for n in passed} == passed
+
+
+def _spec_serves(spec, key) -> bool:
+    """Whether an object built from ``spec`` would serve a launch of ``key`` (ThinKernel.object_key): the test
+    core/objects.find makes of a manifest row."""
+    from aiter_ext.core.objects import kernel_id
+
+    kernel, constexprs, options, signature, divisible = key
+    return (kernel_id(spec.fn) == kernel and dict(spec.constexprs) == constexprs and dict(spec.options) == options
+            and dict(spec.signature) == signature and set(spec.divisible_by_16) <= divisible)
+
+
+#: Sampling calls at serving shapes, each as a serving engine makes it (FlashInfer's call forms): every launch
+#: they make on an AMD GPU must have a registered spec, else no shipped object serves it and the first call
+#: compiles (issue 18). Vocabulary 128256 at 1 and 256 rows takes the row, chunked, split and rounds routes.
+_SAMPLING_CALLS = {
+    "sampling_from_probs": lambda S, p, l: S.sampling_from_probs(p),
+    "top_k per row": lambda S, p, l: S.top_k_sampling_from_probs(p, torch.full((p.shape[0],), 50, dtype=torch.int32)),
+    "top_k scalar": lambda S, p, l: S.top_k_sampling_from_probs(p, 50),
+    "top_p per row": lambda S, p, l: S.top_p_sampling_from_probs(p, torch.full((p.shape[0],), 0.9)),
+    "top_p scalar": lambda S, p, l: S.top_p_sampling_from_probs(p, 0.9),
+    "min_p per row": lambda S, p, l: S.min_p_sampling_from_probs(p, torch.full((p.shape[0],), 0.1)),
+    "min_p scalar": lambda S, p, l: S.min_p_sampling_from_probs(p, 0.1),
+    "top_k_top_p": lambda S, p, l: S.top_k_top_p_sampling_from_probs(
+        p, torch.full((p.shape[0],), 50, dtype=torch.int32), torch.full((p.shape[0],), 0.9)),
+    "sampling_from_logits": lambda S, p, l: S.sampling_from_logits(l),
+    "softmax": lambda S, p, l: S.softmax(l),
+    "softmax temperature per row": lambda S, p, l: S.softmax(l, torch.full((l.shape[0],), 0.7)),
+    "top_k_renorm_probs": lambda S, p, l: S.top_k_renorm_probs(p, 50),
+    "top_p_renorm_probs": lambda S, p, l: S.top_p_renorm_probs(p, 0.9),
+    "top_k_mask_logits": lambda S, p, l: S.top_k_mask_logits(l, 50),
+    "chain_speculative_sampling": lambda S, p, l: S.chain_speculative_sampling(
+        p[:, None].expand(-1, 2, -1).contiguous(), torch.zeros(p.shape[0], 2, dtype=torch.int32),
+        p[:, None].expand(-1, 3, -1).contiguous()),
+}
+
+
+@pytest.mark.parametrize("rows", [1, 256])
+@pytest.mark.parametrize("name", list(_SAMPLING_CALLS))
+def test_every_sampling_launch_on_an_amd_gpu_has_a_spec(name, rows, monkeypatch):
+    """Each launch a sampling call makes on gfx942 (recorded, not made: the Triton backend and the GPU's routes
+    forced on the CPU) matches a registered spec of gfx942 exactly (kernel, constexprs, options, pointer and
+    scalar types, alignment assumed): an object built from the specs serves it."""
+    from aiter_ext.core import aot, backend, thin
+    from aiter_ext.ops import load_kernel_modules
+    from aiter_ext.ops import sampling as S
+
+    load_kernel_modules()
+    monkeypatch.setattr(backend, "_device_ok", lambda b, device: (True, ""))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("AITER_EXT_ARCH", "gfx942")
+    monkeypatch.setitem(backend._STATUS_PROBES, "triton", lambda: (True, "the test's stand-in"))
+    backend._cached_status.cache_clear()
+    launched = []
+    monkeypatch.setattr(thin.ThinKernel, "__getitem__",
+                        lambda self, grid: lambda *a, **k: launched.append((self.__name__, self.object_key(a, k))))
+    vocab = 128256
+    probs = torch.softmax(torch.randn(rows, vocab), -1)
+    logits = torch.randn(rows, vocab)
+    try:
+        _SAMPLING_CALLS[name](S, probs, logits)
+    finally:
+        backend._cached_status.cache_clear()
+    assert launched, "no launch recorded"
+    specs = list(aot.registered_specs("gfx942"))
+    for kernel, key in launched:
+        assert key is not None, f"{kernel}: a launch no object can serve (an argument Triton folds)"
+        assert any(_spec_serves(s, key) for s in specs), f"{kernel}: no gfx942 spec serves it; {_nearest(specs, key)}"
+
+
+def _nearest(specs, key) -> str:
+    """How the launch ``key`` differs from the closest spec of its kernel (the assertion's message)."""
+    from aiter_ext.core.objects import kernel_id
+
+    kernel, constexprs, options, signature, divisible = key
+    own = [s for s in specs if kernel_id(s.fn) == kernel]
+    if not own:
+        return "its kernel has no spec"
+
+    def differences(spec):
+        out = [f"{n}={v!r} (spec {dict(spec.constexprs).get(n)!r})" for n, v in constexprs.items()
+               if dict(spec.constexprs).get(n) != v]
+        out += [f"{n}: {t} (spec {dict(spec.signature).get(n)})" for n, t in signature.items()
+                if dict(spec.signature).get(n) != t]
+        out += [f"options {options} (spec {dict(spec.options)})"] if dict(spec.options) != options else []
+        out += [f"assumes {sorted(set(spec.divisible_by_16) - divisible)} aligned"] if not (
+            set(spec.divisible_by_16) <= divisible) else []
+        return out
+
+    best = min(own, key=lambda s: len(differences(s)))
+    return f"nearest {best.name}: " + ", ".join(differences(best))

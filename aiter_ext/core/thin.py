@@ -283,8 +283,20 @@ class ThinKernel:
         return record
 
 
-    def _object_record(self, args, kwargs, names, runtime, device) -> Optional[_Record]:
-        """A record for a code object from hsa/ (core/objects.py) that fits this launch, or None."""
+    def object_key(self, args, kwargs) -> Optional[tuple[str, dict, dict, dict, set]]:
+        """What core/objects.find matches a code object on for the launch ``self[grid](*args, **kwargs)``:
+        ``(kernel id, constexprs, options, signature, divisible)``, or None where no object could serve it (an
+        argument Triton would fold, such as None). For tests that check a launch against the registered specs."""
+        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
+        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
+        runtime = [a for n, a in zip(self._names, args) if n not in self._constexpr]
+        runtime += [kwargs[n] for n in self._names if n in kwargs and n not in self._constexpr]
+        key = self._launch_key(args, kwargs, names, runtime)
+        return None if key is None else (objects.kernel_id(self._kernel), *key)
+
+    def _launch_key(self, args, kwargs, names, runtime) -> Optional[tuple[dict, dict, dict, set]]:
+        """(constexprs, options, signature, divisible) of a launch, as objects.find takes them; None for an
+        argument no object is built for."""
         constexprs = {}
         for i, p in enumerate(self._params):
             if p.is_constexpr:
@@ -306,6 +318,14 @@ class ThinKernel:
                 signature[name] = "fp32"
             else:  # None: Triton would fold it; no object is built that way
                 return None
+        return constexprs, options, signature, divisible
+
+    def _object_record(self, args, kwargs, names, runtime, device) -> Optional[_Record]:
+        """A record for a code object from hsa/ (core/objects.py) that fits this launch, or None."""
+        key = self._launch_key(args, kwargs, names, runtime)
+        if key is None:
+            return None
+        constexprs, options, signature, divisible = key
         from .arch import get_arch
 
         if self._kernel_id is None:

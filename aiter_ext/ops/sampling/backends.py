@@ -96,12 +96,20 @@ SOFTMAX_TUNE_CONFIGS = ([{"chunked": False}, {"chunked": False, "BLOCK": 8192, "
 #: PREFETCH and LANE_SUMS flags stay kernels.launch_config's for the shape and filter).
 SAMPLING_TUNE_CONFIGS = [{}] + [{"split": False, "chunked": False, "ROWS": 1, "BLOCK": b, "num_warps": w}
                                 for b in (2048, 4096, 8192) for w in (4, 8, 16)]
+#: The draws from logits: the policy against the Gumbel-max row kernel (chunked False) at these tiles, and against the
+#: chunked inverse-CDF route (chunked True) at these chunk widths and warps.
+LOGITS_TUNE_CONFIGS = ([{}] + [{"chunked": False, "BLOCK": b, "num_warps": w} for b in (2048, 4096, 8192) for w in (4, 8, 16)]
+                       + [{"chunked": True, "BLOCK": b, "num_warps": w} for b, w in ((2048, 4), (4096, 4), (4096, 8), (8192, 8))])
+#: Chain speculative sampling: the policy (speculative_kernels.speculative_config) against these chunk widths and
+#: warps of its walk (and of its chunk sums, where the vocabulary takes more than one chunk).
+SPECULATIVE_TUNE_CONFIGS = [{}] + [{"BLOCK": b, "num_warps": w} for b in (1024, 2048, 4096, 8192, 16384) for w in (4, 8)]
 
 for _op, _torch, _triton_name, _configs in ((SAMPLING, _torch_sampling, "filtered_draw", SAMPLING_TUNE_CONFIGS),
-                                            (SAMPLING_FROM_LOGITS, _torch_logits, "logits_draw", None),
+                                            (SAMPLING_FROM_LOGITS, _torch_logits, "logits_draw", LOGITS_TUNE_CONFIGS),
                                             (SOFTMAX, _torch_softmax, "softmax", SOFTMAX_TUNE_CONFIGS),
                                             (RENORM, _torch_renorm, "renorm", RENORM_TUNE_CONFIGS),
-                                            (CHAIN_SPECULATIVE, _torch_speculative, "chain_speculative", None)):
+                                            (CHAIN_SPECULATIVE, _torch_speculative, "chain_speculative",
+                                             SPECULATIVE_TUNE_CONFIGS)):
     _op.register("torch", _torch)
     _op.register("triton", lambda *args, _name=_triton_name: getattr(_launchers(), _name)(*args), configs=_configs)
 
@@ -121,9 +129,8 @@ def dispatch(op, x: torch.Tensor, rows: int, backend=None, **keys):
     return choice.impl.fn, choice.config
 
 
-# -- tuning: how `aiter-ext tune renorm`, `softmax` and `sampling` build and check one shape ------------------
-# The draws from logits and chain speculative sampling have no tune target yet: their routes (row, chunked) were
-# chosen by the sweeps in op_tests/gpu_session.sh (sampling-sweep) and are fixed in their launch policies.
+# -- tuning: how `aiter-ext tune renorm`, `softmax`, `sampling`, `sampling_from_logits` and
+# `chain_speculative_sampling` build and check one shape ---------------------------------------------------------
 
 
 def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
@@ -224,52 +231,177 @@ def sampling_tune_thresholds(row: torch.Tensor, filters: str) -> dict:
     return out
 
 
-def _sampling_tune_case(shape: Mapping, device: str):
-    """A draw from probabilities with the shape's filter. Every row of ``probs`` holds the same distribution, so
-    a call draws ``rows`` tokens of it. The check is statistical: over SAMPLING_TUNE_DRAWS draws in repeated
-    calls (a fresh offset each; graph replays on a GPU, as timed), no token may fall outside the reference's
-    filtered set (score inf), and Pearson's chi-square test against its probabilities must give
-    p > SAMPLING_TUNE_ALPHA (the score is ALPHA / p, so at most 1 passes: a correct candidate fails one shape in
-    10^4)."""
+def _dtype(shape: Mapping) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+
+
+def _statistical_check(launch, prepare, calls: int, outcomes, target: torch.Tensor) -> float:
+    """A draw's tune check over ``calls`` launches of ``launch()`` (graph replays on a GPU: the route the tuner
+    times, since a capture may change the policy's), ``prepare(call)`` before each (its offset, poisoned
+    outputs). After each, ``outcomes()`` gives every row's outcome (an index into ``target``), or None where a row
+    is malformed (unwritten, invalid, out of range). A malformed row or an outcome of target probability 0 scores
+    inf; else the score is SAMPLING_TUNE_ALPHA / p of Pearson's chi-square test against ``target``, so at most 1
+    passes (a correct candidate fails one shape in 10^4)."""
     from aiter_ext.core.bench import as_timed
     from aiter_ext.core.testing import chi_square_p_value
+
+    launch = as_timed(launch)  # its warm-up call writes the outputs: each call below prepares them afresh
+    counts = 0  # on the outputs' device: one copy to the host at the end
+    for call in range(calls):
+        prepare(call)
+        launch()
+        got = outcomes()
+        if got is None:
+            return float("inf")
+        counts = counts + torch.bincount(got, minlength=target.numel())
+    counts = counts.cpu()
+    if counts.numel() > target.numel() or bool(counts[target == 0].any()):
+        return float("inf")
+    return SAMPLING_TUNE_ALPHA / max(chi_square_p_value(counts, target), 1e-300)
+
+
+def _token_outcomes(draw, vocab: int):
+    """The draws' tokens as outcomes, or None where a row is unwritten, invalid or out of range."""
+    def outcomes():
+        tokens = draw.out.long()
+        if not bool(((tokens >= 0) & (tokens < vocab) & (draw.valid != 0)).all()):
+            return None
+        return tokens
+    return outcomes
+
+
+def _draw_tune_case(x: torch.Tensor, kind: str, dtypes, target: torch.Tensor, call_fn):
+    """A draw of one token per row of ``x`` (``kind`` "probs" or "logits"; every row holds the same distribution,
+    ``target``), launched as ``call_fn(impl, cfg, draw)``: what it times, and its statistical check
+    (_statistical_check over SAMPLING_TUNE_DRAWS draws)."""
     from aiter_ext.core.tuner import TuneCase
 
-    from .inputs import prepare_draw, threshold
+    from .inputs import prepare_draw
+
+    rows, vocab = x.shape
+    timed = prepare_draw(x, kind, None, None, False, 1234, 0, dtypes)
+
+    def run(impl, cfg):
+        call_fn(impl, cfg, timed)
+
+    def check(impl, cfg):
+        offset = torch.zeros(1, dtype=torch.int64, device=x.device)  # this check's own: written per call
+        draw = prepare_draw(x, kind, None, None, False, 1234, offset, dtypes)
+
+        def prepare(call):
+            draw.offset.fill_(call * rows)  # read by the kernels on the device: a graph's replay draws afresh
+            draw.out.fill_(-1)  # poisoned: a row the candidate leaves unwritten shows
+
+        return _statistical_check(lambda: call_fn(impl, cfg, draw), prepare, -(-SAMPLING_TUNE_DRAWS // rows),
+                                  _token_outcomes(draw, vocab), target)
+
+    return TuneCase(run, check, tolerance=1.0, nbytes=x.numel() * x.element_size())
+
+
+def _sampling_tune_case(shape: Mapping, device: str):
+    """A draw from probabilities with the shape's filter (thresholds from sampling_tune_thresholds). Every row of
+    ``probs`` holds the same distribution, so a call draws ``rows`` tokens of it; checked by _statistical_check."""
+    from .inputs import PROB_DTYPES, threshold
 
     rows, vocab = shape["rows"], shape["vocab"]
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
-    row = torch.softmax(torch.randn(vocab, dtype=torch.float64) * 3, -1).to(dtype)
+    row = torch.softmax(torch.randn(vocab, dtype=torch.float64) * 3, -1).to(_dtype(shape))
     probs = row.expand(rows, vocab).contiguous().to(device)
     limits = sampling_tune_thresholds(row, shape["filter"])
     target = reference.filtered_distribution(row.double()[None], limits.get("top_k"), limits.get("top_p"),
                                              limits.get("min_p"))[0]
     given = {name: threshold(name, limits.get(name), rows, probs.device, "top_k" if name == "top_k" else "unit")
              for name in ("top_k", "top_p", "min_p")}
-    timed = prepare_draw(probs, "probs", None, None, False, 1234, 0)
+    return _draw_tune_case(probs, "probs", PROB_DTYPES, target, lambda impl, cfg, draw: impl.fn(
+        cfg, probs, None, given["top_k"], given["top_p"], given["min_p"], draw))
 
-    def run(impl, cfg, draw=timed):
-        impl.fn(cfg, probs, None, given["top_k"], given["top_p"], given["min_p"], draw)
+
+def _logits_tune_case(shape: Mapping, device: str):
+    """A draw from logits: a serving model's spread (randn x 3) with an eighth of the vocabulary masked to -inf
+    (tokens that must never come out). Every row holds the same logits; checked by _statistical_check against
+    their softmax."""
+    from .logits import LOGIT_DTYPES
+
+    rows, vocab = shape["rows"], shape["vocab"]
+    row = torch.randn(vocab, dtype=torch.float64) * 3
+    row[torch.randperm(vocab)[:vocab // 8]] = float("-inf")
+    row = row.to(_dtype(shape))
+    logits = row.expand(rows, vocab).contiguous().to(device)
+    target = torch.softmax(row.double(), -1)
+    return _draw_tune_case(logits, "logits", LOGIT_DTYPES, target,
+                           lambda impl, cfg, draw: impl.fn(cfg, logits, None, draw))
+
+
+#: The number of draft tokens per request in `aiter-ext tune chain_speculative_sampling` (not a shape key)
+SPECULATIVE_TUNE_DRAFTS = 3
+
+
+def speculative_outcome_law(q: torch.Tensor, drafts: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The law of one request's outcome under chain speculative sampling with fixed drafts: ``q [n, V]`` the draft
+    probabilities, ``drafts [n]`` the draft tokens, ``p [n + 1, V]`` the target's. Outcome ``k * V + t``: the first
+    ``k`` drafts accepted, then token ``t`` at position ``k`` (resampled from relu(p - q) after a rejection at
+    ``k < n``; drawn from p[n] after all ``n`` are accepted). Draft ``i`` is accepted with probability
+    ``min(1, p_i(d_i) / q_i(d_i))``."""
+    n, vocab = q.shape
+    law = torch.zeros(n + 1, vocab, dtype=torch.float64)
+    reach = 1.0
+    for i in range(n):
+        d = int(drafts[i])
+        accept = min(1.0, float(p[i, d] / q[i, d]))
+        residual = (p[i] - q[i]).clamp(min=0)
+        if accept < 1.0:
+            law[i] = reach * (1 - accept) * residual / residual.sum()
+        reach *= accept
+    law[n] = reach * p[n]
+    return law.flatten()
+
+
+def _speculative_tune_case(shape: Mapping, device: str):
+    """Chain speculative sampling with SPECULATIVE_TUNE_DRAFTS drafts (fp32; every request the same), the drafts
+    drawn once from their distributions. Each request's outcome (accepted count, then its last token) is checked by
+    _statistical_check against speculative_outcome_law: a token of zero residual after a rejection never comes
+    out, and the chi-square test covers the acceptances and the resampling at once."""
+    from aiter_ext.core.tuner import TuneCase
+
+    from .inputs import seed_and_offset
+
+    rows, vocab, n = shape["rows"], shape["vocab"], SPECULATIVE_TUNE_DRAFTS
+    logits = torch.randn(n + 1, vocab, dtype=torch.float64) * 2
+    p = torch.softmax(logits, -1)
+    q = torch.softmax(logits[:n] + torch.randn(n, vocab, dtype=torch.float64), -1)
+    drafts = torch.multinomial(q, 1)[:, 0]
+    # the law of the fp32 values the kernels read
+    target = speculative_outcome_law(q.float().double(), drafts, p.float().double())
+    draft_probs = q.float().expand(rows, n, vocab).contiguous().to(device)
+    target_probs = p.float().expand(rows, n + 1, vocab).contiguous().to(device)
+    draft_ids = drafts.int().expand(rows, n).contiguous().to(device)
+    out = torch.empty(rows, n + 1, dtype=torch.int32, device=device)
+    counters = torch.zeros(2, rows, dtype=torch.int32, device=device)
+    seed, offset, per_row = seed_and_offset(None, 1234, torch.zeros(1, dtype=torch.int64, device=device), rows,
+                                            draft_probs.device)
+
+    def run(impl, cfg):
+        impl.fn(cfg, draft_probs, draft_ids, target_probs, out, counters[0], counters[1], seed, offset, per_row)
+
+    def outcomes():
+        written = out >= 0
+        k = written.sum(1) - 1  # accepted drafts before the last token (emitted)
+        if not bool(((k >= 0) & (k <= n) & (written[:, :-1].int() >= written[:, 1:].int()).all(1)).all()):
+            return None  # no token, or a gap: a row the candidate wrote wrong
+        last = out.gather(1, k[:, None].clamp(min=0))[:, 0].long()
+        if not bool(((last < vocab) & (counters[1] == k)).all()):
+            return None
+        return k * vocab + last
 
     def check(impl, cfg):
-        counts = torch.zeros(vocab, dtype=torch.int64, device=device)
-        offset = torch.zeros(1, dtype=torch.int64, device=device)  # this check's own: written below
-        draw = prepare_draw(probs, "probs", None, None, False, 1234, offset)
-        launch = as_timed(lambda: run(impl, cfg, draw))  # graph replays on a GPU: the route that is timed
-        for call in range(-(-SAMPLING_TUNE_DRAWS // rows)):
-            draw.offset.fill_(call * rows)  # read by the kernels on the device: a graph's replay draws afresh
-            draw.out.fill_(-1)  # poisoned: a row the candidate leaves unwritten shows
-            launch()
-            tokens = draw.out.long()
-            if not bool(((tokens >= 0) & (tokens < vocab) & (draw.valid != 0)).all()):
-                return float("inf")
-            counts += torch.bincount(tokens, minlength=vocab)
-        counts = counts.cpu()
-        if bool(counts[target == 0].any()):
-            return float("inf")
-        return SAMPLING_TUNE_ALPHA / max(chi_square_p_value(counts, target), 1e-300)
+        def prepare(call):
+            offset.fill_(call * rows)  # one Philox offset per request: a fresh one per call
+            out.fill_(-1)
+            counters.zero_()
 
-    return TuneCase(run, check, tolerance=1.0, nbytes=probs.numel() * probs.element_size())
+        return _statistical_check(lambda: run(impl, cfg), prepare, -(-SAMPLING_TUNE_DRAWS // rows), outcomes, target)
+
+    nbytes = (draft_probs.numel() + target_probs.numel()) * 4
+    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
 
 
 def _register_tuning():
@@ -278,6 +410,8 @@ def _register_tuning():
     register_tune_target("softmax", _softmax_tune_case)
     register_tune_target("renorm", _renorm_tune_case)
     register_tune_target("sampling", _sampling_tune_case)
+    register_tune_target("sampling_from_logits", _logits_tune_case)
+    register_tune_target("chain_speculative_sampling", _speculative_tune_case)
 
 
 _register_tuning()

@@ -216,48 +216,61 @@ def aot_specs():
     def launch(op):
         cfg = chunked_config(128256, 256, "gfx942", op=op)
         return {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}, {"num_warps": cfg["num_warps"]}
-    ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    for kind, name in ((MAX, "max"), (MASS_ABOVE_MIN_P, "min_p")):
-        sig = {"x_ptr": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
-               "param_ptr": "*fp32", "param_value": "fp32", **ints}
-        shape, opts = launch("min_p")
+    ints = {"num_rows": "i32", "vocab": "i32", "stride_row": "i32", "num_chunks": "i32"}
+    # min-p's two first passes: no arg-max (stat_arg is stat_a), the row maximum (no parameter: stat_a stands in),
+    # then the mass above min-p per row or scalar (the scalar's pointer: stat_a)
+    sig = {"x_ptr": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*fp32", "param_ptr": "*fp32",
+           "param_value": "fp32", **ints}
+    shape, opts = launch("min_p")
+    for kind, param, name in ((MAX, SCALAR, "max"), (MASS_ABOVE_MIN_P, PER_ROW, "min_p"),
+                              (MASS_ABOVE_MIN_P, SCALAR, "min_p-scalar")):
         yield KernelSpec(f"chunk_stats[{name}-fp32-block{shape['BLOCK']}]", chunk_stats_kernel, sig,
-                         {"KIND": kind, "PARAM": SCALAR if kind == MAX else PER_ROW, **shape}, opts,
-                         divisible_by_16=("x_ptr",))
+                         {"KIND": kind, "PARAM": param, **shape}, opts, divisible_by_16=("x_ptr",))
+    for dtype in ("fp32", "bf16", "fp16"):  # a softmax's temperature per row or scalar; a draw's is 1 (scalar)
+        for param in (PER_ROW, SCALAR):
+            yield logits_stats_spec(dtype, chunked_config(128256, 256, "gfx942", op="logits"), param=param)
+    for min_p in (PER_ROW, SCALAR):
+        yield chunk_draw_spec(MASS_ABOVE_MIN_P, "fp32", chunked_config(128256, 256, "gfx942", op="min_p"), min_p)
     for dtype in ("fp32", "bf16", "fp16"):
-        yield logits_stats_spec(dtype, chunked_config(128256, 256, "gfx942", op="logits"))
-    for kind, name, dtypes in ((MASS_ABOVE_MIN_P, "min_p", ("fp32",)),
-                               (LOGITS, "logits", ("fp32", "bf16", "fp16"))):
-        for dtype in dtypes:
-            sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",
-                   "stat_b": "*fp32", "min_p_ptr": "*fp32", "min_p_value": "fp32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64",
-                   "num_chunks": "i32"}
-            shape, opts = launch("logits" if kind == LOGITS else "min_p")
-            consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": PER_ROW, "SEED_PER_ROW": False, **shape}
-            yield KernelSpec(f"chunk_draw[{name}-{dtype}-block{shape['BLOCK']}]", chunk_draw_kernel, sig, consts, opts,
-                             divisible_by_16=("x_ptr",))
+        yield chunk_draw_spec(LOGITS, dtype, chunked_config(128256, 256, "gfx942", op="logits"))
     # softmax's own second pass is listed under softmax (logits_kernels.softmax_specs)
 
 
-def softmax_chunk_spec(dtype: str, cfg: dict, suffix: str = "") -> KernelSpec:
-    """Chunked softmax's second pass (the first is chunk_stats of LOGITS) at ``cfg`` (chunked_config's)."""
+def softmax_chunk_spec(dtype: str, cfg: dict, suffix: str = "", temp: int = PER_ROW) -> KernelSpec:
+    """Chunked softmax's second pass (the first is chunk_stats of LOGITS) at ``cfg`` (chunked_config's), its
+    temperature ``temp`` per row or scalar (whose pointer is stat_a, never read)."""
     shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
     sig = {"logits": f"*{dtype}", "out": "*fp32", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32",
-           "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i64",
-           "stride_out": "i64", "num_chunks": "i32"}
-    return KernelSpec(f"softmax_chunk[{dtype}-block{shape['BLOCK']}{suffix}]", softmax_chunk_kernel, sig,
-                      {"TEMP": PER_ROW, **shape}, {"num_warps": cfg["num_warps"]}, divisible_by_16=("logits", "out"))
+           "temp_ptr": "*fp32", "temp_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_in": "i32",
+           "stride_out": "i32", "num_chunks": "i32"}
+    label = "-temp1" if temp == SCALAR else ""
+    return KernelSpec(f"softmax_chunk[{dtype}-block{shape['BLOCK']}{label}{suffix}]", softmax_chunk_kernel, sig,
+                      {"TEMP": temp, **shape}, {"num_warps": cfg["num_warps"]}, divisible_by_16=("logits", "out"))
 
 
-def logits_stats_spec(dtype: str, cfg: dict, suffix: str = "") -> KernelSpec:
-    """chunk_stats of LOGITS (per-row temperature) at ``cfg`` (chunked_config's): the first pass of a chunked
-    softmax or draw from logits."""
+def chunk_draw_spec(kind: int, dtype: str, cfg: dict, min_p: int = SCALAR, suffix: str = "") -> KernelSpec:
+    """chunk_draw of ``kind`` (MASS_ABOVE_MIN_P with ``min_p`` scalar or per row; LOGITS, which passes no min-p:
+    SCALAR) at ``cfg`` (chunked_config's): the second pass of chunked.draw_by_chunks."""
+    shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
+    sig = {"x_ptr": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "stat_a": "*fp32",
+           "stat_b": "*fp32", "min_p_ptr": "*fp32", "min_p_value": "fp32", "seed_ptr": "*i64",
+           "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i32",
+           "num_chunks": "i32"}
+    consts = {"HAS_INDICES": False, "KIND": kind, "MIN_P": min_p, "SEED_PER_ROW": False, **shape}
+    name = "logits" if kind == LOGITS else "min_p" if min_p == PER_ROW else "min_p-scalar"
+    return KernelSpec(f"chunk_draw[{name}-{dtype}-block{shape['BLOCK']}{suffix}]", chunk_draw_kernel, sig, consts,
+                      {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr",))
+
+
+def logits_stats_spec(dtype: str, cfg: dict, suffix: str = "", param: int = PER_ROW) -> KernelSpec:
+    """chunk_stats of LOGITS at ``cfg`` (chunked_config's), its temperature ``param`` (PER_ROW: softmax's per-row
+    temperature; SCALAR: a draw from logits, at temperature 1): the first pass of a chunked softmax or draw."""
     shape = {"ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"]}
     sig = {"x_ptr": f"*{dtype}", "stat_a": "*fp32", "stat_b": "*fp32", "stat_arg": "*i32", "param_ptr": "*fp32",
-           "param_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
-    return KernelSpec(f"chunk_stats[logits-{dtype}-block{shape['BLOCK']}{suffix}]", chunk_stats_kernel, sig,
-                      {"KIND": LOGITS, "PARAM": PER_ROW, **shape}, {"num_warps": cfg["num_warps"]},
+           "param_value": "fp32", "num_rows": "i32", "vocab": "i32", "stride_row": "i32", "num_chunks": "i32"}
+    temp = "-temp1" if param == SCALAR else ""
+    return KernelSpec(f"chunk_stats[logits-{dtype}-block{shape['BLOCK']}{temp}{suffix}]", chunk_stats_kernel, sig,
+                      {"KIND": LOGITS, "PARAM": param, **shape}, {"num_warps": cfg["num_warps"]},
                       divisible_by_16=("x_ptr",))
 
 

@@ -480,7 +480,7 @@ def _filtered_spec(name: str, modes: tuple[int, int, int], cfg: dict, resume: bo
     sig = {p: "*fp32" for p in _SPEC_POINTERS}
     sig.update(probs=f"*{dtype}", out="*i32", valid="*i8", indices="*i32", seed_ptr="*i64",
                offset_ptr="*i64", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32", num_out="i32",
-               num_src="i32", vocab="i32", stride_row="i64", stats="*i32", istate="*i32")
+               num_src="i32", vocab="i32", stride_row="i32", stats="*i32", istate="*i32")
     for pointer, mode, per_row in (("top_k_ptr", top_k, "*i32"), ("top_p_ptr", top_p, "*fp32"),
                                    ("min_p_ptr", min_p, "*fp32")):
         sig[pointer] = per_row if mode == PER_ROW or resume else f"*{dtype}"
@@ -530,6 +530,9 @@ def aot_specs(arch: str = "gfx942"):
             if resume and (min_p != NONE or (top_k == NONE and top_p == NONE)):
                 continue  # RESUME: the rounds path's filters (rounds_kernels.py)
             yield _filtered_spec(name, modes, cfg, resume)
+            if name != "plain" and not resume:  # the same thresholds given as scalars (FlashInfer's float/int forms)
+                yield _filtered_spec(name, tuple(SCALAR if m == PER_ROW else m for m in modes), cfg,
+                                     label="-scalar")
     yield from _tuned_specs(arch)
 
 

@@ -175,14 +175,15 @@ def split_draw(cfg: dict, probs, indices, top_k: Threshold, top_p: Threshold, mi
 
 
 def logits_draw(config: dict, logits, indices, draw: Draw) -> None:
-    """Sampling from ``softmax(logits)``: Gumbel-max in one pass, or by chunks for large vocabularies."""
+    """Sampling from ``softmax(logits)``: Gumbel-max in one pass, or by chunks for large vocabularies. ``config``
+    (a tuned row's) may force either route and its tile (backends.LOGITS_TUNE_CONFIGS)."""
     if not draw.rows:
         return
     chunks = chunked.chunked_launch("logits", logits.shape[1], draw.rows, config)
     if chunks is not None:
         chunked.draw_by_chunks(logits, LOGITS, indices, None, draw, chunks)
         return
-    cfg = logits_kernels.launch_config(logits.shape[1], draw.rows, device_info().arch, interpreted())
+    cfg = _row_tile(logits.shape[1], draw.rows, config)
     logits_kernels.gumbel_max_kernel[(cdiv(draw.rows, cfg["ROWS"]),)](
         logits, draw.out, draw.valid, indices if indices is not None else draw.out, draw.seed, draw.offset, draw.rows,
         logits.shape[0], logits.shape[1], logits.stride(0), HAS_INDICES=indices is not None,

@@ -15,7 +15,7 @@ from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
 from .chunked_kernels import chunked_config, logit_scale, logits_chunk, logits_stats_spec, softmax_chunk_spec
-from .kernels import program_rows, tile_rows
+from .kernels import PER_ROW, SCALAR, program_rows, tile_rows
 
 @thin
 @triton.jit
@@ -102,7 +102,7 @@ def launch_config(vocab: int, rows: int, arch: str, interpreted: bool = False, b
 
 def _softmax_row_spec(dtype: str, temp: int, cfg: dict, suffix: str = "") -> KernelSpec:
     sig = {"logits": f"*{dtype}", "out": "*fp32", "temp_ptr": "*fp32", "temp_value": "fp32",
-           "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
+           "num_rows": "i32", "vocab": "i32", "stride_in": "i32", "stride_out": "i32"}
     return KernelSpec(f"softmax[{dtype}-temp={temp}-block{cfg['BLOCK']}{suffix}]", softmax_kernel, sig,
                       {"TEMP": temp, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
                       divisible_by_16=("logits", "out", "temp_ptr"))
@@ -135,8 +135,8 @@ def softmax_specs(arch: str = "gfx942"):
     names = set()
     defaults = [_softmax_row_spec(dtype, temp, launch_config(vocab, 256, "gfx942"))
                 for vocab in (1024, 128256) for dtype in ("fp32", "bf16", "fp16") for temp in (1, 2)]
-    defaults += [softmax_chunk_spec(dtype, chunked_config(128256, 256, "gfx942", op="softmax"))
-                 for dtype in ("fp32", "bf16", "fp16")]
+    defaults += [softmax_chunk_spec(dtype, chunked_config(128256, 256, "gfx942", op="softmax"), temp=temp)
+                 for dtype in ("fp32", "bf16", "fp16") for temp in (PER_ROW, SCALAR)]
     for spec in [*defaults, *tuned_softmax_specs(arch)]:
         if spec.name not in names:
             names.add(spec.name)
@@ -150,7 +150,7 @@ def aot_specs():
         opts = {"num_warps": cfg["num_warps"]}
         for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
             sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64"}
+                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i32"}
             yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
                              {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
                              opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))

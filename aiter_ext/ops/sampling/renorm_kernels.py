@@ -21,7 +21,7 @@ from aiter_ext.core.lazy_triton import tl, triton
 from aiter_ext.core.aot import KernelSpec, register_aot_specs
 from aiter_ext.core.thin import thin
 
-from .kernels import PER_ROW, load_chunk, tile_rows, top_k_of, top_p_of
+from .kernels import PER_ROW, SCALAR, load_chunk, tile_rows, top_k_of, top_p_of
 
 TOP_K_RENORM, TOP_P_RENORM, TOP_K_MASK = 0, 1, 2
 BIG = tl.constexpr(3.0e38)
@@ -137,6 +137,8 @@ def _tiles(arch: str):
 
 
 def aot_specs(arch: str = "gfx942"):
+    """Each mode at each tile, its threshold per row or scalar (a scalar's pointer is x: Threshold.pointer's
+    stand-in, never read)."""
     seen = set()
     for dtype, cfg, suffix in _tiles(arch):
         for mode, name in ((TOP_K_RENORM, "top_k_renorm"), (TOP_P_RENORM, "top_p_renorm"), (TOP_K_MASK, "top_k_mask")):
@@ -146,12 +148,13 @@ def aot_specs(arch: str = "gfx942"):
             seen.add(key)
             # top-p renorm writes fp32 whatever it reads (FlashInfer's .float() first)
             out = "fp32" if mode == TOP_P_RENORM else dtype
-            sig = {"x_ptr": f"*{dtype}", "out_ptr": f"*{out}",
-                   "param_ptr": "*i32" if mode != TOP_P_RENORM else "*fp32", "param_value": "fp32",
-                   "num_rows": "i32", "vocab": "i32", "stride_in": "i64", "stride_out": "i64"}
-            yield KernelSpec(f"renorm[{name}-{dtype}-block{cfg['BLOCK']}{suffix}]", renorm_kernel, sig,
-                             {"MODE": mode, "PARAM": PER_ROW, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                             {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
+            for param, per_row in ((PER_ROW, "*i32" if mode != TOP_P_RENORM else "*fp32"), (SCALAR, f"*{dtype}")):
+                sig = {"x_ptr": f"*{dtype}", "out_ptr": f"*{out}", "param_ptr": per_row, "param_value": "fp32",
+                       "num_rows": "i32", "vocab": "i32", "stride_in": "i32", "stride_out": "i32"}
+                label = "" if param == PER_ROW else "-scalar"
+                yield KernelSpec(f"renorm[{name}{label}-{dtype}-block{cfg['BLOCK']}{suffix}]", renorm_kernel, sig,
+                                 {"MODE": mode, "PARAM": param, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                                 {"num_warps": cfg["num_warps"]}, divisible_by_16=("x_ptr", "out_ptr", "param_ptr"))
 
 
 register_aot_specs("renorm", aot_specs)

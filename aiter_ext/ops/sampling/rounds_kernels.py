@@ -229,7 +229,7 @@ def rounds_config(vocab: int, interpreted: bool = False, block: int = 0, rounds:
 
 def aot_specs():
     cfg = rounds_config(128256)
-    ints = {"num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i64", "num_chunks": "i32"}
+    ints = {"num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i32", "num_chunks": "i32"}
     sig = {"probs": "*fp32", "indices": "*i32", "top_k_ptr": "*i32", "top_p_ptr": "*fp32", "seed_ptr": "*i64",
            "offset_ptr": "*i64", "top_k_value": "fp32", "top_p_value": "fp32", "istate": "*i32", "fstate": "*fp32",
            "stats": "*fp32", "arrivals": "*i32", **ints}

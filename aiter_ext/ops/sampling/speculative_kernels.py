@@ -164,7 +164,9 @@ def speculative_config(vocab: int, batch: int, interpreted: bool = False, block:
 
 
 def aot_specs():
-    pointers = ("draft_probs", "draft_ids", "target_probs", "seed_ptr", "offset_ptr", "stat_w", "stat_p")
+    # stat_p is the second plane of one [2, batch, chunks] workspace (launchers.chain_speculative): 16-byte aligned
+    # only where batch x chunks is a multiple of 4, so no spec assumes it
+    pointers = ("draft_probs", "draft_ids", "target_probs", "seed_ptr", "offset_ptr", "stat_w")
     for ids in ("i32", "i64"):  # draft_token_ids may be int32 or int64
         base = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "seed_ptr": "*i64",
                 "offset_ptr": "*i64", "stat_w": "*fp32", "stat_p": "*fp32", "num_draft": "i32", "vocab": "i32",

@@ -322,7 +322,7 @@ def aot_specs():
             sig = {p: "*fp32" for p in pointers}
             sig.update(out="*i32", valid="*i8", indices="*i32", top_k_ptr="*i32", seed_ptr="*i64", offset_ptr="*i64",
                        picks="*i32", counters="*i32", top_k_value="fp32", top_p_value="fp32", min_p_value="fp32",
-                       num_out="i32", num_src="i32", vocab="i32", stride_row="i64", span="i32", num_spans="i32")
+                       num_out="i32", num_src="i32", vocab="i32", stride_row="i32", span="i32", num_spans="i32")
             consts = {"HAS_INDICES": False, "TOP_K": top_k, "TOP_P": top_p, "MIN_P": min_p, "SEED_PER_ROW": False,
                       "LOCAL": cfg["LOCAL"], "NSPANS": cfg["NSPANS"], "BLOCK": cfg["BLOCK"],
                       "RESIDENT": cfg["RESIDENT"]}
