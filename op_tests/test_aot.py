@@ -531,8 +531,10 @@ def test_tuned_append_renorm_and_softmax_tiles_get_their_specs_on_their_arch_onl
     # the row's dtype only (the fp8 cache's 1-byte tile is another), at its dim
     assert [(s.constexprs["BLOCK_R"], s.constexprs["BLOCK_D"], s.options["num_warps"]) for s in appends.values()] \
         == [(64, 128, 8)], sorted(appends)
-    # the three modes, at the tile's width and warps, one row per program at this width
-    assert sorted(s.constexprs["MODE"] for s in renorms.values()) == [0, 1, 2], sorted(renorms)
+    # the three modes, each with its threshold per row (2) or scalar (1), at the tile's width and warps, one row per
+    # program at this width
+    assert sorted((s.constexprs["MODE"], s.constexprs["PARAM"]) for s in renorms.values()) == [
+        (0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)], sorted(renorms)
     assert all((s.constexprs["BLOCK"], s.constexprs["ROWS"], s.options["num_warps"]) == (8192, 1, 16)
                for s in renorms.values())
     # the row kernel's tile for the first softmax row; the chunked path's two passes (125 chunks of 2048) for the other
@@ -616,7 +618,7 @@ def _spec_serves(spec, key) -> bool:
 
 #: Sampling calls at serving shapes, each as a serving engine makes it (FlashInfer's call forms): every launch
 #: they make on an AMD GPU must have a registered spec, else no shipped object serves it and the first call
-#: compiles (issue 18). Vocabulary 128256 at 1 and 256 rows takes the row, chunked, split and rounds routes.
+#: compiles (issue 18). Vocabularies 1024 and 128256 at 1 and 256 rows take the row and chunked routes there.
 _SAMPLING_CALLS = {
     "sampling_from_probs": lambda S, p, l: S.sampling_from_probs(p),
     "top_k per row": lambda S, p, l: S.top_k_sampling_from_probs(p, torch.full((p.shape[0],), 50, dtype=torch.int32)),
@@ -639,37 +641,72 @@ _SAMPLING_CALLS = {
 }
 
 
-@pytest.mark.parametrize("rows", [1, 256])
-@pytest.mark.parametrize("name", list(_SAMPLING_CALLS))
-def test_every_sampling_launch_on_an_amd_gpu_has_a_spec(name, rows, monkeypatch):
-    """Each launch a sampling call makes on gfx942 (recorded, not made: the Triton backend and the GPU's routes
-    forced on the CPU) matches a registered spec of gfx942 exactly (kernel, constexprs, options, pointer and
-    scalar types, alignment assumed): an object built from the specs serves it."""
+def _assert_launches_served(call, monkeypatch, arch: str = "gfx942") -> list:
+    """Run ``call()`` with its launches recorded, not made (the Triton backend and ``arch``'s routes forced on the
+    CPU), and assert that a registered spec of ``arch`` serves each exactly (kernel, constexprs, options, pointer
+    and scalar types, alignment assumed): an object built from the specs serves it. Returns the kernels' names."""
     from aiter_ext.core import aot, backend, thin
     from aiter_ext.ops import load_kernel_modules
-    from aiter_ext.ops import sampling as S
 
     load_kernel_modules()
     monkeypatch.setattr(backend, "_device_ok", lambda b, device: (True, ""))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setenv("AITER_EXT_ARCH", "gfx942")
+    monkeypatch.setenv("AITER_EXT_ARCH", arch)
     monkeypatch.setitem(backend._STATUS_PROBES, "triton", lambda: (True, "the test's stand-in"))
     backend._cached_status.cache_clear()
     launched = []
     monkeypatch.setattr(thin.ThinKernel, "__getitem__",
                         lambda self, grid: lambda *a, **k: launched.append((self.__name__, self.object_key(a, k))))
-    vocab = 128256
-    probs = torch.softmax(torch.randn(rows, vocab), -1)
-    logits = torch.randn(rows, vocab)
     try:
-        _SAMPLING_CALLS[name](S, probs, logits)
+        call()
     finally:
         backend._cached_status.cache_clear()
     assert launched, "no launch recorded"
-    specs = list(aot.registered_specs("gfx942"))
+    specs = list(aot.registered_specs(arch))
     for kernel, key in launched:
         assert key is not None, f"{kernel}: a launch no object can serve (an argument Triton folds)"
-        assert any(_spec_serves(s, key) for s in specs), f"{kernel}: no gfx942 spec serves it; {_nearest(specs, key)}"
+        assert any(_spec_serves(s, key) for s in specs), f"{kernel}: no {arch} spec serves it; {_nearest(specs, key)}"
+    return [kernel for kernel, _ in launched]
+
+
+@pytest.mark.parametrize("vocab", [1024, 128256])
+@pytest.mark.parametrize("rows", [1, 256])
+@pytest.mark.parametrize("name", list(_SAMPLING_CALLS))
+def test_every_sampling_launch_on_an_amd_gpu_has_a_spec(name, rows, vocab, monkeypatch):
+    """Each launch a sampling call makes on gfx942 is served by an object built from the registered specs."""
+    from aiter_ext.ops import sampling as S
+
+    probs, logits = torch.softmax(torch.randn(rows, vocab), -1), torch.randn(rows, vocab)
+    _assert_launches_served(lambda: _SAMPLING_CALLS[name](S, probs, logits), monkeypatch)
+
+
+def test_tuned_logits_and_speculative_rows_are_served_by_their_specs(tmp_path, monkeypatch):
+    """A tuned row of `aiter-ext tune sampling_from_logits` (each route forced) or `chain_speculative_sampling`
+    measured on an arch adds the specs its launches need there: with the rows in place, each call's launches are
+    served, and they are not the defaults' (the tile is the row's)."""
+    from aiter_ext.ops import sampling as S
+    from aiter_ext.ops.sampling import backends
+
+    head = "arch,cu_num,rows,vocab,dtype,backend,config,us,bw_gbs,tflops,err\n"
+    tiles = {"SAMPLING_FROM_LOGITS": ['"{""chunked"": false, ""BLOCK"": 2048, ""num_warps"": 16}"',
+                                      '"{""chunked"": true, ""BLOCK"": 2048, ""num_warps"": 8}"'],
+             "CHAIN_SPECULATIVE_SAMPLING": ['"{""BLOCK"": 2048, ""num_warps"": 8}"']}
+    for route in range(2):
+        for op, configs in tiles.items():
+            path = tmp_path / f"{op}-{route}.csv"
+            path.write_text(head + f"gfx942,304,64,128256,fp32,triton,{configs[route % len(configs)]},9,0,0,0\n")
+            monkeypatch.setenv(f"AITER_EXT_TUNED_CSV_{op}", str(path))
+        for op in (backends.SAMPLING_FROM_LOGITS, backends.CHAIN_SPECULATIVE):
+            monkeypatch.setattr(op, "_cache", {})  # the choices made under the other route's rows
+        logits = torch.randn(64, 128256)
+        probs = torch.softmax(logits, -1)
+        drafts = torch.zeros(64, 2, dtype=torch.int32)
+        kernels = _assert_launches_served(lambda: S.sampling_from_logits(logits), monkeypatch)
+        assert kernels == (["gumbel_max_kernel"] if route == 0 else ["chunk_stats_kernel", "chunk_draw_kernel"])
+        kernels = _assert_launches_served(lambda: S.chain_speculative_sampling(
+            probs[:, None].expand(-1, 2, -1).contiguous(), drafts, probs[:, None].expand(-1, 3, -1).contiguous()),
+            monkeypatch)
+        assert kernels == ["speculative_chunk_stats_kernel", "chain_speculative_kernel"]
 
 
 def _nearest(specs, key) -> str:

@@ -573,6 +573,68 @@ def test_tuner_checks_draws_statistically_and_rejects_a_wrong_sampler(tmp_path, 
     assert sum("REJECTED, error inf" in line for line in lines) == 2, lines
 
 
+@pytest.mark.parametrize("op, untuned, forced, draws", [
+    # one candidate per route: the policy's (chunked at vocabulary 300 on the interpreter) and the row kernel's
+    ("sampling_from_logits", "64,300,fp32", {"chunked": False, "BLOCK": 128, "num_warps": 4}, 640),
+    # the policy's one chunk against the two-launch walk over chunks of 16 (fewer draws: on the interpreter a call
+    # of this walk takes ~0.1 s a request)
+    ("chain_speculative_sampling", "8,64,fp32", {"BLOCK": 16, "num_warps": 4}, 160),
+])
+def test_tuner_checks_logits_and_speculative_draws_and_rejects_wrong_ones(op, untuned, forced, draws, tmp_path,
+                                                                          monkeypatch):
+    """`aiter-ext tune sampling_from_logits` and `chain_speculative_sampling` (CPU interpreter: plumbing only, two
+    candidates, fewer draws): both candidates pass the statistical check and a row is written; a sampler that
+    draws from the wrong law (logits with their -inf mask lifted; speculative resampling from the target instead of
+    the residual after a rejection) is rejected."""
+    from aiter_ext.core.tuner import tune
+    from aiter_ext.ops.sampling import backends
+
+    op_def = backends.SAMPLING_FROM_LOGITS if op == "sampling_from_logits" else backends.CHAIN_SPECULATIVE
+    impl = op_def.impls["triton"]
+    monkeypatch.setattr(backends, "SAMPLING_TUNE_DRAWS", draws)
+    monkeypatch.setattr(impl, "configs", [{}, forced])
+    (tmp_path / "u.csv").write_text(f"rows,vocab,dtype\n{untuned}\n")
+    lines = []
+    rows = tune(op, tmp_path / "u.csv", tmp_path / "t.csv", backends=["triton"], allow_cpu=True, log=lines.append)
+    assert len(rows) == 1 and float(rows[0]["err"]) <= 1.0, lines
+    assert sum("us," in line for line in lines) == 2, lines
+    real = impl.fn
+    if op == "sampling_from_logits":
+        def wrong(cfg, logits, indices, draw):
+            real(cfg, logits.nan_to_num(neginf=10.0), indices, draw)  # the masked tokens made likely
+    else:
+        def wrong(cfg, draft_probs, draft_ids, target_probs, *rest):  # q = 0: the residual is p itself
+            real(cfg, torch.full_like(draft_probs, 1e-30), draft_ids, target_probs, *rest)
+    monkeypatch.setattr(impl, "fn", wrong)
+    lines = []
+    assert tune(op, tmp_path / "u.csv", tmp_path / "t2.csv", backends=["triton"], allow_cpu=True,
+                log=lines.append) == []
+    assert sum("REJECTED" in line for line in lines) == 2, lines
+
+
+def test_speculative_outcome_law_matches_the_reference_sampler():
+    """backends.speculative_outcome_law (what the tune check tests against) is the law of the fp64 reference
+    sampler's outcomes (accepted drafts, last token): 40000 requests, chi-square p > 1e-4, and no outcome of law 0."""
+    from aiter_ext.core.testing import chi_square_p_value
+    from aiter_ext.ops.sampling.backends import speculative_outcome_law
+
+    n, vocab, batch = 3, 12, 40_000
+    logits = torch.randn(n + 1, vocab, dtype=torch.float64) * 2
+    p = torch.softmax(logits, -1)
+    q = torch.softmax(logits[:n] + torch.randn(n, vocab, dtype=torch.float64), -1)
+    drafts = torch.multinomial(q, 1)[:, 0]
+    law = speculative_outcome_law(q, drafts, p)
+    assert abs(float(law.sum()) - 1) < 1e-12
+    out, accepted, emitted = S.chain_speculative_sampling(
+        q.float().expand(batch, n, vocab).contiguous(), drafts.int().expand(batch, n).contiguous(),
+        p.float().expand(batch, n + 1, vocab).contiguous(), seed=7, offset=0, backend="torch")
+    k = emitted.long()
+    outcome = k * vocab + out.long().gather(1, k[:, None])[:, 0]
+    counts = torch.bincount(outcome, minlength=law.numel())
+    assert not bool(counts[law == 0].any())
+    assert chi_square_p_value(counts, law) > 1e-4
+
+
 def test_sampling_tune_thresholds_sit_in_gaps():
     """The tune case's thresholds keep the same set in fp32 as in the fp64 reference: each lies in a gap between
     two sorted probabilities (top-k keeps exactly k, top-p and min-p keep their stated ranks)."""

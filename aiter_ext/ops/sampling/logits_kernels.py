@@ -143,17 +143,48 @@ def softmax_specs(arch: str = "gfx942"):
             yield spec
 
 
-def aot_specs():
-    """The draws from logits (Gumbel-max, one program per row tile) at the default tiles."""
+def gumbel_spec(dtype: str, cfg: dict, suffix: str = "") -> KernelSpec:
+    """The draw from logits by Gumbel-max (no indices, one seed) at the row tile ``cfg`` (launch_config's)."""
+    sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
+           "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i32"}
+    return KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}{suffix}]", gumbel_max_kernel, sig,
+                      {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
+                      {"num_warps": cfg["num_warps"]},
+                      divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+
+
+def tuned_logits_specs(arch: str):
+    """The launches of each tuned ``sampling_from_logits`` row measured on ``arch`` (backends.LOGITS_TUNE_CONFIGS):
+    Gumbel-max at the row's tile (``chunked: false``), or the chunked draw's two passes at its chunks; a row of the
+    policy's own choice (``{}``) adds none."""
+    from aiter_ext.core.tuned import measured_configs
+
+    from .chunked_kernels import LOGITS, chunk_draw_spec
+
+    for row, config in measured_configs("sampling_from_logits", arch):
+        if "chunked" not in config:
+            continue
+        vocab, rows, dtype = int(row["vocab"]), int(row["rows"]), row["dtype"]
+        chunks = None
+        if config["chunked"]:  # as chunked.chunked_launch forces it
+            chunks = chunked_config(vocab, rows, arch, False, "softmax", config.get("BLOCK", 0),
+                                    config.get("num_warps", 4))
+        if chunks is None:
+            cfg = launch_config(vocab, rows, arch, False, config.get("BLOCK", 0), config.get("num_warps", 0))
+            yield gumbel_spec(dtype, cfg, f"-r{cfg['ROWS']}w{cfg['num_warps']}")
+        else:
+            suffix = f"-n{chunks['NCHUNKS']}w{chunks['num_warps']}"
+            yield logits_stats_spec(dtype, chunks, suffix, param=SCALAR)
+            yield chunk_draw_spec(LOGITS, dtype, chunks, suffix=suffix)
+
+
+def aot_specs(arch: str = "gfx942"):
+    """The draws from logits (Gumbel-max, one program per row tile) at the default tiles (the chunked path's are
+    chunked_kernels'), then each tuned row's measured on ``arch``."""
     for vocab in (1024, 128256):
-        cfg = launch_config(vocab, 256, "gfx942")
-        opts = {"num_warps": cfg["num_warps"]}
         for dtype in ("fp32", "bf16", "fp16"):  # the logits' dtypes the API takes
-            sig = {"logits": f"*{dtype}", "out": "*i32", "valid": "*i8", "indices": "*i32", "seed_ptr": "*i64",
-                   "offset_ptr": "*i64", "num_out": "i32", "num_src": "i32", "vocab": "i32", "stride_row": "i32"}
-            yield KernelSpec(f"gumbel_max[{dtype}-block{cfg['BLOCK']}]", gumbel_max_kernel, sig,
-                             {"HAS_INDICES": False, "SEED_PER_ROW": False, "ROWS": cfg["ROWS"], "BLOCK": cfg["BLOCK"]},
-                             opts, divisible_by_16=("logits", "out", "valid", "indices", "seed_ptr", "offset_ptr"))
+            yield gumbel_spec(dtype, launch_config(vocab, 256, "gfx942"))
+    yield from tuned_logits_specs(arch)
 
 
 register_aot_specs("sampling_from_logits", aot_specs)

@@ -163,27 +163,43 @@ def speculative_config(vocab: int, batch: int, interpreted: bool = False, block:
             "ONE_CHUNK": num_chunks == 1, "num_warps": num_warps or 4}
 
 
-def aot_specs():
+def _specs(cfg: dict, ids: str, label: str = ""):
+    """The launches of one draw at ``cfg`` (speculative_config's), draft ids of type ``ids``: the chunk sums (where
+    the vocabulary takes more than one chunk), then the walk."""
     # stat_p is the second plane of one [2, batch, chunks] workspace (launchers.chain_speculative): 16-byte aligned
     # only where batch x chunks is a multiple of 4, so no spec assumes it
     pointers = ("draft_probs", "draft_ids", "target_probs", "seed_ptr", "offset_ptr", "stat_w")
+    base = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "seed_ptr": "*i64",
+            "offset_ptr": "*i64", "stat_w": "*fp32", "stat_p": "*fp32", "num_draft": "i32", "vocab": "i32",
+            "num_chunks": "i32"}
+    options = {"num_warps": cfg["num_warps"]}
+    if not cfg["ONE_CHUNK"]:
+        yield KernelSpec(f"speculative_chunk_stats[ids {ids}-block{cfg['BLOCK']}{label}]",
+                         speculative_chunk_stats_kernel, base, {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"]}, options,
+                         divisible_by_16=pointers)
+    consts = {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"], "ONE_CHUNK": cfg["ONE_CHUNK"]}
+    yield KernelSpec(f"chain_speculative[ids {ids}-block{cfg['BLOCK']}-chunks{cfg['NCHUNKS']}{label}]",
+                     chain_speculative_kernel, {**base, "out": "*i32", "accepted": "*i32", "emitted": "*i32"}, consts,
+                     options, divisible_by_16=pointers + ("out", "accepted", "emitted"))
+
+
+def aot_specs(arch: str = "gfx942"):
+    """The default launches (vocabularies 1024 and 128256, batches 1 and 256), then each tuned row's measured on
+    ``arch`` (backends.SPECULATIVE_TUNE_CONFIGS; a row of the policy's own choice adds none)."""
+    from aiter_ext.core.tuned import measured_configs
+
+    names = set()
     for ids in ("i32", "i64"):  # draft_token_ids may be int32 or int64
-        base = {"draft_probs": "*fp32", "draft_ids": f"*{ids}", "target_probs": "*fp32", "seed_ptr": "*i64",
-                "offset_ptr": "*i64", "stat_w": "*fp32", "stat_p": "*fp32", "num_draft": "i32", "vocab": "i32",
-                "num_chunks": "i32"}
-        for batch in (1, 256):
-            cfg = speculative_config(128256, batch)
-            yield KernelSpec(f"speculative_chunk_stats[ids {ids}-block{cfg['BLOCK']}]", speculative_chunk_stats_kernel,
-                             base, {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"]}, {"num_warps": cfg["num_warps"]},
-                             divisible_by_16=pointers)
-        sig = {**base, "out": "*i32", "accepted": "*i32", "emitted": "*i32"}
         for vocab, batch in ((1024, 256), (128256, 1), (128256, 256)):
-            cfg = speculative_config(vocab, batch)
-            consts = {"SEED_PER_ROW": False, "BLOCK": cfg["BLOCK"], "NCHUNKS": cfg["NCHUNKS"],
-                      "ONE_CHUNK": cfg["ONE_CHUNK"]}
-            yield KernelSpec(f"chain_speculative[ids {ids}-block{cfg['BLOCK']}-chunks{cfg['NCHUNKS']}]",
-                             chain_speculative_kernel, sig, consts, {"num_warps": cfg["num_warps"]},
-                             divisible_by_16=pointers + ("out", "accepted", "emitted"))
+            for spec in _specs(speculative_config(vocab, batch), ids):
+                if spec.name not in names:  # batches 1 and 256 share the chunk sums' tile
+                    names.add(spec.name)
+                    yield spec
+        for row, config in measured_configs("chain_speculative_sampling", arch):
+            if "BLOCK" in config:
+                cfg = speculative_config(int(row["vocab"]), int(row["rows"]), False, config["BLOCK"],
+                                         config.get("num_warps", 0))
+                yield from _specs(cfg, ids, f"-tuned-w{cfg['num_warps']}")
 
 
 register_aot_specs("chain_speculative_sampling", aot_specs)
