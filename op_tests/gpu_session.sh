@@ -6,7 +6,7 @@
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
-#             issue18-next
+#             issue18-next logits-speculative-tune
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -188,6 +188,13 @@ for section in $sections; do
       done
       [ "$(left)" -gt 30 ] && timeout -s INT $(left) python3 op_tests/bench_host_parts.py 2>&1 \
         | tee "$OUT/bench-host-parts.log" ;;
+    logits-speculative-tune)  # issue 18: the tune targets added on 2026-12-07 (fifth): sampling from logits (6 shapes x 14
+      # candidates, Gumbel-max and chunked) and chain speculative sampling (4 shapes x 11), each candidate's draws checked
+      # by a chi-square test; then their plumbing tests on the GPU
+      T_TUNE_CHECK=${T_TUNE_CHECK:-150} T_TUNE=${T_TUNE:-120} sharded_tune sampling_from_logits 4
+      T_TUNE_CHECK=${T_TUNE_CHECK:-150} T_TUNE=${T_TUNE:-120} sharded_tune chain_speculative_sampling 4
+      timeout ${T_TESTS:-120} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py \
+        -k "tune or outcome_law" 2>&1 | tee "$OUT/pytest-tune-targets.log" | tail -n 6 ;;
     issue18-next)  # issue 18, what the session of 2026-12-07 (fourth) left for the GPU, in one call of ~560 s: the objects
       # built beside the sampling tune's checks, the object check over the suites it has not reached (one process per
       # file), the sampling tune timed, then merge_state's host time beside FlashInfer

@@ -589,17 +589,21 @@ def kernel_spec(dtype: str, head_dim: int, packed_rows: int, group: int, paged: 
 
     cfg = {**default_config(packed_rows, head_dim, arch=arch), **(config or {})}
     kv_dtype = kv_dtype or dtype
-    sig = {n: "*i32" for n in POINTER_ARGS}
-    sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32", sinks="*fp32",
-               custom_mask="*u8", alibi_slopes="*fp32", rope_cis="*fp32",
-               o="*fp32" if split else f"*{dtype}")
-    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
-    sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     consts = {"GROUP": group, "HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
               "PAGE_SIZE": page_size if paged else 1, "PAGED": paged, "CAUSAL": True, "HAS_WINDOW": False,
               "SOFT_CAP": False, "SPLIT": split, "SINK": False, "CUSTOM_MASK": False, "ALIBI": False, "ROPE": False,
               "ROPE_KEYS_AHEAD": False, "ROPE_Q_IN_KERNEL": False,
               "PREFETCH_PAGES": paged and bool(cfg.get("prefetch_pages")), **flags}
+    # an optional tensor a launch does not use is the int32 meta tensor (launch_attention's stand-in, never read)
+    sig = {n: "*i32" for n in POINTER_ARGS}
+    sig.update(q=f"*{dtype}", k_cache=f"*{kv_dtype}", v_cache=f"*{kv_dtype}", lse="*fp32",
+               o="*fp32" if split else f"*{dtype}")
+    for pointer, used, ty in (("sinks", consts["SINK"], "*fp32"), ("custom_mask", consts["CUSTOM_MASK"], "*u8"),
+                              ("alibi_slopes", consts["ALIBI"], "*fp32"),
+                              ("rope_cis", consts["ROPE"] or consts["ROPE_KEYS_AHEAD"], "*fp32")):
+        sig[pointer] = ty if used else "*i32"
+    sig.update({n: "fp32" for n in ("sm_scale_log2", "cap_pre", "cap_post")})
+    sig.update(batch="i32", num_work="i32", window_left="i32", **{n: "i32" for n in STRIDE_ARGS})
     kind = ("paged" if paged else "ragged") + ("-split" if split else "") + label
     name = f"attention[{dtype}-d{head_dim}-g{group}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}-{kind}]"
     options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
@@ -643,6 +647,12 @@ def _amd_specs():
             for rows, group in ((8, 8), (64, 4)):  # a GQA decode tile and a prefill tile
                 for paged, split in ((True, True), (True, False), (False, False)):
                     yield kernel_spec(dtype, head_dim, rows, group, paged, split)
+            # decode (BatchDecode's plans: one query per request, no causal mask) at the GQA groups of common
+            # models (MHA, Llama's 4 and 8), paged or ragged (single_decode_with_kv_cache), split over KV chunks or not
+            for group in (1, 4, 8):
+                for paged in (True, False):
+                    for split in (True, False):
+                        yield kernel_spec(dtype, head_dim, group, group, paged, split, label="-decode", CAUSAL=False)
     for rows, group in ((8, 8), (64, 4)):
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-nocausal", CAUSAL=False)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-window", HAS_WINDOW=True)

@@ -267,14 +267,19 @@ def aot_specs():
                     yield KernelSpec(f"merge_pair{'_masked' if has_mask else ''}[{tag}]", merge_pair_kernel, sig,
                                      {"HAS_MASK": has_mask, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": block_d},
                                      opts, config_label=label, divisible_by_16=_aligned(sig))
-                for varlen in (False, True):
-                    sig = {"v": f"*{dtype}", "s": "*fp32", "indptr": "*i32", "v_out": f"*{dtype}",
-                           "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i32",
+                # merge_states: the default tile at each unrolled count it launches (1..8 states) and the loop (0);
+                # a tuner candidate at the largest unrolled body only (what the compile check needs of it)
+                counts = range(MAX_UNROLLED_STATES + 1) if label == "default" else (MAX_UNROLLED_STATES,)
+                forms = [(False, unrolled) for unrolled in counts] + [(True, 0)]
+                for varlen, unrolled in forms:
+                    # without indptr (a fixed count of states) the launcher passes s in its place
+                    sig = {"v": f"*{dtype}", "s": "*fp32", "indptr": "*i32" if varlen else "*fp32",
+                           "v_out": f"*{dtype}", "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i32",
                            **{n: "i32" for n in ("stride_v_tok", "stride_v_state", "stride_s_tok",
                                                  "stride_s_state", "stride_vo", "stride_so")}}
-                    unrolled = 0 if varlen else MAX_UNROLLED_STATES  # the largest unrolled body
                     many_tag = f"{dtype}-d{head_dim}-r{many_block_r(cfg['BLOCK_R'], block_d)}w{cfg['num_warps']}"
-                    yield KernelSpec(f"merge_{'varlen' if varlen else 'many'}[{many_tag}]", merge_many_kernel, sig,
+                    kind = "varlen" if varlen else f"many{unrolled}" if unrolled != MAX_UNROLLED_STATES else "many"
+                    yield KernelSpec(f"merge_{kind}[{many_tag}]", merge_many_kernel, sig,
                                      {"VARLEN": varlen, "UNROLLED_STATES": unrolled,
                                       "BLOCK_R": many_block_r(cfg["BLOCK_R"], block_d),
                                       "BLOCK_D": block_d},

@@ -250,13 +250,15 @@ def aot_specs(arch: str = "gfx942"):
             continue
         seen.add(tile)
         chunked = cfg["BLOCK_H"] < hidden
-        # (dtype, fused, gemma, even, aligned parameters, label)
-        forms = [("bf16", False, False, True, pointers + aligned_ints, "even"),
-                 ("bf16", True, False, False, pointers + aligned_ints, "masked"),
-                 ("bf16", True, False, False, (), "ragged")]
+        # (dtype, fused, gemma, even, aligned parameters, label): every call form of the 16-bit dtypes with
+        # aligned tensors (rmsnorm, fused_add_rmsnorm, gemma_rmsnorm, gemma_fused_add_rmsnorm; a shape the tile
+        # divides or not, bf16), so that a serving engine's calls find an object; unaligned and fp32 forms sampled
+        forms = [(dtype, fused, gemma, even, pointers + aligned_ints, "even" if even else "masked")
+                 for dtype in ("bf16", "fp16") for fused in (False, True) for gemma in (False, True)
+                 for even in ((True, False) if dtype == "bf16" else (True,))]
+        forms += [("bf16", True, False, False, (), "ragged")]
         if chunked or cfg["BLOCK_R"] * cfg["BLOCK_H"] >= 8192:
-            forms += [("bf16", True, True, True, pointers + aligned_ints, "even"),
-                      ("fp32", True, False, False, pointers + aligned_ints, "masked"),
+            forms += [("fp32", True, False, False, pointers + aligned_ints, "masked"),
                       ("fp32", False, True, True, pointers + aligned_ints, "even")]
         for dtype, fused, gemma, even, aligned, label in forms:
             sig = {**{p: f"*{dtype}" for p in pointers}, **{n: "i32" for n in ints}, "eps": "fp32"}

@@ -24,8 +24,8 @@ registers, no shared memory; gfx942/gfx950: at most 66 VGPRs, no LDS, no scratch
 from __future__ import annotations
 
 import functools
-
 import math
+from dataclasses import replace
 
 # Triton itself is imported only when a kernel needs it (core/lazy_triton.py: not for a code object's launch)
 from aiter_ext.core.lazy_triton import tl, triton
@@ -350,17 +350,20 @@ def _tuned_specs(arch: str):
                             int(row["num_tokens"]), (block_h, block_h), config)
 
 
+def _with_int32_positions(spec: KernelSpec) -> KernelSpec:
+    """``spec`` for positions given as int32 (FlashInfer's pos_ids may be int32 or int64; the kernel reads either)."""
+    return replace(spec, name=spec.name[:-1] + "-pos32]", signature={**spec.signature, "pos_ids": "*i32"})
+
+
 def aot_specs(arch: str = "gfx942"):
     """The default tiles (the same on every arch: no per-arch tile is measured yet), and those of the tuned rows
-    measured on ``arch``."""
+    measured on ``arch``; each variant that reads position ids, for int64 and int32 ids."""
     seen = set()
-    for spec in _default_specs():
-        seen.add(spec.name)
-        yield spec
-    for spec in _tuned_specs(arch):
-        if spec.name not in seen:
-            seen.add(spec.name)
-            yield spec
+    for spec in (*_default_specs(), *_tuned_specs(arch)):
+        for form in (spec, _with_int32_positions(spec)) if spec.signature["pos_ids"] == "*i64" else (spec,):
+            if form.name not in seen:
+                seen.add(form.name)
+                yield form
 
 
 def _default_specs():
