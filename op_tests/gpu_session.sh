@@ -6,7 +6,7 @@
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
-#             issue18-next logits-speculative-tune
+#             issue18-next logits-speculative-tune issue18-final
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -105,7 +105,8 @@ for section in $sections; do
       # serves compared byte for byte with Triton's compile of the same launch (core/object_check.py); with
       # OBJECT_BUILD=1, launches no object serves get one built for the check (every launch of the suites)
       arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
-      [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
+      # (NO_PREBUILD=1: every object comes from the check's on-demand builds)
+      [ -n "${NO_PREBUILD:-}" ] || [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
         --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} 2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
       AITER_EXT_HSA_DIR=/tmp/hsa_objects AITER_EXT_OBJECT_CHECK="$OUT/object-check.json" \
         AITER_EXT_OBJECT_CHECK_BUILD=${OBJECT_BUILD:-0} timeout -s INT ${T_OBJECTS:-300} \
@@ -115,7 +116,8 @@ for section in $sections; do
     objects-check-files)  # issue 18: objects-check with one process per test file at once (the check's compiles are
       # CPU-bound; one process used one core of 16), each with its own counts file (written as it goes)
       arch=$(python3 -c "from aiter_ext.core.arch import get_arch; print(get_arch())")
-      [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
+      # (NO_PREBUILD=1: every object comes from the check's on-demand builds)
+      [ -n "${NO_PREBUILD:-}" ] || [ -d /tmp/hsa_objects/$arch ] || timeout ${T_BUILD:-300} python3 -m aiter_ext aot --build --arch $arch \
         --out /tmp/hsa_objects --jobs ${BUILD_JOBS:-16} 2>&1 | tail -n 4 | tee "$OUT/objects-build.log"
       python3 -c "from aiter_ext.core import thin; thin.native()"  # the C extension built once, before the processes
       for tests in ${OBJECT_TESTS:-op_tests/test_attention_sinks.py op_tests/test_attention_sparse.py \
@@ -195,6 +197,29 @@ for section in $sections; do
       T_TUNE_CHECK=${T_TUNE_CHECK:-150} T_TUNE=${T_TUNE:-120} sharded_tune chain_speculative_sampling 4
       timeout ${T_TESTS:-120} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py \
         -k "tune or outcome_law" 2>&1 | tee "$OUT/pytest-tune-targets.log" | tail -n 6 ;;
+    issue18-final)  # issue 18, one call of ~560 s (2026-12-07, fifth): the three sampling tunes' checks at once (warming the
+      # kernel cache), the object check per test file (objects built on demand: on sm_90 the launches take NVIDIA tiles
+      # that the AMD specs do not hold), the three tunes timed, then merge_state's host time beside FlashInfer
+      for k in 0 1 2 3; do
+        timeout ${T_TUNE_CHECK:-150} python3 -m aiter_ext tune sampling --check-only --shard $k/4 \
+          > "$OUT/tune-sampling-check-$k.log" 2>&1 &
+      done
+      for op in sampling_from_logits chain_speculative_sampling; do
+        for k in 0 1; do
+          timeout ${T_TUNE_CHECK:-150} python3 -m aiter_ext tune $op --check-only --shard $k/2 \
+            > "$OUT/tune-$op-check-$k.log" 2>&1 &
+        done
+      done
+      wait
+      grep -h "REJECTED\|failed\|Error" "$OUT"/tune-*-check-*.log | head -n 20
+      NO_PREBUILD=1 T_OBJECTS=${T_OBJECTS:-170} bash "$0" objects-check-files
+      for op_limit in sampling:${T_TUNE_SAMPLING:-95} sampling_from_logits:${T_TUNE_LOGITS:-75} \
+          chain_speculative_sampling:${T_TUNE_SPEC:-50}; do
+        op=${op_limit%%:*}
+        timeout -s INT ${op_limit##*:} python3 -m aiter_ext tune $op 2>&1 | tee "$OUT/tune-$op.log" | tail -n 10
+        cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
+      done
+      timeout -s INT ${T_LAUNCH:-40} python3 op_tests/bench_launch.py --only=merge_state 2>&1 | tee "$OUT/bench-launch.log" ;;
     issue18-next)  # issue 18, what the session of 2026-12-07 (fourth) left for the GPU, in one call of ~560 s: the objects
       # built beside the sampling tune's checks, the object check over the suites it has not reached (one process per
       # file), the sampling tune timed, then merge_state's host time beside FlashInfer
