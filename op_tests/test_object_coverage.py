@@ -173,6 +173,40 @@ def _decode_wrapper(group, head_dim=128, batch=64, page=16, pages_per_request=8)
     return call
 
 
+def _append_paged_kv(batch=64, page=16, kv_heads=8, head_dim=128, pages_per_request=8):
+    def call():
+        indptr = torch.arange(batch + 1, dtype=torch.int32) * pages_per_request
+        cache = torch.randn(batch * pages_per_request, 2, page, kv_heads, head_dim, dtype=bf16)
+        positions = torch.full((batch,), pages_per_request * page - 1, dtype=torch.int32)
+        A.append_paged_kv_cache(torch.randn(batch, kv_heads, head_dim, dtype=bf16),
+                                torch.randn(batch, kv_heads, head_dim, dtype=bf16), torch.arange(batch, dtype=torch.int32),
+                                positions, cache, torch.arange(batch * pages_per_request, dtype=torch.int32), indptr,
+                                torch.full((batch,), page, dtype=torch.int32))
+    return call
+
+
+def _prefill_wrapper(batch=8, tokens=512, group=4, kv_heads=8, head_dim=128, page=16):
+    def call():
+        pages = tokens // page
+        kv_indptr = torch.arange(batch + 1, dtype=torch.int32) * pages
+        qo_indptr = torch.arange(batch + 1, dtype=torch.int32) * tokens
+        cache = torch.randn(batch * pages, 2, page, kv_heads, head_dim, dtype=bf16)
+        w = A.BatchPrefillWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.int8))
+        w.plan(qo_indptr, kv_indptr, torch.arange(batch * pages, dtype=torch.int32),
+               torch.full((batch,), page, dtype=torch.int32), kv_heads * group, kv_heads, head_dim, page, causal=True,
+               q_data_type=bf16)
+        w.run(torch.randn(batch * tokens, kv_heads * group, head_dim, dtype=bf16), cache)
+    return call
+
+
+def _segment_gemm(rows=512, d_in=4096, d_out=16, segments=8):
+    def call():
+        seg_lens = torch.full((segments,), rows // segments, dtype=torch.int64)
+        A.segment_gemm(torch.randn(rows, d_in, dtype=bf16), torch.randn(segments, d_in, d_out, dtype=bf16), segments,
+                       False, seg_lens=seg_lens)
+    return call
+
+
 #: Serving calls of the other ops, at the shapes of common models (Llama-3 8B/70B: hidden 4096/8192, 32 or 64 query
 #: heads over 8 KV heads, head dim 128)
 _SERVING_CALLS = {
@@ -200,6 +234,10 @@ _SERVING_CALLS = {
         torch.randn(512, 32, 128, dtype=bf16), torch.randn(512, 8, 128, dtype=bf16),
         torch.randn(512, 8, 128, dtype=bf16), causal=True),
     **{f"BatchDecode group {g}": _decode_wrapper(g) for g in (4, 8)},
+    "BatchPrefill paged causal": _prefill_wrapper(),
+    "append_paged_kv_cache": _append_paged_kv(),
+    "segment_gemm (LoRA shrink)": _segment_gemm(),
+    "segment_gemm (LoRA expand)": _segment_gemm(d_in=16, d_out=4096),
 }
 
 

@@ -275,6 +275,11 @@ def _spec(name: str, d_in: int, d_out: int, cfg: dict, types: dict, flags: dict,
     signature = {"x": "*bf16", "w": "*bf16", "y": "*bf16", "seg_indptr": "*i64", "weight_indices": "*i64",
                  "row_index": "*i64", "scale": "fp32", "batch": "i32", "num_rows": "i32", "num_weights": "i32",
                  "ranks": "*i32", "scales": "*fp32", "x_slice": "i32", **types}
+    # an optional table a launch leaves out is seg_indptr (launch_segment_gemm's stand-in, never read)
+    for pointer, used in (("weight_indices", consts["HAS_INDICES"]), ("row_index", consts["ROW_INDICES"]),
+                          ("ranks", consts["ADAPTER_RANKS"]), ("scales", consts["RANK_K"])):
+        if not used and pointer not in types:
+            signature[pointer] = signature["seg_indptr"]
     return KernelSpec(f"segment_gemm[{name}-{d_in}x{d_out}-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}k{cfg['BLOCK_K']}"
                       f"w{cfg['num_warps']}]", segment_gemm_kernel, signature, consts, {"num_warps": cfg["num_warps"]},
                       config_label=label, uses_dot=not consts["SUM_PARTIALS"],  # the slabs' sum has no dot
@@ -287,8 +292,12 @@ def aot_specs():
     for dtype in ("bf16", "fp16"):
         for d_in, d_out in ((4096, 16), (16, 4096), (4096, 4096)):
             for col_major in (False, True):
-                yield _spec(f"{dtype}{'-colmajor' if col_major else ''}", d_in, d_out, default_config(d_in, d_out),
-                            {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}"}, {"W_COL_MAJOR": col_major})
+                # weight_indices with seg_indptr or seg_lens (punica's LoRA), and seg_lens alone (FlashInfer's
+                # SegmentGEMMWrapper.run without weight_indices)
+                for indices, lens, form in ((True, False, ""), (True, True, "-seglens"), (False, True, "-seglens-noidx")):
+                    yield _spec(f"{dtype}{'-colmajor' if col_major else ''}{form}", d_in, d_out,
+                                default_config(d_in, d_out), {"x": f"*{dtype}", "w": f"*{dtype}", "y": f"*{dtype}"},
+                                {"W_COL_MAJOR": col_major, "HAS_INDICES": indices, "SEG_LENS": lens})
     # every tuning candidate (backends.TRITON_TUNE_CONFIGS) at a shrink, an expand and a square shape, and at
     # the shrink its two K-split launches into a 16-bit output (fp32 slabs, then their sum)
     from .backends import TRITON_TUNE_CONFIGS
@@ -312,8 +321,6 @@ def aot_specs():
                         {"SPLIT_K": split, "PARTIALS": True, "SEG_LENS": lens})
             yield _spec(f"bf16-split{split}{form}-sum", 4096, 16, cfg, {"x": "*fp32"},
                         {"SUM_PARTIALS": split, "SEG_LENS": lens})
-    for d_in, d_out in ((16, 4096), (4096, 4096)):
-        yield _spec("bf16-seglens", d_in, d_out, default_config(d_in, d_out), {}, {"SEG_LENS": True})
     # vLLM-style LoRA (lora.py): rank-16 shrink of 4096 into an fp32 buffer, scaled, and the expand of it
     # into a fused-QKV output (6144 wide: q 4096, k and v 1024) at the q slice, accumulated (the shrink also
     # split over K, as split_k picks for few tokens, and over 3 QKV slices in one launch: w is then the
