@@ -6,7 +6,7 @@
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
-#             issue18-next logits-speculative-tune issue18-final
+#             issue18-next logits-speculative-tune issue18-final issue18-last
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -197,6 +197,28 @@ for section in $sections; do
       T_TUNE_CHECK=${T_TUNE_CHECK:-150} T_TUNE=${T_TUNE:-120} sharded_tune chain_speculative_sampling 4
       timeout ${T_TESTS:-120} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py \
         -k "tune or outcome_law" 2>&1 | tee "$OUT/pytest-tune-targets.log" | tail -n 6 ;;
+    issue18-last)  # issue 18, the tunes issue18-final did not reach (~330 s; run under an outer timeout so the logs come
+      # back): the two new targets, and the sampling tune at its batched shapes (the 1-row ones timed slower with the row
+      # kernel alone than the policy's split route there); each op's checks first, two shards at once
+      printf 'rows,vocab,dtype,filter\n64,128256,fp32,top_k_top_p\n256,128256,fp32,top_p\n256,128256,fp32,top_k\n%s\n%s\n' \
+        256,151936,fp32,min_p 64,32000,fp32,plain > /tmp/sampling_batched.csv
+      for k in 0 1; do
+        for op in sampling_from_logits chain_speculative_sampling; do
+          timeout ${T_TUNE_CHECK:-90} python3 -m aiter_ext tune $op --check-only --shard $k/2 > "$OUT/check-$op-$k.log" 2>&1 &
+        done
+        timeout ${T_TUNE_CHECK:-90} python3 -m aiter_ext tune sampling -i /tmp/sampling_batched.csv --check-only \
+          --shard $k/2 > "$OUT/check-sampling-$k.log" 2>&1 &
+      done
+      wait
+      grep -h "REJECTED\|failed\|Error" "$OUT"/check-*.log | head -n 20
+      for op_limit in sampling_from_logits:${T_TUNE_LOGITS:-95} chain_speculative_sampling:${T_TUNE_SPEC:-65} \
+          sampling:${T_TUNE_SAMPLING:-60}; do
+        op=${op_limit%%:*}
+        args=$([ $op = sampling ] && echo "-i /tmp/sampling_batched.csv")
+        timeout -s INT ${op_limit##*:} python3 -m aiter_ext tune $op $args > "$OUT/tune-$op.log" 2>&1
+        grep -v "^  File\|^    " "$OUT/tune-$op.log" | tail -n 30
+        cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
+      done ;;
     issue18-final)  # issue 18, one call of ~560 s (2026-12-07, fifth): the three sampling tunes' checks at once (warming the
       # kernel cache), the object check per test file (objects built on demand: on sm_90 the launches take NVIDIA tiles
       # that the AMD specs do not hold), the three tunes timed, then merge_state's host time beside FlashInfer
