@@ -584,8 +584,8 @@ def test_tuner_checks_logits_and_speculative_draws_and_rejects_wrong_ones(op, un
                                                                           monkeypatch):
     """`aiter-ext tune sampling_from_logits` and `chain_speculative_sampling` (CPU interpreter: plumbing only, two
     candidates, fewer draws): both candidates pass the statistical check and a row is written; a sampler that
-    draws from the wrong law (logits with their -inf mask lifted; speculative resampling from the target instead of
-    the residual after a rejection) is rejected."""
+    draws from the wrong law (logits with their -inf mask lifted; speculative drafts all accepted, their draft
+    probabilities made ~0) is rejected, and so is one that writes nothing."""
     from aiter_ext.core.tuner import tune
     from aiter_ext.ops.sampling import backends
 
@@ -603,13 +603,18 @@ def test_tuner_checks_logits_and_speculative_draws_and_rejects_wrong_ones(op, un
         def wrong(cfg, logits, indices, draw):
             real(cfg, logits.nan_to_num(neginf=10.0), indices, draw)  # the masked tokens made likely
     else:
-        def wrong(cfg, draft_probs, draft_ids, target_probs, *rest):  # q = 0: the residual is p itself
+        def wrong(cfg, draft_probs, draft_ids, target_probs, *rest):  # q ~ 0: every draft accepted (p / q > 1)
             real(cfg, torch.full_like(draft_probs, 1e-30), draft_ids, target_probs, *rest)
     monkeypatch.setattr(impl, "fn", wrong)
     lines = []
     assert tune(op, tmp_path / "u.csv", tmp_path / "t2.csv", backends=["triton"], allow_cpu=True,
                 log=lines.append) == []
     assert sum("REJECTED" in line for line in lines) == 2, lines
+    monkeypatch.setattr(impl, "fn", lambda *args: None)  # writes nothing: every row stays poisoned
+    lines = []
+    assert tune(op, tmp_path / "u.csv", tmp_path / "t3.csv", backends=["triton"], allow_cpu=True,
+                log=lines.append) == []
+    assert sum("REJECTED, error inf" in line for line in lines) == 2, lines
 
 
 def test_speculative_outcome_law_matches_the_reference_sampler():
