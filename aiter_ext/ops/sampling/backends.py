@@ -133,10 +133,13 @@ def dispatch(op, x: torch.Tensor, rows: int, backend=None, **keys):
 # `chain_speculative_sampling` build and check one shape ---------------------------------------------------------
 
 
+def _dtype(shape: Mapping) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+
+
 def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
     """Logits ``[rows, vocab]`` with a serving model's spread (randn x 3), in the shape's dtype."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
-    return (torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3).to(dtype).to(device)
+    return (torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3).to(_dtype(shape)).to(device)
 
 
 def _softmax_tune_case(shape: Mapping, device: str):
@@ -229,10 +232,6 @@ def sampling_tune_thresholds(row: torch.Tensor, filters: str) -> dict:
         r = _rank_with_a_gap(values, min(30, vocab // 4))
         out["min_p"] = float((values[r] + values[r + 1]) / 2 / values[0])
     return out
-
-
-def _dtype(shape: Mapping) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
 
 
 def _statistical_check(launch, prepare, calls: int, outcomes, target: torch.Tensor) -> float:
