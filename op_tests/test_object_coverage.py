@@ -16,12 +16,13 @@ bf16 = torch.bfloat16
 
 def _spec_serves(spec, key) -> bool:
     """Whether an object built from ``spec`` would serve a launch of ``key`` (ThinKernel.object_key): the test
-    core/objects.find makes of a manifest row."""
-    from aiter_ext.core.objects import kernel_id
+    core/objects.find makes of a manifest row (objects.fits)."""
+    from aiter_ext.core.objects import fits, kernel_id
 
-    kernel, constexprs, options, signature, divisible = key
-    return (kernel_id(spec.fn) == kernel and dict(spec.constexprs) == constexprs and dict(spec.options) == options
-            and dict(spec.signature) == signature and set(spec.divisible_by_16) <= divisible)
+    kernel, *launch = key
+    fields = {"constexprs": dict(spec.constexprs), "options": dict(spec.options), "signature": dict(spec.signature),
+              "divisible_by_16": set(spec.divisible_by_16)}
+    return kernel_id(spec.fn) == kernel and fits(fields, *launch)
 
 
 #: Sampling calls at serving shapes, each as a serving engine makes it (FlashInfer's call forms): every launch

@@ -157,13 +157,18 @@ def find(arch: str, kernel: str, constexprs: dict, options: dict, signature: dic
     the one assuming most (the most specialised) is taken."""
     best = None
     for row in _rows(arch).get(kernel, ()):
-        if row["signature"] != signature or row["constexprs"] != constexprs or row["options"] != options:
-            continue
-        if not row["divisible_by_16"] <= divisible:
+        if not fits(row, constexprs, options, signature, divisible):
             continue
         if best is None or len(row["divisible_by_16"]) > len(best["divisible_by_16"]):
             best = row
     return best
+
+
+def fits(row: dict, constexprs: dict, options: dict, signature: dict, divisible: set) -> bool:
+    """Whether an object (a manifest row, or a spec's fields under the same keys) serves a launch: the same
+    constexprs, options and parameter types, and no alignment the launch does not give."""
+    return (row["signature"] == signature and row["constexprs"] == constexprs and row["options"] == options
+            and set(row["divisible_by_16"]) <= divisible)
 
 
 def verify(root: Path, archs: Iterable[str], name_filter: Optional[str] = None) -> list[str]:
