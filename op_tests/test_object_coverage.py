@@ -208,6 +208,48 @@ def _segment_gemm(rows=512, d_in=4096, d_out=16, segments=8):
     return call
 
 
+def _cascade(batch=64, shared_pages=256, unique_pages=4, group=4, kv_heads=8, head_dim=128, page=16):
+    """A two-level cascade decode: one shared prefix for the whole batch, then each request's own pages."""
+    def call():
+        pages = shared_pages + batch * unique_pages
+        cache = torch.randn(pages, 2, page, kv_heads, head_dim, dtype=bf16)
+        i32 = torch.int32
+        w = A.MultiLevelCascadeAttentionWrapper(2, torch.empty(128 << 20, dtype=torch.int8))
+        w.plan([torch.tensor([0, batch], dtype=i32), torch.arange(batch + 1, dtype=i32)],
+               [torch.tensor([0, shared_pages], dtype=i32), torch.arange(batch + 1, dtype=i32) * unique_pages],
+               [torch.arange(shared_pages, dtype=i32), torch.arange(shared_pages, pages, dtype=i32)],
+               [torch.tensor([page], dtype=i32), torch.full((batch,), page, dtype=i32)],
+               kv_heads * group, kv_heads, head_dim, page, q_data_type=bf16)
+        w.run(torch.randn(batch, kv_heads * group, head_dim, dtype=bf16), cache)
+    return call
+
+
+def _rope_cos_sin_cache(tokens=512, q_heads=32, k_heads=8, head_dim=128):
+    """vLLM's form: int64 positions, q and k flattened over heads, an fp32 cos/sin cache."""
+    def call():
+        cache = torch.randn(4096, head_dim, dtype=torch.float32)
+        A.apply_rope_with_cos_sin_cache(torch.arange(tokens, dtype=torch.int64),
+                                        torch.randn(tokens, q_heads * head_dim, dtype=bf16),
+                                        torch.randn(tokens, k_heads * head_dim, dtype=bf16), head_dim, cache)
+    return call
+
+
+def _sinks_wrapper(batch=8, tokens=128, heads=64, kv_heads=8, head_dim=64, page=16):
+    """gpt-oss's attention with sinks (head dim 64, 64 query heads over 8), a prefill with paged KV."""
+    def call():
+        pages = tokens // page
+        i32 = torch.int32
+        cache = torch.randn(batch * pages, 2, page, kv_heads, head_dim, dtype=bf16)
+        w = A.BatchAttentionWithAttentionSinkWrapper(torch.empty(128 << 20, dtype=torch.int8), q_data_type=bf16,
+                                                     kv_data_type=bf16, head_dim_qk=head_dim, head_dim_vo=head_dim,
+                                                     window_left=-1)
+        w.plan(torch.arange(batch + 1, dtype=i32) * tokens, torch.arange(batch + 1, dtype=i32) * pages,
+               torch.arange(batch * pages, dtype=i32), torch.full((batch,), page, dtype=i32), heads, kv_heads,
+               head_dim, page, causal=True)
+        w.run(torch.randn(batch * tokens, heads, head_dim, dtype=bf16), cache, torch.randn(heads), 0.125)
+    return call
+
+
 #: Serving calls of the other ops, at the shapes of common models (Llama-3 8B/70B: hidden 4096/8192, 32 or 64 query
 #: heads over 8 KV heads, head dim 128)
 _SERVING_CALLS = {
@@ -239,6 +281,13 @@ _SERVING_CALLS = {
     "append_paged_kv_cache": _append_paged_kv(),
     "segment_gemm (LoRA shrink)": _segment_gemm(),
     "segment_gemm (LoRA expand)": _segment_gemm(d_in=16, d_out=4096),
+    "cascade decode, 2 levels": _cascade(),
+    "apply_rope_with_cos_sin_cache (vLLM)": _rope_cos_sin_cache(),
+    "attention sinks (gpt-oss)": _sinks_wrapper(),
+    "add_rmsnorm_fp4quant 256 x 4096": lambda: A.add_rmsnorm_fp4quant(
+        torch.randn(256, 4096, dtype=bf16), torch.randn(256, 4096, dtype=bf16), torch.randn(4096, dtype=bf16)),
+    "rmsnorm_mxfp4_quant 256 x 4096": lambda: A.rmsnorm_mxfp4_quant(torch.randn(256, 4096, dtype=bf16),
+                                                                    torch.randn(4096, dtype=bf16)),
 }
 
 

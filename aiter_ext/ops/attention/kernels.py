@@ -652,6 +652,8 @@ def _amd_specs():
             for group in (1, 4, 8):
                 for paged in (True, False):
                     for split in (True, False):
+                        if (dtype, head_dim, group, paged, split) == ("bf16", 128, 8, True, True):
+                            continue  # the same compile as the "-nocausal" spec below
                         yield kernel_spec(dtype, head_dim, group, group, paged, split, label="-decode", CAUSAL=False)
     for rows, group in ((8, 8), (64, 4)):
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-nocausal", CAUSAL=False)
@@ -665,6 +667,13 @@ def _amd_specs():
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink", SINK=True)
         yield kernel_spec("bf16", 64, rows, group, True, True, label="-sink-window", SINK=True, HAS_WINDOW=True)
         yield kernel_spec("bf16", 128, rows, group, True, False, label="-sink", SINK=True)
+        # gpt-oss itself (64 query heads over 8, head dim 64, every other layer windowed): its decode tile unsplit
+        # (the split one is above) and its prefill tile, split or not
+        for window in (False, True):
+            label = "-gptoss-sink" + ("-window" if window else "")
+            splits = (False,) if (rows, group) == (8, 8) else (True, False)
+            for split in splits:
+                yield kernel_spec("bf16", 64, rows, 8, True, split, label=label, SINK=True, HAS_WINDOW=window)
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-alibi", ALIBI=True)
         # in-kernel RoPE (decode-sized plans) at the 8 warps the plan gives it off NVIDIA (engine.build)
         spec = kernel_spec("bf16", 128, rows, group, True, True, label="-rope", ROPE=True)

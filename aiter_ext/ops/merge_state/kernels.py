@@ -270,15 +270,18 @@ def aot_specs():
                 # merge_states: the default tile at each unrolled count it launches (1..8 states) and the loop (0);
                 # a tuner candidate at the largest unrolled body only (what the compile check needs of it)
                 counts = range(MAX_UNROLLED_STATES + 1) if label == "default" else (MAX_UNROLLED_STATES,)
-                forms = [(False, unrolled) for unrolled in counts] + [(True, 0)]
-                for varlen, unrolled in forms:
+                forms = [(False, unrolled, dtype) for unrolled in counts] + [(True, 0, dtype)]
+                if label == "default" and dtype != "fp32":  # split attention's and cascade's fp32 partial states
+                    forms.append((True, 0, "fp32"))
+                for varlen, unrolled, v_dtype in forms:
                     # without indptr (a fixed count of states) the launcher passes s in its place
-                    sig = {"v": f"*{dtype}", "s": "*fp32", "indptr": "*i32" if varlen else "*fp32",
+                    sig = {"v": f"*{v_dtype}", "s": "*fp32", "indptr": "*i32" if varlen else "*fp32",
                            "v_out": f"*{dtype}", "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i32",
                            **{n: "i32" for n in ("stride_v_tok", "stride_v_state", "stride_s_tok",
                                                  "stride_s_state", "stride_vo", "stride_so")}}
                     many_tag = f"{dtype}-d{head_dim}-r{many_block_r(cfg['BLOCK_R'], block_d)}w{cfg['num_warps']}"
                     kind = "varlen" if varlen else f"many{unrolled}" if unrolled != MAX_UNROLLED_STATES else "many"
+                    kind += "-fp32-partials" if v_dtype != dtype else ""
                     yield KernelSpec(f"merge_{kind}[{many_tag}]", merge_many_kernel, sig,
                                      {"VARLEN": varlen, "UNROLLED_STATES": unrolled,
                                       "BLOCK_R": many_block_r(cfg["BLOCK_R"], block_d),

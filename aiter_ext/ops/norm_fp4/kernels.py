@@ -296,8 +296,11 @@ def launch(x, residual, weight, global_scale, q, sf, res_out, eps: float, norm: 
     pair_bytes = 2 * x.element_size()
     words = all(t is None or (t.data_ptr() % pair_bytes == 0 and (t.dim() == 1 or t.stride(0) % 2 == 0))
                 for t in (x, residual, res_out, weight if norm else None))
+    # only NVFP4 (e4m3) reads the global scale: the other rules get x in its place whatever the caller gave, so that
+    # their launches have one signature (the one their code objects are built for)
+    gs = global_scale if scale_rule == "e4m3" and global_scale is not None else x
     norm_fp4_quant_kernel[grid](
-        x, residual if has_res else x, weight if norm else x, global_scale if global_scale is not None else x,
+        x, residual if has_res else x, weight if norm else x, gs,
         q, sf, res_out if has_res else x,
         n_rows, n_cols, x.stride(0), residual.stride(0) if has_res else 0, q.stride(0),
         sf.stride(0) if layout == "linear" else 0, res_out.stride(0) if has_res else 0,
@@ -371,7 +374,8 @@ def _default_specs(seen: set):
 
 
 def _spec(rule, qb, layout, dtype, norm, res, hidden, cfg, words=True) -> KernelSpec:
-    sig = {"x_ptr": f"*{dtype}", "res_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gs_ptr": "*fp32", "q_ptr": "*u8",
+    gs = "*fp32" if rule == "e4m3" else f"*{dtype}"  # launch's stand-in x where the rule reads no global scale
+    sig = {"x_ptr": f"*{dtype}", "res_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gs_ptr": gs, "q_ptr": "*u8",
            "sf_ptr": "*u8", "res_out_ptr": f"*{dtype}", "n_rows": "i32", "n_cols": "i32", "stride_x": "i32",
            "stride_res": "i32", "stride_q": "i32", "stride_sf": "i32", "stride_res_out": "i32",
            "pad_rows": "i32", "pad_blocks": "i32", "eps": "fp32"}
