@@ -239,8 +239,7 @@ class ThinKernel:
         device = tensors[0].device.index
         if device != torch.cuda.current_device() or any(t.device != tensors[0].device for t in tensors):
             return self._refuse("tensors on a device other than the current one")
-        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
-        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
+        names = self._runtime_names(len(args), kwargs)
         if len(names) != len(runtime):
             return self._refuse(f"{len(names)} runtime parameter names for {len(runtime)} arguments")
         record = self._object_record(args, kwargs, names, runtime, device)
@@ -287,12 +286,17 @@ class ThinKernel:
         """What core/objects.find matches a code object on for the launch ``self[grid](*args, **kwargs)``:
         ``(kernel id, constexprs, options, signature, divisible)``, or None where no object could serve it (an
         argument Triton would fold, such as None). For tests that check a launch against the registered specs."""
-        names = [n for n in self._names[:len(args)] if n not in self._constexpr]
-        names += [n for n in self._names if n in kwargs and n not in self._constexpr]
+        names = self._runtime_names(len(args), kwargs)
         runtime = [a for n, a in zip(self._names, args) if n not in self._constexpr]
         runtime += [kwargs[n] for n in self._names if n in kwargs and n not in self._constexpr]
         key = self._launch_key(args, kwargs, names, runtime)
         return None if key is None else (objects.kernel_id(self._kernel), *key)
+
+    def _runtime_names(self, num_positional: int, kwargs) -> list[str]:
+        """The runtime (not constexpr) parameters a call passes, in the order _launch packs them: positional ones,
+        then keywords in parameter order."""
+        names = [n for n in self._names[:num_positional] if n not in self._constexpr]
+        return names + [n for n in self._names if n in kwargs and n not in self._constexpr]
 
     def _launch_key(self, args, kwargs, names, runtime) -> Optional[tuple[dict, dict, dict, set]]:
         """(constexprs, options, signature, divisible) of a launch, as objects.find takes them; None for an
