@@ -6,6 +6,7 @@ before any kernel module is imported, so it is set here, first.
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -28,3 +29,24 @@ try:
     import sglang  # noqa: F401
 except ImportError:
     collect_ignore += ["aiter_ext/integrations/sglang/backend.py", "aiter_ext/integrations/sglang/sampler.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """``AITER_EXT_TEST_SHARD=k/n`` keeps every n-th collected test from the k-th (0-based), so one test file
+    can run as n processes at once. The GPU object check needs it: each launch signature there compiles twice,
+    on one core per process, and test_sampling alone outlasted a device call in one process."""
+    shard = os.environ.get("AITER_EXT_TEST_SHARD")
+    if not shard:
+        return
+    try:
+        k, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"AITER_EXT_TEST_SHARD must be k/n with 0 <= k < n, got {shard!r}") from None
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"AITER_EXT_TEST_SHARD must be k/n with 0 <= k < n, got {shard!r}")
+    kept, dropped = [], []
+    for index, item in enumerate(items):
+        (kept if index % n == k else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept

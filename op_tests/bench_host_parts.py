@@ -2,14 +2,16 @@
 
     python op_tests/bench_host_parts.py [--no-flashinfer]
 
-Per op: its plan state (plans kept, refused), the host time of a call issued back to back (a loop of 5000
-after 200, so one slow run does not decide), and FlashInfer's. Then the parts a call is made of: the plan
-key and lookup, the allocations, the samplers' seed and workspace. A loop this long is held by the GPU
-where a kernel takes longer than the host's part (RoPE at 8192 tokens): ``bench_launch.py`` times those.
+Per op: its plan state (plans kept, refused), the host time of a call issued back to back, and FlashInfer's,
+in rounds taken in turn (ROUNDS), so that a slow spell of the host falls on both sides. Then the parts a call
+is made of: the plan key and lookup, the allocations, the samplers' seed and workspace. A loop this long is
+held by the GPU where a kernel takes longer than the host's part (RoPE at 8192 tokens): ``bench_launch.py``
+times those.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -23,6 +25,11 @@ from aiter_ext.ops.norm.api import PLANS as NORM
 from aiter_ext.ops.rope.api import PLANS as ROPE
 from aiter_ext.ops.sampling import inputs, seeds
 from aiter_ext.ops.sampling.api import PLANS as SAMPLING
+
+
+#: the host-time loops: rounds of ours and FlashInfer's in turn (one long loop each read a host's slow spell as one
+#: side's cost: merge_state +3.56 us over FlashInfer on one host, -1.54 on another, the same code)
+ROUNDS, ROUND_CALLS, ROUND_WARMUP = 7, 1000, 100
 
 
 def per_call_us(fn, calls: int = 5000, warmup: int = 200) -> float:
@@ -70,14 +77,20 @@ def main() -> int:
         ("top_k_sampling_from_probs 8 x 128256", lambda: aiter_ext.top_k_sampling_from_probs(probs8, 50), SAMPLING,
          S and (lambda: S.top_k_sampling_from_probs(probs8, 50))),
     ]
-    print(f"{torch.cuda.get_device_name()}: us per call, loops of 5000 after 200")
-    print("| op | ours | FlashInfer | ours - FI | plans kept / refused |")
+    print(f"{torch.cuda.get_device_name()}: us per call; {ROUNDS} rounds, each a loop of ours then one of FlashInfer's "
+          f"({ROUND_CALLS} calls after {ROUND_WARMUP}); medians over the rounds, and the median of the rounds' differences")
+    print("| op | ours | FlashInfer | ours - FI (paired) | plans kept / refused |")
     print("| --- | --- | --- | --- | --- |")
     for name, ours, owner, theirs in ops:
-        mine = per_call_us(ours)
+        mine, other, diffs = [], [], []
+        for _ in range(ROUNDS):  # interleaved: a host that slows down for a while slows both sides' rounds alike
+            mine.append(per_call_us(ours, ROUND_CALLS, ROUND_WARMUP))
+            if theirs:
+                other.append(per_call_us(theirs, ROUND_CALLS, ROUND_WARMUP))
+                diffs.append(mine[-1] - other[-1])
         states = list(owner._plans.values())
-        other = per_call_us(theirs) if theirs else float("nan")
-        print(f"| {name} | {mine:.2f} | {other:.2f} | {mine - other:+.2f} | "
+        fi_us, diff = (statistics.median(other), statistics.median(diffs)) if theirs else (float("nan"), float("nan"))
+        print(f"| {name} | {statistics.median(mine):.2f} | {fi_us:.2f} | {diff:+.2f} | "
               f"{sum(1 for s in states if s)} / {sum(1 for s in states if s is False)} |", flush=True)
     parts = {
         "rmsnorm's key and lookup": lambda: NORM.find(x16, w, None, 1e-6, False, None),

@@ -6,7 +6,7 @@
 #   sections: merge attention-tests attention-bench sweep attention-variants sparse sparse-tests sparse-bench pod-bench
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
-#             issue18-next logits-speculative-tune issue18-final issue18-last
+#             issue18-next logits-speculative-tune issue18-final issue18-last issue18-close-a issue18-close-b
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -197,6 +197,65 @@ for section in $sections; do
       T_TUNE_CHECK=${T_TUNE_CHECK:-150} T_TUNE=${T_TUNE:-120} sharded_tune chain_speculative_sampling 4
       timeout ${T_TESTS:-120} python3 -m pytest -q -p no:cacheprovider op_tests/test_sampling.py \
         -k "tune or outcome_law" 2>&1 | tee "$OUT/pytest-tune-targets.log" | tail -n 6 ;;
+    issue18-close-a)  # issue 18, the session of 2026-12-07 (sixth), call 1 (~520 s; run it under an outer timeout of
+      # ~560): FlashInfer's builds in the background; the two newer tune targets' checks (8 processes), then their timed
+      # tunes; then, beside FlashInfer, the tuned sampling rows, the host time in interleaved rounds, and bench_launch's
+      # host-time rows of the issue's table. Each step bounded by what is left of ${T_CLOSE:-520} s.
+      left() { echo $(( ${T_CLOSE:-520} - SECONDS )); }
+      FI_WARM="sampling launch" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 & fi_warm=$!
+      for op in sampling_from_logits chain_speculative_sampling; do
+        for k in 0 1 2 3; do
+          timeout ${T_TUNE_CHECK:-150} python3 -m aiter_ext tune $op --check-only --shard $k/4 \
+            > "$OUT/check-$op-$k.log" 2>&1 &
+        done
+      done
+      for job in $(jobs -p); do [ "$job" = "$fi_warm" ] || wait "$job"; done
+      grep -h "REJECTED\|failed\|Error" "$OUT"/check-*.log | head -n 20
+      for op_limit in sampling_from_logits:${T_TUNE_LOGITS:-110} chain_speculative_sampling:${T_TUNE_SPEC:-70}; do
+        op=${op_limit%%:*}
+        timeout -s INT ${op_limit##*:} python3 -m aiter_ext tune $op > "$OUT/tune-$op.log" 2>&1
+        grep -v "^  File\|^    " "$OUT/tune-$op.log" | tail -n 24
+        cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
+      done
+      wait "$fi_warm"; tail -n 2 "$OUT"/fi-warm-*.log
+      timeout -s INT $(( $(left) < 90 ? $(left) : 90 )) python3 op_tests/bench_sampling_tuned.py 2>&1 \
+        | tee "$OUT/bench-sampling-tuned.log"
+      [ "$(left)" -gt 20 ] && timeout -s INT $(( $(left) < 100 ? $(left) : 100 )) python3 op_tests/bench_host_parts.py \
+        2>&1 | tee "$OUT/bench-host-parts.log"
+      [ "$(left)" -gt 20 ] && timeout -s INT $(left) python3 op_tests/bench_launch.py \
+        --only=${LAUNCH_ONLY:-merge_state,rmsnorm,rope,min_p} 2>&1 | tee "$OUT/bench-launch.log" ;;
+    issue18-close-b)  # issue 18, the session of 2026-12-07 (sixth), call 2 (~480 s; outer timeout ~540): the object check
+      # over the suites it has not finished, every launch a code object built on demand for that launch and compared
+      # byte for byte with Triton's launch of it. Each file runs as AITER_EXT_TEST_SHARD shards (conftest.py), one
+      # process each (16 cores): each launch signature compiles twice, on one core.
+      python3 -c "from aiter_ext.core import thin; thin.native()"
+      for spec in ${OBJECT_SHARDS:-test_sampling:8 test_attention_sparse:2 test_segment_gemm:2 test_attention_masks:2 \
+          test_attention_contract:1}; do
+        name=${spec%%:*} shards=${spec##*:}
+        for ((k = 0; k < shards; k++)); do
+          AITER_EXT_TEST_SHARD=$k/$shards AITER_EXT_HSA_DIR=/tmp/hsa_objects \
+            AITER_EXT_OBJECT_CHECK="$OUT/object-check-$name-$k.json" AITER_EXT_OBJECT_CHECK_BUILD=1 \
+            timeout -s INT ${T_OBJECTS:-420} python3 -m pytest -q -p no:cacheprovider "op_tests/$name.py" \
+            > "$OUT/pytest-objects-$name-$k.log" 2>&1 &
+        done
+      done
+      wait
+      for f in "$OUT"/pytest-objects-*.log; do echo "$f: $(tail -n 1 "$f")"; done
+      grep -h "FAILED\|Error" "$OUT"/pytest-objects-*.log | head -n 20
+      python3 - "$OUT" <<'PY'
+import collections, glob, json, sys
+totals = collections.Counter()
+for path in glob.glob(f"{sys.argv[1]}/object-check-*.json"):
+    data = json.load(open(path))
+    for kernel, counts in data.get("object_check", {}).items():
+        if isinstance(counts, dict):
+            for key, value in counts.items():
+                if isinstance(value, (int, float)):
+                    totals[(kernel, key)] += value
+for (kernel, key), value in sorted(totals.items()):
+    print(f"{kernel} {key} {value}")
+PY
+      ;;
     issue18-last)  # issue 18, the tunes issue18-final did not reach (~330 s; run under an outer timeout so the logs come
       # back): the two new targets, and the sampling tune at its batched shapes (the 1-row ones timed slower with the row
       # kernel alone than the policy's split route there); each op's checks first, two shards at once
