@@ -18,7 +18,7 @@ import time
 import torch
 
 import aiter_ext
-from aiter_ext.core.bench import benchmark_setup
+from aiter_ext.core.bench import benchmark_setup, time_us
 from aiter_ext.core.launch import current_stream
 from aiter_ext.ops.merge_state.api import PLANS as MERGE
 from aiter_ext.ops.norm.api import PLANS as NORM
@@ -79,8 +79,9 @@ def main() -> int:
     ]
     print(f"{torch.cuda.get_device_name()}: us per call; {ROUNDS} rounds, each a loop of ours then one of FlashInfer's "
           f"({ROUND_CALLS} calls after {ROUND_WARMUP}); medians over the rounds, and the median of the rounds' differences")
-    print("| op | ours | FlashInfer | ours - FI (paired) | plans kept / refused |")
-    print("| --- | --- | --- | --- | --- |")
+    print("(graph: the call's CUDA-graph replay, the GPU's time; a loop no faster than it is GPU-bound, not host-bound)")
+    print("| op | ours | FlashInfer | ours - FI (paired) | ours graph | FI graph | plans kept / refused |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, ours, owner, theirs in ops:
         mine, other, diffs = [], [], []
         for _ in range(ROUNDS):  # interleaved: a host that slows down for a while slows both sides' rounds alike
@@ -90,7 +91,8 @@ def main() -> int:
                 diffs.append(mine[-1] - other[-1])
         states = list(owner._plans.values())
         fi_us, diff = (statistics.median(other), statistics.median(diffs)) if theirs else (float("nan"), float("nan"))
-        print(f"| {name} | {statistics.median(mine):.2f} | {fi_us:.2f} | {diff:+.2f} | "
+        graph, fi_graph = time_us(ours, graph=True), time_us(theirs, graph=True) if theirs else float("nan")
+        print(f"| {name} | {statistics.median(mine):.2f} | {fi_us:.2f} | {diff:+.2f} | {graph:.2f} | {fi_graph:.2f} | "
               f"{sum(1 for s in states if s)} / {sum(1 for s in states if s is False)} |", flush=True)
     parts = {
         "rmsnorm's key and lookup": lambda: NORM.find(x16, w, None, 1e-6, False, None),

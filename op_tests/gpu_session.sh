@@ -7,6 +7,7 @@
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
 #             issue18-next logits-speculative-tune issue18-final issue18-last issue18-close-a issue18-close-b
+#             issue18-close-c
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -256,6 +257,17 @@ for (kernel, key), value in sorted(totals.items()):
     print(f"{kernel} {key} {value}")
 PY
       ;;
+    issue18-close-c)  # issue 18, the session of 2026-12-07 (sixth), the last call (~300 s; outer timeout ~330): the object
+      # check over test_sampling, test_attention_sparse and test_segment_gemm in shards beside FlashInfer's builds, then
+      # the host time in interleaved rounds with each call's graph replay beside it, and bench_launch's merge_state and
+      # min-p rows (eager, host, graph, beside FlashInfer)
+      FI_WARM="sampling launch" bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 &
+      OBJECT_SHARDS=${OBJECT_SHARDS:-"test_sampling:6 test_attention_sparse:2 test_segment_gemm:2"} \
+        T_OBJECTS=${T_OBJECTS:-190} bash "$0" issue18-close-b
+      wait; tail -n 2 "$OUT"/fi-warm-*.log
+      timeout -s INT ${T_HOST:-70} python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log"
+      timeout -s INT ${T_LAUNCH:-40} python3 op_tests/bench_launch.py --only=merge_state,min_p 2>&1 \
+        | tee "$OUT/bench-launch.log" ;;
     issue18-last)  # issue 18, the tunes issue18-final did not reach (~330 s; run under an outer timeout so the logs come
       # back): the two new targets, and the sampling tune at its batched shapes (the 1-row ones timed slower with the row
       # kernel alone than the policy's split route there); each op's checks first, two shards at once
