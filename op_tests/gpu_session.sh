@@ -7,7 +7,7 @@
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
 #             issue18-next logits-speculative-tune issue18-final issue18-last issue18-close-a issue18-close-b
-#             issue18-close-c
+#             issue18-close-c issue18-rest
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -232,8 +232,10 @@ for section in $sections; do
       python3 -c "from aiter_ext.core import thin; thin.native()"
       for spec in ${OBJECT_SHARDS:-test_sampling:8 test_attention_sparse:2 test_segment_gemm:2 test_attention_masks:2 \
           test_attention_contract:1}; do
-        name=${spec%%:*} shards=${spec##*:}
+        # name:n runs shards 0..n-1 of the file; name:n:k only shard k of n (one a call did not finish)
+        IFS=: read -r name shards only <<< "$spec"
         for ((k = 0; k < shards; k++)); do
+          [ -z "$only" ] || [ "$k" = "$only" ] || continue
           AITER_EXT_TEST_SHARD=$k/$shards AITER_EXT_HSA_DIR=/tmp/hsa_objects \
             AITER_EXT_OBJECT_CHECK="$OUT/object-check-$name-$k.json" AITER_EXT_OBJECT_CHECK_BUILD=1 \
             timeout -s INT ${T_OBJECTS:-420} python3 -m pytest -q -p no:cacheprovider "op_tests/$name.py" \
@@ -268,6 +270,21 @@ PY
       timeout -s INT ${T_HOST:-70} python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log"
       timeout -s INT ${T_LAUNCH:-40} python3 op_tests/bench_launch.py --only=merge_state,min_p 2>&1 \
         | tee "$OUT/bench-launch.log" ;;
+    issue18-rest)  # issue 18, what the session of 2026-12-07 (sixth) left (~540 s; outer timeout ~570): the object check
+      # over the GPU suites it has not finished (test_rope in 6 shards, the rest of block-sparse, masks, the attention
+      # contract, and test_sampling's unfinished shard), then chain speculative sampling's tune (its 1-row shape's
+      # checks take ~6 s a candidate) and sampling_from_logits' two shapes without rows
+      OBJECT_SHARDS=${OBJECT_SHARDS:-"test_rope:6 test_attention_sparse:2 test_attention_masks:2 test_attention_contract:1 \
+        test_sampling:6:1"} T_OBJECTS=${T_OBJECTS:-280} bash "$0" issue18-close-b
+      printf 'rows,vocab,dtype\n256,151936,bf16\n1,256000,fp32\n' > /tmp/logits_rest.csv
+      timeout -s INT ${T_TUNE_SPEC:-130} python3 -m aiter_ext tune chain_speculative_sampling \
+        > "$OUT/tune-chain_speculative_sampling.log" 2>&1
+      timeout -s INT ${T_TUNE_LOGITS:-90} python3 -m aiter_ext tune sampling_from_logits -i /tmp/logits_rest.csv \
+        > "$OUT/tune-sampling_from_logits.log" 2>&1
+      for op in chain_speculative_sampling sampling_from_logits; do
+        grep -v "^  File\|^    " "$OUT/tune-$op.log" | tail -n 16
+        cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
+      done ;;
     issue18-last)  # issue 18, the tunes issue18-final did not reach (~330 s; run under an outer timeout so the logs come
       # back): the two new targets, and the sampling tune at its batched shapes (the 1-row ones timed slower with the row
       # kernel alone than the policy's split route there); each op's checks first, two shards at once

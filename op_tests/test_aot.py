@@ -331,6 +331,22 @@ def test_registered_specs_rejects_non_specs(registry):
         list(aot.registered_specs())
 
 
+def test_a_compile_listed_twice_is_registered_once(registry):
+    """Tuned rows of several shapes often name one tile: the same compile under the same name is one spec (one
+    object, one manifest row), from one provider or two."""
+    aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(config_label="tuned"), add_spec(name="toy_add2")])
+    aot.register_aot_specs("toy", lambda: [add_spec()])
+    assert [s.name for s in aot.registered_specs()] == ["toy_add", "toy_add2"]
+
+
+@pytest.mark.parametrize("change", [{"constexprs": {"BLOCK": 512}}, {"options": {"num_warps": 8}},
+                                    {"signature": {**ADD_SIG, "n": "i64"}}, {"divisible_by_16": ("x_ptr",)}])
+def test_two_compiles_under_one_name_are_an_error(registry, change):
+    aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(**change)])
+    with pytest.raises(ValueError, match="toy_add"):
+        list(aot.registered_specs())
+
+
 def test_every_op_module_is_imported():
     # An op registers its specs where its kernels live (ops/<op>/kernels.py), not in its __init__: the CLI
     # loads every op module first, and core imports none (issue 18: core stays below the ops).

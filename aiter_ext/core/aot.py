@@ -133,12 +133,27 @@ def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
     imports them all (the CLI calls it first)."""
     by_op: dict[str, list[KernelSpec]] = {}
     for op_name, providers in list(_REGISTRY.items()):
+        seen: dict[str, KernelSpec] = {}
         for provider in providers:
             for spec in _specs_of(provider, arch):
                 if not isinstance(spec, KernelSpec):
                     raise TypeError(f"AOT provider of {op_name!r} yielded {type(spec).__name__}, not KernelSpec")
+                # Tuned rows of several shapes often name one tile, and a default may be a tuned tile too: the
+                # same compile is listed once. A name is the object's identity, so two different compiles under
+                # one name are a provider's bug.
+                first = seen.setdefault(spec.name, spec)
+                if first is not spec:
+                    if _compile_identity(first) != _compile_identity(spec):
+                        raise ValueError(f"AOT specs of {op_name!r} name two different compiles {spec.name!r}")
+                    continue
                 by_op.setdefault(op_name, []).append(spec)
     return by_op
+
+
+def _compile_identity(spec: KernelSpec) -> tuple:
+    """What a spec's compile depends on (its name and labels aside)."""
+    return (_kernel_of(spec.fn), tuple(spec.signature.items()), tuple(sorted(spec.constexprs.items(), key=str)),
+            tuple(sorted(spec.options.items())), tuple(sorted(spec.divisible_by_16)))
 
 
 def registered_specs(arch: str = "gfx942") -> Iterable[KernelSpec]:
