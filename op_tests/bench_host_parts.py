@@ -25,6 +25,7 @@ from aiter_ext.ops.norm.api import PLANS as NORM
 from aiter_ext.ops.rope.api import PLANS as ROPE
 from aiter_ext.ops.sampling import inputs, seeds
 from aiter_ext.ops.sampling.api import PLANS as SAMPLING
+from aiter_ext.ops.sampling.logits import PLANS as LOGITS
 
 
 #: the host-time loops: rounds of ours and FlashInfer's in turn (one long loop each read a host's slow spell as one
@@ -58,6 +59,7 @@ def main() -> int:
     offsets = torch.zeros(1, dtype=torch.int32, device=dev)
     probs = torch.softmax(torch.randn(1, 128256, device=dev), -1)
     probs8 = torch.softmax(torch.randn(8, 128256, device=dev), -1)
+    logits = torch.randn(1, 128256, device=dev) * 3
     S = fi and fi.sampling
     ops = [
         ("rmsnorm [16, 4096]", lambda: aiter_ext.rmsnorm(x16, w), NORM, fi and (lambda: fi.rmsnorm(x16, w))),
@@ -76,6 +78,8 @@ def main() -> int:
          S and (lambda: S.sampling_from_probs(probs))),
         ("top_k_sampling_from_probs 8 x 128256", lambda: aiter_ext.top_k_sampling_from_probs(probs8, 50), SAMPLING,
          S and (lambda: S.top_k_sampling_from_probs(probs8, 50))),
+        ("sampling_from_logits 1 x 128256", lambda: aiter_ext.sampling_from_logits(logits), LOGITS,
+         S and (lambda: S.sampling_from_logits(logits))),
     ]
     print(f"{torch.cuda.get_device_name()}: us per call; {ROUNDS} rounds, each a loop of ours then one of FlashInfer's "
           f"({ROUND_CALLS} calls after {ROUND_WARMUP}); medians over the rounds, and the median of the rounds' differences")

@@ -191,6 +191,10 @@ def test_a_recording_refuses_another_backend_and_triton_launches(monkeypatch):
     pytest.importorskip("triton")
     import triton.runtime.jit as jit
 
+    from aiter_ext.core import lazy_triton
+
+    lazy_triton.load()  # a loaded Triton is what the recording watches (before it, loading it refuses the recording)
+
     def _kernel(x):
         pass
 
@@ -361,7 +365,18 @@ def _cases():
         seeds = torch.randint(0, 2 ** 40, (8,), device="cuda")
         return lambda: aiter_ext.top_p_sampling_from_probs(probs, top_p, seed=seeds, offset=5), (probs,)
 
+    def logits_one_row():  # batch 1 at 128256: the chunked draw, with its workspaces per call
+        logits = torch.randn(1, 128256, device="cuda") * 3
+        return lambda: aiter_ext.sampling_from_logits(logits, seed=5, offset=1), (logits,)
+
+    def logits_rows_with_indices():  # Gumbel-max row tiles, rows gathered by indices
+        logits = (torch.randn(16, 32000, device="cuda") * 3).to(torch.bfloat16)
+        indices = torch.randint(0, 16, (64,), dtype=torch.int32, device="cuda")
+        return lambda: aiter_ext.sampling_from_logits(logits, indices, seed=9, offset=4), (logits,)
+
     return {"min_p_sampling_from_probs": min_p_sampling, "min_p_sampling_from_probs, one row": min_p_sampling_one_row,
+            "sampling_from_logits, one row": logits_one_row,
+            "sampling_from_logits, bf16 rows by indices": logits_rows_with_indices,
             "sampling_from_probs, the generator's seed": sampling_with_the_generators_seed,
             "top_p_sampling_from_probs, per-row top_p and seeds": top_p_sampling_per_row,
             "rmsnorm_fp4quant, swizzled scales": fp4_swizzled, "rmsnorm": rmsnorm_new,
@@ -378,8 +393,10 @@ def _plans_of(name: str):
     from aiter_ext.ops.norm_fp4.api import PLANS as FP4
     from aiter_ext.ops.rope.api import PLANS as ROPE
     from aiter_ext.ops.sampling.api import PLANS as SAMPLING
+    from aiter_ext.ops.sampling.logits import PLANS as LOGITS
 
-    for word, owner in (("fp4", FP4), ("sampling", SAMPLING), ("rope", ROPE), ("merge", MERGE)):
+    for word, owner in (("fp4", FP4), ("from_logits", LOGITS), ("sampling", SAMPLING), ("rope", ROPE),
+                        ("merge", MERGE)):
         if word in name:
             return owner
     return NORM
@@ -392,7 +409,8 @@ def _plans_of(name: str):
                                   "rmsnorm_fp4quant, swizzled scales",
                                   "min_p_sampling_from_probs", "min_p_sampling_from_probs, one row",
                                   "sampling_from_probs, the generator's seed",
-                                  "top_p_sampling_from_probs, per-row top_p and seeds"])
+                                  "top_p_sampling_from_probs, per-row top_p and seeds",
+                                  "sampling_from_logits, one row", "sampling_from_logits, bf16 rows by indices"])
 def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
     """Four calls per case on fresh inputs, each beside the usual path (plans off) on the same inputs: the first
     is seen, the second recorded, the rest replayed; every output bit-equal, and the replays really from a plan
@@ -502,6 +520,16 @@ def test_each_op_gives_its_plan_the_slots_it_recorded(monkeypatch):
     slots = given[-1]
     assert slots[0] is probs and slots[1] is None and slots[7] is tokens and tokens.shape == (3,)
     assert slots[5].tolist() == [1] and slots[6].tolist() == [2]  # the seed and offset, as tensors
+
+    from aiter_ext.ops.sampling.logits import PLANS as LOGITS
+
+    logits, indices = torch.randn(3, 50), torch.tensor([2, 0, 2, 1], dtype=torch.int32)
+    given = _hit(monkeypatch, LOGITS)
+    tokens, valid = aiter_ext.sampling_from_logits(logits, indices, seed=4, offset=6, return_valid=True)
+    slots = given[-1]
+    assert slots[0] is logits and slots[1] is indices and slots[4] is tokens
+    assert slots[5].shape == (4,) and torch.equal(slots[5].bool(), valid)  # the flags the plan writes, returned
+    assert tokens.shape == (4,) and slots[2].tolist() == [4] and slots[3].tolist() == [6]
 
 
 # --------------------------------------------------------------------------------------------------

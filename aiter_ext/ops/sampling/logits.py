@@ -26,11 +26,19 @@ from typing import Optional, Union
 
 import torch
 
+from aiter_ext.core.plans import CallPlans
+
 from .api import _sample
 from .backends import SAMPLING_FROM_LOGITS, SOFTMAX, dispatch
 from .inputs import ABSENT, checked_rows, finish, prepare_draw, threshold
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: Call plans (core/plans.py) of sampling_from_logits, as api.PLANS for the samplers from probabilities: the launches
+#: after the checks, the seed's draw and the outputs' allocation, replayed. Without them an eager call's host time was
+#: 55-94 us against FlashInfer's 31-44 on an H100 (bench_sampling_tuned.py, issue 18). Its routes do not depend on a
+#: CUDA graph's capture, so the capture state is not part of the key (api.PLANS' is).
+PLANS = CallPlans("sampling_from_logits")
 
 
 def softmax(logits: torch.Tensor, temperature: Union[float, torch.Tensor, None] = None,
@@ -55,8 +63,13 @@ def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] =
     samplers (api.py); a row with no finite logit gives token 0, invalid. (FlashInfer 0.7.2 has no
     ``return_valid`` here; it is ours.)"""
     draw = prepare_draw(logits, "logits", indices, generator, check_nan, seed, offset, LOGIT_DTYPES)
-    fn, config = dispatch(SAMPLING_FROM_LOGITS, logits, draw.rows, backend)
-    fn(config, logits, indices, draw)
+    slots = (logits, indices, draw.seed, draw.offset, draw.out, draw.valid)
+    key, plan = PLANS.find(*slots, draw.seed_per_row, backend)
+    if plan:
+        plan(*slots)
+    else:
+        fn, config = dispatch(SAMPLING_FROM_LOGITS, logits, draw.rows, backend)
+        PLANS.recorded(key, slots, fn, config, logits, indices, draw)
     return finish(draw, return_valid)
 
 
