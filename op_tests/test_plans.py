@@ -369,7 +369,7 @@ def _cases():
         logits = torch.randn(1, 128256, device="cuda") * 3
         return lambda: aiter_ext.sampling_from_logits(logits, seed=5, offset=1), (logits,)
 
-    def logits_rows_with_indices():  # Gumbel-max row tiles, rows gathered by indices
+    def logits_rows_with_indices():  # 64 draws from 16 bf16 rows by indices (the route the policy or a tuned row picks)
         logits = (torch.randn(16, 32000, device="cuda") * 3).to(torch.bfloat16)
         indices = torch.randint(0, 16, (64,), dtype=torch.int32, device="cuda")
         return lambda: aiter_ext.sampling_from_logits(logits, indices, seed=9, offset=4), (logits,)
