@@ -81,9 +81,11 @@ def main() -> int:
         ("sampling_from_logits 1 x 128256", lambda: aiter_ext.sampling_from_logits(logits), LOGITS,
          S and (lambda: S.sampling_from_logits(logits))),
     ]
-    print(f"{torch.cuda.get_device_name()}: us per call; {ROUNDS} rounds, each a loop of ours then one of FlashInfer's "
-          f"({ROUND_CALLS} calls after {ROUND_WARMUP}); medians over the rounds, and the median of the rounds' differences")
-    print("(graph: the call's CUDA-graph replay, the GPU's time; a loop no faster than it is GPU-bound, not host-bound)")
+    print(f"{torch.cuda.get_device_name()}: us per call; {ROUNDS} rounds, each a loop of ours then one of "
+          f"FlashInfer's ({ROUND_CALLS} calls after {ROUND_WARMUP}); medians over the rounds, and the median of the "
+          "rounds' differences")
+    print("(graph: the call's CUDA-graph replay, the GPU's time; a loop no faster than it is GPU-bound, not "
+          "host-bound)")
     print("| op | ours | FlashInfer | ours - FI (paired) | ours graph | FI graph | plans kept / refused |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, ours, owner, theirs in ops:
