@@ -7,7 +7,7 @@
 #             segment-tests segment-bench segment-tune thin-tests plans-tests objects-check host-parts
 #             issue18-a issue18-b attention-tune tunes issue18-one lazy-check objects-check-files sampling-tune
 #             issue18-next logits-speculative-tune issue18-final issue18-last issue18-close-a issue18-close-b
-#             issue18-close-c issue18-rest logits-plans
+#             issue18-close-c issue18-rest plans-and-merge-tune
 #             sampling-thin tune-launch cold-start launch-bench cascade-decision fi-warm sampling-tests
 #             sampling-exclusion sampling-split sampling-split-sweep sampling-rounds sampling-bench
 #             sampling-quick sampling-host sampling-sweep layer-tests rope-grid layer-bench layer-quick gap
@@ -285,11 +285,13 @@ PY
         grep -v "^  File\|^    " "$OUT/tune-$op.log" | tail -n 16
         cp "configs/tuned_csv/${op}_tuned.csv" "$OUT/" 2>/dev/null
       done ;;
-    logits-plans)  # issue 18: sampling_from_logits' call plans (added after the session of 2026-12-07, sixth) bit-equal
-      # to the usual path and replayed, then the host time beside FlashInfer (its sampling module built first, ~2 min)
+    plans-and-merge-tune)  # issue 18, added after the session of 2026-12-07 (sixth), ~330 s: sampling_from_logits'
+      # call plans bit-equal to the usual path and replayed, merge_states' tune (its new target: split attention's
+      # and cascade's merge), then the host time beside FlashInfer (its sampling module built in the background)
       FI_WARM=sampling bash "$0" fi-warm > "$OUT/s-fi-warm.log" 2>&1 &
       timeout ${T_TESTS:-120} python3 -m pytest -q -p no:cacheprovider op_tests/test_plans.py -k "logits or slots" 2>&1 \
         | tee "$OUT/pytest-logits-plans.log" | tail -n 6
+      T_TUNE_CHECK=${T_TUNE_CHECK:-60} T_TUNE=${T_TUNE:-60} sharded_tune merge_states 2
       wait
       timeout -s INT ${T_HOST:-90} python3 op_tests/bench_host_parts.py 2>&1 | tee "$OUT/bench-host-parts.log" ;;
     issue18-last)  # issue 18, the tunes issue18-final did not reach (~330 s; run under an outer timeout so the logs come

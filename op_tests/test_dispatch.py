@@ -245,9 +245,10 @@ def test_exact_keys_keep_a_tuned_row_to_its_own_width(gpu_like, monkeypatch, tmp
     ("paged_kv_append", "num_tokens,num_kv_heads,head_dim,dtype\n5,2,32,fp16\n"),
     ("softmax", "rows,vocab,dtype\n3,300,bf16\n"),
     ("renorm", "rows,vocab,dtype\n3,300,fp32\n"),
+    ("merge_states", "num_tokens,num_heads,head_dim,dtype\n3,2,32,fp32\n"),
 ])
 def test_tuner_writes_measured_rows_for_the_elementwise_ops(tmp_path, op, untuned_text):
-    """The tune targets of rmsnorm, RoPE, the paged-KV append, softmax and renorm: every config (the
+    """The tune targets of rmsnorm, RoPE, the paged-KV append, softmax, renorm and merge_states: every config (the
     heuristic's included) checked against the reference and the fastest written (CPU interpreter: plumbing only)."""
     from aiter_ext.core.backend import OPS
     from aiter_ext.core.tuner import tune

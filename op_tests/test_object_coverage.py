@@ -50,10 +50,11 @@ _SAMPLING_CALLS = {
 }
 
 
-def _assert_launches_served(call, monkeypatch, arch: str = "gfx942") -> list:
+def _assert_launches_served(call, monkeypatch, arch: str = "gfx942", keys: bool = False) -> list:
     """Run ``call()`` with its launches recorded, not made (the Triton backend and ``arch``'s routes forced on the
     CPU), and assert that a registered spec of ``arch`` serves each exactly (kernel, constexprs, options, pointer
-    and scalar types, alignment assumed): an object built from the specs serves it. Returns the kernels' names."""
+    and scalar types, alignment assumed): an object built from the specs serves it. Returns the kernels' names
+    (with ``keys``: ``(name, key)`` pairs)."""
     from aiter_ext.core import aot, backend, thin
     from aiter_ext.ops import load_kernel_modules
 
@@ -75,7 +76,7 @@ def _assert_launches_served(call, monkeypatch, arch: str = "gfx942") -> list:
     for kernel, key in launched:
         assert key is not None, f"{kernel}: a launch no object can serve (an argument Triton folds)"
         assert any(_spec_serves(s, key) for s in specs), f"{kernel}: no {arch} spec serves it; {_nearest(specs, key)}"
-    return [kernel for kernel, _ in launched]
+    return launched if keys else [kernel for kernel, _ in launched]
 
 
 @pytest.mark.parametrize("vocab", [1024, 128256])
@@ -116,6 +117,37 @@ def test_tuned_logits_and_speculative_rows_are_served_by_their_specs(tmp_path, m
             probs[:, None].expand(-1, 2, -1).contiguous(), drafts, probs[:, None].expand(-1, 3, -1).contiguous()),
             monkeypatch)
         assert kernels == ["speculative_chunk_stats_kernel", "chain_speculative_kernel"]
+
+
+def test_tuned_merge_states_rows_are_served_by_their_specs(tmp_path, monkeypatch):
+    """A tuned row of `aiter-ext tune merge_states` adds the specs of every form its dtype serves: an fp32 row split
+    attention's and cascade's merge of fp32 partial states into a bf16 or fp16 output, a 16-bit row the public
+    merge_states at each state count and by indptr. The rows' tile (8 warps) is not the default's (4), so these
+    launches are served by the rows' specs only."""
+    from aiter_ext.ops.merge_state import backends
+    from aiter_ext.ops.merge_state.api import _merge_many_out
+
+    path = tmp_path / "merge_states.csv"
+    path.write_text("arch,cu_num,num_tokens,num_heads,head_dim,dtype,backend,config,us,bw_gbs,tflops,err\n"
+                    'sm_90,132,64,32,128,fp32,triton,"{""BLOCK_R"": 8, ""num_warps"": 8}",9,0,0,0\n'
+                    'sm_90,132,64,32,128,bf16,triton,"{""BLOCK_R"": 32, ""num_warps"": 8}",9,0,0,0\n'
+                    'gfx942,304,64,32,128,fp32,triton,"{""BLOCK_R"": 8, ""num_warps"": 8}",9,0,0,0\n'
+                    'gfx942,304,64,32,128,bf16,triton,"{""BLOCK_R"": 32, ""num_warps"": 8}",9,0,0,0\n')
+    monkeypatch.setenv("AITER_EXT_TUNED_CSV_MERGE_STATES", str(path))
+    monkeypatch.setattr(backends.MERGE_STATES, "_cache", {})
+    n, h, d = 5, 32, 128
+    partials, lse = torch.randn(n * 3, h, d), torch.randn(n * 3, h)
+    indptr = torch.tensor([0, 3, 6, 9, 12, 15], dtype=torch.int32)
+    calls = [lambda out_dtype=out_dtype: _merge_many_out(partials, lse, indptr, torch.empty(n, h, d, dtype=out_dtype),
+                                                         torch.empty(n, h), None) for out_dtype in (bf16, torch.float16)]
+    v, s = torch.randn(n, 3, h, d).to(bf16), torch.randn(n, 3, h)
+    calls += [lambda: A.merge_states(v, s), lambda: A.merge_states(v[:, :1].contiguous(), s[:, :1].contiguous()),
+              lambda: A.variable_length_merge_states(partials.to(bf16), lse, indptr)]
+    for arch in ("gfx942", "sm_90"):
+        monkeypatch.setattr(backends.MERGE_STATES, "_cache", {})
+        for call in calls:
+            (launch,) = _assert_launches_served(call, monkeypatch, arch, keys=True)
+            assert launch[0] == "merge_many_kernel" and launch[1][2]["num_warps"] == 8, launch
 
 
 def _nearest(specs, key) -> str:

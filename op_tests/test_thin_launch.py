@@ -124,6 +124,24 @@ def test_interpreter_and_triton_mode_pass_through(monkeypatch):
         thin.set_mode("fast")
 
 
+def _interpreted_kernel(x, n, BLOCK: "tl.constexpr"):  # noqa: F821 (a string annotation, as the kernel modules')
+    pass
+
+
+def test_a_kernel_made_under_the_interpreter_keeps_its_parameters():
+    """A kernel module imported after Triton was loaded under TRITON_INTERPRET wraps Triton's interpreter object,
+    which has no ``params``: the wrapper reads them off its Python function, so a launch's key still tells its
+    constexprs from its runtime arguments and options (test_object_coverage failed after test_merge_state
+    without it: every constexpr was taken for an option)."""
+    pytest.importorskip("triton")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    wrapped = thin.thin(InterpretedFunction(_interpreted_kernel))
+    assert wrapped._names == ["x", "n", "BLOCK"] and wrapped._constexpr == {"BLOCK"}
+    key = wrapped.object_key((torch.zeros(8), 32), {"BLOCK": 16, "num_warps": 4})
+    assert key[1:] == ({"BLOCK": 16}, {"num_warps": 4}, {"x": "*fp32", "n": "i32"}, {"x", "n"})
+
+
 def test_every_launched_kernel_is_wrapped():
     """A kernel launched from Python without the wrapper would keep Triton's launcher: all are wrapped."""
     import re

@@ -26,6 +26,7 @@ code objects only. Graph capture works: a launch reads no device data and alloca
 from __future__ import annotations
 
 import functools
+import inspect
 import importlib.machinery
 import importlib.util
 import sysconfig
@@ -151,6 +152,10 @@ class ThinKernel:
         self.__name__ = getattr(fn, "__name__", "kernel")
         self.__doc__ = getattr(fn, "__doc__", None)
         params = getattr(fn, "params", None)
+        if not params and inspect.isfunction(getattr(fn, "fn", None)):
+            # Triton's interpreter object (a kernel module imported after Triton was loaded under TRITON_INTERPRET)
+            # has no params: read them off its Python function, as lazy_triton does before Triton loads
+            params = lazy_triton.kernel_params(fn.fn)
         self._params = list(params) if params else []
         self._names = [p.name for p in self._params]
         self._constexpr = {p.name for p in self._params if p.is_constexpr}

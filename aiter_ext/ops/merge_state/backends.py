@@ -28,6 +28,13 @@ TRITON_TUNE_CONFIGS = [
 ]
 #: Head dims the untuned shape list covers, so the AMD compile check builds every tuner tile for them.
 TUNED_HEAD_DIMS = (64, 128, 256)
+#: merge_states' candidates: the heuristic's tile ({}, what the table's margin rule measures the others against)
+#: and the pair kernel's tiles (merge_many_kernel takes the same rows x warps, its rows capped by many_block_r).
+MERGE_STATES_TUNE_CONFIGS = [{}] + TRITON_TUNE_CONFIGS
+#: States per output token in `aiter-ext tune merge_states`: the table has no state-count key, so a row serves
+#: every count (a tile's rows and warps matter by the rows it covers; each row's states are a loop or unrolled).
+MERGE_STATES_TUNE_STATES = 4
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _bucket(call: Mapping) -> tuple:
@@ -39,10 +46,19 @@ MERGE_STATE = define_op("merge_state", SHAPE_KEYS, _bucket)
 MERGE_STATES = define_op("merge_states", SHAPE_KEYS, _bucket)
 
 
-def tuned_triton_configs() -> list[tuple[str, int, dict]]:
-    """``(label, head_dim, config)`` of every Triton row in the tuned CSV, any arch (for the AMD compile check)."""
+def tuned_triton_configs(op: str = "merge_state") -> list[tuple[str, int, dict]]:
+    """``(label, head_dim, config)`` of every Triton row in ``op``'s tuned CSV, any arch (for the AMD compile check
+    and the objects: kernels.aot_specs)."""
     return [(f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}", int(row["head_dim"]),
-             json.loads(row["config"])) for row in load_rows("merge_state") if row["backend"] == "triton"]
+             json.loads(row["config"])) for row in load_rows(op) if row["backend"] == "triton"]
+
+
+def tuned_many_configs() -> list[tuple[str, str, int, dict]]:
+    """``(label, dtype, head_dim, config)`` of every Triton row of merge_states' tuned CSV that names a tile, any
+    arch (an fp32 row: split attention's and cascade's fp32 partial states into a 16-bit output)."""
+    return [(f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}", row["dtype"],
+             int(row["head_dim"]), json.loads(row["config"])) for row in load_rows("merge_states")
+            if row["backend"] == "triton" and json.loads(row["config"])]
 
 
 # -- torch: the reference, written into the outputs ----------------------------------------------
@@ -109,7 +125,7 @@ MERGE_STATE.register("torch", _torch_pair)
 MERGE_STATE.register("triton", _triton_pair, configs=TRITON_TUNE_CONFIGS)
 MERGE_STATE.register("ck", _ck_pair, _ck_supports)
 MERGE_STATES.register("torch", _torch_many)
-MERGE_STATES.register("triton", _triton_many, configs=TRITON_TUNE_CONFIGS)
+MERGE_STATES.register("triton", _triton_many, configs=MERGE_STATES_TUNE_CONFIGS)
 
 
 # -- tuning: how `aiter-ext tune merge_state` builds and checks one shape -----------------------------
@@ -119,7 +135,7 @@ def _tune_case(shape: dict, device: str):
     from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
+    dtype = DTYPES[shape["dtype"]]
     n, h, d = shape["num_tokens"], shape["num_heads"], shape["head_dim"]
     v_a, v_b = (torch.randn(n, h, d, device=device).to(dtype) for _ in range(2))
     s_a, s_b = (torch.randn(n, h, device=device) * 5 for _ in range(2))
@@ -140,10 +156,42 @@ def _tune_case(shape: dict, device: str):
     return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
 
 
+def _tune_case_many(shape: dict, device: str):
+    """merge_states as split attention and cascade launch it: MERGE_STATES_TUNE_STATES states per output token, by
+    ``indptr``. An fp32 row is their fp32 partial states merged into a bf16 output; a 16-bit row keeps its dtype
+    (the public merge_states)."""
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
+    from aiter_ext.core.tuner import TuneCase
+
+    dtype = DTYPES[shape["dtype"]]
+    out_dtype = torch.bfloat16 if dtype == torch.float32 else dtype
+    n, h, d, states = shape["num_tokens"], shape["num_heads"], shape["head_dim"], MERGE_STATES_TUNE_STATES
+    v = torch.randn(n * states, h, d, device=device).to(dtype)
+    s = torch.randn(n * states, h, device=device) * 5
+    indptr = torch.arange(0, n * states + 1, states, dtype=torch.int32, device=device)
+    # uniform segments: the fixed-count reference gives the same merge, vectorized
+    v_ref, s_ref = reference.merge_states_ref(v.float().view(n, states, h, d), s.view(n, states, h))
+    v_out = torch.empty(n, h, d, dtype=out_dtype, device=device)
+    s_out = torch.empty(n, h, device=device)
+
+    def run(impl, cfg):
+        impl.fn(cfg, v, s, indptr, v_out, s_out)
+
+    def check(impl, cfg):
+        poison_(v_out), poison_(s_out)
+        run(impl, cfg)
+        atol, rtol = tolerance(out_dtype)
+        return max(error_over_bound(v_out, v_ref, atol, rtol), error_over_bound(s_out, s_ref, 1e-4, 0.0))
+
+    nbytes = v.numel() * v.element_size() + s.numel() * 4 + v_out.numel() * v_out.element_size() + s_out.numel() * 4
+    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
+
+
 def _register_tuning():
     from aiter_ext.core.tuner import register_tune_target
 
     register_tune_target("merge_state", _tune_case)
+    register_tune_target("merge_states", _tune_case_many)
 
 
 _register_tuning()

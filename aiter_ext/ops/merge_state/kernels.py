@@ -250,6 +250,8 @@ def _aligned(signature: dict) -> tuple[str, ...]:
 
 
 def aot_specs():
+    from .backends import tuned_many_configs
+
     ints = {n: "i32" for n in ("num_rows", "num_heads", "head_dim")}
     for dtype in AOT_DTYPES:
         for head_dim in AOT_HEAD_DIMS:
@@ -267,27 +269,38 @@ def aot_specs():
                     yield KernelSpec(f"merge_pair{'_masked' if has_mask else ''}[{tag}]", merge_pair_kernel, sig,
                                      {"HAS_MASK": has_mask, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": block_d},
                                      opts, config_label=label, divisible_by_16=_aligned(sig))
-                # merge_states: the default tile at each unrolled count it launches (1..8 states) and the loop (0);
-                # a tuner candidate at the largest unrolled body only (what the compile check needs of it)
-                counts = range(MAX_UNROLLED_STATES + 1) if label == "default" else (MAX_UNROLLED_STATES,)
-                forms = [(False, unrolled, dtype) for unrolled in counts] + [(True, 0, dtype)]
-                if label == "default" and dtype != "fp32":  # split attention's and cascade's fp32 partial states
-                    forms.append((True, 0, "fp32"))
-                for varlen, unrolled, v_dtype in forms:
-                    # without indptr (a fixed count of states) the launcher passes s in its place
-                    sig = {"v": f"*{v_dtype}", "s": "*fp32", "indptr": "*i32" if varlen else "*fp32",
-                           "v_out": f"*{dtype}", "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i32",
-                           **{n: "i32" for n in ("stride_v_tok", "stride_v_state", "stride_s_tok",
-                                                 "stride_s_state", "stride_vo", "stride_so")}}
-                    many_tag = f"{dtype}-d{head_dim}-r{many_block_r(cfg['BLOCK_R'], block_d)}w{cfg['num_warps']}"
-                    kind = "varlen" if varlen else f"many{unrolled}" if unrolled != MAX_UNROLLED_STATES else "many"
-                    kind += "-fp32-partials" if v_dtype != dtype else ""
-                    yield KernelSpec(f"merge_{kind}[{many_tag}]", merge_many_kernel, sig,
-                                     {"VARLEN": varlen, "UNROLLED_STATES": unrolled,
-                                      "BLOCK_R": many_block_r(cfg["BLOCK_R"], block_d),
-                                      "BLOCK_D": block_d},
-                                     opts, config_label=label, divisible_by_16=_aligned(sig),
-                                     low_occupancy_reason=CANDIDATE_REASON if label != "default" else "")
+                # merge_states: the default tile in every form it launches; a tuner candidate at the largest
+                # unrolled body only (what the compile check needs of it)
+                yield from _many_specs(dtype, head_dim, cfg, label, every_form=label == "default")
+    # merge_states' tuned tiles (any arch's rows, as the pair's above), in every form a row of their dtype serves
+    for label, dtype, head_dim, cfg in tuned_many_configs():
+        for out_dtype in (("bf16", "fp16") if dtype == "fp32" else (dtype,)):
+            yield from _many_specs(out_dtype, head_dim, {**default_config(head_dim), **cfg}, f"tuned:{label}",
+                                   every_form=True)
+
+
+def _many_specs(dtype: str, head_dim: int, cfg: dict, label: str, every_form: bool):
+    """merge_many_kernel's specs at one tile, ``dtype`` the output's: with ``every_form``, each fixed count of states
+    it unrolls (1..8), the loop (0), by ``indptr``, and by ``indptr`` from fp32 partial states (split attention's
+    and cascade's merge into a 16-bit output); else the largest unrolled body and by ``indptr``."""
+    block_d, block_r = next_pow2(head_dim), many_block_r(cfg["BLOCK_R"], next_pow2(head_dim))
+    counts = range(MAX_UNROLLED_STATES + 1) if every_form else (MAX_UNROLLED_STATES,)
+    forms = [(False, unrolled, dtype) for unrolled in counts] + [(True, 0, dtype)]
+    if every_form and dtype != "fp32":
+        forms.append((True, 0, "fp32"))
+    ints = {n: "i32" for n in ("num_rows", "num_heads", "head_dim")}
+    for varlen, unrolled, v_dtype in forms:
+        # without indptr (a fixed count of states) the launcher passes s in its place
+        sig = {"v": f"*{v_dtype}", "s": "*fp32", "indptr": "*i32" if varlen else "*fp32",
+               "v_out": f"*{dtype}", "s_out": "*fp32", **ints, "num_states": "i32", "total_states": "i32",
+               **{n: "i32" for n in ("stride_v_tok", "stride_v_state", "stride_s_tok",
+                                     "stride_s_state", "stride_vo", "stride_so")}}
+        kind = "varlen" if varlen else f"many{unrolled}" if unrolled != MAX_UNROLLED_STATES else "many"
+        kind += "-fp32-partials" if v_dtype != dtype else ""
+        yield KernelSpec(f"merge_{kind}[{dtype}-d{head_dim}-r{block_r}w{cfg['num_warps']}]", merge_many_kernel, sig,
+                         {"VARLEN": varlen, "UNROLLED_STATES": unrolled, "BLOCK_R": block_r, "BLOCK_D": block_d},
+                         {"num_warps": cfg["num_warps"]}, config_label=label, divisible_by_16=_aligned(sig),
+                         low_occupancy_reason=CANDIDATE_REASON if label != "default" else "")
 
 
 register_aot_specs("merge_state", aot_specs)
