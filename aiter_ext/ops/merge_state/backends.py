@@ -132,7 +132,6 @@ MERGE_STATES.register("triton", _triton_many, configs=MERGE_STATES_TUNE_CONFIGS)
 
 
 def _tune_case(shape: dict, device: str):
-    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = DTYPES[shape["dtype"]]
@@ -145,22 +144,28 @@ def _tune_case(shape: dict, device: str):
     def run(impl, cfg):
         impl.fn(cfg, v_a, s_a, v_b, s_b, v_out, s_out, None)
 
+    nbytes = 3 * v_a.numel() * v_a.element_size() + 3 * s_a.numel() * 4
+    return TuneCase(run, _merged_check(run, v_out, s_out, v_ref, s_ref), tolerance=1.0, nbytes=nbytes)
+
+
+def _merged_check(run, v_out, s_out, v_ref, s_ref):
+    """A merge's tune check: both outputs poisoned, ``run(impl, cfg)``, then the worst error over its bound (the value
+    error scaled to the output dtype's tolerance, so that one bound serves every dtype; the LSE within 1e-4)."""
+    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
+
     def check(impl, cfg):
         poison_(v_out), poison_(s_out)
         run(impl, cfg)
-        atol, rtol = tolerance(dtype)
-        # scale the value error to the tolerance so that one bound serves every dtype
+        atol, rtol = tolerance(v_out.dtype)
         return max(error_over_bound(v_out, v_ref, atol, rtol), error_over_bound(s_out, s_ref, 1e-4, 0.0))
 
-    nbytes = 3 * v_a.numel() * v_a.element_size() + 3 * s_a.numel() * 4
-    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
+    return check
 
 
 def _tune_case_many(shape: dict, device: str):
     """merge_states as split attention and cascade launch it: MERGE_STATES_TUNE_STATES states per output token, by
     ``indptr``. An fp32 row is their fp32 partial states merged into a bf16 output; a 16-bit row keeps its dtype
     (the public merge_states)."""
-    from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
     dtype = DTYPES[shape["dtype"]]
@@ -177,14 +182,8 @@ def _tune_case_many(shape: dict, device: str):
     def run(impl, cfg):
         impl.fn(cfg, v, s, indptr, v_out, s_out)
 
-    def check(impl, cfg):
-        poison_(v_out), poison_(s_out)
-        run(impl, cfg)
-        atol, rtol = tolerance(out_dtype)
-        return max(error_over_bound(v_out, v_ref, atol, rtol), error_over_bound(s_out, s_ref, 1e-4, 0.0))
-
     nbytes = v.numel() * v.element_size() + s.numel() * 4 + v_out.numel() * v_out.element_size() + s_out.numel() * 4
-    return TuneCase(run, check, tolerance=1.0, nbytes=nbytes)
+    return TuneCase(run, _merged_check(run, v_out, s_out, v_ref, s_ref), tolerance=1.0, nbytes=nbytes)
 
 
 def _register_tuning():
