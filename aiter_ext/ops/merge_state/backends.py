@@ -46,16 +46,16 @@ MERGE_STATE = define_op("merge_state", SHAPE_KEYS, _bucket)
 MERGE_STATES = define_op("merge_states", SHAPE_KEYS, _bucket)
 
 
-def tuned_triton_configs(op: str = "merge_state") -> list[tuple[str, int, dict]]:
-    """``(label, head_dim, config)`` of every Triton row in ``op``'s tuned CSV, any arch (for the AMD compile check
-    and the objects: kernels.aot_specs)."""
+def tuned_triton_configs() -> list[tuple[str, int, dict]]:
+    """``(label, head_dim, config)`` of every Triton row in the tuned CSV, any arch (for the AMD compile check)."""
     return [(f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}", int(row["head_dim"]),
-             json.loads(row["config"])) for row in load_rows(op) if row["backend"] == "triton"]
+             json.loads(row["config"])) for row in load_rows("merge_state") if row["backend"] == "triton"]
 
 
 def tuned_many_configs() -> list[tuple[str, str, int, dict]]:
     """``(label, dtype, head_dim, config)`` of every Triton row of merge_states' tuned CSV that names a tile, any
-    arch (an fp32 row: split attention's and cascade's fp32 partial states into a 16-bit output)."""
+    arch (an fp32 row serves fp32 states: split attention's and cascade's partials into a 16-bit output, and fp32
+    outputs)."""
     return [(f"{row['arch']}:{row['num_tokens']}x{row['num_heads']}x{row['head_dim']}", row["dtype"],
              int(row["head_dim"]), json.loads(row["config"])) for row in load_rows("merge_states")
             if row["backend"] == "triton" and json.loads(row["config"])]

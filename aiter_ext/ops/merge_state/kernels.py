@@ -274,7 +274,7 @@ def aot_specs():
                 yield from _many_specs(dtype, head_dim, cfg, label, every_form=label == "default")
     # merge_states' tuned tiles (any arch's rows, as the pair's above), in every form a row of their dtype serves
     for label, dtype, head_dim, cfg in tuned_many_configs():
-        for out_dtype in (("bf16", "fp16") if dtype == "fp32" else (dtype,)):
+        for out_dtype in (("bf16", "fp16", "fp32") if dtype == "fp32" else (dtype,)):
             yield from _many_specs(out_dtype, head_dim, {**default_config(head_dim), **cfg}, f"tuned:{label}",
                                    every_form=True)
 
