@@ -340,7 +340,8 @@ def test_a_compile_listed_twice_is_registered_once(registry):
 
 
 @pytest.mark.parametrize("change", [{"constexprs": {"BLOCK": 512}}, {"options": {"num_warps": 8}},
-                                    {"signature": {**ADD_SIG, "n": "i64"}}, {"divisible_by_16": ("x_ptr",)}])
+                                    {"signature": {**ADD_SIG, "n": "i64"}}, {"divisible_by_16": ("x_ptr",)},
+                                    {"fn": _toy_transpose}])
 def test_two_compiles_under_one_name_are_an_error(registry, change):
     aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(**change)])
     with pytest.raises(ValueError, match="toy_add"):

@@ -55,10 +55,13 @@ def _assert_launches_served(call, monkeypatch, arch: str = "gfx942", keys: bool 
     CPU), and assert that a registered spec of ``arch`` serves each exactly (kernel, constexprs, options, pointer
     and scalar types, alignment assumed): an object built from the specs serves it. Returns the kernels' names
     (with ``keys``: ``(name, key)`` pairs)."""
-    from aiter_ext.core import aot, backend, thin
+    from aiter_ext.core import aot, backend, lazy_triton, thin
     from aiter_ext.ops import load_kernel_modules
 
     load_kernel_modules()
+    # Triton loaded now, as this machine runs kernels (the interpreter on the CPU): loaded below, with
+    # TRITON_INTERPRET unset for gfx942's routes, every kernel would become a compiled one for the later tests
+    lazy_triton.load()
     monkeypatch.setattr(backend, "_device_ok", lambda b, device: (True, ""))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("AITER_EXT_ARCH", arch)

@@ -143,17 +143,21 @@ def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
                 # one name are a provider's bug.
                 first = seen.setdefault(spec.name, spec)
                 if first is not spec:
-                    if _compile_identity(first) != _compile_identity(spec):
+                    if not _same_compile(first, spec):
                         raise ValueError(f"AOT specs of {op_name!r} name two different compiles {spec.name!r}")
                     continue
                 by_op.setdefault(op_name, []).append(spec)
     return by_op
 
 
-def _compile_identity(spec: KernelSpec) -> tuple:
-    """What a spec's compile depends on (its name and labels aside)."""
-    return (_kernel_of(spec.fn), tuple(spec.signature.items()), tuple(sorted(spec.constexprs.items(), key=str)),
-            tuple(sorted(spec.options.items())), tuple(sorted(spec.divisible_by_16)))
+def _same_compile(a: KernelSpec, b: KernelSpec) -> bool:
+    """Whether two specs compile the same (their names and labels aside). The kernels are unwrapped only when their
+    objects differ: unwrapping a kernel loads Triton (core/lazy_triton.py), which listing specs need not."""
+    def settings(spec):
+        return (tuple(spec.signature.items()), tuple(sorted(spec.constexprs.items(), key=str)),
+                tuple(sorted(spec.options.items())), tuple(sorted(spec.divisible_by_16)))
+
+    return settings(a) == settings(b) and (a.fn is b.fn or _kernel_of(a.fn) is _kernel_of(b.fn))
 
 
 def registered_specs(arch: str = "gfx942") -> Iterable[KernelSpec]:
