@@ -332,11 +332,13 @@ def test_registered_specs_rejects_non_specs(registry):
 
 
 def test_a_compile_listed_twice_is_registered_once(registry):
-    """Tuned rows of several shapes often name one tile: the same compile under the same name is one spec (one
-    object, one manifest row), from one provider or two."""
-    aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(config_label="tuned"), add_spec(name="toy_add2")])
+    """Tuned rows of several shapes often name one tile: the same compile is one spec (one object, one manifest
+    row), under the same name or another, from one provider or two."""
+    aot.register_aot_specs("toy", lambda: [add_spec(), add_spec(config_label="tuned"), add_spec(name="toy_add2"),
+                                           add_spec(name="toy_add3", options={"num_warps": 8})])
     aot.register_aot_specs("toy", lambda: [add_spec()])
-    assert [s.name for s in aot.registered_specs()] == ["toy_add", "toy_add2"]
+    # toy_add2 is toy_add's compile under another name: listed once, under the first
+    assert [s.name for s in aot.registered_specs()] == ["toy_add", "toy_add3"]
 
 
 @pytest.mark.parametrize("change", [{"constexprs": {"BLOCK": 512}}, {"options": {"num_warps": 8}},

@@ -133,31 +133,38 @@ def registered_specs_by_op(arch: str = "gfx942") -> dict[str, list[KernelSpec]]:
     imports them all (the CLI calls it first)."""
     by_op: dict[str, list[KernelSpec]] = {}
     for op_name, providers in list(_REGISTRY.items()):
-        seen: dict[str, KernelSpec] = {}
+        names: dict[str, KernelSpec] = {}
+        compiles: set = set()
         for provider in providers:
             for spec in _specs_of(provider, arch):
                 if not isinstance(spec, KernelSpec):
                     raise TypeError(f"AOT provider of {op_name!r} yielded {type(spec).__name__}, not KernelSpec")
-                # Tuned rows of several shapes often name one tile, and a default may be a tuned tile too: the
-                # same compile is listed once. A name is the object's identity, so two different compiles under
-                # one name are a provider's bug.
-                first = seen.setdefault(spec.name, spec)
+                # Tuned rows of several shapes often name one tile, a default may be a tuned tile too, and two
+                # families of specs may meet in one form: each compile is listed once (the first name it is given).
+                # A name is an object's identity, so two different compiles under one name are a provider's bug.
+                first = names.setdefault(spec.name, spec)
                 if first is not spec:
                     if not _same_compile(first, spec):
                         raise ValueError(f"AOT specs of {op_name!r} name two different compiles {spec.name!r}")
                     continue
+                if (spec.fn, _settings(spec)) in compiles:
+                    continue
+                compiles.add((spec.fn, _settings(spec)))
                 by_op.setdefault(op_name, []).append(spec)
     return by_op
 
 
-def _same_compile(a: KernelSpec, b: KernelSpec) -> bool:
-    """Whether two specs compile the same (their names and labels aside). The kernels are unwrapped only when their
-    objects differ: unwrapping a kernel loads Triton (core/lazy_triton.py), which listing specs need not."""
-    def settings(spec):
-        return (tuple(spec.signature.items()), tuple(sorted(spec.constexprs.items(), key=str)),
-                tuple(sorted(spec.options.items())), tuple(sorted(spec.divisible_by_16)))
+def _settings(spec: KernelSpec) -> tuple:
+    """What a spec's compile depends on besides its kernel, and what the compile check asks of it (MFMA use);
+    its name and labels aside."""
+    return (tuple(spec.signature.items()), tuple(sorted(spec.constexprs.items(), key=str)),
+            tuple(sorted(spec.options.items())), tuple(sorted(spec.divisible_by_16)), spec.uses_dot)
 
-    return settings(a) == settings(b) and (a.fn is b.fn or _kernel_of(a.fn) is _kernel_of(b.fn))
+
+def _same_compile(a: KernelSpec, b: KernelSpec) -> bool:
+    """Whether two specs compile the same. The kernels are unwrapped only when their objects differ: unwrapping a
+    kernel loads Triton (core/lazy_triton.py), which listing specs need not."""
+    return _settings(a) == _settings(b) and (a.fn is b.fn or _kernel_of(a.fn) is _kernel_of(b.fn))
 
 
 def registered_specs(arch: str = "gfx942") -> Iterable[KernelSpec]:

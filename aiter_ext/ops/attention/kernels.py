@@ -652,8 +652,6 @@ def _amd_specs():
             for group in (1, 4, 8):
                 for paged in (True, False):
                     for split in (True, False):
-                        if (dtype, head_dim, group, paged, split) == ("bf16", 128, 8, True, True):
-                            continue  # the same compile as the "-nocausal" spec below
                         yield kernel_spec(dtype, head_dim, group, group, paged, split, label="-decode", CAUSAL=False)
     for rows, group in ((8, 8), (64, 4)):
         yield kernel_spec("bf16", 128, rows, group, True, True, label="-nocausal", CAUSAL=False)

@@ -35,13 +35,14 @@ def packed_rows_bucket(max_qo_len: int, group: int) -> int:
 
 
 def tune_case(shape: dict, device: str):
+    from aiter_ext.core.checks import DTYPES_BY_NAME
     from aiter_ext.core.testing import error_over_bound, poison_
     from aiter_ext.core.tuner import TuneCase
 
     from .plan import default_config
     from .wrappers import BatchPrefillWithPagedKVCacheWrapper
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     if shape["kv_dtype"] != shape["dtype"]:
         raise ValueError(f"untuned row {shape}: a KV cache of another dtype than q is not tuned yet")
     batch, qo_len, kv_len = shape["batch"], shape["qo_len"], shape["kv_len"]

@@ -17,6 +17,7 @@ from typing import Mapping
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 from aiter_ext.core.tuned import load_rows
 
@@ -34,7 +35,6 @@ MERGE_STATES_TUNE_CONFIGS = [{}] + TRITON_TUNE_CONFIGS
 #: States per output token in `aiter-ext tune merge_states`: the table has no state-count key, so a row serves
 #: every count (a tile's rows and warps matter by the rows it covers; each row's states are a loop or unrolled).
 MERGE_STATES_TUNE_STATES = 4
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _bucket(call: Mapping) -> tuple:
@@ -134,7 +134,7 @@ MERGE_STATES.register("triton", _triton_many, configs=MERGE_STATES_TUNE_CONFIGS)
 def _tune_case(shape: dict, device: str):
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = DTYPES[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     n, h, d = shape["num_tokens"], shape["num_heads"], shape["head_dim"]
     v_a, v_b = (torch.randn(n, h, d, device=device).to(dtype) for _ in range(2))
     s_a, s_b = (torch.randn(n, h, device=device) * 5 for _ in range(2))
@@ -168,7 +168,7 @@ def _tune_case_many(shape: dict, device: str):
     (the public merge_states)."""
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = DTYPES[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     out_dtype = torch.bfloat16 if dtype == torch.float32 else dtype
     n, h, d, states = shape["num_tokens"], shape["num_heads"], shape["head_dim"], MERGE_STATES_TUNE_STATES
     v = torch.randn(n * states, h, d, device=device).to(dtype)

@@ -269,25 +269,30 @@ def aot_specs():
                     yield KernelSpec(f"merge_pair{'_masked' if has_mask else ''}[{tag}]", merge_pair_kernel, sig,
                                      {"HAS_MASK": has_mask, "BLOCK_R": cfg["BLOCK_R"], "BLOCK_D": block_d},
                                      opts, config_label=label, divisible_by_16=_aligned(sig))
-                # merge_states: the default tile in every form it launches; a tuner candidate at the largest
-                # unrolled body only (what the compile check needs of it)
-                yield from _many_specs(dtype, head_dim, cfg, label, every_form=label == "default")
-    # merge_states' tuned tiles (any arch's rows, as the pair's above), in every form a row of their dtype serves
+                # merge_states: the default tile in every form it launches (fp32 partial states into a 16-bit
+                # output too: split attention's and cascade's merge); a tuner candidate at the largest unrolled
+                # body and by indptr only (what the compile check needs of it)
+                every_count = range(MAX_UNROLLED_STATES + 1) if label == "default" else (MAX_UNROLLED_STATES,)
+                partials = [(True, 0, "fp32")] if label == "default" and dtype != "fp32" else []
+                yield from _many_specs(dtype, head_dim, cfg, label, _many_forms(dtype, every_count) + partials)
+    # merge_states' tuned tiles (any arch's rows, as the pair's above), in the forms a row serves: the calls of its
+    # dtype (an fp32 row's also split attention's fp32 partials into a 16-bit output)
     for label, dtype, head_dim, cfg in tuned_many_configs():
-        for out_dtype in (("bf16", "fp16", "fp32") if dtype == "fp32" else (dtype,)):
-            yield from _many_specs(out_dtype, head_dim, {**default_config(head_dim), **cfg}, f"tuned:{label}",
-                                   every_form=True)
+        cfg, label = {**default_config(head_dim), **cfg}, f"tuned:{label}"
+        yield from _many_specs(dtype, head_dim, cfg, label, _many_forms(dtype, range(MAX_UNROLLED_STATES + 1)))
+        for out_dtype in (("bf16", "fp16") if dtype == "fp32" else ()):
+            yield from _many_specs(out_dtype, head_dim, cfg, label, [(True, 0, "fp32")])
 
 
-def _many_specs(dtype: str, head_dim: int, cfg: dict, label: str, every_form: bool):
-    """merge_many_kernel's specs at one tile, ``dtype`` the output's: with ``every_form``, each fixed count of states
-    it unrolls (1..8), the loop (0), by ``indptr``, and by ``indptr`` from fp32 partial states (split attention's
-    and cascade's merge into a 16-bit output); else the largest unrolled body and by ``indptr``."""
+def _many_forms(dtype: str, counts) -> list[tuple[bool, int, str]]:
+    """``(varlen, unrolled states, v dtype)``: each fixed count of states in ``counts`` (0: the loop), then by
+    ``indptr``, the states in ``dtype``."""
+    return [(False, unrolled, dtype) for unrolled in counts] + [(True, 0, dtype)]
+
+
+def _many_specs(dtype: str, head_dim: int, cfg: dict, label: str, forms):
+    """merge_many_kernel's specs at one tile, ``dtype`` the output's, one per form of ``forms`` (_many_forms)."""
     block_d, block_r = next_pow2(head_dim), many_block_r(cfg["BLOCK_R"], next_pow2(head_dim))
-    counts = range(MAX_UNROLLED_STATES + 1) if every_form else (MAX_UNROLLED_STATES,)
-    forms = [(False, unrolled, dtype) for unrolled in counts] + [(True, 0, dtype)]
-    if every_form and dtype != "fp32":
-        forms.append((True, 0, "fp32"))
     ints = {n: "i32" for n in ("num_rows", "num_heads", "head_dim")}
     for varlen, unrolled, v_dtype in forms:
         # without indptr (a fixed count of states) the launcher passes s in its place

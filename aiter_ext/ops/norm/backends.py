@@ -13,6 +13,7 @@ from typing import Mapping
 
 from aiter_ext.core.arch import get_arch
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 
 from . import reference
@@ -57,7 +58,7 @@ def _tune_case(shape: Mapping, device: str):
     from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     rows, hidden = shape["num_rows"], shape["hidden"]
     x = torch.randn(rows, hidden, device=device).to(dtype)
     w = torch.randn(hidden, device=device).to(dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 
 from . import reference
@@ -77,7 +78,7 @@ def _tune_case(shape: Mapping, device: str):
 
     from .layout import scale_padding
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     rows, hidden = shape["num_tokens"], shape["hidden"]
     x = torch.randn(rows, hidden, device=device).to(dtype)
     w = torch.randn(hidden, device=device).to(dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 
 from . import reference
@@ -92,7 +93,7 @@ def _tune_case(shape: Mapping, device: str):
 
     from .api import PagedKVLayout, unpack_paged_kv_cache
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     tokens, heads, dim, page_size, cached = shape["num_tokens"], shape["num_kv_heads"], shape["head_dim"], 16, 100
     batch = min(tokens, 64)
     appended = torch.full((batch,), tokens // batch, dtype=torch.int32)

@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 
 from . import reference
@@ -93,7 +94,7 @@ def _tune_case(shape: Mapping, device: str):
     from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     tokens, heads, dim = shape["num_tokens"], shape["num_heads"], shape["head_dim"]
     q_heads = shape["num_q_heads"]
     q = torch.randn(tokens, q_heads, dim, device=device).to(dtype)

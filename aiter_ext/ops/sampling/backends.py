@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 from aiter_ext.core.backend import define_op, pow2_bucket
-from aiter_ext.core.checks import dtype_name
+from aiter_ext.core.checks import DTYPES_BY_NAME, dtype_name
 
 from . import reference
 from .inputs import Mode
@@ -133,13 +133,10 @@ def dispatch(op, x: torch.Tensor, rows: int, backend=None, **keys):
 # `chain_speculative_sampling` build and check one shape ---------------------------------------------------------
 
 
-def _dtype(shape: Mapping) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
-
-
 def _tune_logits(shape: Mapping, device: str) -> torch.Tensor:
     """Logits ``[rows, vocab]`` with a serving model's spread (randn x 3), in the shape's dtype."""
-    return (torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3).to(_dtype(shape)).to(device)
+    logits = torch.randn(shape["rows"], shape["vocab"], dtype=torch.float64) * 3
+    return logits.to(DTYPES_BY_NAME[shape["dtype"]]).to(device)
 
 
 def _softmax_tune_case(shape: Mapping, device: str):
@@ -305,7 +302,7 @@ def _sampling_tune_case(shape: Mapping, device: str):
     from .inputs import PROB_DTYPES, threshold
 
     rows, vocab = shape["rows"], shape["vocab"]
-    row = torch.softmax(torch.randn(vocab, dtype=torch.float64) * 3, -1).to(_dtype(shape))
+    row = torch.softmax(torch.randn(vocab, dtype=torch.float64) * 3, -1).to(DTYPES_BY_NAME[shape["dtype"]])
     probs = row.expand(rows, vocab).contiguous().to(device)
     limits = sampling_tune_thresholds(row, shape["filter"])
     target = reference.filtered_distribution(row.double()[None], limits.get("top_k"), limits.get("top_p"),
@@ -325,7 +322,7 @@ def _logits_tune_case(shape: Mapping, device: str):
     rows, vocab = shape["rows"], shape["vocab"]
     row = torch.randn(vocab, dtype=torch.float64) * 3
     row[torch.randperm(vocab)[:vocab // 8]] = float("-inf")
-    row = row.to(_dtype(shape))
+    row = row.to(DTYPES_BY_NAME[shape["dtype"]])
     logits = row.expand(rows, vocab).contiguous().to(device)
     target = torch.softmax(row.double(), -1)
     return _draw_tune_case(logits, "logits", LOGIT_DTYPES, target,

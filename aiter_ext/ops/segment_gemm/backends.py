@@ -13,6 +13,7 @@ import torch
 
 from aiter_ext.core.arch import device_info
 from aiter_ext.core.backend import define_op, pow2_bucket
+from aiter_ext.core.checks import DTYPES_BY_NAME
 from aiter_ext.core.launch import kernels_module
 
 from . import reference
@@ -73,7 +74,7 @@ def _tune_case(shape: dict, device: str):
     from aiter_ext.core.testing import error_over_bound, poison_, tolerance
     from aiter_ext.core.tuner import TuneCase
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape["dtype"]]
+    dtype = DTYPES_BY_NAME[shape["dtype"]]
     rows, d_in, d_out = shape["num_rows"], shape["d_in"], shape["d_out"]
     segments = min(8, rows)
     bounds = [rows * s // segments for s in range(segments + 1)]
