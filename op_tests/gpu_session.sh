@@ -274,7 +274,7 @@ PY
       # over the GPU suites it has not finished (test_rope in 6 shards, the rest of block-sparse, masks, the attention
       # contract, and test_sampling's unfinished shard), then chain speculative sampling's tune (its 1-row shape's
       # checks take ~6 s a candidate) and sampling_from_logits' two shapes without rows
-      OBJECT_SHARDS=${OBJECT_SHARDS:-"test_rope:6 test_attention_sparse:2 test_attention_masks:2 test_attention_contract:1 \
+      OBJECT_SHARDS=${OBJECT_SHARDS:-"test_rope:6 test_attention_sparse:4 test_attention_masks:2 test_attention_contract:1 \
         test_sampling:6:1"} T_OBJECTS=${T_OBJECTS:-280} bash "$0" issue18-close-b
       printf 'rows,vocab,dtype\n256,151936,bf16\n1,256000,fp32\n' > /tmp/logits_rest.csv
       timeout -s INT ${T_TUNE_SPEC:-130} python3 -m aiter_ext tune chain_speculative_sampling \
