@@ -215,6 +215,25 @@ def test_a_recording_refuses_another_backend_and_triton_launches(monkeypatch):
     assert jit.JITFunction.run.__qualname__.endswith("triton_launches.<locals>.<lambda>")  # the stub, restored
 
 
+def test_the_chunked_draw_refuses_a_recording(monkeypatch):
+    from aiter_ext.ops.sampling import chunked
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):  # the route stopped before its launches: only the refusal is under test
+        raise Stop
+
+    recording = plans._Recording(())
+    monkeypatch.setattr(plans, "ACTIVE", recording)
+    monkeypatch.setattr(chunked, "_workspace", stop)
+    with pytest.raises(Stop):
+        chunked.draw_by_chunks(torch.randn(1, 64), 3, None, None, None, {})
+    assert recording.refused == chunked.CHUNKED_DRAW_UNPLANNED
+    monkeypatch.setattr(plans, "ACTIVE", None)
+    plans.refuse("outside a recording: nothing to refuse")  # does nothing, raises nothing
+
+
 def test_a_workspace_becomes_a_slot_that_each_replay_allocates_anew(monkeypatch):
     native = _native()
     launched = []
@@ -402,6 +421,11 @@ def _plans_of(name: str):
     return NORM
 
 
+#: Cases whose route keeps no plan: the chunked draw (sampling/chunked.py, CHUNKED_DRAW_UNPLANNED). Its plan failed
+#: this test on an H100 (2026-12-07) for a reason whose log did not come back; until it is found, no plan.
+_UNPLANNED = {"sampling_from_logits, one row"}
+
+
 @gpu_only
 @pytest.mark.parametrize("name", ["rmsnorm", "rmsnorm out=input", "gemma QK-norm of a view", "fused_add_rmsnorm",
                                   "apply_llama31_rope on views", "apply_rope_pos_ids_inplace, rotary_dim 64",
@@ -435,7 +459,10 @@ def test_a_plan_gives_the_usual_paths_bytes(name, monkeypatch):
             assert torch.equal(got, want), (name, attempt)
         states = list(_plans_of(name)._plans.values())
         assert len(states) == 1, f"{name}: {len(states)} keys for four calls of one kind on fresh tensors"
-        assert len(replays) == 2, f"{name}: {len(replays)} replays of 4 calls (the log says why a plan was refused)"
+        if name in _UNPLANNED:  # its route refuses every recording: the usual path each call
+            assert states == [False] and not replays, f"{name}: a plan kept ({states}, {len(replays)} replays)"
+        else:
+            assert len(replays) == 2, f"{name}: {len(replays)} replays of 4 calls (the log says why a plan was refused)"
     finally:
         plans.set_enabled(previous)
 

@@ -230,6 +230,13 @@ class _Recorder:
         return False
 
 
+def refuse(reason: str) -> None:
+    """Called by an op's usual path: a call that passes here never becomes a plan (``reason`` is logged once). Outside
+    a recording it does nothing."""
+    if ACTIVE is not None:
+        ACTIVE.refuse(reason)
+
+
 def scratch(shape, dtype: torch.dtype, device: torch.device, zeroed: bool) -> torch.Tensor:
     """A workspace an op's launches need (sampling's barrier counters and chunk sums): ``torch.zeros`` or
     ``torch.empty``. Allocated inside a recording, it becomes a slot of the plan, after the op's own, and the

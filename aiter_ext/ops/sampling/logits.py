@@ -37,7 +37,8 @@ LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Call plans (core/plans.py) of sampling_from_logits, as api.PLANS for the samplers from probabilities: the launches
 #: after the checks, the seed's draw and the outputs' allocation, replayed. Without them an eager call's host time was
 #: 55-94 us against FlashInfer's 31-44 on an H100 (bench_sampling_tuned.py, issue 18). Its routes do not depend on a
-#: CUDA graph's capture, so the capture state is not part of the key (api.PLANS' is).
+#: CUDA graph's capture, so the capture state is not part of the key (api.PLANS' is). Only the Gumbel-max route keeps
+#: plans: the chunked draw (large vocabularies) refuses them (chunked.CHUNKED_DRAW_UNPLANNED).
 PLANS = CallPlans("sampling_from_logits")
 
 
