@@ -125,8 +125,8 @@ def test_tuned_logits_and_speculative_rows_are_served_by_their_specs(tmp_path, m
 def test_tuned_merge_states_rows_are_served_by_their_specs(tmp_path, monkeypatch):
     """A tuned row of `aiter-ext tune merge_states` adds the specs of every form its dtype serves: an fp32 row split
     attention's and cascade's merge of fp32 partial states into a bf16 or fp16 output and fp32 merges, a 16-bit
-    row the public merge_states at each state count and by indptr. The rows' tile (8 warps) is not the default's (4), so these
-    launches are served by the rows' specs only."""
+    row the public merge_states at each state count and by indptr. The rows' tile (8 warps) is not the default's
+    (4), so these launches are served by the rows' specs only."""
     from aiter_ext.ops.merge_state import backends
     from aiter_ext.ops.merge_state.api import _merge_many_out
 
@@ -141,8 +141,9 @@ def test_tuned_merge_states_rows_are_served_by_their_specs(tmp_path, monkeypatch
     n, h, d = 5, 32, 128
     partials, lse = torch.randn(n * 3, h, d), torch.randn(n * 3, h)
     indptr = torch.tensor([0, 3, 6, 9, 12, 15], dtype=torch.int32)
-    calls = [lambda out_dtype=out_dtype: _merge_many_out(partials, lse, indptr, torch.empty(n, h, d, dtype=out_dtype),
-                                                         torch.empty(n, h), None) for out_dtype in (bf16, torch.float16)]
+    calls = [lambda out_dtype=out_dtype: _merge_many_out(partials, lse, indptr,
+                                                         torch.empty(n, h, d, dtype=out_dtype), torch.empty(n, h), None)
+             for out_dtype in (bf16, torch.float16)]
     v, s = torch.randn(n, 3, h, d).to(bf16), torch.randn(n, 3, h)
     calls += [lambda: A.merge_states(v, s), lambda: A.merge_states(v[:, :1].contiguous(), s[:, :1].contiguous()),
               lambda: A.variable_length_merge_states(partials.to(bf16), lse, indptr),

@@ -60,7 +60,8 @@ def _stats(x, kind, param_t, param_v, param_mode, stats, cfg):
 
 
 #: Why a call that draws by chunks keeps no call plan (core/plans.py): logged once per op.
-CHUNKED_DRAW_UNPLANNED = "the chunked draw takes no call plan (its plan failed test_plans.py on a GPU, not yet explained)"
+CHUNKED_DRAW_UNPLANNED = ("the chunked draw takes no call plan (its plan failed test_plans.py on a GPU, "
+                          "not yet explained)")
 
 
 def draw_by_chunks(x: torch.Tensor, kind: int, indices, min_p, draw, cfg: dict) -> None:
